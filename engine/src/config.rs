@@ -1,0 +1,2 @@
+//! Configuration: gokeyless.yaml, `KEYLESS_*` environment, flags → [`Config`].
+//! (Owned by the config work item; placeholder until it lands.)

@@ -1,0 +1,1 @@
+//! Software keys (aws-lc-rs). (Placeholder until the keys work item lands.)

@@ -1,0 +1,1 @@
+//! Throwaway PKI for the demo and tests. (Placeholder.)

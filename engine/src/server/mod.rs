@@ -1,0 +1,1 @@
+//! Reactors, TLS listeners and connections. (Placeholder.)

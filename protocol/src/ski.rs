@@ -1,0 +1,163 @@
+//! Key identifiers: the SKI the edge sends (tag 0x04) and the legacy
+//! certificate digest (tag 0x01).
+//!
+//! SKI = SHA-1 over the contents of the `subjectPublicKey` BIT STRING of the
+//! key's SubjectPublicKeyInfo (RFC 5280 section 4.2.1.2, method 1). It is
+//! always computed from the key, never read from a certificate extension. This
+//! module owns a minimal DER walk over SPKI (just enough to find that BIT
+//! STRING and, for RSA, the modulus); it is not a general ASN.1 parser.
+
+use crate::{CERT_DIGEST_LEN, SKI_LEN};
+use aws_lc_rs::digest;
+use core::fmt;
+
+/// A subject key identifier.
+pub type Ski = [u8; SKI_LEN];
+
+/// An SPKI that can't be walked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpkiError {
+    /// Not the DER shape `SEQUENCE { SEQUENCE, BIT STRING }`.
+    Malformed(&'static str),
+    /// The key is not RSA (for the legacy digest).
+    NotRsa,
+}
+
+impl fmt::Display for SpkiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpkiError::Malformed(what) => write!(f, "malformed SubjectPublicKeyInfo: {what}"),
+            SpkiError::NotRsa => f.write_str("not an RSA key"),
+        }
+    }
+}
+
+impl std::error::Error for SpkiError {}
+
+/// One DER TLV: (tag, contents, rest).
+fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), SpkiError> {
+    let (&tag, rest) = input.split_first().ok_or(SpkiError::Malformed("empty"))?;
+    let (&l0, rest) = rest.split_first().ok_or(SpkiError::Malformed("no length"))?;
+    let (len, rest) = if l0 < 0x80 {
+        (l0 as usize, rest)
+    } else {
+        let n = (l0 & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return Err(SpkiError::Malformed("bad length"));
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return Err(SpkiError::Malformed("length past end"));
+    }
+    let (v, rest) = rest.split_at(len);
+    Ok((tag, v, rest))
+}
+
+/// rsaEncryption OID 1.2.840.113549.1.1.1, DER contents.
+const OID_RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+
+/// Returns (algorithm OID contents, subjectPublicKey bits without the
+/// unused-bits byte).
+fn spki_parts(spki_der: &[u8]) -> Result<(&[u8], &[u8]), SpkiError> {
+    let (t, seq, _) = tlv(spki_der)?;
+    if t != 0x30 {
+        return Err(SpkiError::Malformed("outer is not a SEQUENCE"));
+    }
+    let (t, alg, rest) = tlv(seq)?;
+    if t != 0x30 {
+        return Err(SpkiError::Malformed("algorithm is not a SEQUENCE"));
+    }
+    let (t, oid, _) = tlv(alg)?;
+    if t != 0x06 {
+        return Err(SpkiError::Malformed("algorithm has no OID"));
+    }
+    let (t, bits, _) = tlv(rest)?;
+    if t != 0x03 {
+        return Err(SpkiError::Malformed("subjectPublicKey is not a BIT STRING"));
+    }
+    match bits.split_first() {
+        Some((0, key)) => Ok((oid, key)),
+        _ => Err(SpkiError::Malformed("subjectPublicKey has unused bits")),
+    }
+}
+
+/// The SKI of a DER SubjectPublicKeyInfo (any algorithm).
+pub fn ski_from_spki(spki_der: &[u8]) -> Result<Ski, SpkiError> {
+    let (_, key) = spki_parts(spki_der)?;
+    Ok(ski_from_key_bits(key))
+}
+
+/// The SKI from the subjectPublicKey contents directly: the DER RSAPublicKey,
+/// the uncompressed EC point, or the raw Ed25519 key.
+pub fn ski_from_key_bits(key: &[u8]) -> Ski {
+    let d = digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, key);
+    let mut out = [0u8; SKI_LEN];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// The legacy digest (tag 0x01) of an RSA key given as a DER SPKI.
+pub fn legacy_digest_from_spki(spki_der: &[u8]) -> Result<[u8; CERT_DIGEST_LEN], SpkiError> {
+    let (oid, key) = spki_parts(spki_der)?;
+    if oid != OID_RSA {
+        return Err(SpkiError::NotRsa);
+    }
+    // RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }
+    let (t, seq, _) = tlv(key)?;
+    if t != 0x30 {
+        return Err(SpkiError::Malformed("RSAPublicKey is not a SEQUENCE"));
+    }
+    let (t, n, _) = tlv(seq)?;
+    if t != 0x02 {
+        return Err(SpkiError::Malformed("modulus is not an INTEGER"));
+    }
+    Ok(legacy_digest_from_modulus(n))
+}
+
+/// SHA-256 of the upper-case hex of the RSA modulus, written without leading
+/// zeros (the way the reference formats a big integer with `%X`).
+pub fn legacy_digest_from_modulus(modulus_be: &[u8]) -> [u8; CERT_DIGEST_LEN] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let start = modulus_be.iter().position(|&b| b != 0).unwrap_or(modulus_be.len());
+    let m = &modulus_be[start..];
+    // 4096-bit moduli are 1024 hex digits; allow up to 16384-bit keys on the stack.
+    let mut hex = [0u8; 4096];
+    let mut n = 0;
+    for (i, &b) in m.iter().enumerate().take(hex.len() / 2) {
+        if !(i == 0 && b >> 4 == 0) {
+            hex[n] = HEX[(b >> 4) as usize];
+            n += 1;
+        }
+        hex[n] = HEX[(b & 0xf) as usize];
+        n += 1;
+    }
+    if n == 0 {
+        hex[0] = b'0';
+        n = 1;
+    }
+    let d = digest::digest(&digest::SHA256, &hex[..n]);
+    let mut out = [0u8; CERT_DIGEST_LEN];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_digest_drops_leading_zero_nibble() {
+        let a = legacy_digest_from_modulus(&[0x00, 0x0a, 0xbc]);
+        let d = digest::digest(&digest::SHA256, b"ABC");
+        assert_eq!(&a[..], d.as_ref());
+    }
+
+    #[test]
+    fn malformed_spki_is_an_error_not_a_panic() {
+        for bad in [&[][..], &[0x30], &[0x30, 0x81], &[0x30, 0x02, 0x30, 0x00], &[0x04, 0x00]] {
+            assert!(ski_from_spki(bad).is_err());
+        }
+    }
+}
