@@ -46,6 +46,8 @@ pub trait PrivateKeyOps: Send + Sync + fmt::Debug {
 pub enum Backend {
     /// In-process, synchronous.
     Inline(Box<dyn PrivateKeyOps>),
+    /// A PKCS#11 key: carried out through the core's `pkcs11::CoreHsm`.
+    Pkcs11(crate::pkcs11::KeyRef),
 }
 
 /// One loaded key.
