@@ -21,6 +21,7 @@
 
 pub mod codec;
 pub mod frame;
+#[cfg(feature = "ski")]
 pub mod ski;
 pub mod types;
 
@@ -28,6 +29,7 @@ pub use codec::{
     encode_error, encode_response, padded_body_len, DecodeError, EncodeError, Message, Response,
 };
 pub use frame::{FrameError, FrameStatus, Header};
+#[cfg(feature = "ski")]
 pub use ski::{
     legacy_digest_from_modulus, legacy_digest_from_spki, ski_from_key_bits, ski_from_spki, Ski,
     SpkiError,
