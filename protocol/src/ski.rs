@@ -37,7 +37,9 @@ impl std::error::Error for SpkiError {}
 /// One DER TLV: (tag, contents, rest).
 fn tlv(input: &[u8]) -> Result<(u8, &[u8], &[u8]), SpkiError> {
     let (&tag, rest) = input.split_first().ok_or(SpkiError::Malformed("empty"))?;
-    let (&l0, rest) = rest.split_first().ok_or(SpkiError::Malformed("no length"))?;
+    let (&l0, rest) = rest
+        .split_first()
+        .ok_or(SpkiError::Malformed("no length"))?;
     let (len, rest) = if l0 < 0x80 {
         (l0 as usize, rest)
     } else {
@@ -118,26 +120,40 @@ pub fn legacy_digest_from_spki(spki_der: &[u8]) -> Result<[u8; CERT_DIGEST_LEN],
 
 /// SHA-256 of the upper-case hex of the RSA modulus, written without leading
 /// zeros (the way the reference formats a big integer with `%X`).
+///
+/// The hex is streamed into the hash in small chunks, so any modulus length
+/// works without a heap buffer (an earlier fixed 4096-digit buffer silently
+/// hashed only the first 16384 bits of a longer modulus).
 pub fn legacy_digest_from_modulus(modulus_be: &[u8]) -> [u8; CERT_DIGEST_LEN] {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let start = modulus_be.iter().position(|&b| b != 0).unwrap_or(modulus_be.len());
-    let m = &modulus_be[start..];
-    // 4096-bit moduli are 1024 hex digits; allow up to 16384-bit keys on the stack.
-    let mut hex = [0u8; 4096];
-    let mut n = 0;
-    for (i, &b) in m.iter().enumerate().take(hex.len() / 2) {
-        if !(i == 0 && b >> 4 == 0) {
-            hex[n] = HEX[(b >> 4) as usize];
-            n += 1;
+    /// Bytes of modulus converted per hash update (the hex is twice that).
+    const CHUNK: usize = 128;
+    let start = modulus_be
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(modulus_be.len());
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    match modulus_be[start..].split_first() {
+        // A zero modulus prints as "0" (never a real key, but defined).
+        None => ctx.update(b"0"),
+        Some((&first, rest)) => {
+            // The first byte may have a zero high nibble, which `%X` drops.
+            if first >> 4 == 0 {
+                ctx.update(&[HEX[first as usize]]);
+            } else {
+                ctx.update(&[HEX[(first >> 4) as usize], HEX[(first & 0xf) as usize]]);
+            }
+            let mut hex = [0u8; 2 * CHUNK];
+            for chunk in rest.chunks(CHUNK) {
+                for (i, &b) in chunk.iter().enumerate() {
+                    hex[2 * i] = HEX[(b >> 4) as usize];
+                    hex[2 * i + 1] = HEX[(b & 0xf) as usize];
+                }
+                ctx.update(&hex[..2 * chunk.len()]);
+            }
         }
-        hex[n] = HEX[(b & 0xf) as usize];
-        n += 1;
     }
-    if n == 0 {
-        hex[0] = b'0';
-        n = 1;
-    }
-    let d = digest::digest(&digest::SHA256, &hex[..n]);
+    let d = ctx.finish();
     let mut out = [0u8; CERT_DIGEST_LEN];
     out.copy_from_slice(d.as_ref());
     out
@@ -155,8 +171,29 @@ mod tests {
     }
 
     #[test]
+    fn legacy_digest_of_long_and_zero_moduli() {
+        // Longer than the old 2048-byte stack buffer, with a leading zero
+        // byte and an odd first byte: every digit must be hashed.
+        let mut m = vec![0x00, 0x05];
+        m.extend((0..2100u32).map(|i| (i * 7) as u8));
+        let text: String = m[1..].iter().map(|b| format!("{b:02X}")).collect();
+        let want = digest::digest(&digest::SHA256, text.trim_start_matches('0').as_bytes());
+        assert_eq!(&legacy_digest_from_modulus(&m)[..], want.as_ref());
+
+        let zero = digest::digest(&digest::SHA256, b"0");
+        assert_eq!(&legacy_digest_from_modulus(&[0, 0])[..], zero.as_ref());
+        assert_eq!(&legacy_digest_from_modulus(&[])[..], zero.as_ref());
+    }
+
+    #[test]
     fn malformed_spki_is_an_error_not_a_panic() {
-        for bad in [&[][..], &[0x30], &[0x30, 0x81], &[0x30, 0x02, 0x30, 0x00], &[0x04, 0x00]] {
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x81],
+            &[0x30, 0x02, 0x30, 0x00],
+            &[0x04, 0x00],
+        ] {
             assert!(ski_from_spki(bad).is_err());
         }
     }
