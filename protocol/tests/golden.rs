@@ -486,7 +486,7 @@ fn parse_hex(s: &str) -> Vec<u8> {
             let n: usize = n.parse().unwrap_or_else(|e| panic!("bad count {n:?}: {e}"));
             out.resize(out.len() + n, b);
         } else {
-            assert!(tok.len() % 2 == 0, "odd-length hex token {tok:?}");
+            assert!(tok.len().is_multiple_of(2), "odd-length hex token {tok:?}");
             for i in (0..tok.len()).step_by(2) {
                 let pair = &tok[i..i + 2];
                 out.push(
