@@ -1,1 +1,267 @@
-//! Throwaway PKI for the demo and tests. (Placeholder.)
+//! A throwaway PKI for the demo and the tests: a CA, a server and a client
+//! certificate it signs, a client certificate from a foreign CA, an expired
+//! client certificate, and one private key file of every kind the software
+//! backend serves.
+//!
+//! Everything is generated fresh (rcgen and aws-lc) into a directory the
+//! caller chooses, as PEM files; nothing here is fit for production: keys are
+//! written unencrypted and the validity periods are fixed dates. It must stay
+//! fast, since the demo runs it at every start: the slow part, RSA prime
+//! generation, runs on threads alongside the rest.
+
+use crate::keys::KeyKind;
+use anyhow::Context;
+use rcgen::{
+    date_time_ymd, BasicConstraints, CertificateParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RsaKeySize, SerialNumber,
+    SignatureAlgorithm,
+};
+use std::path::{Path, PathBuf};
+
+/// The generated files. Every path is inside `dir`.
+#[derive(Debug, Clone)]
+pub struct DemoPki {
+    /// The directory everything was written to.
+    pub dir: PathBuf,
+    /// The CA (ECDSA P-256, self-signed) that signs the server and client
+    /// certificates: both the server's `cloudflare_ca_cert` and the client's
+    /// trust root.
+    pub ca_cert: PathBuf,
+    /// The CA's private key (PKCS#8 PEM), for tests that issue more.
+    pub ca_key: PathBuf,
+    /// Server certificate for "localhost", 127.0.0.1 and ::1 (ECDSA P-256).
+    pub server_cert: PathBuf,
+    /// Its private key.
+    pub server_key: PathBuf,
+    /// Client certificate signed by the CA (ECDSA P-256).
+    pub client_cert: PathBuf,
+    /// Its private key.
+    pub client_key: PathBuf,
+    /// Directory holding one key file per kind (`*.key`, PKCS#8 PEM).
+    pub keys_dir: PathBuf,
+    /// The key files in `keys_dir`, with their kind.
+    pub key_files: Vec<(KeyKind, PathBuf)>,
+    /// A second, unrelated CA.
+    pub foreign_ca_cert: PathBuf,
+    /// Client certificate signed by the foreign CA: must be refused.
+    pub foreign_client_cert: PathBuf,
+    /// Its private key.
+    pub foreign_client_key: PathBuf,
+    /// Client certificate signed by the CA but expired (valid only during
+    /// 2000): must be refused.
+    pub expired_client_cert: PathBuf,
+    /// Its private key.
+    pub expired_client_key: PathBuf,
+}
+
+/// The key files written to `keys_dir`: name, kind, how to generate it.
+const KEY_FILES: [(&str, KeyKind); 7] = [
+    ("rsa2048.key", KeyKind::Rsa { bits: 2048 }),
+    ("rsa3072.key", KeyKind::Rsa { bits: 3072 }),
+    ("rsa4096.key", KeyKind::Rsa { bits: 4096 }),
+    ("p256.key", KeyKind::EcdsaP256),
+    ("p384.key", KeyKind::EcdsaP384),
+    ("p521.key", KeyKind::EcdsaP521),
+    ("ed25519.key", KeyKind::Ed25519),
+];
+
+fn generate_key(kind: KeyKind) -> Result<KeyPair, rcgen::Error> {
+    let ec = |alg: &'static SignatureAlgorithm| KeyPair::generate_for(alg);
+    match kind {
+        KeyKind::Rsa { bits } => {
+            let size = match bits {
+                2048 => RsaKeySize::_2048,
+                3072 => RsaKeySize::_3072,
+                _ => RsaKeySize::_4096,
+            };
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, size)
+        }
+        KeyKind::EcdsaP256 => ec(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyKind::EcdsaP384 => ec(&rcgen::PKCS_ECDSA_P384_SHA384),
+        KeyKind::EcdsaP521 => ec(&rcgen::PKCS_ECDSA_P521_SHA512),
+        KeyKind::Ed25519 => ec(&rcgen::PKCS_ED25519),
+    }
+}
+
+/// Write a file; private keys are made owner-only on Unix.
+fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = secret;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(contents.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn dn(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "keycore demo (throwaway)");
+    dn.push(DnType::CommonName, cn);
+    dn
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_before = date_time_ymd(2020, 1, 1);
+    p.not_after = date_time_ymd(2049, 12, 31);
+    p.serial_number = Some(SerialNumber::from_slice(&[1]));
+    p
+}
+
+fn leaf_params(
+    cn: &str,
+    sans: &[&str],
+    eku: ExtendedKeyUsagePurpose,
+    serial: u8,
+) -> anyhow::Result<CertificateParams> {
+    let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+        .context("certificate names")?;
+    p.distinguished_name = dn(cn);
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![eku];
+    p.use_authority_key_identifier_extension = true;
+    p.not_before = date_time_ymd(2020, 1, 1);
+    p.not_after = date_time_ymd(2049, 12, 31);
+    p.serial_number = Some(SerialNumber::from_slice(&[serial]));
+    Ok(p)
+}
+
+/// A leaf key and certificate issued by `issuer`, written as `<name>.pem` and
+/// `<name>.key.pem` (not `*.key`, so they never land in a keys directory by
+/// accident).
+fn issue(
+    dir: &Path,
+    name: &str,
+    params: CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .with_context(|| format!("generating the {name} key"))?;
+    let cert = params
+        .signed_by(&key, issuer)
+        .with_context(|| format!("signing the {name} certificate"))?;
+    let cert_path = dir.join(format!("{name}.pem"));
+    let key_path = dir.join(format!("{name}.key.pem"));
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((cert_path, key_path))
+}
+
+/// Generate the demo PKI into `dir` (created if missing; existing files with
+/// the same names are overwritten).
+pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let keys_dir = dir.join("keys");
+    std::fs::create_dir_all(&keys_dir)
+        .with_context(|| format!("creating {}", keys_dir.display()))?;
+
+    std::thread::scope(|s| {
+        // RSA prime generation dominates (4096 bits: up to seconds); run
+        // the RSA keys on their own threads while the certificates are made.
+        let rsa_jobs: Vec<_> = KEY_FILES
+            .iter()
+            .filter(|(_, k)| matches!(k, KeyKind::Rsa { .. }))
+            .map(|&(name, kind)| (name, kind, s.spawn(move || generate_key(kind))))
+            .collect();
+
+        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .context("generating the CA key")?;
+        let ca_p = ca_params("keycore demo CA");
+        let ca_cert = ca_p.self_signed(&ca_key).context("self-signing the CA")?;
+        let ca_cert_path = dir.join("ca.pem");
+        let ca_key_path = dir.join("ca.key.pem");
+        write(&ca_cert_path, &ca_cert.pem(), false)?;
+        write(&ca_key_path, &ca_key.serialize_pem(), true)?;
+        let ca = Issuer::new(ca_p, ca_key);
+
+        let (server_cert, server_key) = issue(
+            dir,
+            "server",
+            leaf_params(
+                "localhost",
+                &["localhost", "127.0.0.1", "::1"],
+                ExtendedKeyUsagePurpose::ServerAuth,
+                2,
+            )?,
+            &ca,
+        )?;
+        let client = |cn| leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, 3);
+        let (client_cert, client_key) = issue(dir, "client", client("keycore demo client")?, &ca)?;
+        let mut expired = client("keycore expired client")?;
+        expired.not_before = date_time_ymd(2000, 1, 1);
+        expired.not_after = date_time_ymd(2000, 12, 31);
+        expired.serial_number = Some(SerialNumber::from_slice(&[4]));
+        let (expired_client_cert, expired_client_key) = issue(dir, "expired-client", expired, &ca)?;
+
+        let foreign_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .context("generating the foreign CA key")?;
+        let foreign_p = ca_params("keycore foreign CA (not trusted)");
+        let foreign_cert = foreign_p
+            .self_signed(&foreign_key)
+            .context("self-signing the foreign CA")?;
+        let foreign_ca_cert = dir.join("foreign-ca.pem");
+        write(&foreign_ca_cert, &foreign_cert.pem(), false)?;
+        let foreign = Issuer::new(foreign_p, foreign_key);
+        let (foreign_client_cert, foreign_client_key) = issue(
+            dir,
+            "foreign-client",
+            client("keycore foreign client")?,
+            &foreign,
+        )?;
+
+        let mut key_files = Vec::with_capacity(KEY_FILES.len());
+        for &(name, kind) in KEY_FILES
+            .iter()
+            .filter(|(_, k)| !matches!(k, KeyKind::Rsa { .. }))
+        {
+            let key = generate_key(kind).with_context(|| format!("generating {name}"))?;
+            let path = keys_dir.join(name);
+            write(&path, &key.serialize_pem(), true)?;
+            key_files.push((kind, path));
+        }
+        for (name, kind, job) in rsa_jobs {
+            let key = job
+                .join()
+                .map_err(|_| anyhow::anyhow!("generating {name}: thread panicked"))?
+                .with_context(|| format!("generating {name}"))?;
+            let path = keys_dir.join(name);
+            write(&path, &key.serialize_pem(), true)?;
+            key_files.push((kind, path));
+        }
+        key_files.sort_by(|a, b| a.1.cmp(&b.1));
+
+        Ok(DemoPki {
+            dir: dir.to_path_buf(),
+            ca_cert: ca_cert_path,
+            ca_key: ca_key_path,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+            keys_dir: keys_dir.clone(),
+            key_files,
+            foreign_ca_cert,
+            foreign_client_cert,
+            foreign_client_key,
+            expired_client_cert,
+            expired_client_key,
+        })
+    })
+}

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 pub mod software;
+mod sys;
 
 /// What kind of key this is; decides which operations it can answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
