@@ -1,64 +1,496 @@
 //! PKCS#11 backend: URIs, modules, tokens, per-core sessions, dispatch.
 //!
-//! Interface with the server (fixed; the implementation grows behind it):
-//! - control plane: [`Pkcs11Store`] is built once at start-up from the
+//! Interface with the server:
+//! - control plane: [`Pkcs11Store::open`] is called once at start-up with the
 //!   `uri: pkcs11:` stores and yields `KeyEntry`s with `Backend::Pkcs11(KeyRef)`;
+//!   [`Pkcs11Store::health`] reports each partition for the metrics endpoint;
 //! - data plane: each reactor calls [`Pkcs11Store::core`] once on its own
 //!   thread and keeps the returned [`CoreHsm`] (not `Send`): its sessions and
 //!   handles belong to that core alone.
+//!
+//! Layout: `uri` (RFC 7512 parsing), `module` (load + initialise once,
+//! re-initialise on loss), `token` (partitions, login, key discovery,
+//! health), `spki` (public keys and DER), `session` (a lane: one session,
+//! mechanisms, recovery), `dispatch` (offload workers, completions,
+//! watchdog).
+//!
+//! A [`KeyRef`] is an HA group: every partition holding a key with the same
+//! SKI. A core spreads requests over the group's usable members round-robin;
+//! a member whose recovery fails is skipped until its backoff expires, and
+//! the next request after that probes it back in.
 
-use keycore_protocol::{ErrorCode, OpClass};
+pub mod dispatch;
+pub mod module;
+pub mod session;
+pub mod spki;
+pub mod token;
+pub mod uri;
+
+pub use token::PartitionHealth;
+pub use uri::{DispatchMode, Pkcs11Uri, UriError};
+
+use crate::keys::{Backend, KeyEntry, KeyKind};
+use dispatch::{Completion, Job, Pending, Watchdog, Workers};
+use keycore_protocol::{ErrorCode, OpClass, Ski};
+use session::{Lane, LaneError};
+use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+use token::{Partition, PartitionSettings};
 
 /// Which key (HA group of partitions) a request is for. Small and `Copy`: it
 /// is stored in the shared key index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KeyRef(pub u32);
 
+/// Start-up failure. Always names the URI (PIN redacted) and the attribute.
+#[derive(Debug, thiserror::Error)]
+pub enum Pkcs11Error {
+    /// A URI is malformed, or what it names cannot be used.
+    #[error(transparent)]
+    Uri(#[from] UriError),
+}
+
+/// Store-wide settings; every field can be overridden per token in its URI.
+#[derive(Debug, Clone)]
+pub struct Pkcs11Options {
+    /// Number of reactors that will call [`Pkcs11Store::core`]; divides the
+    /// reference's `max-sessions` between them. Default 1.
+    pub cores: usize,
+    /// Dispatch for tokens whose URI has no `x-dispatch`. `None` (default):
+    /// inline for in-process software tokens (SoftHSM), offload for the rest
+    /// — see docs/pkcs11/README.md for the measurement behind it.
+    pub dispatch: Option<DispatchMode>,
+    /// Sessions (worker threads) per core per offload token, unless the URI
+    /// says `x-sessions-per-core` or `max-sessions`. Default 2: one call in
+    /// flight while the next is being prepared; raise it for high-latency
+    /// HSMs (each costs a thread and an HSM session).
+    pub sessions_per_core: u32,
+    /// Longest one offloaded operation may take before it is answered
+    /// `CRYPTO` and its session quarantined (URI: `x-op-timeout`; the
+    /// reference config's `sign_timeout` is the natural source). Default 2 s.
+    pub op_timeout: Duration,
+}
+
+impl Default for Pkcs11Options {
+    fn default() -> Self {
+        Pkcs11Options {
+            cores: 1,
+            dispatch: None,
+            sessions_per_core: 2,
+            op_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Library file names of tokens that run in-process (a sign is CPU work on
+/// the calling thread), for which inline dispatch is the default.
+const IN_PROCESS_MODULES: &[&str] = &["libsofthsm2.so", "libsofthsm.so"];
+
+/// One HA group: the partitions (and key positions in them) that hold the
+/// same key.
+#[derive(Debug)]
+struct Group {
+    members: Vec<(usize, usize)>,
+    kind: KeyKind,
+}
+
+#[derive(Debug)]
+struct Shared {
+    partitions: Vec<Arc<Partition>>,
+    groups: Vec<Group>,
+    watchdog: Watchdog,
+}
+
 /// Everything PKCS#11 that is shared read-only by the cores.
-#[derive(Debug, Default)]
-pub struct Pkcs11Store {}
+#[derive(Debug)]
+pub struct Pkcs11Store {
+    shared: Arc<Shared>,
+}
+
+impl Default for Pkcs11Store {
+    fn default() -> Self {
+        Pkcs11Store {
+            shared: Arc::new(Shared {
+                partitions: Vec::new(),
+                groups: Vec::new(),
+                watchdog: Watchdog::default(),
+            }),
+        }
+    }
+}
+
+fn op_fits(op: OpClass, kind: KeyKind) -> bool {
+    matches!(
+        (op, kind),
+        (
+            OpClass::RsaPkcs1(_) | OpClass::RsaPss(_) | OpClass::RsaDecrypt,
+            KeyKind::Rsa { .. }
+        ) | (
+            OpClass::Ecdsa(_),
+            KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521
+        ) | (OpClass::Ed25519, KeyKind::Ed25519)
+    )
+}
 
 impl Pkcs11Store {
-    /// The per-core handle; call on the reactor thread that will use it.
-    pub fn core(&self, _core: usize) -> CoreHsm {
-        CoreHsm {
-            _not_send: std::marker::PhantomData,
+    /// Load the modules, find the tokens, log in and find the keys the URIs
+    /// name. One `KeyEntry` per distinct key (SKI); a key found on several
+    /// partitions becomes one HA group. Fails on the first URI that cannot be
+    /// used, naming it and the attribute at fault.
+    pub fn open(
+        uris: &[String],
+        opts: &Pkcs11Options,
+    ) -> Result<(Pkcs11Store, Vec<KeyEntry>), Pkcs11Error> {
+        let cores = opts.cores.max(1) as u32;
+        let mut parts: Vec<Partition> = Vec::new();
+        let mut groups: Vec<Group> = Vec::new();
+        let mut by_ski: Vec<(Ski, usize)> = Vec::new();
+        let mut entries = Vec::new();
+        for (i, raw) in uris.iter().enumerate() {
+            let uri = Pkcs11Uri::parse(raw)?;
+            let settings = |m: &module::Module| PartitionSettings {
+                dispatch: opts.dispatch.unwrap_or_else(|| {
+                    let file = m.path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                    if IN_PROCESS_MODULES.contains(&file) {
+                        DispatchMode::Inline
+                    } else {
+                        DispatchMode::Offload
+                    }
+                }),
+                sessions_per_core: uri
+                    .max_sessions
+                    .map(|n| (n / cores).max(1))
+                    .unwrap_or(opts.sessions_per_core),
+                op_timeout: opts.op_timeout,
+            };
+            let (pi, positions) = token::open_uri(&uri, i, &mut parts, settings)?;
+            for pos in positions {
+                let k = &parts[pi].keys[pos];
+                match by_ski.iter().find(|(s, _)| *s == k.ski) {
+                    Some(&(_, g)) => {
+                        if !groups[g].members.contains(&(pi, pos)) {
+                            groups[g].members.push((pi, pos));
+                        }
+                    }
+                    None => {
+                        let g = groups.len();
+                        groups.push(Group {
+                            members: vec![(pi, pos)],
+                            kind: k.kind,
+                        });
+                        by_ski.push((k.ski, g));
+                        entries.push(KeyEntry {
+                            ski: k.ski,
+                            legacy_digest: match k.kind {
+                                KeyKind::Rsa { .. } => {
+                                    keycore_protocol::legacy_digest_from_spki(&k.spki).ok()
+                                }
+                                _ => None,
+                            },
+                            kind: k.kind,
+                            spki_der: k.spki.clone(),
+                            source: uri.display.clone(),
+                            backend: Backend::Pkcs11(KeyRef(g as u32)),
+                        });
+                    }
+                }
+            }
         }
+        let store = Pkcs11Store {
+            shared: Arc::new(Shared {
+                partitions: parts.into_iter().map(Arc::new).collect(),
+                groups,
+                watchdog: Watchdog::default(),
+            }),
+        };
+        Ok((store, entries))
+    }
+
+    /// The per-core handle; call on the reactor thread that will use it.
+    /// Opens this core's inline sessions now and starts its offload workers.
+    pub fn core(&self, core: usize) -> CoreHsm {
+        let lanes = self
+            .shared
+            .partitions
+            .iter()
+            .map(|p| match p.dispatch {
+                DispatchMode::Inline => {
+                    let mut lane = Lane::new(p.clone());
+                    if let Err(e) = lane.warm_up() {
+                        p.health.fail(&e);
+                    }
+                    CoreLane::Inline(RefCell::new(lane))
+                }
+                DispatchMode::Offload => {
+                    match Workers::start(p.clone(), core, &self.shared.watchdog) {
+                        Ok(w) => CoreLane::Offload(w),
+                        Err(e) => {
+                            p.health.fail(&format!("cannot start worker threads: {e}"));
+                            CoreLane::Dead
+                        }
+                    }
+                }
+            })
+            .collect::<Vec<_>>();
+        let n = lanes.len();
+        CoreHsm {
+            inner: Rc::new(CoreInner {
+                shared: self.shared.clone(),
+                lanes,
+                rr: Cell::new(core),
+                pending: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+                flush_armed: Cell::new(false),
+            }),
+        }
+    }
+
+    /// Health of every partition, for the metrics endpoint.
+    pub fn health(&self) -> Vec<PartitionHealth> {
+        self.shared
+            .partitions
+            .iter()
+            .map(|p| p.health.snapshot(&p.name))
+            .collect()
+    }
+
+    /// Number of partitions (tokens) in use.
+    pub fn partitions(&self) -> usize {
+        self.shared.partitions.len()
+    }
+
+    /// The dispatch mode each partition uses, in `health()` order.
+    pub fn dispatch_modes(&self) -> Vec<DispatchMode> {
+        self.shared.partitions.iter().map(|p| p.dispatch).collect()
+    }
+}
+
+#[derive(Debug)]
+enum CoreLane {
+    Inline(RefCell<Lane>),
+    Offload(Workers),
+    /// Workers could not be started; requests answer `CRYPTO`.
+    Dead,
+}
+
+#[derive(Debug)]
+struct CoreInner {
+    shared: Arc<Shared>,
+    /// Per partition.
+    lanes: Vec<CoreLane>,
+    /// Round-robin position for HA groups.
+    rr: Cell<usize>,
+    /// Per partition: requests submitted this turn, not yet sent.
+    pending: RefCell<Vec<Vec<Job>>>,
+    /// Whether a submitted future will flush on its first poll.
+    flush_armed: Cell<bool>,
+}
+
+impl CoreInner {
+    fn flush(&self) {
+        self.flush_armed.set(false);
+        let mut pending = self.pending.borrow_mut();
+        for (pi, jobs) in pending.iter_mut().enumerate() {
+            if jobs.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(jobs);
+            match &self.lanes[pi] {
+                CoreLane::Offload(w) => w.send_batch(batch),
+                _ => drop(batch), // answered CRYPTO by Job::drop
+            }
+        }
+    }
+
+    /// Advance this core's round-robin cursor.
+    fn next_start(&self) -> usize {
+        let s = self.rr.get();
+        self.rr.set(s.wrapping_add(1));
+        s
+    }
+
+    /// The `skip`-th member of `g` to try, starting at `start`: usable
+    /// members first (round-robin), then the ones backing off (a request to
+    /// one of those is its probe). No allocation: groups are small.
+    fn member(&self, g: &Group, start: usize, skip: usize) -> Option<(usize, usize)> {
+        let n = g.members.len();
+        let mut seen = 0;
+        for want_usable in [true, false] {
+            for i in 0..n {
+                let m = g.members[(start + i) % n];
+                if self.shared.partitions[m.0].health.usable() == want_usable {
+                    if seen == skip {
+                        return Some(m);
+                    }
+                    seen += 1;
+                }
+            }
+        }
+        None
     }
 }
 
 /// One core's PKCS#11 state (sessions, handles, batches). Not `Send`.
 #[derive(Debug)]
 pub struct CoreHsm {
-    _not_send: std::marker::PhantomData<*const ()>,
+    inner: Rc<CoreInner>,
 }
 
 impl CoreHsm {
     /// Whether `key` is served inline (synchronously on the reactor).
-    pub fn is_inline(&self, _key: KeyRef) -> bool {
-        true
+    pub fn is_inline(&self, key: KeyRef) -> bool {
+        let Some(g) = self.inner.shared.groups.get(key.0 as usize) else {
+            return true; // perform_inline answers INTERNAL
+        };
+        g.members
+            .iter()
+            .all(|&(pi, _)| matches!(self.inner.lanes[pi], CoreLane::Inline(_)))
     }
 
-    /// Perform an operation synchronously on this core's session.
+    /// Perform an operation synchronously on this core's session. A member
+    /// partition that is down is skipped for the next; an operation that
+    /// does not fit the key, or fails on a healthy token, is `CRYPTO`.
     pub fn perform_inline(
         &self,
-        _key: KeyRef,
-        _op: OpClass,
-        _input: &[u8],
-        _out: &mut Vec<u8>,
+        key: KeyRef,
+        op: OpClass,
+        input: &[u8],
+        out: &mut Vec<u8>,
     ) -> Result<(), ErrorCode> {
-        Err(ErrorCode::INTERNAL)
+        let inner = &self.inner;
+        let g = inner
+            .shared
+            .groups
+            .get(key.0 as usize)
+            .ok_or(ErrorCode::INTERNAL)?;
+        if !op_fits(op, g.kind) {
+            return Err(ErrorCode::CRYPTO);
+        }
+        let start = inner.next_start();
+        for skip in 0..g.members.len() {
+            let Some((pi, k)) = inner.member(g, start, skip) else {
+                break;
+            };
+            let CoreLane::Inline(lane) = &inner.lanes[pi] else {
+                continue;
+            };
+            match lane.borrow_mut().perform(k, op, input, out) {
+                Ok(()) => return Ok(()),
+                Err(LaneError::Crypto) => return Err(ErrorCode::CRYPTO),
+                Err(LaneError::Down) => continue,
+            }
+        }
+        Err(ErrorCode::CRYPTO)
     }
 
     /// Submit an operation to be carried out off the reactor; the future
-    /// resolves with the result. Never blocks the reactor.
+    /// resolves with the result. Never blocks the reactor. Requests
+    /// submitted before the first of their futures is polled (or before
+    /// [`CoreHsm::flush`]) go to each partition as one batch. A key served
+    /// inline is performed here and the future is ready at once.
     pub fn submit(
         &self,
-        _key: KeyRef,
-        _op: OpClass,
-        _input: &[u8],
+        key: KeyRef,
+        op: OpClass,
+        input: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>, ErrorCode>> + 'static {
-        std::future::ready(Err(ErrorCode::INTERNAL))
+        let inner = self.inner.clone();
+        let start = inner.next_start();
+        let first = route(&inner, key, op, input, start, 0);
+        let single = inner
+            .shared
+            .groups
+            .get(key.0 as usize)
+            .is_none_or(|g| g.members.len() == 1);
+        // Keep the input for one retry on another HA member.
+        let retry_input = if single { None } else { Some(input.to_vec()) };
+        async move {
+            let mut r = first.await;
+            if let (Err(LaneError::Down), Some(input)) = (&r, retry_input) {
+                r = route(&inner, key, op, &input, start, 1).await;
+            }
+            r.map_err(|e| match e {
+                LaneError::Crypto | LaneError::Down => ErrorCode::CRYPTO,
+            })
+        }
+    }
+
+    /// Send this turn's batches now (the server may call this at the end of
+    /// each reactor turn; otherwise the first poll of a submitted future
+    /// does it).
+    pub fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// The future of one routed attempt.
+enum Routed {
+    Ready(Option<Result<Vec<u8>, LaneError>>),
+    /// Queued for a worker; the core is kept to send this turn's batches on
+    /// first poll (every queued future can do it, so dropping one never
+    /// strands the others).
+    Queued(Pending, Option<Rc<CoreInner>>),
+}
+
+impl Future for Routed {
+    type Output = Result<Vec<u8>, LaneError>;
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.get_mut() {
+            Routed::Ready(r) => std::task::Poll::Ready(r.take().unwrap_or(Err(LaneError::Crypto))),
+            Routed::Queued(p, core) => {
+                if let Some(c) = core.take() {
+                    if c.flush_armed.get() {
+                        c.flush();
+                    }
+                }
+                std::pin::Pin::new(p).poll(cx)
+            }
+        }
+    }
+}
+
+/// Pick the `skip`-th member of `key`'s group and either perform inline or
+/// queue a job for its workers.
+fn route(
+    inner: &Rc<CoreInner>,
+    key: KeyRef,
+    op: OpClass,
+    input: &[u8],
+    start: usize,
+    skip: usize,
+) -> Routed {
+    let Some(g) = inner.shared.groups.get(key.0 as usize) else {
+        return Routed::Ready(Some(Err(LaneError::Crypto)));
+    };
+    if !op_fits(op, g.kind) {
+        return Routed::Ready(Some(Err(LaneError::Crypto)));
+    }
+    let Some((pi, k)) = inner.member(g, start, skip) else {
+        return Routed::Ready(Some(Err(LaneError::Down)));
+    };
+    match &inner.lanes[pi] {
+        CoreLane::Inline(lane) => {
+            let mut out = Vec::new();
+            let r = lane.borrow_mut().perform(k, op, input, &mut out);
+            Routed::Ready(Some(r.map(|()| out)))
+        }
+        CoreLane::Dead => Routed::Ready(Some(Err(LaneError::Down))),
+        CoreLane::Offload(_) => {
+            let done = Arc::new(Completion::default());
+            inner.pending.borrow_mut()[pi].push(Job {
+                key: k,
+                op,
+                input: input.to_vec(),
+                done: done.clone(),
+                queued_ns: token::now_ns(),
+            });
+            inner.flush_armed.set(true);
+            Routed::Queued(Pending { done }, Some(inner.clone()))
+        }
     }
 }
