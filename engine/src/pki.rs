@@ -265,3 +265,131 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::software;
+    use std::process::Command;
+    use x509_parser::prelude::*;
+
+    fn openssl_verify(dir: &Path, ca: &Path, cert: &Path) -> (bool, String) {
+        let o = Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(ca)
+            .arg(cert)
+            .current_dir(dir)
+            .output()
+            .expect("the openssl CLI is installed");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success(), text)
+    }
+
+    fn parse(path: &Path) -> Vec<u8> {
+        let pem = std::fs::read(path).unwrap();
+        let (_, p) = parse_x509_pem(&pem).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        p.contents
+    }
+
+    /// Not a check: prints how long each key kind takes to generate here
+    /// (`cargo test -p keycore-engine --lib pki_timing -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn pki_timing() {
+        for (name, kind) in KEY_FILES {
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let t0 = std::time::Instant::now();
+                generate_key(kind).unwrap();
+                times.push(t0.elapsed().as_millis());
+            }
+            eprintln!("{name}: {times:?} ms");
+        }
+        for _ in 0..5 {
+            let tmp = tempfile::tempdir().unwrap();
+            let t0 = std::time::Instant::now();
+            generate(tmp.path()).unwrap();
+            eprintln!("generate: {:?}", t0.elapsed());
+        }
+    }
+
+    #[test]
+    fn generated_pki_chains_expires_and_loads() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t0 = std::time::Instant::now();
+        let pki = generate(tmp.path()).unwrap();
+        eprintln!("pki::generate took {:?}", t0.elapsed());
+        let d = tmp.path();
+
+        // Certificates parse and say what they are.
+        let ca_der = parse(&pki.ca_cert);
+        let (_, ca) = X509Certificate::from_der(&ca_der).unwrap();
+        assert!(ca.is_ca());
+        let server_der = parse(&pki.server_cert);
+        let (_, server) = X509Certificate::from_der(&server_der).unwrap();
+        assert!(!server.is_ca());
+        let san = server.subject_alternative_name().unwrap().unwrap();
+        let names: Vec<String> = san
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert!(names.iter().any(|n| n.contains("localhost")), "{names:?}");
+        assert!(
+            san.value
+                .general_names
+                .iter()
+                .any(|n| matches!(n, GeneralName::IPAddress(ip) if *ip == [127, 0, 0, 1])),
+            "{names:?}"
+        );
+        assert!(server.validity().is_valid());
+        let expired_der = parse(&pki.expired_client_cert);
+        let (_, expired) = X509Certificate::from_der(&expired_der).unwrap();
+        assert!(!expired.validity().is_valid());
+        assert!(expired.validity().not_after < ASN1Time::now());
+
+        // Chains, per openssl.
+        for good in [&pki.server_cert, &pki.client_cert] {
+            let (ok, text) = openssl_verify(d, &pki.ca_cert, good);
+            assert!(ok, "{}: {text}", good.display());
+        }
+        let (ok, text) = openssl_verify(d, &pki.ca_cert, &pki.expired_client_cert);
+        assert!(!ok && text.contains("expired"), "{text}");
+        let (ok, _) = openssl_verify(d, &pki.ca_cert, &pki.foreign_client_cert);
+        assert!(!ok, "the foreign client must not chain to the CA");
+        let (ok, text) = openssl_verify(d, &pki.foreign_ca_cert, &pki.foreign_client_cert);
+        assert!(ok, "{text}");
+
+        // Every key file loads, with the kind it was made as.
+        let loaded: Vec<_> = software::load_dir(&pki.keys_dir)
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        assert_eq!(loaded.len(), KEY_FILES.len());
+        assert_eq!(pki.key_files.len(), KEY_FILES.len());
+        for ((kind, path), entry) in pki.key_files.iter().zip(&loaded) {
+            assert_eq!(entry.source, path.display().to_string());
+            assert_eq!(entry.kind, *kind);
+        }
+        // The TLS keys load too (they are not `*.key`, so not picked up by
+        // a directory scan).
+        for k in [&pki.server_key, &pki.client_key, &pki.ca_key] {
+            assert_eq!(software::load_file(k).unwrap().kind, KeyKind::EcdsaP256);
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&pki.server_key)
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "private keys are owner-only");
+        }
+    }
+}
