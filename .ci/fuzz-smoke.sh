@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Fuzz smoke run for the wire codec: a bounded libFuzzer session of the `decode` target
+# (fuzz/fuzz_targets/decode.rs) on STABLE Rust, seeded with the golden vectors.
+#
+# Why cargo-fuzz with `-s none`: the sanitizers need nightly (-Zsanitizer); without one,
+# cargo-fuzz only passes stable -C flags (sancov passes), so libFuzzer's coverage guidance
+# works on stable. The codec is `forbid(unsafe_code)`, so ASan would add little.
+#
+# What fails the run: any panic in the target (decoder panic, an allocation during
+# frame::check + decode, a round-trip mismatch), which libFuzzer reports as a crash and
+# saves under fuzz/artifacts/decode/; this script then exits non-zero.
+#
+# Cost (measured, 2 cores): installing cargo-fuzz ~30 s, building the target ~25 s (the
+# fuzz crate builds keycore-protocol without aws-lc), fuzzing FUZZ_SECONDS (default 45).
+#
+# Knobs: FUZZ_SECONDS (default 45), FUZZ_MAX_LEN (default 4200: past every padded
+# message shape; longer inputs add no new code paths, only slower mutation).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+FUZZ_SECONDS="${FUZZ_SECONDS:-45}"
+FUZZ_MAX_LEN="${FUZZ_MAX_LEN:-4200}"
+CARGO_FUZZ_VERSION="0.13.2"
+start=$(date +%s)
+stamp() { echo "fuzz-smoke: $* (t=$(( $(date +%s) - start ))s)"; }
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  stamp "installing cargo-fuzz ${CARGO_FUZZ_VERSION}"
+  cargo install --locked cargo-fuzz --version "${CARGO_FUZZ_VERSION}"
+fi
+stamp "using $(cargo fuzz --version)"
+
+corpus=fuzz/corpus/decode
+mkdir -p "$corpus"
+seeds=(protocol/testdata/*.bin)
+cp "${seeds[@]}" "$corpus"/
+stamp "seeded $corpus with ${#seeds[@]} golden vectors"
+
+cargo fuzz build --fuzz-dir fuzz -s none decode
+stamp "built"
+
+cargo fuzz run --fuzz-dir fuzz -s none decode "$corpus" -- \
+  -max_total_time="${FUZZ_SECONDS}" \
+  -max_len="${FUZZ_MAX_LEN}" \
+  -timeout=10 \
+  -rss_limit_mb=2048 \
+  -print_final_stats=1
+stamp "no crash in ${FUZZ_SECONDS}s of fuzzing"
