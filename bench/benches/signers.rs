@@ -1,0 +1,163 @@
+//! Software signers: keycore's `SoftwareKey::perform` against the raw
+//! aws-lc-rs API on the same key, to show what the wrapper costs.
+//!
+//! Each group signs with one key two or three ways: `keycore` (our API,
+//! appending into a reused `Vec`), `aws-lc-rs` (`sign` over a short message,
+//! which hashes it first) and, where aws-lc-rs has it, `aws-lc-rs digest`
+//! (`sign_digest` over an imported digest, the closest equivalent). Run with
+//! `cargo bench -p keycore-bench --bench signers`.
+
+use aws_lc_rs::digest::{self, Digest};
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use keycore_engine::keys::{software, Backend, KeyEntry};
+use keycore_protocol::{Hash, OpClass};
+use std::hint::black_box;
+use std::time::Duration;
+
+/// The 32-byte "message" the raw API hashes; our API gets its SHA-256.
+const MSG: &[u8; 32] = b"keycore bench message, 32 bytes!";
+
+fn entry(pkcs8: &[u8]) -> KeyEntry {
+    software::from_der_or_pem(pkcs8, "bench").expect("generated key loads")
+}
+
+fn ours(g: &mut BenchmarkGroup<'_, WallTime>, e: &KeyEntry, op: OpClass, input: &[u8]) {
+    let Backend::Inline(k) = &e.backend else {
+        panic!("software keys are inline")
+    };
+    let mut out = Vec::with_capacity(1024);
+    g.bench_function("keycore", |b| {
+        b.iter(|| {
+            out.clear();
+            k.perform(op, black_box(input), &mut out).unwrap();
+            black_box(&out);
+        })
+    });
+}
+
+fn rsa(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    let kp = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let e = entry(
+        AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
+            .unwrap()
+            .as_ref(),
+    );
+    let d = digest::digest(&digest::SHA256, MSG);
+    let mut sig = vec![0u8; kp.public_modulus_len()];
+
+    for (group, op, alg) in [
+        (
+            "rsa2048 pkcs1 sha256",
+            OpClass::RsaPkcs1(Hash::Sha256),
+            &signature::RSA_PKCS1_SHA256 as &'static dyn signature::RsaEncoding,
+        ),
+        (
+            "rsa2048 pss sha256",
+            OpClass::RsaPss(Hash::Sha256),
+            &signature::RSA_PSS_SHA256,
+        ),
+    ] {
+        let mut g = c.benchmark_group(group);
+        ours(&mut g, &e, op, d.as_ref());
+        g.bench_function("aws-lc-rs", |b| {
+            b.iter(|| kp.sign(alg, &rng, black_box(MSG), &mut sig).unwrap())
+        });
+        g.bench_function("aws-lc-rs digest", |b| {
+            b.iter(|| {
+                let dg = Digest::import_less_safe(black_box(d.as_ref()), &digest::SHA256).unwrap();
+                kp.sign_digest(alg, &dg, &mut sig).unwrap()
+            })
+        });
+        g.finish();
+    }
+
+    // Raw decrypt has no aws-lc-rs equivalent; PKCS#1 v1.5 decryption (which
+    // also checks and strips the padding) is the nearest.
+    let dk = PrivateDecryptingKey::from_pkcs8(
+        AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
+            .unwrap()
+            .as_ref(),
+    )
+    .unwrap();
+    let pk = aws_lc_rs::rsa::Pkcs1PublicEncryptingKey::new(dk.public_key()).unwrap();
+    let mut ct = vec![0u8; 256];
+    let ct = pk.encrypt(&[7u8; 48], &mut ct).unwrap().to_vec();
+    let pdk = aws_lc_rs::rsa::Pkcs1PrivateDecryptingKey::new(dk).unwrap();
+    let mut pt = vec![0u8; 256];
+    let mut g = c.benchmark_group("rsa2048 decrypt");
+    ours(&mut g, &e, OpClass::RsaDecrypt, &ct);
+    g.bench_function("aws-lc-rs pkcs1", |b| {
+        b.iter(|| {
+            pdk.decrypt(black_box(&ct), &mut pt).unwrap();
+        })
+    });
+    g.finish();
+}
+
+fn ecdsa(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    for (group, alg, dalg, hash) in [
+        (
+            "ecdsa p256 sha256",
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &digest::SHA256,
+            Hash::Sha256,
+        ),
+        (
+            "ecdsa p384 sha384",
+            &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+            &digest::SHA384,
+            Hash::Sha384,
+        ),
+    ] {
+        let kp = EcdsaKeyPair::generate(alg).unwrap();
+        let e = entry(kp.to_pkcs8v1().unwrap().as_ref());
+        let d = digest::digest(dalg, MSG);
+        let mut g = c.benchmark_group(group);
+        ours(&mut g, &e, OpClass::Ecdsa(hash), d.as_ref());
+        g.bench_function("aws-lc-rs", |b| {
+            b.iter(|| black_box(kp.sign(&rng, black_box(MSG)).unwrap()))
+        });
+        g.bench_function("aws-lc-rs digest", |b| {
+            b.iter(|| {
+                let dg = Digest::import_less_safe(black_box(d.as_ref()), dalg).unwrap();
+                black_box(kp.sign_digest(&dg).unwrap())
+            })
+        });
+        g.finish();
+    }
+}
+
+fn ed25519(c: &mut Criterion) {
+    let kp = Ed25519KeyPair::generate().unwrap();
+    let e = entry(kp.to_pkcs8().unwrap().as_ref());
+    assert!(e.spki_der.ends_with(kp.public_key().as_ref()));
+    let mut g = c.benchmark_group("ed25519");
+    ours(&mut g, &e, OpClass::Ed25519, MSG);
+    g.bench_function("aws-lc-rs", |b| {
+        b.iter(|| black_box(kp.sign(black_box(MSG))))
+    });
+    g.finish();
+}
+
+fn config() -> Criterion {
+    // Short runs: the machine is shared; differences of a few percent show
+    // up well within these windows for µs-scale operations.
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(40)
+}
+
+criterion_group! {
+    name = signers;
+    config = config();
+    targets = rsa, ecdsa, ed25519
+}
+criterion_main!(signers);
