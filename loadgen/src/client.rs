@@ -205,6 +205,16 @@ struct ConnShared {
 }
 
 impl ConnShared {
+    /// A draining connection closes once its last request is done; the
+    /// driver must be told, since nothing on the socket will wake it.
+    fn wake_driver_if_drained(&mut self) {
+        if self.draining && self.waiters.is_empty() {
+            if let Some(w) = self.driver_waker.take() {
+                w.wake();
+            }
+        }
+    }
+
     fn fail_all(&mut self, err: ClientError) {
         for slot in self.waiters.values_mut() {
             if slot.result.is_none() {
@@ -430,6 +440,7 @@ impl Future for ResponseFuture {
         };
         if let Some(r) = slot.result.take() {
             c.waiters.remove(&self.id);
+            c.wake_driver_if_drained();
             return Poll::Ready(r);
         }
         match &slot.waker {
@@ -443,7 +454,9 @@ impl Future for ResponseFuture {
 impl Drop for ResponseFuture {
     fn drop(&mut self) {
         if let Ok(mut c) = self.conn.try_borrow_mut() {
-            c.waiters.remove(&self.id);
+            if c.waiters.remove(&self.id).is_some() {
+                c.wake_driver_if_drained();
+            }
         }
     }
 }
@@ -478,6 +491,12 @@ async fn supervise(inner: Rc<PoolInner>, idx: usize) {
     let conn = inner.conns[idx].clone();
     let mut backoff = inner.cfg.backoff_min;
     let mut failing = false;
+    // Stagger the first churn of each connection over one lifetime, so the
+    // pool never replaces all its connections at once.
+    let mut first_life = inner
+        .cfg
+        .conn_lifetime
+        .map(|l| l.mul_f64((idx + 1) as f64 / inner.conns.len() as f64));
     while !inner.stop.get() {
         let stream = match connect(&inner).await {
             Ok(s) => s,
@@ -512,9 +531,11 @@ async fn supervise(inner: Rc<PoolInner>, idx: usize) {
             wbuf: Vec::with_capacity(64 * 1024),
             wpos: 0,
             need_flush: false,
-            churn: inner.cfg.conn_lifetime.map(Timer::new),
+            churn: inner
+                .cfg
+                .conn_lifetime
+                .map(|l| Timer::new(first_life.take().unwrap_or(l))),
             drain_deadline: None,
-            closing: false,
         }
         .await;
         {
@@ -558,7 +579,6 @@ struct Driver {
     need_flush: bool,
     churn: Option<Timer>,
     drain_deadline: Option<Timer>,
-    closing: bool,
 }
 
 impl Driver {
@@ -669,12 +689,12 @@ impl Future for Driver {
                     && c.out.is_empty()
                     && this.wpos == this.wbuf.len()
             };
-            if idle || this.closing {
-                this.closing = true;
-                return match Pin::new(&mut this.stream).poll_close(cx) {
-                    Poll::Pending => Poll::Pending,
-                    Poll::Ready(_) => Poll::Ready(DriveEnd::Closed),
-                };
+            if idle {
+                // Best effort close_notify; then drop the socket. (Waiting on
+                // glommio's poll_close can hang, and the peer needs nothing more.)
+                this.stream.get_mut().1.send_close_notify();
+                let _ = Pin::new(&mut this.stream).poll_flush(cx);
+                return Poll::Ready(DriveEnd::Closed);
             }
             if !progress {
                 return Poll::Pending;
@@ -816,5 +836,210 @@ impl BlockingClient {
             }
             self.rbuf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testsrv::TestServer;
+    use crate::tls::TlsOptions;
+    use std::sync::atomic::Ordering;
+
+    /// Run `f` on a fresh glommio executor and return its result.
+    pub(crate) fn on_executor<T: Send + 'static, F, Fut>(f: F) -> T
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T> + 'static,
+    {
+        glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+            .io_memory(256 * 1024)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn tls(srv: &TestServer) -> ClientTls {
+        ClientTls::from_paths(&srv.tls, &TlsOptions::default()).unwrap()
+    }
+
+    fn ping(p: &[u8]) -> Message<'_> {
+        Message {
+            opcode: Some(Op::PING),
+            payload: Some(p),
+            ..Message::default()
+        }
+    }
+
+    #[test]
+    fn blocking_client_pipelines_and_matches_responses_sent_in_reverse() {
+        let srv = TestServer::start();
+        let mut c = BlockingClient::connect(srv.addr, &tls(&srv)).unwrap();
+        let payloads: Vec<[u8; 4]> = (0..10u32).map(|i| i.to_be_bytes()).collect();
+        let msgs: Vec<Message<'_>> = payloads.iter().map(|p| ping(p)).collect();
+        let rs = c.pipeline(&msgs).unwrap();
+        assert_eq!(rs.len(), 10);
+        for (r, p) in rs.iter().zip(&payloads) {
+            assert_eq!(r.opcode, Op::PONG);
+            assert_eq!(&r.payload, p);
+        }
+        let r = c.call(&ping(b"x")).unwrap();
+        assert_eq!((r.opcode, r.payload.as_slice()), (Op::PONG, &b"x"[..]));
+        // A request with an unknown SKI gets the server's error code.
+        let ski = [7u8; 20];
+        let r = c
+            .call(&Message {
+                opcode: Some(Op::ECDSA_SIGN_SHA256),
+                ski: Some(&ski),
+                payload: Some(&[0; 32]),
+                ..Message::default()
+            })
+            .unwrap();
+        assert_eq!(r.error_code(), Some(ErrorCode::KEY_NOT_FOUND));
+    }
+
+    #[test]
+    fn tls12_only_negotiates_the_edges_suite() {
+        let srv = TestServer::start();
+        let opts = TlsOptions {
+            tls12_only: true,
+            server_name: None,
+        };
+        let t = ClientTls::from_paths(&srv.tls, &opts).unwrap();
+        let c = BlockingClient::connect(srv.addr, &t).unwrap();
+        let (v, suite) = c.negotiated();
+        assert_eq!(v, Some(rustls::ProtocolVersion::TLSv1_2));
+        assert_eq!(
+            suite.unwrap().suite(),
+            rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        );
+    }
+
+    #[test]
+    fn wrong_ca_fails_the_handshake_with_a_clear_error() {
+        let srv = TestServer::start();
+        let other = TestServer::start();
+        let mut paths = srv.tls.clone();
+        paths.ca = other.tls.ca.clone();
+        let t = ClientTls::from_paths(&paths, &TlsOptions::default()).unwrap();
+        let e = BlockingClient::connect(srv.addr, &t)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TLS"), "{e}");
+        let mut bad = srv.tls.clone();
+        bad.key = srv.tls.ca.clone();
+        let e = ClientTls::from_paths(&bad, &TlsOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn pool_multiplexes_many_requests_over_few_connections() {
+        let srv = TestServer::start();
+        let t = tls(&srv);
+        let mut cfg = PoolConfig::new(srv.addr);
+        cfg.connections = 2;
+        let (ok, counters) = on_executor(move || async move {
+            let pool = Pool::start(cfg, t).unwrap();
+            pool.wait_connected(2, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let tasks: Vec<_> = (0..500u32)
+                .map(|i| {
+                    let pool = pool.clone();
+                    glommio::spawn_local(async move {
+                        let p = i.to_be_bytes();
+                        let r = pool.call(&ping(&p)).await.unwrap();
+                        r.opcode == Op::PONG && r.payload == p
+                    })
+                })
+                .collect();
+            let mut ok = 0;
+            for t in tasks {
+                ok += t.await as usize;
+            }
+            let c = pool.counters();
+            pool.close();
+            (ok, c)
+        });
+        assert_eq!(ok, 500);
+        assert_eq!(counters.handshakes, 2);
+        assert_eq!(counters.late_responses, 0);
+        assert_eq!(srv.knobs.connections.load(Ordering::Relaxed), 2);
+        assert_eq!(srv.knobs.requests.load(Ordering::Relaxed), 500);
+    }
+
+    #[test]
+    fn pool_times_out_a_stalled_request_and_counts_its_late_response() {
+        let srv = TestServer::start();
+        srv.knobs.delay_ms.store(300, Ordering::Relaxed);
+        let t = tls(&srv);
+        let mut cfg = PoolConfig::new(srv.addr);
+        cfg.connections = 1;
+        cfg.request_timeout = Duration::from_millis(100);
+        let (r, counters) = on_executor(move || async move {
+            let pool = Pool::start(cfg, t).unwrap();
+            pool.wait_connected(1, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let start = Instant::now();
+            let r = pool.call(&ping(b"slow")).await;
+            assert!(start.elapsed() < Duration::from_millis(250));
+            Timer::new(Duration::from_millis(400)).await;
+            (r, pool.counters())
+        });
+        assert_eq!(r, Err(ClientError::Timeout));
+        assert_eq!(counters.late_responses, 1);
+    }
+
+    #[test]
+    fn pool_reconnects_when_the_server_closes() {
+        let srv = TestServer::start();
+        srv.knobs.close_after.store(5, Ordering::Relaxed);
+        let t = tls(&srv);
+        let mut cfg = PoolConfig::new(srv.addr);
+        cfg.connections = 1;
+        cfg.backoff_min = Duration::from_millis(5);
+        let (ok, counters) = on_executor(move || async move {
+            let pool = Pool::start(cfg, t).unwrap();
+            let mut ok = 0;
+            for _ in 0..30 {
+                if pool.call(&ping(b"p")).await.is_ok() {
+                    ok += 1;
+                }
+            }
+            (ok, pool.counters())
+        });
+        assert!(ok >= 25, "{ok} of 30 succeeded");
+        assert!(counters.handshakes >= 5, "{counters:?}");
+        assert!(counters.connections_lost >= 4, "{counters:?}");
+    }
+
+    #[test]
+    fn churn_replaces_connections_without_failing_requests() {
+        let srv = TestServer::start();
+        let t = tls(&srv);
+        let mut cfg = PoolConfig::new(srv.addr);
+        cfg.connections = 2;
+        cfg.conn_lifetime = Some(Duration::from_millis(60));
+        let (failed, counters) = on_executor(move || async move {
+            let pool = Pool::start(cfg, t).unwrap();
+            pool.wait_connected(2, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let end = Instant::now() + Duration::from_millis(400);
+            let mut failed = 0;
+            while Instant::now() < end {
+                if pool.call(&ping(b"c")).await.is_err() {
+                    failed += 1;
+                }
+            }
+            (failed, pool.counters())
+        });
+        assert_eq!(failed, 0);
+        assert!(counters.connections_churned >= 4, "{counters:?}");
+        assert!(counters.handshakes >= 6, "{counters:?}");
     }
 }

@@ -14,8 +14,11 @@
 //! separate crate so tests, the edge and the CLI can use the client without
 //! the server.
 
+pub mod check;
 pub mod client;
 pub mod keys;
+#[cfg(test)]
+mod testsrv;
 pub mod tls;
 
 pub use client::{BlockingClient, ClientError, OwnedResponse, Pool, PoolConfig, PoolCounters};
