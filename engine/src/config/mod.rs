@@ -1086,12 +1086,6 @@ impl<'a> FileLayer<'a> {
     }
 }
 
-/// A raw value before parsing.
-enum Raw<'a> {
-    Text(&'a str),
-    Node(&'a Node),
-}
-
 struct Layers<'a> {
     file: Option<FileLayer<'a>>,
     env: &'a dyn Fn(&str) -> Option<String>,
@@ -1102,10 +1096,10 @@ impl<'a> Layers<'a> {
     /// The highest-precedence value for `key`: flag, non-empty environment
     /// variable (an empty one counts as unset, as in viper), non-null file
     /// value. `None` means the default applies.
-    fn find(&self, key: &str) -> Option<(RawOwned<'a>, Origin)> {
+    fn find(&self, key: &str) -> Option<(Raw<'a>, Origin)> {
         if let Some(v) = self.args.flag_for(key) {
             return Some((
-                RawOwned::Text(v.to_owned()),
+                Raw::Text(v.to_owned()),
                 Origin::Flag {
                     flag: flag_name(key),
                 },
@@ -1113,7 +1107,7 @@ impl<'a> Layers<'a> {
         }
         let var = env_var_name(key);
         if let Some(v) = (self.env)(&var).filter(|v| !v.is_empty()) {
-            return Some((RawOwned::Text(v), Origin::Env { var }));
+            return Some((Raw::Text(v), Origin::Env { var }));
         }
         let file = self.file.as_ref()?;
         let node = *file.keys.get(key)?;
@@ -1121,7 +1115,7 @@ impl<'a> Layers<'a> {
             return None;
         }
         Some((
-            RawOwned::Node(node),
+            Raw::Node(node),
             Origin::File {
                 path: file.path.to_owned(),
                 line: node.line,
@@ -1139,8 +1133,8 @@ impl<'a> Layers<'a> {
         let Some((raw, origin)) = self.find(key) else {
             return Ok(default);
         };
-        let text = match raw.as_raw() {
-            Raw::Text(t) => t,
+        let text = match &raw {
+            Raw::Text(t) => t.as_str(),
             Raw::Node(Node {
                 kind: Kind::Scalar(t),
                 ..
@@ -1259,7 +1253,7 @@ impl<'a> Layers<'a> {
         let Some((raw, origin)) = self.find(KEY) else {
             return Ok(Cores::All);
         };
-        let cores = match raw.as_raw() {
+        let cores = match &raw {
             Raw::Text(t) => parse_cores_text(t),
             Raw::Node(Node {
                 kind: Kind::Scalar(t),
@@ -1456,20 +1450,11 @@ impl<'a> Layers<'a> {
     }
 }
 
-/// A raw value whose text is owned (environment, flags) or borrowed from the
-/// file's tree.
-enum RawOwned<'a> {
+/// A raw value before parsing: text from a flag or variable, or a node of
+/// the file's tree.
+enum Raw<'a> {
     Text(String),
     Node(&'a Node),
-}
-
-impl RawOwned<'_> {
-    fn as_raw(&self) -> Raw<'_> {
-        match self {
-            RawOwned::Text(t) => Raw::Text(t),
-            RawOwned::Node(n) => Raw::Node(n),
-        }
-    }
 }
 
 fn value_error(origin: Origin, key: &str, message: String) -> ConfigError {
