@@ -14,7 +14,7 @@
 //! Everything downstream (reactors, key loaders, metrics) sees only
 //! [`Config`]: once [`load`] returns, no value needs re-checking.
 
-mod duration;
+pub mod duration;
 mod parse;
 mod rfc3339;
 mod yaml;
@@ -478,7 +478,7 @@ pub struct Config {
     pub cloudflare_ca_cert: PathBuf,
     /// `private_key_stores`, in order.
     pub private_key_stores: Vec<KeyStore>,
-    /// `port`: keyless listener (1..=65535).
+    /// `port`: keyless listener (0..=65535; 0 lets the kernel pick a free port, for tests and `keycore demo`).
     pub port: u16,
     /// `metrics_port`: 0 disables metrics.
     pub metrics_port: u16,
@@ -496,31 +496,57 @@ pub struct Config {
     pub sign_timeout: Option<Duration>,
     /// `sign_retry_count`, 0..=[`MAX_SIGN_RETRY_COUNT`].
     pub sign_retry_count: u32,
-    /// `listen_address`.
+    /// `listen_address` (default 0.0.0.0, as the reference listens on all
+    /// interfaces). Narrowing it (e.g. to one VLAN's address) costs nothing
+    /// but reachability.
     pub listen_address: IpAddr,
-    /// `metrics_address`.
+    /// `metrics_address` (default 0.0.0.0, as the reference). 127.0.0.1
+    /// hides `/metrics` from remote scrapers.
     pub metrics_address: IpAddr,
-    /// `cores`.
+    /// `cores` (default all CPUs in the affinity mask): one reactor per
+    /// core. Fewer cores leave CPU for other processes at the cost of peak
+    /// signing throughput; a count above the CPUs available oversubscribes.
     pub cores: Cores,
-    /// `max_connections_per_core`, 1..=[`MAX_CONNECTIONS_PER_CORE_LIMIT`].
+    /// `max_connections_per_core`, 1..=[`MAX_CONNECTIONS_PER_CORE_LIMIT`]
+    /// (default 4096). Bounds per-core memory (each connection may hold
+    /// `read_buffer_bytes + write_buffer_bytes`); past it new connections
+    /// wait in the kernel backlog.
     pub max_connections_per_core: u32,
-    /// `max_in_flight_per_connection`, 1..=[`MAX_IN_FLIGHT_PER_CONNECTION_LIMIT`].
+    /// `max_in_flight_per_connection`,
+    /// 1..=[`MAX_IN_FLIGHT_PER_CONNECTION_LIMIT`] (default 1024, as the
+    /// reference). Lower limits one edge connection's share of a core; a
+    /// connection at the limit stops being read until answers go out.
     pub max_in_flight_per_connection: u32,
-    /// `idle_timeout`, > 0.
+    /// `idle_timeout`, > 0 (default 30s, as the reference). Shorter frees
+    /// idle connections sooner but makes edges reconnect (a TLS handshake
+    /// each time).
     pub idle_timeout: Duration,
-    /// `handshake_timeout`, > 0.
+    /// `handshake_timeout`, > 0 (default 10s). Shorter sheds slow or
+    /// half-open clients sooner; too short fails real clients on lossy
+    /// links.
     pub handshake_timeout: Duration,
-    /// `drain_timeout`, > 0.
+    /// `drain_timeout`, > 0 (default 10s): how long shutdown waits for
+    /// in-flight requests. Longer delays restarts; shorter drops answers.
     pub drain_timeout: Duration,
-    /// `tls12_only`.
+    /// `tls12_only` (default false: TLS 1.3 and 1.2 offered). True gives
+    /// the reference's TLS 1.2-only behaviour, for edges or middleboxes that
+    /// expect it; it costs TLS 1.3's shorter handshake.
     pub tls12_only: bool,
-    /// `read_buffer_bytes`, [`MIN_BUFFER_BYTES`]..=[`MAX_BUFFER_BYTES`].
+    /// `read_buffer_bytes`, [`MIN_BUFFER_BYTES`]..=[`MAX_BUFFER_BYTES`]
+    /// (default 65544: holds the largest message). Larger reads more
+    /// pipelined requests per syscall at the cost of memory per connection.
     pub read_buffer_bytes: usize,
-    /// `write_buffer_bytes`, [`MIN_BUFFER_BYTES`]..=[`MAX_BUFFER_BYTES`].
+    /// `write_buffer_bytes`, [`MIN_BUFFER_BYTES`]..=[`MAX_BUFFER_BYTES`]
+    /// (default 256 KiB): answers are batched up to this before a flush.
+    /// Larger batches more (fewer syscalls) at the cost of memory.
     pub write_buffer_bytes: usize,
-    /// `key_load_errors`.
+    /// `key_load_errors` (default fail, as the reference: a key that cannot
+    /// be read or parsed stops start-up). `skip` starts with the keys that
+    /// loaded, at the risk of silently serving fewer keys.
     pub key_load_errors: KeyLoadErrors,
-    /// `pkcs11_dispatch`.
+    /// `pkcs11_dispatch` (default auto). `inline` runs PKCS#11 calls on the
+    /// reactor (fastest for local tokens; a slow HSM stalls the core);
+    /// `offload` runs them on worker threads (a hand-off per call).
     pub pkcs11_dispatch: Pkcs11Dispatch,
 }
 
@@ -1171,7 +1197,7 @@ impl<'a> Layers<'a> {
             cloudflare_ca_cert: self.scalar("cloudflare_ca_cert", d.cloudflare_ca_cert, path)?,
             private_key_stores: self.key_stores(warnings)?,
             port: self.scalar("port", d.port, |t| {
-                parse::int_in(t, 1, 65535).map(|v| v as u16)
+                parse::int_in(t, 0, 65535).map(|v| v as u16)
             })?,
             metrics_port: self.scalar("metrics_port", d.metrics_port, |t| {
                 parse::int_in(t, 0, 65535).map(|v| v as u16)

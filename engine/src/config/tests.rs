@@ -724,3 +724,23 @@ fn flags_parse_with_reference_spellings() {
         );
     }
 }
+
+#[test]
+fn every_flag_help_states_its_default() {
+    let cmd = Cli::command();
+    for arg in cmd.get_arguments() {
+        let name = arg.get_id().as_str();
+        if name == "help" {
+            continue;
+        }
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default();
+        assert!(
+            help.contains("Default"),
+            "flag {name} help does not state its default: {help:?}"
+        );
+    }
+}
