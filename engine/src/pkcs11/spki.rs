@@ -162,7 +162,7 @@ pub fn ed25519_spki(params: &[u8], point: &[u8]) -> Result<Vec<u8>, String> {
 /// DER `SEQUENCE { r INTEGER, s INTEGER }` from PKCS#11's `r‖s` (equal
 /// halves). `None` if the length is odd or zero.
 pub fn ecdsa_der_from_raw(raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
-    if raw.is_empty() || raw.len() % 2 != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(2) {
         return None;
     }
     let (r, s) = raw.split_at(raw.len() / 2);

@@ -570,15 +570,22 @@ pub fn open_uri(
     } else {
         "slot-id"
     };
-    let slot = selector
-        .find(&module)
-        .map_err(|r| uri.error(tok_attr, r))?
-        .ok_or_else(|| {
-            uri.error(
-                tok_attr,
-                format!("no token matches ({})", describe_tokens(&module)),
-            )
-        })?;
+    let mut slot = selector.find(&module).map_err(|r| uri.error(tok_attr, r))?;
+    if slot.is_none() {
+        // Many modules (SoftHSM among them) fix their slot list at
+        // C_Initialize: a token created since then appears only after a
+        // re-initialisation. Start-up is the control plane; one is cheap.
+        module
+            .reinit(module.generation())
+            .map_err(|r| uri.error(tok_attr, r))?;
+        slot = selector.find(&module).map_err(|r| uri.error(tok_attr, r))?;
+    }
+    let slot = slot.ok_or_else(|| {
+        uri.error(
+            tok_attr,
+            format!("no token matches ({})", describe_tokens(&module)),
+        )
+    })?;
     let pin = uri.pin()?;
 
     let pi = match existing.iter().position(|p| {
