@@ -17,6 +17,7 @@
 pub mod check;
 pub mod client;
 pub mod keys;
+pub mod profile;
 #[cfg(test)]
 mod testsrv;
 pub mod tls;
