@@ -398,79 +398,81 @@ fn is_key_file_name(name: &std::ffi::OsStr) -> bool {
 
 /// Load every `*.key` file under `dir`, recursively, in sorted path order.
 /// Symlinks are followed; a directory or file reached twice (a symlink loop,
-/// or two links to one file) is visited once. Each file gives one result; an
-/// unreadable directory gives an error naming it.
+/// or two links to one file) is visited once, under the first path the
+/// sorted walk reaches it by. Each file gives one result; an unreadable
+/// directory or a dangling `*.key` link gives an error naming it, in its
+/// place in the order.
 pub fn load_dir(dir: &Path) -> Vec<Result<KeyEntry, KeyLoadError>> {
-    let mut files = Vec::new();
-    let mut errors = Vec::new();
-    let mut seen_dirs = HashSet::new();
-    let mut seen_files = HashSet::new();
-    walk(
-        dir,
-        0,
-        &mut seen_dirs,
-        &mut seen_files,
-        &mut files,
-        &mut errors,
-    );
-    files.sort();
-    let mut results: Vec<_> = errors.into_iter().map(Err).collect();
-    results.extend(files.iter().map(|p| load_file(p)));
-    results
+    let mut walk = Walk::default();
+    walk.dir(dir, 0);
+    let mut found = walk.found;
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+        .into_iter()
+        .map(|(path, problem)| match problem {
+            None => load_file(&path),
+            Some(e) => Err(e),
+        })
+        .collect()
 }
 
-fn walk(
-    dir: &Path,
-    depth: usize,
-    seen_dirs: &mut HashSet<PathBuf>,
-    seen_files: &mut HashSet<PathBuf>,
-    files: &mut Vec<PathBuf>,
-    errors: &mut Vec<KeyLoadError>,
-) {
-    let io_err = |e: std::io::Error| KeyLoadError::new(&dir.display().to_string(), e.into());
-    let canonical = match std::fs::canonicalize(dir) {
-        Ok(c) => c,
-        Err(e) => return errors.push(io_err(e)),
-    };
-    if !seen_dirs.insert(canonical) {
-        return; // already walked: a symlink loop or a second link
+/// State of one [`load_dir`] walk.
+#[derive(Default)]
+struct Walk {
+    /// Canonical paths of directories already walked (breaks symlink loops).
+    seen_dirs: HashSet<PathBuf>,
+    /// Canonical paths of key files already found.
+    seen_files: HashSet<PathBuf>,
+    /// Key files to load, or the error found in their place.
+    found: Vec<(PathBuf, Option<KeyLoadError>)>,
+}
+
+impl Walk {
+    fn problem(&mut self, path: &Path, reason: KeyLoadReason) {
+        let e = KeyLoadError::new(&path.display().to_string(), reason);
+        self.found.push((path.to_path_buf(), Some(e)));
     }
-    if depth > MAX_DIR_DEPTH {
-        return errors.push(KeyLoadError::new(
-            &dir.display().to_string(),
-            std::io::Error::other(format!("nested more than {MAX_DIR_DEPTH} directories deep"))
-                .into(),
-        ));
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => return errors.push(io_err(e)),
-    };
-    let mut children: Vec<PathBuf> = Vec::new();
-    for entry in entries {
-        match entry {
-            Ok(e) => children.push(e.path()),
-            Err(e) => errors.push(io_err(e)),
+
+    fn dir(&mut self, dir: &Path, depth: usize) {
+        let canonical = match std::fs::canonicalize(dir) {
+            Ok(c) => c,
+            Err(e) => return self.problem(dir, e.into()),
+        };
+        if !self.seen_dirs.insert(canonical) {
+            return; // already walked: a symlink loop or a second link
         }
-    }
-    children.sort();
-    for child in children {
-        // metadata() follows symlinks; a dangling link is reported only if it
-        // looks like a key file.
-        match std::fs::metadata(&child) {
-            Ok(m) if m.is_dir() => walk(&child, depth + 1, seen_dirs, seen_files, files, errors),
-            Ok(_) => {
-                if child.file_name().is_some_and(is_key_file_name) {
+        if depth > MAX_DIR_DEPTH {
+            let e =
+                std::io::Error::other(format!("nested more than {MAX_DIR_DEPTH} directories deep"));
+            return self.problem(dir, e.into());
+        }
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => return self.problem(dir, e.into()),
+        };
+        let mut children: Vec<PathBuf> = Vec::new();
+        for entry in entries {
+            match entry {
+                Ok(e) => children.push(e.path()),
+                Err(e) => self.problem(dir, e.into()),
+            }
+        }
+        children.sort();
+        for child in children {
+            let is_key = child.file_name().is_some_and(is_key_file_name);
+            // metadata() follows symlinks; a dangling link matters only if it
+            // is named like a key file.
+            match std::fs::metadata(&child) {
+                Ok(m) if m.is_dir() => self.dir(&child, depth + 1),
+                Ok(_) if is_key => {
                     let canonical = std::fs::canonicalize(&child).unwrap_or_else(|_| child.clone());
-                    if seen_files.insert(canonical) {
-                        files.push(child);
+                    if self.seen_files.insert(canonical) {
+                        self.found.push((child, None));
                     }
                 }
-            }
-            Err(e) => {
-                if child.file_name().is_some_and(is_key_file_name) {
-                    errors.push(KeyLoadError::new(&child.display().to_string(), e.into()));
-                }
+                Ok(_) => {}
+                Err(e) if is_key => self.problem(&child, e.into()),
+                Err(_) => {}
             }
         }
     }

@@ -452,7 +452,7 @@ fn refuses_bad_keys_with_a_reason_naming_the_file() {
         ),
         (
             "k256.key",
-            |r| matches!(r, KeyLoadReason::Curve(_) | KeyLoadReason::Malformed(_)),
+            |r| matches!(r, KeyLoadReason::Curve(c) if c == "secp256k1"),
             "",
         ),
         (
@@ -462,7 +462,7 @@ fn refuses_bad_keys_with_a_reason_naming_the_file() {
         ),
         (
             "x25519.key",
-            |r| matches!(r, KeyLoadReason::Algorithm(_) | KeyLoadReason::Malformed(_)),
+            |r| matches!(r, KeyLoadReason::Algorithm(a) if a == "X25519"),
             "",
         ),
         (
@@ -523,11 +523,6 @@ fn refuses_bad_keys_with_a_reason_naming_the_file() {
         let msg = err.to_string();
         assert!(msg.contains(&path.display().to_string()), "{name}: {msg}");
         assert!(msg.contains(text), "{name}: {msg}");
-    }
-    // secp256k1 is refused by name when aws-lc parses it.
-    let err = load_file(&d.join("k256.key")).unwrap_err();
-    if let KeyLoadReason::Curve(c) = &err.reason {
-        assert_eq!(c, "secp256k1");
     }
 }
 
@@ -950,7 +945,7 @@ fn load_dir_recurses_in_sorted_order_and_survives_symlink_loops() {
     // (whichever path sorts first).
     assert_eq!(ok, ["a/y.key", "b/nested/z.key", "w-link-to-x.key"]);
     #[cfg(unix)]
-    assert_eq!(errs, ["dangling.key", "broken.key"]);
+    assert_eq!(errs, ["broken.key", "dangling.key"]);
     // A missing directory is one error naming it.
     let missing = load_dir(&d.join("nope"));
     assert_eq!(missing.len(), 1);
