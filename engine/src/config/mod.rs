@@ -214,7 +214,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub cloudflare_ca_cert: Option<String>,
 
-    /// Keyless listener port. Default: 2407.
+    /// Keyless listener port (0: any free port, for tests). Default: 2407.
     #[arg(long, value_name = "PORT")]
     pub port: Option<String>,
 

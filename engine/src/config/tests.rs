@@ -179,9 +179,9 @@ fn null_values_mean_default_and_keys_ignore_case() {
 fn each_bad_value_names_file_line_and_key() {
     // (key, value as written, expected message after `g.yaml:3: key "<key>": `)
     let cases: &[(&str, &str, &str)] = &[
-        ("port", "abc", "expected an integer 1..=65535, got \"abc\""),
-        ("port", "0", "expected an integer 1..=65535, got \"0\""),
-        ("port", "65536", "expected an integer 1..=65535"),
+        ("port", "abc", "expected an integer 0..=65535, got \"abc\""),
+        ("port", "-1", "expected an integer 0..=65535, got \"-1\""),
+        ("port", "65536", "expected an integer 0..=65535"),
         ("port", "[1, 2]", "expected a single value, found a list"),
         (
             "metrics_port",
@@ -267,7 +267,7 @@ fn the_brief_example_message_is_exact() {
     let msg = err_text(from_yaml_str(text, Path::new("gokeyless.yaml"), &no_env));
     assert_eq!(
         msg,
-        "gokeyless.yaml:7: key \"port\": expected an integer 1..=65535, got \"abc\""
+        "gokeyless.yaml:7: key \"port\": expected an integer 0..=65535, got \"abc\""
     );
 }
 
@@ -390,7 +390,7 @@ fn env_overrides_file_and_names_the_variable() {
     let msg = err_text(from_yaml_str(text, Path::new("g.yaml"), &env_of(BAD)));
     assert_eq!(
         msg,
-        "environment variable KEYLESS_PORT: key \"port\": expected an integer 1..=65535, got \
+        "environment variable KEYLESS_PORT: key \"port\": expected an integer 0..=65535, got \
          \"http\""
     );
 }
