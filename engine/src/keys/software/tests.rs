@@ -965,3 +965,12 @@ fn key_file_names_need_a_stem() {
     assert!(!is_key_file_name(OsStr::new("a.key.pem")));
     assert!(!is_key_file_name(OsStr::new("a.KEY")));
 }
+
+#[test]
+fn rsa_above_4096_bits_is_refused() {
+    // Stored fixture: generating a >4096-bit key takes seconds.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/keys/rsa4160-too-big.key");
+    let err = load_file(&path).unwrap_err();
+    assert!(matches!(err.reason, KeyLoadReason::RsaSize(4160)), "{err}");
+    assert!(err.to_string().contains("2048 to 4096"), "{err}");
+}
