@@ -1,1 +1,117 @@
-fn main() {}
+//! `keycore`: the one CLI binary.
+//!
+//! Subcommands: `serve` (the key server, reading an unchanged gokeyless.yaml),
+//! `loadgen` (edge-traffic load generator), `demo` (throwaway PKI + server +
+//! load on loopback, the README's first command), `tune` (not built yet).
+//! This file only parses arguments, sets up logging and hands over to the
+//! library crates; it holds no logic of its own.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod demo;
+
+/// keycore: a Keyless SSL key server, its load generator and tools.
+#[derive(Parser, Debug)]
+#[command(name = "keycore", version, disable_version_flag = true)]
+struct Cli {
+    /// Print the version and exit (as the reference's `-v`).
+    #[arg(short = 'v', long = "version", global = true)]
+    version: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the key server (reads gokeyless.yaml; see README "Configuration").
+    Serve(Box<keycore_engine::config::ServeArgs>),
+    /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
+    Demo(Box<demo::DemoArgs>),
+    /// Capacity planning and parameter sweeps (not built yet).
+    Tune,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if cli.version {
+        println!("keycore {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let r = match cli.cmd {
+        Some(Cmd::Serve(args)) => serve(*args),
+        Some(Cmd::Demo(args)) => {
+            init_logging(2);
+            demo::run(&args)
+        }
+        Some(Cmd::Tune) => Err(anyhow::anyhow!(
+            "`keycore tune` is not built yet (issue: tuning); use `keycore loadgen --capacity`"
+        )),
+        None => {
+            use clap::CommandFactory;
+            let _ = Cli::command().print_help();
+            Ok(())
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("keycore: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// Map the reference's numeric log levels (0 debug … 5 fatal) to tracing.
+fn init_logging(level: u8) {
+    let lvl = match level {
+        0 => "debug",
+        1 => "info",
+        2 => "warn",
+        _ => "error",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYCORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(lvl));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn serve(args: keycore_engine::config::ServeArgs) -> Result<()> {
+    let loaded = keycore_engine::config::load(&args)?;
+    init_logging(loaded.config.loglevel.number());
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    if args.output_config {
+        print!("{}", loaded.config.to_yaml());
+        return Ok(());
+    }
+    if args.config_only {
+        // The reference registers its certificate and exits; keycore has no
+        // registration yet, so this validates the configuration and exits.
+        println!("configuration is valid (keycore does not implement certificate registration)");
+        return Ok(());
+    }
+    match &loaded.source {
+        Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
+        None => tracing::info!("no configuration file found; using defaults and environment"),
+    }
+    let running = keycore_engine::launch::launch(&loaded.config)?;
+    tracing::info!(addr = %running.server.addr, "serving");
+    wait_for_signal()?;
+    tracing::info!("signal received; draining");
+    running.stop()?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Block until SIGTERM or SIGINT.
+fn wait_for_signal() -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("install signal handlers")?;
+    let _ = signals.forever().next();
+    Ok(())
+}

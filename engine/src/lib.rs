@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod launch;
 pub mod metrics;
 pub mod pki;
 pub mod pkcs11;

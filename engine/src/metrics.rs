@@ -1,1 +1,511 @@
-//! Per-core counters and the Prometheus endpoint. (Placeholder.)
+//! Per-core counters and the Prometheus `/metrics` endpoint.
+//!
+//! Each core owns one [`CoreStats`] and is its only writer: counters are
+//! bumped with a relaxed load + store (a plain `mov`, no `lock` prefix, no
+//! shared cache line with another core), so the data path never waits on the
+//! metrics. A scrape (control plane, its own thread) reads every core's
+//! counters with relaxed loads and sums them; a scrape may see one core a few
+//! requests behind another, which is fine for monitoring.
+//!
+//! Names follow the reference server's so existing dashboards keep working:
+//! `keyless_requests{opcode}`, `keyless_request_exec_duration_per_opcode` and
+//! `keyless_request_total_duration_per_opcode{type,error}` (seconds, buckets
+//! 100 µs doubling to 1.64 s), `keyless_failed_connection`,
+//! `keyless_key_load_duration`, `certificate_expiration_timestamp_seconds`.
+//! keycore's own per-core series are prefixed `keycore_`.
+//!
+//! This module must not: allocate or format on the data path, or hold a lock
+//! that a reactor could contend on.
+
+use keycore_protocol::{ErrorCode, Op, OpClass};
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A counter with exactly one writer (its core).
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Add one. Only the owning core may call this.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+
+    /// Add `n`. Only the owning core may call this.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        // Single writer: load + store is exact and avoids a locked RMW.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Subtract `n` (for gauges). Only the owning core may call this.
+    #[inline]
+    pub fn sub(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
+    }
+
+    /// Current value (any thread).
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Histogram bucket upper bounds in nanoseconds: 100 µs doubling, 15 buckets
+/// (to 1.6384 s), as the reference's `ExponentialBuckets(0.0001, 2, 15)`.
+pub const BUCKETS: usize = 15;
+const BUCKET0_NS: u64 = 100_000;
+
+/// The reference's `type` label values.
+pub const OP_TYPES: [&str; 6] = ["rsa", "ecdsa", "ed25519", "custom", "rpc", "other"];
+/// Error codes 0x00..=0x0B get their own `error` label value.
+pub const ERROR_LABELS: usize = 12;
+
+/// Index of the `type` label for an opcode.
+#[inline]
+pub fn op_type(op: Op) -> usize {
+    match op.class() {
+        OpClass::RsaDecrypt | OpClass::RsaPkcs1(_) | OpClass::RsaPss(_) => 0,
+        OpClass::Ecdsa(_) => 1,
+        OpClass::Ed25519 => 2,
+        OpClass::Custom => 3,
+        OpClass::Rpc => 4,
+        _ => 5,
+    }
+}
+
+/// One labelled family of histograms: [type][error] → buckets + sum + count.
+#[derive(Debug)]
+pub struct Histograms {
+    buckets: Vec<Counter>, // OP_TYPES × ERROR_LABELS × (BUCKETS + 1)
+    sum_ns: Vec<Counter>,  // OP_TYPES × ERROR_LABELS
+}
+
+impl Default for Histograms {
+    fn default() -> Self {
+        let cells = OP_TYPES.len() * ERROR_LABELS;
+        Histograms {
+            buckets: (0..cells * (BUCKETS + 1))
+                .map(|_| Counter::default())
+                .collect(),
+            sum_ns: (0..cells).map(|_| Counter::default()).collect(),
+        }
+    }
+}
+
+/// Bucket index (0..=BUCKETS, the last being +Inf) for a duration.
+#[inline]
+pub fn bucket_of(ns: u64) -> usize {
+    if ns <= BUCKET0_NS {
+        return 0;
+    }
+    // Smallest k with ns <= BUCKET0_NS << k.
+    let q = (ns - 1) / BUCKET0_NS; // >= 1
+    let k = 64 - q.leading_zeros() as usize;
+    k.min(BUCKETS)
+}
+
+impl Histograms {
+    /// Record one observation. Only the owning core may call this.
+    #[inline]
+    pub fn record(&self, op: Op, err: ErrorCode, ns: u64) {
+        let cell = op_type(op) * ERROR_LABELS + (err.0 as usize).min(ERROR_LABELS - 1);
+        self.buckets[cell * (BUCKETS + 1) + bucket_of(ns)].inc();
+        self.sum_ns[cell].add(ns);
+    }
+}
+
+/// Counters of one core. Written only by that core's reactor.
+#[derive(Debug)]
+pub struct CoreStats {
+    /// Which core (index in the configured list).
+    pub core: usize,
+    /// Requests by opcode (all 256 values, unknown ones too).
+    pub requests_by_op: Vec<Counter>,
+    /// Time spent performing the operation.
+    pub exec: Histograms,
+    /// Time from the request being read to its response being queued.
+    pub total: Histograms,
+    /// Connections accepted (TLS not yet done).
+    pub accepted: Counter,
+    /// Connections currently open (gauge).
+    pub open: Counter,
+    /// Connections closed at once because the core was at its limit.
+    pub refused: Counter,
+    /// TLS handshakes that failed (bad, missing, expired or foreign client certificate...).
+    pub tls_failures: Counter,
+    /// Handshakes that did not finish within the handshake timeout.
+    pub handshake_timeouts: Counter,
+    /// Connections closed for a framing error.
+    pub framing_errors: Counter,
+    /// Connections closed by the idle timeout.
+    pub idle_timeouts: Counter,
+    /// Requests being worked on off the reactor (gauge).
+    pub in_flight: Counter,
+    /// Responses written.
+    pub responses: Counter,
+    /// Bytes written to the network (TLS plaintext).
+    pub bytes_out: Counter,
+}
+
+impl CoreStats {
+    /// Fresh counters for `core`.
+    pub fn new(core: usize) -> Self {
+        CoreStats {
+            core,
+            requests_by_op: (0..256).map(|_| Counter::default()).collect(),
+            exec: Histograms::default(),
+            total: Histograms::default(),
+            accepted: Counter::default(),
+            open: Counter::default(),
+            refused: Counter::default(),
+            tls_failures: Counter::default(),
+            handshake_timeouts: Counter::default(),
+            framing_errors: Counter::default(),
+            idle_timeouts: Counter::default(),
+            in_flight: Counter::default(),
+            responses: Counter::default(),
+            bytes_out: Counter::default(),
+        }
+    }
+}
+
+/// A gauge line added by the control plane (certificate expiry, partition
+/// health...): name, labels (already formatted `k="v",...`), value.
+#[derive(Debug, Clone)]
+pub struct StaticGauge {
+    /// Metric name.
+    pub name: String,
+    /// Help text.
+    pub help: String,
+    /// Label set, e.g. `cert="auth_cert"`.
+    pub labels: String,
+    /// Value.
+    pub value: f64,
+}
+
+/// Extra text appended at scrape time by a control-plane component.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// Everything a scrape reads.
+#[derive(Default)]
+pub struct Registry {
+    /// One per core.
+    pub cores: Vec<Arc<CoreStats>>,
+    /// Control-plane gauges, fixed at start-up.
+    pub gauges: Vec<StaticGauge>,
+    /// Seconds each key store took to load at start-up.
+    pub key_load_seconds: Vec<f64>,
+    /// Extra dynamic text appended at scrape time (e.g. PKCS#11 health).
+    pub extra: Option<ExtraMetrics>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("cores", &self.cores.len())
+            .field("gauges", &self.gauges.len())
+            .finish()
+    }
+}
+
+impl Registry {
+    /// Sum of a counter over cores.
+    pub fn sum(&self, f: impl Fn(&CoreStats) -> u64) -> u64 {
+        self.cores.iter().map(|c| f(c)).sum()
+    }
+
+    /// Total requests of every opcode.
+    pub fn total_requests(&self) -> u64 {
+        self.sum(|c| c.requests_by_op.iter().map(Counter::get).sum())
+    }
+
+    /// Render the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut s = String::with_capacity(64 * 1024);
+        s.push_str("# HELP keyless_requests Number of requests received, by opcode.\n");
+        s.push_str("# TYPE keyless_requests counter\n");
+        for v in 0..=255u8 {
+            let n = self.sum(|c| c.requests_by_op[v as usize].get());
+            if n > 0 || Op(v).is_known() {
+                let _ = writeln!(s, "keyless_requests{{opcode=\"{}\"}} {n}", op_label(Op(v)));
+            }
+        }
+        self.render_hist(
+            &mut s,
+            "keyless_request_exec_duration_per_opcode",
+            "Time to perform the key operation, in seconds.",
+            |c| &c.exec,
+        );
+        self.render_hist(
+            &mut s,
+            "keyless_request_total_duration_per_opcode",
+            "Time from request read to response queued, in seconds.",
+            |c| &c.total,
+        );
+        let failed = self.sum(|c| c.tls_failures.get() + c.handshake_timeouts.get());
+        s.push_str("# HELP keyless_failed_connection Connections that failed the TLS handshake.\n");
+        s.push_str("# TYPE keyless_failed_connection counter\n");
+        let _ = writeln!(s, "keyless_failed_connection {failed}");
+
+        s.push_str("# HELP keyless_key_load_duration Time to load each key store at start-up, in seconds.\n");
+        s.push_str("# TYPE keyless_key_load_duration histogram\n");
+        let mut cum = 0u64;
+        let mut counts = [0u64; BUCKETS + 1];
+        for &sec in &self.key_load_seconds {
+            counts[bucket_of((sec * 1e9) as u64)] += 1;
+        }
+        for (k, c) in counts.iter().take(BUCKETS).enumerate() {
+            cum += c;
+            let _ = writeln!(
+                s,
+                "keyless_key_load_duration_bucket{{le=\"{}\"}} {cum}",
+                le(k)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "keyless_key_load_duration_bucket{{le=\"+Inf\"}} {}",
+            self.key_load_seconds.len()
+        );
+        let _ = writeln!(
+            s,
+            "keyless_key_load_duration_sum {}\nkeyless_key_load_duration_count {}",
+            self.key_load_seconds.iter().sum::<f64>(),
+            self.key_load_seconds.len()
+        );
+
+        let mut last = "";
+        for g in &self.gauges {
+            if g.name != last {
+                let _ = writeln!(s, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
+                last = &g.name;
+            }
+            let _ = writeln!(s, "{}{{{}}} {}", g.name, g.labels, g.value);
+        }
+
+        type Get = fn(&CoreStats) -> u64;
+        let per_core: [(&str, &str, &str, Get); 11] = [
+            ("keycore_connections_open", "gauge", "Open connections.", |c| c.open.get()),
+            ("keycore_connections_accepted_total", "counter", "Connections accepted.", |c| c.accepted.get()),
+            ("keycore_connections_refused_total", "counter", "Connections closed at once: core at max_connections_per_core.", |c| c.refused.get()),
+            ("keycore_tls_failures_total", "counter", "TLS handshakes refused (client certificate missing, expired, foreign CA; protocol errors).", |c| c.tls_failures.get()),
+            ("keycore_handshake_timeouts_total", "counter", "TLS handshakes not finished within handshake_timeout.", |c| c.handshake_timeouts.get()),
+            ("keycore_framing_errors_total", "counter", "Connections closed for a malformed message.", |c| c.framing_errors.get()),
+            ("keycore_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", |c| c.idle_timeouts.get()),
+            ("keycore_in_flight", "gauge", "Requests being performed off the reactor (queue depth to HSM workers).", |c| c.in_flight.get()),
+            ("keycore_responses_total", "counter", "Responses written.", |c| c.responses.get()),
+            ("keycore_bytes_out_total", "counter", "Plaintext bytes written to connections.", |c| c.bytes_out.get()),
+            ("keycore_requests_total", "counter", "Requests received.", |c| c.requests_by_op.iter().map(Counter::get).sum()),
+        ];
+        for (name, kind, help, get) in per_core {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for c in &self.cores {
+                let _ = writeln!(s, "{name}{{core=\"{}\"}} {}", c.core, get(c));
+            }
+        }
+        if let Some(extra) = &self.extra {
+            extra(&mut s);
+        }
+        s
+    }
+
+    fn render_hist(
+        &self,
+        s: &mut String,
+        name: &str,
+        help: &str,
+        h: fn(&CoreStats) -> &Histograms,
+    ) {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (t, tname) in OP_TYPES.iter().enumerate() {
+            for e in 0..ERROR_LABELS {
+                let cell = t * ERROR_LABELS + e;
+                let count: u64 = (0..=BUCKETS)
+                    .map(|b| self.sum(|c| h(c).buckets[cell * (BUCKETS + 1) + b].get()))
+                    .sum();
+                if count == 0 {
+                    continue;
+                }
+                let ename = ErrorCode(e as u8).name().unwrap_or("unknown");
+                let mut cum = 0;
+                for b in 0..BUCKETS {
+                    cum += self.sum(|c| h(c).buckets[cell * (BUCKETS + 1) + b].get());
+                    let _ = writeln!(
+                        s,
+                        "{name}_bucket{{type=\"{tname}\",error=\"{ename}\",le=\"{}\"}} {cum}",
+                        le(b)
+                    );
+                }
+                let _ = writeln!(
+                    s,
+                    "{name}_bucket{{type=\"{tname}\",error=\"{ename}\",le=\"+Inf\"}} {count}"
+                );
+                let sum_ns = self.sum(|c| h(c).sum_ns[cell].get());
+                let _ = writeln!(
+                    s,
+                    "{name}_sum{{type=\"{tname}\",error=\"{ename}\"}} {}",
+                    sum_ns as f64 / 1e9
+                );
+                let _ = writeln!(
+                    s,
+                    "{name}_count{{type=\"{tname}\",error=\"{ename}\"}} {count}"
+                );
+            }
+        }
+    }
+}
+
+fn le(bucket: usize) -> f64 {
+    (BUCKET0_NS << bucket) as f64 / 1e9
+}
+
+fn op_label(op: Op) -> String {
+    match op.name() {
+        Some(n) => n.to_string(),
+        None => format!("0x{:02x}", op.0),
+    }
+}
+
+/// The `/metrics` HTTP endpoint: one control-plane thread serving plain
+/// HTTP/1.1 GETs. Requests are bounded (8 KiB head, 5 s timeouts); anything
+/// but `GET /metrics` gets 404.
+#[derive(Debug)]
+pub struct MetricsServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Largest request head the metrics endpoint reads.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+
+impl MetricsServer {
+    /// Bind and serve `registry` until dropped.
+    pub fn start(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<MetricsServer> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("keycore-metrics".into())
+            .spawn(move || {
+                while !stop2.load(Relaxed) {
+                    match listener.accept() {
+                        Ok((s, _)) => {
+                            let _ = serve_one(s, &registry);
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "metrics accept failed");
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                    }
+                }
+            })?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve_one(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf)?;
+        if n == 0 || head.len() + n > MAX_HTTP_HEAD {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    let (status, ctype, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
+        ("200 OK", "text/plain; version=0.0.4", registry.render())
+    } else {
+        (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics\n".to_string(),
+        )
+    };
+    write!(
+        s,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    s.write_all(body.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_double_from_100us() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(100_000), 0);
+        assert_eq!(bucket_of(100_001), 1);
+        assert_eq!(bucket_of(200_000), 1);
+        assert_eq!(bucket_of(200_001), 2);
+        assert_eq!(bucket_of(1_638_400_000), 14);
+        assert_eq!(bucket_of(1_638_400_001), 15);
+        assert_eq!(bucket_of(u64::MAX), 15);
+        assert!((le(14) - 1.6384).abs() < 1e-12);
+    }
+
+    #[test]
+    fn render_sums_cores_and_uses_reference_names() {
+        let a = Arc::new(CoreStats::new(0));
+        let b = Arc::new(CoreStats::new(1));
+        a.requests_by_op[Op::ECDSA_SIGN_SHA256.0 as usize].add(3);
+        b.requests_by_op[Op::ECDSA_SIGN_SHA256.0 as usize].add(4);
+        a.exec
+            .record(Op::ECDSA_SIGN_SHA256, ErrorCode::NONE, 150_000);
+        b.exec
+            .record(Op::RSA_SIGN_SHA256, ErrorCode::KEY_NOT_FOUND, 50_000);
+        let r = Registry {
+            cores: vec![a, b],
+            ..Default::default()
+        };
+        let text = r.render();
+        assert!(
+            text.contains("keyless_requests{opcode=\"OpECDSASignSHA256\"} 7\n"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "keyless_request_exec_duration_per_opcode_bucket{type=\"ecdsa\",error=\"no error\",le=\"0.0001\"} 0\n"
+        ));
+        assert!(text.contains(
+            "keyless_request_exec_duration_per_opcode_bucket{type=\"ecdsa\",error=\"no error\",le=\"0.0002\"} 1\n"
+        ));
+        assert!(text.contains(
+            "keyless_request_exec_duration_per_opcode_count{type=\"rsa\",error=\"key not found\"} 1\n"
+        ));
+        assert!(text.contains("keycore_requests_total{core=\"1\"} 4\n"));
+        assert_eq!(r.total_requests(), 7);
+    }
+}

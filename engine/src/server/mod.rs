@@ -1,1 +1,373 @@
-//! Reactors, TLS listeners and connections. (Placeholder.)
+//! The server: one pinned glommio executor per selected core, each with its
+//! own SO_REUSEPORT listener, connections, buffers, PKCS#11 sessions and
+//! counters.
+//!
+//! What cores share is built before they start and is read-only: the key
+//! index (`Arc<KeyIndex>`), the TLS configuration, the limits. Cores talk to
+//! the outside only through control-plane atomics (drain request) polled by a
+//! per-core task, and through their metrics (single-writer atomics).
+//!
+//! Shutdown protocol: [`ServerHandle::shutdown`] sets the drain flag; each
+//! core's control task sees it within `CONTROL_POLL`, stops accepting (drops
+//! its listener), wakes its connections, which answer what they already read
+//! and close; the core exits when it has no open connection or when
+//! `drain_timeout` passes, whichever is first. [`ServerHandle::join`] waits
+//! for every core.
+
+pub mod conn;
+pub mod dispatch;
+pub mod tls;
+
+use crate::keys::KeyIndex;
+use crate::metrics::{CoreStats, Registry};
+use crate::pkcs11::{CoreHsm, Pkcs11Store};
+use anyhow::{bail, Context, Result};
+use futures_lite::future::{self, FutureExt as _};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// How often a core's control task looks at the shared drain flag. Control
+/// plane only; 20 ms bounds how late a drain starts.
+const CONTROL_POLL: Duration = Duration::from_millis(20);
+
+/// Per-connection and per-core limits, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections one core serves at once; further ones are closed at accept.
+    pub max_connections_per_core: usize,
+    /// Requests of one connection waiting on an off-reactor backend before it
+    /// stops reading (default 1024, as the reference).
+    pub max_in_flight: usize,
+    /// Close a connection with no complete request for this long (default 30 s).
+    pub idle_timeout: Duration,
+    /// Give up on a TLS handshake after this long.
+    pub handshake_timeout: Duration,
+    /// How long a drain may take before the core exits anyway.
+    pub drain_timeout: Duration,
+    /// Read buffer per connection; at least one largest message.
+    pub read_buffer_bytes: usize,
+    /// Flush the write buffer once it holds this much.
+    pub write_buffer_bytes: usize,
+    /// Largest request body accepted (at most 65535).
+    pub max_body_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections_per_core: 4096,
+            max_in_flight: 1024,
+            idle_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            read_buffer_bytes: 2 * keycore_protocol::MAX_MESSAGE_LEN,
+            write_buffer_bytes: 256 * 1024,
+            max_body_len: keycore_protocol::MAX_BODY_LEN,
+        }
+    }
+}
+
+impl Limits {
+    /// Check the relations between limits; messages name the setting.
+    pub fn validate(&self) -> Result<()> {
+        if self.read_buffer_bytes < keycore_protocol::HEADER_LEN + self.max_body_len {
+            bail!(
+                "read_buffer_bytes ({}) must hold one largest message ({} bytes)",
+                self.read_buffer_bytes,
+                keycore_protocol::HEADER_LEN + self.max_body_len
+            );
+        }
+        if self.max_body_len > keycore_protocol::MAX_BODY_LEN {
+            bail!(
+                "max_body_len must be at most {}",
+                keycore_protocol::MAX_BODY_LEN
+            );
+        }
+        if self.max_in_flight == 0 || self.max_connections_per_core == 0 {
+            bail!("max_in_flight_per_connection and max_connections_per_core must be at least 1");
+        }
+        if self.write_buffer_bytes < keycore_protocol::PADDED_LEN {
+            bail!(
+                "write_buffer_bytes must be at least {}",
+                keycore_protocol::PADDED_LEN
+            );
+        }
+        for (name, d) in [
+            ("idle_timeout", self.idle_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("drain_timeout", self.drain_timeout),
+        ] {
+            if d.is_zero() {
+                bail!("{name} must be greater than zero");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything `start` needs.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address to listen on (port 0 picks a free port, shared by all cores).
+    pub listen: SocketAddr,
+    /// CPU ids to run one pinned reactor on each.
+    pub cpus: Vec<usize>,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// What one core owns. Lives in an `Rc` on its reactor thread.
+pub struct CoreCtx {
+    /// Index of this core in the configured list.
+    pub index: usize,
+    /// The start-up key index.
+    pub keys: Arc<KeyIndex>,
+    /// This core's PKCS#11 sessions.
+    pub hsm: CoreHsm,
+    /// This core's counters.
+    pub stats: Arc<CoreStats>,
+    /// Limits.
+    pub limits: Limits,
+    /// TLS acceptor (shared read-only config).
+    pub acceptor: futures_rustls::TlsAcceptor,
+    /// Set once the core drains.
+    pub draining: Cell<bool>,
+    /// Wakers of connections waiting for input, woken on drain.
+    drain_wakers: RefCell<Vec<Waker>>,
+}
+
+impl std::fmt::Debug for CoreCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CoreCtx")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl CoreCtx {
+    /// Resolves once the core starts draining.
+    pub async fn drain_notice(&self) {
+        future::poll_fn(|cx| {
+            if self.draining.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.drain_wakers.borrow_mut();
+            // One waker per waiting connection task: replace, don't pile up.
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                w.push(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn start_drain(&self) {
+        self.draining.set(true);
+        for w in self.drain_wakers.borrow_mut().drain(..) {
+            w.wake();
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct ServerHandle {
+    /// The address the cores listen on.
+    pub addr: SocketAddr,
+    /// Counters of every core, for scrapes and tests.
+    pub registry: Arc<Registry>,
+    drain: Arc<AtomicBool>,
+    threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Ask every core to drain and stop. Returns at once; see [`Self::join`].
+    pub fn shutdown(&self) {
+        self.drain.store(true, Ordering::Release);
+    }
+
+    /// Wait for every core to exit.
+    pub fn join(self) -> Result<()> {
+        for t in self.threads {
+            t.join()
+                .map_err(|e| anyhow::anyhow!("reactor thread failed: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Start the reactors. Returns once every core listens.
+pub fn start(
+    settings: ServerSettings,
+    tls: Arc<rustls::ServerConfig>,
+    keys: Arc<KeyIndex>,
+    pkcs11: Arc<Pkcs11Store>,
+    mut registry: Registry,
+) -> Result<ServerHandle> {
+    settings.limits.validate()?;
+    if settings.cpus.is_empty() {
+        bail!("no cores selected");
+    }
+    // Port 0: reserve one free port with a bound-but-not-listening socket
+    // (SO_REUSEPORT) so every core can bind the same port; it receives no
+    // connections because it never listens.
+    let (listen, _reservation) = if settings.listen.port() == 0 {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(settings.listen),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        s.set_reuse_port(true)?;
+        s.set_reuse_address(true)?;
+        s.bind(&settings.listen.into())
+            .with_context(|| format!("bind {}", settings.listen))?;
+        let a = s
+            .local_addr()?
+            .as_socket()
+            .context("reserved address is not an IP socket")?;
+        (a, Some(s))
+    } else {
+        (settings.listen, None)
+    };
+
+    let stats: Vec<Arc<CoreStats>> = (0..settings.cpus.len())
+        .map(|i| Arc::new(CoreStats::new(i)))
+        .collect();
+    registry.cores = stats.clone();
+    let registry = Arc::new(registry);
+    let drain = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let mut threads = Vec::new();
+    for (index, &cpu) in settings.cpus.iter().enumerate() {
+        let keys = keys.clone();
+        let pkcs11 = pkcs11.clone();
+        let stats = stats[index].clone();
+        let limits = settings.limits.clone();
+        let tls = tls.clone();
+        let drain = drain.clone();
+        let ready = ready.clone();
+        let failed = failed.clone();
+        let placement = if cpu == usize::MAX {
+            Placement::Unbound
+        } else {
+            Placement::Fixed(cpu)
+        };
+        let t = LocalExecutorBuilder::new(placement)
+            .name(&format!("keycore-core{index}"))
+            .spawn(move || async move {
+                let listener = match glommio::net::TcpListener::bind(listen) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        *failed.lock().unwrap() = Some(format!("core {index}: bind {listen}: {e}"));
+                        ready.fetch_add(1, Ordering::Release);
+                        return;
+                    }
+                };
+                let core = Rc::new(CoreCtx {
+                    index,
+                    hsm: pkcs11.core(index),
+                    keys,
+                    stats,
+                    limits,
+                    acceptor: futures_rustls::TlsAcceptor::from(tls),
+                    draining: Cell::new(false),
+                    drain_wakers: RefCell::new(Vec::new()),
+                });
+                ready.fetch_add(1, Ordering::Release);
+                tracing::info!(core = index, cpu, %listen, "reactor listening");
+                run_core(core, listener, drain).await;
+                tracing::info!(core = index, "reactor stopped");
+            })
+            .map_err(|e| anyhow::anyhow!("start reactor on cpu {cpu}: {e}"))?;
+        threads.push(t);
+    }
+    while ready.load(Ordering::Acquire) < settings.cpus.len() {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if let Some(e) = failed.lock().unwrap().take() {
+        drain.store(true, Ordering::Release);
+        for t in threads {
+            let _ = t.join();
+        }
+        bail!(e);
+    }
+    Ok(ServerHandle {
+        addr: listen,
+        registry,
+        drain,
+        threads,
+    })
+}
+
+async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain: Arc<AtomicBool>) {
+    let open = Rc::new(Cell::new(0usize));
+    let accept_loop = {
+        let core = core.clone();
+        let open = open.clone();
+        async move {
+            loop {
+                let s = match listener.accept().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(core = core.index, error = %e, "accept failed");
+                        glommio::timer::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                core.stats.accepted.inc();
+                let peer = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
+                if open.get() >= core.limits.max_connections_per_core {
+                    core.stats.refused.inc();
+                    tracing::warn!(core = core.index, %peer, limit = core.limits.max_connections_per_core, "connection limit reached; closing new connection");
+                    drop(s);
+                    continue;
+                }
+                open.set(open.get() + 1);
+                core.stats.open.inc();
+                let core2 = core.clone();
+                let open2 = open.clone();
+                glommio::spawn_local(async move {
+                    conn::serve(core2.clone(), s, peer).await;
+                    open2.set(open2.get() - 1);
+                    core2.stats.open.sub(1);
+                })
+                .detach();
+            }
+        }
+    };
+    let watch_drain = async {
+        while !drain.load(Ordering::Acquire) {
+            glommio::timer::sleep(CONTROL_POLL).await;
+        }
+    };
+    // Accept until a drain is requested; dropping the accept loop drops the
+    // listener, so no new connection lands on this core.
+    accept_loop.or(watch_drain).await;
+    core.start_drain();
+    let deadline = Instant::now() + core.limits.drain_timeout;
+    while open.get() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    if open.get() > 0 {
+        tracing::warn!(
+            core = core.index,
+            open = open.get(),
+            "drain timeout; closing remaining connections"
+        );
+    }
+}
+
+/// All CPUs this process may run on, for the `cores` default.
+pub fn available_cpus() -> Vec<usize> {
+    match core_affinity::get_core_ids() {
+        Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
+        _ => vec![usize::MAX],
+    }
+}

@@ -1,0 +1,218 @@
+//! Start-up: turn a validated [`Config`] into a running server.
+//!
+//! Control plane only (runs once, may allocate, log and take its time):
+//! load every key store into the [`KeyIndex`], build the TLS configuration,
+//! register the start-up gauges, start the reactors and the metrics endpoint,
+//! write the pid file. Errors name the file, key or URI involved.
+//!
+//! Key-load policy: `key_load_errors: fail` (default, as the reference)
+//! stops start-up at the first key that can't be read or parsed;
+//! `skip` logs it with its path and reason and goes on. A duplicate key (same
+//! SKI from two sources) is always logged and the first one kept.
+
+use crate::config::{Config, KeyLoadErrors, KeyStore};
+use crate::keys::{software, KeyEntry, KeyIndex};
+use crate::metrics::{MetricsServer, Registry, StaticGauge};
+use crate::pkcs11::Pkcs11Store;
+use crate::server::{self, tls, Limits, ServerHandle, ServerSettings};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Instant, UNIX_EPOCH};
+
+/// A running server with its metrics endpoint.
+#[derive(Debug)]
+pub struct Running {
+    /// The reactors.
+    pub server: ServerHandle,
+    /// The metrics endpoint, if enabled.
+    pub metrics: Option<MetricsServer>,
+    pid_file: Option<std::path::PathBuf>,
+}
+
+impl Running {
+    /// Drain and stop everything; returns when every core has exited.
+    pub fn stop(self) -> Result<()> {
+        self.server.shutdown();
+        let r = self.server.join();
+        drop(self.metrics);
+        if let Some(p) = &self.pid_file {
+            let _ = std::fs::remove_file(p);
+        }
+        r
+    }
+}
+
+/// Limits from the config.
+pub fn limits(cfg: &Config) -> Limits {
+    Limits {
+        max_connections_per_core: cfg.max_connections_per_core as usize,
+        max_in_flight: cfg.max_in_flight_per_connection as usize,
+        idle_timeout: cfg.idle_timeout,
+        handshake_timeout: cfg.handshake_timeout,
+        drain_timeout: cfg.drain_timeout,
+        read_buffer_bytes: cfg.read_buffer_bytes,
+        write_buffer_bytes: cfg.write_buffer_bytes,
+        max_body_len: keycore_protocol::MAX_BODY_LEN,
+    }
+}
+
+/// Load every key store. Returns the index, the PKCS#11 store and the
+/// seconds each store took (for `keyless_key_load_duration`).
+pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, Vec<f64>)> {
+    let mut index = KeyIndex::default();
+    let mut seconds = Vec::new();
+    let mut pkcs11_uris = Vec::new();
+    for store in &cfg.private_key_stores {
+        let t0 = Instant::now();
+        let results: Vec<Result<KeyEntry, software::KeyLoadError>> = match store {
+            KeyStore::Dir(d) => {
+                if !d.is_dir() {
+                    bail!("private_key_stores: dir {}: not a readable directory", d.display());
+                }
+                software::load_dir(d)
+            }
+            KeyStore::File(f) => vec![software::load_file(f)],
+            KeyStore::Uri(u) if u.starts_with("pkcs11:") => {
+                pkcs11_uris.push(u.clone());
+                continue;
+            }
+            KeyStore::Uri(u) => bail!(
+                "private_key_stores: uri {u}: cloud key services (Azure Key Vault, Google Cloud KMS, AWS KMS) are not supported by keycore yet"
+            ),
+        };
+        for r in results {
+            match r {
+                Ok(e) => add(&mut index, e),
+                Err(e) if cfg.key_load_errors == KeyLoadErrors::Skip => {
+                    tracing::error!(error = %e, "skipping key that failed to load (key_load_errors: skip)");
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(
+                        "loading private keys (set key_load_errors: skip to start without it)",
+                    ))
+                }
+            }
+        }
+        seconds.push(t0.elapsed().as_secs_f64());
+    }
+    let pkcs11 = if pkcs11_uris.is_empty() {
+        Pkcs11Store::default()
+    } else {
+        bail!(
+            "private_key_stores: uri {}: the PKCS#11 backend is not wired into `serve` yet",
+            pkcs11_uris[0]
+        )
+    };
+    Ok((index, pkcs11, seconds))
+}
+
+fn add(index: &mut KeyIndex, e: KeyEntry) {
+    let source = e.source.clone();
+    if let Err(dup) = index.insert(e) {
+        tracing::warn!(
+            source = %dup.source,
+            kept = %index.entries().iter().find(|k| k.ski == dup.ski).map(|k| k.source.as_str()).unwrap_or("?"),
+            "duplicate key (same SKI); keeping the first"
+        );
+    } else {
+        tracing::debug!(%source, "key loaded");
+    }
+}
+
+/// Expiry gauge for a certificate file (`certificate_expiration_timestamp_seconds`).
+fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    let subject = cert.subject().to_string().replace('"', "'");
+    Some(StaticGauge {
+        name: "certificate_expiration_timestamp_seconds".into(),
+        help: "Expiry of the server's certificates, as a Unix timestamp.".into(),
+        labels: format!(
+            "source=\"{which}\",path=\"{}\",subject=\"{subject}\",serial_number=\"{}\"",
+            path.display(),
+            cert.raw_serial_as_string()
+        ),
+        value: cert.validity().not_after.timestamp() as f64,
+    })
+}
+
+/// Start everything the config describes.
+pub fn launch(cfg: &Config) -> Result<Running> {
+    // Keys the reference has that keycore parses but does not act on yet:
+    // say so once instead of silently ignoring them.
+    if cfg.tracing_enabled {
+        tracing::warn!(
+            "tracing_enabled: Jaeger tracing is not implemented by keycore yet; ignored"
+        );
+    }
+    if cfg.sign_timeout.is_some() || cfg.sign_retry_count > 0 {
+        tracing::warn!(
+            "sign_timeout / sign_retry_count: not applied to software keys (a software sign cannot stall); PKCS#11 keys use the URI's x-op-timeout"
+        );
+    }
+    let (index, pkcs11, key_load_seconds) = load_keys(cfg)?;
+    if index.is_empty() {
+        tracing::warn!(
+            "no private keys loaded: every key operation will be answered 'key not found'"
+        );
+    } else {
+        tracing::info!(keys = index.len(), "private keys loaded");
+    }
+    let tls = tls::server_config(&tls::TlsSettings {
+        cert: &cfg.auth_cert,
+        key: &cfg.auth_key,
+        client_ca: &cfg.cloudflare_ca_cert,
+        tls12_only: cfg.tls12_only,
+        current_time: cfg.current_time,
+    })?;
+    let mut registry = Registry {
+        key_load_seconds,
+        ..Default::default()
+    };
+    for (which, p) in [
+        ("auth_cert", &cfg.auth_cert),
+        ("cloudflare_ca_cert", &cfg.cloudflare_ca_cert),
+    ] {
+        if let Some(g) = cert_expiry_gauge(which, p) {
+            let left = g.value - UNIX_EPOCH.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            if left < 0.0 {
+                tracing::error!(file = %p.display(), "{which} has expired");
+            } else if left < 30.0 * 86400.0 {
+                tracing::warn!(file = %p.display(), days = (left / 86400.0) as u64, "{which} expires soon");
+            }
+            registry.gauges.push(g);
+        }
+    }
+    let pkcs11 = Arc::new(pkcs11);
+    let cpus = cfg.core_ids(&server::available_cpus());
+    let server = server::start(
+        ServerSettings {
+            listen: cfg.listen_addr(),
+            cpus,
+            limits: limits(cfg),
+        },
+        tls,
+        Arc::new(index),
+        pkcs11,
+        registry,
+    )
+    .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;
+    let metrics = match cfg.metrics_addr() {
+        Some(a) => Some(
+            MetricsServer::start(a, server.registry.clone())
+                .with_context(|| format!("metrics_port: cannot listen on {a}"))?,
+        ),
+        None => None,
+    };
+    if let Some(p) = &cfg.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))
+            .with_context(|| format!("pid_file {}: cannot write", p.display()))?;
+    }
+    Ok(Running {
+        server,
+        metrics,
+        pid_file: cfg.pid_file.clone(),
+    })
+}

@@ -1,0 +1,149 @@
+//! One request in, one response out: the opcode `match` of the data path.
+//!
+//! Owns the mapping from a decoded request to the protocol's answer (result,
+//! pong, or error code), following PROTOCOL.md "Opcodes": a response-class
+//! opcode gets 0x06, an unknown or missing one 0x05, seal/unseal/RPC with no
+//! handler 0x08, a custom op with no function 0x05; key operations look the
+//! key up by SKI (0x02 unknown, 0x08 none) and run on its backend.
+//!
+//! Must not: allocate for a synchronous operation (the result goes to a
+//! reused scratch buffer, then straight into the connection's write buffer),
+//! log per request, or block the reactor (PKCS#11 offload returns a future).
+
+use crate::keys::{Backend, KeyIndex};
+use crate::metrics::CoreStats;
+use crate::pkcs11::CoreHsm;
+use keycore_protocol::codec::{encode_error, encode_response};
+use keycore_protocol::{ErrorCode, Message, Op, OpClass};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Instant;
+
+/// A request whose operation runs off the reactor.
+pub struct Pending {
+    /// Request ID to answer.
+    pub id: u32,
+    /// Its opcode (for metrics).
+    pub op: Op,
+    /// When the request was read (for the total-duration histogram).
+    pub read_at: Instant,
+    /// The operation.
+    pub fut: Pin<Box<dyn Future<Output = Result<Vec<u8>, ErrorCode>>>>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("id", &self.id)
+            .field("op", &self.op)
+            .finish()
+    }
+}
+
+/// What the core shares with its connections' dispatch.
+#[derive(Debug)]
+pub struct DispatchCtx<'a> {
+    /// The start-up key index.
+    pub keys: &'a KeyIndex,
+    /// This core's PKCS#11 sessions.
+    pub hsm: &'a CoreHsm,
+    /// This core's counters.
+    pub stats: &'a CoreStats,
+}
+
+/// Handle one decoded request. A synchronous answer is appended to `out`
+/// (using `scratch` for the operation's output); an offloaded one is returned
+/// as [`Pending`] and nothing is appended.
+#[inline]
+pub fn handle(
+    ctx: &DispatchCtx<'_>,
+    msg: &Message<'_>,
+    read_at: Instant,
+    scratch: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+) -> Option<Pending> {
+    let id = msg.id;
+    let op = msg.opcode.unwrap_or(Op(0));
+    ctx.stats.requests_by_op[op.0 as usize].inc();
+    let result: Result<(), ErrorCode> = match (msg.opcode, op.class()) {
+        (None, _) => Err(ErrorCode::BAD_OPCODE),
+        (_, OpClass::Ping) => {
+            // Echo; a too-large echo can't happen (the request fit one body).
+            let _ = encode_response(out, id, Op::PONG, msg.payload.unwrap_or(&[]));
+            ctx.stats
+                .total
+                .record(op, ErrorCode::NONE, elapsed_ns(read_at));
+            return None;
+        }
+        (_, OpClass::ResponseClass) => Err(ErrorCode::UNEXPECTED_OPCODE),
+        (_, OpClass::Unknown) | (_, OpClass::Custom) => Err(ErrorCode::BAD_OPCODE),
+        (_, OpClass::Seal) | (_, OpClass::Unseal) | (_, OpClass::Rpc) => Err(ErrorCode::INTERNAL),
+        (_, class) => match ctx.keys.lookup(msg.ski, msg.cert_digest) {
+            Err(e) => Err(e),
+            Ok(entry) => {
+                let input = msg.payload.unwrap_or(&[]);
+                let started = Instant::now();
+                scratch.clear();
+                let r = match &entry.backend {
+                    Backend::Inline(k) => k.perform(class, input, scratch),
+                    Backend::Pkcs11(k) => {
+                        if ctx.hsm.is_inline(*k) {
+                            ctx.hsm.perform_inline(*k, class, input, scratch)
+                        } else {
+                            let fut = Box::pin(ctx.hsm.submit(*k, class, input));
+                            return Some(Pending {
+                                id,
+                                op,
+                                read_at,
+                                fut,
+                            });
+                        }
+                    }
+                };
+                let code = r.err().unwrap_or(ErrorCode::NONE);
+                ctx.stats.exec.record(op, code, elapsed_ns(started));
+                r
+            }
+        },
+    };
+    finish(
+        ctx.stats,
+        out,
+        id,
+        op,
+        read_at,
+        result.map(|()| &scratch[..]),
+    );
+    None
+}
+
+/// Encode the answer to a request and record its total duration.
+#[inline]
+pub fn finish(
+    stats: &CoreStats,
+    out: &mut Vec<u8>,
+    id: u32,
+    op: Op,
+    read_at: Instant,
+    result: Result<&[u8], ErrorCode>,
+) {
+    let code = match result {
+        Ok(payload) => match encode_response(out, id, Op::RESPONSE, payload) {
+            Ok(()) => ErrorCode::NONE,
+            Err(_) => {
+                encode_error(out, id, ErrorCode::INTERNAL);
+                ErrorCode::INTERNAL
+            }
+        },
+        Err(code) => {
+            encode_error(out, id, code);
+            code
+        }
+    };
+    stats.total.record(op, code, elapsed_ns(read_at));
+}
+
+#[inline]
+fn elapsed_ns(since: Instant) -> u64 {
+    since.elapsed().as_nanos().min(u64::MAX as u128) as u64
+}

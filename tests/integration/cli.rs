@@ -1,0 +1,97 @@
+//! The `keycore` binary: `serve` reads a gokeyless.yaml unchanged, drains
+//! and exits 0 on SIGTERM.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn serve_reads_gokeyless_yaml_and_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "loglevel: 1\nport: {port}\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display(),
+        pki.keys_dir.display()
+    );
+    let cfg = dir.path().join("gokeyless.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let tls = keycore_loadgen::tls::ClientTls::from_paths(
+        &keycore_loadgen::tls::ClientTlsPaths {
+            ca: pki.ca_cert.clone(),
+            cert: pki.client_cert.clone(),
+            key: pki.client_key.clone(),
+        },
+        &keycore_loadgen::tls::TlsOptions {
+            tls12_only: false,
+            server_name: Some("localhost".into()),
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut c = loop {
+        match keycore_loadgen::client::BlockingClient::connect(addr, &tls) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let r = c
+        .call(&crate::harness::req(
+            keycore_protocol::Op::PING,
+            None,
+            b"cli",
+        ))
+        .unwrap();
+    assert_eq!(r.opcode, keycore_protocol::Op::PONG);
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "server did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn bad_config_value_names_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gokeyless.yaml");
+    std::fs::write(&cfg, "loglevel: 1\nport: not-a-port\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_keycore"))
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("gokeyless.yaml:2") && err.contains("port"),
+        "{err}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
