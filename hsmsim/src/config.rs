@@ -267,7 +267,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Service time for `func`, running mechanism `mech` if known.
+    /// Service time for `func`, running mechanism `mech` if known (the shaper passes a
+    /// mechanism only for crypto calls).
     pub fn service_latency(&self, func: Func, mech: Option<CK_MECHANISM_TYPE>) -> &Latency {
         if let Some(l) = mech.and_then(|m| self.mechanisms.get(&m)) {
             return l;

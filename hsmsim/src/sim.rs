@@ -9,7 +9,8 @@
 //! counting semaphore is FIFO (ticket order) so queueing looks like a real HSM's request queue.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
@@ -153,37 +154,64 @@ impl ConfigHolder {
     }
 }
 
-/// The partition's crypto cores: a FIFO counting semaphore.
+/// The partition's crypto cores: a FIFO counting semaphore that also keeps the cores' timeline.
 struct Cores {
-    /// (next ticket to hand out, cores released so far). Ticket t may run when
-    /// t < released + max, so callers enter in arrival order and at most `max` are inside.
-    state: Mutex<(u64, u64)>,
+    state: Mutex<CoreState>,
     released: Condvar,
 }
 
-struct CoreGuard<'a>(&'a Cores);
+struct CoreState {
+    /// Next ticket to hand out. Ticket t may run when t < released + max, so callers enter in
+    /// arrival order and at most `max` are inside.
+    next_ticket: u64,
+    released: u64,
+    /// When released cores became free in simulated time. A queued caller starts its service
+    /// at that time, not when its thread got scheduled: host wake-up delays must not cost the
+    /// simulated device capacity.
+    free_at: BinaryHeap<Reverse<Instant>>,
+}
+
+struct CoreGuard<'a> {
+    cores: &'a Cores,
+    /// Simulated start of service on this core.
+    start: Instant,
+    /// Simulated end of service (set by the caller before release).
+    end: Instant,
+}
 
 impl Drop for CoreGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.0.state).1 += 1;
-        self.0.released.notify_all();
+        let mut st = lock(&self.cores.state);
+        st.released += 1;
+        st.free_at.push(Reverse(self.end));
+        drop(st);
+        self.cores.released.notify_all();
     }
 }
 
 impl Cores {
-    fn acquire(&self, max: Option<u32>) -> Option<CoreGuard<'_>> {
-        let max = max? as u64;
+    /// Waits for a core; `ready` is when the request reached the device (simulated time).
+    fn acquire(&self, max: u32, ready: Instant) -> CoreGuard<'_> {
+        let max = max as u64;
         let mut st = lock(&self.state);
-        let ticket = st.0;
-        st.0 += 1;
-        while ticket >= st.1 + max {
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        while ticket >= st.released + max {
             st = self
                 .released
                 .wait_timeout(st, CORE_WAIT_RECHECK)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        Some(CoreGuard(self))
+        // Every release pushes one time and every acquire pops one, so the heap holds the free
+        // times of idle cores; an empty heap means a never-used core (free since forever).
+        let freed = st.free_at.pop().map_or(ready, |Reverse(t)| t);
+        let start = ready.max(freed);
+        CoreGuard {
+            cores: self,
+            start,
+            end: start,
+        }
     }
 }
 
@@ -234,11 +262,34 @@ fn lock_read(l: &RwLock<Arc<Active>>) -> Arc<Active> {
     l.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
+/// How late `thread::sleep` wakes up on this host, as a moving average (ns). On a busy machine
+/// a wake-up is often 0.1-1 ms late; three sleeps per call would bias every configured mean by
+/// that much, so each sleep asks to wake this much early and the mean lands on the deadline.
+static OVERSHOOT_NS: AtomicU64 = AtomicU64::new(0);
+/// Weight of a new observation in `OVERSHOOT_NS` (1/16: smooth, adapts within ~50 sleeps).
+const OVERSHOOT_EWMA_SHIFT: u32 = 4;
+/// Largest lateness fed to the average: one descheduled outlier must not skew it for long.
+const OVERSHOOT_SAMPLE_CAP: Duration = Duration::from_millis(2);
+
+/// Sleeps until `deadline`, correcting for the host's mean wake-up lateness.
 fn sleep_until(deadline: Instant) {
     let now = Instant::now();
-    if deadline > now {
-        std::thread::sleep(deadline - now);
+    if deadline <= now {
+        return;
     }
+    let remaining = deadline - now;
+    // Never ask for less than half the time: the correction must not eat a short sleep.
+    let early = Duration::from_nanos(OVERSHOOT_NS.load(Ordering::Relaxed)).min(remaining / 2);
+    let requested = remaining - early;
+    std::thread::sleep(requested);
+    let late = now
+        .elapsed()
+        .saturating_sub(requested)
+        .min(OVERSHOOT_SAMPLE_CAP)
+        .as_nanos() as i64;
+    let old = OVERSHOOT_NS.load(Ordering::Relaxed) as i64;
+    let new = old + ((late - old) >> OVERSHOOT_EWMA_SHIFT);
+    OVERSHOOT_NS.store(new.max(0) as u64, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -248,6 +299,8 @@ thread_local! {
 /// The outcome of the fault check for one call.
 enum Verdict {
     Proceed,
+    /// Stall this long, then fail with the value or (None) proceed.
+    Hang(Duration, Option<CK_RV>),
     /// Answer with this value (the real operation, if any, is ended first).
     Fail(CK_RV),
     /// Answer with this value; the call's session is dead so nothing is forwarded.
@@ -269,7 +322,11 @@ impl Sim {
                 stamp: Mutex::new(stamp),
             },
             cores: Cores {
-                state: Mutex::new((0, 0)),
+                state: Mutex::new(CoreState {
+                    next_ticket: 0,
+                    released: 0,
+                    free_at: BinaryHeap::new(),
+                }),
                 released: Condvar::new(),
             },
             tat: Mutex::new(None),
@@ -345,17 +402,28 @@ impl Sim {
         if call.length_query {
             return forward(self.real);
         }
-        if !cfg.rtt.is_zero() {
-            std::thread::sleep(self.sample(&cfg.rtt));
-        }
-        let verdict = match self.check_faults(&active, &call) {
-            Verdict::Proceed if call.func.needs_login() && self.is_logged_out() => {
-                Verdict::Fail(CKR_USER_NOT_LOGGED_IN)
-            }
-            v => v,
+        // `ready`: when the request reaches the device, in simulated time. Later stages start
+        // from it rather than from when this thread woke, so wake-up delays do not add up.
+        // The round trip is two legs: the request before the device sees the call, the
+        // response after it answered (the real module's own time for cheap calls hides there).
+        let leg = if cfg.rtt.is_zero() {
+            Duration::ZERO
+        } else {
+            self.sample(&cfg.rtt) / 2
         };
+        let mut ready = now + leg;
+        sleep_until(ready);
+        let mut verdict = self.check_faults(&active, &call);
+        if let Verdict::Hang(duration, then_rv) = verdict {
+            ready += duration;
+            sleep_until(ready);
+            verdict = then_rv.map_or(Verdict::Proceed, Verdict::Fail);
+        }
+        if matches!(verdict, Verdict::Proceed) && call.func.needs_login() && self.is_logged_out() {
+            verdict = Verdict::Fail(CKR_USER_NOT_LOGGED_IN);
+        }
         match verdict {
-            Verdict::Proceed => {}
+            Verdict::Proceed | Verdict::Hang(..) => {}
             Verdict::FailDead(rv) => return rv,
             Verdict::Fail(rv) => {
                 if call.func.is_op_step() {
@@ -367,60 +435,77 @@ impl Sim {
                     }
                     self.set_mechanism(call.session, None);
                 }
+                sleep_until(ready + leg);
                 return rv;
             }
         }
 
-        let mech = call.mech.or_else(|| {
-            if call.func.is_op_step() {
-                call.session
-                    .and_then(|h| lock(&self.sessions).live.get(&h).and_then(|s| s.1))
-            } else {
-                None
-            }
-        });
-        let service = cfg.service_latency(call.func, mech);
-        let rv = if call.func.is_crypto() {
-            self.wait_for_rate(&cfg.capacity);
-            let _core = self.cores.acquire(cfg.capacity.max_concurrent);
-            self.serve(service, forward)
+        // Only crypto calls are timed by mechanism: a *Init carries the mechanism but does no
+        // work (it is timed by its function entry or the default).
+        let mech = if !call.func.is_crypto() {
+            None
+        } else if call.mech.is_some() {
+            call.mech
         } else {
-            self.serve(service, forward)
+            call.session
+                .and_then(|h| lock(&self.sessions).live.get(&h).and_then(|s| s.1))
         };
+        let service = cfg.service_latency(call.func, mech);
+        let (rv, answered) = if call.func.is_crypto() {
+            let ready = self.wait_for_rate(&cfg.capacity, ready);
+            match cfg.capacity.max_concurrent {
+                Some(max) => {
+                    let mut core = self.cores.acquire(max, ready);
+                    let (rv, end) = self.serve(core.start, service, forward);
+                    core.end = end;
+                    (rv, end)
+                }
+                None => self.serve(ready, service, forward),
+            }
+        } else {
+            self.serve(ready, service, forward)
+        };
+        sleep_until(answered + leg);
         if call.func.is_op_init() && rv == CKR_OK {
             self.set_mechanism(call.session, call.mech);
         }
         rv
     }
 
-    /// The real call, padded to the sampled service time (the real module's own time counts
-    /// toward it; if the real module is slower, its time wins).
-    fn serve(&self, service: &Latency, forward: impl FnOnce(&CK_FUNCTION_LIST) -> CK_RV) -> CK_RV {
+    /// The real call, padded so it ends at `start` + the sampled service time (the real
+    /// module's own time counts toward it; if the real module is slower, its time wins).
+    /// Returns the value and the simulated end of service.
+    fn serve(
+        &self,
+        start: Instant,
+        service: &Latency,
+        forward: impl FnOnce(&CK_FUNCTION_LIST) -> CK_RV,
+    ) -> (CK_RV, Instant) {
         if service.is_zero() {
-            return forward(self.real);
+            return (forward(self.real), start);
         }
-        let start = Instant::now();
-        let target = self.sample(service);
+        let end = start + self.sample(service);
         let rv = forward(self.real);
-        sleep_until(start + target);
-        rv
+        sleep_until(end);
+        (rv, end)
     }
 
-    fn wait_for_rate(&self, cap: &Capacity) {
+    /// Waits for a token; returns the simulated time the call may start (>= `ready`).
+    fn wait_for_rate(&self, cap: &Capacity, ready: Instant) -> Instant {
         let Some(rate) = cap.max_ops_per_sec else {
-            return;
+            return ready;
         };
         let interval = Duration::from_secs_f64(1.0 / rate);
         let tolerance = interval * (cap.burst - 1);
         let start = {
             let mut tat = lock(&self.tat);
-            let now = Instant::now();
-            let t = tat.map_or(now, |t| t.max(now));
-            let start = t.checked_sub(tolerance).map_or(now, |s| s.max(now));
+            let t = tat.map_or(ready, |t| t.max(ready));
+            let start = t.checked_sub(tolerance).map_or(ready, |s| s.max(ready));
             *tat = Some(t + interval);
             start
         };
         sleep_until(start);
+        start
     }
 
     fn set_mechanism(&self, session: Option<CK_SESSION_HANDLE>, mech: Option<CK_MECHANISM_TYPE>) {
@@ -536,13 +621,7 @@ impl Sim {
         };
         match kind {
             FaultKind::Error { rv } => Verdict::Fail(rv),
-            FaultKind::Hang { duration, then_rv } => {
-                std::thread::sleep(duration);
-                match then_rv {
-                    Some(rv) => Verdict::Fail(rv),
-                    None => Verdict::Proceed,
-                }
-            }
+            FaultKind::Hang { duration, then_rv } => Verdict::Hang(duration, then_rv),
             FaultKind::InvalidateSessions { all } => {
                 self.kill_sessions(if all { None } else { call.session });
                 if own_session_dead(self) {

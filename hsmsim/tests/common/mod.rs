@@ -39,21 +39,24 @@ pub struct Harness {
 static HARNESS: OnceLock<Harness> = OnceLock::new();
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The simulator cdylib cargo built next to this test: target/<profile>/deps/<test> ->
-/// target/<profile>/libkeycore_hsmsim.so.
+/// The simulator cdylib built for this test run. `cargo test` builds the lib target (rlib AND
+/// cdylib) into target/<profile>/deps/, next to the test executable, but only `cargo build`
+/// copies it up to target/<profile>/libkeycore_hsmsim.so, which can therefore be stale: use the
+/// deps/ copy, and the one above only if deps/ has none.
 pub fn module_path() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let lib = profile_dir.join("libkeycore_hsmsim.so");
-    assert!(
-        lib.exists(),
-        "{} not built (cargo builds the cdylib for `cargo test -p keycore-hsmsim`)",
-        lib.display()
-    );
-    lib
+    let deps = exe.parent().expect("target/<profile>/deps");
+    let candidates = [
+        deps.join("libkeycore_hsmsim.so"),
+        deps.parent()
+            .expect("target/<profile>")
+            .join("libkeycore_hsmsim.so"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("libkeycore_hsmsim.so not found at {candidates:?}"))
+        .clone()
 }
 
 /// Serialises the tests of one file; returns the shared harness.
