@@ -195,7 +195,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         },
         tls,
         Arc::new(index),
-        pkcs11,
+        server::Backends {
+            pkcs11,
+            kms: Default::default(),
+        },
         registry,
     )
     .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;

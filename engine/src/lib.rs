@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod keys;
+pub mod kms;
 pub mod launch;
 pub mod metrics;
 pub mod pki;

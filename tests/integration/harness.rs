@@ -1,7 +1,6 @@
 //! Start a real server on loopback with a fresh PKI and keys of every kind.
 
 use keycore_engine::keys::{software, KeyIndex, KeyKind};
-use keycore_engine::pkcs11::Pkcs11Store;
 use keycore_engine::pki::{self, DemoPki};
 use keycore_engine::server::{self, tls, Limits, ServerHandle, ServerSettings};
 use keycore_loadgen::client::BlockingClient;
@@ -78,7 +77,7 @@ impl TestServer {
             },
             tls,
             Arc::new(index),
-            Arc::new(Pkcs11Store::default()),
+            Default::default(),
             Default::default(),
         )
         .expect("start server");

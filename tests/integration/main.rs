@@ -5,6 +5,7 @@
 mod cli;
 mod connections;
 mod harness;
+mod metrics;
 mod ops;
 mod protocol_errors;
 mod tls;

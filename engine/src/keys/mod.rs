@@ -49,6 +49,8 @@ pub enum Backend {
     Inline(Box<dyn PrivateKeyOps>),
     /// A PKCS#11 key: carried out through the core's `pkcs11::CoreHsm`.
     Pkcs11(crate::pkcs11::KeyRef),
+    /// A cloud KMS key: carried out by the HTTP runtime thread.
+    Kms(crate::kms::KeyRef),
 }
 
 /// One loaded key.

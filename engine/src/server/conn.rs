@@ -130,6 +130,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
     let ctx = DispatchCtx {
         keys: &core.keys,
         hsm: &core.hsm,
+        kms: &core.kms,
         stats,
     };
     let completions = Rc::new(Completions::default());

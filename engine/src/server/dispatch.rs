@@ -11,6 +11,7 @@
 //! log per request, or block the reactor (PKCS#11 offload returns a future).
 
 use crate::keys::{Backend, KeyIndex};
+use crate::kms::KmsStore;
 use crate::metrics::CoreStats;
 use crate::pkcs11::CoreHsm;
 use keycore_protocol::codec::{encode_error, encode_response};
@@ -47,6 +48,8 @@ pub struct DispatchCtx<'a> {
     pub keys: &'a KeyIndex,
     /// This core's PKCS#11 sessions.
     pub hsm: &'a CoreHsm,
+    /// Cloud KMS keys (shared; calls go to the HTTP runtime thread).
+    pub kms: &'a KmsStore,
     /// This core's counters.
     pub stats: &'a CoreStats,
 }
@@ -98,6 +101,15 @@ pub fn handle(
                                 fut,
                             });
                         }
+                    }
+                    Backend::Kms(k) => {
+                        let fut = Box::pin(ctx.kms.submit(*k, class, input));
+                        return Some(Pending {
+                            id,
+                            op,
+                            read_at,
+                            fut,
+                        });
                     }
                 };
                 let code = r.err().unwrap_or(ErrorCode::NONE);

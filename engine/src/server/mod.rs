@@ -19,6 +19,7 @@ pub mod dispatch;
 pub mod tls;
 
 use crate::keys::KeyIndex;
+use crate::kms::KmsStore;
 use crate::metrics::{CoreStats, Registry};
 use crate::pkcs11::{CoreHsm, Pkcs11Store};
 use anyhow::{bail, Context, Result};
@@ -130,6 +131,8 @@ pub struct CoreCtx {
     pub keys: Arc<KeyIndex>,
     /// This core's PKCS#11 sessions.
     pub hsm: CoreHsm,
+    /// Cloud KMS keys (shared read-only; calls go by channel).
+    pub kms: Arc<KmsStore>,
     /// This core's counters.
     pub stats: Arc<CoreStats>,
     /// Limits.
@@ -202,12 +205,21 @@ impl ServerHandle {
     }
 }
 
+/// The off-reactor key backends, built at start-up, shared by every core.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    /// PKCS#11 tokens (each core takes its own sessions from it).
+    pub pkcs11: Arc<Pkcs11Store>,
+    /// Cloud KMS keys.
+    pub kms: Arc<KmsStore>,
+}
+
 /// Start the reactors. Returns once every core listens.
 pub fn start(
     settings: ServerSettings,
     tls: Arc<rustls::ServerConfig>,
     keys: Arc<KeyIndex>,
-    pkcs11: Arc<Pkcs11Store>,
+    backends: Backends,
     mut registry: Registry,
 ) -> Result<ServerHandle> {
     settings.limits.validate()?;
@@ -247,7 +259,8 @@ pub fn start(
     let mut threads = Vec::new();
     for (index, &cpu) in settings.cpus.iter().enumerate() {
         let keys = keys.clone();
-        let pkcs11 = pkcs11.clone();
+        let pkcs11 = backends.pkcs11.clone();
+        let kms = backends.kms.clone();
         let stats = stats[index].clone();
         let limits = settings.limits.clone();
         let tls = tls.clone();
@@ -273,6 +286,7 @@ pub fn start(
                 let core = Rc::new(CoreCtx {
                     index,
                     hsm: pkcs11.core(index),
+                    kms,
                     keys,
                     stats,
                     limits,
