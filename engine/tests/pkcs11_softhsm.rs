@@ -669,3 +669,134 @@ fn ha_group_spreads_and_survives_a_member_going_away() {
     }
     eprintln!("{:?}", store.health());
 }
+
+/// Seconds each bench measurement runs.
+const BENCH_SECS: f64 = 3.0;
+
+/// Sign `op` on `k` through offload for `secs`, with `inflight` requests
+/// outstanding (one glommio task each), on one reactor. Returns ops/s.
+pub fn offload_rate(
+    store: std::sync::Arc<Pkcs11Store>,
+    k: KeyRef,
+    op: OpClass,
+    d: Vec<u8>,
+    inflight: usize,
+    secs: f64,
+) -> f64 {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            let core = Rc::new(store.core(0));
+            core.submit(k, op, &d).await.unwrap(); // sessions open, handles found
+            let count = Rc::new(Cell::new(0u64));
+            let start = Instant::now();
+            let deadline = start + Duration::from_secs_f64(secs);
+            let tasks: Vec<_> = (0..inflight)
+                .map(|_| {
+                    let (core, count, d) = (core.clone(), count.clone(), d.clone());
+                    glommio::spawn_local(async move {
+                        while Instant::now() < deadline {
+                            core.submit(k, op, &d).await.unwrap();
+                            count.set(count.get() + 1);
+                        }
+                    })
+                    .detach()
+                })
+                .collect();
+            for t in tasks {
+                t.await;
+            }
+            count.get() as f64 / start.elapsed().as_secs_f64()
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+fn timed(secs: f64, mut f: impl FnMut()) -> f64 {
+    f();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed().as_secs_f64() < secs {
+        f();
+        n += 1;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// SoftHSM's own in-process rate (cryptoki directly, one session) next to
+/// keycore's inline and offload dispatch. Run alone:
+/// `cargo test -p keycore-engine --test pkcs11_softhsm -- --ignored --exact bench_softhsm_inline_vs_offload --nocapture`
+#[test]
+#[ignore = "benchmark; run explicitly"]
+fn bench_softhsm_inline_vs_offload() {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::mechanism::Mechanism;
+    use cryptoki::object::{Attribute, ObjectClass};
+    let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let f = fixture("bench");
+    let uris = [uri(&f.token, "01", ""), uri(&f.token, "02", "")];
+    let d = sha(Hash::Sha256, b"bench");
+    let mut rsa_in = Hash::Sha256.digest_info_prefix().to_vec();
+    rsa_in.extend_from_slice(&d);
+
+    // SoftHSM directly.
+    let ctx = Pkcs11::new(MODULE).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|t| t.label() == "bench")
+                .unwrap_or(false)
+        })
+        .expect("bench token");
+    let s = ctx.open_ro_session(slot).unwrap();
+    let _ = s.login(cryptoki::session::UserType::User, Some(&PIN.into()));
+    let find = |id: u8| {
+        s.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(vec![id]),
+        ])
+        .unwrap()[0]
+    };
+    let (hr, he) = (find(1), find(2));
+    let raw_rsa = timed(BENCH_SECS, || {
+        s.sign(&Mechanism::RsaPkcs, hr, &rsa_in).unwrap();
+    });
+    let raw_ec = timed(BENCH_SECS, || {
+        s.sign(&Mechanism::Ecdsa, he, &d).unwrap();
+    });
+
+    let (store, keys) = open(&uris, DispatchMode::Inline);
+    let core = store.core(0);
+    let (kr, ke) = (key_ref(&keys[0]), key_ref(&keys[1]));
+    let mut out = Vec::new();
+    let in_rsa = timed(BENCH_SECS, || {
+        out.clear();
+        core.perform_inline(kr, OpClass::RsaPkcs1(Hash::Sha256), &d, &mut out)
+            .unwrap();
+    });
+    let in_ec = timed(BENCH_SECS, || {
+        out.clear();
+        core.perform_inline(ke, OpClass::Ecdsa(Hash::Sha256), &d, &mut out)
+            .unwrap();
+    });
+    drop(core);
+    drop(store);
+
+    let (store, keys) = open(&uris, DispatchMode::Offload);
+    let store = std::sync::Arc::new(store);
+    let (kr, ke) = (key_ref(&keys[0]), key_ref(&keys[1]));
+    let off = |k, op, n| offload_rate(store.clone(), k, op, d.clone(), n, BENCH_SECS);
+    let off_rsa_1 = off(kr, OpClass::RsaPkcs1(Hash::Sha256), 1);
+    let off_rsa_32 = off(kr, OpClass::RsaPkcs1(Hash::Sha256), 32);
+    let off_ec_1 = off(ke, OpClass::Ecdsa(Hash::Sha256), 1);
+    let off_ec_32 = off(ke, OpClass::Ecdsa(Hash::Sha256), 32);
+    println!("SoftHSM2 in-process, one reactor thread, {BENCH_SECS} s each (ops/s):");
+    println!("  RSA-2048 PKCS#1 SHA-256: softhsm direct {raw_rsa:.0} | keycore inline {in_rsa:.0} | offload 2 workers, 1 in flight {off_rsa_1:.0}, 32 in flight {off_rsa_32:.0}");
+    println!("  ECDSA P-256:             softhsm direct {raw_ec:.0} | keycore inline {in_ec:.0} | offload 2 workers, 1 in flight {off_ec_1:.0}, 32 in flight {off_ec_32:.0}");
+}
