@@ -366,6 +366,40 @@ fn open(uris: &[String], dispatch: DispatchMode) -> (Pkcs11Store, Vec<KeyEntry>)
 fn every_operation_inline_and_offload_verified() {
     let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let f = fixture("ops");
+    // An Ed25519 key made on the token (SoftHSM's CKA_EC_PARAMS for it is the
+    // PrintableString "edwards25519").
+    run(tool(&f.token).args([
+        "--keypairgen",
+        "--key-type",
+        "EC:edwards25519",
+        "--id",
+        "03",
+        "--label",
+        "ed-key",
+    ]));
+    let (store, keys) = open(&[uri(&f.token, "03", "")], DispatchMode::Inline);
+    assert_eq!(keys[0].kind, KeyKind::Ed25519);
+    let core = store.core(0);
+    let mut sig = Vec::new();
+    let msg = b"the whole message, not a digest";
+    core.perform_inline(key_ref(&keys[0]), OpClass::Ed25519, msg, &mut sig)
+        .unwrap();
+    assert_eq!(sig.len(), 64);
+    UnparsedPublicKey::new(&signature::ED25519, spki_key(&keys[0].spki_der))
+        .verify(msg, &sig)
+        .unwrap();
+    assert_eq!(
+        core.perform_inline(
+            key_ref(&keys[0]),
+            OpClass::Ecdsa(Hash::Sha256),
+            &[0; 32],
+            &mut sig
+        ),
+        Err(ErrorCode::CRYPTO)
+    );
+    drop(core);
+    drop(store);
+
     let uris = [uri(&f.token, "01", ""), uri(&f.token, "02", "")];
     // Inline.
     let (store, keys) = open(&uris, DispatchMode::Inline);
@@ -457,6 +491,79 @@ fn every_operation_inline_and_offload_verified() {
         .unwrap()
         .join()
         .unwrap();
+}
+
+/// Two reactors (glommio executors on two threads) at once, each with its
+/// own `CoreHsm`: inline and offload keys on the same token, every
+/// signature verified. Nothing is shared between the cores but the store.
+#[test]
+fn two_cores_at_once_inline_and_offload() {
+    let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let f = fixture("cores");
+    for mode in [DispatchMode::Inline, DispatchMode::Offload] {
+        let (store, keys) = open(&[uri(&f.token, "01", ""), uri(&f.token, "02", "")], mode);
+        let store = std::sync::Arc::new(store);
+        let keys = std::sync::Arc::new(keys);
+        let handles: Vec<_> = (0..2)
+            .map(|core_id| {
+                let (store, keys) = (store.clone(), keys.clone());
+                glommio::LocalExecutorBuilder::default()
+                    .name(&format!("core{core_id}"))
+                    .spawn(move || async move {
+                        let core = std::rc::Rc::new(store.core(core_id));
+                        let msg = format!("core {core_id}");
+                        let d = sha(Hash::Sha256, msg.as_bytes());
+                        let tasks: Vec<_> = (0..32)
+                            .map(|i| {
+                                let (core, keys, d, msg) =
+                                    (core.clone(), keys.clone(), d.clone(), msg.clone());
+                                glommio::spawn_local(async move {
+                                    let (k, op, alg): (
+                                        _,
+                                        _,
+                                        &dyn signature::VerificationAlgorithm,
+                                    ) = if i % 2 == 0 {
+                                        (
+                                            &keys[0],
+                                            OpClass::RsaPkcs1(Hash::Sha256),
+                                            &signature::RSA_PKCS1_2048_8192_SHA256,
+                                        )
+                                    } else {
+                                        (
+                                            &keys[1],
+                                            OpClass::Ecdsa(Hash::Sha256),
+                                            &signature::ECDSA_P256_SHA256_ASN1,
+                                        )
+                                    };
+                                    for _ in 0..4 {
+                                        let sig = if core.is_inline(key_ref(k)) {
+                                            let mut out = Vec::new();
+                                            core.perform_inline(key_ref(k), op, &d, &mut out)
+                                                .map(|()| out)
+                                        } else {
+                                            core.submit(key_ref(k), op, &d).await
+                                        }
+                                        .unwrap();
+                                        UnparsedPublicKey::new(alg, spki_key(&k.spki_der))
+                                            .verify(msg.as_bytes(), &sig)
+                                            .unwrap();
+                                    }
+                                })
+                                .detach()
+                            })
+                            .collect();
+                        for t in tasks {
+                            t.await.unwrap();
+                        }
+                    })
+                    .unwrap()
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        assert!(store.health().iter().all(|h| h.healthy));
+    }
 }
 
 #[test]
