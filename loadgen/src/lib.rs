@@ -18,6 +18,9 @@ pub mod check;
 pub mod client;
 pub mod keys;
 pub mod profile;
+pub mod runner;
+pub mod stats;
+mod sys;
 #[cfg(test)]
 mod testsrv;
 pub mod tls;

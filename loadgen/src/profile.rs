@@ -175,9 +175,12 @@ impl Profile {
     pub fn from_file(path: &Path) -> Result<Profile, ProfileError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| perr(format!("profile {}: {e}", path.display())))?;
-        let is_json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let is_json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         if is_json {
-            serde_json::from_str(&text).map_err(|e| perr(format!("profile {}: {e}", path.display())))
+            serde_json::from_str(&text)
+                .map_err(|e| perr(format!("profile {}: {e}", path.display())))
         } else {
             serde_saphyr::from_str(&text)
                 .map_err(|e| perr(format!("profile {}: {e}", path.display())))
@@ -219,7 +222,10 @@ impl Profile {
         if self.mode == LoopMode::Open {
             pos("rate", self.rate)?;
             if self.rate > MAX_RATE {
-                return Err(perr(format!("rate {} is over the limit of {MAX_RATE}", self.rate)));
+                return Err(perr(format!(
+                    "rate {} is over the limit of {MAX_RATE}",
+                    self.rate
+                )));
             }
         } else if self.concurrency == 0 {
             return Err(perr("concurrency must be at least 1"));
@@ -244,7 +250,10 @@ impl Profile {
             return Err(perr("timeout_ms must be at least 1"));
         }
         if self.cores == 0 || self.cores > MAX_CORES {
-            return Err(perr(format!("cores must be within 1..={MAX_CORES}, got {}", self.cores)));
+            return Err(perr(format!(
+                "cores must be within 1..={MAX_CORES}, got {}",
+                self.cores
+            )));
         }
         if self.keys == Some(0) {
             return Err(perr("keys (K) must be at least 1"));
@@ -293,7 +302,9 @@ impl Zipf {
 
     /// Rank for a uniform `u` in [0, 1).
     pub fn sample(&self, u: f64) -> usize {
-        self.cdf.partition_point(|&c| c <= u).min(self.cdf.len() - 1)
+        self.cdf
+            .partition_point(|&c| c <= u)
+            .min(self.cdf.len() - 1)
     }
 
     /// Probability of rank `k`.
@@ -335,7 +346,9 @@ impl Plan {
             for (name, w) in &profile.mix {
                 let op: OpKind = name.parse().map_err(perr)?;
                 if !(w.is_finite() && *w >= 0.0) {
-                    return Err(perr(format!("mix weight of {name} must be zero or more, got {w}")));
+                    return Err(perr(format!(
+                        "mix weight of {name} must be zero or more, got {w}"
+                    )));
                 }
                 if *w > 0.0 {
                     v.push((op, *w));
@@ -349,13 +362,19 @@ impl Plan {
         let mut op_keys = Vec::new();
         let mut dropped_ops = Vec::new();
         for (op, w) in mix {
-            let ks: Vec<usize> = (0..keys.len()).filter(|&i| op.accepts(keys[i].kind)).collect();
+            let ks: Vec<usize> = (0..keys.len())
+                .filter(|&i| op.accepts(keys[i].kind))
+                .collect();
             if op.needs_key() && ks.is_empty() {
                 if explicit {
                     let have: Vec<String> = keys.iter().map(|k| k.kind.to_string()).collect();
                     return Err(perr(format!(
                         "mix asks for {op} but no suitable key was given (keys: {})",
-                        if have.is_empty() { "none".into() } else { have.join(", ") }
+                        if have.is_empty() {
+                            "none".into()
+                        } else {
+                            have.join(", ")
+                        }
                     )));
                 }
                 dropped_ops.push(op);
@@ -394,10 +413,17 @@ impl Plan {
 
     /// Pick (op, key index) from two uniforms in [0, 1).
     pub fn pick(&self, u_op: f64, u_key: f64) -> (OpKind, usize) {
-        let i = self.ops.partition_point(|&(_, c)| c <= u_op).min(self.ops.len() - 1);
+        let i = self
+            .ops
+            .partition_point(|&(_, c)| c <= u_op)
+            .min(self.ops.len() - 1);
         let op = self.ops[i].0;
         let ks = &self.op_keys[i];
-        let key = if ks.is_empty() { 0 } else { ks[self.op_zipf[i].sample(u_key)] };
+        let key = if ks.is_empty() {
+            0
+        } else {
+            ks[self.op_zipf[i].sample(u_key)]
+        };
         (op, key)
     }
 }
@@ -492,14 +518,39 @@ mod tests {
     #[test]
     fn bad_values_are_rejected_with_the_setting_named() {
         let bad = [
-            Profile { rate: 0.0, ..Profile::default() },
-            Profile { rate: f64::NAN, ..Profile::default() },
-            Profile { verify_fraction: 1.5, ..Profile::default() },
-            Profile { connections: 0, ..Profile::default() },
-            Profile { cores: 0, ..Profile::default() },
-            Profile { duration_s: -1.0, ..Profile::default() },
+            Profile {
+                rate: 0.0,
+                ..Profile::default()
+            },
+            Profile {
+                rate: f64::NAN,
+                ..Profile::default()
+            },
+            Profile {
+                verify_fraction: 1.5,
+                ..Profile::default()
+            },
+            Profile {
+                connections: 0,
+                ..Profile::default()
+            },
+            Profile {
+                cores: 0,
+                ..Profile::default()
+            },
+            Profile {
+                duration_s: -1.0,
+                ..Profile::default()
+            },
         ];
-        let names = ["rate", "rate", "verify_fraction", "connections", "cores", "duration_s"];
+        let names = [
+            "rate",
+            "rate",
+            "verify_fraction",
+            "connections",
+            "cores",
+            "duration_s",
+        ];
         for (p, n) in bad.iter().zip(names) {
             let e = p.validate().unwrap_err().to_string();
             assert!(e.contains(n), "{e}");
@@ -520,7 +571,10 @@ mod tests {
         let mut p = Profile::default();
         p.mix = Profile::parse_mix("ecdsa-p256-sha256=1,rsa-pss-sha256=1").unwrap();
         let e = Plan::new(p, keys).unwrap_err().to_string();
-        assert!(e.contains("rsa-pss-sha256") && e.contains("ECDSA P-256"), "{e}");
+        assert!(
+            e.contains("rsa-pss-sha256") && e.contains("ECDSA P-256"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! generator can be tested end to end without `keycore-engine`; the
 //! integration tests under `tests/` use the real server.
 //!
-//! Knobs: `delay_ms` holds every batch of responses (a stalled server),
+//! Knobs: `delay_ms` holds every batch of responses (a slow server),
+//! `stall_once_ms` pauses once (a stalled server),
 //! `close_after` drops a connection after that many requests (reconnects).
 //! Each batch read in one go is answered in reverse order, so the client's
 //! ID matching is exercised.
@@ -35,6 +36,8 @@ pub enum TestKey {
 
 pub struct Knobs {
     pub delay_ms: AtomicU64,
+    /// One pause of this long before the next batch (then reset to 0).
+    pub stall_once_ms: AtomicU64,
     pub close_after: AtomicU64,
     pub requests: AtomicU64,
     pub connections: AtomicU64,
@@ -119,6 +122,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let knobs = Arc::new(Knobs {
             delay_ms: AtomicU64::new(0),
+            stall_once_ms: AtomicU64::new(0),
             close_after: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -215,7 +219,8 @@ fn serve(
             pos += len;
         }
         buf.drain(..pos);
-        let delay = knobs.delay_ms.load(Ordering::Relaxed);
+        let delay =
+            knobs.delay_ms.load(Ordering::Relaxed) + knobs.stall_once_ms.swap(0, Ordering::Relaxed);
         if delay > 0 {
             std::thread::sleep(Duration::from_millis(delay));
         }
