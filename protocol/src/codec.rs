@@ -63,9 +63,16 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             DecodeError::Truncated { expected, got } => {
-                write!(f, "message truncated: header says {expected} bytes, got {got}")
+                write!(
+                    f,
+                    "message truncated: header says {expected} bytes, got {got}"
+                )
             }
-            DecodeError::ItemOverrun { tag, len, remaining } => write!(
+            DecodeError::ItemOverrun {
+                tag,
+                len,
+                remaining,
+            } => write!(
                 f,
                 "item {tag:?} of {len} bytes runs past the body ({remaining} bytes left)"
             ),
@@ -446,7 +453,10 @@ mod tests {
         // The PROTOCOL.md example shows the layout for a ping message; a pong
         // with no payload has the same shape.
         assert_eq!(out.len(), 1024);
-        assert_eq!(&out[..15], &hexbytes("01 00 03f8 00000007 11 0001 f2 20 03f1")[..]);
+        assert_eq!(
+            &out[..15],
+            &hexbytes("01 00 03f8 00000007 11 0001 f2 20 03f1")[..]
+        );
         assert!(out[15..].iter().all(|&b| b == 0));
     }
 

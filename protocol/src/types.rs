@@ -359,7 +359,13 @@ mod tests {
 
     #[test]
     fn digest_info_prefix_lengths_match_der() {
-        for h in [Hash::Sha1, Hash::Sha224, Hash::Sha256, Hash::Sha384, Hash::Sha512] {
+        for h in [
+            Hash::Sha1,
+            Hash::Sha224,
+            Hash::Sha256,
+            Hash::Sha384,
+            Hash::Sha512,
+        ] {
             let p = h.digest_info_prefix();
             // Outer SEQUENCE length covers everything after its 2-byte header,
             // including the digest itself.

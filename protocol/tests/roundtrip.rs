@@ -312,3 +312,24 @@ fn largest_body_encodes_and_decodes() {
     let m = Message::decode(&out).unwrap();
     assert_eq!(m.payload, Some(&payload[..]));
 }
+
+#[test]
+fn every_payload_length_across_the_padding_edge() {
+    // Random lengths rarely land on items of exactly 1013..=1016 bytes; walk
+    // every payload length from empty to well past 1024 instead.
+    let payload = vec![0xabu8; 1300];
+    let mut out = Vec::new();
+    for n in 0..=payload.len() {
+        let m = Message {
+            id: n as u32,
+            opcode: Some(Op::ECDSA_SIGN_SHA256),
+            payload: Some(&payload[..n]),
+            version: (1, 0),
+            ..Message::default()
+        };
+        out.clear();
+        m.encode(&mut out).unwrap();
+        assert_well_formed(&out, 4 + 3 + n);
+        assert_eq!(Message::decode(&out).unwrap(), m, "payload of {n} bytes");
+    }
+}
