@@ -118,7 +118,7 @@ fn owned() -> impl Strategy<Value = Owned> {
     )
 }
 
-/// Check the shape every encoded message must have and return its length.
+/// Check the shape every encoded message must have.
 fn assert_well_formed(out: &[u8], items: usize) {
     assert!(
         out.len() >= PADDED_LEN,
