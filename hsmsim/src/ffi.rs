@@ -10,6 +10,7 @@ use std::ffi::{c_void, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use cryptoki_sys::*;
@@ -20,17 +21,18 @@ use crate::sim::{Call, Sim};
 
 /// The simulator, created by the first successful `C_Initialize`.
 static SIM: OnceLock<Sim> = OnceLock::new();
-/// Serialises `C_Initialize` / `C_Finalize` and records whether we are initialised.
+/// Serialises `C_Initialize` / `C_Finalize`; the flag it guards is mirrored in `INITIALISED`
+/// so the call path reads an atomic instead of taking a process-wide lock.
 static INIT: Mutex<bool> = Mutex::new(false);
+static INITIALISED: AtomicBool = AtomicBool::new(false);
 
 /// Size of the scratch buffer used to end an operation on the real module after an injected
 /// failure: larger than any signature (RSA-16384 is 2 KiB) or block-cipher final output.
 const SCRATCH_BYTES: usize = 16 * 1024;
 
 fn with_sim(f: impl FnOnce(&'static Sim) -> CK_RV) -> CK_RV {
-    let initialised = *INIT.lock().unwrap_or_else(|e| e.into_inner());
     match SIM.get() {
-        Some(sim) if initialised => f(sim),
+        Some(sim) if INITIALISED.load(Ordering::Acquire) => f(sim),
         _ => CKR_CRYPTOKI_NOT_INITIALIZED,
     }
 }
@@ -161,6 +163,7 @@ unsafe extern "C" fn C_Initialize(pInitArgs: *mut c_void) -> CK_RV {
     if rv == CKR_OK {
         sim.reset();
         *initialised = true;
+        INITIALISED.store(true, Ordering::Release);
     }
     rv
 }
@@ -176,6 +179,7 @@ unsafe extern "C" fn C_Finalize(pReserved: *mut c_void) -> CK_RV {
         None => CKR_GENERAL_ERROR,
     };
     if rv == CKR_OK {
+        INITIALISED.store(false, Ordering::Release);
         sim.reset();
         *initialised = false;
     }

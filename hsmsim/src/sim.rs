@@ -30,6 +30,19 @@ use crate::func::Func;
 /// raised `max_concurrent` while nobody released a core).
 const CORE_WAIT_RECHECK: Duration = Duration::from_millis(50);
 
+/// Token bucket as GCRA (generic cell rate algorithm): reserves the next start slot for a call
+/// that reached the device at `ready`, given the theoretical arrival time `tat` of the next call.
+/// Calls start at most `rate` per second, with up to `burst` back to back after an idle spell.
+/// Pure, so it is tested without clocks.
+fn gcra_reserve(tat: &mut Option<Instant>, ready: Instant, rate: f64, burst: u32) -> Instant {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let tolerance = interval * burst.saturating_sub(1);
+    let t = tat.map_or(ready, |t| t.max(ready));
+    let start = t.checked_sub(tolerance).map_or(ready, |s| s.max(ready));
+    *tat = Some(t + interval);
+    start
+}
+
 /// What the shaper needs to know about one call.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Call {
@@ -495,15 +508,7 @@ impl Sim {
         let Some(rate) = cap.max_ops_per_sec else {
             return ready;
         };
-        let interval = Duration::from_secs_f64(1.0 / rate);
-        let tolerance = interval * (cap.burst - 1);
-        let start = {
-            let mut tat = lock(&self.tat);
-            let t = tat.map_or(ready, |t| t.max(ready));
-            let start = t.checked_sub(tolerance).map_or(ready, |s| s.max(ready));
-            *tat = Some(t + interval);
-            start
-        };
+        let start = gcra_reserve(&mut lock(&self.tat), ready, rate, cap.burst);
         sleep_until(start);
         start
     }
@@ -669,5 +674,76 @@ impl Sim {
         let mut s = lock(&self.sessions);
         s.live.retain(|_, v| v.0 != slot);
         s.dead.retain(|_, v| *v != slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gcra_spaces_starts_at_the_rate_after_the_burst() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut tat = None;
+        // 100/s, burst 3: three start at once, then one every 10 ms.
+        let starts: Vec<_> = (0..6)
+            .map(|_| gcra_reserve(&mut tat, t0, 100.0, 3) - t0)
+            .collect();
+        assert_eq!(starts, [ms(0), ms(0), ms(0), ms(10), ms(20), ms(30)]);
+        // After a long idle spell the burst is available again.
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(gcra_reserve(&mut tat, later, 100.0, 3), later);
+        // Burst 1: strict spacing.
+        let mut tat = None;
+        let starts: Vec<_> = (0..3)
+            .map(|_| gcra_reserve(&mut tat, t0, 400.0, 1) - t0)
+            .collect();
+        assert_eq!(starts, [ms(0), Duration::from_micros(2500), ms(5)]);
+    }
+
+    #[test]
+    fn cores_admit_at_most_max_and_queued_calls_start_when_a_core_frees() {
+        let cores = Cores {
+            state: Mutex::new(CoreState {
+                next_ticket: 0,
+                released: 0,
+                free_at: BinaryHeap::new(),
+            }),
+            released: Condvar::new(),
+        };
+        let t0 = Instant::now();
+        let a = cores.acquire(2, t0);
+        let mut b = cores.acquire(2, t0);
+        assert_eq!((a.start, b.start), (t0, t0), "idle cores start at once");
+        let ready = t0 + Duration::from_millis(1);
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| cores.acquire(2, ready).start);
+            std::thread::sleep(Duration::from_millis(30));
+            assert!(!waiter.is_finished(), "a third call must wait for a core");
+            b.end = t0 + Duration::from_millis(5);
+            drop(b);
+            // It starts when b's core became free in simulated time, not when it woke up.
+            assert_eq!(waiter.join().unwrap(), t0 + Duration::from_millis(5));
+        });
+        drop(a);
+    }
+
+    #[test]
+    fn sleep_until_lands_near_the_deadline_on_average() {
+        let n = 40;
+        let mut total_late = Duration::ZERO;
+        for _ in 0..n {
+            let deadline = Instant::now() + Duration::from_millis(2);
+            sleep_until(deadline);
+            total_late += Instant::now().saturating_duration_since(deadline);
+        }
+        // Generous: this only guards against a gross error (e.g. compensation in the wrong
+        // direction), not against a loaded test machine.
+        assert!(
+            total_late / n < Duration::from_millis(2),
+            "{:?}",
+            total_late / n
+        );
     }
 }
