@@ -59,6 +59,24 @@ fn rsa_and_ec_keys_generated_through_the_simulator_sign_and_verify() {
 }
 
 #[test]
+fn rsa_encrypt_and_decrypt_go_through() {
+    let (_g, h) = lock();
+    h.set_config(&config_with(r#""rtt": {"fixed_us": 100}"#));
+    let s = h.session();
+    let private = private_key(&s, RSA_LABEL);
+    let public = public_key(&s, RSA_LABEL);
+    let secret = b"premaster secret, 48 bytes long, for a TLS test";
+    let ciphertext = s
+        .encrypt(&Mechanism::RsaPkcs, public, secret)
+        .expect("C_Encrypt");
+    assert_eq!(ciphertext.len(), 256);
+    let plaintext = s
+        .decrypt(&Mechanism::RsaPkcs, private, &ciphertext)
+        .expect("C_Decrypt");
+    assert_eq!(plaintext, secret);
+}
+
+#[test]
 fn module_is_thread_safe_under_concurrent_signers() {
     let (_g, h) = lock();
     h.set_config(&config_with(""));

@@ -144,3 +144,21 @@ fn rate_cap_bounds_throughput_and_excess_calls_queue() {
         TOLERANCE,
     );
 }
+
+#[test]
+fn a_profile_applies_its_round_trip_and_service_time() {
+    let (_g, h) = lock();
+    // hsm1.medium: 4 cores at 250 EC P-256 sign/s -> 16 ms service; RTT 500 us per call.
+    h.set_config(&config_with(
+        r#""profile": "aws-cloudhsm-hsm1.medium", "seed": 5"#,
+    ));
+    let run = run_signers(h, 1, Duration::from_millis(1000));
+    let expected_us = 2.0 * 500.0 + 4.0 * 1e6 / 250.0;
+    // Wider margin: ~60 samples of a distribution with a log-normal tail.
+    assert_within(
+        "hsm1.medium EC sign (us)",
+        mean(&run.latencies).as_secs_f64() * 1e6,
+        expected_us,
+        0.15,
+    );
+}
