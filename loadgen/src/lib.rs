@@ -18,6 +18,7 @@ pub mod check;
 pub mod client;
 pub mod keys;
 pub mod profile;
+pub mod report;
 pub mod runner;
 pub mod stats;
 mod sys;
