@@ -10,6 +10,8 @@
 //!   runtime thread and returns a future the reactor awaits; it never blocks
 //!   the reactor.
 
+pub mod uri;
+
 use keycore_protocol::{ErrorCode, OpClass};
 use std::future::Future;
 
