@@ -255,8 +255,6 @@ shaped!(C_GetAttributeValue(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HAND
     => Call::session(Func::GetAttributeValue, hSession));
 shaped!(C_SetAttributeValue(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG)
     => Call::session(Func::SetAttributeValue, hSession));
-shaped!(C_FindObjectsInit(hSession: CK_SESSION_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG)
-    => Call::session(Func::FindObjectsInit, hSession));
 shaped!(C_FindObjects(hSession: CK_SESSION_HANDLE, phObject: CK_OBJECT_HANDLE_PTR, ulMaxObjectCount: CK_ULONG, pulObjectCount: CK_ULONG_PTR)
     => Call::session(Func::FindObjects, hSession));
 shaped!(C_FindObjectsFinal(hSession: CK_SESSION_HANDLE)
@@ -493,6 +491,46 @@ unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
                 None => CKR_FUNCTION_NOT_SUPPORTED,
             }
         })
+    })
+}
+
+/// `CK_FALSE` for the `CKA_PRIVATE` attribute added to searches while logged out.
+static CK_FALSE_BYTE: CK_BBOOL = CK_FALSE as CK_BBOOL;
+
+unsafe extern "C" fn C_FindObjectsInit(
+    hSession: CK_SESSION_HANDLE,
+    pTemplate: CK_ATTRIBUTE_PTR,
+    ulCount: CK_ULONG,
+) -> CK_RV {
+    with_sim(|sim| {
+        // While a fault has logged the user out, the real module still is logged in; a real
+        // device would hide private objects, so the search also requires CKA_PRIVATE = FALSE.
+        let mut extended: Vec<CK_ATTRIBUTE> = Vec::new();
+        let (template, count) = if sim.is_logged_out() {
+            if !pTemplate.is_null() {
+                // SAFETY: the caller passes ulCount valid attributes at pTemplate (PKCS#11).
+                extended.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(pTemplate, ulCount as usize)
+                });
+            }
+            extended.push(CK_ATTRIBUTE {
+                type_: CKA_PRIVATE,
+                pValue: &CK_FALSE_BYTE as *const CK_BBOOL as *mut c_void,
+                ulValueLen: 1,
+            });
+            (extended.as_mut_ptr(), extended.len() as CK_ULONG)
+        } else {
+            (pTemplate, ulCount)
+        };
+        sim.run(
+            Call::session(Func::FindObjectsInit, hSession),
+            |real| match real.C_FindObjectsInit {
+                // SAFETY: `template` is the caller's array or `extended`, which outlives the call;
+                // the real module only reads it (the added value is never written).
+                Some(f) => unsafe { f(hSession, template, count) },
+                None => CKR_FUNCTION_NOT_SUPPORTED,
+            },
+        )
     })
 }
 

@@ -10,7 +10,8 @@ use cryptoki::session::{Session, SessionState};
 
 use common::*;
 
-/// Finds the EC key and signs once on `s`; the PKCS#11 error of whichever call failed.
+/// Finds the EC key and signs once on `s`; the PKCS#11 error of whichever call failed
+/// (`CKR_KEY_HANDLE_INVALID` standing for "no such key visible").
 fn sign_rv(s: &Session) -> Result<(), RvError> {
     use cryptoki::object::{Attribute, ObjectClass};
     let rv = |e: cryptoki::error::Error| rv_of(&e).expect("a PKCS#11 error");
@@ -126,10 +127,15 @@ fn invalidated_sessions_answer_session_handle_invalid_and_lose_the_login() {
     assert_eq!(rv_of(&e), Some(RvError::SessionHandleInvalid));
     // With all sessions gone the login is gone: a new session must log in again.
     let c = h.pkcs11.open_rw_session(h.slot).unwrap();
-    let key_search = c
+    let visible = c
         .find_objects(&[])
         .expect("public objects are still visible");
-    assert!(!key_search.is_empty());
+    assert!(!visible.is_empty());
+    assert_eq!(
+        sign_rv(&c),
+        Err(RvError::KeyHandleInvalid),
+        "private key hidden until login"
+    );
     assert_eq!(
         c.get_session_info().unwrap().session_state(),
         SessionState::RwPublic
@@ -238,7 +244,15 @@ fn idle_drop_kills_sessions_and_login_after_quiet_period() {
     let e = ec_sign(&s, key).unwrap_err();
     assert_eq!(rv_of(&e), Some(RvError::SessionHandleInvalid), "{e}");
     let fresh = h.pkcs11.open_rw_session(h.slot).unwrap();
-    assert_eq!(sign_rv(&fresh), Err(RvError::UserNotLoggedIn));
+    // Logged out: the private key is invisible to a search, and a handle from before the drop
+    // is refused.
+    assert_eq!(
+        sign_rv(&fresh),
+        Err(RvError::KeyHandleInvalid),
+        "private key hidden until login"
+    );
+    let e = ec_sign(&fresh, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::UserNotLoggedIn), "{e}");
     login(&fresh).unwrap();
     sign_rv(&fresh).expect("recovered after re-login");
 }
