@@ -568,8 +568,10 @@ mod tests {
         assert_eq!(plan.ops.len(), 1);
         assert_eq!(plan.ops[0].0, OpKind::EcdsaP256Sha256);
         assert_eq!(plan.dropped_ops.len(), 3);
-        let mut p = Profile::default();
-        p.mix = Profile::parse_mix("ecdsa-p256-sha256=1,rsa-pss-sha256=1").unwrap();
+        let p = Profile {
+            mix: Profile::parse_mix("ecdsa-p256-sha256=1,rsa-pss-sha256=1").unwrap(),
+            ..Profile::default()
+        };
         let e = Plan::new(p, keys).unwrap_err().to_string();
         assert!(
             e.contains("rsa-pss-sha256") && e.contains("ECDSA P-256"),
@@ -580,8 +582,10 @@ mod tests {
     #[test]
     fn mix_weights_pick_ops_in_proportion() {
         let keys = vec![key(KeyKind::EcP256, 1), key(KeyKind::Rsa { bits: 2048 }, 2)];
-        let mut p = Profile::default();
-        p.mix = Profile::parse_mix("ecdsa-p256-sha256=3,rsa-pkcs1-sha256=1,ping=0").unwrap();
+        let p = Profile {
+            mix: Profile::parse_mix("ecdsa-p256-sha256=3,rsa-pkcs1-sha256=1,ping=0").unwrap(),
+            ..Profile::default()
+        };
         let plan = Plan::new(p, keys).unwrap();
         let n = 10_000;
         let mut ec = 0;
