@@ -21,6 +21,6 @@ pub mod keys;
 pub mod kms;
 pub mod launch;
 pub mod metrics;
-pub mod pki;
 pub mod pkcs11;
+pub mod pki;
 pub mod server;
