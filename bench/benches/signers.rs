@@ -13,7 +13,7 @@ use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use criterion::{criterion_group, BenchmarkGroup, Criterion};
 use keycore_engine::keys::{software, Backend, KeyEntry};
 use keycore_protocol::{Hash, OpClass};
 use std::hint::black_box;
@@ -160,4 +160,120 @@ criterion_group! {
     config = config();
     targets = rsa, ecdsa, ed25519
 }
-criterion_main!(signers);
+
+/// A paired A/B comparison that tolerates a busy machine better than
+/// criterion's separate runs: blocks of `BLOCK` operations alternate between
+/// the two APIs, and the fastest and median block of each are compared.
+/// Run with `KEYCORE_PAIRED=1 cargo bench -p keycore-bench --bench signers`.
+fn paired() {
+    const BLOCK: usize = 50;
+    const ROUNDS: usize = 60;
+    fn compare(name: &str, mut a: impl FnMut(), mut b: impl FnMut()) {
+        let (mut ta, mut tb) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let time = |f: &mut dyn FnMut(), out: &mut Vec<f64>| {
+                let t0 = std::time::Instant::now();
+                for _ in 0..BLOCK {
+                    f();
+                }
+                out.push(t0.elapsed().as_secs_f64() * 1e6 / BLOCK as f64);
+            };
+            if round % 2 == 0 {
+                time(&mut a, &mut ta);
+                time(&mut b, &mut tb);
+            } else {
+                time(&mut b, &mut tb);
+                time(&mut a, &mut ta);
+            }
+        }
+        for v in [&mut ta, &mut tb] {
+            v.sort_by(|x, y| x.partial_cmp(y).unwrap());
+        }
+        let (min_a, min_b, med_a, med_b) = (ta[0], tb[0], ta[ROUNDS / 2], tb[ROUNDS / 2]);
+        println!(
+            "{name:<34} keycore min {min_a:8.2} µs med {med_a:8.2} µs | aws-lc-rs min {min_b:8.2} µs \
+             med {med_b:8.2} µs | keycore/aws-lc-rs min {:+.1}% med {:+.1}%",
+            (min_a / min_b - 1.0) * 100.0,
+            (med_a / med_b - 1.0) * 100.0
+        );
+    }
+    let rng = SystemRandom::new();
+
+    let kp = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+    let e = entry(
+        AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp)
+            .unwrap()
+            .as_ref(),
+    );
+    let d = digest::digest(&digest::SHA256, MSG).as_ref().to_vec();
+    let mut sig = vec![0u8; 256];
+    compare(
+        "rsa2048 pkcs1 sha256 (vs sign)",
+        perform(&e, OpClass::RsaPkcs1(Hash::Sha256), d.clone()),
+        || {
+            kp.sign(&signature::RSA_PKCS1_SHA256, &rng, black_box(MSG), &mut sig)
+                .unwrap()
+        },
+    );
+    let mut sig = vec![0u8; 256];
+    compare(
+        "rsa2048 pss sha256 (vs sign)",
+        perform(&e, OpClass::RsaPss(Hash::Sha256), d.clone()),
+        || {
+            kp.sign(&signature::RSA_PSS_SHA256, &rng, black_box(MSG), &mut sig)
+                .unwrap()
+        },
+    );
+    for (name, alg, dalg, hash) in [
+        (
+            "ecdsa p256 sha256 (vs sign)",
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &digest::SHA256,
+            Hash::Sha256,
+        ),
+        (
+            "ecdsa p384 sha384 (vs sign)",
+            &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
+            &digest::SHA384,
+            Hash::Sha384,
+        ),
+    ] {
+        let kp = EcdsaKeyPair::generate(alg).unwrap();
+        let e = entry(kp.to_pkcs8v1().unwrap().as_ref());
+        let d = digest::digest(dalg, MSG).as_ref().to_vec();
+        compare(name, perform(&e, OpClass::Ecdsa(hash), d), || {
+            black_box(kp.sign(&rng, black_box(MSG)).unwrap());
+        });
+    }
+    let kp = Ed25519KeyPair::generate().unwrap();
+    let e = entry(kp.to_pkcs8().unwrap().as_ref());
+    compare(
+        "ed25519 (vs sign)",
+        perform(&e, OpClass::Ed25519, MSG.to_vec()),
+        || {
+            black_box(kp.sign(black_box(MSG)));
+        },
+    );
+}
+
+/// Our API as a closure for [`paired`].
+fn perform(e: &KeyEntry, op: OpClass, input: Vec<u8>) -> impl FnMut() + '_ {
+    let Backend::Inline(k) = &e.backend else {
+        panic!("software keys are inline")
+    };
+    let mut out = Vec::with_capacity(1024);
+    move || {
+        out.clear();
+        k.perform(op, black_box(&input), &mut out).unwrap();
+        black_box(&out);
+    }
+}
+
+fn main() {
+    if std::env::var_os("KEYCORE_PAIRED").is_some() {
+        paired();
+        return;
+    }
+    signers();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -6,7 +6,7 @@
 //! 2048–4096 bits, ECDSA P-256/P-384/P-521, Ed25519), how an opcode maps to a
 //! primitive, and which inputs are refused (a digest of the wrong length for
 //! RSA, an op that does not fit the key). It must not contain `unsafe` or
-//! cryptography of its own: the aws-lc calls live in [`super::sys`], padding
+//! cryptography of its own: the aws-lc calls live in `keys/sys.rs`, padding
 //! and big-number work stay inside aws-lc.
 //!
 //! Loading happens once at start-up and may allocate and format freely;
