@@ -371,7 +371,8 @@ fn check_group(g: &Arc<GroupShared>, timeout_ns: u64) {
         w.quarantined.store(true, Ordering::Release);
         g.stuck.fetch_add(1, Ordering::AcqRel);
         if let Some(c) = w.current.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            c.complete(Err(LaneError::Crypto));
+            // Down: the partition is going out of use; an HA peer may answer.
+            c.complete(Err(LaneError::Down));
         }
         g.part.health.timed_out();
         g.part

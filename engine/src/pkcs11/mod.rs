@@ -85,6 +85,10 @@ impl Default for Pkcs11Options {
     }
 }
 
+/// Most partitions one key (HA group) may span: a member is one bit in the
+/// per-request "already tried" mask.
+pub const MAX_HA_MEMBERS: usize = 64;
+
 /// Library file names of tokens that run in-process (a sign is CPU work on
 /// the calling thread), for which inline dispatch is the default.
 const IN_PROCESS_MODULES: &[&str] = &["libsofthsm2.so", "libsofthsm.so"];
@@ -172,6 +176,11 @@ impl Pkcs11Store {
                 match by_ski.iter().find(|(s, _)| *s == k.ski) {
                     Some(&(_, g)) => {
                         if !groups[g].members.contains(&(pi, pos)) {
+                            if groups[g].members.len() == MAX_HA_MEMBERS {
+                                return Err(uri
+                                    .error("token", format!("the same key is on more than {MAX_HA_MEMBERS} partitions"))
+                                    .into());
+                            }
                             groups[g].members.push((pi, pos));
                         }
                     }
@@ -311,20 +320,22 @@ impl CoreInner {
         s
     }
 
-    /// The `skip`-th member of `g` to try, starting at `start`: usable
-    /// members first (round-robin), then the ones backing off (a request to
-    /// one of those is its probe). No allocation: groups are small.
-    fn member(&self, g: &Group, start: usize, skip: usize) -> Option<(usize, usize)> {
+    /// The next member of `g` to try (its position in the group), starting
+    /// at `start` and skipping those in `tried` (a bit per position): usable
+    /// members first, round-robin, then the ones backing off (a request to
+    /// one of those is its probe). Computed per attempt, so a member that
+    /// just failed is not picked again. No allocation.
+    fn member(&self, g: &Group, start: usize, tried: u64) -> Option<usize> {
         let n = g.members.len();
-        let mut seen = 0;
         for want_usable in [true, false] {
             for i in 0..n {
-                let m = g.members[(start + i) % n];
-                if self.shared.partitions[m.0].health.usable() == want_usable {
-                    if seen == skip {
-                        return Some(m);
-                    }
-                    seen += 1;
+                let m = (start + i) % n;
+                if tried & (1 << m) != 0 {
+                    continue;
+                }
+                let pi = g.members[m].0;
+                if self.shared.partitions[pi].health.usable() == want_usable {
+                    return Some(m);
                 }
             }
         }
@@ -369,17 +380,18 @@ impl CoreHsm {
             return Err(ErrorCode::CRYPTO);
         }
         let start = inner.next_start();
-        for skip in 0..g.members.len() {
-            let Some((pi, k)) = inner.member(g, start, skip) else {
-                break;
-            };
+        let mut tried = 0u64;
+        while let Some(m) = inner.member(g, start, tried) {
+            tried |= 1 << m;
+            let (pi, k) = g.members[m];
             let CoreLane::Inline(lane) = &inner.lanes[pi] else {
                 continue;
             };
             match lane.borrow_mut().perform(k, op, input, out) {
                 Ok(()) => return Ok(()),
                 Err(LaneError::Crypto) => return Err(ErrorCode::CRYPTO),
-                Err(LaneError::Down) => continue,
+                // The next member (if any) gets the request.
+                Err(LaneError::Failed | LaneError::Down) => continue,
             }
         }
         Err(ErrorCode::CRYPTO)
@@ -398,7 +410,7 @@ impl CoreHsm {
     ) -> impl Future<Output = Result<Vec<u8>, ErrorCode>> + 'static {
         let inner = self.inner.clone();
         let start = inner.next_start();
-        let first = route(&inner, key, op, input, start, 0);
+        let (first, m) = route(&inner, key, op, input, start, 0);
         let single = inner
             .shared
             .groups
@@ -408,11 +420,13 @@ impl CoreHsm {
         let retry_input = if single { None } else { Some(input.to_vec()) };
         async move {
             let mut r = first.await;
-            if let (Err(LaneError::Down), Some(input)) = (&r, retry_input) {
-                r = route(&inner, key, op, &input, start, 1).await;
+            if let (Err(LaneError::Down | LaneError::Failed), Some(input), Some(m)) =
+                (&r, retry_input, m)
+            {
+                r = route(&inner, key, op, &input, start, 1 << m).0.await;
             }
             r.map_err(|e| match e {
-                LaneError::Crypto | LaneError::Down => ErrorCode::CRYPTO,
+                LaneError::Crypto | LaneError::Failed | LaneError::Down => ErrorCode::CRYPTO,
             })
         }
     }
@@ -454,26 +468,27 @@ impl Future for Routed {
     }
 }
 
-/// Pick the `skip`-th member of `key`'s group and either perform inline or
-/// queue a job for its workers.
+/// Pick the next member of `key`'s group not in `tried` and either perform
+/// inline or queue a job for its workers. Also returns the member's position.
 fn route(
     inner: &Rc<CoreInner>,
     key: KeyRef,
     op: OpClass,
     input: &[u8],
     start: usize,
-    skip: usize,
-) -> Routed {
+    tried: u64,
+) -> (Routed, Option<usize>) {
     let Some(g) = inner.shared.groups.get(key.0 as usize) else {
-        return Routed::Ready(Some(Err(LaneError::Crypto)));
+        return (Routed::Ready(Some(Err(LaneError::Crypto))), None);
     };
     if !op_fits(op, g.kind) {
-        return Routed::Ready(Some(Err(LaneError::Crypto)));
+        return (Routed::Ready(Some(Err(LaneError::Crypto))), None);
     }
-    let Some((pi, k)) = inner.member(g, start, skip) else {
-        return Routed::Ready(Some(Err(LaneError::Down)));
+    let Some(m) = inner.member(g, start, tried) else {
+        return (Routed::Ready(Some(Err(LaneError::Down))), None);
     };
-    match &inner.lanes[pi] {
+    let (pi, k) = g.members[m];
+    let routed = match &inner.lanes[pi] {
         CoreLane::Inline(lane) => {
             let mut out = Vec::new();
             let r = lane.borrow_mut().perform(k, op, input, &mut out);
@@ -492,5 +507,6 @@ fn route(
             inner.flush_armed.set(true);
             Routed::Queued(Pending { done }, Some(inner.clone()))
         }
-    }
+    };
+    (routed, Some(m))
 }

@@ -24,8 +24,12 @@ use std::sync::Arc;
 /// Why a lane could not answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LaneError {
-    /// The operation failed or does not fit the key: answer `CRYPTO`.
+    /// The request does not fit the key (wrong kind, digest length): answer
+    /// `CRYPTO`; no other member would do better.
     Crypto,
+    /// The token refused the operation (a non-recoverable `CKR_*`): another
+    /// HA member may answer; else `CRYPTO`.
+    Failed,
     /// The partition is out of use (recovery failed or backing off): another
     /// HA member may answer; else `CRYPTO`.
     Down,
@@ -250,11 +254,11 @@ impl Lane {
             .open_ro_session(slot)
             .map_err(|e| format!("C_OpenSession: {e}"))?;
         p.login(&session).map_err(|e| format!("login: {e}"))?;
-        let handles = if generation == 0 {
-            p.keys.iter().map(|k| Some(k.handle0)).collect()
-        } else {
-            vec![None; p.keys.len()]
-        };
+        let handles = p
+            .keys
+            .iter()
+            .map(|k| (k.handle0_gen == generation).then_some(k.handle0))
+            .collect();
         Ok(Open {
             session,
             generation,
@@ -306,10 +310,10 @@ impl Lane {
                 Err(OpFail::Ck(e)) => {
                     out.truncate(start);
                     let Some(rv) = rv_of(&e) else {
-                        return Err(LaneError::Crypto);
+                        return Err(LaneError::Failed);
                     };
                     if !recoverable(rv) {
-                        return Err(LaneError::Crypto);
+                        return Err(LaneError::Failed);
                     }
                     if attempt == 1 {
                         // Rebuilt and failed again: the partition is not healthy.
@@ -323,7 +327,7 @@ impl Lane {
                 }
             }
         }
-        Err(LaneError::Crypto)
+        Err(LaneError::Failed)
     }
 }
 

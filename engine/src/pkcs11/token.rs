@@ -255,9 +255,12 @@ pub struct KeyLoc {
     pub ski: Ski,
     /// DER SubjectPublicKeyInfo.
     pub spki: Vec<u8>,
-    /// The handle found at start-up (module generation 0), a head start for
-    /// the per-core sessions.
+    /// The handle found at start-up, a head start for the per-core sessions
+    /// (object handles are valid for the whole application, until the module
+    /// is re-initialised).
     pub handle0: ObjectHandle,
+    /// The module generation `handle0` was found under.
+    pub handle0_gen: u64,
 }
 
 /// One token in one slot of one module.
@@ -343,6 +346,7 @@ impl Partition {
     /// re-initialisation, the old one is gone).
     pub fn ensure_control(&self, slot: Slot) -> Result<(), CkError> {
         let mut c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.module.enter();
         let gen = self.module.generation();
         if let Some((s, g)) = c.take() {
             if g == gen {
@@ -696,6 +700,7 @@ pub fn open_uri(
                 ski: p.ski,
                 spki: p.spki,
                 handle0: h,
+                handle0_gen: part.module.generation(),
             });
         }
         out
