@@ -34,6 +34,8 @@ pub const CONFIG_ENV: &str = "KEYCORE_HSMSIM_CONFIG";
 pub const PROFILE_ENV: &str = "KEYCORE_HSMSIM_PROFILE";
 /// Environment variable naming the real PKCS#11 module, used when the config has no `module`.
 pub const MODULE_ENV: &str = "KEYCORE_HSMSIM_MODULE";
+/// Placeholder in `KEYCORE_HSMSIM_CONFIG` replaced by the simulator library's file stem.
+pub const MODULE_PLACEHOLDER: &str = "{module}";
 /// The real module used when neither the config nor the environment names one.
 pub const DEFAULT_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
@@ -315,9 +317,16 @@ impl Config {
 
     /// The start-up config: the file in `KEYCORE_HSMSIM_CONFIG`, else the profile in
     /// `KEYCORE_HSMSIM_PROFILE`, else a transparent proxy. Returns the file path to watch.
-    pub fn from_env() -> Result<(Config, Option<PathBuf>), ConfigError> {
+    ///
+    /// `module_stem` is the file stem of the simulator library itself (`hsm2` for
+    /// `/opt/sim/hsm2.so`); it replaces [`MODULE_PLACEHOLDER`] in the path, so several copies of
+    /// the library loaded by one process (one per simulated HSM) each read their own file.
+    pub fn from_env(module_stem: &str) -> Result<(Config, Option<PathBuf>), ConfigError> {
         if let Some(path) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
-            let path = PathBuf::from(path);
+            let path = PathBuf::from(
+                path.to_string_lossy()
+                    .replace(MODULE_PLACEHOLDER, module_stem),
+            );
             return Ok((Config::load(&path)?, Some(path)));
         }
         if let Ok(name) = std::env::var(PROFILE_ENV) {

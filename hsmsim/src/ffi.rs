@@ -101,6 +101,32 @@ fn load_real(path: &Path) -> Result<&'static CK_FUNCTION_LIST, String> {
     Ok(unsafe { &*list })
 }
 
+/// The file stem of the shared object this code was loaded from (`hsm2` for `/x/hsm2.so`), or
+/// `"keycore_hsmsim"` if the loader cannot say (e.g. linked statically into a test).
+fn own_stem() -> String {
+    let mut info = libc::Dl_info {
+        dli_fname: ptr::null(),
+        dli_fbase: ptr::null_mut(),
+        dli_sname: ptr::null(),
+        dli_saddr: ptr::null_mut(),
+    };
+    let addr = C_GetFunctionList as *const c_void;
+    // SAFETY: dladdr only inspects the address and fills `info`, which lives across the call.
+    let found = unsafe { libc::dladdr(addr, &mut info) } != 0;
+    if !found || info.dli_fname.is_null() {
+        return "keycore_hsmsim".into();
+    }
+    // SAFETY: dli_fname is a NUL-terminated path owned by the loader, valid while the object
+    // stays loaded (it is never unloaded while this code runs); copied out at once.
+    let fname = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) }
+        .to_string_lossy()
+        .into_owned();
+    Path::new(&fname)
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "keycore_hsmsim".into())
+}
+
 fn dl_error() -> String {
     // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next dl* call
     // on this thread; it is copied out at once.
@@ -138,7 +164,7 @@ unsafe extern "C" fn C_Initialize(pInitArgs: *mut c_void) -> CK_RV {
     let sim = match SIM.get() {
         Some(sim) => sim,
         None => {
-            let (cfg, path) = match Config::from_env() {
+            let (cfg, path) = match Config::from_env(&own_stem()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("keycore-hsmsim: C_Initialize: {e}");

@@ -22,5 +22,7 @@ pub mod config;
 pub mod func;
 pub mod profiles;
 
-pub use config::{Config, ConfigError, CONFIG_ENV, DEFAULT_MODULE, MODULE_ENV, PROFILE_ENV};
+pub use config::{
+    Config, ConfigError, CONFIG_ENV, DEFAULT_MODULE, MODULE_ENV, MODULE_PLACEHOLDER, PROFILE_ENV,
+};
 pub use ffi::C_GetFunctionList;
