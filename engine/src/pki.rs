@@ -318,6 +318,71 @@ mod tests {
         }
     }
 
+    /// One signature per key (and a decrypt for RSA), checked with
+    /// aws-lc-rs's public verification: covers the 3072- and 4096-bit sizes
+    /// the software-key tests don't generate.
+    fn signs_and_verifies(e: &crate::keys::KeyEntry) {
+        use aws_lc_rs::digest;
+        use aws_lc_rs::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
+        use keycore_protocol::{Hash, OpClass};
+        let crate::keys::Backend::Inline(k) = &e.backend else {
+            panic!("software keys are inline")
+        };
+        let (_, spki) = SubjectPublicKeyInfo::from_der(&e.spki_der).unwrap();
+        let public = spki.subject_public_key.data.to_vec();
+        let msg = b"keycore demo pki";
+        let cases: Vec<(OpClass, Vec<u8>, &'static dyn VerificationAlgorithm)> = match e.kind {
+            KeyKind::Rsa { .. } => vec![
+                (
+                    OpClass::RsaPkcs1(Hash::Sha256),
+                    digest::digest(&digest::SHA256, msg).as_ref().to_vec(),
+                    &sig::RSA_PKCS1_2048_8192_SHA256,
+                ),
+                (
+                    OpClass::RsaPss(Hash::Sha384),
+                    digest::digest(&digest::SHA384, msg).as_ref().to_vec(),
+                    &sig::RSA_PSS_2048_8192_SHA384,
+                ),
+            ],
+            KeyKind::EcdsaP256 => vec![(
+                OpClass::Ecdsa(Hash::Sha256),
+                digest::digest(&digest::SHA256, msg).as_ref().to_vec(),
+                &sig::ECDSA_P256_SHA256_ASN1,
+            )],
+            KeyKind::EcdsaP384 => vec![(
+                OpClass::Ecdsa(Hash::Sha384),
+                digest::digest(&digest::SHA384, msg).as_ref().to_vec(),
+                &sig::ECDSA_P384_SHA384_ASN1,
+            )],
+            KeyKind::EcdsaP521 => vec![(
+                OpClass::Ecdsa(Hash::Sha512),
+                digest::digest(&digest::SHA512, msg).as_ref().to_vec(),
+                &sig::ECDSA_P521_SHA512_ASN1,
+            )],
+            KeyKind::Ed25519 => vec![(OpClass::Ed25519, msg.to_vec(), &sig::ED25519)],
+        };
+        for (op, input, alg) in cases {
+            let mut out = Vec::new();
+            k.perform(op, &input, &mut out).unwrap();
+            UnparsedPublicKey::new(alg, &public)
+                .verify(msg, &out)
+                .unwrap_or_else(|_| panic!("{}: {op:?} does not verify", e.source));
+        }
+        if let KeyKind::Rsa { bits } = e.kind {
+            use aws_lc_rs::rsa::{Pkcs1PublicEncryptingKey, PublicEncryptingKey};
+            let pk =
+                Pkcs1PublicEncryptingKey::new(PublicEncryptingKey::from_der(&e.spki_der).unwrap())
+                    .unwrap();
+            let mut ct = vec![0u8; bits / 8];
+            let ct = pk.encrypt(msg, &mut ct).unwrap().to_vec();
+            let mut pt = Vec::new();
+            k.perform(OpClass::RsaDecrypt, &ct, &mut pt).unwrap();
+            assert_eq!(pt.len(), bits / 8);
+            assert_eq!(&pt[..2], &[0, 2]);
+            assert!(pt.ends_with(msg));
+        }
+    }
+
     #[test]
     fn generated_pki_chains_expires_and_loads() {
         let tmp = tempfile::tempdir().unwrap();
@@ -376,6 +441,7 @@ mod tests {
         for ((kind, path), entry) in pki.key_files.iter().zip(&loaded) {
             assert_eq!(entry.source, path.display().to_string());
             assert_eq!(entry.kind, *kind);
+            signs_and_verifies(entry);
         }
         // The TLS keys load too (they are not `*.key`, so not picked up by
         // a directory scan).
