@@ -19,6 +19,50 @@ use keycore_protocol::{Hash, OpClass};
 use std::hint::black_box;
 use std::time::Duration;
 
+/// Counts Rust heap allocations, so the paired run can show that
+/// `perform` makes none (aws-lc's own C allocations go through libc malloc
+/// and are not counted, on either side).
+mod counting_alloc {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    pub static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+    pub struct Counting;
+
+    // SAFETY: forwards every call unchanged to the system allocator; the
+    // counter is the only addition.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: same contract as our caller's.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: same contract as our caller's.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+            // SAFETY: same contract as our caller's.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Rust allocations made by `n` calls of `f` (after one warm-up call).
+    pub fn per_call(n: u64, f: &mut dyn FnMut()) -> f64 {
+        f();
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..n {
+            f();
+        }
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+    }
+}
+
+#[global_allocator]
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
+
 /// The 32-byte "message" the raw API hashes; our API gets its SHA-256.
 const MSG: &[u8; 32] = b"keycore bench message, 32 bytes!";
 
@@ -186,13 +230,16 @@ fn paired() {
                 time(&mut a, &mut ta);
             }
         }
+        let allocs_a = counting_alloc::per_call(20, &mut a);
+        let allocs_b = counting_alloc::per_call(20, &mut b);
         for v in [&mut ta, &mut tb] {
             v.sort_by(|x, y| x.partial_cmp(y).unwrap());
         }
         let (min_a, min_b, med_a, med_b) = (ta[0], tb[0], ta[ROUNDS / 2], tb[ROUNDS / 2]);
         println!(
             "{name:<34} keycore min {min_a:8.2} µs med {med_a:8.2} µs | aws-lc-rs min {min_b:8.2} µs \
-             med {med_b:8.2} µs | keycore/aws-lc-rs min {:+.1}% med {:+.1}%",
+             med {med_b:8.2} µs | keycore/aws-lc-rs min {:+.1}% med {:+.1}% | Rust allocs/op \
+             {allocs_a} vs {allocs_b}",
             (min_a / min_b - 1.0) * 100.0,
             (med_a / med_b - 1.0) * 100.0
         );
