@@ -267,8 +267,10 @@ impl PrivateKeyOps for SoftwareKey {
                 append(out, rsa.size(), |dst| rsa.sign_pss(hash, input, dst))
             }
             (OpClass::RsaDecrypt, Secret::Rsa(rsa)) => {
-                // aws-lc also refuses these (and input >= n); checked here so
-                // the rule is visible where the policy lives.
+                // aws-lc also refuses these; checked here so the rule is
+                // visible where the policy lives. aws-lc further refuses
+                // input >= n and the trivial values 0, 1 and n-1 (whose
+                // result is the input); no real ciphertext is one of those.
                 if input.len() != rsa.size() {
                     return Err(ErrorCode::CRYPTO);
                 }
