@@ -974,3 +974,50 @@ fn rsa_above_4096_bits_is_refused() {
     assert!(matches!(err.reason, KeyLoadReason::RsaSize(4160)), "{err}");
     assert!(err.to_string().contains("2048 to 4096"), "{err}");
 }
+
+#[test]
+fn mangled_key_bytes_never_panic() {
+    // Every byte of a valid PKCS#8 (DER and PEM) and a valid PKCS#1 DER
+    // flipped, plus every truncation: each must load or be refused, never
+    // panic.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    openssl(
+        d,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-out",
+            "p256.pem",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "pkey", "-in", "p256.pem", "-outform", "DER", "-out", "p256.der",
+        ],
+    );
+    openssl(d, &["genrsa", "-traditional", "-out", "rsa.pem", "2048"]);
+    openssl(
+        d,
+        &[
+            "rsa", "-in", "rsa.pem", "-outform", "DER", "-out", "rsa.der",
+        ],
+    );
+    for f in ["p256.der", "p256.pem", "rsa.der"] {
+        let good = std::fs::read(d.join(f)).unwrap();
+        assert!(from_der_or_pem(&good, f).is_ok());
+        for i in 0..good.len() {
+            let mut flipped = good.clone();
+            flipped[i] ^= 0x41;
+            let _ = from_der_or_pem(&flipped, f); // either way, no panic
+                                                  // A DER key cut short is always refused.
+            let cut = from_der_or_pem(&good[..i], f);
+            if f.ends_with(".der") {
+                assert!(cut.is_err(), "{f} cut at {i} loaded");
+            }
+        }
+    }
+}
