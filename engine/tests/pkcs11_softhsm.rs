@@ -673,32 +673,57 @@ fn move_away_and_back(f: &Fixture, mut perform: impl FnMut() -> Result<Vec<u8>, 
     }
 }
 
-fn delete_and_recreate(f: &Fixture, mut perform: impl FnMut() -> Result<Vec<u8>, ErrorCode>) {
+/// Delete the RSA key (id 01) while in use and import it again. The EC key
+/// (id 02) on the same token must keep working meanwhile: a deleted key does
+/// not take its partition out of use.
+fn delete_and_recreate(
+    f: &Fixture,
+    mut perform: impl FnMut() -> Result<Vec<u8>, ErrorCode>,
+    mut other: impl FnMut() -> Result<Vec<u8>, ErrorCode>,
+) {
     perform().unwrap();
     delete(&f.token, "01");
-    let t = Instant::now();
-    assert!(perform().is_err(), "signed with a deleted key");
-    assert!(t.elapsed() < Duration::from_secs(3));
+    for _ in 0..5 {
+        let t = Instant::now();
+        assert!(perform().is_err(), "signed with a deleted key");
+        assert!(t.elapsed() < Duration::from_secs(3));
+        other().expect("another key on the same token while one is deleted");
+    }
     import(&f.token, &f.rsa, "01", "rsa-key");
     let took = until_ok(Duration::from_secs(10), &mut perform);
     eprintln!("token {}: key re-created, recovered in {took:?}", f.token);
+    other().unwrap();
 }
 
 #[test]
 fn recovers_inline_from_token_dir_moved_and_keys_recreated() {
     let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let f = fixture("recin");
-    let (store, keys) = open(&[uri(&f.token, "01", "")], DispatchMode::Inline);
+    let (store, keys) = open(
+        &[uri(&f.token, "01", ""), uri(&f.token, "02", "")],
+        DispatchMode::Inline,
+    );
     let core = store.core(0);
-    let k = key_ref(&keys[0]);
+    let (k, ke) = (key_ref(&keys[0]), key_ref(&keys[1]));
     let d = sha(Hash::Sha256, b"x");
     let perform = || {
         let mut out = Vec::new();
         core.perform_inline(k, OpClass::RsaPkcs1(Hash::Sha256), &d, &mut out)
             .map(|()| out)
     };
+    let other = || {
+        let mut out = Vec::new();
+        core.perform_inline(ke, OpClass::Ecdsa(Hash::Sha256), &d, &mut out)
+            .map(|()| out)
+    };
     move_away_and_back(&f, perform);
-    delete_and_recreate(&f, perform);
+    let failures = store.health()[0].failures;
+    delete_and_recreate(&f, perform, other);
+    assert_eq!(
+        store.health()[0].failures,
+        failures,
+        "a deleted key took the partition down"
+    );
     let h = store.health();
     assert!(h[0].healthy, "{h:?}");
     eprintln!("{h:?}");
@@ -708,18 +733,24 @@ fn recovers_inline_from_token_dir_moved_and_keys_recreated() {
 fn recovers_offload_from_token_dir_moved_and_keys_recreated() {
     let _l = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let f = fixture("recoff");
-    let (store, keys) = open(&[uri(&f.token, "01", "")], DispatchMode::Offload);
+    let (store, keys) = open(
+        &[uri(&f.token, "01", ""), uri(&f.token, "02", "")],
+        DispatchMode::Offload,
+    );
     let store = std::sync::Arc::new(store);
     glommio::LocalExecutorBuilder::default()
         .spawn(move || async move {
             let core = store.core(0);
-            let k = key_ref(&keys[0]);
+            let (k, ke) = (key_ref(&keys[0]), key_ref(&keys[1]));
             let d = sha(Hash::Sha256, b"x");
             let perform = || {
                 futures_lite::future::block_on(core.submit(k, OpClass::RsaPkcs1(Hash::Sha256), &d))
             };
+            let other = || {
+                futures_lite::future::block_on(core.submit(ke, OpClass::Ecdsa(Hash::Sha256), &d))
+            };
             move_away_and_back(&f, perform);
-            delete_and_recreate(&f, perform);
+            delete_and_recreate(&f, perform, other);
             let h = store.health();
             assert!(h[0].healthy, "{h:?}");
         })

@@ -10,7 +10,7 @@
 //! `Sync`, and nothing here locks.
 
 use super::spki::ecdsa_der_from_raw;
-use super::token::{rv_of, Partition};
+use super::token::{now_ns, rv_of, Partition};
 use crate::keys::KeyKind;
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -88,7 +88,17 @@ pub struct Lane {
     reinit_wanted: bool,
     /// Set by the offload watchdog's timeout: the session is not trusted.
     pub quarantined: bool,
+    /// Per key of the partition: no new search for it before this time
+    /// ([`now_ns`]); set when the key is missing from a token that still
+    /// holds other private keys (a deleted key must not take its whole
+    /// partition out of use).
+    key_retry_at_ns: Vec<u64>,
 }
+
+/// How long a lane waits before searching again for a key that is missing
+/// from an otherwise healthy token (a key re-created under the same id is
+/// back in use within this time).
+pub const KEY_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What `perform` failed on inside the token.
 enum OpFail {
@@ -183,6 +193,7 @@ impl Lane {
     /// A lane on `part`; the session is opened on first use.
     pub fn new(part: Arc<Partition>) -> Lane {
         Lane {
+            key_retry_at_ns: vec![0; part.keys.len()],
             part,
             open: None,
             reinit_wanted: false,
@@ -278,6 +289,9 @@ impl Lane {
         if !self.part.health.usable() {
             return Err(LaneError::Down);
         }
+        if self.key_retry_at_ns[key] > now_ns() {
+            return Err(LaneError::Failed);
+        }
         let kind = self.part.keys[key].kind;
         let start = out.len();
         for attempt in 0..2 {
@@ -296,11 +310,18 @@ impl Lane {
                     open.handles[key] = Some(h);
                 }),
             };
+            // A key missing from a freshly rebuilt session on a token that
+            // still shows other private keys: the key is gone, not the token.
+            let key_gone = attempt == 1 && h.is_err() && part.has_private_keys(&open.session);
             let r = match h {
                 Ok(h) => run_op(&open.session, h, kind, op, input, out),
                 Err(e) => Err(OpFail::Ck(e)),
             };
             drop(_g);
+            if key_gone {
+                self.key_retry_at_ns[key] = now_ns() + KEY_RETRY.as_nanos() as u64;
+                return Err(LaneError::Failed);
+            }
             match r {
                 Ok(()) => {
                     part.health.ok();

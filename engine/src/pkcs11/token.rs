@@ -365,6 +365,14 @@ impl Partition {
         Ok(())
     }
 
+    /// Whether `session` sees at least one private key (a cheap check that
+    /// the token's objects are there at all).
+    pub fn has_private_keys(&self, session: &Session) -> bool {
+        session
+            .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+            .is_ok_and(|v| !v.is_empty())
+    }
+
     /// Find the private key `k` on `session` and check it is still the same
     /// key pair.
     pub fn find_key(&self, session: &Session, k: usize) -> Result<ObjectHandle, CkError> {
