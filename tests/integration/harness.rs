@@ -21,6 +21,9 @@ pub struct Opts {
     pub cores: usize,
     pub limits: Limits,
     pub tls12_only: bool,
+    /// Serve with an RSA-2048 server certificate (signed by the same CA)
+    /// instead of the demo's ECDSA one, for the ECDHE-RSA suites.
+    pub rsa_server_cert: bool,
 }
 
 impl Default for Opts {
@@ -29,8 +32,51 @@ impl Default for Opts {
             cores: 1,
             limits: Limits::default(),
             tls12_only: false,
+            rsa_server_cert: false,
         }
     }
+}
+
+/// An RSA-2048 server certificate for localhost signed by the demo CA,
+/// made with the openssl CLI. Returns (cert, key).
+fn rsa_server_cert(pki: &DemoPki) -> (std::path::PathBuf, std::path::PathBuf) {
+    let d = &pki.dir;
+    let key = d.join("server-rsa.key.pem");
+    let csr = d.join("server-rsa.csr");
+    let cert = d.join("server-rsa.pem");
+    let ok = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .status()
+        .expect("openssl req")
+        .success()
+        && std::process::Command::new("openssl")
+            .args(["x509", "-req", "-days", "2", "-copy_extensions", "copy"])
+            .arg("-in")
+            .arg(&csr)
+            .arg("-CA")
+            .arg(&pki.ca_cert)
+            .arg("-CAkey")
+            .arg(&pki.ca_key)
+            .arg("-out")
+            .arg(&cert)
+            .status()
+            .expect("openssl x509")
+            .success();
+    assert!(ok, "openssl could not make the RSA server certificate");
+    (cert, key)
 }
 
 pub struct TestServer {
@@ -60,9 +106,14 @@ impl TestServer {
             });
             index.insert(e).expect("unique SKI");
         }
+        let (cert, key) = if opts.rsa_server_cert {
+            rsa_server_cert(&pki)
+        } else {
+            (pki.server_cert.clone(), pki.server_key.clone())
+        };
         let tls = tls::server_config(&tls::TlsSettings {
-            cert: &pki.server_cert,
-            key: &pki.server_key,
+            cert: &cert,
+            key: &key,
             client_ca: &pki.ca_cert,
             tls12_only: opts.tls12_only,
             current_time: None,

@@ -28,6 +28,26 @@ fn edge_tls12_client_with_aes256_gcm_sha384_works() {
 }
 
 #[test]
+fn edge_tls12_client_with_ecdhe_rsa_aes256_gcm_sha384_works() {
+    let srv = TestServer::start_with(Opts {
+        rsa_server_cert: true,
+        tls12_only: true,
+        ..Opts::default()
+    });
+    let mut c = BlockingClient::connect(srv.addr, &srv.client_tls(true)).expect("TLS 1.2 client");
+    let (version, suite) = c.negotiated();
+    assert_eq!(version, Some(rustls::ProtocolVersion::TLSv1_2));
+    assert_eq!(
+        suite.map(|s| s.suite()),
+        Some(rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384)
+    );
+    assert_eq!(
+        c.call(&req(Op::PING, None, b"rsa")).unwrap().opcode,
+        Op::PONG
+    );
+}
+
+#[test]
 fn tls13_by_default_and_tls12_only_switch() {
     let srv = TestServer::start();
     let c = srv.client();
