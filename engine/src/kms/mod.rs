@@ -2,42 +2,1089 @@
 //! Cloud KMS, AWS KMS.
 //!
 //! Interface with the server (fixed; the implementation grows behind it):
-//! - control plane: [`KmsStore`] is built once at start-up from the
+//! - control plane: [`KmsStore::open`] is called once at start-up with the
 //!   `uri: https://...vault.azure.net/...`, `projects/...` and
-//!   `arn:aws:kms:...` stores and yields `KeyEntry`s with
-//!   `Backend::Kms(KeyRef)`;
+//!   `arn:aws:kms:...` stores; it fetches every key's public half and yields
+//!   `KeyEntry`s with `Backend::Kms(KeyRef)`;
 //! - data plane: [`KmsStore::submit`] hands one operation to the HTTP
 //!   runtime thread and returns a future the reactor awaits; it never blocks
-//!   the reactor.
+//!   the reactor (a bounded `try_send`; a full queue answers `CRYPTO` at once).
+//!
+//! The runtime thread ("keycore-kms") runs a current-thread tokio runtime
+//! with one hyper client (keep-alive pool, rustls on aws-lc-rs); tokens,
+//! per-service limits, retries and timeouts live there (http.rs, auth.rs).
+//! Completions travel back on a tokio oneshot, whose receiver is an ordinary
+//! waker-based future: the sender wakes the glommio task from the runtime
+//! thread, which glommio 0.9 supports (see `pkcs11::dispatch`'s
+//! `foreign_thread_wakes_glommio_task`). Every request is answered: success,
+//! an error, or `CRYPTO` at the operation deadline or if the thread is gone.
+//!
+//! Endpoint and credential settings: [`KmsOptions::from_env`] (documented
+//! there and in docs/kms/).
 
+pub mod auth;
+pub mod aws;
+pub mod azure;
+pub mod gcp;
+pub mod http;
 pub mod uri;
+pub mod util;
 
-use keycore_protocol::{ErrorCode, OpClass};
+use crate::keys::{Backend, KeyEntry, KeyKind};
+use http::{bump, CallError, Http, Limits, Service, ServiceStats};
+use keycore_protocol::{legacy_digest_from_spki, ski_from_spki, ErrorCode, OpClass};
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
 use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use uri::KeyUri;
 
-/// Which remote key a request is for (index into the store).
+/// Operations queued for the runtime thread before `submit` answers `CRYPTO`
+/// at once. Sized for bursts: at the services' own limits (a few hundred
+/// per second) this is several seconds of work, past any sane deadline.
+pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
+
+/// Which key a request is for (index into the store).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct KeyRef(pub u32);
 
+/// Start-up failure: names the URI, the service or the setting involved.
+#[derive(Debug, thiserror::Error)]
+pub enum KmsError {
+    /// A URI that does not parse.
+    #[error(transparent)]
+    Uri(#[from] uri::UriError),
+    /// Credentials missing or unreadable.
+    #[error("{service} credentials: {reason}")]
+    Credentials {
+        /// "Azure", "Google Cloud", "AWS".
+        service: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A key whose public half could not be fetched or is not served.
+    #[error("key {uri}: {reason}")]
+    Key {
+        /// The key URI.
+        uri: String,
+        /// Why.
+        reason: String,
+    },
+    /// A setting (environment variable) with a bad value.
+    #[error("setting {name}: {reason}")]
+    Setting {
+        /// Variable name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The runtime thread could not start or died.
+    #[error("KMS runtime: {0}")]
+    Runtime(String),
+}
+
+/// How Azure authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AzureCredential {
+    /// App registration with a client secret (AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET).
+    ClientSecret {
+        /// Tenant (directory) ID.
+        tenant: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// Secret.
+        secret: String,
+    },
+    /// App registration with a certificate (AZURE_CLIENT_CERTIFICATE_PATH: PEM with cert + key).
+    ClientCertificate {
+        /// Tenant (directory) ID.
+        tenant: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// PEM file.
+        pem: PathBuf,
+    },
+    /// Managed identity through IMDS (AZURE_CLIENT_ID selects a user-assigned one).
+    ManagedIdentity {
+        /// User-assigned identity's client ID.
+        client_id: Option<String>,
+    },
+}
+
+/// How Google authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GcpCredential {
+    /// Service-account key file (GOOGLE_APPLICATION_CREDENTIALS).
+    ServiceAccountFile(PathBuf),
+    /// The metadata server of the VM / GKE node.
+    Metadata,
+}
+
+/// How AWS authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AwsCredential {
+    /// Fixed keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN).
+    Static {
+        /// Access key ID.
+        access_key: String,
+        /// Secret.
+        secret_key: String,
+        /// Session token.
+        session_token: Option<String>,
+    },
+    /// A profile of a shared credentials file (AWS_SHARED_CREDENTIALS_FILE, AWS_PROFILE).
+    Profile {
+        /// The file.
+        file: PathBuf,
+        /// Profile name.
+        name: String,
+    },
+    /// EC2 instance metadata (IMDSv2).
+    InstanceMetadata,
+}
+
+/// Endpoints, credentials and limits. [`KmsOptions::default`] has the
+/// public endpoints and no credentials; [`KmsOptions::from_env`] reads the
+/// environment as documented on each field.
+#[derive(Debug, Clone)]
+pub struct KmsOptions {
+    /// KEYCORE_AZURE_ENDPOINT: replaces `https://<vault host>` for every
+    /// Azure key (private endpoints, stand-ins). Default: the URI's host.
+    pub azure_endpoint: Option<String>,
+    /// KEYCORE_AZURE_AUTHORITY (or AZURE_AUTHORITY_HOST): login host; the
+    /// token URL is `<authority>/<tenant>/oauth2/v2.0/token`. Default: the
+    /// cloud's (login.microsoftonline.com, ...).
+    pub azure_authority: Option<String>,
+    /// KEYCORE_AZURE_IMDS_ENDPOINT: managed identity token URL. Default
+    /// `http://169.254.169.254/metadata/identity/oauth2/token`.
+    pub azure_imds_endpoint: String,
+    /// Azure credential; `None` refuses Azure keys at start-up.
+    pub azure_credential: Option<AzureCredential>,
+    /// KEYCORE_GCP_KMS_ENDPOINT. Default `https://cloudkms.googleapis.com`.
+    pub gcp_endpoint: String,
+    /// KEYCORE_GCP_TOKEN_ENDPOINT: overrides the key file's `token_uri`.
+    pub gcp_token_endpoint: Option<String>,
+    /// KEYCORE_GCP_METADATA_ENDPOINT. Default `http://metadata.google.internal`.
+    pub gcp_metadata_endpoint: String,
+    /// Google credential; `None` refuses Google keys at start-up.
+    pub gcp_credential: Option<GcpCredential>,
+    /// KEYCORE_AWS_KMS_ENDPOINT. Default `https://kms.<region>.amazonaws.com`.
+    pub aws_endpoint: Option<String>,
+    /// KEYCORE_AWS_IMDS_ENDPOINT. Default `http://169.254.169.254`.
+    pub aws_imds_endpoint: String,
+    /// AWS credential; `None` refuses AWS keys at start-up.
+    pub aws_credential: Option<AwsCredential>,
+    /// KEYCORE_KMS_CA_FILE: PEM bundle trusted in addition to the system
+    /// roots (stand-ins, TLS-inspecting proxies).
+    pub ca_file: Option<PathBuf>,
+    /// KEYCORE_KMS_OP_TIMEOUT_MS: one operation, retries included (default
+    /// 5000). The edge has given up on a handshake long before more.
+    pub op_timeout: Duration,
+    /// KEYCORE_KMS_ATTEMPT_TIMEOUT_MS: one HTTP exchange (default 2000).
+    pub attempt_timeout: Duration,
+    /// Fetching every public key at start-up (default 60 s).
+    pub startup_timeout: Duration,
+    /// Azure limits (KEYCORE_AZURE_MAX_RPS, KEYCORE_AZURE_MAX_IN_FLIGHT).
+    pub azure_limits: Limits,
+    /// Google limits (KEYCORE_GCP_MAX_RPS, KEYCORE_GCP_MAX_IN_FLIGHT).
+    pub gcp_limits: Limits,
+    /// AWS limits (KEYCORE_AWS_MAX_RPS, KEYCORE_AWS_MAX_IN_FLIGHT).
+    pub aws_limits: Limits,
+    /// Queue to the runtime thread (default [`DEFAULT_QUEUE_DEPTH`]).
+    pub queue_depth: usize,
+}
+
+fn limits(max_per_second: f64, max_in_flight: usize) -> Limits {
+    Limits {
+        max_in_flight,
+        max_per_second,
+        max_attempts: 4,
+        backoff_base: Duration::from_millis(100),
+        backoff_max: Duration::from_secs(2),
+    }
+}
+
+impl Default for KmsOptions {
+    fn default() -> Self {
+        KmsOptions {
+            azure_endpoint: None,
+            azure_authority: None,
+            azure_imds_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token".into(),
+            azure_credential: None,
+            gcp_endpoint: gcp::DEFAULT_ENDPOINT.into(),
+            gcp_token_endpoint: None,
+            gcp_metadata_endpoint: "http://metadata.google.internal".into(),
+            gcp_credential: None,
+            aws_endpoint: None,
+            aws_imds_endpoint: "http://169.254.169.254".into(),
+            aws_credential: None,
+            ca_file: None,
+            op_timeout: Duration::from_secs(5),
+            attempt_timeout: Duration::from_secs(2),
+            startup_timeout: Duration::from_secs(60),
+            // Azure Key Vault: HSM-protected RSA-2048 and EC keys allow 2,000
+            // transactions per 10 s per vault and region (RSA-3072: 500,
+            // RSA-4096: 250); "Azure Key Vault service limits". 200/s.
+            azure_limits: limits(200.0, 64),
+            // Google Cloud KMS: cryptographic requests quota per project and
+            // region, enforced per second (docs "Cloud KMS quotas");
+            // 60,000 per minute is the default there: 1,000/s.
+            gcp_limits: limits(1000.0, 64),
+            // AWS KMS: "Cryptographic operations (RSA) request rate" default
+            // 500 per second per account and region (ECC: 300); "AWS KMS
+            // request quotas". Lower to 300 for ECC-only deployments.
+            aws_limits: limits(500.0, 64),
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+        }
+    }
+}
+
+impl KmsOptions {
+    /// Read the environment (see each field; credentials follow the
+    /// providers' SDK conventions):
+    /// - Azure: AZURE_CLIENT_SECRET -> client secret; else
+    ///   AZURE_CLIENT_CERTIFICATE_PATH -> client certificate (both need
+    ///   AZURE_TENANT_ID and AZURE_CLIENT_ID); else managed identity
+    ///   (AZURE_CLIENT_ID optional).
+    /// - Google: GOOGLE_APPLICATION_CREDENTIALS -> key file; else the
+    ///   metadata server.
+    /// - AWS: AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN);
+    ///   else the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or
+    ///   ~/.aws/credentials) when it has the profile (AWS_PROFILE or
+    ///   "default"); else instance metadata (IMDSv2).
+    pub fn from_env() -> Result<KmsOptions, KmsError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`KmsOptions::from_env`] over any lookup (tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<KmsOptions, KmsError> {
+        let mut o = KmsOptions::default();
+        o.azure_endpoint = get("KEYCORE_AZURE_ENDPOINT");
+        o.azure_authority = get("KEYCORE_AZURE_AUTHORITY").or_else(|| get("AZURE_AUTHORITY_HOST"));
+        if let Some(v) = get("KEYCORE_AZURE_IMDS_ENDPOINT") {
+            o.azure_imds_endpoint = v;
+        }
+        if let Some(v) = get("KEYCORE_GCP_KMS_ENDPOINT") {
+            o.gcp_endpoint = v;
+        }
+        o.gcp_token_endpoint = get("KEYCORE_GCP_TOKEN_ENDPOINT");
+        if let Some(v) = get("KEYCORE_GCP_METADATA_ENDPOINT") {
+            o.gcp_metadata_endpoint = v;
+        }
+        o.aws_endpoint = get("KEYCORE_AWS_KMS_ENDPOINT");
+        if let Some(v) = get("KEYCORE_AWS_IMDS_ENDPOINT") {
+            o.aws_imds_endpoint = v;
+        }
+        o.ca_file = get("KEYCORE_KMS_CA_FILE").map(PathBuf::from);
+        let num = |name: &'static str| -> Result<Option<u64>, KmsError> {
+            get(name)
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| KmsError::Setting {
+                        name,
+                        reason: format!("{v:?} is not a whole number"),
+                    })
+                })
+                .transpose()
+        };
+        if let Some(ms) = num("KEYCORE_KMS_OP_TIMEOUT_MS")? {
+            o.op_timeout = Duration::from_millis(ms.max(1));
+        }
+        if let Some(ms) = num("KEYCORE_KMS_ATTEMPT_TIMEOUT_MS")? {
+            o.attempt_timeout = Duration::from_millis(ms.max(1));
+        }
+        for (rps, inflight, l) in [
+            (
+                "KEYCORE_AZURE_MAX_RPS",
+                "KEYCORE_AZURE_MAX_IN_FLIGHT",
+                &mut o.azure_limits,
+            ),
+            (
+                "KEYCORE_GCP_MAX_RPS",
+                "KEYCORE_GCP_MAX_IN_FLIGHT",
+                &mut o.gcp_limits,
+            ),
+            (
+                "KEYCORE_AWS_MAX_RPS",
+                "KEYCORE_AWS_MAX_IN_FLIGHT",
+                &mut o.aws_limits,
+            ),
+        ] {
+            if let Some(v) = num(rps)? {
+                l.max_per_second = v as f64;
+            }
+            if let Some(v) = num(inflight)? {
+                l.max_in_flight = (v as usize).max(1);
+            }
+        }
+        let tenant = get("AZURE_TENANT_ID");
+        let client = get("AZURE_CLIENT_ID");
+        let need = |what: &str| KmsError::Credentials {
+            service: "Azure",
+            reason: format!("{what} needs AZURE_TENANT_ID and AZURE_CLIENT_ID"),
+        };
+        o.azure_credential = Some(if let Some(secret) = get("AZURE_CLIENT_SECRET") {
+            AzureCredential::ClientSecret {
+                tenant: tenant.ok_or_else(|| need("AZURE_CLIENT_SECRET"))?,
+                client_id: client.ok_or_else(|| need("AZURE_CLIENT_SECRET"))?,
+                secret,
+            }
+        } else if let Some(pem) = get("AZURE_CLIENT_CERTIFICATE_PATH") {
+            AzureCredential::ClientCertificate {
+                tenant: tenant.ok_or_else(|| need("AZURE_CLIENT_CERTIFICATE_PATH"))?,
+                client_id: client.ok_or_else(|| need("AZURE_CLIENT_CERTIFICATE_PATH"))?,
+                pem: pem.into(),
+            }
+        } else {
+            AzureCredential::ManagedIdentity { client_id: client }
+        });
+        o.gcp_credential = Some(match get("GOOGLE_APPLICATION_CREDENTIALS") {
+            Some(p) => GcpCredential::ServiceAccountFile(p.into()),
+            None => GcpCredential::Metadata,
+        });
+        o.aws_credential = Some(
+            match (get("AWS_ACCESS_KEY_ID"), get("AWS_SECRET_ACCESS_KEY")) {
+                (Some(access_key), Some(secret_key)) => AwsCredential::Static {
+                    access_key,
+                    secret_key,
+                    session_token: get("AWS_SESSION_TOKEN"),
+                },
+                _ => {
+                    let file = get("AWS_SHARED_CREDENTIALS_FILE")
+                        .map(PathBuf::from)
+                        .or_else(|| {
+                            get("HOME").map(|h| PathBuf::from(h).join(".aws").join("credentials"))
+                        });
+                    let name = get("AWS_PROFILE").unwrap_or_else(|| "default".into());
+                    match file {
+                        Some(f) if auth::aws_profile(&f, &name).is_ok() => {
+                            AwsCredential::Profile { file: f, name }
+                        }
+                        _ => AwsCredential::InstanceMetadata,
+                    }
+                }
+            },
+        );
+        Ok(o)
+    }
+}
+
+/// One operation for the runtime thread.
+#[derive(Debug)]
+struct Job {
+    key: u32,
+    op: OpClass,
+    input: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, ErrorCode>>,
+}
+
+/// Per-service counters visible to the metrics scrape.
+#[derive(Debug)]
+struct StatsRef {
+    service: &'static str,
+    stats: Arc<ServiceStats>,
+}
+
 /// Shared by every core (Send + Sync): the channel to the HTTP runtime.
 #[derive(Debug, Default)]
-pub struct KmsStore {}
+pub struct KmsStore {
+    tx: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    stats: Vec<StatsRef>,
+    /// Operations refused because the queue was full.
+    queue_full: AtomicU64,
+    keys: usize,
+}
+
+impl Drop for KmsStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the runtime loop; operations still in
+        // flight are dropped there, which answers them CRYPTO.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What the runtime thread knows about one key.
+#[derive(Debug)]
+enum Detail {
+    Azure,
+    Gcp(gcp::Alg),
+    Aws(aws::AwsKeyInfo),
+}
+
+#[derive(Debug)]
+struct RemoteKey {
+    uri: KeyUri,
+    kind: KeyKind,
+    detail: Detail,
+}
+
+/// Everything the runtime thread owns.
+#[derive(Debug)]
+struct Runtime {
+    http: Http,
+    azure: Option<azure::Azure>,
+    gcp: Option<gcp::Gcp>,
+    aws: Option<aws::Aws>,
+    keys: Vec<RemoteKey>,
+    op_timeout: Duration,
+    /// (key, op) pairs already logged as refused: one line each, not one per request.
+    refused_logged: RefCell<HashSet<(u32, OpClass)>>,
+    /// Per service: when a failure was last logged, and how many since.
+    fail_log: RefCell<HashMap<&'static str, (tokio::time::Instant, u64)>>,
+}
+
+/// Shortest gap between two failure log lines of one service.
+const FAIL_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// An operation's failure, before it becomes `CRYPTO`.
+#[derive(Debug)]
+pub enum OpError {
+    /// The key cannot do this op (logged once per key and op).
+    Refused(String),
+    /// The service call failed.
+    Call(CallError),
+}
 
 impl KmsStore {
     /// Whether a `uri:` store names a cloud key this backend serves.
     pub fn handles(uri: &str) -> bool {
         uri.starts_with("https://")
             || uri.starts_with("projects/")
-            || uri.starts_with("arn:aws:kms:")
+            || (uri.starts_with("arn:aws") && uri.contains(":kms:"))
+    }
+
+    /// Number of keys served.
+    pub fn len(&self) -> usize {
+        self.keys
+    }
+
+    /// Whether no key is served.
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
+    }
+
+    /// Start the runtime thread, fetch every key's public half and return
+    /// the store plus one `KeyEntry` per URI (in order). Blocks the caller
+    /// (start-up only) until every key is fetched or one fails.
+    pub fn open(uris: &[String], opts: &KmsOptions) -> Result<(KmsStore, Vec<KeyEntry>), KmsError> {
+        if uris.is_empty() {
+            return Ok((KmsStore::default(), Vec::new()));
+        }
+        let parsed: Vec<KeyUri> = uris
+            .iter()
+            .map(|u| KeyUri::parse(u))
+            .collect::<Result<_, _>>()?;
+        let tls = http::tls_config(opts.ca_file.as_deref()).map_err(KmsError::Runtime)?;
+        let (tx, rx) = mpsc::channel::<Job>(opts.queue_depth.max(1));
+        type Setup = Result<(Vec<(Vec<u8>, KeyKind)>, Vec<StatsRef>), KmsError>;
+        let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Setup>();
+        let opts2 = opts.clone();
+        let thread = std::thread::Builder::new()
+            .name("keycore-kms".into())
+            .spawn(move || runtime_main(parsed, opts2, tls, rx, setup_tx))
+            .map_err(|e| KmsError::Runtime(format!("cannot start thread: {e}")))?;
+        let wait = opts.startup_timeout + Duration::from_secs(5);
+        let setup = match setup_rx.recv_timeout(wait) {
+            Ok(s) => s,
+            Err(_) => {
+                drop(tx);
+                return Err(KmsError::Runtime(format!(
+                    "fetching the public keys took longer than {wait:?}"
+                )));
+            }
+        };
+        let (pubs, stats) = match setup {
+            Ok(s) => s,
+            Err(e) => {
+                drop(tx);
+                let _ = thread.join();
+                return Err(e);
+            }
+        };
+        let mut entries = Vec::with_capacity(pubs.len());
+        for (i, ((spki, kind), uri)) in pubs.into_iter().zip(uris).enumerate() {
+            let ski = ski_from_spki(&spki).map_err(|e| KmsError::Key {
+                uri: uri.clone(),
+                reason: format!("public key: {e}"),
+            })?;
+            let legacy_digest = match kind {
+                KeyKind::Rsa { .. } => legacy_digest_from_spki(&spki).ok(),
+                _ => None,
+            };
+            entries.push(KeyEntry {
+                ski,
+                legacy_digest,
+                kind,
+                spki_der: spki,
+                source: uri.clone(),
+                backend: Backend::Kms(KeyRef(i as u32)),
+            });
+        }
+        let store = KmsStore {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+            queue_full: AtomicU64::new(0),
+            keys: entries.len(),
+        };
+        Ok((store, entries))
     }
 
     /// Submit an operation; the future resolves with the result.
     pub fn submit(
         &self,
-        _key: KeyRef,
-        _op: OpClass,
-        _input: &[u8],
+        key: KeyRef,
+        op: OpClass,
+        input: &[u8],
     ) -> impl Future<Output = Result<Vec<u8>, ErrorCode>> + 'static {
-        std::future::ready(Err(ErrorCode::INTERNAL))
+        let (reply, rx) = oneshot::channel();
+        let queued: Result<(), ErrorCode> = match &self.tx {
+            None => Err(ErrorCode::INTERNAL),
+            Some(tx) => tx
+                .try_send(Job {
+                    key: key.0,
+                    op,
+                    input: input.to_vec(),
+                    reply,
+                })
+                .map_err(|_| {
+                    self.queue_full.fetch_add(1, Ordering::Relaxed);
+                    ErrorCode::CRYPTO
+                }),
+        };
+        async move {
+            queued?;
+            // A dropped sender (thread gone, shut down) is an answer too.
+            rx.await.unwrap_or(Err(ErrorCode::CRYPTO))
+        }
+    }
+
+    /// Append Prometheus text for the KMS counters.
+    pub fn render_metrics(&self, out: &mut String) {
+        if self.tx.is_none() {
+            return;
+        }
+        let rows: [(&str, &str, fn(&ServiceStats) -> &AtomicU64); 7] = [
+            (
+                "keycore_kms_operations_ok_total",
+                "Operations answered by the cloud key service.",
+                |s| &s.ok,
+            ),
+            (
+                "keycore_kms_operations_failed_total",
+                "Operations answered with an error (refused, failed, timed out).",
+                |s| &s.failures,
+            ),
+            (
+                "keycore_kms_operations_refused_total",
+                "Operations the key cannot do, refused before any request.",
+                |s| &s.refused,
+            ),
+            (
+                "keycore_kms_http_attempts_total",
+                "HTTP requests sent to the key service.",
+                |s| &s.attempts,
+            ),
+            (
+                "keycore_kms_throttled_total",
+                "Retries after a throttling answer (429, ThrottlingException).",
+                |s| &s.throttled,
+            ),
+            (
+                "keycore_kms_retried_errors_total",
+                "Retries after a 5xx, transport error or checksum mismatch.",
+                |s| &s.server_errors,
+            ),
+            (
+                "keycore_kms_credential_refreshes_total",
+                "Token or credential fetches.",
+                |s| &s.token_refreshes,
+            ),
+        ];
+        for (name, help, f) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for s in &self.stats {
+                let _ = writeln!(
+                    out,
+                    "{name}{{service=\"{}\"}} {}",
+                    s.service,
+                    f(&s.stats).load(Ordering::Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP keycore_kms_queue_full_total Operations refused because the KMS queue was full.\n# TYPE keycore_kms_queue_full_total counter\nkeycore_kms_queue_full_total {}",
+            self.queue_full.load(Ordering::Relaxed)
+        );
+    }
+}
+
+type SetupTx = std::sync::mpsc::Sender<Result<(Vec<(Vec<u8>, KeyKind)>, Vec<StatsRef>), KmsError>>;
+
+fn runtime_main(
+    keys: Vec<KeyUri>,
+    opts: KmsOptions,
+    tls: rustls::ClientConfig,
+    mut rx: mpsc::Receiver<Job>,
+    setup: SetupTx,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = setup.send(Err(KmsError::Runtime(format!("tokio runtime: {e}"))));
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let rt = match build_runtime(&keys, &opts, tls) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = setup.send(Err(e));
+                return;
+            }
+        };
+        let rt = match fetch_all(rt, keys, &opts).await {
+            Ok((rt, pubs)) => {
+                let stats = [
+                    rt.azure.as_ref().map(|s| &s.svc),
+                    rt.gcp.as_ref().map(|s| &s.svc),
+                    rt.aws.as_ref().map(|s| &s.svc),
+                ]
+                .into_iter()
+                .flatten()
+                .map(|s| StatsRef {
+                    service: s.name,
+                    stats: s.stats.clone(),
+                })
+                .collect();
+                if setup.send(Ok((pubs, stats))).is_err() {
+                    return;
+                }
+                Rc::new(rt)
+            }
+            Err(e) => {
+                let _ = setup.send(Err(e));
+                return;
+            }
+        };
+        while let Some(job) = rx.recv().await {
+            let rt = rt.clone();
+            tokio::task::spawn_local(async move {
+                let r = rt.perform(job.key, job.op, &job.input).await;
+                let _ = job.reply.send(r);
+            });
+        }
+    });
+}
+
+fn build_runtime(
+    keys: &[KeyUri],
+    opts: &KmsOptions,
+    tls: rustls::ClientConfig,
+) -> Result<Runtime, KmsError> {
+    let http = Http::new(tls, opts.attempt_timeout);
+    let mut azure = None;
+    let mut gcp = None;
+    let mut aws = None;
+    for k in keys {
+        match k {
+            KeyUri::Azure(a) => {
+                let az = match &mut azure {
+                    Some(az) => az,
+                    None => azure.insert(azure::Azure {
+                        svc: Service::new("azure", opts.azure_limits),
+                        tokens: HashMap::new(),
+                        endpoint: opts.azure_endpoint.clone(),
+                    }),
+                };
+                if !az.tokens.contains_key(&a.resource) {
+                    let src = azure_source(a, opts)?;
+                    az.tokens.insert(
+                        a.resource.clone(),
+                        auth::TokenCache::new(src, a.resource.clone()),
+                    );
+                }
+            }
+            KeyUri::Gcp(_) if gcp.is_none() => {
+                let fail = |reason: String| KmsError::Credentials {
+                    service: "Google Cloud",
+                    reason,
+                };
+                let src = match &opts.gcp_credential {
+                    None => return Err(fail(
+                        "none configured (set GOOGLE_APPLICATION_CREDENTIALS or run on GCE/GKE)"
+                            .into(),
+                    )),
+                    Some(GcpCredential::ServiceAccountFile(p)) => {
+                        auth::gcp_service_account(p, opts.gcp_token_endpoint.as_deref())
+                            .map_err(fail)?
+                    }
+                    Some(GcpCredential::Metadata) => auth::TokenSource::GcpMetadata {
+                        endpoint: opts.gcp_metadata_endpoint.trim_end_matches('/').to_owned(),
+                    },
+                };
+                gcp = Some(gcp::Gcp {
+                    svc: Service::new("gcp", opts.gcp_limits),
+                    token: auth::TokenCache::new(src, gcp::SCOPE.into()),
+                    endpoint: opts.gcp_endpoint.clone(),
+                });
+            }
+            KeyUri::Aws(_) if aws.is_none() => {
+                let fail = |reason: String| KmsError::Credentials {
+                    service: "AWS",
+                    reason,
+                };
+                let src =
+                    match &opts.aws_credential {
+                        None => return Err(fail(
+                            "none configured (set AWS_ACCESS_KEY_ID / AWS_PROFILE or run on EC2)"
+                                .into(),
+                        )),
+                        Some(AwsCredential::Static {
+                            access_key,
+                            secret_key,
+                            session_token,
+                        }) => auth::AwsCredSource::Static(auth::AwsCreds {
+                            access_key: access_key.clone(),
+                            secret_key: secret_key.clone(),
+                            session_token: session_token.clone(),
+                        }),
+                        Some(AwsCredential::Profile { file, name }) => auth::AwsCredSource::Static(
+                            auth::aws_profile(file, name).map_err(fail)?,
+                        ),
+                        Some(AwsCredential::InstanceMetadata) => auth::AwsCredSource::Imds {
+                            endpoint: opts.aws_imds_endpoint.trim_end_matches('/').to_owned(),
+                        },
+                    };
+                aws = Some(aws::Aws {
+                    svc: Service::new("aws", opts.aws_limits),
+                    creds: auth::AwsCredCache::new(src),
+                    endpoint: opts.aws_endpoint.clone(),
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(Runtime {
+        http,
+        azure,
+        gcp,
+        aws,
+        keys: Vec::new(),
+        op_timeout: opts.op_timeout,
+        refused_logged: RefCell::new(HashSet::new()),
+        fail_log: RefCell::new(HashMap::new()),
+    })
+}
+
+fn azure_source(key: &uri::AzureKey, opts: &KmsOptions) -> Result<auth::TokenSource, KmsError> {
+    let fail = |reason: String| KmsError::Credentials {
+        service: "Azure",
+        reason,
+    };
+    let token_url = |tenant: &str| {
+        let authority = opts
+            .azure_authority
+            .as_deref()
+            .unwrap_or(key.cloud.authority());
+        format!(
+            "{}/{tenant}/oauth2/v2.0/token",
+            authority.trim_end_matches('/')
+        )
+    };
+    Ok(match &opts.azure_credential {
+        None => {
+            return Err(fail(
+                "none configured (set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH, or run with a managed identity)".into(),
+            ))
+        }
+        Some(AzureCredential::ClientSecret {
+            tenant,
+            client_id,
+            secret,
+        }) => auth::TokenSource::AzureSecret {
+            token_url: token_url(tenant),
+            client_id: client_id.clone(),
+            secret: secret.clone(),
+        },
+        Some(AzureCredential::ClientCertificate { tenant, client_id, pem }) => {
+            let (key, x5t) = auth::azure_certificate(pem).map_err(fail)?;
+            auth::TokenSource::AzureCertificate {
+                token_url: token_url(tenant),
+                client_id: client_id.clone(),
+                key,
+                x5t,
+            }
+        }
+        Some(AzureCredential::ManagedIdentity { client_id }) => auth::TokenSource::AzureManagedIdentity {
+            endpoint: opts.azure_imds_endpoint.clone(),
+            client_id: client_id.clone(),
+        },
+    })
+}
+
+/// Fetch every key's public half (concurrently) and fill `rt.keys`.
+async fn fetch_all(
+    mut rt: Runtime,
+    keys: Vec<KeyUri>,
+    opts: &KmsOptions,
+) -> Result<(Runtime, Vec<(Vec<u8>, KeyKind)>), KmsError> {
+    let deadline = tokio::time::Instant::now() + opts.startup_timeout;
+    let results = {
+        let rt = &rt;
+        let futs = keys.iter().map(|k| async move {
+            let fail = |e: CallError| KmsError::Key {
+                uri: k.to_string(),
+                reason: e.to_string(),
+            };
+            match k {
+                KeyUri::Azure(a) => {
+                    let svc = rt.azure.as_ref().expect("built for every Azure key");
+                    let (spki, kind) = svc
+                        .fetch_public(&rt.http, a, deadline)
+                        .await
+                        .map_err(fail)?;
+                    Ok::<_, KmsError>((spki, kind, Detail::Azure))
+                }
+                KeyUri::Gcp(g) => {
+                    let svc = rt.gcp.as_ref().expect("built for every Google key");
+                    let (spki, kind, alg) = svc
+                        .fetch_public(&rt.http, g, deadline)
+                        .await
+                        .map_err(fail)?;
+                    Ok((spki, kind, Detail::Gcp(alg)))
+                }
+                KeyUri::Aws(a) => {
+                    let svc = rt.aws.as_ref().expect("built for every AWS key");
+                    let info = svc
+                        .fetch_public(&rt.http, a, deadline)
+                        .await
+                        .map_err(fail)?;
+                    Ok((info.spki.clone(), info.kind, Detail::Aws(info)))
+                }
+            }
+        });
+        join_all(futs.collect()).await
+    };
+    let mut pubs = Vec::with_capacity(results.len());
+    for (r, uri) in results.into_iter().zip(keys) {
+        let (spki, kind, detail) = r?;
+        tracing::info!(key = %uri, service = uri.service(), ?kind, "cloud key loaded");
+        pubs.push((spki.clone(), kind));
+        rt.keys.push(RemoteKey { uri, kind, detail });
+    }
+    Ok((rt, pubs))
+}
+
+/// Await every future (they run concurrently on this thread).
+async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if o.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *o = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+impl Runtime {
+    async fn perform(&self, key: u32, op: OpClass, input: &[u8]) -> Result<Vec<u8>, ErrorCode> {
+        let Some(k) = self.keys.get(key as usize) else {
+            return Err(ErrorCode::INTERNAL);
+        };
+        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let (svc, fut): (
+            &Service,
+            std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, OpError>> + '_>>,
+        ) = match (&k.uri, &k.detail) {
+            (KeyUri::Azure(a), Detail::Azure) => {
+                let s = self.azure.as_ref().ok_or(ErrorCode::INTERNAL)?;
+                (
+                    &s.svc,
+                    Box::pin(s.perform(&self.http, a, k.kind, op, input, deadline)),
+                )
+            }
+            (KeyUri::Gcp(g), Detail::Gcp(alg)) => {
+                let s = self.gcp.as_ref().ok_or(ErrorCode::INTERNAL)?;
+                (
+                    &s.svc,
+                    Box::pin(s.perform(&self.http, g, k.kind, *alg, op, input, deadline)),
+                )
+            }
+            (KeyUri::Aws(a), Detail::Aws(info)) => {
+                let s = self.aws.as_ref().ok_or(ErrorCode::INTERNAL)?;
+                (
+                    &s.svc,
+                    Box::pin(s.perform(&self.http, a, info, op, input, deadline)),
+                )
+            }
+            _ => return Err(ErrorCode::INTERNAL),
+        };
+        let r = match tokio::time::timeout_at(deadline, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(OpError::Call(CallError::Timeout)),
+        };
+        match r {
+            Ok(v) => {
+                bump(&svc.stats.ok);
+                Ok(v)
+            }
+            Err(OpError::Refused(why)) => {
+                bump(&svc.stats.refused);
+                bump(&svc.stats.failures);
+                if self.refused_logged.borrow_mut().insert((key, op)) {
+                    tracing::warn!(key = %k.uri, ?op, reason = %why, "operation refused: the cloud key cannot do it (logged once per key and operation)");
+                }
+                Err(ErrorCode::CRYPTO)
+            }
+            Err(OpError::Call(e)) => {
+                bump(&svc.stats.failures);
+                self.log_failure(svc.name, &k.uri, op, &e);
+                Err(ErrorCode::CRYPTO)
+            }
+        }
+    }
+
+    /// Log a failed operation, at most once per [`FAIL_LOG_EVERY`] per
+    /// service (with the count of those not logged).
+    fn log_failure(&self, service: &'static str, uri: &KeyUri, op: OpClass, e: &CallError) {
+        let now = tokio::time::Instant::now();
+        let mut m = self.fail_log.borrow_mut();
+        let entry = m.entry(service).or_insert((now - FAIL_LOG_EVERY, 0));
+        if now.duration_since(entry.0) >= FAIL_LOG_EVERY {
+            tracing::warn!(key = %uri, ?op, error = %e, suppressed = entry.1, "cloud key operation failed");
+            *entry = (now, 0);
+        } else {
+            entry.1 += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_every_form() {
+        assert!(KmsStore::handles("https://kv1.vault.azure.net/keys/k/1"));
+        assert!(KmsStore::handles(
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1"
+        ));
+        assert!(KmsStore::handles(
+            "arn:aws:kms:us-east-1:111122223333:key/x"
+        ));
+        assert!(KmsStore::handles(
+            "arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/x"
+        ));
+        assert!(!KmsStore::handles("pkcs11:token=x"));
+        assert!(!KmsStore::handles("arn:aws:s3:::bucket"));
+    }
+
+    #[test]
+    fn empty_store_answers_internal() {
+        let s = KmsStore::default();
+        let r = futures_lite::future::block_on(s.submit(KeyRef(0), OpClass::RsaDecrypt, &[]));
+        assert_eq!(r, Err(ErrorCode::INTERNAL));
+        let (s, e) = KmsStore::open(&[], &KmsOptions::default()).unwrap();
+        assert!(s.is_empty() && e.is_empty());
+    }
+
+    #[test]
+    fn bad_uri_fails_open_naming_it() {
+        let e = KmsStore::open(
+            &["https://x.example.com/keys/k/1".into()],
+            &KmsOptions::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x.example.com"), "{e}");
+    }
+
+    #[test]
+    fn missing_credentials_fail_open_naming_the_service() {
+        let e = KmsStore::open(
+            &[
+                "arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                    .into(),
+            ],
+            &KmsOptions::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("AWS credentials"), "{e}");
+    }
+
+    #[test]
+    fn options_from_environment() {
+        let env: HashMap<&str, &str> = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            ("AZURE_CLIENT_SECRET", "s"),
+            ("GOOGLE_APPLICATION_CREDENTIALS", "/k.json"),
+            ("AWS_ACCESS_KEY_ID", "AKID"),
+            ("AWS_SECRET_ACCESS_KEY", "sk"),
+            ("KEYCORE_AWS_KMS_ENDPOINT", "https://127.0.0.1:1"),
+            ("KEYCORE_AZURE_MAX_RPS", "50"),
+            ("KEYCORE_KMS_OP_TIMEOUT_MS", "1500"),
+        ]
+        .into_iter()
+        .collect();
+        let o = KmsOptions::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert!(matches!(
+            o.azure_credential,
+            Some(AzureCredential::ClientSecret { .. })
+        ));
+        assert_eq!(
+            o.gcp_credential,
+            Some(GcpCredential::ServiceAccountFile("/k.json".into()))
+        );
+        assert!(matches!(
+            o.aws_credential,
+            Some(AwsCredential::Static { .. })
+        ));
+        assert_eq!(o.aws_endpoint.as_deref(), Some("https://127.0.0.1:1"));
+        assert_eq!(o.azure_limits.max_per_second, 50.0);
+        assert_eq!(o.op_timeout, Duration::from_millis(1500));
+        let e = KmsOptions::from_lookup(|k| (k == "KEYCORE_GCP_MAX_RPS").then(|| "fast".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("KEYCORE_GCP_MAX_RPS"), "{e}");
+        let e = KmsOptions::from_lookup(|k| (k == "AZURE_CLIENT_SECRET").then(|| "s".into()))
+            .unwrap_err();
+        assert!(e.to_string().contains("AZURE_TENANT_ID"), "{e}");
+        // Nothing set: managed identity, metadata server, instance metadata.
+        let o = KmsOptions::from_lookup(|_| None).unwrap();
+        assert_eq!(
+            o.azure_credential,
+            Some(AzureCredential::ManagedIdentity { client_id: None })
+        );
+        assert_eq!(o.gcp_credential, Some(GcpCredential::Metadata));
+        assert_eq!(o.aws_credential, Some(AwsCredential::InstanceMetadata));
     }
 }

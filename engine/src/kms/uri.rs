@@ -309,7 +309,7 @@ fn parse_azure(uri: &str) -> Result<AzureKey, UriError> {
                 resource: format!("https://{domain}"),
             })
         }
-        ["keys", _] | ["keys", _, ""] => Err(err(
+        ["keys", _] => Err(err(
             uri,
             "key version",
             "missing: pin the version (https://<vault>.vault.azure.net/keys/<name>/<version>) so a rotated key cannot change under its SKI",

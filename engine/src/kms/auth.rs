@@ -1,0 +1,753 @@
+//! Credentials: OAuth bearer tokens for Azure (client secret, client
+//! certificate assertion, managed identity) and Google (service-account JWT
+//! grant, metadata server), AWS access keys (environment, profile file,
+//! IMDSv2); each cached and refreshed before it expires.
+//!
+//! Owns: [`TokenSource`], [`TokenCache`], [`AwsCredSource`], [`AwsCredCache`],
+//! the JWT assertions.
+//! Must not: run off the KMS runtime thread, log a secret, or block: a
+//! refresh is one HTTP exchange awaited by the requests that need it (one
+//! refresh at a time per cache; the others wait for its result).
+
+use super::http::{Attempt, CallError, Http, Reply};
+use super::util::{b64url, form, parse_rfc3339, pct};
+use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, StatusCode};
+use std::cell::RefCell;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Refresh this long before expiry at most (also Azure's and Google's SDK
+/// habit), or at half the lifetime for short-lived tokens.
+pub const REFRESH_MARGIN_MAX: Duration = Duration::from_secs(300);
+
+/// Lifetime of the JWT assertions we sign (Google allows at most one hour).
+pub const ASSERTION_LIFETIME_S: u64 = 3600;
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An RSA signing key for JWT assertions (service account, client cert).
+pub struct JwtKey(RsaKeyPair);
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtKey(..)")
+    }
+}
+
+impl JwtKey {
+    /// From a PEM holding a PKCS#8 "PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY".
+    pub fn from_pem(pem: &[u8], what: &str) -> Result<JwtKey, String> {
+        use rustls_pki_types::pem::{PemObject, SectionKind};
+        for sec in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
+            let (kind, der) = sec.map_err(|e| format!("{what}: PEM: {e}"))?;
+            let kp = match kind {
+                SectionKind::PrivateKey => RsaKeyPair::from_pkcs8(&der),
+                SectionKind::RsaPrivateKey => RsaKeyPair::from_der(&der),
+                _ => continue,
+            };
+            return kp
+                .map(JwtKey)
+                .map_err(|e| format!("{what}: not a usable RSA private key: {e}"));
+        }
+        Err(format!("{what}: no RSA private key in the PEM"))
+    }
+
+    /// `header.claims.signature` with RS256.
+    pub fn sign_jwt(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> Result<String, String> {
+        let mut msg = b64url(header.to_string().as_bytes());
+        msg.push('.');
+        msg.push_str(&b64url(claims.to_string().as_bytes()));
+        let mut sig = vec![0u8; self.0.public_modulus_len()];
+        self.0
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &aws_lc_rs::rand::SystemRandom::new(),
+                msg.as_bytes(),
+                &mut sig,
+            )
+            .map_err(|_| "JWT signing failed".to_string())?;
+        msg.push('.');
+        msg.push_str(&b64url(&sig));
+        Ok(msg)
+    }
+}
+
+/// Where a bearer token comes from.
+#[derive(Debug)]
+pub enum TokenSource {
+    /// Azure AD v2 token endpoint, client credentials with a secret.
+    AzureSecret {
+        /// `https://login.microsoftonline.com/<tenant>/oauth2/v2.0/token`.
+        token_url: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// Client secret.
+        secret: String,
+    },
+    /// Azure AD v2, client credentials with a certificate-signed assertion.
+    AzureCertificate {
+        /// Token endpoint.
+        token_url: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// The certificate's RSA key.
+        key: JwtKey,
+        /// base64url SHA-1 thumbprint of the certificate (`x5t`).
+        x5t: String,
+    },
+    /// Azure managed identity via IMDS.
+    AzureManagedIdentity {
+        /// `http://169.254.169.254/metadata/identity/oauth2/token`.
+        endpoint: String,
+        /// A user-assigned identity's client ID.
+        client_id: Option<String>,
+    },
+    /// Google service-account key: RS256 JWT exchanged at the token URI.
+    GcpServiceAccount {
+        /// `https://oauth2.googleapis.com/token` (the key file's `token_uri`).
+        token_url: String,
+        /// `client_email`.
+        email: String,
+        /// `private_key_id` (JWT `kid`).
+        key_id: String,
+        /// `private_key`.
+        key: JwtKey,
+    },
+    /// Google metadata server.
+    GcpMetadata {
+        /// `http://metadata.google.internal`.
+        endpoint: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    value: String,
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+/// A token source for one audience, with its cached token.
+#[derive(Debug)]
+pub struct TokenCache {
+    source: TokenSource,
+    /// Azure resource (`https://vault.azure.net`) or Google scope.
+    audience: String,
+    cached: RefCell<Option<Token>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+fn token_lifetimes(expires_in: u64) -> (Instant, Instant) {
+    let now = Instant::now();
+    let life = Duration::from_secs(expires_in);
+    let margin = REFRESH_MARGIN_MAX.min(life / 2);
+    (now + life - margin, now + life)
+}
+
+fn json_u64(v: &serde_json::Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_str()?.trim().parse().ok())
+}
+
+impl TokenCache {
+    /// A cache for `audience`.
+    pub fn new(source: TokenSource, audience: String) -> TokenCache {
+        TokenCache {
+            source,
+            audience,
+            cached: RefCell::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Forget the cached token (the service refused it).
+    pub fn invalidate(&self) {
+        self.cached.borrow_mut().take();
+    }
+
+    fn fresh(&self) -> Option<String> {
+        let c = self.cached.borrow();
+        let t = c.as_ref()?;
+        (Instant::now() < t.refresh_at).then(|| t.value.clone())
+    }
+
+    /// A valid token, fetching a new one when the cached one is due.
+    pub async fn get(
+        &self,
+        http: &Http,
+        deadline: Instant,
+        refreshes: &std::sync::atomic::AtomicU64,
+    ) -> Result<String, CallError> {
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        let _g = self.refreshing.lock().await;
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        super::http::bump(refreshes);
+        match self.fetch(http, deadline).await {
+            Ok((value, expires_in)) => {
+                let (refresh_at, expires_at) = token_lifetimes(expires_in);
+                *self.cached.borrow_mut() = Some(Token {
+                    value: value.clone(),
+                    refresh_at,
+                    expires_at,
+                });
+                Ok(value)
+            }
+            Err(e) => {
+                // A refresh that fails while the old token still has time
+                // left keeps serving with the old one.
+                let c = self.cached.borrow();
+                match c.as_ref() {
+                    Some(t) if Instant::now() < t.expires_at => Ok(t.value.clone()),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self, http: &Http, deadline: Instant) -> Result<(String, u64), CallError> {
+        let req = self.request().map_err(CallError::Service)?;
+        let r = http.send(req, deadline).await?;
+        parse_token_reply(&r)
+    }
+
+    fn request(&self) -> Result<Request<Full<Bytes>>, String> {
+        let post = |url: &str, body: String| {
+            Request::builder()
+                .method(Method::POST)
+                .uri(url)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("accept", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(|e| format!("token request to {url}: {e}"))
+        };
+        match &self.source {
+            TokenSource::AzureSecret {
+                token_url,
+                client_id,
+                secret,
+            } => {
+                let scope = format!("{}/.default", self.audience);
+                post(
+                    token_url,
+                    form(&[
+                        ("client_id", client_id),
+                        ("scope", &scope),
+                        ("client_secret", secret),
+                        ("grant_type", "client_credentials"),
+                    ]),
+                )
+            }
+            TokenSource::AzureCertificate {
+                token_url,
+                client_id,
+                key,
+                x5t,
+            } => {
+                let now = unix_now();
+                let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": x5t});
+                let claims = serde_json::json!({
+                    "aud": token_url, "iss": client_id, "sub": client_id,
+                    "jti": format!("{:032x}", rand_u128()),
+                    "nbf": now, "iat": now, "exp": now + 600,
+                });
+                let jwt = key.sign_jwt(&header, &claims)?;
+                let scope = format!("{}/.default", self.audience);
+                post(
+                    token_url,
+                    form(&[
+                        ("client_id", client_id),
+                        ("scope", &scope),
+                        (
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        ),
+                        ("client_assertion", &jwt),
+                        ("grant_type", "client_credentials"),
+                    ]),
+                )
+            }
+            TokenSource::AzureManagedIdentity {
+                endpoint,
+                client_id,
+            } => {
+                let mut url = format!(
+                    "{endpoint}?api-version=2018-02-01&resource={}",
+                    pct(&self.audience)
+                );
+                if let Some(c) = client_id {
+                    url.push_str(&format!("&client_id={}", pct(c)));
+                }
+                Request::builder()
+                    .method(Method::GET)
+                    .uri(&url)
+                    .header("Metadata", "true")
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| format!("IMDS request {url}: {e}"))
+            }
+            TokenSource::GcpServiceAccount {
+                token_url,
+                email,
+                key_id,
+                key,
+            } => {
+                let now = unix_now();
+                let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": key_id});
+                let claims = serde_json::json!({
+                    "iss": email, "scope": self.audience, "aud": token_url,
+                    "iat": now, "exp": now + ASSERTION_LIFETIME_S,
+                });
+                let jwt = key.sign_jwt(&header, &claims)?;
+                post(
+                    token_url,
+                    form(&[
+                        ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                        ("assertion", &jwt),
+                    ]),
+                )
+            }
+            TokenSource::GcpMetadata { endpoint } => {
+                let url = format!(
+                    "{endpoint}/computeMetadata/v1/instance/service-accounts/default/token"
+                );
+                Request::builder()
+                    .method(Method::GET)
+                    .uri(&url)
+                    .header("Metadata-Flavor", "Google")
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| format!("metadata request {url}: {e}"))
+            }
+        }
+    }
+}
+
+/// `{"access_token": ..., "expires_in": N}` (N a number, or a string as
+/// Azure IMDS sends it).
+fn parse_token_reply(r: &Reply) -> Result<(String, u64), CallError> {
+    if r.status != StatusCode::OK {
+        return Err(CallError::Service(format!(
+            "token endpoint: HTTP {}: {}",
+            r.status.as_u16(),
+            r.snippet()
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body)
+        .map_err(|e| CallError::Service(format!("token endpoint: bad JSON: {e}")))?;
+    let tok = v["access_token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| CallError::Service("token endpoint: no access_token".into()))?;
+    let exp = json_u64(&v["expires_in"]).unwrap_or(300).max(1);
+    Ok((tok.to_owned(), exp))
+}
+
+/// A few random bits for JWT IDs (not secret, only unique).
+pub fn rand_u128() -> u128 {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    u128::from_le_bytes(b)
+}
+
+/// Read and parse a Google service-account key file.
+pub fn gcp_service_account(
+    path: &Path,
+    token_url_override: Option<&str>,
+) -> Result<TokenSource, String> {
+    let what = format!("service-account key file {}", path.display());
+    let text = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("{what}: not JSON: {e}"))?;
+    if v["type"] != "service_account" {
+        return Err(format!(
+            "{what}: \"type\" is {}, expected \"service_account\"",
+            v["type"]
+        ));
+    }
+    let field = |k: &str| -> Result<String, String> {
+        v[k].as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{what}: missing \"{k}\""))
+    };
+    let key = JwtKey::from_pem(field("private_key")?.as_bytes(), &what)?;
+    let token_url = match token_url_override {
+        Some(u) => u.to_owned(),
+        None => v["token_uri"]
+            .as_str()
+            .unwrap_or("https://oauth2.googleapis.com/token")
+            .to_owned(),
+    };
+    Ok(TokenSource::GcpServiceAccount {
+        token_url,
+        email: field("client_email")?,
+        key_id: v["private_key_id"].as_str().unwrap_or_default().to_owned(),
+        key,
+    })
+}
+
+/// Load an Azure client certificate PEM (certificate + private key in one
+/// file, as `AZURE_CLIENT_CERTIFICATE_PATH` holds): the key and `x5t`.
+pub fn azure_certificate(path: &Path) -> Result<(JwtKey, String), String> {
+    use rustls_pki_types::pem::PemObject;
+    let what = format!("client certificate {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
+        .map_err(|e| format!("{what}: no certificate: {e}"))?;
+    let key = JwtKey::from_pem(&pem, &what)?;
+    let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert);
+    Ok((key, b64url(thumb.as_ref())))
+}
+
+/// AWS access key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AwsCreds {
+    /// Access key ID.
+    pub access_key: String,
+    /// Secret access key.
+    pub secret_key: String,
+    /// Session token (temporary credentials).
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for AwsCreds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AwsCreds")
+            .field("access_key", &self.access_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where AWS credentials come from.
+#[derive(Debug)]
+pub enum AwsCredSource {
+    /// Fixed (environment variables or a profile file read at start-up).
+    Static(AwsCreds),
+    /// EC2 instance metadata, IMDSv2 (session token first).
+    Imds {
+        /// `http://169.254.169.254`.
+        endpoint: String,
+    },
+}
+
+/// Read `[profile]` from a shared credentials file.
+pub fn aws_profile(path: &Path, profile: &str) -> Result<AwsCreds, String> {
+    let what = format!("AWS credentials file {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+    let mut in_section = false;
+    let (mut ak, mut sk, mut st) = (None, None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let name = name.trim();
+            in_section =
+                name == profile || name.strip_prefix("profile ").map(str::trim) == Some(profile);
+            continue;
+        }
+        if !in_section {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            let v = Some(v.trim().to_owned());
+            match k.trim() {
+                "aws_access_key_id" => ak = v,
+                "aws_secret_access_key" => sk = v,
+                "aws_session_token" => st = v,
+                _ => {}
+            }
+        }
+    }
+    match (ak, sk) {
+        (Some(access_key), Some(secret_key)) => Ok(AwsCreds {
+            access_key,
+            secret_key,
+            session_token: st,
+        }),
+        _ => Err(format!(
+            "{what}: profile [{profile}] has no aws_access_key_id / aws_secret_access_key"
+        )),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct CachedCreds {
+    creds: AwsCreds,
+    refresh_at: Instant,
+    expires_at: Instant,
+}
+
+/// AWS credentials with refresh for the IMDS source.
+#[derive(Debug)]
+pub struct AwsCredCache {
+    source: AwsCredSource,
+    cached: RefCell<Option<CachedCreds>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl AwsCredCache {
+    /// A cache over `source`.
+    pub fn new(source: AwsCredSource) -> AwsCredCache {
+        AwsCredCache {
+            source,
+            cached: RefCell::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Drop cached temporary credentials (refused by the service).
+    pub fn invalidate(&self) {
+        self.cached.borrow_mut().take();
+    }
+
+    fn fresh(&self) -> Option<AwsCreds> {
+        let c = self.cached.borrow();
+        let t = c.as_ref()?;
+        (Instant::now() < t.refresh_at).then(|| t.creds.clone())
+    }
+
+    /// Valid credentials.
+    pub async fn get(
+        &self,
+        http: &Http,
+        deadline: Instant,
+        refreshes: &std::sync::atomic::AtomicU64,
+    ) -> Result<AwsCreds, CallError> {
+        let endpoint = match &self.source {
+            AwsCredSource::Static(c) => return Ok(c.clone()),
+            AwsCredSource::Imds { endpoint } => endpoint,
+        };
+        if let Some(c) = self.fresh() {
+            return Ok(c);
+        }
+        let _g = self.refreshing.lock().await;
+        if let Some(c) = self.fresh() {
+            return Ok(c);
+        }
+        super::http::bump(refreshes);
+        match imds_credentials(http, endpoint, deadline).await {
+            Ok((creds, expires_unix)) => {
+                let left = Duration::from_secs(expires_unix.saturating_sub(unix_now()).max(1));
+                let now = Instant::now();
+                *self.cached.borrow_mut() = Some(CachedCreds {
+                    creds: creds.clone(),
+                    refresh_at: now + left - REFRESH_MARGIN_MAX.min(left / 2),
+                    expires_at: now + left,
+                });
+                Ok(creds)
+            }
+            Err(e) => match self.cached.borrow().as_ref() {
+                Some(t) if Instant::now() < t.expires_at => Ok(t.creds.clone()),
+                _ => Err(e),
+            },
+        }
+    }
+}
+
+/// IMDSv2: PUT a session token, GET the role name, GET the role's keys.
+async fn imds_credentials(
+    http: &Http,
+    endpoint: &str,
+    deadline: Instant,
+) -> Result<(AwsCreds, u64), CallError> {
+    let send = |method: Method, url: String, token: Option<&str>| {
+        let mut b = Request::builder().method(method).uri(url);
+        b = match token {
+            Some(t) => b.header("x-aws-ec2-metadata-token", t),
+            None => b.header("x-aws-ec2-metadata-token-ttl-seconds", "21600"),
+        };
+        b.body(Full::new(Bytes::new()))
+            .map_err(|e| CallError::Service(format!("IMDS request: {e}")))
+    };
+    let ok = |r: Reply, what: &str| -> Result<String, CallError> {
+        if r.status != StatusCode::OK {
+            return Err(CallError::Service(format!(
+                "IMDS {what}: HTTP {}: {}",
+                r.status.as_u16(),
+                r.snippet()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&r.body).trim().to_owned())
+    };
+    let token = ok(
+        http.send(
+            send(Method::PUT, format!("{endpoint}/latest/api/token"), None)?,
+            deadline,
+        )
+        .await?,
+        "session token",
+    )?;
+    let base = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
+    let role = ok(
+        http.send(send(Method::GET, base.clone(), Some(&token))?, deadline)
+            .await?,
+        "role",
+    )?;
+    let role = role.lines().next().unwrap_or_default().to_owned();
+    if role.is_empty() {
+        return Err(CallError::Service(
+            "IMDS: no IAM role attached to the instance".into(),
+        ));
+    }
+    let body = ok(
+        http.send(
+            send(Method::GET, format!("{base}{role}"), Some(&token))?,
+            deadline,
+        )
+        .await?,
+        "credentials",
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&body)
+        .map_err(|e| CallError::Service(format!("IMDS credentials: bad JSON: {e}")))?;
+    let s = |k: &str| v[k].as_str().map(str::to_owned);
+    match (s("AccessKeyId"), s("SecretAccessKey")) {
+        (Some(access_key), Some(secret_key)) => {
+            let exp = s("Expiration")
+                .and_then(|e| parse_rfc3339(&e))
+                .unwrap_or(unix_now() + 300);
+            Ok((
+                AwsCreds {
+                    access_key,
+                    secret_key,
+                    session_token: s("Token"),
+                },
+                exp,
+            ))
+        }
+        _ => Err(CallError::Service(
+            "IMDS credentials: missing AccessKeyId / SecretAccessKey".into(),
+        )),
+    }
+}
+
+/// The judgement of a service answer common to bearer-token APIs: success,
+/// or a 401 that drops the cached token.
+pub fn judge_bearer<T>(
+    cache: &TokenCache,
+    r: &Reply,
+    ok: impl FnOnce(&Reply) -> Attempt<T>,
+) -> Attempt<T> {
+    if r.status == StatusCode::OK {
+        return ok(r);
+    }
+    if r.status == StatusCode::UNAUTHORIZED {
+        cache.invalidate();
+    }
+    Attempt::status(r)
+}
+
+/// Default location of the AWS shared credentials file.
+pub fn aws_default_credentials_file() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws").join("credentials"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_file_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("credentials");
+        std::fs::write(
+            &p,
+            "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = s1\n\n# comment\n[profile edge]\naws_access_key_id=AKIDEDGE\naws_secret_access_key=s2\naws_session_token=tok\n[empty]\n",
+        )
+        .unwrap();
+        let d = aws_profile(&p, "default").unwrap();
+        assert_eq!(
+            (d.access_key.as_str(), d.session_token),
+            ("AKIDDEFAULT", None)
+        );
+        let e = aws_profile(&p, "edge").unwrap();
+        assert_eq!(e.secret_key, "s2");
+        assert_eq!(e.session_token.as_deref(), Some("tok"));
+        let err = aws_profile(&p, "empty").unwrap_err();
+        assert!(
+            err.contains("[empty]") && err.contains("credentials"),
+            "{err}"
+        );
+        assert!(aws_profile(&dir.path().join("none"), "default").is_err());
+    }
+
+    #[test]
+    fn token_reply_parsing() {
+        let mk = |status: u16, body: &'static str| Reply {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: Default::default(),
+            body: Bytes::from_static(body.as_bytes()),
+        };
+        assert_eq!(
+            parse_token_reply(&mk(
+                200,
+                r#"{"access_token":"t","expires_in":3599,"token_type":"Bearer"}"#
+            ))
+            .unwrap(),
+            ("t".into(), 3599)
+        );
+        // Azure IMDS sends expires_in as a string.
+        assert_eq!(
+            parse_token_reply(&mk(200, r#"{"access_token":"t","expires_in":"86399"}"#))
+                .unwrap()
+                .1,
+            86399
+        );
+        assert!(parse_token_reply(&mk(400, r#"{"error":"invalid_client"}"#)).is_err());
+        assert!(parse_token_reply(&mk(200, r#"{"expires_in":1}"#)).is_err());
+    }
+
+    #[test]
+    fn refresh_margin_is_at_most_half_the_lifetime() {
+        let (refresh, expiry) = token_lifetimes(2);
+        let d = expiry - refresh;
+        assert_eq!(d, Duration::from_secs(1));
+        let (refresh, expiry) = token_lifetimes(3600);
+        assert_eq!(expiry - refresh, REFRESH_MARGIN_MAX);
+    }
+
+    #[test]
+    fn jwt_has_three_parts_and_verifies() {
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der =
+            aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&kp).unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            super::super::util::b64(der.as_ref())
+        );
+        let key = JwtKey::from_pem(pem.as_bytes(), "test").unwrap();
+        let jwt = key
+            .sign_jwt(
+                &serde_json::json!({"alg":"RS256"}),
+                &serde_json::json!({"iss":"x"}),
+            )
+            .unwrap();
+        let parts: Vec<&str> = jwt.split('.').collect();
+        assert_eq!(parts.len(), 3);
+        let sig = super::super::util::unb64url(parts[2]).unwrap();
+        let pk = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+            aws_lc_rs::signature::KeyPair::public_key(&kp)
+                .as_ref()
+                .to_vec(),
+        );
+        pk.verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &sig)
+            .unwrap();
+    }
+}

@@ -1,0 +1,605 @@
+//! The HTTP side of the KMS backend: one hyper client (keep-alive pool,
+//! rustls with the aws-lc-rs provider), per-service limits (in-flight cap and
+//! request rate) and the retry loop (backoff on 429 / 5xx / throttling
+//! answers, honouring `Retry-After`, bounded by a deadline).
+//!
+//! Owns: [`Http`], [`Limits`], [`Service`], [`Attempt`], [`with_retries`].
+//! Must not: run anywhere but the KMS runtime thread (everything here is
+//! `!Send`-friendly and lives on one current-thread tokio runtime), know any
+//! provider's JSON, or log per request.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{HeaderMap, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use std::cell::RefCell;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Largest response body read. Key service answers are a few KB (a 4096-bit
+/// JWK or PEM is under 1 KB); anything near this is not a key service.
+pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// Idle keep-alive connections kept per host. Beyond the in-flight cap a
+/// service never needs more than that many sockets at once.
+pub const MAX_IDLE_PER_HOST: usize = 256;
+
+/// How long an idle pooled connection is kept. Azure Front Door and the
+/// Google and AWS front ends close idle connections after a few minutes;
+/// 90 s stays under all of them so a reused socket is rarely a dead one.
+pub const POOL_IDLE: Duration = Duration::from_secs(90);
+
+/// Longest wait honoured from a `Retry-After` header; a longer one fails the
+/// request instead (it would outlive any operation deadline anyway).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// Error from the HTTP layer or a service.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The deadline passed.
+    #[error("no answer within the deadline")]
+    Timeout,
+    /// Connect / TLS / protocol failure.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The service answered with an error (status and a short reason).
+    #[error("{0}")]
+    Service(String),
+    /// Retries exhausted on a retryable answer.
+    #[error("gave up after {attempts} attempts: {last}")]
+    Exhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last reason.
+        last: String,
+    },
+}
+
+/// An answer as read from the wire.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Whole body (at most [`MAX_RESPONSE_BYTES`]).
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// `Retry-After` in seconds (the HTTP-date form is treated as absent and
+    /// the backoff applies).
+    pub fn retry_after(&self) -> Option<Duration> {
+        let v = self
+            .headers
+            .get(hyper::header::RETRY_AFTER)?
+            .to_str()
+            .ok()?;
+        let secs: f64 = v.trim().parse().ok()?;
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    }
+
+    /// The body as text, cut short, for error messages.
+    pub fn snippet(&self) -> String {
+        let s = String::from_utf8_lossy(&self.body[..self.body.len().min(300)]);
+        s.replace(['\n', '\r'], " ")
+    }
+}
+
+/// The shared client (pool + TLS). Built on the runtime thread.
+#[derive(Debug, Clone)]
+pub struct Http {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    attempt_timeout: Duration,
+}
+
+/// Build the rustls client config: the system's roots plus an optional PEM
+/// bundle (private endpoints, the stand-ins' CA).
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let Some(p) = ca_file {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+            .map_err(|e| format!("CA bundle {}: {e}", p.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("CA bundle {}: {e}", p.display()))?;
+        if certs.is_empty() {
+            return Err(format!("CA bundle {}: no certificates", p.display()));
+        }
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("CA bundle {}: {e}", p.display()))?;
+        }
+    }
+    if roots.is_empty() {
+        return Err("no trusted CA certificates (system store empty and no CA bundle)".into());
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(cfg)
+}
+
+impl Http {
+    /// A client; must be called inside the tokio runtime.
+    pub fn new(tls: rustls::ClientConfig, attempt_timeout: Duration) -> Http {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(attempt_timeout));
+        let conn = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            // Plain http only for the link-local metadata services (IMDS,
+            // GCE metadata) or an operator's explicit override.
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+            .build(conn);
+        Http {
+            client,
+            attempt_timeout,
+        }
+    }
+
+    /// One exchange, bounded by the attempt timeout and `deadline`.
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<Reply, CallError> {
+        let until = deadline.min(Instant::now() + self.attempt_timeout);
+        let fut = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| CallError::Transport(error_chain(&e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|e| CallError::Transport(format!("reading body: {e}")))?
+                .to_bytes();
+            Ok(Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        match tokio::time::timeout_at(until, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(CallError::Timeout),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+/// Limits of one service (one per provider in use).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Requests in flight at once; further ones wait for a slot.
+    pub max_in_flight: usize,
+    /// Requests started per second (token bucket, burst = one second's worth).
+    pub max_per_second: f64,
+    /// Attempts per operation (first try + retries).
+    pub max_attempts: u32,
+    /// First backoff; doubles per retry, with jitter.
+    pub backoff_base: Duration,
+    /// Largest backoff between two attempts.
+    pub backoff_max: Duration,
+}
+
+/// Token bucket state.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// Per-service limiter plus counters (metrics).
+#[derive(Debug)]
+pub struct Service {
+    /// "azure", "gcp" or "aws".
+    pub name: &'static str,
+    /// Limits.
+    pub limits: Limits,
+    sem: Arc<Semaphore>,
+    bucket: RefCell<Bucket>,
+    /// Counters, read by the metrics scrape from another thread.
+    pub stats: Arc<ServiceStats>,
+}
+
+/// Counters of one service. Written only by the runtime thread, read by the
+/// metrics scrape (relaxed atomics: each is an independent count).
+#[derive(Debug, Default)]
+pub struct ServiceStats {
+    /// Operations answered successfully.
+    pub ok: AtomicU64,
+    /// Operations that ended in an error (refused, failed or timed out).
+    pub failures: AtomicU64,
+    /// Operations refused before any request (the key cannot do the op).
+    pub refused: AtomicU64,
+    /// HTTP attempts sent.
+    pub attempts: AtomicU64,
+    /// Retries after a 429 / throttling answer.
+    pub throttled: AtomicU64,
+    /// Retries after a 5xx, a transport error or a checksum mismatch.
+    pub server_errors: AtomicU64,
+    /// Token / credential refreshes.
+    pub token_refreshes: AtomicU64,
+}
+
+/// Add one to a counter.
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Service {
+    /// A limiter for `name`.
+    pub fn new(name: &'static str, limits: Limits) -> Service {
+        Service {
+            name,
+            limits,
+            sem: Arc::new(Semaphore::new(limits.max_in_flight.max(1))),
+            bucket: RefCell::new(Bucket {
+                tokens: limits.max_per_second.max(1.0),
+                at: Instant::now(),
+            }),
+            stats: Arc::new(ServiceStats::default()),
+        }
+    }
+
+    /// Wait for a rate token (never past `deadline`).
+    async fn rate_token(&self, deadline: Instant) -> Result<(), CallError> {
+        let rate = self.limits.max_per_second;
+        if rate <= 0.0 || !rate.is_finite() {
+            return Ok(());
+        }
+        loop {
+            let wait = {
+                let mut b = self.bucket.borrow_mut();
+                let now = Instant::now();
+                let burst = rate.max(1.0);
+                b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+                b.at = now;
+                if b.tokens >= 1.0 {
+                    b.tokens -= 1.0;
+                    return Ok(());
+                }
+                Duration::from_secs_f64((1.0 - b.tokens) / rate)
+            };
+            if Instant::now() + wait > deadline {
+                return Err(CallError::Timeout);
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .limits
+            .backoff_base
+            .saturating_mul(1u32 << retry.min(16))
+            .min(self.limits.backoff_max);
+        // Full jitter in [exp/2, exp): spreads retries of requests throttled
+        // together so they do not come back as one burst.
+        let half = exp / 2;
+        half + half.mul_f64(jitter())
+    }
+}
+
+/// A number in [0, 1) that differs between calls (not secret).
+fn jitter() -> f64 {
+    let mut b = [0u8; 8];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What one attempt came to, as the provider's code judged the answer.
+#[derive(Debug)]
+pub enum Attempt<T> {
+    /// Success.
+    Done(T),
+    /// Retryable (429, 5xx, throttling, transport): wait `after` if the
+    /// service said so, else back off.
+    Retry {
+        /// `Retry-After`, if given.
+        after: Option<Duration>,
+        /// Whether it was throttling (for counters).
+        throttled: bool,
+        /// Why, for the final error.
+        why: String,
+    },
+    /// The credential was refused (401): the provider has dropped its cached
+    /// token; try once more at once with a fresh one.
+    Reauth(String),
+    /// Not retryable.
+    Fail(CallError),
+}
+
+impl<T> Attempt<T> {
+    /// The usual judgement of a transport error.
+    pub fn transport(e: CallError) -> Attempt<T> {
+        match e {
+            CallError::Timeout | CallError::Transport(_) => Attempt::Retry {
+                after: None,
+                throttled: false,
+                why: e.to_string(),
+            },
+            other => Attempt::Fail(other),
+        }
+    }
+
+    /// The usual judgement of a non-success HTTP status.
+    pub fn status(r: &Reply) -> Attempt<T> {
+        let why = format!("HTTP {}: {}", r.status.as_u16(), r.snippet());
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            Attempt::Retry {
+                after: r.retry_after(),
+                throttled: true,
+                why,
+            }
+        } else if r.status.is_server_error() {
+            Attempt::Retry {
+                after: r.retry_after(),
+                throttled: false,
+                why,
+            }
+        } else if r.status == StatusCode::UNAUTHORIZED {
+            Attempt::Reauth(why)
+        } else {
+            Attempt::Fail(CallError::Service(why))
+        }
+    }
+}
+
+/// Run `once` until it succeeds, fails for good, runs out of attempts or the
+/// deadline passes. Each attempt first takes a rate token and an in-flight
+/// slot of `svc`.
+pub async fn with_retries<T, F>(
+    svc: &Service,
+    deadline: Instant,
+    mut once: F,
+) -> Result<T, CallError>
+where
+    F: AsyncFnMut() -> Attempt<T>,
+{
+    let mut retries = 0u32;
+    let mut reauthed = false;
+    loop {
+        svc.rate_token(deadline).await?;
+        let permit = tokio::time::timeout_at(deadline, svc.sem.acquire())
+            .await
+            .map_err(|_| CallError::Timeout)?
+            .map_err(|_| CallError::Transport("limiter closed".into()))?;
+        bump(&svc.stats.attempts);
+        let outcome = match tokio::time::timeout_at(deadline, once()).await {
+            Ok(o) => o,
+            Err(_) => return Err(CallError::Timeout),
+        };
+        drop(permit);
+        let (after, last) = match outcome {
+            Attempt::Done(t) => return Ok(t),
+            Attempt::Fail(e) => return Err(e),
+            Attempt::Reauth(why) => {
+                if reauthed {
+                    return Err(CallError::Service(format!(
+                        "credential refused twice: {why}"
+                    )));
+                }
+                // The provider dropped its cached credential; the next
+                // attempt fetches a fresh one (not counted as a retry).
+                reauthed = true;
+                continue;
+            }
+            Attempt::Retry {
+                after,
+                throttled,
+                why,
+            } => {
+                bump(if throttled {
+                    &svc.stats.throttled
+                } else {
+                    &svc.stats.server_errors
+                });
+                (after, why)
+            }
+        };
+        retries += 1;
+        if retries >= svc.limits.max_attempts {
+            return Err(CallError::Exhausted {
+                attempts: retries,
+                last,
+            });
+        }
+        let wait = match after {
+            Some(a) if a > MAX_RETRY_AFTER => {
+                return Err(CallError::Exhausted {
+                    attempts: retries,
+                    last: format!("{last} (Retry-After {a:?} is too long)"),
+                })
+            }
+            Some(a) => a,
+            None => svc.backoff(retries - 1),
+        };
+        if Instant::now() + wait >= deadline {
+            return Err(CallError::Exhausted {
+                attempts: retries,
+                last: format!("{last} (next try would pass the deadline)"),
+            });
+        }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn limits(attempts: u32) -> Limits {
+        Limits {
+            max_in_flight: 2,
+            max_per_second: 0.0,
+            max_attempts: attempts,
+            backoff_base: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+        }
+    }
+
+    fn run<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn retries_until_success_and_counts_throttling() {
+        let svc = Service::new("t", limits(5));
+        let n = Cell::new(0);
+        let r = run(with_retries(
+            &svc,
+            Instant::now() + Duration::from_secs(5),
+            async || {
+                n.set(n.get() + 1);
+                if n.get() < 3 {
+                    Attempt::Retry {
+                        after: Some(Duration::from_millis(1)),
+                        throttled: true,
+                        why: "429".into(),
+                    }
+                } else {
+                    Attempt::Done(7)
+                }
+            },
+        ));
+        assert_eq!(r, Ok(7));
+        assert_eq!(svc.stats.throttled.load(Ordering::Relaxed), 2);
+        assert_eq!(svc.stats.attempts.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn gives_up_after_max_attempts() {
+        let svc = Service::new("t", limits(3));
+        let r: Result<(), _> = run(with_retries(
+            &svc,
+            Instant::now() + Duration::from_secs(5),
+            async || Attempt::Retry {
+                after: None,
+                throttled: false,
+                why: "HTTP 503".into(),
+            },
+        ));
+        assert!(
+            matches!(r, Err(CallError::Exhausted { attempts: 3, .. })),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn retry_after_past_the_deadline_fails_at_once() {
+        let svc = Service::new("t", limits(10));
+        let t0 = std::time::Instant::now();
+        let r: Result<(), _> = run(with_retries(
+            &svc,
+            Instant::now() + Duration::from_millis(200),
+            async || Attempt::Retry {
+                after: Some(Duration::from_secs(5)),
+                throttled: true,
+                why: "429".into(),
+            },
+        ));
+        assert!(
+            matches!(r, Err(CallError::Exhausted { attempts: 1, .. })),
+            "{r:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_millis(150));
+    }
+
+    #[test]
+    fn reauth_once_then_fail() {
+        let svc = Service::new("t", limits(5));
+        let n = Cell::new(0);
+        let r: Result<(), _> = run(with_retries(
+            &svc,
+            Instant::now() + Duration::from_secs(5),
+            async || {
+                n.set(n.get() + 1);
+                Attempt::Reauth("401".into())
+            },
+        ));
+        assert!(matches!(r, Err(CallError::Service(_))), "{r:?}");
+        assert_eq!(n.get(), 2);
+    }
+
+    #[test]
+    fn rate_limit_spaces_requests() {
+        let mut l = limits(1);
+        l.max_per_second = 50.0;
+        let svc = Service::new("t", l);
+        let t0 = std::time::Instant::now();
+        run(async {
+            for _ in 0..60 {
+                let r: Result<(), _> =
+                    with_retries(&svc, Instant::now() + Duration::from_secs(5), async || {
+                        Attempt::Done(())
+                    })
+                    .await;
+                r.unwrap();
+            }
+        });
+        // 50 from the burst, then 10 more at 50/s = 200 ms.
+        let e = t0.elapsed();
+        assert!(e >= Duration::from_millis(150), "{e:?}");
+        assert!(e < Duration::from_secs(2), "{e:?}");
+    }
+
+    #[test]
+    fn retry_after_header_seconds() {
+        let mut headers = HeaderMap::new();
+        headers.insert(hyper::header::RETRY_AFTER, "2".parse().unwrap());
+        let r = Reply {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers,
+            body: Bytes::from_static(b"slow down"),
+        };
+        assert_eq!(r.retry_after(), Some(Duration::from_secs(2)));
+        assert!(matches!(
+            Attempt::<()>::status(&r),
+            Attempt::Retry {
+                throttled: true,
+                after: Some(_),
+                ..
+            }
+        ));
+    }
+}
