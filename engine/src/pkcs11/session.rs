@@ -86,6 +86,14 @@ pub struct Lane {
     open: Option<Open>,
     /// Set by an error that says the module lost its state.
     reinit_wanted: bool,
+    /// Set by `CKR_USER_NOT_LOGGED_IN`: log in on the next session even if
+    /// it reports a logged-in state.
+    relogin_wanted: bool,
+    /// Whether the next session may start from the handles found at
+    /// start-up. Cleared by the first reset: after a failure, handles are
+    /// searched again (a token may renumber objects when all sessions of the
+    /// application close, as SoftHSM does for private objects).
+    startup_handles: bool,
     /// Set by the offload watchdog's timeout: the session is not trusted.
     pub quarantined: bool,
     /// Per key of the partition: no new search for it before this time
@@ -197,6 +205,8 @@ impl Lane {
             part,
             open: None,
             reinit_wanted: false,
+            relogin_wanted: false,
+            startup_handles: true,
             quarantined: false,
         }
     }
@@ -214,6 +224,7 @@ impl Lane {
     /// Throw the session away. A session of an older module generation is
     /// forgotten, not closed: its handle number may belong to a new session.
     fn reset(&mut self) {
+        self.startup_handles = false;
         if let Some(o) = self.open.take() {
             if o.generation == self.part.module.generation() && !self.quarantined {
                 let _g = self.part.module.enter();
@@ -249,6 +260,7 @@ impl Lane {
                 }
             };
             self.open = Some(o);
+            self.relogin_wanted = false;
         }
         Ok(self.open.as_mut().expect("just opened"))
     }
@@ -264,11 +276,12 @@ impl Lane {
             .ctx
             .open_ro_session(slot)
             .map_err(|e| format!("C_OpenSession: {e}"))?;
-        p.login(&session).map_err(|e| format!("login: {e}"))?;
+        p.login_with(&session, self.relogin_wanted)
+            .map_err(|e| format!("login: {e}"))?;
         let handles = p
             .keys
             .iter()
-            .map(|k| (k.handle0_gen == generation).then_some(k.handle0))
+            .map(|k| (self.startup_handles && k.handle0_gen == generation).then_some(k.handle0))
             .collect();
         Ok(Open {
             session,
@@ -344,6 +357,7 @@ impl Lane {
                     }
                     part.health.reopened();
                     self.reinit_wanted |= needs_reinit(rv);
+                    self.relogin_wanted |= rv == RvError::UserNotLoggedIn;
                     self.reset();
                 }
             }

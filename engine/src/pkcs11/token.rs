@@ -321,10 +321,19 @@ impl Partition {
 
     /// Log in on `session` unless the application already is.
     pub fn login(&self, session: &Session) -> Result<(), CkError> {
+        self.login_with(session, false)
+    }
+
+    /// Log in on `session`; with `force`, call `C_Login` even when the
+    /// session reports a logged-in state (after `CKR_USER_NOT_LOGGED_IN`
+    /// the reported state is not to be trusted).
+    pub fn login_with(&self, session: &Session, force: bool) -> Result<(), CkError> {
         let Some(pin) = &self.pin else {
             return Ok(());
         };
-        if let Ok(info) = session.get_session_info() {
+        if force {
+            // fall through to C_Login
+        } else if let Ok(info) = session.get_session_info() {
             if matches!(
                 info.session_state(),
                 SessionState::RoUser | SessionState::RwUser
