@@ -742,3 +742,50 @@ pub fn open_uri(
     }
     Ok((pi, positions))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_backs_off_doubling_and_comes_back() {
+        let h = Health::default();
+        assert!(h.is_up() && h.usable());
+        h.fail("first");
+        assert!(!h.is_up());
+        assert!(!h.usable(), "usable inside the first backoff");
+        let first = h
+            .retry_at_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ns());
+        assert!(first <= BACKOFF_MIN.as_nanos() as u64);
+        h.fail("second");
+        let second = h
+            .retry_at_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ns());
+        assert!(second > first, "backoff doubles: {first} then {second}");
+        for _ in 0..40 {
+            h.fail("again");
+        }
+        let capped = h
+            .retry_at_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(now_ns());
+        assert!(capped <= BACKOFF_MAX.as_nanos() as u64);
+        // Once the backoff expires a request may probe it.
+        h.retry_at_ns.store(now_ns(), Ordering::Relaxed);
+        assert!(h.usable() && !h.is_up());
+        h.ok();
+        let s = h.snapshot("p");
+        assert!(s.healthy);
+        assert_eq!((s.failures, s.recoveries), (42, 1));
+        assert_eq!(s.last_error, "again");
+        h.ok();
+        assert_eq!(
+            h.snapshot("p").recoveries,
+            1,
+            "ok() on a healthy partition is not a recovery"
+        );
+    }
+}
