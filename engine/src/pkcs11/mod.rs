@@ -153,7 +153,7 @@ impl Pkcs11Store {
         let mut groups: Vec<Group> = Vec::new();
         let mut by_ski: Vec<(Ski, usize)> = Vec::new();
         let mut entries = Vec::new();
-        for (i, raw) in uris.iter().enumerate() {
+        for raw in uris {
             let uri = Pkcs11Uri::parse(raw)?;
             let settings = |m: &module::Module| PartitionSettings {
                 dispatch: opts.dispatch.unwrap_or_else(|| {
@@ -170,7 +170,7 @@ impl Pkcs11Store {
                     .unwrap_or(opts.sessions_per_core),
                 op_timeout: opts.op_timeout,
             };
-            let (pi, positions) = token::open_uri(&uri, i, &mut parts, settings)?;
+            let (pi, positions) = token::open_uri(&uri, &mut parts, settings)?;
             for pos in positions {
                 let k = &parts[pi].keys[pos];
                 match by_ski.iter().find(|(s, _)| *s == k.ski) {

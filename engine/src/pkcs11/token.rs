@@ -528,7 +528,6 @@ pub struct PartitionSettings {
 /// positions of the keys within that partition's key list.
 pub fn open_uri(
     uri: &Pkcs11Uri,
-    index: usize,
     existing: &mut Vec<Partition>,
     settings: impl Fn(&Module) -> PartitionSettings,
 ) -> Result<(usize, Vec<usize>), super::uri::UriError> {
@@ -660,7 +659,6 @@ pub fn open_uri(
             existing.len() - 1
         }
     };
-    let _ = index;
     let part = &mut existing[pi];
     part.ensure_control(slot).map_err(|e| {
         let attr = if uri.pin_source.is_some() {
