@@ -10,10 +10,10 @@
 //! `skip` logs it with its path and reason and goes on. A duplicate key (same
 //! SKI from two sources) is always logged and the first one kept.
 
-use crate::config::{Config, KeyLoadErrors, KeyStore};
+use crate::config::{Config, KeyLoadErrors, KeyStore, Pkcs11Dispatch};
 use crate::keys::{software, KeyEntry, KeyIndex};
 use crate::metrics::{MetricsServer, Registry, StaticGauge};
-use crate::pkcs11::Pkcs11Store;
+use crate::pkcs11::{DispatchMode, Pkcs11Options, Pkcs11Store};
 use crate::server::{self, tls, Limits, ServerHandle, ServerSettings};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
@@ -99,10 +99,28 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, Vec<f64>)> {
     let pkcs11 = if pkcs11_uris.is_empty() {
         Pkcs11Store::default()
     } else {
-        bail!(
-            "private_key_stores: uri {}: the PKCS#11 backend is not wired into `serve` yet",
-            pkcs11_uris[0]
-        )
+        let t0 = Instant::now();
+        let opts = Pkcs11Options {
+            cores: cfg.core_ids(&server::available_cpus()).len(),
+            dispatch: match cfg.pkcs11_dispatch {
+                Pkcs11Dispatch::Auto => None,
+                Pkcs11Dispatch::Inline => Some(DispatchMode::Inline),
+                Pkcs11Dispatch::Offload => Some(DispatchMode::Offload),
+            },
+            // The reference's sign_timeout bounds one sign attempt; it is the
+            // natural default for the per-operation watchdog.
+            op_timeout: cfg
+                .sign_timeout
+                .unwrap_or(Pkcs11Options::default().op_timeout),
+            ..Pkcs11Options::default()
+        };
+        let (store, entries) = Pkcs11Store::open(&pkcs11_uris, &opts)
+            .context("private_key_stores: PKCS#11")?;
+        for e in entries {
+            add(&mut index, e);
+        }
+        seconds.push(t0.elapsed().as_secs_f64());
+        store
     };
     Ok((index, pkcs11, seconds))
 }
@@ -138,6 +156,27 @@ fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
     })
 }
 
+/// `keycore_pkcs11_*` series: health of each partition, read at scrape time.
+fn render_pkcs11_health(p: &Pkcs11Store, s: &mut String) {
+    use std::fmt::Write as _;
+    let health = p.health();
+    type Get = fn(&crate::pkcs11::PartitionHealth) -> u64;
+    let series: [(&str, &str, &str, Get); 5] = [
+        ("keycore_pkcs11_partition_healthy", "gauge", "1 while the partition is in use, 0 while it is out (recovery failing).", |h| h.healthy as u64),
+        ("keycore_pkcs11_partition_failures_total", "counter", "Times the partition was taken out of use.", |h| h.failures),
+        ("keycore_pkcs11_partition_recoveries_total", "counter", "Times the partition came back.", |h| h.recoveries),
+        ("keycore_pkcs11_session_reopens_total", "counter", "Sessions re-opened after a recoverable error.", |h| h.reopens),
+        ("keycore_pkcs11_op_timeouts_total", "counter", "Operations that exceeded the per-operation timeout.", |h| h.timeouts),
+    ];
+    for (name, kind, help, get) in series {
+        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for h in &health {
+            let label = h.partition.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(s, "{name}{{partition=\"{label}\"}} {}", get(h));
+        }
+    }
+}
+
 /// Start everything the config describes.
 pub fn launch(cfg: &Config) -> Result<Running> {
     // Keys the reference has that keycore parses but does not act on yet:
@@ -147,9 +186,9 @@ pub fn launch(cfg: &Config) -> Result<Running> {
             "tracing_enabled: Jaeger tracing is not implemented by keycore yet; ignored"
         );
     }
-    if cfg.sign_timeout.is_some() || cfg.sign_retry_count > 0 {
+    if cfg.sign_retry_count > 0 {
         tracing::warn!(
-            "sign_timeout / sign_retry_count: not applied to software keys (a software sign cannot stall); PKCS#11 keys use the URI's x-op-timeout"
+            "sign_retry_count: not applied; PKCS#11 keys retry once on a healthy session after a recoverable error, software keys cannot fail transiently"
         );
     }
     let (index, pkcs11, key_load_seconds) = load_keys(cfg)?;
@@ -186,6 +225,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         }
     }
     let pkcs11 = Arc::new(pkcs11);
+    if pkcs11.partitions() > 0 {
+        let p = pkcs11.clone();
+        registry.extra = Some(Arc::new(move |s: &mut String| render_pkcs11_health(&p, s)));
+    }
     let cpus = cfg.core_ids(&server::available_cpus());
     let server = server::start(
         ServerSettings {

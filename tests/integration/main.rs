@@ -7,5 +7,6 @@ mod connections;
 mod harness;
 mod metrics;
 mod ops;
+mod pkcs11;
 mod protocol_errors;
 mod tls;

@@ -1,0 +1,310 @@
+//! `keycore serve`'s path with keys in a real SoftHSM2 token: config with
+//! `uri: pkcs11:` stores → launch → TLS → token, every signature verified;
+//! responses out of order when an offloaded HSM key and a software key share
+//! one connection.
+//!
+//! SoftHSM reads SOFTHSM2_CONF once per process at C_Initialize, so this
+//! module sets up one configuration and token directory for the whole test
+//! binary and serialises its tests.
+
+use crate::harness::openssl_verify;
+use keycore_engine::config;
+use keycore_loadgen::client::BlockingClient;
+use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
+use keycore_protocol::{Message, Op};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, OnceLock};
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4321";
+static LOCK: Mutex<()> = Mutex::new(());
+
+struct Hsm {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    /// (label, RSA public SPKI DER, EC public SPKI DER)
+    token: (String, Vec<u8>, Vec<u8>),
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn hsm() -> Option<&'static Hsm> {
+    static H: OnceLock<Option<Hsm>> = OnceLock::new();
+    H.get_or_init(|| {
+        if !Path::new(MODULE).exists()
+            || Command::new("pkcs11-tool").arg("--help").output().is_err()
+        {
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let tokens = root.join("tokens");
+        std::fs::create_dir_all(&tokens).unwrap();
+        let conf = root.join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        // Before any C_Initialize in this process; nothing else reads it.
+        std::env::set_var("SOFTHSM2_CONF", &conf);
+        let label = "keycore-it";
+        run(Command::new("softhsm2-util").args([
+            "--init-token",
+            "--free",
+            "--label",
+            label,
+            "--so-pin",
+            "1111",
+            "--pin",
+            PIN,
+        ]));
+        let mut spkis = Vec::new();
+        for (name, id, algo) in [("rsa", "01", "rsa"), ("ec", "02", "ec")] {
+            let pem = root.join(format!("{name}.pem"));
+            let mut c = Command::new("openssl");
+            c.args(["genpkey", "-out"]).arg(&pem);
+            match algo {
+                "rsa" => c.args(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
+                _ => c.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+            };
+            run(&mut c);
+            let der = root.join(format!("{name}.der"));
+            let pubder = root.join(format!("{name}.pub.der"));
+            run(Command::new("openssl")
+                .args(["pkey", "-outform", "DER", "-in"])
+                .arg(&pem)
+                .arg("-out")
+                .arg(&der));
+            run(Command::new("openssl")
+                .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+                .arg(&pem)
+                .arg("-out")
+                .arg(&pubder));
+            for (ty, f) in [("privkey", &der), ("pubkey", &pubder)] {
+                run(Command::new("pkcs11-tool")
+                    .args([
+                        "--module",
+                        MODULE,
+                        "--token-label",
+                        label,
+                        "--login",
+                        "--pin",
+                        PIN,
+                        "--write-object",
+                    ])
+                    .arg(f)
+                    .args(["--type", ty, "--id", id, "--label", name]));
+            }
+            spkis.push(std::fs::read(&pubder).unwrap());
+        }
+        let ec = spkis.pop().unwrap();
+        let rsa = spkis.pop().unwrap();
+        Some(Hsm {
+            _dir: dir,
+            root,
+            token: (label.to_string(), rsa, ec),
+        })
+    })
+    .as_ref()
+}
+
+struct Served {
+    running: Option<keycore_engine::launch::Running>,
+    tls: ClientTls,
+    pki: keycore_engine::pki::DemoPki,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().unwrap();
+        }
+    }
+}
+
+/// Launch through the config path, with the token's two keys (extra URI
+/// query `extra`) and the demo's software keys.
+fn serve(hsm: &Hsm, extra: &str) -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let label = &hsm.token.0;
+    let yaml = format!(
+        "port: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: 1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n  - uri: \"pkcs11:token={label};id=%01?module-path={MODULE}&pin-value={PIN}{extra}\"\n  - uri: \"pkcs11:token={label};object=ec?module-path={MODULE}&pin-value={PIN}{extra}\"\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display(),
+        pki.keys_dir.display(),
+    );
+    let path = hsm.root.join("gokeyless.yaml");
+    let loaded = config::from_yaml_str(&yaml, &path, &|_| None).unwrap();
+    let running = keycore_engine::launch::launch(&loaded.config).expect("launch with PKCS#11 keys");
+    let tls = ClientTls::from_paths(
+        &ClientTlsPaths {
+            ca: pki.ca_cert.clone(),
+            cert: pki.client_cert.clone(),
+            key: pki.client_key.clone(),
+        },
+        &TlsOptions {
+            tls12_only: false,
+            server_name: Some("localhost".into()),
+        },
+    )
+    .unwrap();
+    Served {
+        running: Some(running),
+        tls,
+        pki,
+        _dir: dir,
+    }
+}
+
+fn ski(spki: &[u8]) -> [u8; 20] {
+    keycore_protocol::ski_from_spki(spki).unwrap()
+}
+
+fn sha256(b: &[u8]) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn serve_signs_with_softhsm_keys_inline_and_offload() {
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(h) = hsm() else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    for extra in ["&x-dispatch=inline", "&x-dispatch=offload"] {
+        let s = serve(h, extra);
+        let addr = s.running.as_ref().unwrap().server.addr;
+        let mut c = BlockingClient::connect(addr, &s.tls).unwrap();
+        let (rsa_ski, ec_ski) = (ski(&h.token.1), ski(&h.token.2));
+        let d = sha256(b"through the token");
+        for (op, which, md, pss) in [
+            (Op::RSA_SIGN_SHA256, &rsa_ski, "sha256", false),
+            (Op::RSA_PSS_SIGN_SHA256, &rsa_ski, "sha256", true),
+            (Op::ECDSA_SIGN_SHA256, &ec_ski, "sha256", false),
+        ] {
+            let r = c
+                .call(&Message {
+                    opcode: Some(op),
+                    ski: Some(which),
+                    payload: Some(&d),
+                    ..Message::default()
+                })
+                .unwrap();
+            assert_eq!(
+                r.opcode,
+                Op::RESPONSE,
+                "{op:?} {extra}: {:?}",
+                r.error_code()
+            );
+            let spki = if which == &rsa_ski {
+                &h.token.1
+            } else {
+                &h.token.2
+            };
+            assert!(
+                openssl_verify(spki, &d, &r.payload, Some(md), pss),
+                "{op:?} {extra}"
+            );
+        }
+    }
+}
+
+/// An offloaded HSM request and a software request pipelined in one write:
+/// the software answer (computed inline) goes out first, the HSM answer when
+/// its worker finishes; both matched by ID.
+#[test]
+fn responses_complete_out_of_order() {
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(h) = hsm() else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    let s = serve(h, "&x-dispatch=offload");
+    let addr = s.running.as_ref().unwrap().server.addr;
+    let mut c = BlockingClient::connect(addr, &s.tls).unwrap();
+    let sw = keycore_engine::keys::software::load_dir(&s.pki.keys_dir)
+        .into_iter()
+        .map(|r| r.unwrap())
+        .find(|e| e.kind == keycore_engine::keys::KeyKind::EcdsaP256)
+        .unwrap();
+    let rsa_ski = ski(&h.token.1);
+    let d = sha256(b"order");
+    let mut buf = Vec::new();
+    for i in 0..5u32 {
+        Message {
+            id: 100 + i,
+            opcode: Some(Op::RSA_SIGN_SHA256),
+            ski: Some(&rsa_ski),
+            payload: Some(&d),
+            ..Message::default()
+        }
+        .encode(&mut buf)
+        .unwrap();
+        Message {
+            id: 200 + i,
+            opcode: Some(Op::ECDSA_SIGN_SHA256),
+            ski: Some(&sw.ski),
+            payload: Some(&d),
+            ..Message::default()
+        }
+        .encode(&mut buf)
+        .unwrap();
+    }
+    c.send_raw(&buf).unwrap();
+    let ids: Vec<u32> = (0..10)
+        .map(|_| {
+            let r = c.read_response().unwrap();
+            assert_eq!(r.opcode, Op::RESPONSE, "id {}: {:?}", r.id, r.error_code());
+            r.id
+        })
+        .collect();
+    // Requests alternate HSM, software; the five software answers come first.
+    assert_eq!(&ids[..5], &[200, 201, 202, 203, 204], "order seen: {ids:?}");
+    let mut hsm_ids = ids[5..].to_vec();
+    hsm_ids.sort();
+    assert_eq!(hsm_ids, vec![100, 101, 102, 103, 104]);
+}
+
+#[test]
+fn wrong_pin_is_a_startup_error_naming_the_uri() {
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(h) = hsm() else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let yaml = format!(
+        "port: 0\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - uri: \"pkcs11:token={};id=%01?module-path={MODULE}&pin-value=0000\"\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display(),
+        h.token.0,
+    );
+    let loaded = config::from_yaml_str(&yaml, &dir.path().join("g.yaml"), &|_| None).unwrap();
+    let err = format!(
+        "{:#}",
+        keycore_engine::launch::launch(&loaded.config).unwrap_err()
+    );
+    assert!(
+        err.contains("pkcs11:token=keycore-it") && !err.contains("0000"),
+        "{err}"
+    );
+}
