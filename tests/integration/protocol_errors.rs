@@ -238,3 +238,23 @@ fn every_well_framed_request_gets_exactly_one_response() {
     }
     assert_eq!(srv.registry().total_requests(), 300);
 }
+
+/// A message larger than the initial 16 KiB read buffer grows it (up to the
+/// limit) and the connection goes on with ordinary messages afterwards.
+#[test]
+fn large_message_grows_the_read_buffer_and_shrinks_back() {
+    let srv = TestServer::start();
+    let mut c = srv.client();
+    let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let r = c.call(&req(Op::PING, None, &big)).unwrap();
+    assert_eq!((r.opcode, r.payload.len()), (Op::PONG, big.len()));
+    assert_eq!(r.payload, big);
+    for _ in 0..3 {
+        let r = c.call(&req(Op::PING, None, b"small")).unwrap();
+        assert_eq!(r.payload, b"small");
+    }
+    // Largest possible body: 65535 bytes of items.
+    let max: Vec<u8> = vec![7u8; 65_535 - 3 - 4];
+    let r = c.call(&req(Op::PING, None, &max)).unwrap();
+    assert_eq!(r.payload.len(), max.len());
+}

@@ -67,9 +67,10 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default read buffer: the largest message (8-byte header + 65 535-byte
 /// body) rounded up to 64 KiB + 8, so one buffer always holds a whole frame.
 pub const DEFAULT_READ_BUFFER_BYTES: usize = 65_536 + 8;
-/// Default write buffer (flush threshold and bound): room for a few hundred
-/// RSA-2048 responses per flush.
-pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 256 * 1024;
+/// Default write buffer (flush threshold and bound): 64 padded responses per
+/// flush, which already amortises the TLS record and syscall; more only
+/// raises per-connection memory under pipelined overload.
+pub const DEFAULT_WRITE_BUFFER_BYTES: usize = 65_536 + 8;
 /// Smallest read/write buffer: must hold the largest message.
 pub const MIN_BUFFER_BYTES: usize = keycore_protocol::MAX_MESSAGE_LEN;
 /// Largest read/write buffer per connection.

@@ -28,6 +28,15 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Instant;
 
+/// Read buffer a connection starts with: sixteen padded requests per read.
+/// It grows (up to `read_buffer_bytes`) only for a message that does not
+/// fit, so an idle or ordinary connection holds 16 KiB, not 64 KiB.
+pub const INITIAL_READ_BUFFER: usize = 16 * 1024;
+
+/// Write buffer a connection starts with; grows up to `write_buffer_bytes`
+/// plus one largest message under pipelined load.
+const INITIAL_WRITE_BUFFER: usize = 4 * 1024;
+
 /// Why a connection ended (for the per-connection log line).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
@@ -134,10 +143,9 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
         stats,
     };
     let completions = Rc::new(Completions::default());
-    let mut rbuf = vec![0u8; limits.read_buffer_bytes];
+    let mut rbuf = vec![0u8; INITIAL_READ_BUFFER.min(limits.read_buffer_bytes)];
     let (mut start, mut end) = (0usize, 0usize);
-    let mut wbuf: Vec<u8> =
-        Vec::with_capacity(limits.write_buffer_bytes + keycore_protocol::MAX_MESSAGE_LEN);
+    let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE_BUFFER);
     let mut scratch: Vec<u8> = Vec::with_capacity(1024);
     let mut in_flight = 0usize;
     let mut served = 0u64;
@@ -209,6 +217,11 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
         if start == end {
             start = 0;
             end = 0;
+            if rbuf.len() > INITIAL_READ_BUFFER {
+                // A large message has been consumed: give its memory back.
+                rbuf.truncate(INITIAL_READ_BUFFER);
+                rbuf.shrink_to_fit();
+            }
         }
 
         // 3. One coalesced write for everything answered in this pass.
@@ -268,10 +281,24 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
         if has_complete {
             continue; // the write buffer limit cut the last pass short
         }
-        if end == rbuf.len() || (start > 0 && rbuf.len() - end < keycore_protocol::HEADER_LEN) {
+        // Make room: move a partial message to the front, and grow the
+        // buffer (up to the limit) if that message is larger than it.
+        if start > 0 && (end == rbuf.len() || rbuf.len() - end < keycore_protocol::HEADER_LEN) {
             rbuf.copy_within(start..end, 0);
             end -= start;
             start = 0;
+        }
+        if let Ok(FrameStatus::NeedMore(n)) = frame::check(&rbuf[start..end], limits.max_body_len) {
+            let need = end + n;
+            if need > rbuf.len() {
+                if start > 0 {
+                    rbuf.copy_within(start..end, 0);
+                    end -= start;
+                    start = 0;
+                }
+                let want = (end + n).clamp(rbuf.len(), limits.read_buffer_bytes);
+                rbuf.resize(want, 0);
+            }
         }
         let idle_left = if in_flight > 0 {
             limits.idle_timeout
@@ -290,6 +317,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
             Timeout,
             Drain,
         }
+        debug_assert!(end < rbuf.len(), "no room to read");
         let ev = async { Ev::Read(tls.read(&mut rbuf[end..]).await) }
             .or(async {
                 completions.ready().await;

@@ -51,7 +51,9 @@ pub struct Limits {
     pub handshake_timeout: Duration,
     /// How long a drain may take before the core exits anyway.
     pub drain_timeout: Duration,
-    /// Read buffer per connection; at least one largest message.
+    /// Largest read buffer per connection; at least one largest message. A
+    /// connection starts with [`conn::INITIAL_READ_BUFFER`] and grows only
+    /// when a message needs it.
     pub read_buffer_bytes: usize,
     /// Flush the write buffer once it holds this much.
     pub write_buffer_bytes: usize,
@@ -67,8 +69,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
-            read_buffer_bytes: 2 * keycore_protocol::MAX_MESSAGE_LEN,
-            write_buffer_bytes: 256 * 1024,
+            read_buffer_bytes: keycore_protocol::MAX_MESSAGE_LEN,
+            write_buffer_bytes: keycore_protocol::MAX_MESSAGE_LEN,
             max_body_len: keycore_protocol::MAX_BODY_LEN,
         }
     }
