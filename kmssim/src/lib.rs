@@ -1,14 +1,739 @@
 //! # keycore-kmssim
 //!
 //! Local stand-ins of the cloud key services keycore talks to: the Azure Key
-//! Vault keys API and Azure AD v2 token endpoint (plus managed-identity
-//! IMDS), the Google Cloud KMS v1 API and OAuth token endpoint (plus the
-//! metadata server), and the AWS KMS JSON 1.1 API with SigV4 verification
-//! (plus IMDSv2). They hold real keys and do the real signature math; they
-//! check requests the way the services document them.
+//! Vault keys API with the Azure AD v2 token endpoint and managed-identity
+//! IMDS; the Google Cloud KMS v1 API with the OAuth token endpoint (JWT
+//! bearer grant) and the metadata server; the AWS KMS JSON 1.1 API with real
+//! SigV4 verification and IMDSv2. They hold real keys (generated with
+//! aws-lc-rs through rcgen, used through keycore's software keys), do the
+//! real signature math, check requests as the services document them
+//! (headers, auth, JSON fields, base64 flavours, CRC32C) and can be told to
+//! throttle (429 + `Retry-After`, AWS `ThrottlingException`), fail (503),
+//! expire tokens, corrupt checksums or stall.
 //!
-//! Why a crate of its own: the engine's integration tests use it in-process,
-//! the `keycore-kmssim` binary serves it to a manually started server (docs,
-//! `curl -v`, `keycore loadgen`), and it must not ship inside the server.
-//! Stand-ins in progress; see the modules below.
+//! Why a crate of its own: the engine's integration tests run it in-process,
+//! the `keycore-kmssim` binary serves it to a manually started keycore (docs,
+//! `curl -v`, `keycore loadgen`), and none of it may ship inside the server.
+//! LocalStack (the AWS emulator the issue suggests) needs Docker, which the
+//! build machines lack, hence our own SigV4-verifying AWS stand-in.
+//!
+//! What it is not: a complete emulator. Only the calls keycore makes exist
+//! (get-key / sign / decrypt, getPublicKey / asymmetricSign, GetPublicKey /
+//! Sign, the token and metadata endpoints), and it binds 127.0.0.1 only.
 #![forbid(unsafe_code)]
+
+pub mod aws;
+pub mod azure;
+pub mod gcp;
+pub mod keys;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use keycore_engine::keys::KeyKind;
+pub use keys::{KeyType, SimKey};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Largest request body read (the services' own limits are far lower).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// A stand-in failure (start-up, bad key material).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("kmssim: {0}")]
+pub struct SimError(pub String);
+
+/// Behaviour switches, changed by tests while the stand-ins run.
+#[derive(Debug, Clone)]
+pub struct Knobs {
+    /// The next N key-API requests get a throttling answer.
+    pub throttle_next: u32,
+    /// Every key-API request gets a throttling answer.
+    pub throttle_always: bool,
+    /// `Retry-After` seconds sent with 429s (Azure, Google).
+    pub retry_after_s: u32,
+    /// The next N key-API requests get a 503.
+    pub fail_next: u32,
+    /// Lifetime of issued tokens and temporary credentials.
+    pub token_lifetime_s: u64,
+    /// The next N Google sign answers carry a wrong `signatureCrc32c`.
+    pub corrupt_crc_next: u32,
+    /// Every Google sign answer carries a wrong `signatureCrc32c`.
+    pub corrupt_crc_always: bool,
+    /// Stall every key-API answer this long.
+    pub delay: Duration,
+}
+
+impl Default for Knobs {
+    fn default() -> Self {
+        Knobs {
+            throttle_next: 0,
+            throttle_always: false,
+            retry_after_s: 1,
+            fail_next: 0,
+            token_lifetime_s: 3600,
+            corrupt_crc_next: 0,
+            corrupt_crc_always: false,
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// Counters tests read.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Azure AD token requests answered with a token.
+    pub azure_tokens: AtomicU64,
+    /// Azure IMDS (managed identity) tokens issued.
+    pub azure_imds_tokens: AtomicU64,
+    /// Google OAuth tokens issued (JWT bearer grant).
+    pub gcp_tokens: AtomicU64,
+    /// Google metadata-server tokens issued.
+    pub gcp_metadata_tokens: AtomicU64,
+    /// AWS IMDSv2 credentials issued.
+    pub aws_imds_credentials: AtomicU64,
+    /// Key-API requests (all services), answered or not.
+    pub key_requests: AtomicU64,
+    /// Signatures / decryptions made.
+    pub operations: AtomicU64,
+    /// Throttling answers sent.
+    pub throttled: AtomicU64,
+    /// 401 answers for a missing, unknown or expired token.
+    pub unauthorized: AtomicU64,
+    /// Requests refused as malformed (400 for shape errors).
+    pub bad_requests: AtomicU64,
+}
+
+/// Read a counter.
+pub fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// An issued bearer token.
+#[derive(Debug, Clone)]
+struct Token {
+    audience: String,
+    expires: Instant,
+}
+
+/// A registered Azure app.
+#[derive(Debug, Clone)]
+enum AzureApp {
+    Secret(String),
+    /// (x5t, RSAPublicKey DER of the certificate).
+    Certificate(String, Vec<u8>),
+}
+
+/// A Google service account: key ID and RSAPublicKey DER.
+#[derive(Debug, Clone)]
+struct ServiceAccount {
+    key_id: String,
+    public: Vec<u8>,
+}
+
+/// AWS key material.
+#[derive(Debug, Clone)]
+struct AwsSecret {
+    secret: String,
+    session_token: Option<String>,
+    expires: Option<Instant>,
+}
+
+/// Everything the servers share.
+#[derive(Debug, Default)]
+pub struct State {
+    knobs: Mutex<Knobs>,
+    /// Counters.
+    pub stats: Stats,
+    tokens: Mutex<HashMap<String, Token>>,
+    azure_apps: Mutex<HashMap<(String, String), AzureApp>>,
+    azure_keys: Mutex<HashMap<String, Arc<SimKey>>>,
+    gcp_accounts: Mutex<HashMap<String, ServiceAccount>>,
+    gcp_keys: Mutex<HashMap<String, (Arc<SimKey>, String)>>,
+    aws_secrets: Mutex<HashMap<String, AwsSecret>>,
+    aws_keys: Mutex<HashMap<String, (Arc<SimKey>, String)>>,
+    imds_tokens: Mutex<HashMap<String, Instant>>,
+    /// `https://127.0.0.1:<port>`, for token audiences.
+    https_url: Mutex<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A random token / ID (hex).
+pub fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Unix seconds now.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Standard base64.
+pub fn b64(b: &[u8]) -> String {
+    STANDARD.encode(b)
+}
+
+/// base64url, no padding.
+pub fn b64url(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Strict standard base64 (padding required, as Google and AWS JSON bytes).
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(s).ok()
+}
+
+/// Strict base64url without padding (JOSE, as Key Vault documents `value`).
+pub fn unb64url(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s).ok()
+}
+
+/// What a key-API request may be answered with before it is looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Gate {
+    Pass,
+    Throttle(u32),
+    Fail,
+}
+
+impl State {
+    /// Change the knobs.
+    pub fn knobs(&self, f: impl FnOnce(&mut Knobs)) {
+        f(&mut lock(&self.knobs));
+    }
+
+    fn knob<T>(&self, f: impl FnOnce(&Knobs) -> T) -> T {
+        f(&lock(&self.knobs))
+    }
+
+    /// Count a key-API request and decide whether it is throttled / failed.
+    pub(crate) async fn gate(&self) -> Gate {
+        bump(&self.stats.key_requests);
+        let delay = self.knob(|k| k.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let mut k = lock(&self.knobs);
+        if k.throttle_always || k.throttle_next > 0 {
+            k.throttle_next = k.throttle_next.saturating_sub(1);
+            bump(&self.stats.throttled);
+            return Gate::Throttle(k.retry_after_s);
+        }
+        if k.fail_next > 0 {
+            k.fail_next -= 1;
+            return Gate::Fail;
+        }
+        Gate::Pass
+    }
+
+    /// Issue a bearer token for `audience`.
+    pub(crate) fn issue_token(&self, audience: &str) -> (String, u64) {
+        let life = self.knob(|k| k.token_lifetime_s);
+        let t = random_hex(24);
+        lock(&self.tokens).insert(
+            t.clone(),
+            Token {
+                audience: audience.to_owned(),
+                expires: Instant::now() + Duration::from_secs(life),
+            },
+        );
+        (t, life)
+    }
+
+    /// Check `Authorization: Bearer <t>` for `audience`: Err(reason) -> 401.
+    pub(crate) fn check_bearer(
+        &self,
+        req: &hyper::http::request::Parts,
+        audience: &str,
+    ) -> Result<(), String> {
+        let h = req
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .ok_or("no Authorization header")?;
+        let t = h
+            .strip_prefix("Bearer ")
+            .ok_or("Authorization is not a Bearer token")?;
+        let tokens = lock(&self.tokens);
+        let tok = tokens.get(t).ok_or("unknown token")?;
+        if tok.audience != audience {
+            return Err(format!("token is for {}, not {audience}", tok.audience));
+        }
+        if Instant::now() >= tok.expires {
+            return Err("token expired".into());
+        }
+        Ok(())
+    }
+
+    /// Make every issued token and temporary credential expire now.
+    pub fn expire_all_tokens(&self) {
+        let past = Instant::now();
+        for t in lock(&self.tokens).values_mut() {
+            t.expires = past;
+        }
+        for s in lock(&self.aws_secrets).values_mut() {
+            if s.expires.is_some() {
+                s.expires = Some(past);
+            }
+        }
+    }
+
+    fn https_url(&self) -> String {
+        lock(&self.https_url).clone()
+    }
+}
+
+/// Parse `a=b&c=d` (form bodies and query strings), percent-decoded.
+pub fn parse_form(s: &str) -> HashMap<String, String> {
+    fn dec(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    match u8::from_str_radix(
+                        std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"),
+                        16,
+                    ) {
+                        Ok(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        Err(_) => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (dec(k), dec(v))
+        })
+        .collect()
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json; charset=utf-8")
+        .body(Full::new(Bytes::from(v.to_string())))
+        .unwrap_or_default()
+}
+
+/// Verify an RS256 JWT; returns (header, claims).
+pub(crate) fn verify_jwt(
+    jwt: &str,
+    rsa_public: &[u8],
+) -> Result<(serde_json::Value, serde_json::Value), String> {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [h, c, s] = parts.as_slice() else {
+        return Err("assertion is not a three-part JWT".into());
+    };
+    let dec = |p: &str, what: &str| unb64url(p).ok_or(format!("JWT {what} is not base64url"));
+    let header: serde_json::Value =
+        serde_json::from_slice(&dec(h, "header")?).map_err(|e| format!("JWT header: {e}"))?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&dec(c, "claims")?).map_err(|e| format!("JWT claims: {e}"))?;
+    if header["alg"] != "RS256" {
+        return Err(format!("JWT alg is {}, expected RS256", header["alg"]));
+    }
+    let sig = dec(s, "signature")?;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+        rsa_public,
+    )
+    .verify(format!("{h}.{c}").as_bytes(), &sig)
+    .map_err(|_| "JWT signature does not verify".to_string())?;
+    Ok((header, claims))
+}
+
+/// The RSAPublicKey (subjectPublicKey contents) of an SPKI.
+pub(crate) fn rsa_public_of_spki(spki: &[u8]) -> Result<Vec<u8>, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
+        .map_err(|e| format!("SPKI: {e}"))?;
+    Ok(info.subject_public_key.data.to_vec())
+}
+
+/// The running stand-ins.
+#[derive(Debug)]
+pub struct Sim {
+    /// `https://127.0.0.1:<port>`: every API, over TLS.
+    pub https_url: String,
+    /// `http://127.0.0.1:<port>`: the same router in clear (the metadata
+    /// services are plain HTTP in the clouds).
+    pub http_url: String,
+    /// The CA that signed the TLS certificate (PEM).
+    pub ca_pem: String,
+    /// Shared state (knobs, counters).
+    pub state: Arc<State>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        self.shutdown.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn tls_material() -> Result<(String, rustls::ServerConfig), SimError> {
+    let e = |what: &str, x: &dyn std::fmt::Display| SimError(format!("{what}: {x}"));
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|x| e("CA key", &x))?;
+    let mut ca_p =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|x| e("CA params", &x))?;
+    ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_p.distinguished_name
+        .push(rcgen::DnType::CommonName, "keycore-kmssim CA");
+    let ca_cert = ca_p.self_signed(&ca_key).map_err(|x| e("CA cert", &x))?;
+    let ca = rcgen::Issuer::new(ca_p, ca_key);
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|x| e("server key", &x))?;
+    let mut p =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .map_err(|x| e("server params", &x))?;
+    p.distinguished_name
+        .push(rcgen::DnType::CommonName, "keycore-kmssim");
+    let cert = p.signed_by(&key, &ca).map_err(|x| e("server cert", &x))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|x| e("TLS", &x))?
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone(), ca_cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .map_err(|x| e("TLS", &x))?;
+    Ok((ca_cert.pem(), cfg))
+}
+
+impl Sim {
+    /// Start on 127.0.0.1 with kernel-chosen ports.
+    pub fn start() -> Result<Sim, SimError> {
+        Sim::start_on(0, 0)
+    }
+
+    /// Start on fixed ports (0 = any).
+    pub fn start_on(https_port: u16, http_port: u16) -> Result<Sim, SimError> {
+        let (ca_pem, tls) = tls_material()?;
+        let state = Arc::new(State::default());
+        let std_https = std::net::TcpListener::bind(("127.0.0.1", https_port))
+            .map_err(|e| SimError(format!("bind: {e}")))?;
+        let std_http = std::net::TcpListener::bind(("127.0.0.1", http_port))
+            .map_err(|e| SimError(format!("bind: {e}")))?;
+        let (a1, a2): (SocketAddr, SocketAddr) = (
+            std_https
+                .local_addr()
+                .map_err(|e| SimError(e.to_string()))?,
+            std_http.local_addr().map_err(|e| SimError(e.to_string()))?,
+        );
+        for l in [&std_https, &std_http] {
+            l.set_nonblocking(true)
+                .map_err(|e| SimError(e.to_string()))?;
+        }
+        let https_url = format!("https://{a1}");
+        *lock(&state.https_url) = https_url.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("kmssim".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!("kmssim runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let (Ok(https), Ok(http)) = (
+                        tokio::net::TcpListener::from_std(std_https),
+                        tokio::net::TcpListener::from_std(std_http),
+                    ) else {
+                        return;
+                    };
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+                    let serve_tls = {
+                        let st = st.clone();
+                        async move {
+                            loop {
+                                let Ok((sock, _)) = https.accept().await else {
+                                    continue;
+                                };
+                                let (acc, st) = (acceptor.clone(), st.clone());
+                                tokio::spawn(async move {
+                                    if let Ok(s) = acc.accept(sock).await {
+                                        serve(TokioIo::new(s), st).await;
+                                    }
+                                });
+                            }
+                        }
+                    };
+                    let serve_plain = {
+                        let st = st.clone();
+                        async move {
+                            loop {
+                                let Ok((sock, _)) = http.accept().await else {
+                                    continue;
+                                };
+                                let st = st.clone();
+                                tokio::spawn(async move { serve(TokioIo::new(sock), st).await });
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = serve_tls => {}
+                        _ = serve_plain => {}
+                        _ = rx => {}
+                    }
+                });
+            })
+            .map_err(|e| SimError(format!("thread: {e}")))?;
+        Ok(Sim {
+            https_url,
+            http_url: format!("http://{a2}"),
+            ca_pem,
+            state,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Write the CA to `dir/kmssim-ca.pem` and return the path.
+    pub fn write_ca(&self, dir: &Path) -> Result<PathBuf, SimError> {
+        let p = dir.join("kmssim-ca.pem");
+        std::fs::write(&p, &self.ca_pem).map_err(|e| SimError(format!("{}: {e}", p.display())))?;
+        Ok(p)
+    }
+
+    /// Change the knobs.
+    pub fn knobs(&self, f: impl FnOnce(&mut Knobs)) {
+        self.state.knobs(f)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.state.stats
+    }
+
+    /// Register an Azure app with a client secret.
+    pub fn azure_client_secret(&self, tenant: &str, client_id: &str, secret: &str) {
+        lock(&self.state.azure_apps).insert(
+            (tenant.into(), client_id.into()),
+            AzureApp::Secret(secret.into()),
+        );
+    }
+
+    /// Register an Azure app with a certificate (DER); its key must be RSA.
+    pub fn azure_client_certificate(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        cert_der: &[u8],
+    ) -> Result<(), SimError> {
+        use x509_parser::prelude::FromDer;
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der)
+            .map_err(|e| SimError(format!("certificate: {e}")))?;
+        let public = cert.public_key().subject_public_key.data.to_vec();
+        let thumb =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der);
+        lock(&self.state.azure_apps).insert(
+            (tenant.into(), client_id.into()),
+            AzureApp::Certificate(b64url(thumb.as_ref()), public),
+        );
+        Ok(())
+    }
+
+    /// Add an Azure key; returns its key URI (`https://<vault>.vault.azure.net/keys/<name>/<version>`,
+    /// or managedhsm when `hsm`).
+    pub fn azure_key(
+        &self,
+        vault: &str,
+        hsm: bool,
+        name: &str,
+        t: KeyType,
+    ) -> Result<(String, Arc<SimKey>), SimError> {
+        let key = Arc::new(SimKey::generate(t)?);
+        let version = random_hex(16);
+        lock(&self.state.azure_keys).insert(format!("/keys/{name}/{version}"), key.clone());
+        let domain = if hsm {
+            "managedhsm.azure.net"
+        } else {
+            "vault.azure.net"
+        };
+        Ok((
+            format!("https://{vault}.{domain}/keys/{name}/{version}"),
+            key,
+        ))
+    }
+
+    /// Add a Google key version with a fixed algorithm (`RSA_SIGN_PSS_2048_SHA256`, ...).
+    pub fn gcp_key(
+        &self,
+        name: &str,
+        algorithm: &str,
+        t: KeyType,
+    ) -> Result<Arc<SimKey>, SimError> {
+        let key = Arc::new(SimKey::generate(t)?);
+        lock(&self.state.gcp_keys).insert(name.into(), (key.clone(), algorithm.into()));
+        Ok(key)
+    }
+
+    /// Create a Google service account; returns its key file (JSON).
+    pub fn gcp_service_account(&self, email: &str) -> Result<String, SimError> {
+        let kp =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+                .map_err(|e| SimError(format!("service account key: {e}")))?;
+        let public =
+            rsa_public_of_spki(&SimKey::from_pkcs8(&kp.serialize_der())?.spki).map_err(SimError)?;
+        let key_id = random_hex(20);
+        lock(&self.state.gcp_accounts).insert(
+            email.into(),
+            ServiceAccount {
+                key_id: key_id.clone(),
+                public,
+            },
+        );
+        Ok(serde_json::json!({
+            "type": "service_account",
+            "project_id": "kmssim",
+            "private_key_id": key_id,
+            "private_key": kp.serialize_pem(),
+            "client_email": email,
+            "client_id": "1",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": format!("{}/token", self.https_url),
+        })
+        .to_string())
+    }
+
+    /// Register an AWS access key.
+    pub fn aws_access_key(&self, access_key: &str, secret: &str) {
+        lock(&self.state.aws_secrets).insert(
+            access_key.into(),
+            AwsSecret {
+                secret: secret.into(),
+                session_token: None,
+                expires: None,
+            },
+        );
+    }
+
+    /// Add an AWS KMS key (`arn:aws:kms:<region>:111122223333:key/<uuid>`);
+    /// `spec` is the KeySpec (`RSA_2048`, `ECC_NIST_P256`, ...).
+    pub fn aws_key(&self, region: &str, t: KeyType) -> Result<(String, Arc<SimKey>), SimError> {
+        let key = Arc::new(SimKey::generate(t)?);
+        let h = random_hex(16);
+        let id = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+        let arn = format!("arn:aws:kms:{region}:111122223333:key/{id}");
+        let spec = match key.kind {
+            KeyKind::Rsa { bits } => format!("RSA_{bits}"),
+            KeyKind::EcdsaP256 => "ECC_NIST_P256".into(),
+            KeyKind::EcdsaP384 => "ECC_NIST_P384".into(),
+            KeyKind::EcdsaP521 => "ECC_NIST_P521".into(),
+            KeyKind::Ed25519 => "ECC_NIST_EDWARDS25519".into(),
+        };
+        lock(&self.state.aws_keys).insert(arn.clone(), (key.clone(), spec));
+        Ok((arn, key))
+    }
+}
+
+async fn serve<S>(io: TokioIo<S>, st: Arc<State>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req| {
+        let st = st.clone();
+        async move { Ok::<_, Infallible>(route(st, req).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(io, svc)
+        .await;
+}
+
+async fn route(st: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_REQUEST_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                serde_json::json!({"error": "body too large"}),
+            )
+        }
+    };
+    let path = parts.uri.path().to_owned();
+    let r = if path.starts_with("/keys/") {
+        azure::keys(&st, &parts, &body).await
+    } else if path.ends_with("/oauth2/v2.0/token") {
+        azure::token(&st, &parts, &body)
+    } else if path == "/metadata/identity/oauth2/token" {
+        azure::imds(&st, &parts)
+    } else if path.starts_with("/v1/projects/") {
+        gcp::kms(&st, &parts, &body).await
+    } else if path == "/token" {
+        gcp::token(&st, &parts, &body)
+    } else if path.starts_with("/computeMetadata/") {
+        gcp::metadata(&st, &parts)
+    } else if path == "/" && parts.method == hyper::Method::POST {
+        aws::kms(&st, &parts, &body).await
+    } else if path.starts_with("/latest/") {
+        aws::imds(&st, &parts)
+    } else {
+        json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no such path {path}")}),
+        )
+    };
+    if r.status() == StatusCode::BAD_REQUEST {
+        bump(&st.stats.bad_requests);
+    }
+    if r.status() == StatusCode::UNAUTHORIZED {
+        bump(&st.stats.unauthorized);
+    }
+    r
+}

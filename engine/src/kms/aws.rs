@@ -13,6 +13,7 @@
 //! - RSA decrypt: AWS KMS decrypts RSA only with OAEP (`RSAES_OAEP_SHA_1/256`),
 //!   which cannot give the edge its PKCS#1 v1.5 block: refused;
 //! - only algorithms the key lists in `SigningAlgorithms` are used.
+//!
 //! Throttling: AWS KMS answers HTTP 400 `ThrottlingException` (not 429);
 //! that and 5xx are retried.
 

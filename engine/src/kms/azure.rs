@@ -244,6 +244,7 @@ impl Azure {
         }
     }
 
+    #[allow(clippy::too_many_arguments)] // one request's parts, all distinct
     async fn call<T>(
         &self,
         http: &Http,

@@ -12,6 +12,7 @@
 //! - `EC_SIGN_P256_SHA256` / `EC_SIGN_P384_SHA384`: every ECDSA op, the digest
 //!   fitted to the curve (util::fit_ecdsa_digest; same signature math);
 //! - `EC_SIGN_ED25519`: Ed25519 over the whole message (`data`).
+//!
 //! Decryption keys (`RSA_DECRYPT_OAEP_*`) are refused at start-up: Cloud KMS
 //! decrypts only with OAEP, and the edge's RSA decrypt needs the raw block.
 //!

@@ -264,9 +264,11 @@ impl KmsOptions {
 
     /// [`KmsOptions::from_env`] over any lookup (tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<KmsOptions, KmsError> {
-        let mut o = KmsOptions::default();
-        o.azure_endpoint = get("KEYCORE_AZURE_ENDPOINT");
-        o.azure_authority = get("KEYCORE_AZURE_AUTHORITY").or_else(|| get("AZURE_AUTHORITY_HOST"));
+        let mut o = KmsOptions {
+            azure_endpoint: get("KEYCORE_AZURE_ENDPOINT"),
+            azure_authority: get("KEYCORE_AZURE_AUTHORITY").or_else(|| get("AZURE_AUTHORITY_HOST")),
+            ..KmsOptions::default()
+        };
         if let Some(v) = get("KEYCORE_AZURE_IMDS_ENDPOINT") {
             o.azure_imds_endpoint = v;
         }
@@ -573,7 +575,8 @@ impl KmsStore {
         if self.tx.is_none() {
             return;
         }
-        let rows: [(&str, &str, fn(&ServiceStats) -> &AtomicU64); 7] = [
+        type Counter = fn(&ServiceStats) -> &AtomicU64;
+        let rows: [(&str, &str, Counter); 7] = [
             (
                 "keycore_kms_operations_ok_total",
                 "Operations answered by the cloud key service.",
@@ -916,16 +919,16 @@ async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
         .collect()
 }
 
+/// One provider's operation in flight.
+type OpFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, OpError>> + 'a>>;
+
 impl Runtime {
     async fn perform(&self, key: u32, op: OpClass, input: &[u8]) -> Result<Vec<u8>, ErrorCode> {
         let Some(k) = self.keys.get(key as usize) else {
             return Err(ErrorCode::INTERNAL);
         };
         let deadline = tokio::time::Instant::now() + self.op_timeout;
-        let (svc, fut): (
-            &Service,
-            std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, OpError>> + '_>>,
-        ) = match (&k.uri, &k.detail) {
+        let (svc, fut): (&Service, OpFuture<'_>) = match (&k.uri, &k.detail) {
             (KeyUri::Azure(a), Detail::Azure) => {
                 let s = self.azure.as_ref().ok_or(ErrorCode::INTERNAL)?;
                 (

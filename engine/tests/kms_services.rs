@@ -1,0 +1,773 @@
+//! Cloud key services end to end: keycore's real KMS client (kms/) against
+//! the in-process stand-ins (keycore-kmssim) over loopback TLS. Every
+//! signature is verified with aws-lc-rs (or compared byte for byte with a
+//! local PKCS#1 v1.5 signature, which is deterministic); throttling, token
+//! expiry, checksum corruption and stalls are driven through the stand-ins'
+//! knobs.
+
+use aws_lc_rs::digest;
+use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
+use keycore_engine::keys::{Backend, KeyEntry, KeyKind};
+use keycore_engine::kms::{
+    AwsCredential, AzureCredential, GcpCredential, KeyRef, KmsOptions, KmsStore,
+};
+use keycore_kmssim::{get, KeyType, Sim, SimKey};
+use keycore_protocol::{ski_from_spki, ErrorCode, Hash, OpClass};
+use std::time::{Duration, Instant};
+use x509_parser::prelude::FromDer;
+
+struct Env {
+    sim: Sim,
+    dir: tempfile::TempDir,
+    opts: KmsOptions,
+}
+
+const TENANT: &str = "tenant-1";
+const CLIENT: &str = "client-1";
+const SECRET: &str = "secret-1";
+const SA_EMAIL: &str = "keycore@proj.iam.gserviceaccount.com";
+const AK: &str = "AKIDKEYCORETEST";
+const SK: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYKEYCORE";
+
+/// Stand-ins plus options pointing every endpoint at them, with the primary
+/// credential of each service (client secret, service-account file, env keys).
+fn env() -> Env {
+    let sim = Sim::start().expect("stand-ins start");
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = KmsOptions {
+        ca_file: Some(sim.write_ca(dir.path()).unwrap()),
+        azure_endpoint: Some(sim.https_url.clone()),
+        azure_authority: Some(sim.https_url.clone()),
+        azure_imds_endpoint: format!("{}/metadata/identity/oauth2/token", sim.http_url),
+        gcp_endpoint: sim.https_url.clone(),
+        gcp_metadata_endpoint: sim.http_url.clone(),
+        aws_endpoint: Some(sim.https_url.clone()),
+        aws_imds_endpoint: sim.http_url.clone(),
+        ..KmsOptions::default()
+    };
+    sim.azure_client_secret(TENANT, CLIENT, SECRET);
+    o.azure_credential = Some(AzureCredential::ClientSecret {
+        tenant: TENANT.into(),
+        client_id: CLIENT.into(),
+        secret: SECRET.into(),
+    });
+    let sa = dir.path().join("sa.json");
+    std::fs::write(&sa, sim.gcp_service_account(SA_EMAIL).unwrap()).unwrap();
+    o.gcp_credential = Some(GcpCredential::ServiceAccountFile(sa));
+    sim.aws_access_key(AK, SK);
+    o.aws_credential = Some(AwsCredential::Static {
+        access_key: AK.into(),
+        secret_key: SK.into(),
+        session_token: None,
+    });
+    // Fast retries so the throttling tests stay short.
+    for l in [&mut o.azure_limits, &mut o.gcp_limits, &mut o.aws_limits] {
+        l.backoff_base = Duration::from_millis(20);
+        l.backoff_max = Duration::from_millis(100);
+    }
+    o.op_timeout = Duration::from_secs(10);
+    o.startup_timeout = Duration::from_secs(20);
+    Env { sim, dir, opts: o }
+}
+
+fn run(store: &KmsStore, key: usize, op: OpClass, input: &[u8]) -> Result<Vec<u8>, ErrorCode> {
+    futures_lite::future::block_on(store.submit(KeyRef(key as u32), op, input))
+}
+
+/// The subjectPublicKey contents (RSAPublicKey or EC point) of an SPKI.
+fn spk(spki: &[u8]) -> Vec<u8> {
+    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).unwrap();
+    info.subject_public_key.data.to_vec()
+}
+
+fn verify(alg: &'static dyn VerificationAlgorithm, spki: &[u8], msg: &[u8], sig: &[u8]) {
+    UnparsedPublicKey::new(alg, spk(spki))
+        .verify(msg, sig)
+        .unwrap_or_else(|_| panic!("signature does not verify ({alg:?})"));
+}
+
+fn dig(alg: &'static digest::Algorithm, msg: &[u8]) -> Vec<u8> {
+    digest::digest(alg, msg).as_ref().to_vec()
+}
+
+fn check_entry(e: &KeyEntry, key: &SimKey, i: usize, uri: &str) {
+    assert_eq!(e.ski, ski_from_spki(&key.spki).unwrap(), "{uri}");
+    assert_eq!(e.spki_der, key.spki);
+    assert_eq!(e.kind, key.kind);
+    assert_eq!(e.source, uri);
+    assert!(matches!(e.backend, Backend::Kms(KeyRef(k)) if k as usize == i));
+    assert_eq!(
+        e.legacy_digest.is_some(),
+        matches!(key.kind, KeyKind::Rsa { .. })
+    );
+}
+
+/// Verify a signature over a bare digest with the openssl CLI (pkeyutl
+/// treats the input as the digest, as the edge's TLS stack does).
+fn openssl_verify_digest(dir: &std::path::Path, spki: &[u8], digest: &[u8], sig: &[u8]) {
+    let (pk, d, s) = (
+        dir.join("pub.der"),
+        dir.join("digest.bin"),
+        dir.join("sig.bin"),
+    );
+    std::fs::write(&pk, spki).unwrap();
+    std::fs::write(&d, digest).unwrap();
+    std::fs::write(&s, sig).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-keyform", "DER", "-inkey"])
+        .arg(&pk)
+        .arg("-in")
+        .arg(&d)
+        .arg("-sigfile")
+        .arg(&s)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const MSG: &[u8] = b"keycore cloud key test message";
+
+/// RSA PKCS#1 v1.5 and PSS with every hash the service has, checked.
+fn check_rsa_signing(store: &KmsStore, i: usize, spki: &[u8], pss: bool, pkcs1: bool) {
+    type Row = (
+        Hash,
+        &'static digest::Algorithm,
+        &'static dyn VerificationAlgorithm,
+        &'static dyn VerificationAlgorithm,
+    );
+    let rows: [Row; 3] = [
+        (
+            Hash::Sha256,
+            &digest::SHA256,
+            &signature::RSA_PKCS1_2048_8192_SHA256,
+            &signature::RSA_PSS_2048_8192_SHA256,
+        ),
+        (
+            Hash::Sha384,
+            &digest::SHA384,
+            &signature::RSA_PKCS1_2048_8192_SHA384,
+            &signature::RSA_PSS_2048_8192_SHA384,
+        ),
+        (
+            Hash::Sha512,
+            &digest::SHA512,
+            &signature::RSA_PKCS1_2048_8192_SHA512,
+            &signature::RSA_PSS_2048_8192_SHA512,
+        ),
+    ];
+    for (h, d, v_pkcs1, v_pss) in rows {
+        if pkcs1 {
+            let sig = run(store, i, OpClass::RsaPkcs1(h), &dig(d, MSG)).unwrap();
+            verify(v_pkcs1, spki, MSG, &sig);
+        }
+        if pss {
+            let sig = run(store, i, OpClass::RsaPss(h), &dig(d, MSG)).unwrap();
+            verify(v_pss, spki, MSG, &sig);
+        }
+    }
+}
+
+#[test]
+fn azure_key_vault_and_managed_hsm_every_operation() {
+    let e = env();
+    let (u_rsa, k_rsa) = e
+        .sim
+        .azure_key("kv-test", false, "rsa", KeyType::Rsa2048)
+        .unwrap();
+    let (u_p256, k_p256) = e
+        .sim
+        .azure_key("kv-test", false, "ec256", KeyType::EcP256)
+        .unwrap();
+    let (u_p384, k_p384) = e
+        .sim
+        .azure_key("hsm-test", true, "ec384", KeyType::EcP384)
+        .unwrap();
+    let uris = vec![u_rsa.clone(), u_p256.clone(), u_p384.clone()];
+    let (store, entries) = KmsStore::open(&uris, &e.opts).expect("open");
+    assert_eq!(entries.len(), 3);
+    check_entry(&entries[0], &k_rsa, 0, &u_rsa);
+    check_entry(&entries[1], &k_p256, 1, &u_p256);
+    check_entry(&entries[2], &k_p384, 2, &u_p384);
+    // Two audiences (vault, Managed HSM): two tokens.
+    assert_eq!(get(&e.sim.stats().azure_tokens), 2);
+
+    check_rsa_signing(&store, 0, &k_rsa.spki, true, true);
+    // MD5SHA1, SHA-1, SHA-224 through RSNULL: byte-identical to a local
+    // PKCS#1 v1.5 signature (deterministic).
+    for (h, len) in [(Hash::Md5Sha1, 36), (Hash::Sha1, 20), (Hash::Sha224, 28)] {
+        let d = vec![0x5a; len];
+        let sig = run(&store, 0, OpClass::RsaPkcs1(h), &d).unwrap();
+        assert_eq!(sig, k_rsa.sign_pkcs1(h, &d).unwrap(), "{h:?}");
+    }
+    // ECDSA: raw r‖s from the service, DER to the edge.
+    let sig = run(
+        &store,
+        1,
+        OpClass::Ecdsa(Hash::Sha256),
+        &dig(&digest::SHA256, MSG),
+    )
+    .unwrap();
+    verify(&signature::ECDSA_P256_SHA256_ASN1, &k_p256.spki, MSG, &sig);
+    let sig = run(
+        &store,
+        2,
+        OpClass::Ecdsa(Hash::Sha384),
+        &dig(&digest::SHA384, MSG),
+    )
+    .unwrap();
+    verify(&signature::ECDSA_P384_SHA384_ASN1, &k_p384.spki, MSG, &sig);
+    // A SHA-256 digest on P-384 (TLS 1.2 lets the hash differ from the curve).
+    let sig = run(
+        &store,
+        2,
+        OpClass::Ecdsa(Hash::Sha256),
+        &dig(&digest::SHA256, MSG),
+    )
+    .unwrap();
+    verify(&signature::ECDSA_P384_SHA256_ASN1, &k_p384.spki, MSG, &sig);
+
+    // RSA decrypt: RSA1_5 at the service, a PKCS#1 v1.5 type-2 block of k
+    // bytes to the edge with the premaster at its end.
+    let premaster = [0x03u8; 48];
+    let pk = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&k_rsa.spki).unwrap();
+    let enc = aws_lc_rs::rsa::Pkcs1PublicEncryptingKey::new(pk).unwrap();
+    let mut ct = vec![0u8; 256];
+    let ct = enc.encrypt(&premaster, &mut ct).unwrap().to_vec();
+    let block = run(&store, 0, OpClass::RsaDecrypt, &ct).unwrap();
+    assert_eq!(block.len(), 256);
+    assert_eq!(&block[..2], &[0, 2]);
+    assert!(block[2..256 - 49].iter().all(|&b| b != 0));
+    assert_eq!(block[256 - 49], 0);
+    assert_eq!(&block[256 - 48..], &premaster);
+    // A ciphertext with bad padding: the service refuses, the edge gets CRYPTO.
+    assert_eq!(
+        run(&store, 0, OpClass::RsaDecrypt, &[0x01; 256]),
+        Err(ErrorCode::CRYPTO)
+    );
+
+    // Ops a key cannot do: refused without a request.
+    let before = get(&e.sim.stats().key_requests);
+    assert_eq!(
+        run(&store, 1, OpClass::RsaPkcs1(Hash::Sha256), &[0; 32]),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(
+        run(&store, 0, OpClass::Ed25519, b"m"),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(
+        run(&store, 0, OpClass::RsaPkcs1(Hash::Sha256), &[0; 31]),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(get(&e.sim.stats().key_requests), before);
+    // An unknown key reference.
+    assert_eq!(
+        run(&store, 9, OpClass::RsaPkcs1(Hash::Sha256), &[0; 32]),
+        Err(ErrorCode::INTERNAL)
+    );
+
+    let mut m = String::new();
+    store.render_metrics(&mut m);
+    assert!(
+        m.contains("keycore_kms_operations_ok_total{service=\"azure\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("keycore_kms_operations_refused_total{service=\"azure\"} 3"),
+        "{m}"
+    );
+    drop(e.dir);
+}
+
+#[test]
+fn google_cloud_kms_each_algorithm_and_refusals() {
+    let e = env();
+    let base = "projects/proj-1/locations/europe-west1/keyRings/ring/cryptoKeys";
+    let keys = [
+        ("pss", "RSA_SIGN_PSS_2048_SHA256", KeyType::Rsa2048),
+        ("pkcs1", "RSA_SIGN_PKCS1_2048_SHA256", KeyType::Rsa2048),
+        ("raw", "RSA_SIGN_RAW_PKCS1_2048", KeyType::Rsa2048),
+        ("ec256", "EC_SIGN_P256_SHA256", KeyType::EcP256),
+        ("ec384", "EC_SIGN_P384_SHA384", KeyType::EcP384),
+        ("ed", "EC_SIGN_ED25519", KeyType::Ed25519),
+    ];
+    let mut uris = Vec::new();
+    let mut sim_keys = Vec::new();
+    for (n, alg, t) in keys {
+        let name = format!("{base}/{n}/cryptoKeyVersions/1");
+        sim_keys.push(e.sim.gcp_key(&name, alg, t).unwrap());
+        uris.push(name);
+    }
+    let (store, entries) = KmsStore::open(&uris, &e.opts).expect("open");
+    for (i, (ent, k)) in entries.iter().zip(&sim_keys).enumerate() {
+        check_entry(ent, k, i, &uris[i]);
+    }
+    assert_eq!(get(&e.sim.stats().gcp_tokens), 1);
+    let d256 = dig(&digest::SHA256, MSG);
+    let d384 = dig(&digest::SHA384, MSG);
+
+    // PSS key: PSS SHA-256 only.
+    let sig = run(&store, 0, OpClass::RsaPss(Hash::Sha256), &d256).unwrap();
+    verify(
+        &signature::RSA_PSS_2048_8192_SHA256,
+        &sim_keys[0].spki,
+        MSG,
+        &sig,
+    );
+    // PKCS#1 key: PKCS#1 SHA-256 only.
+    let sig = run(&store, 1, OpClass::RsaPkcs1(Hash::Sha256), &d256).unwrap();
+    verify(
+        &signature::RSA_PKCS1_2048_8192_SHA256,
+        &sim_keys[1].spki,
+        MSG,
+        &sig,
+    );
+    // Raw PKCS#1 key: every PKCS#1 v1.5 hash, MD5SHA1 included.
+    let sig = run(&store, 2, OpClass::RsaPkcs1(Hash::Sha384), &d384).unwrap();
+    verify(
+        &signature::RSA_PKCS1_2048_8192_SHA384,
+        &sim_keys[2].spki,
+        MSG,
+        &sig,
+    );
+    for (h, len) in [(Hash::Md5Sha1, 36), (Hash::Sha1, 20), (Hash::Sha224, 28)] {
+        let d = vec![0x42; len];
+        assert_eq!(
+            run(&store, 2, OpClass::RsaPkcs1(h), &d).unwrap(),
+            sim_keys[2].sign_pkcs1(h, &d).unwrap()
+        );
+    }
+    // EC keys.
+    let sig = run(&store, 3, OpClass::Ecdsa(Hash::Sha256), &d256).unwrap();
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &sim_keys[3].spki,
+        MSG,
+        &sig,
+    );
+    let sig = run(&store, 4, OpClass::Ecdsa(Hash::Sha384), &d384).unwrap();
+    verify(
+        &signature::ECDSA_P384_SHA384_ASN1,
+        &sim_keys[4].spki,
+        MSG,
+        &sig,
+    );
+    // Ed25519 over the whole message.
+    let sig = run(&store, 5, OpClass::Ed25519, MSG).unwrap();
+    verify(&signature::ED25519, &sim_keys[5].spki, MSG, &sig);
+
+    // Algorithm mismatches: refused, and no request reaches the service.
+    let before = get(&e.sim.stats().key_requests);
+    let refused = [
+        (0, OpClass::RsaPkcs1(Hash::Sha256), d256.clone()),
+        (0, OpClass::RsaPss(Hash::Sha384), d384.clone()),
+        (1, OpClass::RsaPss(Hash::Sha256), d256.clone()),
+        (1, OpClass::RsaPkcs1(Hash::Sha384), d384.clone()),
+        (1, OpClass::RsaDecrypt, vec![1; 256]),
+        (2, OpClass::RsaPss(Hash::Sha256), d256.clone()),
+        (3, OpClass::RsaPkcs1(Hash::Sha256), d256.clone()),
+        (5, OpClass::Ecdsa(Hash::Sha256), d256.clone()),
+    ];
+    for (k, op, input) in refused {
+        assert_eq!(
+            run(&store, k, op, &input),
+            Err(ErrorCode::CRYPTO),
+            "key {k} op {op:?}"
+        );
+    }
+    assert_eq!(get(&e.sim.stats().key_requests), before);
+}
+
+#[test]
+fn google_decryption_key_is_refused_at_startup() {
+    let e = env();
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/dec/cryptoKeyVersions/2";
+    e.sim
+        .gcp_key(name, "RSA_DECRYPT_OAEP_2048_SHA256", KeyType::Rsa2048)
+        .unwrap();
+    let err = KmsStore::open(&[name.to_string()], &e.opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(name) && err.contains("OAEP"), "{err}");
+}
+
+#[test]
+fn aws_kms_sign_with_digest_and_refusals() {
+    let e = env();
+    let (a_rsa, k_rsa) = e.sim.aws_key("eu-west-1", KeyType::Rsa2048).unwrap();
+    let (a_p256, k_p256) = e.sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
+    let (a_p384, k_p384) = e.sim.aws_key("eu-west-1", KeyType::EcP384).unwrap();
+    let uris = vec![a_rsa.clone(), a_p256.clone(), a_p384.clone()];
+    let (store, entries) = KmsStore::open(&uris, &e.opts).expect("open");
+    check_entry(&entries[0], &k_rsa, 0, &a_rsa);
+    check_entry(&entries[1], &k_p256, 1, &a_p256);
+    check_entry(&entries[2], &k_p384, 2, &a_p384);
+    check_rsa_signing(&store, 0, &k_rsa.spki, true, true);
+    let sig = run(
+        &store,
+        1,
+        OpClass::Ecdsa(Hash::Sha256),
+        &dig(&digest::SHA256, MSG),
+    )
+    .unwrap();
+    verify(&signature::ECDSA_P256_SHA256_ASN1, &k_p256.spki, MSG, &sig);
+    let sig = run(
+        &store,
+        2,
+        OpClass::Ecdsa(Hash::Sha384),
+        &dig(&digest::SHA384, MSG),
+    )
+    .unwrap();
+    verify(&signature::ECDSA_P384_SHA384_ASN1, &k_p384.spki, MSG, &sig);
+    // SHA-1 ECDSA on P-256: the 20-byte digest padded to 32 keeps its value.
+    let d1 = dig(&digest::SHA1_FOR_LEGACY_USE_ONLY, MSG);
+    let sig = run(&store, 1, OpClass::Ecdsa(Hash::Sha1), &d1).unwrap();
+    openssl_verify_digest(e.dir.path(), &k_p256.spki, &d1, &sig);
+    let before = get(&e.sim.stats().key_requests);
+    for (op, len) in [
+        (OpClass::RsaPkcs1(Hash::Md5Sha1), 36),
+        (OpClass::RsaPkcs1(Hash::Sha1), 20),
+        (OpClass::RsaDecrypt, 256),
+    ] {
+        assert_eq!(
+            run(&store, 0, op, &vec![1; len]),
+            Err(ErrorCode::CRYPTO),
+            "{op:?}"
+        );
+    }
+    assert_eq!(get(&e.sim.stats().key_requests), before);
+}
+
+#[test]
+fn aws_wrong_secret_is_refused_by_sigv4_verification() {
+    let mut e = env();
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    e.opts.aws_credential = Some(AwsCredential::Static {
+        access_key: AK.into(),
+        secret_key: "not-the-secret".into(),
+        session_token: None,
+    });
+    let err = KmsStore::open(std::slice::from_ref(&arn), &e.opts)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&arn) && err.contains("InvalidSignatureException"),
+        "{err}"
+    );
+    e.opts.aws_credential = Some(AwsCredential::Static {
+        access_key: "AKIDUNKNOWN".into(),
+        secret_key: SK.into(),
+        session_token: None,
+    });
+    let err = KmsStore::open(&[arn], &e.opts).unwrap_err().to_string();
+    assert!(err.contains("UnrecognizedClientException"), "{err}");
+}
+
+#[test]
+fn throttling_is_retried_honouring_retry_after() {
+    let e = env();
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "rsa", KeyType::Rsa2048)
+        .unwrap();
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/ec/cryptoKeyVersions/1";
+    let gk = e
+        .sim
+        .gcp_key(name, "EC_SIGN_P256_SHA256", KeyType::EcP256)
+        .unwrap();
+    let (arn, ak) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (store, _) = KmsStore::open(&[u, name.to_string(), arn], &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    // Azure: two 429s with Retry-After: 1, then success; the wait is honoured.
+    e.sim.knobs(|k| {
+        k.throttle_next = 2;
+        k.retry_after_s = 1;
+    });
+    let t0 = Instant::now();
+    let sig = run(&store, 0, OpClass::RsaPss(Hash::Sha256), &d).unwrap();
+    let took = t0.elapsed();
+    verify(&signature::RSA_PSS_2048_8192_SHA256, &k.spki, MSG, &sig);
+    assert!(
+        took >= Duration::from_millis(1900),
+        "Retry-After not honoured: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(get(&e.sim.stats().throttled), 2);
+    // Google: one 429 (Retry-After: 0), then success.
+    e.sim.knobs(|k| {
+        k.throttle_next = 1;
+        k.retry_after_s = 0;
+    });
+    let sig = run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    verify(&signature::ECDSA_P256_SHA256_ASN1, &gk.spki, MSG, &sig);
+    // AWS: ThrottlingException (HTTP 400, no Retry-After) twice, backoff, success.
+    e.sim.knobs(|k| k.throttle_next = 2);
+    let sig = run(&store, 2, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    verify(&signature::ECDSA_P256_SHA256_ASN1, &ak.spki, MSG, &sig);
+    // 5xx are retried too.
+    e.sim.knobs(|k| k.fail_next = 1);
+    run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    assert_eq!(get(&e.sim.stats().throttled), 5);
+    let mut m = String::new();
+    store.render_metrics(&mut m);
+    for s in ["azure\"} 2", "gcp\"} 1", "aws\"} 2"] {
+        assert!(
+            m.contains(&format!("keycore_kms_throttled_total{{service=\"{s}")),
+            "{s}: {m}"
+        );
+    }
+}
+
+#[test]
+fn sustained_throttling_gives_crypto_after_bounded_retries() {
+    let e = env();
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (u, _) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let (store, _) = KmsStore::open(&[arn, u], &e.opts).unwrap();
+    e.sim.knobs(|k| {
+        k.throttle_always = true;
+        k.retry_after_s = 0;
+    });
+    for key in [0, 1] {
+        let before = get(&e.sim.stats().key_requests);
+        let t0 = Instant::now();
+        assert_eq!(
+            run(&store, key, OpClass::Ecdsa(Hash::Sha256), &[7; 32]),
+            Err(ErrorCode::CRYPTO)
+        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+        // First try + retries = max_attempts requests, no more.
+        assert_eq!(
+            get(&e.sim.stats().key_requests) - before,
+            u64::from(e.opts.aws_limits.max_attempts)
+        );
+    }
+    // A Retry-After longer than the deadline fails at once instead of waiting.
+    e.sim.knobs(|k| k.retry_after_s = 30);
+    let t0 = Instant::now();
+    assert_eq!(
+        run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &[7; 32]),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn tokens_are_refreshed_before_expiry_and_after_a_401() {
+    let e = env();
+    e.sim.knobs(|k| k.token_lifetime_s = 2);
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/ec/cryptoKeyVersions/1";
+    let gk = e
+        .sim
+        .gcp_key(name, "EC_SIGN_P256_SHA256", KeyType::EcP256)
+        .unwrap();
+    let (store, _) = KmsStore::open(&[u, name.to_string()], &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    let stats = e.sim.stats();
+    assert_eq!((get(&stats.azure_tokens), get(&stats.gcp_tokens)), (1, 1));
+    // Past the refresh point (half of a 2 s life) but before expiry: a new
+    // token is fetched proactively; the service never sees an expired one.
+    std::thread::sleep(Duration::from_millis(1200));
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &k.spki,
+        MSG,
+        &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &gk.spki,
+        MSG,
+        &run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    assert_eq!((get(&stats.azure_tokens), get(&stats.gcp_tokens)), (2, 2));
+    assert_eq!(get(&stats.unauthorized), 0);
+    // The service revokes every token: 401, the client drops its token,
+    // fetches a new one and the operation still succeeds.
+    e.sim.knobs(|k| k.token_lifetime_s = 3600);
+    e.sim.state.expire_all_tokens();
+    run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    assert_eq!(get(&stats.unauthorized), 2);
+    assert_eq!((get(&stats.azure_tokens), get(&stats.gcp_tokens)), (3, 3));
+}
+
+#[test]
+fn crc32c_mismatch_is_detected() {
+    let e = env();
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/pss/cryptoKeyVersions/1";
+    let gk = e
+        .sim
+        .gcp_key(name, "RSA_SIGN_PSS_2048_SHA256", KeyType::Rsa2048)
+        .unwrap();
+    let (store, _) = KmsStore::open(&[name.to_string()], &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    // One corrupted answer: detected, retried, the good one is returned.
+    e.sim.knobs(|k| k.corrupt_crc_next = 1);
+    let before = get(&e.sim.stats().operations);
+    let sig = run(&store, 0, OpClass::RsaPss(Hash::Sha256), &d).unwrap();
+    verify(&signature::RSA_PSS_2048_8192_SHA256, &gk.spki, MSG, &sig);
+    assert_eq!(get(&e.sim.stats().operations) - before, 2);
+    // Always corrupted: never passed on; CRYPTO after bounded retries (1 + 4
+    // checksum retries counted).
+    e.sim.knobs(|k| k.corrupt_crc_always = true);
+    assert_eq!(
+        run(&store, 0, OpClass::RsaPss(Hash::Sha256), &d),
+        Err(ErrorCode::CRYPTO)
+    );
+    let mut m = String::new();
+    store.render_metrics(&mut m);
+    assert!(
+        m.contains("keycore_kms_retried_errors_total{service=\"gcp\"} 5"),
+        "{m}"
+    );
+}
+
+#[test]
+fn every_request_is_answered_when_the_service_stalls() {
+    let mut e = env();
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    e.opts.op_timeout = Duration::from_millis(600);
+    e.opts.attempt_timeout = Duration::from_millis(250);
+    let (store, _) = KmsStore::open(&[arn], &e.opts).unwrap();
+    e.sim.knobs(|k| k.delay = Duration::from_secs(3));
+    let t0 = Instant::now();
+    let futs: Vec<_> = (0..20)
+        .map(|_| store.submit(KeyRef(0), OpClass::Ecdsa(Hash::Sha256), &[7; 32]))
+        .collect();
+    for f in futs {
+        assert_eq!(futures_lite::future::block_on(f), Err(ErrorCode::CRYPTO));
+    }
+    let took = t0.elapsed();
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Requests in flight when the store goes away are answered too.
+    let f = store.submit(KeyRef(0), OpClass::Ecdsa(Hash::Sha256), &[7; 32]);
+    drop(store);
+    assert_eq!(futures_lite::future::block_on(f), Err(ErrorCode::CRYPTO));
+}
+
+#[test]
+fn other_credentials_client_certificate_managed_identity_metadata_imds_profile() {
+    let mut e = env();
+    // Azure client certificate: RS256 assertion with x5t, verified by the stand-in.
+    let kp = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["keycore-app".to_string()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    e.sim
+        .azure_client_certificate(TENANT, "cert-app", cert.der())
+        .unwrap();
+    let pem = e.dir.path().join("app.pem");
+    std::fs::write(&pem, format!("{}{}", cert.pem(), kp.serialize_pem())).unwrap();
+    e.opts.azure_credential = Some(AzureCredential::ClientCertificate {
+        tenant: TENANT.into(),
+        client_id: "cert-app".into(),
+        pem,
+    });
+    // Google metadata server; AWS instance metadata (IMDSv2), short-lived.
+    e.opts.gcp_credential = Some(GcpCredential::Metadata);
+    e.opts.aws_credential = Some(AwsCredential::InstanceMetadata);
+    e.sim.knobs(|k| k.token_lifetime_s = 2);
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/ec/cryptoKeyVersions/1";
+    let gk = e
+        .sim
+        .gcp_key(name, "EC_SIGN_P256_SHA256", KeyType::EcP256)
+        .unwrap();
+    let (arn, ak) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let uris = [u.clone(), name.to_string(), arn.clone()];
+    let (store, _) = KmsStore::open(&uris, &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    for (i, spki) in [&k.spki, &gk.spki, &ak.spki].into_iter().enumerate() {
+        verify(
+            &signature::ECDSA_P256_SHA256_ASN1,
+            spki,
+            MSG,
+            &run(&store, i, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+        );
+    }
+    let st = e.sim.stats();
+    assert_eq!(get(&st.azure_tokens), 1);
+    assert_eq!(get(&st.gcp_metadata_tokens), 1);
+    assert_eq!(get(&st.aws_imds_credentials), 1);
+    // Temporary AWS credentials are renewed before they expire.
+    std::thread::sleep(Duration::from_millis(1200));
+    run(&store, 2, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    assert_eq!(get(&st.aws_imds_credentials), 2);
+    drop(store);
+
+    // Azure managed identity (IMDS) and an AWS profile file.
+    e.opts.azure_credential = Some(AzureCredential::ManagedIdentity { client_id: None });
+    let creds = e.dir.path().join("credentials");
+    std::fs::write(&creds, format!("[default]\naws_access_key_id = x\naws_secret_access_key = y\n\n[edge]\naws_access_key_id = {AK}\naws_secret_access_key = {SK}\n")).unwrap();
+    e.opts.aws_credential = Some(AwsCredential::Profile {
+        file: creds,
+        name: "edge".into(),
+    });
+    let (store, _) = KmsStore::open(&[u, arn], &e.opts).unwrap();
+    run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    assert_eq!(get(&st.azure_imds_tokens), 1);
+}
+
+#[test]
+fn glommio_reactor_awaits_kms_operations_without_blocking() {
+    let e = env();
+    let (arn, ak) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (store, _) = KmsStore::open(&[arn], &e.opts).unwrap();
+    let store = std::sync::Arc::new(store);
+    let s2 = store.clone();
+    let d = dig(&digest::SHA256, MSG);
+    let (sigs, ticks) = glommio::LocalExecutorBuilder::default()
+        .spawn(move || async move {
+            // A ticker task keeps running while the KMS calls are pending:
+            // the reactor is never blocked by them.
+            let ticks = std::rc::Rc::new(std::cell::Cell::new(0u32));
+            let t2 = ticks.clone();
+            let ticker = glommio::spawn_local(async move {
+                for _ in 0..20 {
+                    glommio::timer::sleep(Duration::from_millis(5)).await;
+                    t2.set(t2.get() + 1);
+                }
+            })
+            .detach();
+            let futs: Vec<_> = (0..8)
+                .map(|_| s2.submit(KeyRef(0), OpClass::Ecdsa(Hash::Sha256), &d))
+                .collect();
+            let mut sigs = Vec::new();
+            for f in futs {
+                sigs.push(f.await);
+            }
+            ticker.await;
+            (sigs, ticks.get())
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(ticks, 20);
+    for s in sigs {
+        verify(
+            &signature::ECDSA_P256_SHA256_ASN1,
+            &ak.spki,
+            MSG,
+            &s.unwrap(),
+        );
+    }
+}
