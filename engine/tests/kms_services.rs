@@ -771,3 +771,75 @@ fn glommio_reactor_awaits_kms_operations_without_blocking() {
         );
     }
 }
+
+#[test]
+fn connections_are_pooled_and_in_flight_is_capped() {
+    let mut e = env();
+    e.opts.aws_limits.max_in_flight = 3;
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (store, _) = KmsStore::open(&[arn], &e.opts).unwrap();
+    // Sequential operations reuse one kept-alive TLS connection.
+    let conns = get(&e.sim.stats().connections);
+    for _ in 0..30 {
+        run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &[9; 32]).unwrap();
+    }
+    assert_eq!(
+        get(&e.sim.stats().connections),
+        conns,
+        "a new connection per request"
+    );
+    // 12 at once against a slow service: never more than 3 in flight.
+    e.sim.knobs(|k| k.delay = Duration::from_millis(100));
+    let t0 = Instant::now();
+    let futs: Vec<_> = (0..12)
+        .map(|_| store.submit(KeyRef(0), OpClass::Ecdsa(Hash::Sha256), &[9; 32]))
+        .collect();
+    for f in futs {
+        futures_lite::future::block_on(f).unwrap();
+    }
+    assert_eq!(get(&e.sim.stats().max_in_flight), 3);
+    // 12 / 3 = 4 rounds of 100 ms.
+    assert!(
+        t0.elapsed() >= Duration::from_millis(380),
+        "{:?}",
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn startup_errors_name_the_key() {
+    let e = env();
+    // A key the vault does not have.
+    let uri = "https://kv-test.vault.azure.net/keys/missing/0123456789abcdef";
+    let err = KmsStore::open(&[uri.to_string()], &e.opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(uri) && err.contains("KeyNotFound"), "{err}");
+    // A refused client secret.
+    let mut o = e.opts.clone();
+    o.azure_credential = Some(AzureCredential::ClientSecret {
+        tenant: TENANT.into(),
+        client_id: CLIENT.into(),
+        secret: "wrong".into(),
+    });
+    let (u, _) = e
+        .sim
+        .azure_key("kv-test", false, "k", KeyType::EcP256)
+        .unwrap();
+    let err = KmsStore::open(std::slice::from_ref(&u), &o)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&u) && err.contains("invalid_client"), "{err}");
+    // An unreadable service-account file.
+    o.gcp_credential = Some(GcpCredential::ServiceAccountFile(
+        e.dir.path().join("nope.json"),
+    ));
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1";
+    let err = KmsStore::open(&[name.to_string()], &o)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Google Cloud credentials") && err.contains("nope.json"),
+        "{err}"
+    );
+}

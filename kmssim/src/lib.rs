@@ -111,6 +111,12 @@ pub struct Stats {
     pub unauthorized: AtomicU64,
     /// Requests refused as malformed (400 for shape errors).
     pub bad_requests: AtomicU64,
+    /// TCP connections accepted (both listeners): shows keep-alive reuse.
+    pub connections: AtomicU64,
+    /// Key-API requests being answered right now.
+    pub in_flight: AtomicU64,
+    /// Most key-API requests seen in flight at once.
+    pub max_in_flight: AtomicU64,
 }
 
 /// Read a counter.
@@ -230,10 +236,13 @@ impl State {
     /// Count a key-API request and decide whether it is throttled / failed.
     pub(crate) async fn gate(&self) -> Gate {
         bump(&self.stats.key_requests);
+        let now = self.stats.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.stats.max_in_flight.fetch_max(now, Ordering::Relaxed);
         let delay = self.knob(|k| k.delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut k = lock(&self.knobs);
         if k.throttle_always || k.throttle_next > 0 {
             k.throttle_next = k.throttle_next.saturating_sub(1);
@@ -497,6 +506,7 @@ impl Sim {
                                 let Ok((sock, _)) = https.accept().await else {
                                     continue;
                                 };
+                                bump(&st.stats.connections);
                                 let (acc, st) = (acceptor.clone(), st.clone());
                                 tokio::spawn(async move {
                                     if let Ok(s) = acc.accept(sock).await {
@@ -513,6 +523,7 @@ impl Sim {
                                 let Ok((sock, _)) = http.accept().await else {
                                     continue;
                                 };
+                                bump(&st.stats.connections);
                                 let st = st.clone();
                                 tokio::spawn(async move { serve(TokioIo::new(sock), st).await });
                             }

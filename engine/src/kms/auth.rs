@@ -342,11 +342,20 @@ impl TokenCache {
 /// Azure IMDS sends it).
 fn parse_token_reply(r: &Reply) -> Result<(String, u64), CallError> {
     if r.status != StatusCode::OK {
-        return Err(CallError::Service(format!(
+        let why = format!(
             "token endpoint: HTTP {}: {}",
             r.status.as_u16(),
             r.snippet()
-        )));
+        );
+        // A throttled or failing token endpoint is worth another try (the
+        // operation's retry loop makes it); a refusal (400/401) is not.
+        return Err(
+            if r.status == StatusCode::TOO_MANY_REQUESTS || r.status.is_server_error() {
+                CallError::Transport(why)
+            } else {
+                CallError::Service(why)
+            },
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&r.body)
         .map_err(|e| CallError::Service(format!("token endpoint: bad JSON: {e}")))?;
@@ -709,7 +718,14 @@ mod tests {
                 .1,
             86399
         );
-        assert!(parse_token_reply(&mk(400, r#"{"error":"invalid_client"}"#)).is_err());
+        assert!(matches!(
+            parse_token_reply(&mk(400, r#"{"error":"invalid_client"}"#)),
+            Err(CallError::Service(_))
+        ));
+        assert!(matches!(
+            parse_token_reply(&mk(503, "busy")),
+            Err(CallError::Transport(_))
+        ));
         assert!(parse_token_reply(&mk(200, r#"{"expires_in":1}"#)).is_err());
     }
 
