@@ -843,3 +843,25 @@ fn startup_errors_name_the_key() {
         "{err}"
     );
 }
+
+#[test]
+fn failed_keys_can_be_skipped() {
+    let mut e = env();
+    let missing = "https://kv-test.vault.azure.net/keys/missing/0123456789abcdef".to_string();
+    let (good, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    e.opts.skip_failed_keys = true;
+    let (store, entries) = KmsStore::open(&[missing, good.clone()], &e.opts).unwrap();
+    assert_eq!(entries.len(), 1);
+    // KeyRef 0 is the first key served, whatever its place in the list.
+    check_entry(&entries[0], &k, 0, &good);
+    let d = dig(&digest::SHA256, MSG);
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &k.spki,
+        MSG,
+        &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+}

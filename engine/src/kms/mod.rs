@@ -32,7 +32,9 @@ pub mod util;
 
 use crate::keys::{Backend, KeyEntry, KeyKind};
 use http::{bump, CallError, Http, Limits, Service, ServiceStats};
-use keycore_protocol::{legacy_digest_from_spki, ski_from_spki, ErrorCode, OpClass};
+use keycore_protocol::{
+    legacy_digest_from_spki, ski_from_spki, ErrorCode, OpClass, Ski, CERT_DIGEST_LEN,
+};
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -198,6 +200,10 @@ pub struct KmsOptions {
     pub aws_limits: Limits,
     /// Queue to the runtime thread (default [`DEFAULT_QUEUE_DEPTH`]).
     pub queue_depth: usize,
+    /// Leave out (and log) keys whose public half cannot be fetched instead
+    /// of failing [`KmsStore::open`]; for `key_load_errors: skip`. Missing
+    /// credentials still fail. Default false (as `key_load_errors: fail`).
+    pub skip_failed_keys: bool,
 }
 
 fn limits(max_per_second: f64, max_in_flight: usize) -> Limits {
@@ -241,6 +247,7 @@ impl Default for KmsOptions {
             // request quotas". Lower to 300 for ECC-only deployments.
             aws_limits: limits(500.0, 64),
             queue_depth: DEFAULT_QUEUE_DEPTH,
+            skip_failed_keys: false,
         }
     }
 }
@@ -487,7 +494,7 @@ impl KmsStore {
             .collect::<Result<_, _>>()?;
         let tls = http::tls_config(opts.ca_file.as_deref()).map_err(KmsError::Runtime)?;
         let (tx, rx) = mpsc::channel::<Job>(opts.queue_depth.max(1));
-        type Setup = Result<(Vec<(Vec<u8>, KeyKind)>, Vec<StatsRef>), KmsError>;
+        type Setup = Result<(Vec<Fetched>, Vec<StatsRef>), KmsError>;
         let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Setup>();
         let opts2 = opts.clone();
         let thread = std::thread::Builder::new()
@@ -512,25 +519,20 @@ impl KmsStore {
                 return Err(e);
             }
         };
-        let mut entries = Vec::with_capacity(pubs.len());
-        for (i, ((spki, kind), uri)) in pubs.into_iter().zip(uris).enumerate() {
-            let ski = ski_from_spki(&spki).map_err(|e| KmsError::Key {
-                uri: uri.clone(),
-                reason: format!("public key: {e}"),
-            })?;
-            let legacy_digest = match kind {
-                KeyKind::Rsa { .. } => legacy_digest_from_spki(&spki).ok(),
-                _ => None,
-            };
-            entries.push(KeyEntry {
+        // KeyRef(i) is the position among the keys served (the runtime
+        // thread's key list), not in `uris`: skipped keys leave no hole.
+        let entries: Vec<KeyEntry> = pubs
+            .into_iter()
+            .enumerate()
+            .map(|(i, (at, spki, kind, ski, legacy_digest))| KeyEntry {
                 ski,
                 legacy_digest,
                 kind,
                 spki_der: spki,
-                source: uri.clone(),
+                source: uris[at].clone(),
                 backend: Backend::Kms(KeyRef(i as u32)),
-            });
-        }
+            })
+            .collect();
         let store = KmsStore {
             tx: Some(tx),
             thread: Some(thread),
@@ -632,7 +634,11 @@ impl KmsStore {
     }
 }
 
-type SetupTx = std::sync::mpsc::Sender<Result<(Vec<(Vec<u8>, KeyKind)>, Vec<StatsRef>), KmsError>>;
+/// A key whose public half was fetched: its position in the URI list, SPKI,
+/// kind, SKI and (RSA) legacy digest.
+type Fetched = (usize, Vec<u8>, KeyKind, Ski, Option<[u8; CERT_DIGEST_LEN]>);
+
+type SetupTx = std::sync::mpsc::Sender<Result<(Vec<Fetched>, Vec<StatsRef>), KmsError>>;
 
 fn runtime_main(
     keys: Vec<KeyUri>,
@@ -845,7 +851,7 @@ async fn fetch_all(
     mut rt: Runtime,
     keys: Vec<KeyUri>,
     opts: &KmsOptions,
-) -> Result<(Runtime, Vec<(Vec<u8>, KeyKind)>), KmsError> {
+) -> Result<(Runtime, Vec<Fetched>), KmsError> {
     let deadline = tokio::time::Instant::now() + opts.startup_timeout;
     let results = {
         let rt = &rt;
@@ -884,11 +890,29 @@ async fn fetch_all(
         join_all(futs.collect()).await
     };
     let mut pubs = Vec::with_capacity(results.len());
-    for (r, uri) in results.into_iter().zip(keys) {
-        let (spki, kind, detail) = r?;
-        tracing::info!(key = %uri, service = uri.service(), ?kind, "cloud key loaded");
-        pubs.push((spki.clone(), kind));
-        rt.keys.push(RemoteKey { uri, kind, detail });
+    for (at, (r, uri)) in results.into_iter().zip(keys).enumerate() {
+        let ids = r.and_then(|(spki, kind, detail)| {
+            let ski = ski_from_spki(&spki).map_err(|e| KmsError::Key {
+                uri: uri.to_string(),
+                reason: format!("public key: {e}"),
+            })?;
+            let legacy = match kind {
+                KeyKind::Rsa { .. } => legacy_digest_from_spki(&spki).ok(),
+                _ => None,
+            };
+            Ok((spki, kind, detail, ski, legacy))
+        });
+        match ids {
+            Ok((spki, kind, detail, ski, legacy)) => {
+                tracing::info!(key = %uri, service = uri.service(), ?kind, "cloud key loaded");
+                pubs.push((at, spki, kind, ski, legacy));
+                rt.keys.push(RemoteKey { uri, kind, detail });
+            }
+            Err(e) if opts.skip_failed_keys => {
+                tracing::error!(error = %e, "skipping cloud key that failed to load (key_load_errors: skip)");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok((rt, pubs))
 }
