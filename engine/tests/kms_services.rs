@@ -865,3 +865,71 @@ fn failed_keys_can_be_skipped() {
         &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
     );
 }
+
+#[test]
+fn a_wrong_signature_from_the_service_is_never_passed_on() {
+    let e = env();
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "rsa", KeyType::Rsa2048)
+        .unwrap();
+    let name = "projects/p/locations/global/keyRings/r/cryptoKeys/ec/cryptoKeyVersions/1";
+    e.sim
+        .gcp_key(name, "EC_SIGN_P384_SHA384", KeyType::EcP384)
+        .unwrap();
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::Rsa2048).unwrap();
+    let (store, _) = KmsStore::open(&[u, name.to_string(), arn], &e.opts).unwrap();
+    let cases = [
+        (0, OpClass::RsaPss(Hash::Sha256), dig(&digest::SHA256, MSG)),
+        (
+            0,
+            OpClass::RsaPkcs1(Hash::Sha1),
+            dig(&digest::SHA1_FOR_LEGACY_USE_ONLY, MSG),
+        ),
+        (1, OpClass::Ecdsa(Hash::Sha256), dig(&digest::SHA256, MSG)),
+        (
+            2,
+            OpClass::RsaPkcs1(Hash::Sha512),
+            dig(&digest::SHA512, MSG),
+        ),
+    ];
+    for (key, op, d) in &cases {
+        e.sim.knobs(|k| k.wrong_signature_next = 1);
+        assert_eq!(
+            run(&store, *key, *op, d),
+            Err(ErrorCode::CRYPTO),
+            "key {key} {op:?}"
+        );
+        // The next one is right again and passes.
+        run(&store, *key, *op, d).unwrap();
+    }
+    let mut m = String::new();
+    store.render_metrics(&mut m);
+    for s in ["azure\"} 2", "gcp\"} 1", "aws\"} 1"] {
+        assert!(
+            m.contains(&format!("keycore_kms_bad_signatures_total{{service=\"{s}")),
+            "{s}: {m}"
+        );
+    }
+    // With checking off, the wrong signature would go out (shows the check is what stops it).
+    let mut o = e.opts.clone();
+    o.verify_signatures = false;
+    let (u2, _) = e
+        .sim
+        .azure_key("kv-test", false, "rsa2", KeyType::Rsa2048)
+        .unwrap();
+    let (store2, _) = KmsStore::open(&[u2], &o).unwrap();
+    e.sim.knobs(|k| k.wrong_signature_next = 1);
+    let sig = run(
+        &store2,
+        0,
+        OpClass::RsaPss(Hash::Sha256),
+        &dig(&digest::SHA256, MSG),
+    )
+    .unwrap();
+    assert!(
+        UnparsedPublicKey::new(&signature::RSA_PSS_2048_8192_SHA256, spk(&k.spki))
+            .verify(MSG, &sig)
+            .is_err()
+    );
+}

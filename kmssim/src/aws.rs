@@ -349,8 +349,9 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
                 OpClass::Ecdsa(h)
             };
             match key.perform(op, &digest) {
-                Ok(sig) => {
+                Ok(mut sig) => {
                     bump(&st.stats.operations);
+                    st.maybe_spoil(&mut sig);
                     json(
                         StatusCode::OK,
                         j!({"KeyId": arn, "Signature": b64(&sig), "SigningAlgorithm": alg}),

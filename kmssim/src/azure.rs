@@ -197,7 +197,10 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
                 );
             };
             let r = if op == "sign" {
-                sign(&key, alg, &value)
+                sign(&key, alg, &value).map(|mut s| {
+                    st.maybe_spoil(&mut s);
+                    s
+                })
             } else {
                 decrypt(&key, alg, &value)
             };

@@ -106,8 +106,9 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
     let r = sign(&key, &alg, &v);
     match r {
         Err(m) => err(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &m),
-        Ok((sig, digest_verified, data_verified)) => {
+        Ok((mut sig, digest_verified, data_verified)) => {
             bump(&st.stats.operations);
+            st.maybe_spoil(&mut sig);
             let corrupt = {
                 let mut k = lock(&st.knobs);
                 let c = k.corrupt_crc_always || k.corrupt_crc_next > 0;

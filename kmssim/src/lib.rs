@@ -71,6 +71,9 @@ pub struct Knobs {
     pub corrupt_crc_always: bool,
     /// Stall every key-API answer this long.
     pub delay: Duration,
+    /// The next N signatures are wrong (one bit flipped "inside the HSM",
+    /// before any checksum is computed over them).
+    pub wrong_signature_next: u32,
 }
 
 impl Default for Knobs {
@@ -84,6 +87,7 @@ impl Default for Knobs {
             corrupt_crc_next: 0,
             corrupt_crc_always: false,
             delay: Duration::ZERO,
+            wrong_signature_next: 0,
         }
     }
 }
@@ -254,6 +258,16 @@ impl State {
             return Gate::Fail;
         }
         Gate::Pass
+    }
+
+    /// Spoil `sig` if the knobs say so (see [`Knobs::wrong_signature_next`]).
+    pub(crate) fn maybe_spoil(&self, sig: &mut [u8]) {
+        let mut k = lock(&self.knobs);
+        if k.wrong_signature_next > 0 && !sig.is_empty() {
+            k.wrong_signature_next -= 1;
+            let mid = sig.len() / 2;
+            sig[mid] ^= 0x10;
+        }
     }
 
     /// Issue a bearer token for `audience`.

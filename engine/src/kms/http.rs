@@ -254,6 +254,8 @@ pub struct ServiceStats {
     pub server_errors: AtomicU64,
     /// Token / credential refreshes.
     pub token_refreshes: AtomicU64,
+    /// Answers whose signature did not verify with the key's public key.
+    pub bad_signatures: AtomicU64,
 }
 
 /// Add one to a counter.

@@ -29,6 +29,7 @@ pub mod gcp;
 pub mod http;
 pub mod uri;
 pub mod util;
+pub mod verify;
 
 use crate::keys::{Backend, KeyEntry, KeyKind};
 use http::{bump, CallError, Http, Limits, Service, ServiceStats};
@@ -204,6 +205,10 @@ pub struct KmsOptions {
     /// of failing [`KmsStore::open`]; for `key_load_errors: skip`. Missing
     /// credentials still fail. Default false (as `key_load_errors: fail`).
     pub skip_failed_keys: bool,
+    /// KEYCORE_KMS_VERIFY (default on; `0` turns it off): check every
+    /// signature a service returns against the key's public half and answer
+    /// `CRYPTO` instead of passing a wrong one on (verify.rs says why).
+    pub verify_signatures: bool,
 }
 
 fn limits(max_per_second: f64, max_in_flight: usize) -> Limits {
@@ -248,6 +253,7 @@ impl Default for KmsOptions {
             aws_limits: limits(500.0, 64),
             queue_depth: DEFAULT_QUEUE_DEPTH,
             skip_failed_keys: false,
+            verify_signatures: true,
         }
     }
 }
@@ -291,6 +297,7 @@ impl KmsOptions {
             o.aws_imds_endpoint = v;
         }
         o.ca_file = get("KEYCORE_KMS_CA_FILE").map(PathBuf::from);
+        o.verify_signatures = get("KEYCORE_KMS_VERIFY").is_none_or(|v| v.trim() != "0");
         let num = |name: &'static str| -> Result<Option<u64>, KmsError> {
             get(name)
                 .map(|v| {
@@ -434,6 +441,8 @@ struct RemoteKey {
     uri: KeyUri,
     kind: KeyKind,
     detail: Detail,
+    /// subjectPublicKey bits, for checking the service's signatures.
+    public: Vec<u8>,
 }
 
 /// Everything the runtime thread owns.
@@ -445,6 +454,7 @@ struct Runtime {
     aws: Option<aws::Aws>,
     keys: Vec<RemoteKey>,
     op_timeout: Duration,
+    verify_signatures: bool,
     /// (key, op) pairs already logged as refused: one line each, not one per request.
     refused_logged: RefCell<HashSet<(u32, OpClass)>>,
     /// Per service: when a failure was last logged, and how many since.
@@ -578,7 +588,7 @@ impl KmsStore {
             return;
         }
         type Counter = fn(&ServiceStats) -> &AtomicU64;
-        let rows: [(&str, &str, Counter); 7] = [
+        let rows: [(&str, &str, Counter); 8] = [
             (
                 "keycore_kms_operations_ok_total",
                 "Operations answered by the cloud key service.",
@@ -613,6 +623,11 @@ impl KmsStore {
                 "keycore_kms_credential_refreshes_total",
                 "Token or credential fetches.",
                 |s| &s.token_refreshes,
+            ),
+            (
+                "keycore_kms_bad_signatures_total",
+                "Service signatures that did not verify (answered as errors, never passed on).",
+                |s| &s.bad_signatures,
             ),
         ];
         for (name, help, f) in rows {
@@ -795,6 +810,7 @@ fn build_runtime(
         aws,
         keys: Vec::new(),
         op_timeout: opts.op_timeout,
+        verify_signatures: opts.verify_signatures,
         refused_logged: RefCell::new(HashSet::new()),
         fail_log: RefCell::new(HashMap::new()),
     })
@@ -905,8 +921,14 @@ async fn fetch_all(
         match ids {
             Ok((spki, kind, detail, ski, legacy)) => {
                 tracing::info!(key = %uri, service = uri.service(), ?kind, "cloud key loaded");
+                let public = verify::public_bits(&spki).unwrap_or_default();
                 pubs.push((at, spki, kind, ski, legacy));
-                rt.keys.push(RemoteKey { uri, kind, detail });
+                rt.keys.push(RemoteKey {
+                    uri,
+                    kind,
+                    detail,
+                    public,
+                });
             }
             Err(e) if opts.skip_failed_keys => {
                 tracing::error!(error = %e, "skipping cloud key that failed to load (key_load_errors: skip)");
@@ -982,6 +1004,15 @@ impl Runtime {
         };
         match r {
             Ok(v) => {
+                if self.verify_signatures
+                    && verify::check(k.kind, &k.public, op, input, &v) == verify::Checked::Bad
+                {
+                    bump(&svc.stats.bad_signatures);
+                    bump(&svc.stats.failures);
+                    let e = CallError::Service("the service's signature does not verify with the key's public key; not passed on".into());
+                    self.log_failure(svc.name, &k.uri, op, &e);
+                    return Err(ErrorCode::CRYPTO);
+                }
                 bump(&svc.stats.ok);
                 Ok(v)
             }
