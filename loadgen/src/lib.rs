@@ -111,7 +111,9 @@ fn run_with(spec: &LoadSpec, tls: &ClientTls, plan: Arc<profile::Plan>) -> anyho
     let live = spec.live;
     let mut sink = |i: &runner::IntervalStats| {
         let row = report::IntervalRow::of(i);
-        if live {
+        // The drain interval after the last request is empty: nothing to say.
+        let idle = row.latency.is_none() && row.errors == 0 && row.in_flight == 0;
+        if live && !idle {
             let mut line = row.live_line();
             if let Some(w) = row.generator_warning(cores) {
                 line.push_str("  WARNING: ");

@@ -250,22 +250,30 @@ impl Report {
                 "{op} is in the default mix but no suitable key was given; it was left out"
             ));
         }
-        let mut seen_gen = std::collections::BTreeMap::new();
-        for row in timeline.iter().filter(|r| !r.warmup) {
-            if let Some(w) = row.generator_warning(p.cores) {
-                let key = w
-                    .split(':')
-                    .next()
-                    .unwrap_or("")
-                    .split(" at ")
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                seen_gen.entry(key).or_insert((w, 0u32)).1 += 1;
-            }
+        // One summary line per kind of generator trouble, with the worst value.
+        let measured = || timeline.iter().filter(|r| !r.warmup);
+        let cpu_bound: Vec<f64> = measured()
+            .map(|r| r.cpu_pct)
+            .filter(|&c| c >= CPU_BOUND_PCT)
+            .collect();
+        if !cpu_bound.is_empty() {
+            warnings.push(format!(
+                "generator CPU at {:.0}% (worst) of its {} core(s) in {} interval(s): the generator, not the server, may be the bottleneck (add --cores or lower --verify-fraction)",
+                cpu_bound.iter().fold(0.0f64, |a, &b| a.max(b)),
+                p.cores,
+                cpu_bound.len()
+            ));
         }
-        for (_, (w, n)) in seen_gen {
-            warnings.push(format!("{w} [{n} interval(s)]"));
+        let behind: Vec<u64> = measured()
+            .filter_map(|r| r.lag_p99_us)
+            .filter(|&l| l >= LAG_BEHIND_US)
+            .collect();
+        if !behind.is_empty() {
+            warnings.push(format!(
+                "generator behind schedule in {} interval(s) (worst send lag p99 {}): offered load was below the profile's there",
+                behind.len(),
+                ms(behind.iter().copied().max().unwrap_or(0))
+            ));
         }
         let send_lag = run.totals.lag.as_ref().and_then(Percentiles::of);
         Report {
