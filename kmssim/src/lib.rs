@@ -14,8 +14,10 @@
 //! Why a crate of its own: the engine's integration tests run it in-process,
 //! the `keycore-kmssim` binary serves it to a manually started keycore (docs,
 //! `curl -v`, `keycore loadgen`), and none of it may ship inside the server.
-//! LocalStack (the AWS emulator the issue suggests) needs Docker, which the
-//! build machines lack, hence our own SigV4-verifying AWS stand-in.
+//! LocalStack (the AWS emulator the issue suggests) needs a Docker daemon,
+//! which these machines do not run (only the client is installed), hence our
+//! own SigV4-verifying AWS stand-in; its verifier is cross-checked against
+//! curl's independent SigV4 signer (tests/standin_checks.rs).
 //!
 //! What it is not: a complete emulator. Only the calls keycore makes exist
 //! (get-key / sign / decrypt, getPublicKey / asymmetricSign, GetPublicKey /
