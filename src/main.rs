@@ -29,6 +29,8 @@ struct Cli {
 enum Cmd {
     /// Run the key server (reads gokeyless.yaml; see README "Configuration").
     Serve(Box<keycore_engine::config::ServeArgs>),
+    /// Drive edge-like load against key servers and report latency.
+    Loadgen(Box<keycore_loadgen::LoadgenArgs>),
     /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
     Demo(Box<demo::DemoArgs>),
     /// Capacity planning and parameter sweeps (not built yet).
@@ -43,6 +45,10 @@ fn main() {
     }
     let r = match cli.cmd {
         Some(Cmd::Serve(args)) => serve(*args),
+        Some(Cmd::Loadgen(args)) => {
+            init_logging(2);
+            keycore_loadgen::run_cli(&args)
+        }
         Some(Cmd::Demo(args)) => {
             init_logging(2);
             demo::run(&args)
