@@ -635,6 +635,29 @@ mod tests {
     }
 
     #[test]
+    fn two_executors_split_the_load_and_merge_exactly() {
+        let srv = TestServer::start();
+        let tls = ClientTls::from_paths(&srv.tls, &TlsOptions::default()).unwrap();
+        let profile = Profile {
+            rate: 400.0,
+            arrivals: Arrivals::Constant,
+            duration_s: 1.0,
+            warmup_s: 0.0,
+            connections: 3,
+            cores: 2,
+            mix: Profile::parse_mix("ecdsa-p256-sha256=1,ping=1").unwrap(),
+            ..Profile::default()
+        };
+        let r = run_plan(srv.addr, &tls, plan(&srv, profile), &mut |_| {}).unwrap();
+        assert_eq!(r.cpus.len(), 2);
+        assert_eq!(r.totals.all().ok, 400, "{:?}", r.totals.all().errors);
+        assert_eq!(r.sent, 400);
+        // 3 connections over 2 executors: 2 + 1.
+        assert_eq!(r.counters.handshakes, 3);
+        assert_eq!(srv.knobs.requests.load(Ordering::Relaxed), 400);
+    }
+
+    #[test]
     fn timeouts_are_counted_when_the_server_is_slower_than_the_timeout() {
         let srv = TestServer::start();
         srv.knobs.delay_ms.store(200, Ordering::Relaxed);
