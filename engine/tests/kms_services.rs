@@ -933,3 +933,47 @@ fn a_wrong_signature_from_the_service_is_never_passed_on() {
             .is_err()
     );
 }
+
+#[test]
+fn https_proxy_tunnels_service_calls_and_no_proxy_bypasses_it() {
+    let mut e = env();
+    let proxy = keycore_kmssim::proxy::ConnectProxy::start(Some("edge:p@ss")).unwrap();
+    let (arn, ak) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    e.opts.https_proxy = Some(proxy.url.clone());
+    let (store, _) = KmsStore::open(&[arn.clone(), u.clone()], &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &ak.spki,
+        MSG,
+        &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &k.spki,
+        MSG,
+        &run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    assert!(proxy.tunnels() >= 1, "nothing went through the proxy");
+    drop(store);
+    // NO_PROXY: the stand-ins' host is reached directly.
+    let before = proxy.tunnels();
+    e.opts.no_proxy = vec!["127.0.0.1".into()];
+    let (store, _) = KmsStore::open(std::slice::from_ref(&arn), &e.opts).unwrap();
+    run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    assert_eq!(proxy.tunnels(), before);
+    drop(store);
+    // Wrong proxy credentials: the proxy refuses and start-up says so.
+    e.opts.no_proxy.clear();
+    e.opts.https_proxy = Some(proxy.url.replace("p@ss", "nope"));
+    e.opts.startup_timeout = Duration::from_secs(3);
+    let err = KmsStore::open(&[arn], &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("407") || err.to_lowercase().contains("proxy"),
+        "{err}"
+    );
+}

@@ -28,6 +28,7 @@ pub mod aws;
 pub mod azure;
 pub mod gcp;
 pub mod keys;
+pub mod proxy;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{HeaderMap, Request, StatusCode};
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -99,7 +100,67 @@ impl Reply {
 #[derive(Debug, Clone)]
 pub struct Http {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Client whose HTTPS connections go through an HTTP CONNECT proxy.
+    proxied: Option<Client<HttpsConnector<Tunnel<HttpConnector>>, Full<Bytes>>>,
+    /// Hosts reached directly even with a proxy (NO_PROXY).
+    no_proxy: Vec<String>,
     attempt_timeout: Duration,
+}
+
+/// An egress proxy for the services' HTTPS endpoints (HTTPS_PROXY).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// `http://[user:password@]host:port`.
+    pub url: String,
+    /// NO_PROXY entries: `*`, host names (also matching subdomains, with or
+    /// without a leading dot) or IP addresses.
+    pub no_proxy: Vec<String>,
+}
+
+/// Whether `host` is reached directly per NO_PROXY `entries`.
+pub fn bypasses_proxy(host: &str, entries: &[String]) -> bool {
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    entries.iter().any(|e| {
+        let e = e.trim().trim_start_matches('.').to_ascii_lowercase();
+        !e.is_empty() && (e == "*" || host == e || host.ends_with(&format!(".{e}")))
+    })
+}
+
+/// Split a proxy URL into the proxy's own URI and an optional
+/// `Proxy-Authorization: Basic` value from its user info.
+fn parse_proxy(url: &str) -> Result<(hyper::Uri, Option<hyper::header::HeaderValue>), String> {
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        format!("proxy {url:?}: only http:// proxies (HTTP CONNECT) are supported")
+    })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (userinfo, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, authority),
+    };
+    if hostport.is_empty() {
+        return Err(format!("proxy {url:?}: no host"));
+    }
+    let uri: hyper::Uri = format!("http://{hostport}")
+        .parse()
+        .map_err(|e| format!("proxy {url:?}: {e}"))?;
+    let auth = match userinfo {
+        None => None,
+        Some(u) => {
+            use base64::Engine as _;
+            let v = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(u)
+            );
+            Some(
+                v.parse()
+                    .map_err(|_| format!("proxy {url:?}: bad user info"))?,
+            )
+        }
+    };
+    Ok((uri, auth))
 }
 
 /// Build the rustls client config: the system's roots plus an optional PEM
@@ -135,12 +196,40 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
 }
 
 impl Http {
-    /// A client; must be called inside the tokio runtime.
-    pub fn new(tls: rustls::ClientConfig, attempt_timeout: Duration) -> Http {
+    /// A client; must be called inside the tokio runtime. With `proxy`,
+    /// HTTPS requests to hosts not in its NO_PROXY list are tunnelled
+    /// through it (plain-http metadata services never are).
+    pub fn new(
+        tls: rustls::ClientConfig,
+        attempt_timeout: Duration,
+        proxy: Option<&ProxySettings>,
+    ) -> Result<Http, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(attempt_timeout));
+        let builder = || {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+                .clone()
+        };
+        let proxied = match proxy {
+            None => None,
+            Some(p) => {
+                let (uri, auth) = parse_proxy(&p.url)?;
+                let mut tunnel = Tunnel::new(uri, http.clone());
+                if let Some(a) = auth {
+                    tunnel = tunnel.with_auth(a);
+                }
+                let conn = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_only()
+                    .enable_http1()
+                    .wrap_connector(tunnel);
+                Some(builder().build(conn))
+            }
+        };
         let conn = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             // Plain http only for the link-local metadata services (IMDS,
@@ -148,14 +237,12 @@ impl Http {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
-            .build(conn);
-        Http {
-            client,
+        Ok(Http {
+            client: builder().build(conn),
+            proxied,
+            no_proxy: proxy.map(|p| p.no_proxy.clone()).unwrap_or_default(),
             attempt_timeout,
-        }
+        })
     }
 
     /// One exchange, bounded by the attempt timeout and `deadline`.
@@ -165,12 +252,21 @@ impl Http {
         deadline: Instant,
     ) -> Result<Reply, CallError> {
         let until = deadline.min(Instant::now() + self.attempt_timeout);
+        let via_proxy = match &self.proxied {
+            Some(p)
+                if req.uri().scheme_str() == Some("https")
+                    && !bypasses_proxy(req.uri().host().unwrap_or(""), &self.no_proxy) =>
+            {
+                Some(p)
+            }
+            _ => None,
+        };
         let fut = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| CallError::Transport(error_chain(&e)))?;
+            let resp = match via_proxy {
+                Some(p) => p.request(req).await,
+                None => self.client.request(req).await,
+            }
+            .map_err(|e| CallError::Transport(error_chain(&e)))?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_RESPONSE_BYTES)
                 .collect()
@@ -583,6 +679,26 @@ mod tests {
         let e = t0.elapsed();
         assert!(e >= Duration::from_millis(150), "{e:?}");
         assert!(e < Duration::from_secs(2), "{e:?}");
+    }
+
+    #[test]
+    fn no_proxy_matching_and_proxy_urls() {
+        let np = vec![
+            ".internal.example".to_string(),
+            "10.1.2.3".into(),
+            "vault.azure.net".into(),
+        ];
+        assert!(bypasses_proxy("kms.internal.example", &np));
+        assert!(bypasses_proxy("10.1.2.3", &np));
+        assert!(bypasses_proxy("kv1.vault.azure.net", &np));
+        assert!(!bypasses_proxy("cloudkms.googleapis.com", &np));
+        assert!(!bypasses_proxy("notvault.azure.net.evil", &np));
+        assert!(bypasses_proxy("anything", &["*".to_string()]));
+        let (u, a) = parse_proxy("http://user:pa%40ss@proxy.corp:3128").unwrap();
+        assert_eq!(u.to_string(), "http://proxy.corp:3128/");
+        assert_eq!(a.unwrap().to_str().unwrap(), "Basic dXNlcjpwYSU0MHNz");
+        assert!(parse_proxy("https://proxy.corp:3128").is_err());
+        assert!(parse_proxy("http://").is_err());
     }
 
     #[test]

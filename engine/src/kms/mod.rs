@@ -205,6 +205,13 @@ pub struct KmsOptions {
     /// of failing [`KmsStore::open`]; for `key_load_errors: skip`. Missing
     /// credentials still fail. Default false (as `key_load_errors: fail`).
     pub skip_failed_keys: bool,
+    /// HTTPS_PROXY (or https_proxy): `http://[user:password@]host:port`;
+    /// the services' HTTPS endpoints are reached through it with HTTP
+    /// CONNECT. Plain-http metadata services never are.
+    pub https_proxy: Option<String>,
+    /// NO_PROXY (or no_proxy): comma-separated hosts, domains (`.corp`) or
+    /// `*` reached directly.
+    pub no_proxy: Vec<String>,
     /// KEYCORE_KMS_VERIFY (default on; `0` turns it off): check every
     /// signature a service returns against the key's public half and answer
     /// `CRYPTO` instead of passing a wrong one on (verify.rs says why).
@@ -254,6 +261,8 @@ impl Default for KmsOptions {
             queue_depth: DEFAULT_QUEUE_DEPTH,
             skip_failed_keys: false,
             verify_signatures: true,
+            https_proxy: None,
+            no_proxy: Vec::new(),
         }
     }
 }
@@ -298,6 +307,16 @@ impl KmsOptions {
         }
         o.ca_file = get("KEYCORE_KMS_CA_FILE").map(PathBuf::from);
         o.verify_signatures = get("KEYCORE_KMS_VERIFY").is_none_or(|v| v.trim() != "0");
+        o.https_proxy = get("HTTPS_PROXY").or_else(|| get("https_proxy"));
+        o.no_proxy = get("NO_PROXY")
+            .or_else(|| get("no_proxy"))
+            .map(|v| {
+                v.split(',')
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
         let num = |name: &'static str| -> Result<Option<u64>, KmsError> {
             get(name)
                 .map(|v| {
@@ -720,7 +739,16 @@ fn build_runtime(
     opts: &KmsOptions,
     tls: rustls::ClientConfig,
 ) -> Result<Runtime, KmsError> {
-    let http = Http::new(tls, opts.attempt_timeout);
+    let proxy = opts.https_proxy.as_ref().map(|url| http::ProxySettings {
+        url: url.clone(),
+        no_proxy: opts.no_proxy.clone(),
+    });
+    let http = Http::new(tls, opts.attempt_timeout, proxy.as_ref()).map_err(|reason| {
+        KmsError::Setting {
+            name: "HTTPS_PROXY",
+            reason,
+        }
+    })?;
     let mut azure = None;
     let mut gcp = None;
     let mut aws = None;
