@@ -472,6 +472,10 @@ pub struct LoadgenArgs {
     /// Random seed (same seed, same request sequence).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Open loop: requests outstanding per generator core at most; further
+    /// arrivals are counted as "not sent". Default 262144.
+    #[arg(long)]
+    pub max_outstanding_per_core: Option<usize>,
 
     /// Print the report as JSON on stdout (live lines still go to stderr).
     #[arg(long)]
@@ -540,7 +544,8 @@ impl LoadgenArgs {
         }
         set!(rate <- rate, concurrency <- concurrency, duration_s <- duration, warmup_s <- warmup,
              ramp_s <- ramp, zipf_exponent <- zipf, connections <- connections,
-             timeout_ms <- timeout_ms, verify_fraction <- verify_fraction, cores <- cores);
+             timeout_ms <- timeout_ms, verify_fraction <- verify_fraction, cores <- cores,
+             max_outstanding_per_core <- max_outstanding_per_core);
         if let Some(m) = &self.mix {
             p.mix = Profile::parse_mix(m)?;
         }

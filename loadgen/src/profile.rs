@@ -121,6 +121,11 @@ pub struct Profile {
     pub tls12_only: bool,
     /// Random seed; default: from the clock. Same seed, same request sequence.
     pub seed: Option<u64>,
+    /// Open loop: requests outstanding per generator core at most; arrivals
+    /// beyond it are counted as "not sent" rather than queued, so a dead or
+    /// far-behind server can't grow the generator's memory without bound.
+    /// Default 262144 (each waiting request holds under 1 KiB: ≤ 256 MiB).
+    pub max_outstanding_per_core: usize,
 }
 
 impl Default for Profile {
@@ -147,6 +152,7 @@ impl Default for Profile {
             first_cpu: None,
             tls12_only: false,
             seed: None,
+            max_outstanding_per_core: 262_144,
         }
     }
 }
@@ -254,6 +260,9 @@ impl Profile {
                 "cores must be within 1..={MAX_CORES}, got {}",
                 self.cores
             )));
+        }
+        if self.max_outstanding_per_core == 0 {
+            return Err(perr("max_outstanding_per_core must be at least 1"));
         }
         if self.keys == Some(0) {
             return Err(perr("keys (K) must be at least 1"));

@@ -428,12 +428,20 @@ impl Report {
                 .filter_map(|r| r.latency.as_ref().map(|p| (r.t_s, f(p) as f64 / 1000.0)))
                 .collect()
         };
+        // Interval rows are stamped with their end time.
+        let warmup_end = self
+            .timeline
+            .iter()
+            .filter(|r| r.warmup)
+            .map(|r| r.t_s)
+            .fold(0.0f64, f64::max);
         let over_time = svg_chart(&Chart {
             title: "Latency over time (all operations)",
             x_label: "seconds from start",
             y_label: "latency (ms, log)",
             log_y: true,
             x_ticks: None,
+            shade_until: Some(warmup_end),
             series: vec![
                 ("p50".into(), t(|p| p.p50_us)),
                 ("p99".into(), t(|p| p.p99_us)),
@@ -446,6 +454,7 @@ impl Report {
             y_label: "OK responses / s",
             log_y: false,
             x_ticks: None,
+            shade_until: Some(warmup_end),
             series: vec![(
                 "rate".into(),
                 self.timeline
@@ -484,6 +493,7 @@ impl Report {
                 (4.0, "99.99%".into()),
                 (5.0, "99.999%".into()),
             ]),
+            shade_until: None,
             series: dist_series,
         });
         format!(
@@ -509,6 +519,8 @@ struct Chart<'a> {
     log_y: bool,
     x_ticks: Option<Vec<(f64, String)>>,
     series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Shade x below this (the warm-up on time axes).
+    shade_until: Option<f64>,
 }
 
 const COLORS: [&str; 8] = [
@@ -517,7 +529,7 @@ const COLORS: [&str; 8] = [
 
 /// A line chart as inline SVG.
 fn svg_chart(c: &Chart<'_>) -> String {
-    let (w, h, ml, mr, mt, mb) = (900.0, 360.0, 80.0, 140.0, 40.0, 50.0);
+    let (w, h, ml, mr, mt, mb) = (960.0, 360.0, 80.0, 190.0, 40.0, 50.0);
     let pts: Vec<(f64, f64)> = c
         .series
         .iter()
@@ -555,6 +567,17 @@ fn svg_chart(c: &Chart<'_>) -> String {
     }
     let px = |x: f64| ml + (x - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - (fy(y) - y0) / (y1 - y0) * (h - mt - mb);
+    if let Some(until) = c.shade_until.filter(|&u| u > x0) {
+        let x = px(until.min(x1));
+        let _ = write!(
+            s,
+            "<rect x=\"{ml}\" y=\"{mt}\" width=\"{:.1}\" height=\"{}\" fill=\"#f0f0f0\"/><text x=\"{:.1}\" y=\"{}\" font-size=\"10\" fill=\"#888\">warm-up</text>",
+            x - ml,
+            h - mt - mb,
+            ml + 4.0,
+            mt + 12.0
+        );
+    }
     // Axes.
     let _ = write!(
         s,

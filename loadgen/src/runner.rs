@@ -458,7 +458,23 @@ async fn open_loop(st: &Rc<Shard>, start: Instant, id: usize, n: usize) {
                 futures_lite::future::yield_now().await;
             }
         }
+        if st.outstanding.get() >= p.max_outstanding_per_core {
+            not_sent(st, at);
+            continue;
+        }
         glommio::spawn_local(request(st.clone(), at)).detach();
+    }
+}
+
+/// Count an arrival the generator had no room to send.
+fn not_sent(st: &Shard, at: Instant) {
+    let (op, _) = {
+        let mut rng = st.rng.borrow_mut();
+        st.plan.pick(rng.random(), rng.random())
+    };
+    st.cur.borrow_mut().op(op).error(ErrorKind::NotSent);
+    if at >= st.measure_from && at < st.measure_to {
+        st.total.borrow_mut().op(op).error(ErrorKind::NotSent);
     }
 }
 
@@ -655,6 +671,29 @@ mod tests {
         // 3 connections over 2 executors: 2 + 1.
         assert_eq!(r.counters.handshakes, 3);
         assert_eq!(srv.knobs.requests.load(Ordering::Relaxed), 400);
+    }
+
+    #[test]
+    fn arrivals_beyond_the_outstanding_limit_are_counted_not_queued() {
+        let srv = TestServer::start();
+        srv.knobs.stall_once_ms.store(400, Ordering::Relaxed);
+        let tls = ClientTls::from_paths(&srv.tls, &TlsOptions::default()).unwrap();
+        let profile = Profile {
+            rate: 200.0,
+            arrivals: Arrivals::Constant,
+            duration_s: 0.2,
+            warmup_s: 0.0,
+            connections: 1,
+            max_outstanding_per_core: 5,
+            mix: Profile::parse_mix("ping=1").unwrap(),
+            ..Profile::default()
+        };
+        let r = run_plan(srv.addr, &tls, plan(&srv, profile), &mut |_| {}).unwrap();
+        let ping = &r.totals.ops[OpKind::Ping.index()];
+        // 40 arrivals during a 400 ms stall: 5 sent (and answered after it).
+        assert_eq!(ping.ok, 5);
+        assert_eq!(ping.errors.get(&ErrorKind::NotSent), Some(&35));
+        assert_eq!(r.sent, 5);
     }
 
     #[test]

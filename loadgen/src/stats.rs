@@ -48,6 +48,9 @@ pub enum ErrorKind {
     NotConnected,
     /// Any other client-side failure.
     Client,
+    /// Open loop: not sent at all, because the generator already had its
+    /// maximum of requests outstanding (the server is far behind).
+    NotSent,
 }
 
 impl ErrorKind {
@@ -89,6 +92,7 @@ impl fmt::Display for ErrorKind {
             ErrorKind::ConnectionLost => f.write_str("connection lost"),
             ErrorKind::NotConnected => f.write_str("not connected"),
             ErrorKind::Client => f.write_str("client error"),
+            ErrorKind::NotSent => f.write_str("not sent (generator at its outstanding limit)"),
         }
     }
 }
