@@ -977,3 +977,36 @@ fn https_proxy_tunnels_service_calls_and_no_proxy_bypasses_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_full_queue_answers_at_once() {
+    let mut e = env();
+    e.opts.queue_depth = 4;
+    e.opts.op_timeout = Duration::from_secs(2);
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (store, _) = KmsStore::open(&[arn], &e.opts).unwrap();
+    e.sim.knobs(|k| k.delay = Duration::from_millis(300));
+    // 4 in progress + 4 queued; the rest are refused without waiting.
+    let t0 = Instant::now();
+    let futs: Vec<_> = (0..20)
+        .map(|_| store.submit(KeyRef(0), OpClass::Ecdsa(Hash::Sha256), &[7; 32]))
+        .collect();
+    let results: Vec<_> = futs
+        .into_iter()
+        .map(futures_lite::future::block_on)
+        .collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!((4..=8).contains(&ok), "{ok} succeeded: {results:?}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let mut m = String::new();
+    store.render_metrics(&mut m);
+    let full: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("keycore_kms_queue_full_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Every request answered: the accepted ones signed, the others refused
+    // by the full queue (none timed out).
+    assert_eq!(ok + full as usize, 20, "{results:?}");
+}

@@ -49,8 +49,10 @@ use tokio::sync::{mpsc, oneshot};
 use uri::KeyUri;
 
 /// Operations queued for the runtime thread before `submit` answers `CRYPTO`
-/// at once. Sized for bursts: at the services' own limits (a few hundred
-/// per second) this is several seconds of work, past any sane deadline.
+/// at once; also the most the runtime works on at a time (so at most twice
+/// this many are accepted). Sized for bursts: at the services' own limits (a
+/// few hundred per second) this is several seconds of work, past any sane
+/// deadline, which counts from the moment an operation is queued.
 pub const DEFAULT_QUEUE_DEPTH: usize = 4096;
 
 /// Which key a request is for (index into the store).
@@ -416,6 +418,9 @@ struct Job {
     op: OpClass,
     input: Vec<u8>,
     reply: oneshot::Sender<Result<Vec<u8>, ErrorCode>>,
+    /// When it was queued: the operation deadline counts from here, so
+    /// time spent waiting in the queue is not given twice.
+    queued: std::time::Instant,
 }
 
 /// Per-service counters visible to the metrics scrape.
@@ -588,6 +593,7 @@ impl KmsStore {
                     op,
                     input: input.to_vec(),
                     reply,
+                    queued: std::time::Instant::now(),
                 })
                 .map_err(|_| {
                     self.queue_full.fetch_add(1, Ordering::Relaxed);
@@ -724,11 +730,20 @@ fn runtime_main(
                 return;
             }
         };
-        while let Some(job) = rx.recv().await {
+        // At most `queue_depth` operations in progress: past that the loop
+        // stops taking jobs, the queue fills and `submit` answers CRYPTO at
+        // once instead of piling up work that would only time out.
+        let in_progress = Arc::new(tokio::sync::Semaphore::new(opts.queue_depth.max(1)));
+        loop {
+            let Ok(permit) = in_progress.clone().acquire_owned().await else {
+                break;
+            };
+            let Some(job) = rx.recv().await else { break };
             let rt = rt.clone();
             tokio::task::spawn_local(async move {
-                let r = rt.perform(job.key, job.op, &job.input).await;
+                let r = rt.perform(job.key, job.op, &job.input, job.queued).await;
                 let _ = job.reply.send(r);
+                drop(permit);
             });
         }
     });
@@ -997,11 +1012,17 @@ async fn join_all<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
 type OpFuture<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<u8>, OpError>> + 'a>>;
 
 impl Runtime {
-    async fn perform(&self, key: u32, op: OpClass, input: &[u8]) -> Result<Vec<u8>, ErrorCode> {
+    async fn perform(
+        &self,
+        key: u32,
+        op: OpClass,
+        input: &[u8],
+        queued: std::time::Instant,
+    ) -> Result<Vec<u8>, ErrorCode> {
         let Some(k) = self.keys.get(key as usize) else {
             return Err(ErrorCode::INTERNAL);
         };
-        let deadline = tokio::time::Instant::now() + self.op_timeout;
+        let deadline = tokio::time::Instant::from_std(queued) + self.op_timeout;
         let (svc, fut): (&Service, OpFuture<'_>) = match (&k.uri, &k.detail) {
             (KeyUri::Azure(a), Detail::Azure) => {
                 let s = self.azure.as_ref().ok_or(ErrorCode::INTERNAL)?;
