@@ -5,10 +5,10 @@
 
 use anyhow::{Context, Result};
 use keycore_engine::config;
-use keycore_engine::keys::KeyKind;
-use keycore_loadgen::client::BlockingClient;
-use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
-use keycore_protocol::{Message, Op, Ski};
+use keycore_loadgen::profile::LoopMode;
+use keycore_loadgen::tls::ClientTlsPaths;
+use keycore_loadgen::LoadSpec;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -19,18 +19,18 @@ pub struct DemoArgs {
     /// temporary directory, removed at exit.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// How long to drive load, per operation.
-    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    /// How long to drive load in the measured pass.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Reactor cores for the server. Default 1 (the other core drives load).
     #[arg(long, default_value_t = 1)]
     pub server_cores: usize,
     /// Client connections driving load.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 8)]
     pub connections: usize,
-    /// Requests pipelined per connection per round trip.
-    #[arg(long, default_value_t = 64)]
-    pub depth: usize,
+    /// Requests outstanding in total (closed loop).
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -77,57 +77,65 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         cfg_path.display()
     );
 
-    let tls = ClientTls::from_paths(
-        &ClientTlsPaths {
-            ca: pki.ca_cert.clone(),
-            cert: pki.client_cert.clone(),
-            key: pki.client_key.clone(),
-        },
-        &TlsOptions {
-            tls12_only: false,
-            server_name: Some("localhost".into()),
-        },
-    )?;
-    let keys: Vec<(KeyKind, Ski)> = keycore_engine::keys::software::load_dir(&pki.keys_dir)
-        .into_iter()
-        .filter_map(|r| r.ok())
-        .map(|e| (e.kind, e.ski))
+    let tls_paths = ClientTlsPaths {
+        ca: pki.ca_cert.clone(),
+        cert: pki.client_cert.clone(),
+        key: pki.client_key.clone(),
+    };
+    let mix: BTreeMap<String, f64> = [
+        ("ecdsa-p256-sha256", 40.0),
+        ("rsa-pss-sha256", 15.0),
+        ("rsa-pkcs1-sha256", 15.0),
+        ("ed25519", 20.0),
+        ("rsa-decrypt", 5.0),
+        ("ping", 5.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    // The server serves every kind; the load uses the sizes an edge mostly
+    // sees (RSA-2048, P-256, Ed25519) so each line of the report means one
+    // key size. `keycore loadgen --keys DIR` drives any set.
+    let load_keys: Vec<PathBuf> = ["rsa2048.key", "p256.key", "ed25519.key"]
+        .iter()
+        .map(|f| pki.keys_dir.join(f))
         .collect();
-    let plan: [(&str, Op, KeyKind, usize); 5] = [
-        (
-            "ECDSA P-256 SHA-256",
-            Op::ECDSA_SIGN_SHA256,
-            KeyKind::EcdsaP256,
-            32,
-        ),
-        (
-            "RSA-2048 PKCS#1 SHA-256",
-            Op::RSA_SIGN_SHA256,
-            KeyKind::Rsa { bits: 2048 },
-            32,
-        ),
-        (
-            "RSA-2048 PSS SHA-256",
-            Op::RSA_PSS_SIGN_SHA256,
-            KeyKind::Rsa { bits: 2048 },
-            32,
-        ),
-        ("Ed25519", Op::ED25519_SIGN, KeyKind::Ed25519, 64),
-        ("ping", Op::PING, KeyKind::EcdsaP256, 8),
-    ];
+    let mut spec = LoadSpec::new(addr, tls_paths, load_keys);
+    spec.server_name = Some("localhost".into());
+    spec.profile.mode = LoopMode::Closed;
+    spec.profile.mix = mix;
+    spec.profile.connections = args.connections;
+    spec.profile.concurrency = args.concurrency;
+    spec.profile.cores = 1;
+    spec.profile.zipf_exponent = 0.0;
+
+    // 1. Correctness: every response checked against the public key.
+    spec.profile.duration_s = 1.0;
+    spec.profile.warmup_s = 0.0;
+    spec.profile.verify_fraction = 1.0;
+    let check = keycore_loadgen::run(&spec)?;
     println!(
-        "\n{:<26} {:>10} {:>12} {:>8}   ({} connections x {} pipelined, {:?} each)",
-        "operation", "ops/s", "mean µs/op", "errors", args.connections, args.depth, args.duration
+        "\ncorrectness pass: {} responses, every signature / plaintext verified, {} errors",
+        check.total_ok(),
+        check.total_errors()
     );
-    for (name, op, kind, len) in plan {
-        let ski = keys.iter().find(|(k, _)| *k == kind).map(|(_, s)| *s);
-        let (ok, errors, secs) = drive(addr, &tls, op, ski, len, args)?;
-        println!(
-            "{name:<26} {:>10.0} {:>12.1} {errors:>8}",
-            ok as f64 / secs,
-            secs * 1e6 * args.connections as f64 / (ok.max(1)) as f64
-        );
+    if check.total_errors() > 0 {
+        check.print_text(&mut std::io::stdout())?;
+        anyhow::bail!("the server answered some requests wrongly");
     }
+
+    // 2. Throughput and latency: closed loop, 2% of responses verified so
+    // the generator's own verification doesn't cap the rate.
+    spec.profile.duration_s = args.duration.as_secs_f64();
+    spec.profile.warmup_s = 1.0;
+    spec.profile.verify_fraction = 0.02;
+    println!(
+        "load pass: closed loop, {} requests outstanding over {} connections, {:.0} s (+1 s warm-up), generator on 1 core\n",
+        args.concurrency, args.connections, spec.profile.duration_s
+    );
+    let report = keycore_loadgen::run(&spec)?;
+    report.print_text(&mut std::io::stdout())?;
+
     let reg = running.server.registry.clone();
     println!(
         "\nserver counters: {} requests, {} responses, {} connections accepted, {} TLS failures",
@@ -139,55 +147,4 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     running.stop()?;
     println!("server drained and stopped.");
     Ok(())
-}
-
-/// Closed-loop load: each connection keeps `depth` requests pipelined.
-fn drive(
-    addr: std::net::SocketAddr,
-    tls: &ClientTls,
-    op: Op,
-    ski: Option<Ski>,
-    len: usize,
-    args: &DemoArgs,
-) -> Result<(u64, u64, f64)> {
-    let start = Instant::now();
-    let results: Vec<Result<(u64, u64)>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..args.connections)
-            .map(|_| {
-                s.spawn(move || -> Result<(u64, u64)> {
-                    let mut c = BlockingClient::connect(addr, tls)?;
-                    let payload = vec![0x5au8; len];
-                    let msg = Message {
-                        opcode: Some(op),
-                        payload: Some(&payload),
-                        ski: if op == Op::PING { None } else { ski.as_ref() },
-                        ..Message::default()
-                    };
-                    let batch = vec![msg; args.depth];
-                    let (mut ok, mut err) = (0u64, 0u64);
-                    while start.elapsed() < args.duration {
-                        for r in c.pipeline(&batch)? {
-                            if r.error_code().is_none() {
-                                ok += 1
-                            } else {
-                                err += 1
-                            }
-                        }
-                    }
-                    Ok((ok, err))
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("driver thread"))
-            .collect()
-    });
-    let secs = start.elapsed().as_secs_f64();
-    let (mut ok, mut err) = (0, 0);
-    for r in results {
-        let (o, e) = r?;
-        ok += o;
-        err += e;
-    }
-    Ok((ok, err, secs))
 }
