@@ -56,8 +56,9 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
         }
         _ => {}
     }
-    // The vault's audience: the stand-in serves both kinds on one address, so
-    // a key added as Managed HSM records it in its path registry name.
+    // The stand-in serves vault and Managed HSM keys on one address: any
+    // valid token gets past this first check; the key's own audience is
+    // checked once the key is known.
     let segs: Vec<&str> = parts
         .uri
         .path()
@@ -75,8 +76,6 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
             )
         }
     };
-    // Either audience is fine for the stand-in's keys, but the token must be
-    // for one of them and valid.
     let ok_vault = st.check_bearer(parts, audience_of(false));
     let ok_hsm = st.check_bearer(parts, audience_of(true));
     if let (Err(e), Err(_)) = (&ok_vault, &ok_hsm) {
@@ -104,13 +103,21 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
         }
         Gate::Fail => return err(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "try again"),
     }
-    let Some(key) = lock(&st.azure_keys).get(&path_key).cloned() else {
+    let Some((key, hsm)) = lock(&st.azure_keys).get(&path_key).cloned() else {
         return err(
             StatusCode::NOT_FOUND,
             "KeyNotFound",
             &format!("A key with (name/id) {path_key} was not found in this key vault."),
         );
     };
+    // A vault token does not open a Managed HSM and the other way round.
+    if let Err(e) = st.check_bearer(parts, audience_of(hsm)) {
+        return err(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            &format!("AKV10022: Invalid audience: {e}"),
+        );
+    }
     let host = parts
         .headers
         .get("host")

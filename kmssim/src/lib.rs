@@ -173,7 +173,8 @@ pub struct State {
     pub stats: Stats,
     tokens: Mutex<HashMap<String, Token>>,
     azure_apps: Mutex<HashMap<(String, String), AzureApp>>,
-    azure_keys: Mutex<HashMap<String, Arc<SimKey>>>,
+    /// Path -> (key, is a Managed HSM key: decides the token audience).
+    azure_keys: Mutex<HashMap<String, (Arc<SimKey>, bool)>>,
     gcp_accounts: Mutex<HashMap<String, ServiceAccount>>,
     gcp_keys: Mutex<HashMap<String, (Arc<SimKey>, String)>>,
     aws_secrets: Mutex<HashMap<String, AwsSecret>>,
@@ -620,7 +621,7 @@ impl Sim {
     ) -> Result<(String, Arc<SimKey>), SimError> {
         let key = Arc::new(SimKey::generate(t)?);
         let version = random_hex(16);
-        lock(&self.state.azure_keys).insert(format!("/keys/{name}/{version}"), key.clone());
+        lock(&self.state.azure_keys).insert(format!("/keys/{name}/{version}"), (key.clone(), hsm));
         let domain = if hsm {
             "managedhsm.azure.net"
         } else {

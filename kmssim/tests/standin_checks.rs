@@ -163,6 +163,15 @@ fn azure_shape_checks() {
     let r = curl(&sim, dir.path(), &a);
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(get(&sim.stats().bad_requests) >= 4);
+    // A vault token does not open a Managed HSM key.
+    let (hsm_uri, _) = sim.azure_key("hsm1", true, "k", KeyType::EcP256).unwrap();
+    let hsm_url = format!(
+        "{}{}?api-version=7.4",
+        sim.https_url,
+        &hsm_uri[hsm_uri.find("/keys/").unwrap()..]
+    );
+    let r = curl(&sim, dir.path(), &["-H", &auth, &hsm_url]);
+    assert!(r.status == 401 && r.body.contains("audience"), "{}", r.body);
 }
 
 #[test]
