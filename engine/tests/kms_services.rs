@@ -401,7 +401,10 @@ fn aws_kms_sign_with_digest_and_refusals() {
     let e = env();
     let (a_rsa, k_rsa) = e.sim.aws_key("eu-west-1", KeyType::Rsa2048).unwrap();
     let (a_p256, k_p256) = e.sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
-    let (a_p384, k_p384) = e.sim.aws_key("eu-west-1", KeyType::EcP384).unwrap();
+    let (a_key384, k_p384) = e.sim.aws_key("eu-west-1", KeyType::EcP384).unwrap();
+    // The P-384 key by its alias ARN.
+    let a_p384 = e.sim.aws_alias(&a_key384, "keyless/tls-ec384");
+    assert!(a_p384.ends_with(":alias/keyless/tls-ec384"));
     let uris = vec![a_rsa.clone(), a_p256.clone(), a_p384.clone()];
     let (store, entries) = KmsStore::open(&uris, &e.opts).expect("open");
     check_entry(&entries[0], &k_rsa, 0, &a_rsa);

@@ -278,6 +278,11 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
     let Some(key_id) = v["KeyId"].as_str() else {
         return err("ValidationException", "1 validation error detected: Value null at 'keyId' failed to satisfy constraint: Member must not be null");
     };
+    let key_id = lock(&st.aws_aliases)
+        .get(key_id)
+        .cloned()
+        .unwrap_or_else(|| key_id.to_owned());
+    let key_id = key_id.as_str();
     let found = {
         let keys = lock(&st.aws_keys);
         keys.iter()

@@ -179,6 +179,8 @@ pub struct State {
     gcp_keys: Mutex<HashMap<String, (Arc<SimKey>, String)>>,
     aws_secrets: Mutex<HashMap<String, AwsSecret>>,
     aws_keys: Mutex<HashMap<String, (Arc<SimKey>, String)>>,
+    /// Alias ARN -> key ARN.
+    aws_aliases: Mutex<HashMap<String, String>>,
     imds_tokens: Mutex<HashMap<String, Instant>>,
     /// `https://127.0.0.1:<port>`, for token audiences.
     https_url: Mutex<String>,
@@ -683,6 +685,18 @@ impl Sim {
                 expires: None,
             },
         );
+    }
+
+    /// Point `alias/<name>` (in the key's region and account) at a key;
+    /// returns the alias ARN.
+    pub fn aws_alias(&self, key_arn: &str, name: &str) -> String {
+        let base = key_arn
+            .rsplit_once(":key/")
+            .map(|(b, _)| b)
+            .unwrap_or(key_arn);
+        let alias = format!("{base}:alias/{name}");
+        lock(&self.state.aws_aliases).insert(alias.clone(), key_arn.to_owned());
+        alias
     }
 
     /// Add an AWS KMS key (`arn:aws:kms:<region>:111122223333:key/<uuid>`);
