@@ -708,6 +708,10 @@ impl HdrLog {
         use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
         let mut b = IntervalLogWriterBuilder::new();
         if !self.started {
+            // Interval i ends about now: put the log's start at the run's start.
+            self.start = std::time::SystemTime::now()
+                .checked_sub(crate::runner::INTERVAL * (i.index as u32 + 1))
+                .unwrap_or(self.start);
             b.add_comment("keycore loadgen: latency in microseconds, one tag per operation");
             b.with_start_time(self.start);
             b.with_base_time(self.start);
