@@ -1013,3 +1013,53 @@ fn a_full_queue_answers_at_once() {
     // by the full queue (none timed out).
     assert_eq!(ok + full as usize, 20, "{results:?}");
 }
+
+#[test]
+fn container_credentials_and_app_service_identity() {
+    let mut e = env();
+    // AWS ECS task role / EKS Pod Identity, token read from a file.
+    e.sim.aws_container_token("pod-identity-token");
+    let token_file = e.dir.path().join("eks-pod-identity-token");
+    std::fs::write(&token_file, "pod-identity-token\n").unwrap();
+    e.opts.aws_credential = Some(AwsCredential::Container {
+        url: format!("{}/v2/credentials/0d1c2b3a", e.sim.http_url),
+        auth: Some(keycore_engine::kms::auth::ContainerAuth::File(token_file)),
+    });
+    // Azure App Service / Functions identity.
+    e.sim.azure_app_service_identity("identity-header-secret");
+    e.opts.azure_credential = Some(AzureCredential::AppServiceIdentity {
+        endpoint: format!("{}/msi/token", e.sim.http_url),
+        header: "identity-header-secret".into(),
+        client_id: None,
+    });
+    let (arn, ak) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let (store, _) = KmsStore::open(&[arn, u], &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &ak.spki,
+        MSG,
+        &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &k.spki,
+        MSG,
+        &run(&store, 1, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    assert_eq!(get(&e.sim.stats().aws_container_credentials), 1);
+    assert_eq!(get(&e.sim.stats().azure_imds_tokens), 1);
+    drop(store);
+    // A wrong container token: start-up names the endpoint's refusal.
+    e.sim.aws_container_token("rotated");
+    let (arn2, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let err = KmsStore::open(&[arn2], &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("container credentials") && err.contains("401"),
+        "{err}"
+    );
+}

@@ -413,28 +413,54 @@ pub fn imds(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
     match path.strip_prefix("/latest/meta-data/iam/security-credentials/") {
         Some("") => text(StatusCode::OK, "keycore-role".into()),
         Some("keycore-role") => {
-            let life = st.knob(|k| k.token_lifetime_s);
-            let ak = format!("ASIA{}", crate::random_hex(8).to_uppercase());
-            let sk = crate::random_hex(20);
-            let session = crate::random_hex(32);
-            lock(&st.aws_secrets).insert(
-                ak.clone(),
-                AwsSecret {
-                    secret: sk.clone(),
-                    session_token: Some(session.clone()),
-                    expires: Some(Instant::now() + Duration::from_secs(life)),
-                },
-            );
             bump(&st.stats.aws_imds_credentials);
-            let exp = rfc3339(crate::unix_now() + life);
-            json(
-                StatusCode::OK,
-                j!({"Code": "Success", "LastUpdated": rfc3339(crate::unix_now()), "Type": "AWS-HMAC",
-                    "AccessKeyId": ak, "SecretAccessKey": sk, "Token": session, "Expiration": exp}),
-            )
+            temporary_credentials(st)
         }
         _ => text(StatusCode::NOT_FOUND, String::new()),
     }
+}
+
+/// Issue temporary credentials (a session) as IMDS and the container
+/// endpoint answer them.
+fn temporary_credentials(st: &State) -> Response<Full<Bytes>> {
+    let life = st.knob(|k| k.token_lifetime_s);
+    let ak = format!("ASIA{}", crate::random_hex(8).to_uppercase());
+    let sk = crate::random_hex(20);
+    let session = crate::random_hex(32);
+    lock(&st.aws_secrets).insert(
+        ak.clone(),
+        AwsSecret {
+            secret: sk.clone(),
+            session_token: Some(session.clone()),
+            expires: Some(Instant::now() + Duration::from_secs(life)),
+        },
+    );
+    let exp = rfc3339(crate::unix_now() + life);
+    json(
+        StatusCode::OK,
+        j!({"Code": "Success", "LastUpdated": rfc3339(crate::unix_now()), "Type": "AWS-HMAC",
+            "AccessKeyId": ak, "SecretAccessKey": sk, "Token": session, "Expiration": exp}),
+    )
+}
+
+/// ECS task role / EKS Pod Identity: `GET /v2/credentials/<id>`, with the
+/// `Authorization` token when one is configured.
+pub fn container(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
+    let want = lock(&st.container_token).clone();
+    if let Some(w) = want {
+        let got = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if got != Some(w.as_str()) {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                j!({"code": "AccessDeniedException", "message": "bad authorization token"}),
+            );
+        }
+    }
+    bump(&st.stats.aws_container_credentials);
+    temporary_credentials(st)
 }
 
 fn rfc3339(unix: u64) -> String {

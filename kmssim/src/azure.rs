@@ -418,3 +418,39 @@ pub fn imds(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
         j!({"access_token": t, "expires_in": life.to_string(), "expires_on": on.to_string(), "resource": resource, "token_type": "Bearer"}),
     )
 }
+
+/// App Service / Functions managed identity: `GET <IDENTITY_ENDPOINT>?resource=...&api-version=2019-08-01`
+/// with `X-IDENTITY-HEADER`; the answer has `expires_on` only.
+pub fn app_service(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
+    let want = lock(&st.identity_header).clone();
+    let got = parts
+        .headers
+        .get("x-identity-header")
+        .and_then(|v| v.to_str().ok());
+    if want.is_none() || got != want.as_deref() {
+        return json(
+            StatusCode::UNAUTHORIZED,
+            j!({"statusCode": 401, "message": "X-IDENTITY-HEADER missing or wrong"}),
+        );
+    }
+    let q = parse_form(parts.uri.query().unwrap_or(""));
+    if q.get("api-version").map(String::as_str) != Some("2019-08-01") {
+        return json(
+            StatusCode::BAD_REQUEST,
+            j!({"statusCode": 400, "message": "api-version 2019-08-01 required"}),
+        );
+    }
+    let Some(resource) = q.get("resource") else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            j!({"statusCode": 400, "message": "resource required"}),
+        );
+    };
+    let (t, life) = st.issue_token(resource);
+    bump(&st.stats.azure_imds_tokens);
+    let on = crate::unix_now() + life;
+    json(
+        StatusCode::OK,
+        j!({"access_token": t, "expires_on": on.to_string(), "resource": resource, "token_type": "Bearer", "client_id": "app-service"}),
+    )
+}

@@ -100,7 +100,7 @@ impl Default for Knobs {
 pub struct Stats {
     /// Azure AD token requests answered with a token.
     pub azure_tokens: AtomicU64,
-    /// Azure IMDS (managed identity) tokens issued.
+    /// Azure managed-identity tokens issued (IMDS and App Service).
     pub azure_imds_tokens: AtomicU64,
     /// Google OAuth tokens issued (JWT bearer grant).
     pub gcp_tokens: AtomicU64,
@@ -108,6 +108,8 @@ pub struct Stats {
     pub gcp_metadata_tokens: AtomicU64,
     /// AWS IMDSv2 credentials issued.
     pub aws_imds_credentials: AtomicU64,
+    /// AWS container (ECS / EKS Pod Identity) credentials issued.
+    pub aws_container_credentials: AtomicU64,
     /// Key-API requests (all services), answered or not.
     pub key_requests: AtomicU64,
     /// Signatures / decryptions made.
@@ -182,6 +184,10 @@ pub struct State {
     /// Alias ARN -> key ARN.
     aws_aliases: Mutex<HashMap<String, String>>,
     imds_tokens: Mutex<HashMap<String, Instant>>,
+    /// App Service identity header (IDENTITY_HEADER) expected, if enabled.
+    identity_header: Mutex<Option<String>>,
+    /// Container credentials Authorization token expected, if any.
+    container_token: Mutex<Option<String>>,
     /// `https://127.0.0.1:<port>`, for token audiences.
     https_url: Mutex<String>,
 }
@@ -675,6 +681,18 @@ impl Sim {
         .to_string())
     }
 
+    /// Enable the App Service identity endpoint (`/msi/token`) with this
+    /// IDENTITY_HEADER value.
+    pub fn azure_app_service_identity(&self, header: &str) {
+        *lock(&self.state.identity_header) = Some(header.into());
+    }
+
+    /// Require this `Authorization` value at the container credentials
+    /// endpoint (`/v2/credentials/...`).
+    pub fn aws_container_token(&self, token: &str) {
+        *lock(&self.state.container_token) = Some(token.into());
+    }
+
     /// Register an AWS access key.
     pub fn aws_access_key(&self, access_key: &str, secret: &str) {
         lock(&self.state.aws_secrets).insert(
@@ -764,6 +782,10 @@ async fn route(st: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> 
         gcp::metadata(&st, &parts)
     } else if path == "/" && parts.method == hyper::Method::POST {
         aws::kms(&st, &parts, &body).await
+    } else if path == "/msi/token" {
+        azure::app_service(&st, &parts)
+    } else if path.starts_with("/v2/credentials/") {
+        aws::container(&st, &parts)
     } else if path.starts_with("/latest/") {
         aws::imds(&st, &parts)
     } else {

@@ -117,6 +117,16 @@ pub enum TokenSource {
         /// A user-assigned identity's client ID.
         client_id: Option<String>,
     },
+    /// Azure App Service / Functions / Container Apps managed identity
+    /// (IDENTITY_ENDPOINT + IDENTITY_HEADER, api-version 2019-08-01).
+    AzureAppService {
+        /// IDENTITY_ENDPOINT.
+        endpoint: String,
+        /// IDENTITY_HEADER, sent as `X-IDENTITY-HEADER`.
+        header: String,
+        /// A user-assigned identity's client ID.
+        client_id: Option<String>,
+    },
     /// Google service-account key: RS256 JWT exchanged at the token URI.
     GcpServiceAccount {
         /// `https://oauth2.googleapis.com/token` (the key file's `token_uri`).
@@ -302,6 +312,25 @@ impl TokenCache {
                     .body(Full::new(Bytes::new()))
                     .map_err(|e| format!("IMDS request {url}: {e}"))
             }
+            TokenSource::AzureAppService {
+                endpoint,
+                header,
+                client_id,
+            } => {
+                let mut url = format!(
+                    "{endpoint}?api-version=2019-08-01&resource={}",
+                    pct(&self.audience)
+                );
+                if let Some(c) = client_id {
+                    url.push_str(&format!("&client_id={}", pct(c)));
+                }
+                Request::builder()
+                    .method(Method::GET)
+                    .uri(&url)
+                    .header("X-IDENTITY-HEADER", header.as_str())
+                    .body(Full::new(Bytes::new()))
+                    .map_err(|e| format!("identity endpoint request {url}: {e}"))
+            }
             TokenSource::GcpServiceAccount {
                 token_url,
                 email,
@@ -363,7 +392,12 @@ fn parse_token_reply(r: &Reply) -> Result<(String, u64), CallError> {
         .as_str()
         .filter(|t| !t.is_empty())
         .ok_or_else(|| CallError::Service("token endpoint: no access_token".into()))?;
-    let exp = json_u64(&v["expires_in"]).unwrap_or(300).max(1);
+    // expires_in (seconds); Azure App Service identity answers only
+    // expires_on (Unix seconds); neither: assume a short life.
+    let exp = json_u64(&v["expires_in"])
+        .or_else(|| json_u64(&v["expires_on"]).map(|on| on.saturating_sub(unix_now())))
+        .unwrap_or(300)
+        .max(1);
     Ok((tok.to_owned(), exp))
 }
 
@@ -452,6 +486,24 @@ pub enum AwsCredSource {
         /// `http://169.254.169.254`.
         endpoint: String,
     },
+    /// ECS task role or EKS Pod Identity: the container credentials endpoint.
+    Container {
+        /// `http://169.254.170.2<AWS_CONTAINER_CREDENTIALS_RELATIVE_URI>` or
+        /// AWS_CONTAINER_CREDENTIALS_FULL_URI.
+        url: String,
+        /// `Authorization` header value, or the file it is read from on
+        /// every refresh (EKS rotates it).
+        auth: Option<ContainerAuth>,
+    },
+}
+
+/// How the container credentials endpoint is authorized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerAuth {
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN.
+    Token(String),
+    /// AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.
+    File(PathBuf),
 }
 
 /// Read `[profile]` from a shared credentials file.
@@ -539,10 +591,9 @@ impl AwsCredCache {
         deadline: Instant,
         refreshes: &std::sync::atomic::AtomicU64,
     ) -> Result<AwsCreds, CallError> {
-        let endpoint = match &self.source {
-            AwsCredSource::Static(c) => return Ok(c.clone()),
-            AwsCredSource::Imds { endpoint } => endpoint,
-        };
+        if let AwsCredSource::Static(c) = &self.source {
+            return Ok(c.clone());
+        }
         if let Some(c) = self.fresh() {
             return Ok(c);
         }
@@ -551,7 +602,14 @@ impl AwsCredCache {
             return Ok(c);
         }
         super::http::bump(refreshes);
-        match imds_credentials(http, endpoint, deadline).await {
+        let fetched = match &self.source {
+            AwsCredSource::Imds { endpoint } => imds_credentials(http, endpoint, deadline).await,
+            AwsCredSource::Container { url, auth } => {
+                container_credentials(http, url, auth.as_ref(), deadline).await
+            }
+            AwsCredSource::Static(c) => Ok((c.clone(), u64::MAX)),
+        };
+        match fetched {
             Ok((creds, expires_unix)) => {
                 let left = Duration::from_secs(expires_unix.saturating_sub(unix_now()).max(1));
                 let now = Instant::now();
@@ -623,8 +681,55 @@ async fn imds_credentials(
         .await?,
         "credentials",
     )?;
-    let v: serde_json::Value = serde_json::from_str(&body)
-        .map_err(|e| CallError::Service(format!("IMDS credentials: bad JSON: {e}")))?;
+    role_credentials(&body, "IMDS")
+}
+
+/// ECS / EKS Pod Identity: one GET, the same JSON as IMDS.
+async fn container_credentials(
+    http: &Http,
+    url: &str,
+    auth: Option<&ContainerAuth>,
+    deadline: Instant,
+) -> Result<(AwsCreds, u64), CallError> {
+    let mut b = Request::builder().method(Method::GET).uri(url);
+    match auth {
+        None => {}
+        Some(ContainerAuth::Token(t)) => b = b.header("authorization", t.trim()),
+        Some(ContainerAuth::File(p)) => {
+            let t = std::fs::read_to_string(p).map_err(|e| {
+                CallError::Service(format!(
+                    "container credentials token file {}: {e}",
+                    p.display()
+                ))
+            })?;
+            b = b.header("authorization", t.trim());
+        }
+    }
+    let req = b
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| CallError::Service(format!("container credentials request {url}: {e}")))?;
+    let r = http.send(req, deadline).await?;
+    if r.status != StatusCode::OK {
+        let why = format!(
+            "container credentials {url}: HTTP {}: {}",
+            r.status.as_u16(),
+            r.snippet()
+        );
+        return Err(
+            if r.status.is_server_error() || r.status == StatusCode::TOO_MANY_REQUESTS {
+                CallError::Transport(why)
+            } else {
+                CallError::Service(why)
+            },
+        );
+    }
+    role_credentials(&String::from_utf8_lossy(&r.body), "container credentials")
+}
+
+/// `{"AccessKeyId", "SecretAccessKey", "Token", "Expiration"}`.
+fn role_credentials(body: &str, what: &str) -> Result<(AwsCreds, u64), CallError> {
+    let v: serde_json::Value = serde_json::from_str(body)
+        .map_err(|e| CallError::Service(format!("{what}: bad JSON: {e}")))?;
     let s = |k: &str| v[k].as_str().map(str::to_owned);
     match (s("AccessKeyId"), s("SecretAccessKey")) {
         (Some(access_key), Some(secret_key)) => {
@@ -640,9 +745,9 @@ async fn imds_credentials(
                 exp,
             ))
         }
-        _ => Err(CallError::Service(
-            "IMDS credentials: missing AccessKeyId / SecretAccessKey".into(),
-        )),
+        _ => Err(CallError::Service(format!(
+            "{what}: missing AccessKeyId / SecretAccessKey"
+        ))),
     }
 }
 

@@ -120,6 +120,16 @@ pub enum AzureCredential {
         /// User-assigned identity's client ID.
         client_id: Option<String>,
     },
+    /// Managed identity of App Service / Functions / Container Apps
+    /// (IDENTITY_ENDPOINT, IDENTITY_HEADER).
+    AppServiceIdentity {
+        /// IDENTITY_ENDPOINT.
+        endpoint: String,
+        /// IDENTITY_HEADER.
+        header: String,
+        /// User-assigned identity's client ID.
+        client_id: Option<String>,
+    },
 }
 
 /// How Google authenticates.
@@ -152,6 +162,13 @@ pub enum AwsCredential {
     },
     /// EC2 instance metadata (IMDSv2).
     InstanceMetadata,
+    /// ECS task role or EKS Pod Identity (container credentials endpoint).
+    Container {
+        /// The endpoint URL.
+        url: String,
+        /// Authorization token or token file.
+        auth: Option<auth::ContainerAuth>,
+    },
 }
 
 /// Endpoints, credentials and limits. [`KmsOptions::default`] has the
@@ -377,6 +394,14 @@ impl KmsOptions {
                 client_id: client.ok_or_else(|| need("AZURE_CLIENT_CERTIFICATE_PATH"))?,
                 pem: pem.into(),
             }
+        } else if let (Some(endpoint), Some(header)) =
+            (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER"))
+        {
+            AzureCredential::AppServiceIdentity {
+                endpoint,
+                header,
+                client_id: client,
+            }
         } else {
             AzureCredential::ManagedIdentity { client_id: client }
         });
@@ -440,6 +465,12 @@ pub struct KmsStore {
     queue_full: AtomicU64,
     keys: usize,
 }
+
+// Every reactor core holds the store (behind an Arc).
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<KmsStore>();
+};
 
 impl Drop for KmsStore {
     fn drop(&mut self) {
@@ -836,6 +867,12 @@ fn build_runtime(
                         Some(AwsCredential::InstanceMetadata) => auth::AwsCredSource::Imds {
                             endpoint: opts.aws_imds_endpoint.trim_end_matches('/').to_owned(),
                         },
+                        Some(AwsCredential::Container { url, auth }) => {
+                            auth::AwsCredSource::Container {
+                                url: url.clone(),
+                                auth: auth.clone(),
+                            }
+                        }
                     };
                 aws = Some(aws::Aws {
                     svc: Service::new("aws", opts.aws_limits),
@@ -898,6 +935,15 @@ fn azure_source(key: &uri::AzureKey, opts: &KmsOptions) -> Result<auth::TokenSou
                 x5t,
             }
         }
+        Some(AzureCredential::AppServiceIdentity {
+            endpoint,
+            header,
+            client_id,
+        }) => auth::TokenSource::AzureAppService {
+            endpoint: endpoint.clone(),
+            header: header.clone(),
+            client_id: client_id.clone(),
+        },
         Some(AzureCredential::ManagedIdentity { client_id }) => auth::TokenSource::AzureManagedIdentity {
             endpoint: opts.azure_imds_endpoint.clone(),
             client_id: client_id.clone(),
