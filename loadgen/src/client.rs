@@ -45,6 +45,10 @@ const READ_BUF_LEN: usize = 2 * MAX_MESSAGE_LEN;
 /// other tasks on the executor (fairness with the request scheduler).
 const DRIVER_ROUNDS_PER_POLL: usize = 32;
 
+/// [`Pool::wait_connected`] gives up once no handshake succeeded and each
+/// connection failed this many times (with the default backoff: ~350 ms).
+pub const GIVE_UP_AFTER_FAILURES: usize = 3;
+
 /// While no connection is up, a request waiting for one re-checks this often.
 const NOT_CONNECTED_POLL: Duration = Duration::from_millis(1);
 
@@ -238,6 +242,11 @@ struct PoolInner {
     counters: RefCell<PoolCounters>,
     stop: Cell<bool>,
     capacity: glommio::sync::Semaphore,
+    /// The most recent connect/handshake failure, for error messages.
+    last_connect_error: RefCell<Option<ClientError>>,
+    /// Why an established connection was last lost (a TLS 1.3 server
+    /// refusing our certificate shows up only here, after the handshake).
+    last_loss: RefCell<Option<String>>,
 }
 
 /// A pool of pipelined connections to one server, for one glommio executor.
@@ -289,6 +298,8 @@ impl Pool {
             counters: RefCell::new(PoolCounters::default()),
             stop: Cell::new(false),
             capacity,
+            last_connect_error: RefCell::new(None),
+            last_loss: RefCell::new(None),
         });
         for i in 0..inner.conns.len() {
             glommio::spawn_local(supervise(inner.clone(), i)).detach();
@@ -296,20 +307,40 @@ impl Pool {
         Ok(Pool { inner })
     }
 
-    /// Wait until `n` connections are up, or fail after `within` with the
-    /// last connect error seen (as `NotConnected` if none was recorded).
+    /// Wait until `n` connections are up. Fails with the last connect error
+    /// once every connection has failed [`GIVE_UP_AFTER_FAILURES`] times in a
+    /// row (the server is not there, or refuses our certificate), or after
+    /// `within`.
     pub async fn wait_connected(&self, n: usize, within: Duration) -> Result<(), ClientError> {
         let deadline = Instant::now() + within;
         let want = n.min(self.inner.conns.len());
+        let give_up = (GIVE_UP_AFTER_FAILURES * self.inner.conns.len()) as u64;
         loop {
             if self.connections_up() >= want {
                 return Ok(());
             }
-            if Instant::now() >= deadline {
-                return Err(ClientError::NotConnected);
+            let c = self.counters();
+            let hopeless = c.handshakes == 0 && c.connect_failures >= give_up;
+            if hopeless || Instant::now() >= deadline {
+                return Err(self
+                    .inner
+                    .last_connect_error
+                    .borrow()
+                    .clone()
+                    .unwrap_or(ClientError::NotConnected));
             }
             Timer::new(Duration::from_millis(2)).await;
         }
+    }
+
+    /// The most recent connect or handshake failure, if any.
+    pub fn last_connect_error(&self) -> Option<ClientError> {
+        self.inner.last_connect_error.borrow().clone()
+    }
+
+    /// Why an established connection was last lost, if one was.
+    pub fn last_connection_loss(&self) -> Option<String> {
+        self.inner.last_loss.borrow().clone()
     }
 
     /// Connections currently up.
@@ -502,6 +533,7 @@ async fn supervise(inner: Rc<PoolInner>, idx: usize) {
             Ok(s) => s,
             Err(e) => {
                 inner.counters.borrow_mut().connect_failures += 1;
+                *inner.last_connect_error.borrow_mut() = Some(e.clone());
                 if !failing {
                     tracing::warn!(conn = idx, error = %e, "connect failed; retrying with backoff");
                     failing = true;
@@ -550,6 +582,7 @@ async fn supervise(inner: Rc<PoolInner>, idx: usize) {
             DriveEnd::Lost(reason) => {
                 inner.counters.borrow_mut().connections_lost += 1;
                 if !inner.stop.get() {
+                    *inner.last_loss.borrow_mut() = Some(reason.clone());
                     tracing::warn!(conn = idx, %reason, "connection lost; reconnecting");
                     Timer::new(backoff).await;
                 }
@@ -582,6 +615,17 @@ struct Driver {
 }
 
 impl Driver {
+    /// A write failed (typically EPIPE): the peer may have said why in a TLS
+    /// alert that is already in our receive buffer (a TLS 1.3 server refusing
+    /// our certificate does exactly that). Read once to surface it.
+    fn write_failure(&mut self, cx: &mut Context<'_>, e: std::io::Error) -> String {
+        let mut scratch = [0u8; 512];
+        match Pin::new(&mut self.stream).poll_read(cx, &mut scratch) {
+            Poll::Ready(Err(alert)) => format!("{alert} (then: {e})"),
+            _ => e.to_string(),
+        }
+    }
+
     /// Parse and deliver every complete message in the read buffer.
     fn deliver(&mut self) -> Result<(), String> {
         let mut pos = 0;
@@ -657,14 +701,18 @@ impl Future for Driver {
                         this.need_flush = true;
                         progress = true;
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(DriveEnd::Lost(e.to_string())),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(DriveEnd::Lost(this.write_failure(cx, e)))
+                    }
                     Poll::Pending => break,
                 }
             }
             if this.need_flush {
                 match Pin::new(&mut this.stream).poll_flush(cx) {
                     Poll::Ready(Ok(())) => this.need_flush = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(DriveEnd::Lost(e.to_string())),
+                    Poll::Ready(Err(e)) => {
+                        return Poll::Ready(DriveEnd::Lost(this.write_failure(cx, e)))
+                    }
                     Poll::Pending => {}
                 }
             }

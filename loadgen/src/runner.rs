@@ -104,6 +104,7 @@ enum ShardMsg {
         totals: Box<OpSet>,
         counters: PoolCounters,
         sent: u64,
+        last_loss: Option<String>,
     },
 }
 
@@ -207,6 +208,7 @@ pub fn run_plan(
     let mut cpu_mark = (Instant::now(), process_cpu());
     let mut measured_cpu = (Duration::ZERO, Duration::ZERO);
     let mut warnings: Vec<String> = Vec::new();
+    let mut last_loss: Option<String> = None;
     let mut emit = |index: u64, set: OpSet, in_flight: usize, sink: &mut IntervalSink<'_>| {
         let now = (Instant::now(), process_cpu());
         let wall = now.0.duration_since(cpu_mark.0);
@@ -252,8 +254,12 @@ pub fn run_plan(
                 totals: t,
                 counters: c,
                 sent: s,
+                last_loss: l,
             } => {
                 done += 1;
+                if l.is_some() {
+                    last_loss = l;
+                }
                 totals.merge(&t);
                 counters.handshakes += c.handshakes;
                 counters.connect_failures += c.connect_failures;
@@ -274,6 +280,13 @@ pub fn run_plan(
         if let Err(e) = h.join() {
             warnings.push(format!("generator executor {id} ended abnormally: {e}"));
         }
+    }
+    if counters.connections_lost > 0 {
+        warnings.push(format!(
+            "{} connection(s) to {addr} were lost during the run; last cause: {}",
+            counters.connections_lost,
+            last_loss.as_deref().unwrap_or("unknown")
+        ));
     }
     let cpu_pct =
         100.0 * measured_cpu.0.as_secs_f64() / (measured_cpu.1.as_secs_f64() * n as f64).max(1e-9);
@@ -338,15 +351,11 @@ async fn shard_main(ctx: ShardCtx) {
             return;
         }
     };
-    if pool
-        .wait_connected(cfg.connections, CONNECT_WITHIN)
-        .await
-        .is_err()
-    {
+    if let Err(e) = pool.wait_connected(cfg.connections, CONNECT_WITHIN).await {
         pool.close();
         send(ShardMsg::Failed(format!(
-            "could not open {} TLS connection(s) to {} within {:?} (see the log for the connect error)",
-            cfg.connections, ctx.addr, CONNECT_WITHIN
+            "could not open {} TLS connection(s) to {}: {e}",
+            cfg.connections, ctx.addr
         )));
         let _ = ctx.start_rx.recv();
         return;
@@ -423,12 +432,14 @@ async fn shard_main(ctx: ShardCtx) {
     finished.set(true);
     ticker.await;
     let counters = st.pool.counters();
+    let last_loss = st.pool.last_connection_loss();
     st.pool.close();
     let totals = Box::new(std::mem::take(&mut *st.total.borrow_mut()));
     send(ShardMsg::Done {
         totals,
         counters,
         sent: st.sent.get(),
+        last_loss,
     });
 }
 
@@ -718,6 +729,44 @@ mod tests {
     }
 
     #[test]
+    fn a_client_certificate_the_server_refuses_is_reported_with_the_tls_cause() {
+        let srv = TestServer::start();
+        let other = TestServer::start();
+        // Our client certificate is from another CA: the server rejects it.
+        let mut paths = srv.tls.clone();
+        paths.cert = other.tls.cert.clone();
+        paths.key = other.tls.key.clone();
+        let profile = Profile {
+            duration_s: 0.2,
+            warmup_s: 0.0,
+            connections: 1,
+            mix: Profile::parse_mix("ping=1").unwrap(),
+            ..Profile::default()
+        };
+        // TLS 1.2: the refusal ends the handshake, so the run can't start.
+        let opts = TlsOptions {
+            tls12_only: true,
+            server_name: None,
+        };
+        let tls = ClientTls::from_paths(&paths, &opts).unwrap();
+        let e = match run_plan(srv.addr, &tls, plan(&srv, profile.clone()), &mut |_| {}) {
+            Ok(_) => panic!("a refused certificate must fail the run"),
+            Err(e) => e.to_string(),
+        };
+        // The alert, or a broken pipe if the server's close raced our write.
+        assert!(e.contains("TLS"), "{e}");
+        // TLS 1.3: the client finishes its handshake before the server
+        // checks the certificate; the refusal arrives as an alert on the
+        // first read. Requests fail and the report says why.
+        let tls = ClientTls::from_paths(&paths, &TlsOptions::default()).unwrap();
+        let r = run_plan(srv.addr, &tls, plan(&srv, profile), &mut |_| {}).unwrap();
+        assert_eq!(r.totals.all().ok, 0);
+        assert!(r.counters.connections_lost > 0);
+        let w = r.warnings.join("\n");
+        assert!(w.contains("were lost") && w.contains("last cause"), "{w}");
+    }
+
+    #[test]
     fn unreachable_server_is_a_clear_error() {
         let srv = TestServer::start();
         let tls = ClientTls::from_paths(&srv.tls, &TlsOptions::default()).unwrap();
@@ -732,9 +781,15 @@ mod tests {
             connections: 1,
             ..Profile::default()
         };
+        let t0 = Instant::now();
         let e = run_plan(free, &tls, plan(&srv, profile), &mut |_| {})
             .unwrap_err()
             .to_string();
         assert!(e.contains(&free.to_string()), "{e}");
+        assert!(
+            e.to_lowercase().contains("refused"),
+            "the cause is named: {e}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5), "gives up early");
     }
 }
