@@ -1063,3 +1063,45 @@ fn container_credentials_and_app_service_identity() {
         "{err}"
     );
 }
+
+#[test]
+fn web_identity_credentials_through_sts() {
+    let mut e = env();
+    let role = "arn:aws:iam::111122223333:role/keycore-edge";
+    e.sim.aws_web_identity(role, "eyJ.oidc.token");
+    e.sim.knobs(|k| k.token_lifetime_s = 2);
+    let token_file = e.dir.path().join("web-identity-token");
+    std::fs::write(&token_file, "eyJ.oidc.token\n").unwrap();
+    e.opts.aws_credential = Some(AwsCredential::WebIdentity {
+        token_file,
+        role_arn: role.into(),
+        session_name: "keycore".into(),
+        sts_endpoint: e.sim.https_url.clone(),
+    });
+    let (arn, ak) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let (store, _) = KmsStore::open(std::slice::from_ref(&arn), &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &ak.spki,
+        MSG,
+        &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    // Renewed before the 2 s session ends.
+    std::thread::sleep(Duration::from_millis(1200));
+    run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    assert_eq!(get(&e.sim.stats().aws_sts_credentials), 2);
+    drop(store);
+    // A role STS does not grant: start-up names STS's answer.
+    e.opts.aws_credential = Some(AwsCredential::WebIdentity {
+        token_file: e.dir.path().join("web-identity-token"),
+        role_arn: "arn:aws:iam::111122223333:role/other".into(),
+        session_name: "keycore".into(),
+        sts_endpoint: e.sim.https_url.clone(),
+    });
+    let err = KmsStore::open(&[arn], &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("AssumeRoleWithWebIdentity") && err.contains("AccessDenied"),
+        "{err}"
+    );
+}

@@ -443,6 +443,76 @@ fn temporary_credentials(st: &State) -> Response<Full<Bytes>> {
     )
 }
 
+/// STS `AssumeRoleWithWebIdentity` (query protocol, form body, XML answer):
+/// the role and token must be the registered ones.
+pub fn sts(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
+    let xml_err = |status: StatusCode, code: &str, msg: &str| {
+        Response::builder()
+            .status(status)
+            .header("content-type", "text/xml")
+            .body(Full::new(Bytes::from(format!(
+                "<ErrorResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><Error><Type>Sender</Type><Code>{code}</Code><Message>{msg}</Message></Error></ErrorResponse>"
+            ))))
+            .unwrap_or_default()
+    };
+    let ct = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct.starts_with("application/x-www-form-urlencoded") {
+        return xml_err(
+            StatusCode::BAD_REQUEST,
+            "InvalidParameterValue",
+            "form body required",
+        );
+    }
+    let f = crate::parse_form(&String::from_utf8_lossy(body));
+    if f.get("Action").map(String::as_str) != Some("AssumeRoleWithWebIdentity")
+        || f.get("Version").map(String::as_str) != Some("2011-06-15")
+    {
+        return xml_err(
+            StatusCode::BAD_REQUEST,
+            "InvalidAction",
+            "only AssumeRoleWithWebIdentity, Version 2011-06-15",
+        );
+    }
+    let want = lock(&st.web_identity).clone();
+    let ok = want.is_some_and(|(role, token)| {
+        f.get("RoleArn") == Some(&role)
+            && f.get("WebIdentityToken") == Some(&token)
+            && f.get("RoleSessionName").is_some_and(|n| !n.is_empty())
+    });
+    if !ok {
+        return xml_err(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+        );
+    }
+    let life = st.knob(|k| k.token_lifetime_s);
+    let ak = format!("ASIA{}", crate::random_hex(8).to_uppercase());
+    let sk = crate::random_hex(20);
+    let session = crate::random_hex(32);
+    lock(&st.aws_secrets).insert(
+        ak.clone(),
+        AwsSecret {
+            secret: sk.clone(),
+            session_token: Some(session.clone()),
+            expires: Some(Instant::now() + Duration::from_secs(life)),
+        },
+    );
+    bump(&st.stats.aws_sts_credentials);
+    let exp = rfc3339(crate::unix_now() + life);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/xml")
+        .body(Full::new(Bytes::from(format!(
+            "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><AssumeRoleWithWebIdentityResult><Credentials><SessionToken>{session}</SessionToken><SecretAccessKey>{sk}</SecretAccessKey><Expiration>{exp}</Expiration><AccessKeyId>{ak}</AccessKeyId></Credentials></AssumeRoleWithWebIdentityResult></AssumeRoleWithWebIdentityResponse>"
+        ))))
+        .unwrap_or_default()
+}
+
 /// ECS task role / EKS Pod Identity: `GET /v2/credentials/<id>`, with the
 /// `Authorization` token when one is configured.
 pub fn container(st: &State, parts: &Parts) -> Response<Full<Bytes>> {

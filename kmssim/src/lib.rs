@@ -108,6 +108,8 @@ pub struct Stats {
     pub gcp_metadata_tokens: AtomicU64,
     /// AWS IMDSv2 credentials issued.
     pub aws_imds_credentials: AtomicU64,
+    /// AWS STS AssumeRoleWithWebIdentity credentials issued.
+    pub aws_sts_credentials: AtomicU64,
     /// AWS container (ECS / EKS Pod Identity) credentials issued.
     pub aws_container_credentials: AtomicU64,
     /// Key-API requests (all services), answered or not.
@@ -186,6 +188,8 @@ pub struct State {
     imds_tokens: Mutex<HashMap<String, Instant>>,
     /// App Service identity header (IDENTITY_HEADER) expected, if enabled.
     identity_header: Mutex<Option<String>>,
+    /// (role ARN, web identity token) STS accepts, if enabled.
+    web_identity: Mutex<Option<(String, String)>>,
     /// Container credentials Authorization token expected, if any.
     container_token: Mutex<Option<String>>,
     /// `https://127.0.0.1:<port>`, for token audiences.
@@ -687,6 +691,11 @@ impl Sim {
         *lock(&self.state.identity_header) = Some(header.into());
     }
 
+    /// Let STS AssumeRoleWithWebIdentity accept `token` for `role_arn`.
+    pub fn aws_web_identity(&self, role_arn: &str, token: &str) {
+        *lock(&self.state.web_identity) = Some((role_arn.into(), token.into()));
+    }
+
     /// Require this `Authorization` value at the container credentials
     /// endpoint (`/v2/credentials/...`).
     pub fn aws_container_token(&self, token: &str) {
@@ -780,6 +789,11 @@ async fn route(st: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> 
         gcp::token(&st, &parts, &body)
     } else if path.starts_with("/computeMetadata/") {
         gcp::metadata(&st, &parts)
+    } else if path == "/"
+        && parts.method == hyper::Method::POST
+        && !parts.headers.contains_key("x-amz-target")
+    {
+        aws::sts(&st, &parts, &body)
     } else if path == "/" && parts.method == hyper::Method::POST {
         aws::kms(&st, &parts, &body).await
     } else if path == "/msi/token" {

@@ -164,7 +164,8 @@ pub struct TokenCache {
 
 fn token_lifetimes(expires_in: u64) -> (Instant, Instant) {
     let now = Instant::now();
-    let life = Duration::from_secs(expires_in);
+    // Clamped: a bogus expires_in must not overflow Instant.
+    let life = Duration::from_secs(expires_in.min(7 * 86_400));
     let margin = REFRESH_MARGIN_MAX.min(life / 2);
     (now + life - margin, now + life)
 }
@@ -486,6 +487,18 @@ pub enum AwsCredSource {
         /// `http://169.254.169.254`.
         endpoint: String,
     },
+    /// EKS IRSA and other OIDC federation: STS AssumeRoleWithWebIdentity
+    /// with the token file's JWT (re-read at each renewal).
+    WebIdentity {
+        /// AWS_WEB_IDENTITY_TOKEN_FILE.
+        token_file: PathBuf,
+        /// AWS_ROLE_ARN.
+        role_arn: String,
+        /// AWS_ROLE_SESSION_NAME (default `keycore`).
+        session_name: String,
+        /// STS endpoint, e.g. `https://sts.eu-west-1.amazonaws.com`.
+        sts_endpoint: String,
+    },
     /// ECS task role or EKS Pod Identity: the container credentials endpoint.
     Container {
         /// `http://169.254.170.2<AWS_CONTAINER_CREDENTIALS_RELATIVE_URI>` or
@@ -607,11 +620,30 @@ impl AwsCredCache {
             AwsCredSource::Container { url, auth } => {
                 container_credentials(http, url, auth.as_ref(), deadline).await
             }
+            AwsCredSource::WebIdentity {
+                token_file,
+                role_arn,
+                session_name,
+                sts_endpoint,
+            } => {
+                web_identity_credentials(
+                    http,
+                    token_file,
+                    role_arn,
+                    session_name,
+                    sts_endpoint,
+                    deadline,
+                )
+                .await
+            }
             AwsCredSource::Static(c) => Ok((c.clone(), u64::MAX)),
         };
         match fetched {
             Ok((creds, expires_unix)) => {
-                let left = Duration::from_secs(expires_unix.saturating_sub(unix_now()).max(1));
+                // Clamped: a far-future or bogus Expiration must not overflow Instant.
+                let left = Duration::from_secs(
+                    expires_unix.saturating_sub(unix_now()).clamp(1, 7 * 86_400),
+                );
                 let now = Instant::now();
                 *self.cached.borrow_mut() = Some(CachedCreds {
                     creds: creds.clone(),
@@ -682,6 +714,82 @@ async fn imds_credentials(
         "credentials",
     )?;
     role_credentials(&body, "IMDS")
+}
+
+/// The text of `<tag>...</tag>` in an XML answer (STS's query protocol
+/// answers in XML; only flat, unique leaf elements are read).
+fn xml_leaf(xml: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(xml[start..end].trim().to_owned())
+}
+
+/// STS AssumeRoleWithWebIdentity (unsigned; the web identity token is the
+/// credential).
+async fn web_identity_credentials(
+    http: &Http,
+    token_file: &Path,
+    role_arn: &str,
+    session_name: &str,
+    sts_endpoint: &str,
+    deadline: Instant,
+) -> Result<(AwsCreds, u64), CallError> {
+    let token = std::fs::read_to_string(token_file).map_err(|e| {
+        CallError::Service(format!(
+            "web identity token file {}: {e}",
+            token_file.display()
+        ))
+    })?;
+    let body = form(&[
+        ("Action", "AssumeRoleWithWebIdentity"),
+        ("Version", "2011-06-15"),
+        ("RoleArn", role_arn),
+        ("RoleSessionName", session_name),
+        ("WebIdentityToken", token.trim()),
+    ]);
+    let url = format!("{}/", sts_endpoint.trim_end_matches('/'));
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(&url)
+        .header(
+            "content-type",
+            "application/x-www-form-urlencoded; charset=utf-8",
+        )
+        .body(Full::new(Bytes::from(body)))
+        .map_err(|e| CallError::Service(format!("STS request {url}: {e}")))?;
+    let r = http.send(req, deadline).await?;
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    if r.status != StatusCode::OK {
+        let why = format!(
+            "STS AssumeRoleWithWebIdentity: HTTP {}: {}",
+            r.status.as_u16(),
+            xml_leaf(&text, "Code").unwrap_or_else(|| r.snippet())
+        );
+        return Err(
+            if r.status.is_server_error() || r.status == StatusCode::TOO_MANY_REQUESTS {
+                CallError::Transport(why)
+            } else {
+                CallError::Service(why)
+            },
+        );
+    }
+    match (
+        xml_leaf(&text, "AccessKeyId"),
+        xml_leaf(&text, "SecretAccessKey"),
+    ) {
+        (Some(access_key), Some(secret_key)) => Ok((
+            AwsCreds {
+                access_key,
+                secret_key,
+                session_token: xml_leaf(&text, "SessionToken"),
+            },
+            xml_leaf(&text, "Expiration")
+                .and_then(|e| parse_rfc3339(&e))
+                .unwrap_or(unix_now() + 300),
+        )),
+        _ => Err(CallError::Service("STS answer has no Credentials".into())),
+    }
 }
 
 /// ECS / EKS Pod Identity: one GET, the same JSON as IMDS.
@@ -835,12 +943,22 @@ mod tests {
     }
 
     #[test]
+    fn xml_leaves() {
+        let x = "<R><Credentials><AccessKeyId>ASIA1</AccessKeyId><Expiration>2026-01-01T00:00:00Z</Expiration></Credentials></R>";
+        assert_eq!(xml_leaf(x, "AccessKeyId").as_deref(), Some("ASIA1"));
+        assert_eq!(xml_leaf(x, "SessionToken"), None);
+    }
+
+    #[test]
     fn refresh_margin_is_at_most_half_the_lifetime() {
         let (refresh, expiry) = token_lifetimes(2);
         let d = expiry - refresh;
         assert_eq!(d, Duration::from_secs(1));
         let (refresh, expiry) = token_lifetimes(3600);
         assert_eq!(expiry - refresh, REFRESH_MARGIN_MAX);
+        // A bogus lifetime does not overflow.
+        let (_, expiry) = token_lifetimes(u64::MAX);
+        assert!(expiry > Instant::now());
     }
 
     #[test]

@@ -86,7 +86,9 @@ impl Reply {
             .to_str()
             .ok()?;
         let secs: f64 = v.trim().parse().ok()?;
-        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+        // Capped: a huge value must not overflow Duration (it then fails the
+        // request, being over MAX_RETRY_AFTER).
+        (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
     }
 
     /// The body as text, cut short, for error messages.
@@ -391,7 +393,7 @@ impl Service {
                     b.tokens -= 1.0;
                     return Ok(());
                 }
-                Duration::from_secs_f64((1.0 - b.tokens) / rate)
+                Duration::from_secs_f64(((1.0 - b.tokens) / rate).min(3600.0))
             };
             if Instant::now() + wait > deadline {
                 return Err(CallError::Timeout);
@@ -711,6 +713,14 @@ mod tests {
             body: Bytes::from_static(b"slow down"),
         };
         assert_eq!(r.retry_after(), Some(Duration::from_secs(2)));
+        let mut huge = HeaderMap::new();
+        huge.insert(hyper::header::RETRY_AFTER, "1e300".parse().unwrap());
+        let r2 = Reply {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            headers: huge,
+            body: Bytes::new(),
+        };
+        assert_eq!(r2.retry_after(), Some(Duration::from_secs(86_400)));
         assert!(matches!(
             Attempt::<()>::status(&r),
             Attempt::Retry {

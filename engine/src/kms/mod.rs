@@ -162,6 +162,19 @@ pub enum AwsCredential {
     },
     /// EC2 instance metadata (IMDSv2).
     InstanceMetadata,
+    /// EKS IRSA / OIDC federation (AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_ARN,
+    /// AWS_ROLE_SESSION_NAME) through STS AssumeRoleWithWebIdentity.
+    WebIdentity {
+        /// Token file (re-read at each renewal).
+        token_file: PathBuf,
+        /// Role to assume.
+        role_arn: String,
+        /// Session name.
+        session_name: String,
+        /// STS endpoint (KEYCORE_AWS_STS_ENDPOINT; else regional from
+        /// AWS_REGION / AWS_DEFAULT_REGION; else `https://sts.amazonaws.com`).
+        sts_endpoint: String,
+    },
     /// ECS task role or EKS Pod Identity (container credentials endpoint).
     Container {
         /// The endpoint URL.
@@ -423,10 +436,44 @@ impl KmsOptions {
                             get("HOME").map(|h| PathBuf::from(h).join(".aws").join("credentials"))
                         });
                     let name = get("AWS_PROFILE").unwrap_or_else(|| "default".into());
-                    match file {
-                        Some(f) if auth::aws_profile(&f, &name).is_ok() => {
+                    let web_identity =
+                        match (get("AWS_WEB_IDENTITY_TOKEN_FILE"), get("AWS_ROLE_ARN")) {
+                            (Some(token_file), Some(role_arn)) => {
+                                Some(AwsCredential::WebIdentity {
+                                    token_file: token_file.into(),
+                                    role_arn,
+                                    session_name: get("AWS_ROLE_SESSION_NAME")
+                                        .unwrap_or_else(|| "keycore".into()),
+                                    sts_endpoint: get("KEYCORE_AWS_STS_ENDPOINT").unwrap_or_else(
+                                        || match get("AWS_REGION")
+                                            .or_else(|| get("AWS_DEFAULT_REGION"))
+                                        {
+                                            Some(r) => format!("https://sts.{r}.amazonaws.com"),
+                                            None => "https://sts.amazonaws.com".into(),
+                                        },
+                                    ),
+                                })
+                            }
+                            _ => None,
+                        };
+                    let container_url = get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+                        .map(|rel| format!("http://169.254.170.2{rel}"))
+                        .or_else(|| get("AWS_CONTAINER_CREDENTIALS_FULL_URI"));
+                    let container_auth = get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE")
+                        .map(|f| auth::ContainerAuth::File(f.into()))
+                        .or_else(|| {
+                            get("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(auth::ContainerAuth::Token)
+                        });
+                    // The SDKs' order: profile, web identity, container, instance.
+                    match (file, web_identity, container_url) {
+                        (Some(f), _, _) if auth::aws_profile(&f, &name).is_ok() => {
                             AwsCredential::Profile { file: f, name }
                         }
+                        (_, Some(w), _) => w,
+                        (_, None, Some(url)) => AwsCredential::Container {
+                            url,
+                            auth: container_auth,
+                        },
                         _ => AwsCredential::InstanceMetadata,
                     }
                 }
@@ -873,6 +920,17 @@ fn build_runtime(
                                 auth: auth.clone(),
                             }
                         }
+                        Some(AwsCredential::WebIdentity {
+                            token_file,
+                            role_arn,
+                            session_name,
+                            sts_endpoint,
+                        }) => auth::AwsCredSource::WebIdentity {
+                            token_file: token_file.clone(),
+                            role_arn: role_arn.clone(),
+                            session_name: session_name.clone(),
+                            sts_endpoint: sts_endpoint.clone(),
+                        },
                     };
                 aws = Some(aws::Aws {
                     svc: Service::new("aws", opts.aws_limits),
@@ -1239,5 +1297,59 @@ mod tests {
         );
         assert_eq!(o.gcp_credential, Some(GcpCredential::Metadata));
         assert_eq!(o.aws_credential, Some(AwsCredential::InstanceMetadata));
+        assert!(o.verify_signatures && o.https_proxy.is_none());
+    }
+
+    #[test]
+    fn platform_credentials_from_environment() {
+        // App Service identity and ECS container credentials.
+        let env: HashMap<&str, &str> = [
+            ("IDENTITY_ENDPOINT", "http://localhost:4141/msi/token"),
+            ("IDENTITY_HEADER", "h"),
+            (
+                "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+                "/v2/credentials/abc",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "t"),
+            ("HOME", "/nonexistent"),
+            ("HTTPS_PROXY", "http://proxy.corp:3128"),
+            ("NO_PROXY", "localhost, .internal ,"),
+            ("KEYCORE_KMS_VERIFY", "0"),
+        ]
+        .into_iter()
+        .collect();
+        let o = KmsOptions::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert!(matches!(
+            o.azure_credential,
+            Some(AzureCredential::AppServiceIdentity { .. })
+        ));
+        assert_eq!(
+            o.aws_credential,
+            Some(AwsCredential::Container {
+                url: "http://169.254.170.2/v2/credentials/abc".into(),
+                auth: Some(auth::ContainerAuth::Token("t".into())),
+            })
+        );
+        assert_eq!(o.https_proxy.as_deref(), Some("http://proxy.corp:3128"));
+        assert_eq!(
+            o.no_proxy,
+            vec!["localhost".to_string(), ".internal".into()]
+        );
+        assert!(!o.verify_signatures);
+        // EKS IRSA: web identity, regional STS.
+        let wi: HashMap<&str, &str> = [
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks/token"),
+            ("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/r"),
+            ("AWS_REGION", "eu-west-1"),
+        ]
+        .into_iter()
+        .collect();
+        let o = KmsOptions::from_lookup(|k| wi.get(k).map(|v| v.to_string())).unwrap();
+        assert!(
+            matches!(&o.aws_credential, Some(AwsCredential::WebIdentity { sts_endpoint, session_name, .. })
+                if sts_endpoint == "https://sts.eu-west-1.amazonaws.com" && session_name == "keycore"),
+            "{:?}",
+            o.aws_credential
+        );
     }
 }
