@@ -119,14 +119,24 @@ struct ShardCtx {
     start_rx: Receiver<Option<Instant>>,
 }
 
-/// Which CPUs to pin executors to: `first..first+n` if given, else the last
-/// `n` CPUs; `None` (unpinned) where that CPU does not exist.
+/// Which CPUs to pin executors to, among those this process may use: from
+/// `first` upwards if given, else the last `n` (servers tend to start at CPU
+/// 0). `None` (unpinned) for executors beyond the CPUs available.
 pub fn pick_cpus(n: usize, first: Option<usize>) -> Vec<Option<usize>> {
-    let avail = std::thread::available_parallelism().map_or(1, |v| v.get());
-    let first = first.unwrap_or(avail.saturating_sub(n));
-    (0..n)
-        .map(|i| Some(first + i).filter(|&c| c < avail))
-        .collect()
+    let mut ids: Vec<usize> = core_affinity::get_core_ids()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    ids.sort_unstable();
+    let chosen: Vec<usize> = match first {
+        Some(f) => ids.into_iter().filter(|&c| c >= f).take(n).collect(),
+        None => {
+            let skip = ids.len().saturating_sub(n);
+            ids.into_iter().skip(skip).collect()
+        }
+    };
+    (0..n).map(|i| chosen.get(i).copied()).collect()
 }
 
 /// Run one load test against `addr`; `sink` sees each interval as it completes.
@@ -705,6 +715,21 @@ mod tests {
         assert_eq!(ping.ok, 5);
         assert_eq!(ping.errors.get(&ErrorKind::NotSent), Some(&35));
         assert_eq!(r.sent, 5);
+    }
+
+    #[test]
+    fn cpus_are_picked_from_the_allowed_set() {
+        let allowed: Vec<usize> = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        let last = pick_cpus(1, None);
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0], allowed.iter().copied().max());
+        let many = pick_cpus(allowed.len() + 2, Some(0));
+        assert_eq!(many.iter().flatten().count(), allowed.len());
+        assert_eq!(many.last(), Some(&None));
     }
 
     #[test]
