@@ -1,7 +1,9 @@
 //! Credentials: OAuth bearer tokens for Azure (client secret, client
-//! certificate assertion, managed identity) and Google (service-account JWT
-//! grant, metadata server), AWS access keys (environment, profile file,
-//! IMDSv2); each cached and refreshed before it expires.
+//! certificate assertion, managed identity via IMDS or the App Service
+//! identity endpoint) and Google (service-account JWT grant, metadata
+//! server), AWS access keys (environment, profile file, STS web identity,
+//! ECS/EKS container endpoint, IMDSv2); each cached and refreshed before it
+//! expires.
 //!
 //! Owns: [`TokenSource`], [`TokenCache`], [`AwsCredSource`], [`AwsCredCache`],
 //! the JWT assertions.

@@ -1,9 +1,11 @@
 //! The HTTP side of the KMS backend: one hyper client (keep-alive pool,
 //! rustls with the aws-lc-rs provider), per-service limits (in-flight cap and
 //! request rate) and the retry loop (backoff on 429 / 5xx / throttling
-//! answers, honouring `Retry-After`, bounded by a deadline).
+//! answers, honouring `Retry-After`, bounded by a deadline), and the
+//! optional HTTPS_PROXY tunnel.
 //!
-//! Owns: [`Http`], [`Limits`], [`Service`], [`Attempt`], [`with_retries`].
+//! Owns: [`Http`], [`Limits`], [`Service`], [`Attempt`], [`with_retries`],
+//! [`ProxySettings`].
 //! Must not: run anywhere but the KMS runtime thread (everything here is
 //! `!Send`-friendly and lives on one current-thread tokio runtime), know any
 //! provider's JSON, or log per request.

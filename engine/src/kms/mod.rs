@@ -18,6 +18,12 @@
 //! thread, which glommio 0.9 supports (see `pkcs11::dispatch`'s
 //! `foreign_thread_wakes_glommio_task`). Every request is answered: success,
 //! an error, or `CRYPTO` at the operation deadline or if the thread is gone.
+//! Every returned signature is checked against the key's public half before
+//! it is passed on (verify.rs).
+//!
+//! Files: uri.rs (accepted URI forms), azure.rs / gcp.rs / aws.rs (one
+//! service each: op map, request and answer shapes), auth.rs (credentials),
+//! http.rs (client, limits, retries, proxy), verify.rs, util.rs.
 //!
 //! Endpoint and credential settings: [`KmsOptions::from_env`] (documented
 //! there and in docs/kms/).
