@@ -9,7 +9,7 @@ use crate::check::OpKind;
 use crate::client::PoolCounters;
 use crate::profile::{LoopMode, Plan, Profile};
 use crate::runner::{IntervalStats, RunResult};
-use crate::stats::{OpSet, OpStats};
+use crate::stats::OpStats;
 use hdrhistogram::Histogram;
 use std::fmt::Write as _;
 use std::io::{self, Write};
@@ -807,16 +807,11 @@ fn truncate(s: &str, n: usize) -> String {
     }
 }
 
-/// Merge helper for tests and callers holding raw sets.
-pub fn percentiles_of_set(set: &OpSet) -> Option<Percentiles> {
-    Percentiles::of(&set.all().hist)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::keys::{KeyKind, PublicKeyInfo};
-    use crate::stats::ErrorKind;
+    use crate::stats::{ErrorKind, OpSet};
     use std::path::PathBuf;
 
     fn sample_report() -> Report {
