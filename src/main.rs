@@ -33,6 +33,13 @@ enum Cmd {
     Loadgen(Box<keycore_loadgen::LoadgenArgs>),
     /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
     Demo(Box<demo::DemoArgs>),
+    /// Write a throwaway PKI (CA, server and client certificates) and keys of
+    /// every kind into a directory, for trials and benchmarks. Not for production.
+    Pki {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+    },
     /// Capacity planning and parameter sweeps (not built yet).
     Tune,
 }
@@ -53,6 +60,7 @@ fn main() {
             init_logging(2);
             demo::run(&args)
         }
+        Some(Cmd::Pki { dir }) => pki(&dir),
         Some(Cmd::Tune) => Err(anyhow::anyhow!(
             "`keycore tune` is not built yet (issue: tuning); use `keycore loadgen --capacity`"
         )),
@@ -66,6 +74,24 @@ fn main() {
         eprintln!("keycore: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn pki(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let p = keycore_engine::pki::generate(dir)?;
+    println!("CA:               {}", p.ca_cert.display());
+    println!(
+        "server cert/key:  {} {}",
+        p.server_cert.display(),
+        p.server_key.display()
+    );
+    println!(
+        "client cert/key:  {} {}",
+        p.client_cert.display(),
+        p.client_key.display()
+    );
+    println!("keys:             {}", p.keys_dir.display());
+    Ok(())
 }
 
 /// Map the reference's numeric log levels (0 debug … 5 fatal) to tracing.
