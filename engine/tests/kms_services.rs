@@ -1105,3 +1105,34 @@ fn web_identity_credentials_through_sts() {
         "{err}"
     );
 }
+
+#[test]
+fn azure_workload_identity_federation() {
+    let mut e = env();
+    e.sim
+        .azure_federated_credential(TENANT, "aks-app", "eyJ.federated.token");
+    let token_file = e.dir.path().join("azure-identity-token");
+    std::fs::write(&token_file, "eyJ.federated.token\n").unwrap();
+    e.opts.azure_credential = Some(AzureCredential::WorkloadIdentity {
+        tenant: TENANT.into(),
+        client_id: "aks-app".into(),
+        token_file: token_file.clone(),
+    });
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let (store, _) = KmsStore::open(std::slice::from_ref(&u), &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &k.spki,
+        MSG,
+        &run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap(),
+    );
+    drop(store);
+    // A token the app does not trust is refused at start-up.
+    std::fs::write(&token_file, "eyJ.other").unwrap();
+    let err = KmsStore::open(&[u], &e.opts).unwrap_err().to_string();
+    assert!(err.contains("invalid_client"), "{err}");
+}

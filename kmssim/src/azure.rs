@@ -353,6 +353,11 @@ pub fn token(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
             )
         }
         Some(AzureApp::Secret(s)) => f.get("client_secret") == Some(&s),
+        Some(AzureApp::Federated(want)) => {
+            f.get("client_assertion_type").map(String::as_str)
+                == Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                && f.get("client_assertion") == Some(&want)
+        }
         Some(AzureApp::Certificate(x5t, public)) => {
             if f.get("client_assertion_type").map(String::as_str)
                 != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")

@@ -152,6 +152,8 @@ enum AzureApp {
     Secret(String),
     /// (x5t, RSAPublicKey DER of the certificate).
     Certificate(String, Vec<u8>),
+    /// A federated credential: the assertion the platform's token file holds.
+    Federated(String),
 }
 
 /// A Google service account: key ID and RSAPublicKey DER.
@@ -599,6 +601,15 @@ impl Sim {
         lock(&self.state.azure_apps).insert(
             (tenant.into(), client_id.into()),
             AzureApp::Secret(secret.into()),
+        );
+    }
+
+    /// Register an Azure app with a federated credential: `assertion` is
+    /// the token the workload's platform writes to its token file.
+    pub fn azure_federated_credential(&self, tenant: &str, client_id: &str, assertion: &str) {
+        lock(&self.state.azure_apps).insert(
+            (tenant.into(), client_id.into()),
+            AzureApp::Federated(assertion.into()),
         );
     }
 

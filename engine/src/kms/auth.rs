@@ -112,6 +112,17 @@ pub enum TokenSource {
         /// base64url SHA-1 thumbprint of the certificate (`x5t`).
         x5t: String,
     },
+    /// Azure AD workload identity federation (AKS workload identity): the
+    /// platform's signed token file is the client assertion (re-read at
+    /// each refresh, as the platform rotates it).
+    AzureFederated {
+        /// Token endpoint.
+        token_url: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// AZURE_FEDERATED_TOKEN_FILE.
+        token_file: PathBuf,
+    },
     /// Azure managed identity via IMDS.
     AzureManagedIdentity {
         /// `http://169.254.169.254/metadata/identity/oauth2/token`.
@@ -264,6 +275,28 @@ impl TokenCache {
                         ("client_id", client_id),
                         ("scope", &scope),
                         ("client_secret", secret),
+                        ("grant_type", "client_credentials"),
+                    ]),
+                )
+            }
+            TokenSource::AzureFederated {
+                token_url,
+                client_id,
+                token_file,
+            } => {
+                let assertion = std::fs::read_to_string(token_file)
+                    .map_err(|e| format!("federated token file {}: {e}", token_file.display()))?;
+                let scope = format!("{}/.default", self.audience);
+                post(
+                    token_url,
+                    form(&[
+                        ("client_id", client_id),
+                        ("scope", &scope),
+                        (
+                            "client_assertion_type",
+                            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                        ),
+                        ("client_assertion", assertion.trim()),
                         ("grant_type", "client_credentials"),
                     ]),
                 )

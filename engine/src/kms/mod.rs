@@ -126,6 +126,16 @@ pub enum AzureCredential {
         /// User-assigned identity's client ID.
         client_id: Option<String>,
     },
+    /// Workload identity federation (AKS workload identity):
+    /// AZURE_FEDERATED_TOKEN_FILE with AZURE_TENANT_ID and AZURE_CLIENT_ID.
+    WorkloadIdentity {
+        /// Tenant (directory) ID.
+        tenant: String,
+        /// Application (client) ID.
+        client_id: String,
+        /// The platform's token file.
+        token_file: PathBuf,
+    },
     /// Managed identity of App Service / Functions / Container Apps
     /// (IDENTITY_ENDPOINT, IDENTITY_HEADER).
     AppServiceIdentity {
@@ -412,6 +422,12 @@ impl KmsOptions {
                 tenant: tenant.ok_or_else(|| need("AZURE_CLIENT_CERTIFICATE_PATH"))?,
                 client_id: client.ok_or_else(|| need("AZURE_CLIENT_CERTIFICATE_PATH"))?,
                 pem: pem.into(),
+            }
+        } else if let Some(token_file) = get("AZURE_FEDERATED_TOKEN_FILE") {
+            AzureCredential::WorkloadIdentity {
+                tenant: tenant.ok_or_else(|| need("AZURE_FEDERATED_TOKEN_FILE"))?,
+                client_id: client.ok_or_else(|| need("AZURE_FEDERATED_TOKEN_FILE"))?,
+                token_file: token_file.into(),
             }
         } else if let (Some(endpoint), Some(header)) =
             (get("IDENTITY_ENDPOINT"), get("IDENTITY_HEADER"))
@@ -999,6 +1015,15 @@ fn azure_source(key: &uri::AzureKey, opts: &KmsOptions) -> Result<auth::TokenSou
                 x5t,
             }
         }
+        Some(AzureCredential::WorkloadIdentity {
+            tenant,
+            client_id,
+            token_file,
+        }) => auth::TokenSource::AzureFederated {
+            token_url: token_url(tenant),
+            client_id: client_id.clone(),
+            token_file: token_file.clone(),
+        },
         Some(AzureCredential::AppServiceIdentity {
             endpoint,
             header,
@@ -1328,6 +1353,21 @@ mod tests {
         assert!(matches!(
             o.azure_credential,
             Some(AzureCredential::AppServiceIdentity { .. })
+        ));
+        let fed: HashMap<&str, &str> = [
+            ("AZURE_TENANT_ID", "t"),
+            ("AZURE_CLIENT_ID", "c"),
+            (
+                "AZURE_FEDERATED_TOKEN_FILE",
+                "/var/run/secrets/azure/tokens/azure-identity-token",
+            ),
+        ]
+        .into_iter()
+        .collect();
+        let of = KmsOptions::from_lookup(|k| fed.get(k).map(|v| v.to_string())).unwrap();
+        assert!(matches!(
+            of.azure_credential,
+            Some(AzureCredential::WorkloadIdentity { .. })
         ));
         assert_eq!(
             o.aws_credential,
