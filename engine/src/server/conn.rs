@@ -18,15 +18,18 @@ use super::{CoreCtx, Limits};
 use futures_lite::future::{self, FutureExt as _};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use glommio::timer::Timer;
 use keycore_protocol::codec::encode_error;
 use keycore_protocol::frame::{self, FrameStatus};
 use keycore_protocol::{ErrorCode, Message, Op};
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Read buffer a connection starts with: sixteen padded requests per read.
 /// It grows (up to `read_buffer_bytes`) only for a message that does not
@@ -82,6 +85,56 @@ impl Completions {
             } else {
                 Poll::Ready(())
             }
+        })
+        .await
+    }
+}
+
+/// A connection's idle deadline: one glommio timer for the connection's
+/// life, registered with the reactor once and moved only when it fires.
+/// Creating a `sleep` per wait (as before) allocated a timer and inserted
+/// and removed it from the reactor's timer map on every read; here a wait
+/// costs one clock read. The deadline is allowed to lag behind the last
+/// request: when it fires, the caller checks the real idle time and re-arms.
+struct IdleTimer {
+    timer: Timer,
+    deadline: Instant,
+    /// Registered with the reactor since the last re-arm.
+    armed: bool,
+}
+
+impl IdleTimer {
+    fn new(after: Duration) -> IdleTimer {
+        IdleTimer {
+            timer: Timer::new(after),
+            deadline: Instant::now() + after,
+            armed: false,
+        }
+    }
+
+    /// Fire at `deadline` instead.
+    fn rearm(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        self.timer
+            .reset(deadline.saturating_duration_since(Instant::now()));
+        self.armed = false;
+    }
+
+    /// Resolves once the deadline has passed.
+    async fn expired(&mut self) {
+        future::poll_fn(|cx| {
+            if Instant::now() >= self.deadline {
+                return Poll::Ready(());
+            }
+            if !self.armed {
+                // Registers the connection task's waker with the reactor; the
+                // task's waker never changes, so once is enough.
+                if Pin::new(&mut self.timer).poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                self.armed = true;
+            }
+            Poll::Pending
         })
         .await
     }
@@ -152,6 +205,8 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
     let mut last_request = Instant::now();
     let mut peer_closed = false;
     let mut fatal: Option<CloseReason> = None;
+    let drain = core.drain_slot();
+    let mut idle = IdleTimer::new(limits.idle_timeout);
 
     loop {
         // 1. Answers that came back from off-reactor backends.
@@ -300,17 +355,10 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
                 rbuf.resize(want, 0);
             }
         }
-        let idle_left = if in_flight > 0 {
-            limits.idle_timeout
-        } else {
-            match limits.idle_timeout.checked_sub(last_request.elapsed()) {
-                Some(d) if !d.is_zero() => d,
-                _ => {
-                    core.stats.idle_timeouts.inc();
-                    return (CloseReason::Idle, served);
-                }
-            }
-        };
+        if in_flight == 0 && last_request.elapsed() >= limits.idle_timeout {
+            core.stats.idle_timeouts.inc();
+            return (CloseReason::Idle, served);
+        }
         enum Ev {
             Read(std::io::Result<usize>),
             Completed,
@@ -324,11 +372,11 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
                 Ev::Completed
             })
             .or(async {
-                glommio::timer::sleep(idle_left).await;
+                idle.expired().await;
                 Ev::Timeout
             })
             .or(async {
-                core.drain_notice().await;
+                drain.notice().await;
                 Ev::Drain
             })
             .await;
@@ -342,6 +390,13 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
                     core.stats.idle_timeouts.inc();
                     return (CloseReason::Idle, served);
                 }
+                // Not idle after all: requests came since the timer was set,
+                // or some are in flight (which restarts the full timeout).
+                idle.rearm(if in_flight > 0 {
+                    Instant::now() + limits.idle_timeout
+                } else {
+                    last_request + limits.idle_timeout
+                });
             }
             Ev::Drain => {
                 if in_flight == 0 {

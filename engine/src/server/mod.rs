@@ -143,8 +143,83 @@ pub struct CoreCtx {
     pub acceptor: futures_rustls::TlsAcceptor,
     /// Set once the core drains.
     pub draining: Cell<bool>,
-    /// Wakers of connections waiting for input, woken on drain.
-    drain_wakers: RefCell<Vec<Waker>>,
+    /// Wakers of connections waiting for input, woken on drain: one slot
+    /// per open connection (see [`DrainSlot`]).
+    drain_wakers: RefCell<DrainWakers>,
+}
+
+/// One waker slot per open connection plus a free list. A connection takes
+/// a slot when it starts and gives it back when it ends, so registering a
+/// waker is O(1) per wait and closed connections leave nothing behind
+/// (bounded by `max_connections_per_core`). A plain list scanned for
+/// `will_wake` was O(connections) per wait and kept every closed
+/// connection's waker (and with it its task allocation) until shutdown.
+#[derive(Default)]
+struct DrainWakers {
+    slots: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+impl DrainWakers {
+    /// Take a free slot (reusing a closed connection's first).
+    fn take(&mut self) -> usize {
+        match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Give a slot back, dropping its waker.
+    fn release(&mut self, index: usize) {
+        self.slots[index] = None;
+        self.free.push(index);
+    }
+
+    /// Every registered waker, leaving the slots empty.
+    fn take_all(&mut self) -> Vec<Waker> {
+        self.slots.iter_mut().filter_map(Option::take).collect()
+    }
+}
+
+/// A connection's drain-waker slot; frees the slot on drop.
+pub struct DrainSlot<'a> {
+    core: &'a CoreCtx,
+    index: usize,
+}
+
+impl std::fmt::Debug for DrainSlot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainSlot")
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+impl DrainSlot<'_> {
+    /// Resolves once the core starts draining.
+    pub async fn notice(&self) {
+        future::poll_fn(|cx| {
+            if self.core.draining.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.core.drain_wakers.borrow_mut();
+            match &mut w.slots[self.index] {
+                Some(x) if x.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+impl Drop for DrainSlot<'_> {
+    fn drop(&mut self) {
+        self.core.drain_wakers.borrow_mut().release(self.index);
+    }
 }
 
 impl std::fmt::Debug for CoreCtx {
@@ -156,25 +231,16 @@ impl std::fmt::Debug for CoreCtx {
 }
 
 impl CoreCtx {
-    /// Resolves once the core starts draining.
-    pub async fn drain_notice(&self) {
-        future::poll_fn(|cx| {
-            if self.draining.get() {
-                return Poll::Ready(());
-            }
-            let mut w = self.drain_wakers.borrow_mut();
-            // One waker per waiting connection task: replace, don't pile up.
-            if !w.iter().any(|x| x.will_wake(cx.waker())) {
-                w.push(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+    /// A drain-waker slot for one connection (held for its lifetime).
+    pub fn drain_slot(&self) -> DrainSlot<'_> {
+        let index = self.drain_wakers.borrow_mut().take();
+        DrainSlot { core: self, index }
     }
 
     fn start_drain(&self) {
         self.draining.set(true);
-        for w in self.drain_wakers.borrow_mut().drain(..) {
+        let wakers = self.drain_wakers.borrow_mut().take_all();
+        for w in wakers {
             w.wake();
         }
     }
@@ -294,7 +360,7 @@ pub fn start(
                     limits,
                     acceptor: futures_rustls::TlsAcceptor::from(tls),
                     draining: Cell::new(false),
-                    drain_wakers: RefCell::new(Vec::new()),
+                    drain_wakers: RefCell::new(DrainWakers::default()),
                 });
                 ready.fetch_add(1, Ordering::Release);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
@@ -385,5 +451,44 @@ pub fn available_cpus() -> Vec<usize> {
     match core_affinity::get_core_ids() {
         Some(ids) if !ids.is_empty() => ids.into_iter().map(|c| c.id).collect(),
         _ => vec![usize::MAX],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn closed_connections_leave_no_drain_waker_behind() {
+        // Regression: the list kept every closed connection's waker (and its
+        // task) until shutdown, and was scanned on every wait.
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let mut w = DrainWakers::default();
+        let kept = w.take();
+        w.slots[kept] = Some(Waker::from(count.clone()));
+        for _ in 0..10_000 {
+            let i = w.take();
+            w.slots[i] = Some(Waker::from(count.clone()));
+            w.release(i);
+        }
+        assert_eq!(w.slots.len(), 2, "slots are reused, not piled up");
+        assert_eq!(Arc::strong_count(&count), 2, "released wakers are dropped");
+        for waker in w.take_all() {
+            waker.wake();
+        }
+        assert_eq!(
+            count.0.load(Ordering::Relaxed),
+            1,
+            "only the open connection is woken"
+        );
     }
 }
