@@ -1,0 +1,1060 @@
+//! The side-by-side harness of issue #7: keycore under load against the raw
+//! signer, in one run, as one table of ratios.
+//!
+//! What it runs, in order (`--quick` for a ~20 s CI smoke, default full):
+//! 1. the raw signers, single thread pinned to the server's CPU: aws-lc-rs's
+//!    own API and keycore's `SoftwareKey::perform`, on the same key files the
+//!    server loads (wall time and thread CPU time per operation), right
+//!    before and right after each operation's server run;
+//! 2. the release `keycore serve` as a subprocess, one reactor pinned to CPU 0
+//!    (`cores: [0]`), driven by the load generator in this process, pinned to
+//!    CPU 1, closed loop, verifying 1% of answers: RSA-2048 PKCS#1 v1.5,
+//!    ECDSA P-256, Ed25519 and ping;
+//! 3. open loop at 80% of each measured maximum (constant and Poisson
+//!    arrivals): p99 against 3 × single-sign time + 200 µs;
+//! 4. a fresh server under pipelined overload from 1,000 connections: its
+//!    VmHWM/VmRSS against the README's "Memory bound";
+//! 5. the codec's ns/op (best of 5 loops of 100,000).
+//!
+//! It prints one markdown table (pasted into `bench/RESULTS.md`).
+//! `--soak SECONDS` instead runs the soak: open loop at 60% of the measured
+//! maximum of the default mix, 200 connections replaced every 10 s, VmRSS
+//! sampled every 10 s. `--only OP` runs one throughput (or `memory`) test,
+//! for profiling with `--perf-dir`.
+//!
+//! Why a subprocess rather than an in-process executor: it is the binary that
+//! ships (same allocator, same start-up path), its memory (VmHWM) and CPU time
+//! (/proc/PID/task/*/schedstat) are its own and not mixed with the
+//! generator's, and `perf record -p` can attach to it (`--perf-dir`).
+//!
+//! Why ratios are given twice: the machine is shared, so CPU 0 may not be
+//! wholly the server's. "wall" divides throughputs; "per CPU-s" divides
+//! operations per second of CPU time actually used (server: requests sent ÷
+//! its CPU time over the run; raw: ÷ thread CPU time), which other processes
+//! on the core do not distort. On a quiet machine the two agree, and the
+//! server's CPU share column says how quiet it was.
+//!
+//! Load stays on 127.0.0.1. Build the server first: `cargo build --release`
+//! then `cargo run --release -p keycore-bench --bin harness -- --quick`.
+
+use anyhow::{bail, Context, Result};
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
+use clap::Parser;
+use keycore_engine::keys::{software, Backend, KeyEntry};
+use keycore_loadgen::{Arrivals, ClientTlsPaths, LoadSpec, LoopMode, Profile, Report};
+use keycore_protocol::frame::{self, FrameStatus};
+use keycore_protocol::{encode_response, Hash, Message, Op, OpClass, MAX_BODY_LEN};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Connections of the memory test (the issue's figure).
+const MEMORY_CONNECTIONS: usize = 1000;
+/// Requests pipelined per connection in the memory test: deep enough that
+/// every connection's buffers fill (the server answers 64 per pass).
+const MEMORY_DEPTH: usize = 64;
+/// README "Memory bound": per connection under pipelined overload.
+const STATED_PER_CONN_KIB: f64 = 300.0;
+/// Throughput runs: connections × requests outstanding (64 pipelined each,
+/// as `keycore demo`), enough to keep one core busy.
+const TPUT_CONNECTIONS: usize = 4;
+const TPUT_CONCURRENCY: usize = 256;
+/// Fraction of answers the generator verifies: enough to catch a wrong
+/// answer, small enough that verifying (ECDSA verify costs ~2 signs) never
+/// makes the generator the bottleneck.
+const VERIFY_FRACTION: f64 = 0.01;
+/// Soak: connections, their lifetime (churn) and the sampling period.
+const SOAK_CONNECTIONS: usize = 200;
+const SOAK_CONN_LIFETIME_S: f64 = 10.0;
+const SOAK_SAMPLE: Duration = Duration::from_secs(10);
+
+/// Server vs raw signer, loadgen on another core: see the module comment.
+#[derive(Parser, Debug)]
+#[command(name = "harness")]
+struct Args {
+    /// CI smoke (~20 s): short runs, latency for ECDSA only.
+    #[arg(long)]
+    quick: bool,
+    /// The keycore binary. Default: `keycore` next to this executable
+    /// (target/release/keycore).
+    #[arg(long, env = "KEYCORE_BIN")]
+    keycore: Option<PathBuf>,
+    /// CPU of the server's reactor and of the raw-signer measurement.
+    #[arg(long, default_value_t = 0)]
+    server_cpu: usize,
+    /// CPU of the load generator.
+    #[arg(long, default_value_t = 1)]
+    loadgen_cpu: usize,
+    /// Skip the 1,000-connection memory test.
+    #[arg(long)]
+    skip_memory: bool,
+    /// Skip the open-loop latency runs.
+    #[arg(long)]
+    skip_latency: bool,
+    /// Record `perf record -e cpu-clock -g` of the server during each
+    /// throughput run into DIR/<op>.data.
+    #[arg(long, value_name = "DIR")]
+    perf_dir: Option<PathBuf>,
+    /// Only a closed-loop throughput run of this operation (e.g.
+    /// `ed25519`, `ping`), profiled if --perf-dir is given, or `memory`
+    /// for the 1,000-connection test; no table.
+    #[arg(long, value_name = "OP")]
+    only: Option<String>,
+    /// Run the soak for this many seconds instead of the table.
+    #[arg(long, value_name = "SECONDS")]
+    soak: Option<f64>,
+    /// Soak offered rate; default 60% of the measured closed-loop maximum.
+    #[arg(long)]
+    soak_rate: Option<f64>,
+}
+
+/// Durations of one mode.
+struct Plan {
+    raw_s: f64,
+    warmup_s: f64,
+    tput_s: f64,
+    lat_s: f64,
+    mem_s: f64,
+}
+
+impl Plan {
+    fn of(quick: bool) -> Plan {
+        if quick {
+            Plan {
+                raw_s: 0.3,
+                warmup_s: 1.0,
+                tput_s: 2.0,
+                lat_s: 3.0,
+                mem_s: 3.0,
+            }
+        } else {
+            Plan {
+                raw_s: 2.0,
+                warmup_s: 2.0,
+                tput_s: 10.0,
+                lat_s: 10.0,
+                mem_s: 15.0,
+            }
+        }
+    }
+}
+
+/// One operation measured against the server.
+#[derive(Clone, Copy)]
+struct OpSpec {
+    label: &'static str,
+    mix: &'static str,
+    key: &'static str,
+    class: OpClass,
+    /// Target ratio of the issue (None: reference only).
+    target: Option<f64>,
+}
+
+const OPS: [OpSpec; 4] = [
+    OpSpec {
+        label: "RSA-2048 PKCS#1 v1.5 SHA-256",
+        mix: "rsa-pkcs1-sha256",
+        key: "rsa2048.key",
+        class: OpClass::RsaPkcs1(Hash::Sha256),
+        target: Some(0.95),
+    },
+    OpSpec {
+        label: "ECDSA P-256 SHA-256",
+        mix: "ecdsa-p256-sha256",
+        key: "p256.key",
+        class: OpClass::Ecdsa(Hash::Sha256),
+        target: Some(0.75),
+    },
+    OpSpec {
+        label: "Ed25519",
+        mix: "ed25519",
+        key: "ed25519.key",
+        class: OpClass::Ed25519,
+        target: Some(0.70),
+    },
+    OpSpec {
+        label: "ping (no crypto)",
+        mix: "ping",
+        key: "p256.key",
+        class: OpClass::Ping,
+        target: None,
+    },
+];
+
+// ---------------------------------------------------------------- raw signers
+
+/// Per-operation cost of a signer measured on one pinned thread.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cost {
+    wall_us: f64,
+    cpu_us: f64,
+}
+
+impl Cost {
+    fn mean(a: Cost, b: Cost) -> Cost {
+        Cost {
+            wall_us: (a.wall_us + b.wall_us) / 2.0,
+            cpu_us: (a.cpu_us + b.cpu_us) / 2.0,
+        }
+    }
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Run `f` repeatedly for about `secs` (after a short warm-up).
+fn measure(secs: f64, f: &mut dyn FnMut()) -> Cost {
+    let warm = Instant::now();
+    while warm.elapsed().as_secs_f64() < secs.min(0.2) / 2.0 {
+        f();
+    }
+    let (t0, c0) = (Instant::now(), thread_cpu_ns());
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < secs {
+        for _ in 0..8 {
+            f();
+        }
+        n += 8;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu = (thread_cpu_ns() - c0) as f64 / 1e9;
+    Cost {
+        wall_us: wall * 1e6 / n as f64,
+        cpu_us: cpu * 1e6 / n as f64,
+    }
+}
+
+/// aws-lc-rs and keycore signers for the three target operations.
+struct Signers {
+    rsa: RsaKeyPair,
+    ecdsa: EcdsaKeyPair,
+    ed: Ed25519KeyPair,
+    entries: Vec<(OpClass, KeyEntry)>,
+}
+
+fn pkcs8(path: &Path) -> Result<Vec<u8>> {
+    Ok(PrivatePkcs8KeyDer::from_pem_file(path)
+        .with_context(|| format!("{}: not a PKCS#8 PEM key", path.display()))?
+        .secret_pkcs8_der()
+        .to_vec())
+}
+
+impl Signers {
+    fn load(keys: &Path) -> Result<Signers> {
+        let rsa = RsaKeyPair::from_pkcs8(&pkcs8(&keys.join("rsa2048.key"))?)
+            .map_err(|e| anyhow::anyhow!("rsa2048.key: {e}"))?;
+        let ecdsa = EcdsaKeyPair::from_pkcs8(
+            &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+            &pkcs8(&keys.join("p256.key"))?,
+        )
+        .map_err(|e| anyhow::anyhow!("p256.key: {e}"))?;
+        let ed = Ed25519KeyPair::from_pkcs8_maybe_unchecked(&pkcs8(&keys.join("ed25519.key"))?)
+            .map_err(|e| anyhow::anyhow!("ed25519.key: {e}"))?;
+        let mut entries = Vec::new();
+        for op in &OPS[..3] {
+            entries.push((op.class, software::load_file(&keys.join(op.key))?));
+        }
+        Ok(Signers {
+            rsa,
+            ecdsa,
+            ed,
+            entries,
+        })
+    }
+
+    /// (aws-lc-rs, keycore perform) cost of operation `which` (index into
+    /// `OPS`), measured on a thread pinned to `cpu`.
+    fn measure(self: &Arc<Self>, which: usize, cpu: usize, secs: f64) -> Result<(Cost, Cost)> {
+        let me = self.clone();
+        std::thread::spawn(move || {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+                eprintln!("warning: could not pin the raw-signer thread to CPU {cpu}");
+            }
+            let rng = SystemRandom::new();
+            // The message aws-lc-rs hashes; keycore gets its SHA-256 digest
+            // (what the edge sends), or the message itself for Ed25519.
+            let msg = [0x5au8; 32];
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &msg);
+            let mut sig = vec![0u8; me.rsa.public_modulus_len()];
+            let raw = match which {
+                0 => measure(secs, &mut || {
+                    me.rsa
+                        .sign(
+                            &signature::RSA_PKCS1_SHA256,
+                            &rng,
+                            black_box(&msg),
+                            &mut sig,
+                        )
+                        .unwrap()
+                }),
+                1 => measure(secs, &mut || {
+                    black_box(me.ecdsa.sign(&rng, black_box(&msg)).unwrap());
+                }),
+                _ => measure(secs, &mut || {
+                    black_box(me.ed.sign(black_box(&msg)));
+                }),
+            };
+            let mut out = Vec::with_capacity(1024);
+            let (class, e) = &me.entries[which];
+            let Backend::Inline(k) = &e.backend else {
+                panic!("software keys are inline")
+            };
+            let input: &[u8] = if *class == OpClass::Ed25519 {
+                &msg
+            } else {
+                digest.as_ref()
+            };
+            let ours = measure(secs, &mut || {
+                out.clear();
+                k.perform(*class, black_box(input), &mut out).unwrap();
+                black_box(&out);
+            });
+            (raw, ours)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("raw-signer thread panicked"))
+    }
+}
+
+// --------------------------------------------------------------------- codec
+
+/// ns/op of the codec on the hot shape (best of 5 batches).
+fn codec_ns() -> [(&'static str, f64); 4] {
+    let req = keycore_bench::ecdsa_p256_request(0x0102_0304);
+    let sig = keycore_bench::ecdsa_p256_signature_der();
+    let mut req_bytes = Vec::new();
+    req.encode(&mut req_bytes).unwrap();
+    let mut resp_bytes = Vec::new();
+    encode_response(&mut resp_bytes, 1, Op::RESPONSE, &sig).unwrap();
+    fn decode(buf: &[u8]) -> Message<'_> {
+        match frame::check(buf, MAX_BODY_LEN) {
+            Ok(FrameStatus::Complete { len, .. }) => Message::decode(&buf[..len]).unwrap(),
+            other => panic!("fixture does not frame: {other:?}"),
+        }
+    }
+    fn best(f: &mut dyn FnMut()) -> f64 {
+        const N: u32 = 100_000;
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                for _ in 0..N {
+                    f();
+                }
+                t.elapsed().as_nanos() as f64 / N as f64
+            })
+            .fold(f64::MAX, f64::min)
+    }
+    let mut out = Vec::with_capacity(2048);
+    [
+        (
+            "decode request (frame check + decode)",
+            best(&mut || {
+                black_box(decode(black_box(&req_bytes)));
+            }),
+        ),
+        (
+            "encode request",
+            best(&mut || {
+                out.clear();
+                black_box(&req).encode(&mut out).unwrap();
+                black_box(out.len());
+            }),
+        ),
+        (
+            "decode response (frame check + decode)",
+            best(&mut || {
+                black_box(decode(black_box(&resp_bytes)));
+            }),
+        ),
+        (
+            "encode response (72-byte signature)",
+            best(&mut || {
+                out.clear();
+                encode_response(&mut out, black_box(7), Op::RESPONSE, black_box(&sig)).unwrap();
+                black_box(out.len());
+            }),
+        ),
+    ]
+}
+
+// -------------------------------------------------------------------- server
+
+/// A `keycore serve` subprocess; killed (SIGTERM, then SIGKILL) on drop.
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
+}
+
+impl Server {
+    fn start(bin: &Path, pki: &keycore_engine::pki::DemoPki, cpu: usize) -> Result<Server> {
+        let cfg = pki.dir.join("harness.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "loglevel: 1\nport: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\n\
+                 auth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\n\
+                 private_key_stores:\n  - dir: {}\ncores: [{cpu}]\n",
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                pki.ca_cert.display(),
+                pki.keys_dir.display()
+            ),
+        )
+        .with_context(|| format!("writing {}", cfg.display()))?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("-c")
+            .arg(&cfg)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {} serve", bin.display()))?;
+        let pid = child.id();
+        let stderr = child.stderr.take().context("server stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stderr).lines().map_while(|l| l.ok()) {
+                let line = strip_ansi(&line);
+                if let Some(tx) = &tx {
+                    if line.contains(" serving") {
+                        if let Some(a) = line.split("addr=").nth(1) {
+                            let _ =
+                                tx.send(Ok(a.split_whitespace().next().unwrap_or("").to_owned()));
+                        }
+                    } else if line.contains("ERROR") || line.starts_with("Error") {
+                        let _ = tx.send(Err(line.clone()));
+                    }
+                }
+                if line.contains(" serving") {
+                    tx = None;
+                }
+            }
+        });
+        let mut server = Server {
+            child,
+            pid,
+            addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Ok(a)) => {
+                server.addr = a.parse().with_context(|| format!("server address {a:?}"))?
+            }
+            Ok(Err(line)) => bail!("server failed to start: {line}"),
+            Err(_) => bail!("server did not report its address within 30 s"),
+        }
+        Ok(server)
+    }
+
+    /// CPU time of every thread of the process, ns (schedstat: exact, not ticks).
+    fn cpu_ns(&self) -> u64 {
+        let dir = format!("/proc/{}/task", self.pid);
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return 0;
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// (VmRSS, VmHWM) in KiB.
+    fn memory_kib(&self) -> (u64, u64) {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        let get = |k: &str| {
+            s.lines()
+                .find(|l| l.starts_with(k))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (get("VmRSS:"), get("VmHWM:"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid as i32, libc::SIGTERM) };
+        for _ in 0..200 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ------------------------------------------------------------------- loadgen
+
+struct Ctx {
+    pki: keycore_engine::pki::DemoPki,
+    loadgen_cpu: usize,
+}
+
+impl Ctx {
+    fn spec(&self, server: &Server, key: &str, mix: &str) -> Result<LoadSpec> {
+        let tls = ClientTlsPaths {
+            ca: self.pki.ca_cert.clone(),
+            cert: self.pki.client_cert.clone(),
+            key: self.pki.client_key.clone(),
+        };
+        let mut s = LoadSpec::new(server.addr, tls, vec![self.pki.keys_dir.join(key)]);
+        s.server_name = Some("localhost".into());
+        s.profile = Profile {
+            mix: Profile::parse_mix(&if mix.contains('=') {
+                mix.to_owned()
+            } else {
+                format!("{mix}=1")
+            })?,
+            cores: 1,
+            first_cpu: Some(self.loadgen_cpu),
+            verify_fraction: VERIFY_FRACTION,
+            connections: TPUT_CONNECTIONS,
+            concurrency: TPUT_CONCURRENCY,
+            mode: LoopMode::Closed,
+            ..Profile::default()
+        };
+        Ok(s)
+    }
+}
+
+/// A finished throughput run.
+struct Tput {
+    report: Report,
+    /// Server CPU ns per request (whole run, warm-up included).
+    cpu_ns_per_op: f64,
+    /// Server CPU time ÷ wall time of the run.
+    cpu_share: f64,
+}
+
+fn run_measured(server: &Server, spec: &LoadSpec, perf: Option<&Path>) -> Result<Tput> {
+    let perf_child = match perf {
+        Some(out) => Some(
+            Command::new("perf")
+                .args(["record", "-q", "-e", "cpu-clock", "-g", "-p"])
+                .arg(server.pid.to_string())
+                .arg("-o")
+                .arg(out)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting perf record")?,
+        ),
+        None => None,
+    };
+    let (c0, t0) = (server.cpu_ns(), Instant::now());
+    let report = keycore_loadgen::run(spec)?;
+    let (c1, wall) = (server.cpu_ns(), t0.elapsed().as_secs_f64());
+    if let Some(p) = perf_child {
+        // SAFETY: SIGINT to our own child makes perf write its file and exit.
+        unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+        let _ = p.wait_with_output();
+    }
+    let cpu_s = (c1 - c0) as f64 / 1e9;
+    Ok(Tput {
+        cpu_ns_per_op: (c1 - c0) as f64 / report.sent.max(1) as f64,
+        cpu_share: cpu_s / wall,
+        report,
+    })
+}
+
+fn warnings(r: &Report) -> String {
+    if r.warnings.is_empty() && r.total_errors() == 0 {
+        String::new()
+    } else {
+        format!(" [{} errors; {}]", r.total_errors(), r.warnings.join("; "))
+    }
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let n = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{n} CPUs, {model}")
+}
+
+fn commit() -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    let head = out(&["rev-parse", "--short", "HEAD"]);
+    let dirty = !out(&["status", "--porcelain", "--", "engine", "protocol", "src"]).is_empty();
+    format!(
+        "{head}{}",
+        if dirty { " (+uncommitted changes)" } else { "" }
+    )
+}
+
+fn keycore_bin(a: &Args) -> Result<PathBuf> {
+    let p = match &a.keycore {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("executable has no directory")?
+            .join("keycore"),
+    };
+    if !p.is_file() {
+        bail!(
+            "{}: no keycore binary (run `cargo build --release` first, or pass --keycore)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+fn yes(b: bool) -> &'static str {
+    if b {
+        "**yes**"
+    } else {
+        "no"
+    }
+}
+
+// ---------------------------------------------------------------------- main
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let plan = Plan::of(args.quick);
+    let bin = keycore_bin(&args)?;
+    let tmp = tempfile::tempdir()?;
+    let pki = keycore_engine::pki::generate(tmp.path()).context("generating the PKI")?;
+    let ctx = Ctx {
+        pki,
+        loadgen_cpu: args.loadgen_cpu,
+    };
+    if let Some(d) = &args.perf_dir {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    println!(
+        "keycore harness ({}) — commit {}, {}, load avg at start {}",
+        if args.quick { "quick" } else { "full" },
+        commit(),
+        machine(),
+        load_avg()
+    );
+    println!(
+        "server: {} serve, cores: [{}]; load generator in-process on CPU {}; raw signers on CPU {}",
+        bin.display(),
+        args.server_cpu,
+        args.loadgen_cpu,
+        args.server_cpu
+    );
+    if let Some(secs) = args.soak {
+        return soak(&args, &bin, &ctx, secs);
+    }
+
+    if args.only.as_deref() == Some("memory") {
+        memory_test(&args, &bin, &ctx, &plan)?;
+        return Ok(());
+    }
+    if let Some(name) = &args.only {
+        let op = OPS
+            .iter()
+            .find(|o| o.mix == name)
+            .with_context(|| format!("--only {name}: not one of the harness's operations"))?;
+        let server = Server::start(&bin, &ctx.pki, args.server_cpu)?;
+        let mut spec = ctx.spec(&server, op.key, op.mix)?;
+        spec.profile.duration_s = plan.tput_s;
+        spec.profile.warmup_s = plan.warmup_s;
+        let perf = args
+            .perf_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.data", op.mix)));
+        let t = run_measured(&server, &spec, perf.as_deref())?;
+        println!(
+            "{}: {:.0} ops/s, server CPU {:.2} µs/op, CPU share {:.0}%{}; load avg {}",
+            op.label,
+            t.report.total.throughput_per_s,
+            t.cpu_ns_per_op / 1000.0,
+            t.cpu_share * 100.0,
+            warnings(&t.report),
+            load_avg()
+        );
+        return Ok(());
+    }
+    let signers = Arc::new(Signers::load(&ctx.pki.keys_dir)?);
+    // Raw signers are measured right before and right after each
+    // operation's server run, so both see the same machine.
+    let mut raw_before = Vec::new();
+    let mut raw_after = Vec::new();
+
+    // Throughput.
+    let server = Server::start(&bin, &ctx.pki, args.server_cpu)?;
+    let mut tputs = Vec::new();
+    for (i, op) in OPS.iter().enumerate() {
+        let mut spec = ctx.spec(&server, op.key, op.mix)?;
+        spec.profile.duration_s = plan.tput_s;
+        spec.profile.warmup_s = plan.warmup_s;
+        let perf = args
+            .perf_dir
+            .as_ref()
+            .map(|d| d.join(format!("{}.data", op.mix)));
+        if i < 3 {
+            raw_before.push(signers.measure(i, args.server_cpu, plan.raw_s)?);
+        }
+        let t = run_measured(&server, &spec, perf.as_deref())?;
+        if i < 3 {
+            raw_after.push(signers.measure(i, args.server_cpu, plan.raw_s)?);
+        }
+        eprintln!(
+            "  {:<30} {:>9.0} ops/s, server CPU {:.2} µs/op, CPU share {:.0}%{}",
+            op.label,
+            t.report.total.throughput_per_s,
+            t.cpu_ns_per_op / 1000.0,
+            t.cpu_share * 100.0,
+            warnings(&t.report)
+        );
+        tputs.push(t);
+    }
+
+    // Latency at 80% of the maximum, open loop.
+    let mut lats = Vec::new();
+    if !args.skip_latency {
+        let which: &[usize] = if args.quick { &[1] } else { &[0, 1, 2] };
+        for &i in which {
+            let op = &OPS[i];
+            for arrivals in [Arrivals::Constant, Arrivals::Poisson] {
+                let mut spec = ctx.spec(&server, op.key, op.mix)?;
+                spec.profile.mode = LoopMode::Open;
+                spec.profile.arrivals = arrivals;
+                spec.profile.rate = 0.8 * tputs[i].report.total.throughput_per_s;
+                spec.profile.duration_s = plan.lat_s;
+                spec.profile.warmup_s = plan.warmup_s;
+                let t = run_measured(&server, &spec, None)?;
+                let r = t.report;
+                eprintln!(
+                    "  {:<30} open {:?} at {:.0}/s: p99 {} µs, server CPU {:.2} µs/op, share {:.0}%{}",
+                    op.label,
+                    arrivals,
+                    spec.profile.rate,
+                    r.total.latency.as_ref().map_or(0, |p| p.p99_us),
+                    t.cpu_ns_per_op / 1000.0,
+                    t.cpu_share * 100.0,
+                    warnings(&r)
+                );
+                lats.push((
+                    i,
+                    arrivals,
+                    spec.profile.rate,
+                    r,
+                    t.cpu_ns_per_op,
+                    t.cpu_share,
+                ));
+            }
+        }
+    }
+    let steady = server.memory_kib();
+    drop(server);
+
+    // Memory under pipelined overload from 1,000 connections (fresh server).
+    let mem = if args.skip_memory {
+        None
+    } else {
+        Some(memory_test(&args, &bin, &ctx, &plan)?)
+    };
+
+    let codec = codec_ns();
+
+    // ------------------------------------------------------------ the table
+    println!("\nload avg at end {}\n", load_avg());
+    println!(
+        "| operation | raw aws-lc-rs µs/op (wall / CPU) | keycore perform µs/op | server ops/s | \
+         server CPU share | ratio wall | ratio per CPU-s | target | holds |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let mut single_sign_us = [0.0f64; 3];
+    for (i, op) in OPS.iter().enumerate() {
+        let t = &tputs[i];
+        let ops = t.report.total.throughput_per_s;
+        if i >= 3 {
+            println!(
+                "| {} | – | – | {ops:.0} | {:.0}% | – | {:.2} µs CPU/op | – | – |",
+                op.label,
+                t.cpu_share * 100.0,
+                t.cpu_ns_per_op / 1000.0
+            );
+            continue;
+        }
+        let raw = Cost::mean(raw_before[i].0, raw_after[i].0);
+        let ours = Cost::mean(raw_before[i].1, raw_after[i].1);
+        single_sign_us[i] = raw.cpu_us;
+        let ratio_wall = ops * raw.wall_us / 1e6;
+        let ratio_cpu = raw.cpu_us * 1000.0 / t.cpu_ns_per_op;
+        let target = op.target.unwrap_or(0.0);
+        println!(
+            "| {} | {:.2} / {:.2} (before {:.2}, after {:.2}) | {:.2} | {ops:.0} | {:.0}% | {:.1}% | {:.1}% | ≥ {:.0}% | wall {}, per CPU-s {} |",
+            op.label,
+            raw.wall_us,
+            raw.cpu_us,
+            raw_before[i].0.cpu_us,
+            raw_after[i].0.cpu_us,
+            ours.cpu_us,
+            t.cpu_share * 100.0,
+            ratio_wall * 100.0,
+            ratio_cpu * 100.0,
+            target * 100.0,
+            yes(ratio_wall >= target),
+            yes(ratio_cpu >= target),
+        );
+    }
+    for (i, arrivals, rate, r, cpu_ns, share) in &lats {
+        let p = r.total.latency.as_ref();
+        let target = 3.0 * single_sign_us[*i] + 200.0;
+        let p99 = p.map_or(f64::INFINITY, |p| p.p99_us as f64);
+        println!(
+            "| p99, {} open loop {:?} at {:.0}/s (80% of max) | p50 {} µs | p99.9 {} µs | p99 **{:.0} µs** | {:.0}% | server CPU {:.2} µs/op | {} | ≤ {:.0} µs (3 × {:.1} + 200) | {} |",
+            OPS[*i].label,
+            arrivals,
+            rate,
+            p.map_or(0, |p| p.p50_us),
+            p.map_or(0, |p| p.p999_us),
+            p99,
+            share * 100.0,
+            cpu_ns / 1000.0,
+            if r.warnings.is_empty() { "" } else { "generator warned" },
+            target,
+            single_sign_us[*i],
+            yes(p99 <= target)
+        );
+    }
+    if let Some(m) = &mem {
+        let bound = m.base as f64 + MEMORY_CONNECTIONS as f64 * STATED_PER_CONN_KIB;
+        let per_conn = (m.hwm as f64 - m.base as f64) / MEMORY_CONNECTIONS as f64;
+        println!(
+            "| memory, {MEMORY_CONNECTIONS} connections × {MEMORY_DEPTH} pipelined ({} handshakes, {:.0} ops/s, server CPU {:.2} µs/op) | base VmRSS {} KiB | peak VmRSS {} KiB, after {} KiB | VmHWM **{} KiB** ({:.1} KiB/conn above base) | | | | ≤ base + {MEMORY_CONNECTIONS} × {STATED_PER_CONN_KIB} KiB = {:.0} KiB | {} |",
+            m.report.connections.handshakes,
+            m.report.total.throughput_per_s,
+            m.cpu_ns_per_op / 1000.0,
+            m.base,
+            m.peak,
+            m.after,
+            m.hwm,
+            per_conn,
+            bound,
+            yes((m.hwm as f64) <= bound && m.report.connections.handshakes as usize >= MEMORY_CONNECTIONS)
+        );
+    }
+    println!(
+        "| memory after the throughput and latency runs | VmRSS {} KiB | VmHWM {} KiB | | | | | | |",
+        steady.0, steady.1
+    );
+    for (name, ns) in codec {
+        println!(
+            "| codec: {name} | {ns:.0} ns/op | | | | | | < 200 ns | {} |",
+            yes(ns < 200.0)
+        );
+    }
+    Ok(())
+}
+
+/// What the 1,000-connection overload left: base VmRSS, peak sampled
+/// VmRSS, VmHWM, VmRSS after (KiB), the run, server CPU ns/op.
+struct Mem {
+    base: u64,
+    peak: u64,
+    hwm: u64,
+    after: u64,
+    report: Report,
+    cpu_ns_per_op: f64,
+}
+
+fn memory_test(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<Mem> {
+    let server = Server::start(bin, &ctx.pki, args.server_cpu)?;
+    std::thread::sleep(Duration::from_millis(300));
+    let (base, _) = server.memory_kib();
+    let mut spec = ctx.spec(&server, "p256.key", "ecdsa-p256-sha256")?;
+    spec.profile.connections = MEMORY_CONNECTIONS;
+    spec.profile.concurrency = MEMORY_CONNECTIONS * MEMORY_DEPTH;
+    spec.profile.duration_s = plan.mem_s;
+    spec.profile.warmup_s = plan.warmup_s;
+    spec.profile.timeout_ms = 60_000;
+    let peak_rss = Arc::new(Mutex::new(0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak_rss, stop, pid) = (peak_rss.clone(), stop.clone(), server.pid);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                if let Some(v) = s
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    let mut p = peak_rss.lock().unwrap();
+                    *p = (*p).max(v);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let t = run_measured(&server, &spec, None);
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let t = t?;
+    let (after, hwm) = server.memory_kib();
+    let peak = *peak_rss.lock().unwrap();
+    eprintln!(
+        "  memory: base {base} KiB, peak VmRSS {peak} KiB, VmHWM {hwm} KiB, after {after} KiB; \
+         {} handshakes, {:.0} ops/s, server CPU {:.2} µs/op{}",
+        t.report.connections.handshakes,
+        t.report.total.throughput_per_s,
+        t.cpu_ns_per_op / 1000.0,
+        warnings(&t.report)
+    );
+    Ok(Mem {
+        base,
+        peak,
+        hwm,
+        after,
+        report: t.report,
+        cpu_ns_per_op: t.cpu_ns_per_op,
+    })
+}
+
+// ---------------------------------------------------------------------- soak
+
+fn soak(args: &Args, bin: &Path, ctx: &Ctx, secs: f64) -> Result<()> {
+    let server = Server::start(bin, &ctx.pki, args.server_cpu)?;
+    let keys = "rsa2048.key p256.key".to_owned();
+    let mix = "ecdsa-p256-sha256=70,rsa-pss-sha256=20,rsa-pkcs1-sha256=8,rsa-decrypt=2";
+    let mut spec = ctx.spec(&server, "p256.key", mix)?;
+    spec.keys = keys.split(' ').map(|k| ctx.pki.keys_dir.join(k)).collect();
+    let rate = match args.soak_rate {
+        Some(r) => r,
+        None => {
+            let mut s = spec.clone();
+            s.profile.duration_s = 5.0;
+            s.profile.warmup_s = 2.0;
+            let r = keycore_loadgen::run(&s)?;
+            eprintln!(
+                "  closed-loop max of the mix: {:.0}/s",
+                r.total.throughput_per_s
+            );
+            0.6 * r.total.throughput_per_s
+        }
+    };
+    spec.profile.mode = LoopMode::Open;
+    spec.profile.rate = rate;
+    spec.profile.connections = SOAK_CONNECTIONS;
+    spec.profile.conn_lifetime_s = Some(SOAK_CONN_LIFETIME_S);
+    spec.profile.duration_s = secs;
+    spec.profile.warmup_s = 0.0;
+    let samples = Arc::new(Mutex::new(Vec::<(f64, u64, u64)>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (samples, stop, pid) = (samples.clone(), stop.clone(), server.pid);
+        std::thread::spawn(move || {
+            let t0 = Instant::now();
+            let mut next = Duration::ZERO;
+            while !stop.load(Ordering::Relaxed) {
+                if t0.elapsed() >= next {
+                    let s =
+                        std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                    let get = |k: &str| -> u64 {
+                        s.lines()
+                            .find(|l| l.starts_with(k))
+                            .and_then(|l| l.split_whitespace().nth(1))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    let row = (t0.elapsed().as_secs_f64(), get("VmRSS:"), get("VmHWM:"));
+                    eprintln!(
+                        "  t={:>5.0}s VmRSS {} KiB VmHWM {} KiB",
+                        row.0, row.1, row.2
+                    );
+                    samples.lock().unwrap().push(row);
+                    next += SOAK_SAMPLE;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    let r = keycore_loadgen::run(&spec)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let s = samples.lock().unwrap();
+    println!(
+        "\nsoak: {secs:.0} s open loop at {rate:.0}/s (60% of max), mix {mix}, \
+         {SOAK_CONNECTIONS} connections each replaced after {SOAK_CONN_LIFETIME_S} s; \
+         {} ok, {} errors, {} handshakes, {} churned; p99 {} µs; load avg {}",
+        r.total.ok,
+        r.total.errors,
+        r.connections.handshakes,
+        r.connections.connections_churned,
+        r.total.latency.as_ref().map_or(0, |p| p.p99_us),
+        load_avg()
+    );
+    println!("| t (s) | VmRSS KiB | VmHWM KiB |\n|---|---|---|");
+    for (t, rss, hwm) in s.iter() {
+        println!("| {t:.0} | {rss} | {hwm} |");
+    }
+    if s.len() >= 6 {
+        // Growth: the last third against the second sixth (after warm-up).
+        let avg =
+            |v: &[(f64, u64, u64)]| v.iter().map(|x| x.1 as f64).sum::<f64>() / v.len() as f64;
+        let early = avg(&s[1..s.len() / 3]);
+        let late = avg(&s[s.len() * 2 / 3..]);
+        println!(
+            "\nVmRSS early (samples 2..{}) {:.0} KiB, late (last third) {:.0} KiB: {:+.1}%",
+            s.len() / 3,
+            early,
+            late,
+            (late / early - 1.0) * 100.0
+        );
+    }
+    Ok(())
+}
