@@ -40,8 +40,9 @@ enum Cmd {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
-    /// Capacity planning and parameter sweeps (not built yet).
-    Tune,
+    /// Capacity planning: sweep client concurrency against a server and
+    /// recommend the setting with the most throughput within the SLO.
+    Tune(Box<keycore_tuning::TuneArgs>),
 }
 
 fn main() {
@@ -61,9 +62,10 @@ fn main() {
             demo::run(&args)
         }
         Some(Cmd::Pki { dir }) => pki(&dir),
-        Some(Cmd::Tune) => Err(anyhow::anyhow!(
-            "`keycore tune` is not built yet (issue: tuning); use `keycore loadgen --capacity`"
-        )),
+        Some(Cmd::Tune(args)) => {
+            init_logging(2);
+            keycore_tuning::run_cli(&args)
+        }
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -12,6 +12,7 @@
 
 use crate::config::{Config, KeyLoadErrors, KeyStore, Pkcs11Dispatch};
 use crate::keys::{software, KeyEntry, KeyIndex};
+use crate::kms::{KmsOptions, KmsStore};
 use crate::metrics::{MetricsServer, Registry, StaticGauge};
 use crate::pkcs11::{DispatchMode, Pkcs11Options, Pkcs11Store};
 use crate::server::{self, tls, Limits, ServerHandle, ServerSettings};
@@ -57,12 +58,13 @@ pub fn limits(cfg: &Config) -> Limits {
     }
 }
 
-/// Load every key store. Returns the index, the PKCS#11 store and the
-/// seconds each store took (for `keyless_key_load_duration`).
-pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, Vec<f64>)> {
+/// Load every key store. Returns the index, the PKCS#11 and KMS stores and
+/// the seconds each store took (for `keyless_key_load_duration`).
+pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, KmsStore, Vec<f64>)> {
     let mut index = KeyIndex::default();
     let mut seconds = Vec::new();
     let mut pkcs11_uris = Vec::new();
+    let mut kms_uris = Vec::new();
     for store in &cfg.private_key_stores {
         let t0 = Instant::now();
         let results: Vec<Result<KeyEntry, software::KeyLoadError>> = match store {
@@ -77,8 +79,12 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, Vec<f64>)> {
                 pkcs11_uris.push(u.clone());
                 continue;
             }
+            KeyStore::Uri(u) if KmsStore::handles(u) => {
+                kms_uris.push(u.clone());
+                continue;
+            }
             KeyStore::Uri(u) => bail!(
-                "private_key_stores: uri {u}: cloud key services (Azure Key Vault, Google Cloud KMS, AWS KMS) are not supported by keycore yet"
+                "private_key_stores: uri {u}: not a PKCS#11 URI, Azure Key Vault / Managed HSM key URL, Google Cloud KMS key version or AWS KMS key ARN"
             ),
         };
         for r in results {
@@ -114,15 +120,29 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, Vec<f64>)> {
                 .unwrap_or(Pkcs11Options::default().op_timeout),
             ..Pkcs11Options::default()
         };
-        let (store, entries) = Pkcs11Store::open(&pkcs11_uris, &opts)
-            .context("private_key_stores: PKCS#11")?;
+        let (store, entries) =
+            Pkcs11Store::open(&pkcs11_uris, &opts).context("private_key_stores: PKCS#11")?;
         for e in entries {
             add(&mut index, e);
         }
         seconds.push(t0.elapsed().as_secs_f64());
         store
     };
-    Ok((index, pkcs11, seconds))
+    let kms = if kms_uris.is_empty() {
+        KmsStore::default()
+    } else {
+        let t0 = Instant::now();
+        let mut opts = KmsOptions::from_env().context("cloud key service settings")?;
+        opts.skip_failed_keys = cfg.key_load_errors == KeyLoadErrors::Skip;
+        let (store, entries) = KmsStore::open(&kms_uris, &opts)
+            .context("loading cloud keys (Azure Key Vault / Google Cloud KMS / AWS KMS)")?;
+        for e in entries {
+            add(&mut index, e);
+        }
+        seconds.push(t0.elapsed().as_secs_f64());
+        store
+    };
+    Ok((index, pkcs11, kms, seconds))
 }
 
 fn add(index: &mut KeyIndex, e: KeyEntry) {
@@ -162,11 +182,36 @@ fn render_pkcs11_health(p: &Pkcs11Store, s: &mut String) {
     let health = p.health();
     type Get = fn(&crate::pkcs11::PartitionHealth) -> u64;
     let series: [(&str, &str, &str, Get); 5] = [
-        ("keycore_pkcs11_partition_healthy", "gauge", "1 while the partition is in use, 0 while it is out (recovery failing).", |h| h.healthy as u64),
-        ("keycore_pkcs11_partition_failures_total", "counter", "Times the partition was taken out of use.", |h| h.failures),
-        ("keycore_pkcs11_partition_recoveries_total", "counter", "Times the partition came back.", |h| h.recoveries),
-        ("keycore_pkcs11_session_reopens_total", "counter", "Sessions re-opened after a recoverable error.", |h| h.reopens),
-        ("keycore_pkcs11_op_timeouts_total", "counter", "Operations that exceeded the per-operation timeout.", |h| h.timeouts),
+        (
+            "keycore_pkcs11_partition_healthy",
+            "gauge",
+            "1 while the partition is in use, 0 while it is out (recovery failing).",
+            |h| h.healthy as u64,
+        ),
+        (
+            "keycore_pkcs11_partition_failures_total",
+            "counter",
+            "Times the partition was taken out of use.",
+            |h| h.failures,
+        ),
+        (
+            "keycore_pkcs11_partition_recoveries_total",
+            "counter",
+            "Times the partition came back.",
+            |h| h.recoveries,
+        ),
+        (
+            "keycore_pkcs11_session_reopens_total",
+            "counter",
+            "Sessions re-opened after a recoverable error.",
+            |h| h.reopens,
+        ),
+        (
+            "keycore_pkcs11_op_timeouts_total",
+            "counter",
+            "Operations that exceeded the per-operation timeout.",
+            |h| h.timeouts,
+        ),
     ];
     for (name, kind, help, get) in series {
         let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -191,7 +236,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
             "sign_retry_count: not applied; PKCS#11 keys retry once on a healthy session after a recoverable error, software keys cannot fail transiently"
         );
     }
-    let (index, pkcs11, key_load_seconds) = load_keys(cfg)?;
+    let (index, pkcs11, kms, key_load_seconds) = load_keys(cfg)?;
     if index.is_empty() {
         tracing::warn!(
             "no private keys loaded: every key operation will be answered 'key not found'"
@@ -225,9 +270,15 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         }
     }
     let pkcs11 = Arc::new(pkcs11);
-    if pkcs11.partitions() > 0 {
-        let p = pkcs11.clone();
-        registry.extra = Some(Arc::new(move |s: &mut String| render_pkcs11_health(&p, s)));
+    let kms = Arc::new(kms);
+    {
+        let (p, k) = (pkcs11.clone(), kms.clone());
+        registry.extra = Some(Arc::new(move |s: &mut String| {
+            if p.partitions() > 0 {
+                render_pkcs11_health(&p, s);
+            }
+            k.render_metrics(s);
+        }));
     }
     let cpus = cfg.core_ids(&server::available_cpus());
     let server = server::start(
@@ -238,10 +289,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         },
         tls,
         Arc::new(index),
-        server::Backends {
-            pkcs11,
-            kms: Default::default(),
-        },
+        server::Backends { pkcs11, kms },
         registry,
     )
     .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;

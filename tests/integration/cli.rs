@@ -95,3 +95,111 @@ fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// `keycore serve` with cloud keys named in gokeyless.yaml (an Azure Key
+/// Vault key URL and an AWS KMS ARN), credentials and endpoints from the
+/// environment as an operator sets them, against the local stand-ins.
+#[test]
+fn serve_with_cloud_keys_from_gokeyless_yaml() {
+    use keycore_kmssim::{KeyType, Sim};
+    let sim = Sim::start().unwrap();
+    sim.azure_client_secret("tenant-1", "client-1", "s3cret");
+    sim.aws_access_key("AKIDCLI", "cli-secret");
+    let (az_uri, az_key) = sim
+        .azure_key("kv-cli", false, "tls-rsa", KeyType::Rsa2048)
+        .unwrap();
+    let (aws_uri, aws_key) = sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let ca = sim.write_ca(dir.path()).unwrap();
+    let port = free_port();
+    let yaml = format!(
+        "port: {port}\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: 1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - uri: {az_uri}\n  - uri: {aws_uri}\n",
+        pki.server_cert.display(),
+        pki.server_key.display(),
+        pki.ca_cert.display(),
+    );
+    let cfg = dir.path().join("gokeyless.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
+        .args(["serve", "-c"])
+        .arg(&cfg)
+        .env("KEYCORE_KMS_CA_FILE", &ca)
+        .env("KEYCORE_AZURE_ENDPOINT", &sim.https_url)
+        .env("KEYCORE_AZURE_AUTHORITY", &sim.https_url)
+        .env("KEYCORE_AWS_KMS_ENDPOINT", &sim.https_url)
+        .env("AZURE_TENANT_ID", "tenant-1")
+        .env("AZURE_CLIENT_ID", "client-1")
+        .env("AZURE_CLIENT_SECRET", "s3cret")
+        .env("AWS_ACCESS_KEY_ID", "AKIDCLI")
+        .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let tls = keycore_loadgen::tls::ClientTls::from_paths(
+        &keycore_loadgen::tls::ClientTlsPaths {
+            ca: pki.ca_cert.clone(),
+            cert: pki.client_cert.clone(),
+            key: pki.client_key.clone(),
+        },
+        &keycore_loadgen::tls::TlsOptions {
+            tls12_only: false,
+            server_name: Some("localhost".into()),
+        },
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut c = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("server exited with {s:?}: {err}");
+        }
+        match keycore_loadgen::client::BlockingClient::connect(addr, &tls) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"cloud");
+    for (op, spki, md, pss) in [
+        (
+            keycore_protocol::Op::RSA_PSS_SIGN_SHA256,
+            &az_key.spki,
+            "sha256",
+            true,
+        ),
+        (
+            keycore_protocol::Op::RSA_SIGN_SHA256,
+            &az_key.spki,
+            "sha256",
+            false,
+        ),
+        (
+            keycore_protocol::Op::ECDSA_SIGN_SHA256,
+            &aws_key.spki,
+            "sha256",
+            false,
+        ),
+    ] {
+        let ski = keycore_protocol::ski_from_spki(spki).unwrap();
+        let r = c
+            .call(&crate::harness::req(op, Some(&ski), d.as_ref()))
+            .unwrap();
+        assert_eq!(
+            r.opcode,
+            keycore_protocol::Op::RESPONSE,
+            "{op:?}: {:?}",
+            r.error_code()
+        );
+        assert!(
+            crate::harness::openssl_verify(spki, d.as_ref(), &r.payload, Some(md), pss),
+            "{op:?}"
+        );
+    }
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}
