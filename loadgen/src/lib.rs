@@ -301,7 +301,9 @@ pub fn capacity(
         let sent = r.total.ok + r.total.errors;
         let err_ratio = r.total.errors as f64 / (sent.max(1)) as f64;
         let achieved = r.total.throughput_per_s;
-        let gen_limited = r.warnings.iter().any(|w| w.starts_with("generator"));
+        // Only the generator's own CPU makes a step "generator-bound"; send
+        // lag alone is also what a server's backpressure looks like.
+        let gen_limited = r.warnings.iter().any(|w| w.starts_with("generator CPU"));
         let mut notes = Vec::new();
         if p99_ms.is_none_or(|p| p > cap.slo_p99_ms) {
             notes.push(format!("p99 over {} ms", cap.slo_p99_ms));

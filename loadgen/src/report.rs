@@ -149,7 +149,7 @@ impl IntervalRow {
         }
         match self.lag_p99_us {
             Some(l) if l >= LAG_BEHIND_US => Some(format!(
-                "generator behind schedule (send lag p99 {}): offered load is below the profile's",
+                "send lag p99 {}: requests left later than scheduled, so the offered load was below the profile's (server backpressure or generator CPU; latency still counts from the scheduled time)",
                 ms(l)
             )),
             _ => None,
@@ -270,7 +270,7 @@ impl Report {
             .collect();
         if !behind.is_empty() {
             warnings.push(format!(
-                "generator behind schedule in {} interval(s) (worst send lag p99 {}): offered load was below the profile's there",
+                "send lag in {} interval(s) (worst p99 {}): requests left later than scheduled, so the offered load was below the profile's there (server backpressure or generator CPU; latency still counts from the scheduled time)",
                 behind.len(),
                 ms(behind.iter().copied().max().unwrap_or(0))
             ));

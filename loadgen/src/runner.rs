@@ -22,7 +22,7 @@ use crate::check::{self, Extras, KeyCtx, OpKind};
 use crate::client::{Pool, PoolConfig, PoolCounters};
 use crate::profile::{share, LoopMode, Plan, Schedule};
 use crate::stats::{record, ErrorKind, OpSet};
-use crate::sys::process_cpu;
+use crate::sys::generator_cpu;
 use crate::tls::ClientTls;
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use glommio::timer::Timer;
@@ -215,12 +215,12 @@ pub fn run_plan(
     let mut totals = OpSet::new(p.mode == LoopMode::Open);
     let mut counters = PoolCounters::default();
     let mut sent = 0;
-    let mut cpu_mark = (Instant::now(), process_cpu());
+    let mut cpu_mark = (Instant::now(), generator_cpu());
     let mut measured_cpu = (Duration::ZERO, Duration::ZERO);
     let mut warnings: Vec<String> = Vec::new();
     let mut last_loss: Option<String> = None;
     let mut emit = |index: u64, set: OpSet, in_flight: usize, sink: &mut IntervalSink<'_>| {
-        let now = (Instant::now(), process_cpu());
+        let now = (Instant::now(), generator_cpu());
         let wall = now.0.duration_since(cpu_mark.0);
         let cpu = now.1.saturating_sub(cpu_mark.1);
         cpu_mark = now;

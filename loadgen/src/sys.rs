@@ -18,6 +18,41 @@ pub fn process_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// CPU time of the generator's own executor threads (named `loadgen-*`),
+/// from `/proc/self/task/*/schedstat`. Counting only them matters when the
+/// generator shares a process with a server (`keycore demo`, tests): the
+/// process total would blame the generator for the server's work. Falls back
+/// to the process total where `/proc` can't be read.
+pub fn generator_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return process_cpu();
+    };
+    let mut total = Duration::ZERO;
+    let mut found = false;
+    for t in tasks.flatten() {
+        let dir = t.path();
+        let is_gen = std::fs::read_to_string(dir.join("comm"))
+            .map(|c| c.starts_with("loadgen-"))
+            .unwrap_or(false);
+        if !is_gen {
+            continue;
+        }
+        // schedstat: "<ns on cpu> <ns waiting> <timeslices>".
+        if let Some(ns) = std::fs::read_to_string(dir.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        {
+            total += Duration::from_nanos(ns);
+            found = true;
+        }
+    }
+    if found {
+        total
+    } else {
+        process_cpu()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -30,5 +65,34 @@ mod tests {
         }
         assert!(x > 0);
         assert!(super::process_cpu() > a);
+    }
+
+    #[test]
+    fn generator_cpu_counts_only_generator_threads() {
+        let spin = |ms| {
+            let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            let mut x = 0u64;
+            while std::time::Instant::now() < end {
+                x = x.wrapping_add(std::hint::black_box(1));
+            }
+            x
+        };
+        let other = std::thread::Builder::new()
+            .name("not-gen".into())
+            .spawn(move || spin(60))
+            .unwrap();
+        let g = std::thread::Builder::new()
+            .name("loadgen-t".into())
+            .spawn(move || {
+                let before = super::generator_cpu();
+                spin(40);
+                super::generator_cpu().saturating_sub(before)
+            })
+            .unwrap();
+        let used = g.join().unwrap();
+        other.join().unwrap();
+        // Its own ~40 ms counted; the other thread's 60 ms not.
+        assert!(used >= std::time::Duration::from_millis(20), "{used:?}");
+        assert!(used < std::time::Duration::from_millis(95), "{used:?}");
     }
 }
