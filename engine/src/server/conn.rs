@@ -25,6 +25,7 @@ use keycore_protocol::{ErrorCode, Message, Op};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -282,10 +283,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
         // 3. One coalesced write for everything answered in this pass.
         if !wbuf.is_empty() {
             let n = wbuf.len();
-            let w = async {
-                tls.write_all(&wbuf).await?;
-                tls.flush().await
-            };
+            let w = write_records(core, tls, &wbuf);
             let timed = w
                 .or(async {
                     glommio::timer::sleep(limits.idle_timeout).await;
@@ -405,6 +403,42 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
             }
         }
     }
+}
+
+/// Encrypt `plain` into TLS records and send them all with one write.
+///
+/// Why not `write_all` + `flush` on the TLS stream: futures-rustls hands the
+/// socket one record (at most 16 KiB) per `send`, as glommio's socket has no
+/// vectored write, so a full 64 KiB write buffer cost four `send` calls (each
+/// also running the loopback peer's receive path). Here rustls encrypts
+/// everything into the core's shared ciphertext buffer first.
+async fn write_records(core: &CoreCtx, tls: &mut Tls, plain: &[u8]) -> std::io::Result<()> {
+    let mut net = std::mem::take(&mut *core.tls_out.borrow_mut());
+    net.clear();
+    let (io, conn) = tls.get_mut();
+    let mut off = 0;
+    while off < plain.len() || conn.wants_write() {
+        // rustls takes at most its buffer limit per call; draining its
+        // records into `net` after each call makes room for the next.
+        let n = conn.writer().write(&plain[off..])?;
+        off += n;
+        let mut drained = false;
+        while conn.wants_write() {
+            // Writing into a Vec cannot fail or stop short.
+            conn.write_tls(&mut net)?;
+            drained = true;
+        }
+        if n == 0 && !drained && off < plain.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::WriteZero,
+                "TLS layer accepted no plaintext",
+            ));
+        }
+    }
+    let r = io.write_all(&net).await;
+    net.clear();
+    *core.tls_out.borrow_mut() = net;
+    r
 }
 
 fn spawn_pending(p: Pending, completions: Rc<Completions>) {

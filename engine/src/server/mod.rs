@@ -146,6 +146,12 @@ pub struct CoreCtx {
     /// Wakers of connections waiting for input, woken on drain: one slot
     /// per open connection (see [`DrainSlot`]).
     drain_wakers: RefCell<DrainWakers>,
+    /// Ciphertext of one connection's coalesced write (all its TLS records,
+    /// sent with one `send`), reused by every connection of the core: taken
+    /// for the write and put back after, so a connection that finds it
+    /// taken (another one's write is waiting on a full socket) uses a fresh
+    /// one. At most `write_buffer_bytes` + one message + record overhead.
+    pub(crate) tls_out: RefCell<Vec<u8>>,
 }
 
 /// One waker slot per open connection plus a free list. A connection takes
@@ -361,6 +367,7 @@ pub fn start(
                     acceptor: futures_rustls::TlsAcceptor::from(tls),
                     draining: Cell::new(false),
                     drain_wakers: RefCell::new(DrainWakers::default()),
+                    tls_out: RefCell::new(Vec::new()),
                 });
                 ready.fetch_add(1, Ordering::Release);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
