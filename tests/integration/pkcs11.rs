@@ -138,11 +138,15 @@ impl Drop for Served {
 /// Launch through the config path, with the token's two keys (extra URI
 /// query `extra`) and the demo's software keys.
 fn serve(hsm: &Hsm, extra: &str) -> Served {
+    serve_on(hsm, extra, 1)
+}
+
+fn serve_on(hsm: &Hsm, extra: &str, cores: usize) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let pki = keycore_engine::pki::generate(dir.path()).unwrap();
     let label = &hsm.token.0;
     let yaml = format!(
-        "port: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: 1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n  - uri: \"pkcs11:token={label};id=%01?module-path={MODULE}&pin-value={PIN}{extra}\"\n  - uri: \"pkcs11:token={label};object=ec?module-path={MODULE}&pin-value={PIN}{extra}\"\n",
+        "port: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: {cores}\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n  - uri: \"pkcs11:token={label};id=%01?module-path={MODULE}&pin-value={PIN}{extra}\"\n  - uri: \"pkcs11:token={label};object=ec?module-path={MODULE}&pin-value={PIN}{extra}\"\n",
         pki.server_cert.display(),
         pki.server_key.display(),
         pki.ca_cert.display(),
@@ -307,4 +311,64 @@ fn wrong_pin_is_a_startup_error_naming_the_uri() {
         err.contains("pkcs11:token=keycore-it") && !err.contains("0000"),
         "{err}"
     );
+}
+
+/// Many connections spread over every core at once, each pipelining signs
+/// on both token keys (inline and offload): every answer verified.
+#[test]
+fn many_connections_on_all_cores_at_once() {
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(h) = hsm() else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    let cores = keycore_engine::server::available_cpus().len().max(2);
+    for extra in ["&x-dispatch=inline", "&x-dispatch=offload"] {
+        let s = serve_on(h, extra, cores);
+        let addr = s.running.as_ref().unwrap().server.addr;
+        let (rsa_ski, ec_ski) = (ski(&h.token.1), ski(&h.token.2));
+        let d = sha256(b"many");
+        std::thread::scope(|sc| {
+            for t in 0..16 {
+                let (tls, d, rsa_ski, ec_ski) = (&s.tls, &d, &rsa_ski, &ec_ski);
+                sc.spawn(move || {
+                    let mut c = BlockingClient::connect(addr, tls).unwrap();
+                    let msgs: Vec<Message<'_>> = (0..20)
+                        .map(|i| Message {
+                            opcode: Some(if (i + t) % 2 == 0 {
+                                Op::RSA_SIGN_SHA256
+                            } else {
+                                Op::ECDSA_SIGN_SHA256
+                            }),
+                            ski: Some(if (i + t) % 2 == 0 { rsa_ski } else { ec_ski }),
+                            payload: Some(d),
+                            ..Message::default()
+                        })
+                        .collect();
+                    for (m, r) in msgs.iter().zip(c.pipeline(&msgs).unwrap()) {
+                        assert_eq!(r.opcode, Op::RESPONSE, "{extra}: {:?}", r.error_code());
+                        // Verify a sample with openssl (each check spawns a process).
+                        if r.id % 5 == 0 {
+                            let spki = if m.ski == Some(rsa_ski) {
+                                &h.token.1
+                            } else {
+                                &h.token.2
+                            };
+                            assert!(openssl_verify(spki, d, &r.payload, Some("sha256"), false));
+                        }
+                    }
+                });
+            }
+        });
+        let reg = &s.running.as_ref().unwrap().server.registry;
+        assert_eq!(reg.total_requests(), 16 * 20, "{extra}");
+        // SO_REUSEPORT spreads 16 connections over the cores (all on one
+        // core has probability 2^-15 with two cores).
+        let busy = reg
+            .cores
+            .iter()
+            .filter(|c| c.requests_by_op.iter().map(|x| x.get()).sum::<u64>() > 0)
+            .count();
+        assert!(busy >= 2, "{extra}: only {busy} core(s) served requests");
+    }
 }
