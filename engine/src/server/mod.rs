@@ -23,7 +23,7 @@ use crate::kms::KmsStore;
 use crate::metrics::{CoreStats, Registry};
 use crate::pkcs11::{CoreHsm, Pkcs11Store};
 use anyhow::{bail, Context, Result};
-use futures_lite::future::{self, FutureExt as _};
+use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -436,9 +436,18 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
             glommio::timer::sleep(CONTROL_POLL).await;
         }
     };
-    // Accept until a drain is requested; dropping the accept loop drops the
+    // The accept loop runs as its own task, not raced with `watch_drain` in
+    // this one: glommio's accept future adds a clone of the polling task's
+    // waker to the listener's source on *every* poll and releases them only
+    // when a connection arrives. Raced here, it was re-polled by each 20 ms
+    // drain tick, so a core that accepted nothing for ~11 minutes (32,767
+    // polls) overflowed the task's reference count and its reactor thread
+    // panicked ("Waker invariant broken"). In its own task it is polled only
+    // when a connection arrives. Cancelling the task (drop) drops the
     // listener, so no new connection lands on this core.
-    accept_loop.or(watch_drain).await;
+    let accept_task = glommio::spawn_local(accept_loop);
+    watch_drain.await;
+    drop(accept_task);
     core.start_drain();
     let deadline = Instant::now() + core.limits.drain_timeout;
     while open.get() > 0 && Instant::now() < deadline {
