@@ -22,7 +22,7 @@
 use super::auth::{judge_bearer, TokenCache};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::AzureKey;
-use super::util::{b64url, digest_info_prefix, fit_ecdsa_digest, pkcs1_type2_block, unb64url};
+use super::util::{b64url, fit_ecdsa_digest, pkcs1_type2_block, unb64url};
 use super::OpError;
 use crate::keys::KeyKind;
 use crate::pkcs11::spki::{ec_spki, ecdsa_der_from_raw, rsa_spki};
@@ -90,7 +90,7 @@ pub fn plan(kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, String> {
                 Hash::Sha384 => sign("RS384", input.to_vec(), Post::AsIs),
                 Hash::Sha512 => sign("RS512", input.to_vec(), Post::AsIs),
                 Hash::Md5Sha1 | Hash::Sha1 | Hash::Sha224 => {
-                    let mut v = digest_info_prefix(h).to_vec();
+                    let mut v = h.digest_info_prefix().to_vec();
                     v.extend_from_slice(input);
                     sign("RSNULL", v, Post::AsIs)
                 }

@@ -25,7 +25,7 @@
 use super::auth::{judge_bearer, TokenCache};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::GcpKey;
-use super::util::{b64, digest_info_prefix, fit_ecdsa_digest, kind_from_spki, unb64};
+use super::util::{b64, fit_ecdsa_digest, kind_from_spki, unb64};
 use super::OpError;
 use crate::keys::KeyKind;
 use bytes::Bytes;
@@ -129,7 +129,7 @@ pub fn plan(alg: Alg, kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, 
                     h.len()
                 ));
             }
-            let mut v = digest_info_prefix(h).to_vec();
+            let mut v = h.digest_info_prefix().to_vec();
             v.extend_from_slice(input);
             Ok(Plan::Data(v))
         }
