@@ -23,6 +23,7 @@ use cryptoki_sys::{CK_MECHANISM_TYPE, CK_RV};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::behaviour::{Behaviour, KeyClass, MAX_SESSIONS_LIMIT, PRESETS, VENDOR_RV_NAMES};
 use crate::func::{Func, ALL};
 use crate::names::{MECHANISM_NAMES, RV_NAMES};
 use crate::profiles;
@@ -133,6 +134,8 @@ pub struct Capacity {
     pub max_ops_per_sec: Option<f64>,
     /// Token bucket depth: how many calls may start back to back after an idle spell.
     pub burst: u32,
+    /// Calls allowed to wait for a core; one more is throttled at once (None = unbounded).
+    pub max_queue: Option<u32>,
 }
 
 /// A set of functions, as a bitmask over `CK_FUNCTION_LIST` positions.
@@ -145,6 +148,17 @@ impl FuncSet {
         let mut bits = 0u128;
         for f in ALL {
             if f.is_crypto() {
+                bits |= 1 << f.index();
+            }
+        }
+        FuncSet(bits)
+    }
+
+    /// Every call that starts an operation (`C_SignInit`, `C_DecryptInit`, ...).
+    pub fn op_inits() -> FuncSet {
+        let mut bits = 0u128;
+        for f in ALL {
+            if f.is_op_init() {
                 bits |= 1 << f.index();
             }
         }
@@ -190,6 +204,14 @@ pub enum FaultKind {
     },
     /// Log the user out: private-key calls get `CKR_USER_NOT_LOGGED_IN` until `C_Login`.
     Logout,
+    /// The device is busy or over quota: the call gets the vendor's throttle code (or `rv`).
+    Throttle {
+        /// Overrides the behaviour's throttle code.
+        rv: Option<CK_RV>,
+    },
+    /// An operation is left active on the call's session: every later `*Init` on it returns
+    /// `CKR_OPERATION_ACTIVE` until the session is closed or an operation step ends it.
+    OperationActive,
     /// Remove the token: all sessions die, calls get `rv` / `CKR_TOKEN_NOT_PRESENT`.
     TokenRemoved {
         /// What session calls return while removed.
@@ -245,7 +267,19 @@ pub struct Config {
     pub faults: Vec<Fault>,
     /// Drop every session and the login after this long without any call (None = never).
     pub idle_drop: Option<Duration>,
+    /// The vendor behaviour (error conventions, session and handle rules, constants).
+    pub behaviour: Behaviour,
+    /// Key-size cost law: a key's service time is the mechanism's times (bits / reference
+    /// bits)^exponent (0 = key size not modelled). See [`KeyClass::default_cost`].
+    pub key_size_exponent: f64,
+    /// Explicit key-size cost factors by key name ("RSA-4096", "P-384"), winning over the law.
+    pub key_sizes: HashMap<String, f64>,
 }
+
+/// Default exponent of the key-size cost law (see [`KeyClass::default_cost`]).
+pub const DEFAULT_KEY_SIZE_EXPONENT: f64 = 3.0;
+/// Largest key-size cost factor accepted: beyond it a typo (ms vs us) is likelier.
+pub const MAX_KEY_SIZE_COST: f64 = 1000.0;
 
 impl Default for Config {
     fn default() -> Config {
@@ -258,12 +292,16 @@ impl Default for Config {
                 max_concurrent: None,
                 max_ops_per_sec: None,
                 burst: 1,
+                max_queue: None,
             },
             default_latency: Latency::default(),
             functions: vec![None; ALL.len()],
             mechanisms: HashMap::new(),
             faults: Vec::new(),
             idle_drop: None,
+            behaviour: Behaviour::default(),
+            key_size_exponent: DEFAULT_KEY_SIZE_EXPONENT,
+            key_sizes: HashMap::new(),
         }
     }
 }
@@ -278,6 +316,14 @@ impl Config {
         self.functions[func.index()]
             .as_ref()
             .unwrap_or(&self.default_latency)
+    }
+
+    /// How much more a key of class `k` costs than the reference key of its algorithm.
+    pub fn key_cost(&self, k: KeyClass) -> f64 {
+        if let Some(f) = k.name().and_then(|n| self.key_sizes.get(&n)) {
+            return *f;
+        }
+        k.default_cost(self.key_size_exponent)
     }
 
     /// Does any fault remove the token? (A removal without duration lasts while this holds.)
@@ -407,6 +453,74 @@ struct RawConfig {
     latency: RawLatencyTable,
     #[serde(default)]
     faults: Vec<RawFault>,
+    /// A preset name, or `{"preset": name, <switch>: value...}`.
+    behaviour: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBehaviour {
+    preset: Option<String>,
+    rw_sessions_only: Option<bool>,
+    session_handles: Option<bool>,
+    max_sessions: Option<u32>,
+    no_rsa_x509: Option<bool>,
+    vendor_eddsa: Option<bool>,
+    hide_public_keys: Option<bool>,
+    hide_cka_id: Option<bool>,
+    ec_point_on_private: Option<bool>,
+    public_key_info_on_private: Option<bool>,
+}
+
+fn parse_behaviour(v: Value, origin: &str) -> Result<Behaviour, ConfigError> {
+    let raw: RawBehaviour = match v {
+        Value::String(s) => RawBehaviour {
+            preset: Some(s),
+            ..RawBehaviour::default()
+        },
+        v => serde_json::from_value(v).map_err(|e| {
+            invalid(
+                origin,
+                "behaviour",
+                format!("{e} (expected a preset name or an object)"),
+            )
+        })?,
+    };
+    let name = raw.preset.as_deref().unwrap_or("generic");
+    let mut b = Behaviour::preset(name).ok_or_else(|| {
+        invalid(
+            origin,
+            "behaviour",
+            format!("unknown preset {name:?}; known: {}", PRESETS.join(", ")),
+        )
+    })?;
+    let set = |dst: &mut bool, v: Option<bool>| {
+        if let Some(v) = v {
+            *dst = v;
+        }
+    };
+    set(&mut b.rw_sessions_only, raw.rw_sessions_only);
+    set(&mut b.session_handles, raw.session_handles);
+    set(&mut b.no_rsa_x509, raw.no_rsa_x509);
+    set(&mut b.vendor_eddsa, raw.vendor_eddsa);
+    set(&mut b.hide_public_keys, raw.hide_public_keys);
+    set(&mut b.hide_cka_id, raw.hide_cka_id);
+    set(&mut b.ec_point_on_private, raw.ec_point_on_private);
+    set(
+        &mut b.public_key_info_on_private,
+        raw.public_key_info_on_private,
+    );
+    if let Some(n) = raw.max_sessions {
+        if n == 0 || n > MAX_SESSIONS_LIMIT {
+            return Err(invalid(
+                origin,
+                "behaviour.max_sessions",
+                format!("{n} is outside 1..={MAX_SESSIONS_LIMIT}"),
+            ));
+        }
+        b.max_sessions = Some(n);
+    }
+    Ok(b)
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -427,6 +541,7 @@ struct RawCapacity {
     max_concurrent: Option<u32>,
     max_ops_per_sec: Option<f64>,
     burst: Option<u32>,
+    max_queue: Option<u32>,
 }
 
 #[derive(Deserialize, Default)]
@@ -438,6 +553,9 @@ struct RawLatencyTable {
     functions: HashMap<String, RawLatency>,
     #[serde(default)]
     mechanisms: HashMap<String, RawLatency>,
+    key_size_exponent: Option<f64>,
+    #[serde(default)]
+    key_sizes: HashMap<String, f64>,
 }
 
 #[derive(Deserialize)]
@@ -497,6 +615,7 @@ pub fn parse_rv(v: &Value) -> Option<CK_RV> {
         Value::Number(n) => n.as_u64().map(|n| n as CK_RV),
         Value::String(s) => RV_NAMES
             .iter()
+            .chain(VENDOR_RV_NAMES)
             .find(|(n, _)| *n == s)
             .map(|(_, rv)| *rv)
             .or_else(|| parse_number(s)),
@@ -517,6 +636,7 @@ pub fn parse_mechanism(s: &str) -> Option<CK_MECHANISM_TYPE> {
 pub fn rv_name(rv: CK_RV) -> &'static str {
     RV_NAMES
         .iter()
+        .chain(VENDOR_RV_NAMES)
         .find(|(_, v)| *v == rv)
         .map(|(n, _)| *n)
         .unwrap_or("CKR_(unknown)")
@@ -589,11 +709,54 @@ impl RawConfig {
                 format!("{burst} is outside 1..=1000000"),
             ));
         }
+        if cap.max_queue.is_some() && cap.max_concurrent.is_none() {
+            return Err(invalid(
+                origin,
+                "capacity.max_queue",
+                "needs capacity.max_concurrent (nothing queues without a core limit)".into(),
+            ));
+        }
         cfg.capacity = Capacity {
             max_concurrent: cap.max_concurrent,
             max_ops_per_sec: cap.max_ops_per_sec,
             burst,
+            max_queue: cap.max_queue,
         };
+        if let Some(b) = self.behaviour {
+            cfg.behaviour = parse_behaviour(b, origin)?;
+        }
+        if let Some(e) = self.latency.key_size_exponent {
+            if !(0.0..=4.0).contains(&e) {
+                return Err(invalid(
+                    origin,
+                    "latency.key_size_exponent",
+                    format!("{e} is outside 0..=4"),
+                ));
+            }
+            cfg.key_size_exponent = e;
+        }
+        for (name, f) in self.latency.key_sizes {
+            let key = format!("latency.key_sizes.{name}");
+            let known = name
+                .strip_prefix("RSA-")
+                .is_some_and(|b| b.parse::<u32>().is_ok_and(|b| (512..=16384).contains(&b)))
+                || ["P-256", "P-384", "P-521", "Ed25519"].contains(&name.as_str());
+            if !known {
+                return Err(invalid(
+                    origin,
+                    &key,
+                    "unknown key (expected RSA-<bits>, P-256, P-384, P-521 or Ed25519)".into(),
+                ));
+            }
+            if !(f > 0.0 && f <= MAX_KEY_SIZE_COST) {
+                return Err(invalid(
+                    origin,
+                    &key,
+                    format!("{f} is outside (0, {MAX_KEY_SIZE_COST}]"),
+                ));
+            }
+            cfg.key_sizes.insert(name, f);
+        }
 
         cfg.default_latency = self.latency.default.validate(origin, "latency.default")?;
         for (name, l) in self.latency.functions {
@@ -736,6 +899,18 @@ impl RawFault {
                 }
                 FaultKind::Logout
             }
+            "throttle" => {
+                if self.then_rv.is_some() || self.duration_ms.is_some() {
+                    return Err(unexpected("then_rv/duration_ms"));
+                }
+                FaultKind::Throttle { rv }
+            }
+            "operation_active" => {
+                if self.rv.is_some() || self.then_rv.is_some() || self.duration_ms.is_some() {
+                    return Err(unexpected("rv/then_rv/duration_ms"));
+                }
+                FaultKind::OperationActive
+            }
             "token_removed" => {
                 if self.then_rv.is_some() {
                     return Err(unexpected("then_rv"));
@@ -750,8 +925,9 @@ impl RawFault {
                     origin,
                     &format!("{key}.kind"),
                     format!(
-                        "unknown kind {other:?}; expected error, hang, invalidate_sessions, \
-                         logout, token_removed or idle_drop"
+                        "unknown kind {other:?}; expected error, hang, throttle, \
+                         invalidate_sessions, logout, operation_active, token_removed or \
+                         idle_drop"
                     ),
                 ))
             }
@@ -768,6 +944,8 @@ impl RawFault {
             ));
         }
         let functions = match self.functions {
+            // An operation is left active by its *Init; the other kinds watch the work.
+            None if kind == FaultKind::OperationActive => FuncSet::op_inits(),
             None => FuncSet::crypto(),
             Some(names) => {
                 let mut set = FuncSet(0);

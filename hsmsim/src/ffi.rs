@@ -19,6 +19,9 @@ use crate::config::Config;
 use crate::func::Func;
 use crate::sim::{Call, Sim};
 
+mod objects;
+use objects::*;
+
 /// The simulator, created by the first successful `C_Initialize`.
 static SIM: OnceLock<Sim> = OnceLock::new();
 /// Serialises `C_Initialize` / `C_Finalize`; the flag it guards is mirrored in `INITIALISED`
@@ -30,7 +33,7 @@ static INITIALISED: AtomicBool = AtomicBool::new(false);
 /// failure: larger than any signature (RSA-16384 is 2 KiB) or block-cipher final output.
 const SCRATCH_BYTES: usize = 16 * 1024;
 
-fn with_sim(f: impl FnOnce(&'static Sim) -> CK_RV) -> CK_RV {
+pub(crate) fn with_sim(f: impl FnOnce(&'static Sim) -> CK_RV) -> CK_RV {
     match SIM.get() {
         Some(sim) if INITIALISED.load(Ordering::Acquire) => f(sim),
         _ => CKR_CRYPTOKI_NOT_INITIALIZED,
@@ -42,7 +45,7 @@ fn with_sim(f: impl FnOnce(&'static Sim) -> CK_RV) -> CK_RV {
 /// # Safety
 /// `p` must be NULL or point to a valid `CK_MECHANISM` (the PKCS#11 contract for every
 /// function taking `pMechanism`).
-unsafe fn mech_type(p: *const CK_MECHANISM) -> Option<CK_MECHANISM_TYPE> {
+pub(crate) unsafe fn mech_type(p: *const CK_MECHANISM) -> Option<CK_MECHANISM_TYPE> {
     // SAFETY: the caller guarantees p is NULL or valid; as_ref handles NULL.
     unsafe { p.as_ref() }.map(|m| m.mechanism)
 }
@@ -251,14 +254,8 @@ local!(C_GetInfo(pInfo: CK_INFO_PTR));
 local!(C_GetFunctionStatus(hSession: CK_SESSION_HANDLE));
 local!(C_CancelFunction(hSession: CK_SESSION_HANDLE));
 
-shaped!(C_GetSlotList(tokenPresent: CK_BBOOL, pSlotList: CK_SLOT_ID_PTR, pulCount: CK_ULONG_PTR)
-    => Call::none(Func::GetSlotList));
 shaped!(C_GetTokenInfo(slotID: CK_SLOT_ID, pInfo: CK_TOKEN_INFO_PTR)
     => Call::slot(Func::GetTokenInfo, slotID));
-shaped!(C_GetMechanismList(slotID: CK_SLOT_ID, pMechanismList: CK_MECHANISM_TYPE_PTR, pulCount: CK_ULONG_PTR)
-    => Call::slot(Func::GetMechanismList, slotID));
-shaped!(C_GetMechanismInfo(slotID: CK_SLOT_ID, type_: CK_MECHANISM_TYPE, pInfo: CK_MECHANISM_INFO_PTR)
-    => Call::slot(Func::GetMechanismInfo, slotID));
 shaped!(C_InitToken(slotID: CK_SLOT_ID, pPin: CK_UTF8CHAR_PTR, ulPinLen: CK_ULONG, pLabel: CK_UTF8CHAR_PTR)
     => Call::slot(Func::InitToken, slotID));
 shaped!(C_InitPIN(hSession: CK_SESSION_HANDLE, pPin: CK_UTF8CHAR_PTR, ulPinLen: CK_ULONG)
@@ -267,42 +264,10 @@ shaped!(C_SetPIN(hSession: CK_SESSION_HANDLE, pOldPin: CK_UTF8CHAR_PTR, ulOldLen
     => Call::session(Func::SetPIN, hSession));
 shaped!(C_GetOperationState(hSession: CK_SESSION_HANDLE, pOperationState: CK_BYTE_PTR, pulOperationStateLen: CK_ULONG_PTR)
     => Call::session(Func::GetOperationState, hSession));
-shaped!(C_SetOperationState(hSession: CK_SESSION_HANDLE, pOperationState: CK_BYTE_PTR, ulOperationStateLen: CK_ULONG, hEncryptionKey: CK_OBJECT_HANDLE, hAuthenticationKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::SetOperationState, hSession));
-shaped!(C_CreateObject(hSession: CK_SESSION_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG, phObject: CK_OBJECT_HANDLE_PTR)
-    => Call::session(Func::CreateObject, hSession));
-shaped!(C_CopyObject(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG, phNewObject: CK_OBJECT_HANDLE_PTR)
-    => Call::session(Func::CopyObject, hSession));
-shaped!(C_DestroyObject(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE)
-    => Call::session(Func::DestroyObject, hSession));
-shaped!(C_GetObjectSize(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pulSize: CK_ULONG_PTR)
-    => Call::session(Func::GetObjectSize, hSession));
-shaped!(C_GetAttributeValue(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG)
-    => Call::session(Func::GetAttributeValue, hSession));
-shaped!(C_SetAttributeValue(hSession: CK_SESSION_HANDLE, hObject: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG)
-    => Call::session(Func::SetAttributeValue, hSession));
-shaped!(C_FindObjects(hSession: CK_SESSION_HANDLE, phObject: CK_OBJECT_HANDLE_PTR, ulMaxObjectCount: CK_ULONG, pulObjectCount: CK_ULONG_PTR)
-    => Call::session(Func::FindObjects, hSession));
 shaped!(C_FindObjectsFinal(hSession: CK_SESSION_HANDLE)
     => Call::session(Func::FindObjectsFinal, hSession));
 
-// Operation set-up: the mechanism is remembered so the steps are timed by it.
-// SAFETY (all `mech_type` calls below): pMechanism comes straight from our caller, who must pass
-// NULL or a valid CK_MECHANISM.
-shaped!(C_EncryptInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::EncryptInit, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_DecryptInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::DecryptInit, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_DigestInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR)
-    => Call::session(Func::DigestInit, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_SignInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::SignInit, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_SignRecoverInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::SignRecoverInit, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_VerifyInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::VerifyInit, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_VerifyRecoverInit(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::VerifyRecoverInit, hSession).mech(unsafe { mech_type(pMechanism) }));
+// Operation set-up (`*Init`), object handles, templates and mechanism lists: see `objects`.
 
 // Operation steps. A NULL output buffer is a size query (see `Call::length_query`).
 shaped!(C_Encrypt(hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG, pEncryptedData: CK_BYTE_PTR, pulEncryptedDataLen: CK_ULONG_PTR)
@@ -321,8 +286,6 @@ shaped!(C_Digest(hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_
     => Call::session(Func::Digest, hSession).length_query(pDigest.is_null()));
 shaped!(C_DigestUpdate(hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulPartLen: CK_ULONG)
     => Call::session(Func::DigestUpdate, hSession));
-shaped!(C_DigestKey(hSession: CK_SESSION_HANDLE, hKey: CK_OBJECT_HANDLE)
-    => Call::session(Func::DigestKey, hSession));
 shaped!(C_DigestFinal(hSession: CK_SESSION_HANDLE, pDigest: CK_BYTE_PTR, pulDigestLen: CK_ULONG_PTR)
     => Call::session(Func::DigestFinal, hSession).length_query(pDigest.is_null()));
 shaped!(C_Sign(hSession: CK_SESSION_HANDLE, pData: CK_BYTE_PTR, ulDataLen: CK_ULONG, pSignature: CK_BYTE_PTR, pulSignatureLen: CK_ULONG_PTR)
@@ -350,17 +313,6 @@ shaped!(C_SignEncryptUpdate(hSession: CK_SESSION_HANDLE, pPart: CK_BYTE_PTR, ulP
 shaped!(C_DecryptVerifyUpdate(hSession: CK_SESSION_HANDLE, pEncryptedPart: CK_BYTE_PTR, ulEncryptedPartLen: CK_ULONG, pPart: CK_BYTE_PTR, pulPartLen: CK_ULONG_PTR)
     => Call::session(Func::DecryptVerifyUpdate, hSession).length_query(pPart.is_null()));
 
-// Key management: the mechanism times the call directly.
-shaped!(C_GenerateKey(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, pTemplate: CK_ATTRIBUTE_PTR, ulCount: CK_ULONG, phKey: CK_OBJECT_HANDLE_PTR)
-    => Call::session(Func::GenerateKey, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_GenerateKeyPair(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, pPublicKeyTemplate: CK_ATTRIBUTE_PTR, ulPublicKeyAttributeCount: CK_ULONG, pPrivateKeyTemplate: CK_ATTRIBUTE_PTR, ulPrivateKeyAttributeCount: CK_ULONG, phPublicKey: CK_OBJECT_HANDLE_PTR, phPrivateKey: CK_OBJECT_HANDLE_PTR)
-    => Call::session(Func::GenerateKeyPair, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_WrapKey(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hWrappingKey: CK_OBJECT_HANDLE, hKey: CK_OBJECT_HANDLE, pWrappedKey: CK_BYTE_PTR, pulWrappedKeyLen: CK_ULONG_PTR)
-    => Call::session(Func::WrapKey, hSession).mech(unsafe { mech_type(pMechanism) }).length_query(pWrappedKey.is_null()));
-shaped!(C_UnwrapKey(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hUnwrappingKey: CK_OBJECT_HANDLE, pWrappedKey: CK_BYTE_PTR, ulWrappedKeyLen: CK_ULONG, pTemplate: CK_ATTRIBUTE_PTR, ulAttributeCount: CK_ULONG, phKey: CK_OBJECT_HANDLE_PTR)
-    => Call::session(Func::UnwrapKey, hSession).mech(unsafe { mech_type(pMechanism) }));
-shaped!(C_DeriveKey(hSession: CK_SESSION_HANDLE, pMechanism: CK_MECHANISM_PTR, hBaseKey: CK_OBJECT_HANDLE, pTemplate: CK_ATTRIBUTE_PTR, ulAttributeCount: CK_ULONG, phKey: CK_OBJECT_HANDLE_PTR)
-    => Call::session(Func::DeriveKey, hSession).mech(unsafe { mech_type(pMechanism) }));
 shaped!(C_SeedRandom(hSession: CK_SESSION_HANDLE, pSeed: CK_BYTE_PTR, ulSeedLen: CK_ULONG)
     => Call::session(Func::SeedRandom, hSession));
 shaped!(C_GenerateRandom(hSession: CK_SESSION_HANDLE, RandomData: CK_BYTE_PTR, ulRandomLen: CK_ULONG)
@@ -383,31 +335,6 @@ unsafe extern "C" fn C_GetSlotInfo(slotID: CK_SLOT_ID, pInfo: CK_SLOT_INFO_PTR) 
             // SAFETY: on CKR_OK the real module filled *pInfo, so pInfo is valid and writable.
             if let Some(info) = unsafe { pInfo.as_mut() } {
                 info.flags &= !CKF_TOKEN_PRESENT;
-            }
-        }
-        rv
-    })
-}
-
-unsafe extern "C" fn C_OpenSession(
-    slotID: CK_SLOT_ID,
-    flags: CK_FLAGS,
-    pApplication: *mut c_void,
-    Notify: CK_NOTIFY,
-    phSession: CK_SESSION_HANDLE_PTR,
-) -> CK_RV {
-    with_sim(|sim| {
-        let rv = sim.run(Call::slot(Func::OpenSession, slotID), |real| {
-            match real.C_OpenSession {
-                // SAFETY: pass-through of the caller's arguments.
-                Some(f) => unsafe { f(slotID, flags, pApplication, Notify, phSession) },
-                None => CKR_FUNCTION_NOT_SUPPORTED,
-            }
-        });
-        if rv == CKR_OK {
-            // SAFETY: on CKR_OK the real module wrote the new handle through phSession.
-            if let Some(h) = unsafe { phSession.as_ref() } {
-                sim.session_opened(*h, slotID);
             }
         }
         rv
@@ -517,46 +444,6 @@ unsafe extern "C" fn C_Logout(hSession: CK_SESSION_HANDLE) -> CK_RV {
                 None => CKR_FUNCTION_NOT_SUPPORTED,
             }
         })
-    })
-}
-
-/// `CK_FALSE` for the `CKA_PRIVATE` attribute added to searches while logged out.
-static CK_FALSE_BYTE: CK_BBOOL = CK_FALSE as CK_BBOOL;
-
-unsafe extern "C" fn C_FindObjectsInit(
-    hSession: CK_SESSION_HANDLE,
-    pTemplate: CK_ATTRIBUTE_PTR,
-    ulCount: CK_ULONG,
-) -> CK_RV {
-    with_sim(|sim| {
-        // While a fault has logged the user out, the real module still is logged in; a real
-        // device would hide private objects, so the search also requires CKA_PRIVATE = FALSE.
-        let mut extended: Vec<CK_ATTRIBUTE> = Vec::new();
-        let (template, count) = if sim.is_logged_out() {
-            if !pTemplate.is_null() {
-                // SAFETY: the caller passes ulCount valid attributes at pTemplate (PKCS#11).
-                extended.extend_from_slice(unsafe {
-                    std::slice::from_raw_parts(pTemplate, ulCount as usize)
-                });
-            }
-            extended.push(CK_ATTRIBUTE {
-                type_: CKA_PRIVATE,
-                pValue: &CK_FALSE_BYTE as *const CK_BBOOL as *mut c_void,
-                ulValueLen: 1,
-            });
-            (extended.as_mut_ptr(), extended.len() as CK_ULONG)
-        } else {
-            (pTemplate, ulCount)
-        };
-        sim.run(
-            Call::session(Func::FindObjectsInit, hSession),
-            |real| match real.C_FindObjectsInit {
-                // SAFETY: `template` is the caller's array or `extended`, which outlives the call;
-                // the real module only reads it (the added value is never written).
-                Some(f) => unsafe { f(hSession, template, count) },
-                None => CKR_FUNCTION_NOT_SUPPORTED,
-            },
-        )
     })
 }
 

@@ -10,14 +10,16 @@
 //! module or is a simulated failure. It lives in its own crate because it is a shared library
 //! with its own global state, which must never be linked into the server.
 //!
-//! Layout: `config` (file format, validation), `profiles` (published product figures), `func`
-//! (facts about each PKCS#11 function), `sim` (the simulated device), `ffi` (all `unsafe`: the
-//! exported entry point, the function list, `dlopen`).
+//! Layout: `config` (file format, validation), `profiles` (published product figures),
+//! `behaviour` (vendor behaviour modes: presets, switches, vendor constants), `func` (facts about
+//! each PKCS#11 function), `sim` (the simulated device), `ffi` (all `unsafe`: the exported entry
+//! point, the function list, `dlopen`, template and handle rewriting).
 
 mod ffi;
 mod names;
 mod sim;
 
+pub mod behaviour;
 pub mod config;
 pub mod func;
 pub mod profiles;

@@ -8,8 +8,8 @@
 //! saturated simulated HSM delivers T ops/s and a lone request takes C / T plus the network
 //! round trip. The service time is 80% fixed and 20% log-normal (sigma 0.3) so percentiles have
 //! a tail; that split is an ASSUMPTION for every profile (no vendor publishes latency spreads).
-//! Key size is not modelled: the RSA figures are RSA-2048 and apply to every RSA key, the EC
-//! figures are P-256 and apply to every curve.
+//! The RSA figures are RSA-2048 and the EC figures P-256; other key sizes are scaled by the
+//! key-size cost (`config::Config::key_cost`).
 
 use serde_json::{json, Map, Value};
 

@@ -17,18 +17,26 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use cryptoki_sys::{
-    CKR_OK, CKR_SESSION_HANDLE_INVALID, CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN,
-    CK_FUNCTION_LIST, CK_MECHANISM_TYPE, CK_RV, CK_SESSION_HANDLE, CK_SLOT_ID,
+    CKR_FUNCTION_FAILED, CKR_OK, CKR_OPERATION_ACTIVE, CKR_SESSION_HANDLE_INVALID,
+    CKR_TOKEN_NOT_PRESENT, CKR_USER_NOT_LOGGED_IN, CK_FUNCTION_LIST, CK_MECHANISM_TYPE,
+    CK_OBJECT_HANDLE, CK_RV, CK_SESSION_HANDLE, CK_SLOT_ID,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::behaviour::{Behaviour, KeyClass};
 use crate::config::{Capacity, Config, FaultKind, Latency};
 use crate::func::Func;
 
 /// How long a queued caller sleeps before re-checking the core count (covers a reload that
 /// raised `max_concurrent` while nobody released a core).
 const CORE_WAIT_RECHECK: Duration = Duration::from_millis(50);
+/// Objects one session may learn handles for under `session_handles` (then the call that would
+/// learn one more fails with `CKR_DEVICE_MEMORY`): far above what a key server touches, small
+/// enough that a leak cannot eat the host (16 B per entry, times the session cap).
+pub(crate) const MAX_HANDLES_PER_SESSION: usize = 65_536;
+/// Keys whose size class is remembered (for the key-size cost); the cache is cleared when full.
+const MAX_KEY_CLASSES: usize = 4096;
 
 /// Token bucket as GCRA (generic cell rate algorithm): reserves the next start slot for a call
 /// that reached the device at `ready`, given the theoretical arrival time `tat` of the next call.
@@ -205,8 +213,26 @@ impl Drop for CoreGuard<'_> {
 impl Cores {
     /// Waits for a core; `ready` is when the request reached the device (simulated time).
     fn acquire(&self, max: u32, ready: Instant) -> CoreGuard<'_> {
+        self.acquire_bounded(max, ready, None)
+            .expect("an unbounded queue always admits")
+    }
+
+    /// As `acquire`, but returns None at once when `max_queue` calls are already waiting (the
+    /// device sheds load instead of queueing it).
+    fn acquire_bounded(
+        &self,
+        max: u32,
+        ready: Instant,
+        max_queue: Option<u32>,
+    ) -> Option<CoreGuard<'_>> {
         let max = max as u64;
         let mut st = lock(&self.state);
+        if let Some(q) = max_queue {
+            let inside_or_waiting = st.next_ticket - st.released;
+            if inside_or_waiting >= max + q as u64 {
+                return None;
+            }
+        }
         let ticket = st.next_ticket;
         st.next_ticket += 1;
         while ticket >= st.released + max {
@@ -220,21 +246,59 @@ impl Cores {
         // times of idle cores; an empty heap means a never-used core (free since forever).
         let freed = st.free_at.pop().map_or(ready, |Reverse(t)| t);
         let start = ready.max(freed);
-        CoreGuard {
+        Some(CoreGuard {
             cores: self,
             start,
             end: start,
+        })
+    }
+}
+
+/// What the simulator knows about one open session.
+struct LiveSession {
+    slot: CK_SLOT_ID,
+    /// The running operation's mechanism (as the real module names it), for its service time.
+    mech: Option<CK_MECHANISM_TYPE>,
+    /// The running operation's key-size cost factor (1 = the reference key).
+    key_cost: f64,
+    /// An `operation_active` fault left an operation active: `*Init` answers
+    /// `CKR_OPERATION_ACTIVE` until an operation step ends it or the session closes.
+    stuck: bool,
+}
+
+impl LiveSession {
+    fn new(slot: CK_SLOT_ID) -> LiveSession {
+        LiveSession {
+            slot,
+            mech: None,
+            key_cost: 1.0,
+            stuck: false,
         }
     }
 }
 
 #[derive(Default)]
 struct Sessions {
-    /// Open sessions: slot and the mechanism of the running operation.
-    live: HashMap<CK_SESSION_HANDLE, (CK_SLOT_ID, Option<CK_MECHANISM_TYPE>)>,
+    live: HashMap<CK_SESSION_HANDLE, LiveSession>,
     /// Sessions a fault killed (handle -> slot). The real session stays open until the
     /// application closes the handle.
     dead: HashMap<CK_SESSION_HANDLE, CK_SLOT_ID>,
+    /// `C_OpenSession` calls admitted under `max_sessions` but not finished yet.
+    opening: u32,
+}
+
+/// One session's object handles under `session_handles`: the application sees 1, 2, 3... in the
+/// order this session learned each object (found, created, generated, unwrapped, derived).
+///
+/// Model (an ASSUMPTION: AWS documents that CloudHSM SDK 5 handles are session-specific, not
+/// how they are numbered): a handle from another session is unknown here (the call fails with
+/// `CKR_OBJECT_HANDLE_INVALID` / `CKR_KEY_HANDLE_INVALID`) or, worse, names whatever object
+/// this session learned under that number. Both are deterministic, so an application that
+/// reuses handles across sessions fails or signs with the wrong key every time.
+#[derive(Default)]
+struct HandleTable {
+    to_real: Vec<CK_OBJECT_HANDLE>,
+    to_virt: HashMap<CK_OBJECT_HANDLE, CK_OBJECT_HANDLE>,
 }
 
 /// A removed token: until when (None = while the config has a token_removed fault), and what
@@ -254,6 +318,10 @@ pub(crate) struct Sim {
     /// Token bucket as GCRA: the theoretical arrival time of the next operation.
     tat: Mutex<Option<Instant>>,
     sessions: Mutex<Sessions>,
+    /// Per-session object handles (only used while `session_handles` is on).
+    handles: Mutex<HashMap<CK_SESSION_HANDLE, HandleTable>>,
+    /// Size class of keys used by operations (real handle -> class), for the key-size cost.
+    key_classes: Mutex<HashMap<CK_OBJECT_HANDLE, KeyClass>>,
     /// Set by a logout fault / idle drop / token removal; cleared by a successful C_Login.
     forced_logout: AtomicBool,
     removal: Mutex<Option<Removal>>,
@@ -309,15 +377,22 @@ thread_local! {
     static RNG: RefCell<Option<SmallRng>> = const { RefCell::new(None) };
 }
 
-/// The outcome of the fault check for one call.
-enum Verdict {
-    Proceed,
-    /// Stall this long, then fail with the value or (None) proceed.
-    Hang(Duration, Option<CK_RV>),
+/// How a call is answered instead of being served.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Answer {
     /// Answer with this value (the real operation, if any, is ended first).
     Fail(CK_RV),
     /// Answer with this value; the call's session is dead so nothing is forwarded.
     FailDead(CK_RV),
+}
+
+/// The combined effect of every fault that fired on one call (see `check_faults`).
+#[derive(Default)]
+struct Outcome {
+    /// Total stall: the hangs of every fault that fired, added up.
+    hang: Duration,
+    /// The first failure in file order, if any; None = the call proceeds.
+    answer: Option<Answer>,
 }
 
 impl Sim {
@@ -344,6 +419,8 @@ impl Sim {
             },
             tat: Mutex::new(None),
             sessions: Mutex::new(Sessions::default()),
+            handles: Mutex::new(HashMap::new()),
+            key_classes: Mutex::new(HashMap::new()),
             forced_logout: AtomicBool::new(false),
             removal: Mutex::new(None),
             removed: AtomicBool::new(false),
@@ -360,6 +437,8 @@ impl Sim {
     /// Forget all device state (C_Initialize / C_Finalize).
     pub fn reset(&self) {
         *lock(&self.sessions) = Sessions::default();
+        lock(&self.handles).clear();
+        lock(&self.key_classes).clear();
         self.forced_logout.store(false, Ordering::Relaxed);
         *lock(&self.removal) = None;
         self.removed.store(false, Ordering::Relaxed);
@@ -426,63 +505,134 @@ impl Sim {
         };
         let mut ready = now + leg;
         sleep_until(ready);
-        let mut verdict = self.check_faults(&active, &call);
-        if let Verdict::Hang(duration, then_rv) = verdict {
-            ready += duration;
+        let b = &cfg.behaviour;
+        let outcome = self.check_faults(&active, &call);
+        let mut answer = outcome.answer;
+        if answer.is_none() {
+            answer = self.stuck_answer(&call);
+        }
+        if answer.is_none() && call.func.needs_login() && self.is_logged_out() {
+            answer = Some(Answer::Fail(CKR_USER_NOT_LOGGED_IN));
+        }
+        // A hung crypto call holds a crypto core for the whole stall (as a real HSM's stuck
+        // command does); other calls stall outside the cores.
+        let cores = cfg
+            .capacity
+            .max_concurrent
+            .filter(|_| call.func.is_crypto());
+        let hang_in_core = cores.is_some() && !outcome.hang.is_zero();
+        if !outcome.hang.is_zero() && !hang_in_core {
+            ready += outcome.hang;
             sleep_until(ready);
-            verdict = then_rv.map_or(Verdict::Proceed, Verdict::Fail);
         }
-        if matches!(verdict, Verdict::Proceed) && call.func.needs_login() && self.is_logged_out() {
-            verdict = Verdict::Fail(CKR_USER_NOT_LOGGED_IN);
-        }
-        match verdict {
-            Verdict::Proceed | Verdict::Hang(..) => {}
-            Verdict::FailDead(rv) => return rv,
-            Verdict::Fail(rv) => {
-                if call.func.is_op_step() {
-                    // PKCS#11: a failed step ends the operation. Let the real module end it too,
-                    // or the caller's next *Init would get CKR_OPERATION_ACTIVE.
-                    forward(self.real);
-                    if let (Some(fin), Some(h)) = (call.func.final_for_update(), call.session) {
-                        crate::ffi::end_operation(self.real, fin, h);
-                    }
-                    self.set_mechanism(call.session, None);
+        match answer {
+            None => {}
+            Some(Answer::FailDead(rv)) => {
+                if hang_in_core {
+                    ready += outcome.hang;
+                    sleep_until(ready);
                 }
-                sleep_until(ready + leg);
                 return rv;
+            }
+            Some(Answer::Fail(rv)) => {
+                if let (true, Some(max)) = (hang_in_core, cores) {
+                    let mut core = self.cores.acquire(max, ready);
+                    core.end = core.start + outcome.hang;
+                    sleep_until(core.end);
+                    ready = core.end;
+                }
+                return self.fail(&call, forward, rv, ready + leg);
             }
         }
 
         // Only crypto calls are timed by mechanism: a *Init carries the mechanism but does no
         // work (it is timed by its function entry or the default).
-        let mech = if !call.func.is_crypto() {
-            None
+        let (mech, key_cost) = if !call.func.is_crypto() {
+            (None, 1.0)
         } else if call.mech.is_some() {
-            call.mech
+            (call.mech, 1.0)
         } else {
             call.session
-                .and_then(|h| lock(&self.sessions).live.get(&h).and_then(|s| s.1))
+                .and_then(|h| {
+                    lock(&self.sessions)
+                        .live
+                        .get(&h)
+                        .map(|s| (s.mech, s.key_cost))
+                })
+                .unwrap_or((None, 1.0))
         };
         let service = cfg.service_latency(call.func, mech);
         let (rv, answered) = if call.func.is_crypto() {
             let ready = self.wait_for_rate(&cfg.capacity, ready);
-            match cfg.capacity.max_concurrent {
+            match cores {
                 Some(max) => {
-                    let mut core = self.cores.acquire(max, ready);
-                    let (rv, end) = self.serve(core.start, service, forward);
+                    let Some(mut core) =
+                        self.cores
+                            .acquire_bounded(max, ready, cfg.capacity.max_queue)
+                    else {
+                        // Load shed: the device refuses rather than queues.
+                        let rv = b.fault_rv(b.throttle_rv(call.func));
+                        return self.fail(&call, forward, rv, ready + leg);
+                    };
+                    let start = if hang_in_core {
+                        core.start + outcome.hang
+                    } else {
+                        core.start
+                    };
+                    let (rv, end) = self.serve(start, service, key_cost, forward);
                     core.end = end;
                     (rv, end)
                 }
-                None => self.serve(ready, service, forward),
+                None => self.serve(ready, service, key_cost, forward),
             }
         } else {
-            self.serve(ready, service, forward)
+            self.serve(ready, service, 1.0, forward)
         };
         sleep_until(answered + leg);
         if call.func.is_op_init() && rv == CKR_OK {
             self.set_mechanism(call.session, call.mech);
         }
         rv
+    }
+
+    /// Answers `rv` instead of serving the call, at simulated time `answer_at`. PKCS#11: a
+    /// failed step ends the operation, so the real module's operation is ended too, or the
+    /// caller's next `*Init` would get `CKR_OPERATION_ACTIVE`.
+    fn fail(
+        &self,
+        call: &Call,
+        forward: impl FnOnce(&CK_FUNCTION_LIST) -> CK_RV,
+        rv: CK_RV,
+        answer_at: Instant,
+    ) -> CK_RV {
+        if call.func.is_op_step() {
+            forward(self.real);
+            if let (Some(fin), Some(h)) = (call.func.final_for_update(), call.session) {
+                crate::ffi::end_operation(self.real, fin, h);
+            }
+            self.set_mechanism(call.session, None);
+        }
+        sleep_until(answer_at);
+        rv
+    }
+
+    /// A session with an operation left active refuses new operations; a step call ends the
+    /// leftover operation (and fails, as a step whose data is not what the operation expected).
+    fn stuck_answer(&self, call: &Call) -> Option<Answer> {
+        let h = call.session?;
+        let mut sessions = lock(&self.sessions);
+        let s = sessions.live.get_mut(&h)?;
+        if !s.stuck {
+            return None;
+        }
+        if call.func.is_op_init() {
+            return Some(Answer::Fail(CKR_OPERATION_ACTIVE));
+        }
+        if call.func.is_op_step() {
+            s.stuck = false;
+            return Some(Answer::Fail(CKR_FUNCTION_FAILED));
+        }
+        None
     }
 
     /// The real call, padded so it ends at `start` + the sampled service time (the real
@@ -492,12 +642,13 @@ impl Sim {
         &self,
         start: Instant,
         service: &Latency,
+        key_cost: f64,
         forward: impl FnOnce(&CK_FUNCTION_LIST) -> CK_RV,
     ) -> (CK_RV, Instant) {
         if service.is_zero() {
             return (forward(self.real), start);
         }
-        let end = start + self.sample(service);
+        let end = start + self.sample(service).mul_f64(key_cost);
         let rv = forward(self.real);
         sleep_until(end);
         (rv, end)
@@ -516,9 +667,49 @@ impl Sim {
     fn set_mechanism(&self, session: Option<CK_SESSION_HANDLE>, mech: Option<CK_MECHANISM_TYPE>) {
         if let Some(h) = session {
             if let Some(s) = lock(&self.sessions).live.get_mut(&h) {
-                s.1 = mech;
+                s.mech = mech;
+                s.key_cost = 1.0;
             }
         }
+    }
+
+    /// Records the key of the operation just started on `session`, so its steps cost what a
+    /// key of that size costs. `class` is looked up (and cached) by the caller's `lookup`.
+    pub fn set_operation_key(
+        &self,
+        session: CK_SESSION_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        lookup: impl FnOnce() -> KeyClass,
+    ) {
+        let cached = lock(&self.key_classes).get(&key).copied();
+        let class = cached.unwrap_or_else(|| {
+            let c = lookup();
+            let mut classes = lock(&self.key_classes);
+            if classes.len() >= MAX_KEY_CLASSES {
+                classes.clear();
+            }
+            classes.insert(key, c);
+            c
+        });
+        let cost = self.active().cfg.key_cost(class);
+        if let Some(s) = lock(&self.sessions).live.get_mut(&session) {
+            s.key_cost = cost;
+        }
+    }
+
+    /// Forgets a destroyed object's size class (a real module may reuse the handle).
+    pub fn object_destroyed(&self, key: CK_OBJECT_HANDLE) {
+        lock(&self.key_classes).remove(&key);
+    }
+
+    /// The config in force (reloading it if due).
+    fn active(&self) -> Arc<Active> {
+        self.config.current(self.epoch)
+    }
+
+    /// The vendor behaviour in force.
+    pub fn behaviour(&self) -> Behaviour {
+        self.active().cfg.behaviour
     }
 
     fn check_idle(&self, cfg: &Config, now: Instant) {
@@ -585,10 +776,10 @@ impl Sim {
             Some(h) => s
                 .live
                 .get_key_value(&h)
-                .map(|(k, v)| (*k, v.0))
+                .map(|(k, v)| (*k, v.slot))
                 .into_iter()
                 .collect(),
-            None => s.live.iter().map(|(k, v)| (*k, v.0)).collect(),
+            None => s.live.iter().map(|(k, v)| (*k, v.slot)).collect(),
         };
         for (h, slot) in victims {
             s.live.remove(&h);
@@ -599,7 +790,11 @@ impl Sim {
         }
     }
 
-    fn check_faults(&self, active: &Active, call: &Call) -> Verdict {
+    /// Faults compose: every fault whose trigger fires on this call takes effect, in file
+    /// order. Stalls add up; state changes (dead sessions, lost login, removed token, an
+    /// operation left active) all happen; the call's answer is the first failure in file order.
+    fn check_faults(&self, active: &Active, call: &Call) -> Outcome {
+        let mut out = Outcome::default();
         for (fault, (matched, fired)) in active.cfg.faults.iter().zip(&active.counters) {
             let t = &fault.trigger;
             if !t.functions.contains(call.func) {
@@ -614,30 +809,42 @@ impl Sim {
                     continue;
                 }
             }
-            return self.fire(fault.kind, call);
+            let answer = self.fire(fault.kind, call, &active.cfg.behaviour, &mut out.hang);
+            if out.answer.is_none() {
+                out.answer = answer;
+            }
         }
-        Verdict::Proceed
+        out
     }
 
-    fn fire(&self, kind: FaultKind, call: &Call) -> Verdict {
+    /// Applies one fault's effects; returns the answer it asks for, if any.
+    fn fire(
+        &self,
+        kind: FaultKind,
+        call: &Call,
+        b: &Behaviour,
+        hang: &mut Duration,
+    ) -> Option<Answer> {
         let own_session_dead = |sim: &Sim| {
             call.session
                 .is_some_and(|h| lock(&sim.sessions).dead.contains_key(&h))
         };
         match kind {
-            FaultKind::Error { rv } => Verdict::Fail(rv),
-            FaultKind::Hang { duration, then_rv } => Verdict::Hang(duration, then_rv),
+            FaultKind::Error { rv } => Some(Answer::Fail(b.fault_rv(rv))),
+            FaultKind::Throttle { rv } => Some(Answer::Fail(
+                b.fault_rv(rv.unwrap_or_else(|| b.throttle_rv(call.func))),
+            )),
+            FaultKind::Hang { duration, then_rv } => {
+                *hang += duration;
+                then_rv.map(|rv| Answer::Fail(b.fault_rv(rv)))
+            }
             FaultKind::InvalidateSessions { all } => {
                 self.kill_sessions(if all { None } else { call.session });
-                if own_session_dead(self) {
-                    Verdict::FailDead(CKR_SESSION_HANDLE_INVALID)
-                } else {
-                    Verdict::Proceed
-                }
+                own_session_dead(self).then_some(Answer::FailDead(CKR_SESSION_HANDLE_INVALID))
             }
             FaultKind::Logout => {
                 self.forced_logout.store(true, Ordering::Relaxed);
-                Verdict::Proceed // the caller's login check answers CKR_USER_NOT_LOGGED_IN
+                None // the caller's login check answers CKR_USER_NOT_LOGGED_IN
             }
             FaultKind::TokenRemoved { rv, duration } => {
                 self.kill_sessions(None);
@@ -647,23 +854,104 @@ impl Sim {
                     rv,
                 });
                 self.removed.store(true, Ordering::Relaxed);
-                Verdict::FailDead(rv)
+                Some(Answer::FailDead(rv))
+            }
+            FaultKind::OperationActive => {
+                let h = call.session?;
+                if let Some(s) = lock(&self.sessions).live.get_mut(&h) {
+                    s.stuck = true;
+                }
+                // Fired on an *Init: that init already meets the leftover operation.
+                call.func
+                    .is_op_init()
+                    .then_some(Answer::Fail(CKR_OPERATION_ACTIVE))
             }
         }
     }
 
+    /// Admits one more `C_OpenSession` under the behaviour's `max_sessions` (false = over the
+    /// cap). Every admitted call ends in `session_opened` or `open_failed`.
+    pub fn reserve_session(&self, max: Option<u32>) -> bool {
+        let mut s = lock(&self.sessions);
+        if let Some(max) = max {
+            if s.live.len() as u64 + s.opening as u64 >= max as u64 {
+                return false;
+            }
+        }
+        s.opening += 1;
+        true
+    }
+
+    /// An admitted `C_OpenSession` failed.
+    pub fn open_failed(&self) {
+        let mut s = lock(&self.sessions);
+        s.opening = s.opening.saturating_sub(1);
+    }
+
     pub fn session_opened(&self, h: CK_SESSION_HANDLE, slot: CK_SLOT_ID) {
         let mut s = lock(&self.sessions);
+        s.opening = s.opening.saturating_sub(1);
         // A real module may reuse a handle the application closed; a new session is live.
         s.dead.remove(&h);
-        s.live.insert(h, (slot, None));
+        s.live.insert(h, LiveSession::new(slot));
+        drop(s);
+        lock(&self.handles).remove(&h);
     }
 
     /// Returns true if the handle was dead (the caller reports CKR_SESSION_HANDLE_INVALID).
     pub fn session_closed(&self, h: CK_SESSION_HANDLE) -> bool {
         let mut s = lock(&self.sessions);
         s.live.remove(&h);
-        s.dead.remove(&h).is_some()
+        let was_dead = s.dead.remove(&h).is_some();
+        drop(s);
+        lock(&self.handles).remove(&h);
+        was_dead
+    }
+
+    /// The slot a live session belongs to.
+    pub fn session_slot(&self, h: CK_SESSION_HANDLE) -> Option<CK_SLOT_ID> {
+        lock(&self.sessions).live.get(&h).map(|s| s.slot)
+    }
+
+    /// The real object behind handle `v` on `session` (None: not an object of this session).
+    /// Identity unless `b.session_handles`.
+    pub fn real_handle(
+        &self,
+        b: &Behaviour,
+        session: CK_SESSION_HANDLE,
+        v: CK_OBJECT_HANDLE,
+    ) -> Option<CK_OBJECT_HANDLE> {
+        if !b.session_handles || v == 0 {
+            return Some(v);
+        }
+        let handles = lock(&self.handles);
+        let t = handles.get(&session)?;
+        t.to_real.get((v as usize).checked_sub(1)?).copied()
+    }
+
+    /// The handle `session` shows for real object `r`, learning it if new (None: the session's
+    /// table is full). Identity unless `b.session_handles`.
+    pub fn session_handle(
+        &self,
+        b: &Behaviour,
+        session: CK_SESSION_HANDLE,
+        r: CK_OBJECT_HANDLE,
+    ) -> Option<CK_OBJECT_HANDLE> {
+        if !b.session_handles || r == 0 {
+            return Some(r);
+        }
+        let mut handles = lock(&self.handles);
+        let t = handles.entry(session).or_default();
+        if let Some(v) = t.to_virt.get(&r) {
+            return Some(*v);
+        }
+        if t.to_real.len() >= MAX_HANDLES_PER_SESSION {
+            return None;
+        }
+        t.to_real.push(r);
+        let v = t.to_real.len() as CK_OBJECT_HANDLE;
+        t.to_virt.insert(r, v);
+        Some(v)
     }
 
     pub fn is_dead(&self, h: CK_SESSION_HANDLE) -> bool {
@@ -672,8 +960,20 @@ impl Sim {
 
     pub fn slot_closed(&self, slot: CK_SLOT_ID) {
         let mut s = lock(&self.sessions);
-        s.live.retain(|_, v| v.0 != slot);
+        let gone: Vec<_> = s
+            .live
+            .iter()
+            .filter(|(_, v)| v.slot == slot)
+            .map(|(k, _)| *k)
+            .chain(s.dead.iter().filter(|(_, v)| **v == slot).map(|(k, _)| *k))
+            .collect();
+        s.live.retain(|_, v| v.slot != slot);
         s.dead.retain(|_, v| *v != slot);
+        drop(s);
+        let mut handles = lock(&self.handles);
+        for h in gone {
+            handles.remove(&h);
+        }
     }
 }
 

@@ -305,3 +305,92 @@ fn fault_switched_on_and_off_mid_run_under_a_running_signer() {
     );
     assert!(failures > 10 && after > 10);
 }
+
+#[test]
+fn faults_compose_stalls_add_up_and_the_first_failure_in_file_order_answers() {
+    let (_g, h) = lock();
+    let (s, key) = clean_start(h);
+    let b = h.session();
+    h.set_config(&config_with(
+        r#""faults": [
+            {"kind": "hang", "duration_ms": 150, "max_fires": 1, "functions": ["C_Sign"]},
+            {"kind": "error", "rv": "CKR_DEVICE_ERROR", "max_fires": 1, "functions": ["C_Sign"]},
+            {"kind": "hang", "duration_ms": 100, "max_fires": 1, "functions": ["C_Sign"]},
+            {"kind": "error", "rv": "CKR_FUNCTION_FAILED", "max_fires": 1, "functions": ["C_Sign"]},
+            {"kind": "logout", "max_fires": 1, "functions": ["C_Sign"]}]"#,
+    ));
+    let t = Instant::now();
+    let e = ec_sign(&s, key).unwrap_err();
+    let took = t.elapsed();
+    // All five fired on the same call: both stalls, the first error, and the logout.
+    assert_eq!(rv_of(&e), Some(RvError::DeviceError), "{e}");
+    assert!(
+        took >= Duration::from_millis(240),
+        "stalls add up: {took:?}"
+    );
+    assert_eq!(
+        b.get_session_info().unwrap().session_state(),
+        SessionState::RwPublic,
+        "the logout fired too"
+    );
+    login(&s).unwrap();
+    ec_sign(&s, key).expect("every fault had max_fires 1");
+}
+
+#[test]
+fn operation_left_active_blocks_new_operations_until_ended_or_reopened() {
+    let (_g, h) = lock();
+    let (s, key) = clean_start(h);
+    let other = h.session();
+    h.set_config(&config_with(
+        r#""faults": [{"kind": "operation_active", "max_fires": 1}]"#,
+    ));
+    let e = ec_sign(&s, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::OperationActive), "{e}");
+    h.set_config(&config_with(""));
+    // It stays: every later C_SignInit on that session meets the leftover operation.
+    for _ in 0..3 {
+        let e = ec_sign(&s, key).unwrap_err();
+        assert_eq!(rv_of(&e), Some(RvError::OperationActive), "{e}");
+    }
+    let e = s
+        .sign_init(&cryptoki::mechanism::Mechanism::Ecdsa, key)
+        .unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::OperationActive), "{e}");
+    // Other sessions are unaffected.
+    ec_sign(&other, private_key(&other, EC_LABEL)).expect("other session");
+    // Ending the leftover operation with a step call clears it (that step fails).
+    let e = s.sign_update(&[0u8; 8]).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::FunctionFailed), "{e}");
+    ec_sign(&s, key).expect("cleared by ending the operation");
+    // The other recovery: close the session and open a new one.
+    h.set_config(&config_with(
+        r#""faults": [{"kind": "operation_active", "max_fires": 1}]"#,
+    ));
+    let e = ec_sign(&s, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::OperationActive), "{e}");
+    drop(s);
+    let fresh = h.session();
+    ec_sign(&fresh, private_key(&fresh, EC_LABEL)).expect("a new session is clean");
+}
+
+#[test]
+fn a_removed_token_leaves_the_slot_list_of_present_tokens() {
+    let (_g, h) = lock();
+    let (s, _) = clean_start(h);
+    assert!(h.pkcs11.get_slots_with_token().unwrap().contains(&h.slot));
+    h.set_config(&config_with(
+        r#""faults": [{"kind": "token_removed", "duration_ms": 400, "max_fires": 1}]"#,
+    ));
+    assert_eq!(sign_rv(&s), Err(RvError::DeviceRemoved));
+    assert!(
+        !h.pkcs11.get_slots_with_token().unwrap().contains(&h.slot),
+        "C_GetSlotList(tokenPresent=TRUE) must not list the removed token"
+    );
+    assert!(
+        h.pkcs11.get_all_slots().unwrap().contains(&h.slot),
+        "the slot itself is still there"
+    );
+    std::thread::sleep(Duration::from_millis(450));
+    assert!(h.pkcs11.get_slots_with_token().unwrap().contains(&h.slot));
+}
