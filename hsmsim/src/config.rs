@@ -1123,6 +1123,100 @@ mod tests {
     }
 
     #[test]
+    fn behaviour_presets_and_switches_parse_and_errors_name_the_key() {
+        let c = Config::from_json(r#"{"behaviour": "cloudhsm-sdk5"}"#, "t").unwrap();
+        assert!(c.behaviour.rw_sessions_only && c.behaviour.session_handles);
+        assert_eq!(c.behaviour.max_sessions, Some(1024));
+        let c = Config::from_json(
+            r#"{"behaviour": {"preset": "cloudhsm-sdk5", "max_sessions": 8, "session_handles": false,
+                              "hide_cka_id": true}}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.behaviour.max_sessions, Some(8));
+        assert!(!c.behaviour.session_handles && c.behaviour.hide_cka_id);
+        assert!(
+            c.behaviour.rw_sessions_only,
+            "the preset's other switches stay"
+        );
+        let c = Config::from_json(r#"{"behaviour": {"ec_point_on_private": true}}"#, "t").unwrap();
+        assert!(c.behaviour.ec_point_on_private && !c.behaviour.rw_sessions_only);
+        for (text, key) in [
+            (r#"{"behaviour": "hsm9000"}"#, "behaviour"),
+            (r#"{"behaviour": {"hide_cka": true}}"#, "behaviour"),
+            (
+                r#"{"behaviour": {"max_sessions": 0}}"#,
+                "behaviour.max_sessions",
+            ),
+            (r#"{"behaviour": 3}"#, "behaviour"),
+            (r#"{"capacity": {"max_queue": 4}}"#, "capacity.max_queue"),
+            (
+                r#"{"latency": {"key_sizes": {"RSA-9": 2}}}"#,
+                "latency.key_sizes.RSA-9",
+            ),
+            (
+                r#"{"latency": {"key_sizes": {"P-384": 0}}}"#,
+                "latency.key_sizes.P-384",
+            ),
+            (
+                r#"{"latency": {"key_size_exponent": 9}}"#,
+                "latency.key_size_exponent",
+            ),
+            (
+                r#"{"faults": [{"kind": "operation_active", "rv": 5}]}"#,
+                "faults[0]",
+            ),
+            (
+                r#"{"faults": [{"kind": "throttle", "duration_ms": 5}]}"#,
+                "faults[0]",
+            ),
+        ] {
+            let err = Config::from_json(text, "/tmp/sim.json")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{text} -> {err}");
+        }
+    }
+
+    #[test]
+    fn new_fault_kinds_vendor_codes_and_key_costs() {
+        let c = Config::from_json(
+            r#"{"capacity": {"max_concurrent": 2, "max_queue": 0},
+                "latency": {"key_sizes": {"RSA-4096": 6.5}, "key_size_exponent": 2},
+                "faults": [{"kind": "throttle"}, {"kind": "throttle", "rv": "CKR_AGAIN"},
+                           {"kind": "operation_active"},
+                           {"kind": "error", "rv": "CKR_PARTITION_DISABLED"}]}"#,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(c.capacity.max_queue, Some(0));
+        assert_eq!(c.faults[0].kind, FaultKind::Throttle { rv: None });
+        assert_eq!(
+            c.faults[1].kind,
+            FaultKind::Throttle {
+                rv: Some(0x8000_0041)
+            }
+        );
+        assert_eq!(c.faults[2].kind, FaultKind::OperationActive);
+        let t = c.faults[2].trigger.functions;
+        assert!(t.contains(Func::SignInit) && t.contains(Func::DecryptInit));
+        assert!(
+            !t.contains(Func::Sign),
+            "operation_active watches *Init calls"
+        );
+        assert_eq!(c.faults[3].kind, FaultKind::Error { rv: 0x8000_0020 });
+        assert_eq!(rv_name(0x8000_001F), "CKR_UNABLE_TO_CONNECT");
+        assert_eq!(c.key_cost(KeyClass::Rsa(4096)), 6.5);
+        assert!(
+            (c.key_cost(KeyClass::Rsa(3072)) - 2.25).abs() < 1e-9,
+            "exponent 2"
+        );
+        assert_eq!(c.key_cost(KeyClass::Ec(256)), 1.0);
+        let d = Config::default();
+        assert!((d.key_cost(KeyClass::Ec(384)) - 3.375).abs() < 1e-9);
+    }
+
+    #[test]
     fn rv_and_mechanism_names() {
         assert_eq!(parse_rv(&Value::from("CKR_OK")), Some(0));
         assert_eq!(parse_rv(&Value::from("0x30")), Some(0x30));

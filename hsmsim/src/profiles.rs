@@ -1,6 +1,8 @@
 //! Built-in profiles of real HSM products, as config documents a file can name with
-//! `"profile": "<name>"` and override key by key. Owns the published figures and their sources;
-//! figures that could not be found are marked ASSUMPTION where they are set.
+//! `"profile": "<name>"` and override key by key. Owns the published figures and their sources:
+//! every figure is a [`Figure`] carrying the document it comes from, or the word ASSUMED /
+//! RECOLLECTION when no citable source was found. [`figures`] exposes them (for a planner or a
+//! comparison report), and each profile's `comment` carries them into the config document.
 //!
 //! Model: a profile describes ONE HSM (one partition / one cluster member). A product's
 //! throughput T for an algorithm and its concurrency C (crypto cores, or the vendor's
@@ -9,18 +11,28 @@
 //! round trip. The service time is 80% fixed and 20% log-normal (sigma 0.3) so percentiles have
 //! a tail; that split is an ASSUMPTION for every profile (no vendor publishes latency spreads).
 //! The RSA figures are RSA-2048 and the EC figures P-256; other key sizes are scaled by the
-//! key-size cost (`config::Config::key_cost`).
+//! key-size cost (`config::Config::key_cost`). Where a vendor publishes no Ed25519 figure, EdDSA
+//! is ASSUMED to cost what ECDSA P-256 costs.
+//!
+//! Cluster scaling is not linear: AWS publishes CloudHSM figures for 2-, 3- and 6-HSM clusters,
+//! and six HSMs deliver 5,000 RSA-2048 sign/s, not 6 x 1,000. So a CloudHSM member has two
+//! profiles: the plain one (a member of a 2- or 3-HSM cluster, where the figures are linear) and
+//! `-6` (a member of a 6-HSM cluster: the six-HSM figure divided by six). Run N simulator
+//! copies with the profile of the cluster size being modelled.
 
 use serde_json::{json, Map, Value};
 
 /// Names accepted by [`get`].
 pub const NAMES: &[&str] = &[
     "aws-cloudhsm-hsm1.medium",
+    "aws-cloudhsm-hsm1.medium-6",
     "aws-cloudhsm-hsm2m.medium",
+    "aws-cloudhsm-hsm2m.medium-6",
     "thales-luna7-a700",
     "thales-luna7-a750",
     "thales-luna7-a790",
     "azure-managed-hsm",
+    "azure-cloud-hsm",
     "entrust-nshield-connect-xc",
 ];
 
@@ -49,112 +61,234 @@ const EC_MECHANISMS: &[&str] = &[
     "CKM_ECDSA_SHA512",
 ];
 
+/// Mechanisms timed with the Ed25519 figure.
+const EDDSA_MECHANISMS: &[&str] = &["CKM_EDDSA"];
+
 /// Share of the service time that is constant; the rest is log-normal. ASSUMPTION (see above).
 const FIXED_SHARE: f64 = 0.8;
 /// Log-normal shape of the variable part. ASSUMPTION (see above).
 const SIGMA: f64 = 0.3;
 
-/// Inputs for one product.
+/// One published (or assumed) number and where it comes from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Figure {
+    /// The value (operations per second, microseconds or a count, as named).
+    pub value: f64,
+    /// The document it comes from, or why it is assumed.
+    pub source: &'static str,
+}
+
+const fn fig(value: f64, source: &'static str) -> Figure {
+    Figure { value, source }
+}
+
+/// A figure from the AWS CloudHSM User Guide, "AWS CloudHSM performance information".
+macro_rules! aws_perf {
+    ($what:literal) => {
+        concat!(
+            "AWS CloudHSM User Guide, \"AWS CloudHSM performance information\" ",
+            "(https://docs.aws.amazon.com/cloudhsm/latest/userguide/performance.html): ",
+            $what
+        )
+    };
+}
+const AWS_CORES: &str = "ASSUMED: AWS publishes no per-HSM concurrency";
+const AWS_RTT: &str = "ASSUMED: in-VPC round trip, not published";
+const LUNA_CORES: &str = "Thales Luna 7.1 docs, HA performance: ~30 simultaneous threads per HSM \
+    is the 'sweet spot' (https://thalesdocs.com/gphsm/luna/7.1/docs/pci/Content/administration/ha/performance.htm)";
+const LUNA_RSA: &str = "RECOLLECTION (no source found by search): A790 product brief, \
+    ~10,000 RSA-2048 sign/s";
+const LUNA_EC: &str = "RECOLLECTION (no source found by search): A790 product brief, \
+    ~20,000 ECDSA P-256 sign/s";
+const LUNA_RTT: &str = "ASSUMED: on-premises LAN round trip";
+const MHSM: &str = "Microsoft, \"Azure Managed HSM scaling guidance\" \
+    (https://learn.microsoft.com/azure/key-vault/managed-hsm/scaling-guidance): approximate \
+    maximum per instance with one of its three partitions available (the figure to plan a \
+    guaranteed rate with); up to 3x with all three. Figures as quoted in issue 20 (the page's \
+    table was not retrievable here)";
+const CLOUD_HSM: &str = "Microsoft, \"Azure Cloud HSM service limits\" \
+    (https://learn.microsoft.com/azure/cloud-hsm/service-limits): per instance with one \
+    partition available, single key (RSA-2048 1,100 sign/s seen on the page; P-256 and Ed25519 \
+    as quoted in issue 20)";
+const AZURE_CORES: &str = "ASSUMED: Microsoft publishes no concurrency";
+const MHSM_RTT: &str = "ASSUMED: in-region HTTPS round trip (Managed HSM is a REST service, \
+    reached from PKCS#11 only through a client shim)";
+const CLOUD_HSM_RTT: &str = "ASSUMED: in-VNet round trip of the Cloud HSM PKCS#11 client";
+const NSHIELD_RSA: &str = "RECOLLECTION (no source found by search): Entrust datasheet, \
+    nShield Connect XC High, ~8,600 RSA-2048 sign/s";
+const NSHIELD_EC: &str = "RECOLLECTION (no source found by search): Entrust datasheet, \
+    nShield Connect XC High, ~14,400 ECDSA P-256 sign/s";
+const NSHIELD_CORES: &str = "ASSUMED: Entrust advises keeping outstanding jobs within the \
+    module's 'rec. queue' (https://nshielddocs.entrust.com/security-world-docs/v13.3/solo-ug-nix/app-performance-tuning.html), \
+    whose value is not published";
+const ED_AS_EC: &str = "ASSUMED: no Ed25519 figure published; EdDSA costed as ECDSA P-256";
+
+/// Inputs for one product (one HSM).
 struct Product {
     comment: &'static str,
     /// Network round trip per call, microseconds.
-    rtt_us: u64,
+    rtt_us: Figure,
     /// Concurrent operations the HSM serves.
-    cores: u32,
+    cores: Figure,
     /// RSA-2048 private-key operations per second at saturation.
-    rsa_ops_per_sec: f64,
+    rsa: Figure,
     /// ECDSA P-256 signatures per second at saturation.
-    ec_ops_per_sec: f64,
+    ec: Figure,
+    /// Ed25519 signatures per second at saturation (None: costed as `ec`, ASSUMED).
+    ed25519: Option<Figure>,
     /// Licence cap on all operations per second, if the product has one.
-    cap_ops_per_sec: Option<f64>,
+    cap: Option<Figure>,
+}
+
+fn product(name: &str) -> Option<Product> {
+    let aws = |comment, rsa: Figure, ec: Figure| Product {
+        comment,
+        rtt_us: fig(500.0, AWS_RTT),
+        cores: fig(4.0, AWS_CORES),
+        rsa,
+        ec,
+        ed25519: None,
+        cap: None,
+    };
+    let luna = |comment, cap: Option<Figure>| Product {
+        comment,
+        rtt_us: fig(200.0, LUNA_RTT),
+        cores: fig(30.0, LUNA_CORES),
+        rsa: fig(10_000.0, LUNA_RSA),
+        ec: fig(20_000.0, LUNA_EC),
+        ed25519: None,
+        cap,
+    };
+    Some(match name {
+        // hsm1.medium: 2,000 / 3,000 / 5,000 RSA-2048 and 500 / 750 / 1,500 EC P-256 sign/s
+        // for 2 / 3 / 6 HSMs.
+        "aws-cloudhsm-hsm1.medium" => aws(
+            "AWS CloudHSM hsm1.medium, one member of a 2- or 3-HSM cluster",
+            fig(
+                1000.0,
+                aws_perf!("2-HSM cluster 2,000 RSA-2048 sign/s (3-HSM 3,000), / 2"),
+            ),
+            fig(
+                250.0,
+                aws_perf!("2-HSM cluster 500 EC P-256 sign/s (3-HSM 750), / 2"),
+            ),
+        ),
+        "aws-cloudhsm-hsm1.medium-6" => aws(
+            "AWS CloudHSM hsm1.medium, one member of a 6-HSM cluster (sub-linear scaling)",
+            fig(
+                5000.0 / 6.0,
+                aws_perf!("6-HSM cluster 5,000 RSA-2048 sign/s, / 6"),
+            ),
+            fig(
+                1500.0 / 6.0,
+                aws_perf!("6-HSM cluster 1,500 EC P-256 sign/s, / 6"),
+            ),
+        ),
+        // hsm2m.medium: 2,000 / 3,000 / 5,000 RSA-2048 and 3,000 / 4,500 / 7,000 EC P-256.
+        "aws-cloudhsm-hsm2m.medium" => aws(
+            "AWS CloudHSM hsm2m.medium, one member of a 2- or 3-HSM cluster",
+            fig(
+                1000.0,
+                aws_perf!("2-HSM cluster 2,000 RSA-2048 sign/s (3-HSM 3,000), / 2"),
+            ),
+            fig(
+                1500.0,
+                aws_perf!("2-HSM cluster 3,000 EC P-256 sign/s (3-HSM 4,500), / 2"),
+            ),
+        ),
+        "aws-cloudhsm-hsm2m.medium-6" => aws(
+            "AWS CloudHSM hsm2m.medium, one member of a 6-HSM cluster (sub-linear scaling)",
+            fig(
+                5000.0 / 6.0,
+                aws_perf!("6-HSM cluster 5,000 RSA-2048 sign/s, / 6"),
+            ),
+            fig(
+                7000.0 / 6.0,
+                aws_perf!("6-HSM cluster 7,000 EC P-256 sign/s, / 6"),
+            ),
+        ),
+        // Thales Luna Network HSM 7: A700/A750/A790 modelled as one engine with licence caps.
+        "thales-luna7-a700" => luna(
+            "Thales Luna Network HSM 7 A700 (RECOLLECTED figures)",
+            Some(fig(
+                1000.0,
+                "RECOLLECTION: A700 licence tier ~1,000 ops/s (no source found)",
+            )),
+        ),
+        "thales-luna7-a750" => luna(
+            "Thales Luna Network HSM 7 A750 (RECOLLECTED figures)",
+            Some(fig(
+                5000.0,
+                "RECOLLECTION: A750 licence tier ~5,000 ops/s (no source found)",
+            )),
+        ),
+        "thales-luna7-a790" => luna("Thales Luna Network HSM 7 A790 (RECOLLECTED figures)", None),
+        "azure-managed-hsm" => Product {
+            comment: "Azure Managed HSM, one instance with one partition available",
+            rtt_us: fig(5000.0, MHSM_RTT),
+            cores: fig(4.0, AZURE_CORES),
+            rsa: fig(900.0, MHSM),
+            ec: fig(330.0, MHSM),
+            ed25519: None,
+            cap: None,
+        },
+        "azure-cloud-hsm" => Product {
+            comment: "Azure Cloud HSM (PKCS#11), one instance with one partition available",
+            rtt_us: fig(500.0, CLOUD_HSM_RTT),
+            cores: fig(4.0, AZURE_CORES),
+            rsa: fig(1100.0, CLOUD_HSM),
+            ec: fig(330.0, CLOUD_HSM),
+            ed25519: Some(fig(420.0, CLOUD_HSM)),
+            cap: None,
+        },
+        "entrust-nshield-connect-xc" => Product {
+            comment: "Entrust nShield Connect XC High (RECOLLECTED figures)",
+            rtt_us: fig(200.0, "ASSUMED: on-premises LAN round trip"),
+            cores: fig(32.0, NSHIELD_CORES),
+            rsa: fig(8600.0, NSHIELD_RSA),
+            ec: fig(14_400.0, NSHIELD_EC),
+            ed25519: None,
+            cap: None,
+        },
+        _ => return None,
+    })
 }
 
 /// The config document for a profile, or None for an unknown name.
 pub fn get(name: &str) -> Option<Value> {
-    let p = match name {
-        // Source: AWS CloudHSM User Guide, "AWS CloudHSM performance information",
-        // https://docs.aws.amazon.com/cloudhsm/latest/userguide/performance.html — hsm1.medium:
-        // two-HSM cluster 2,000 RSA-2048 sign/s and 500 EC P-256 sign/s (three-HSM 3,000 / 750),
-        // i.e. 1,000 RSA and 250 EC per HSM. Cores (4) and the in-VPC round trip (500 us) are
-        // ASSUMPTIONS: AWS publishes neither.
-        "aws-cloudhsm-hsm1.medium" => Product {
-            comment: "AWS CloudHSM hsm1.medium, one HSM: 1,000 RSA-2048 + 250 EC P-256 sign/s \
-                      (AWS performance page); cores and RTT assumed",
-            rtt_us: 500,
-            cores: 4,
-            rsa_ops_per_sec: 1000.0,
-            ec_ops_per_sec: 250.0,
-            cap_ops_per_sec: None,
-        },
-        // Source: same AWS page — hsm2m.medium: two-HSM cluster 2,000 RSA-2048 sign/s and
-        // 3,000 EC P-256 sign/s (three-HSM 3,000 / 4,500), i.e. 1,000 RSA and 1,500 EC per HSM.
-        // Cores (4) and round trip (500 us) are ASSUMPTIONS.
-        "aws-cloudhsm-hsm2m.medium" => Product {
-            comment: "AWS CloudHSM hsm2m.medium, one HSM: 1,000 RSA-2048 + 1,500 EC P-256 sign/s \
-                      (AWS performance page); cores and RTT assumed",
-            rtt_us: 500,
-            cores: 4,
-            rsa_ops_per_sec: 1000.0,
-            ec_ops_per_sec: 1500.0,
-            cap_ops_per_sec: None,
-        },
-        // Thales Luna Network HSM 7. Concurrency 30: Thales documents the per-HSM performance
-        // "sweet spot" as around 30 simultaneous threads
-        // (https://thalesdocs.com/gphsm/luna/7.1/docs/pci/Content/administration/ha/performance.htm).
-        // Throughput: no figure was found by search. ASSUMPTION: the A700/A750/A790 share one
-        // engine (10,000 RSA-2048 and 20,000 EC P-256 ops/s, recalled from the A790 product
-        // brief) and differ by a licence cap of 1,000 (A700) and 5,000 (A750) ops/s, as recalled
-        // from Thales' model tiering. Round trip 200 us (on-premises LAN) is an ASSUMPTION.
-        "thales-luna7-a700" => luna("Thales Luna Network HSM 7 A700", Some(1000.0)),
-        "thales-luna7-a750" => luna("Thales Luna Network HSM 7 A750", Some(5000.0)),
-        "thales-luna7-a790" => luna("Thales Luna Network HSM 7 A790", None),
-        // Azure Managed HSM. Source consulted: "Azure Managed HSM scaling guidance",
-        // https://learn.microsoft.com/azure/key-vault/managed-hsm/scaling-guidance (per-partition
-        // throughput tables; Managed HSM does not throttle crypto operations). The table's
-        // figures were not retrievable by search, so ASSUMPTION: 2,000 RSA-2048 and 2,000 EC
-        // P-256 sign/s per pool, 16 concurrent, and a 5 ms in-region HTTPS round trip (it is a
-        // REST service, reached by PKCS#11 only through a client shim).
-        "azure-managed-hsm" => Product {
-            comment: "Azure Managed HSM (ASSUMED figures; see the scaling-guidance page)",
-            rtt_us: 5000,
-            cores: 16,
-            rsa_ops_per_sec: 2000.0,
-            ec_ops_per_sec: 2000.0,
-            cap_ops_per_sec: None,
-        },
-        // Entrust nShield Connect XC (High model). No figure was found by search. ASSUMPTION:
-        // 8,600 RSA-2048 and 14,400 EC P-256 sign/s, recalled from the Entrust datasheet. Entrust
-        // tells PKCS#11 users to keep outstanding jobs within the module's "rec. queue"
-        // (https://nshielddocs.entrust.com/security-world-docs/v13.3/solo-ug-nix/app-performance-tuning.html);
-        // its value is not published, so 32 concurrent is an ASSUMPTION, as is the 200 us RTT.
-        "entrust-nshield-connect-xc" => Product {
-            comment: "Entrust nShield Connect XC High (ASSUMED figures)",
-            rtt_us: 200,
-            cores: 32,
-            rsa_ops_per_sec: 8600.0,
-            ec_ops_per_sec: 14400.0,
-            cap_ops_per_sec: None,
-        },
-        _ => return None,
-    };
-    Some(p.to_config())
+    product(name).map(|p| p.to_config())
 }
 
-fn luna(comment: &'static str, cap: Option<f64>) -> Product {
-    Product {
-        comment,
-        rtt_us: 200,
-        cores: 30,
-        rsa_ops_per_sec: 10000.0,
-        ec_ops_per_sec: 20000.0,
-        cap_ops_per_sec: cap,
+/// Every figure behind a profile, by what it measures ("rsa2048_sign_per_sec",
+/// "ec_p256_sign_per_sec", "ed25519_sign_per_sec", "concurrency", "rtt_us",
+/// "licence_cap_per_sec"), each with its source. None for an unknown name.
+pub fn figures(name: &str) -> Option<Vec<(&'static str, Figure)>> {
+    let p = product(name)?;
+    let mut out = vec![
+        ("rsa2048_sign_per_sec", p.rsa),
+        ("ec_p256_sign_per_sec", p.ec),
+        ("ed25519_sign_per_sec", p.ed25519()),
+        ("concurrency", p.cores),
+        ("rtt_us", p.rtt_us),
+    ];
+    if let Some(cap) = p.cap {
+        out.push(("licence_cap_per_sec", cap));
     }
+    Some(out)
 }
 
 impl Product {
+    fn ed25519(&self) -> Figure {
+        self.ed25519.unwrap_or(Figure {
+            value: self.ec.value,
+            source: ED_AS_EC,
+        })
+    }
+
     fn to_config(&self) -> Value {
+        let cores = self.cores.value;
         let service = |ops_per_sec: f64| {
-            let mean_us = self.cores as f64 * 1e6 / ops_per_sec;
+            let mean_us = cores * 1e6 / ops_per_sec;
             let fixed_us = mean_us * FIXED_SHARE;
             // Log-normal mean = median * exp(sigma^2 / 2); pick the median that makes the
             // variable part's mean the remaining share.
@@ -162,21 +296,40 @@ impl Product {
             json!({"fixed_us": fixed_us.round() as u64, "median_us": median_us.round() as u64, "sigma": SIGMA})
         };
         let mut mechanisms = Map::new();
-        for m in RSA_MECHANISMS {
-            mechanisms.insert((*m).into(), service(self.rsa_ops_per_sec));
+        for (list, rate) in [
+            (RSA_MECHANISMS, self.rsa.value),
+            (EC_MECHANISMS, self.ec.value),
+            (EDDSA_MECHANISMS, self.ed25519().value),
+        ] {
+            for m in list {
+                mechanisms.insert((*m).into(), service(rate));
+            }
         }
-        for m in EC_MECHANISMS {
-            mechanisms.insert((*m).into(), service(self.ec_ops_per_sec));
-        }
-        let mut capacity = json!({ "max_concurrent": self.cores });
-        if let Some(cap) = self.cap_ops_per_sec {
-            capacity["max_ops_per_sec"] = json!(cap);
+        let mut capacity = json!({ "max_concurrent": cores as u32 });
+        if let Some(cap) = self.cap {
+            capacity["max_ops_per_sec"] = json!(cap.value);
             // A licence cap is enforced per second, so a short burst of up to one core-set passes.
-            capacity["burst"] = json!(self.cores);
+            capacity["burst"] = json!(cores as u32);
+        }
+        let sourced = |f: Figure| json!({"value": f.value, "source": f.source});
+        let mut figures = json!({
+            "rsa2048_sign_per_sec": sourced(self.rsa),
+            "ec_p256_sign_per_sec": sourced(self.ec),
+            "ed25519_sign_per_sec": sourced(self.ed25519()),
+            "concurrency": sourced(self.cores),
+            "rtt_us": sourced(self.rtt_us),
+            "service_time_split": format!(
+                "ASSUMED: {}% fixed, {}% log-normal (sigma {SIGMA})",
+                FIXED_SHARE * 100.0,
+                100.0 - FIXED_SHARE * 100.0
+            ),
+        });
+        if let Some(cap) = self.cap {
+            figures["licence_cap_per_sec"] = sourced(cap);
         }
         json!({
-            "comment": self.comment,
-            "rtt": {"fixed_us": self.rtt_us},
+            "comment": {"profile": self.comment, "figures": figures},
+            "rtt": {"fixed_us": self.rtt_us.value as u64},
             "capacity": capacity,
             "latency": {"mechanisms": mechanisms},
         })
@@ -189,21 +342,87 @@ mod tests {
     use crate::config::Config;
     use crate::func::Func;
 
+    fn rates(name: &str) -> (f64, f64, f64) {
+        let cfg = Config::from_json(&format!(r#"{{"profile": "{name}"}}"#), name).unwrap();
+        let cores = cfg.capacity.max_concurrent.unwrap() as f64;
+        let rate = |m| cores * 1e6 / cfg.service_latency(Func::Sign, Some(m)).mean_us();
+        (
+            rate(cryptoki_sys::CKM_RSA_PKCS),
+            rate(cryptoki_sys::CKM_ECDSA),
+            rate(cryptoki_sys::CKM_EDDSA),
+        )
+    }
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() / b < 0.01
+    }
+
     #[test]
-    fn every_profile_parses_and_saturates_at_its_published_rate() {
+    fn every_profile_parses_and_saturates_at_its_figures() {
         for name in NAMES {
-            let cfg = Config::from_json(&format!(r#"{{"profile": "{name}"}}"#), name).unwrap();
-            let cores = cfg.capacity.max_concurrent.unwrap() as f64;
-            let rsa = cfg.service_latency(Func::Sign, Some(cryptoki_sys::CKM_RSA_PKCS));
-            let ec = cfg.service_latency(Func::Sign, Some(cryptoki_sys::CKM_ECDSA));
-            let rsa_rate = cores * 1e6 / rsa.mean_us();
-            let ec_rate = cores * 1e6 / ec.mean_us();
-            assert!(rsa_rate > 100.0 && ec_rate > 100.0, "{name}");
-            if *name == "aws-cloudhsm-hsm1.medium" {
-                assert!((rsa_rate - 1000.0).abs() < 10.0, "{rsa_rate}");
-                assert!((ec_rate - 250.0).abs() < 3.0, "{ec_rate}");
+            let (rsa, ec, ed) = rates(name);
+            let f = figures(name).unwrap();
+            let get = |k| f.iter().find(|(n, _)| *n == k).unwrap().1;
+            assert!(
+                close(rsa, get("rsa2048_sign_per_sec").value),
+                "{name} RSA {rsa}"
+            );
+            assert!(
+                close(ec, get("ec_p256_sign_per_sec").value),
+                "{name} EC {ec}"
+            );
+            assert!(
+                close(ed, get("ed25519_sign_per_sec").value),
+                "{name} Ed {ed}"
+            );
+            for (what, fig) in &f {
+                assert!(!fig.source.is_empty(), "{name} {what} has no source");
             }
         }
-        assert!(get("nope").is_none());
+        assert!(get("nope").is_none() && figures("nope").is_none());
+    }
+
+    #[test]
+    fn azure_figures_are_the_one_partition_planning_figures() {
+        let (rsa, ec, _) = rates("azure-managed-hsm");
+        assert!(close(rsa, 900.0) && close(ec, 330.0), "{rsa} {ec}");
+        let (rsa, ec, ed) = rates("azure-cloud-hsm");
+        assert!(close(rsa, 1100.0) && close(ec, 330.0) && close(ed, 420.0));
+    }
+
+    #[test]
+    fn cloudhsm_members_of_bigger_clusters_serve_less() {
+        // Six hsm2m.medium HSMs: 5,000 RSA / 7,000 EC in total, not 6 x 1,000 / 6 x 1,500.
+        let (rsa2, ec2, _) = rates("aws-cloudhsm-hsm2m.medium");
+        let (rsa6, ec6, _) = rates("aws-cloudhsm-hsm2m.medium-6");
+        assert!(close(rsa2, 1000.0) && close(ec2, 1500.0));
+        assert!(close(6.0 * rsa6, 5000.0) && close(6.0 * ec6, 7000.0));
+        assert!(6.0 * rsa6 < 6.0 * rsa2 && 6.0 * ec6 < 6.0 * ec2);
+        let (rsa, ec, _) = rates("aws-cloudhsm-hsm1.medium");
+        assert!(close(rsa, 1000.0) && close(ec, 250.0));
+        let (rsa, _, _) = rates("aws-cloudhsm-hsm1.medium-6");
+        assert!(close(6.0 * rsa, 5000.0));
+    }
+
+    #[test]
+    fn unsourced_figures_say_so() {
+        for name in ["thales-luna7-a790", "entrust-nshield-connect-xc"] {
+            let f = figures(name).unwrap();
+            let rsa = f
+                .iter()
+                .find(|(n, _)| *n == "rsa2048_sign_per_sec")
+                .unwrap()
+                .1;
+            assert!(
+                rsa.source.starts_with("RECOLLECTION"),
+                "{name}: {}",
+                rsa.source
+            );
+        }
+        let doc = get("azure-cloud-hsm").unwrap();
+        assert_eq!(
+            doc["comment"]["figures"]["ed25519_sign_per_sec"]["value"],
+            json!(420.0)
+        );
     }
 }
