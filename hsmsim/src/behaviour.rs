@@ -12,7 +12,10 @@
 //!   guide, as quoted in issue 20; the numbering below is an ASSUMPTION, AWS does not document
 //!   it); throttling surfaces as `CKR_FUNCTION_FAILED`, and a throttled `C_GetAttributeValue`
 //!   as `CKR_DEVICE_ERROR` (known issue ki-pkcs11-15); at most 1,024 sessions per application
-//!   (issue 20 item 9; the code returned past it, `CKR_SESSION_COUNT`, is an ASSUMPTION).
+//!   (issue 20 item 9; the code returned past it, `CKR_SESSION_COUNT`, is an ASSUMPTION);
+//!   SDK 5.8.0 and later retry an HSM-throttled operation up to 3 times with exponential
+//!   back-off before answering (AWS "Retry commands for PKCS #11 library"; the back-off base is
+//!   an ASSUMPTION). SDK 3 reports a busy HSM as `CKR_OPERATION_ACTIVE` (AWS "HSM throttling").
 //! - Google Cloud KMS PKCS#11 library (kmsp11): every RPC failure, quota or permission, is
 //!   returned as `CKR_DEVICE_ERROR` (kmsp11 `provider.cc`, per issue 20 item 8).
 //! - Thales Luna: Ed25519 uses `CKK_EC_EDWARDS` = `CKK_VENDOR_DEFINED + 0x12` and `CKM_EDDSA` =
@@ -64,6 +67,8 @@ pub enum Vendor {
     Generic,
     /// AWS CloudHSM, Client SDK 5.
     CloudHsmSdk5,
+    /// AWS CloudHSM, Client SDK 3 (busy is `CKR_OPERATION_ACTIVE`).
+    CloudHsmSdk3,
     /// Google Cloud KMS PKCS#11 library.
     Kmsp11,
     /// Thales Luna Network HSM 7.
@@ -73,7 +78,20 @@ pub enum Vendor {
 }
 
 /// Names accepted by `"behaviour"` / `"behaviour": {"preset": ...}`.
-pub const PRESETS: &[&str] = &["generic", "cloudhsm-sdk5", "kmsp11", "luna", "yubihsm"];
+pub const PRESETS: &[&str] = &[
+    "generic",
+    "cloudhsm-sdk5",
+    "cloudhsm-sdk3",
+    "kmsp11",
+    "luna",
+    "yubihsm",
+];
+
+/// Default first back-off of a retrying client (ms). ASSUMPTION: AWS documents exponential
+/// back-off for SDK 5.8+ retries, not its base.
+pub const DEFAULT_RETRY_BACKOFF_MS: u32 = 10;
+/// Largest `client_retries`: more would hide a device that is simply down.
+pub const MAX_CLIENT_RETRIES: u32 = 10;
 
 /// Largest `max_sessions`: CloudHSM's documented cap is 1,024; this only catches typos.
 pub const MAX_SESSIONS_LIMIT: u32 = 1 << 20;
@@ -101,6 +119,10 @@ pub struct Behaviour {
     pub ec_point_on_private: bool,
     /// `CKA_PUBLIC_KEY_INFO` (DER SubjectPublicKeyInfo) is readable from private-key objects.
     pub public_key_info_on_private: bool,
+    /// Times the vendor's client library retries a throttled call itself before answering.
+    pub client_retries: u32,
+    /// First back-off of those retries, milliseconds; it doubles on each retry.
+    pub retry_backoff_ms: u32,
 }
 
 impl Default for Behaviour {
@@ -123,6 +145,8 @@ impl Behaviour {
             hide_cka_id: false,
             ec_point_on_private: false,
             public_key_info_on_private: false,
+            client_retries: 0,
+            retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
         };
         Some(match name {
             "generic" => generic,
@@ -131,6 +155,11 @@ impl Behaviour {
                 rw_sessions_only: true,
                 session_handles: true,
                 max_sessions: Some(1024),
+                client_retries: 3,
+                ..generic
+            },
+            "cloudhsm-sdk3" => Behaviour {
+                vendor: Vendor::CloudHsmSdk3,
                 ..generic
             },
             "kmsp11" => Behaviour {
@@ -159,7 +188,13 @@ impl Behaviour {
             Vendor::CloudHsmSdk5 | Vendor::Generic | Vendor::YubiHsm => CKR_FUNCTION_FAILED,
             Vendor::Kmsp11 => CKR_DEVICE_ERROR,
             Vendor::Luna => CKR_AGAIN, // ASSUMPTION (see the module header)
+            Vendor::CloudHsmSdk3 => cryptoki_sys::CKR_OPERATION_ACTIVE,
         }
+    }
+
+    /// The back-off before retry number `k` (0-based) of a retrying client: base x 2^k.
+    pub fn retry_backoff(&self, k: u32) -> std::time::Duration {
+        std::time::Duration::from_millis(self.retry_backoff_ms as u64) * (1u32 << k.min(16))
     }
 
     /// The code the application sees for a simulated device failure `rv` (an `error` fault, a
@@ -412,6 +447,17 @@ mod tests {
         assert_eq!(c.max_sessions, Some(1024));
         assert_eq!(c.throttle_rv(Func::Sign), CKR_FUNCTION_FAILED);
         assert_eq!(c.throttle_rv(Func::GetAttributeValue), CKR_DEVICE_ERROR);
+        assert_eq!(c.client_retries, 3);
+        assert_eq!(
+            c.retry_backoff(2),
+            std::time::Duration::from_millis(4 * DEFAULT_RETRY_BACKOFF_MS as u64)
+        );
+        let c3 = Behaviour::preset("cloudhsm-sdk3").unwrap();
+        assert_eq!(
+            c3.throttle_rv(Func::Sign),
+            cryptoki_sys::CKR_OPERATION_ACTIVE
+        );
+        assert!(!c3.rw_sessions_only && c3.client_retries == 0);
         let k = Behaviour::preset("kmsp11").unwrap();
         assert_eq!(k.fault_rv(CKR_FUNCTION_FAILED), CKR_DEVICE_ERROR);
         assert_eq!(k.throttle_rv(Func::Sign), CKR_DEVICE_ERROR);

@@ -23,7 +23,9 @@ use cryptoki_sys::{CK_MECHANISM_TYPE, CK_RV};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::behaviour::{Behaviour, KeyClass, MAX_SESSIONS_LIMIT, PRESETS, VENDOR_RV_NAMES};
+use crate::behaviour::{
+    Behaviour, KeyClass, MAX_CLIENT_RETRIES, MAX_SESSIONS_LIMIT, PRESETS, VENDOR_RV_NAMES,
+};
 use crate::func::{Func, ALL};
 use crate::names::{MECHANISM_NAMES, RV_NAMES};
 use crate::profiles;
@@ -470,6 +472,8 @@ struct RawBehaviour {
     hide_cka_id: Option<bool>,
     ec_point_on_private: Option<bool>,
     public_key_info_on_private: Option<bool>,
+    client_retries: Option<u32>,
+    retry_backoff_ms: Option<u32>,
 }
 
 fn parse_behaviour(v: Value, origin: &str) -> Result<Behaviour, ConfigError> {
@@ -510,6 +514,26 @@ fn parse_behaviour(v: Value, origin: &str) -> Result<Behaviour, ConfigError> {
         &mut b.public_key_info_on_private,
         raw.public_key_info_on_private,
     );
+    if let Some(n) = raw.client_retries {
+        if n > MAX_CLIENT_RETRIES {
+            return Err(invalid(
+                origin,
+                "behaviour.client_retries",
+                format!("{n} is outside 0..={MAX_CLIENT_RETRIES}"),
+            ));
+        }
+        b.client_retries = n;
+    }
+    if let Some(ms) = raw.retry_backoff_ms {
+        if !(1..=60_000).contains(&ms) {
+            return Err(invalid(
+                origin,
+                "behaviour.retry_backoff_ms",
+                format!("{ms} is outside 1..=60000"),
+            ));
+        }
+        b.retry_backoff_ms = ms;
+    }
     if let Some(n) = raw.max_sessions {
         if n == 0 || n > MAX_SESSIONS_LIMIT {
             return Err(invalid(
@@ -1149,6 +1173,14 @@ mod tests {
                 "behaviour.max_sessions",
             ),
             (r#"{"behaviour": 3}"#, "behaviour"),
+            (
+                r#"{"behaviour": {"client_retries": 11}}"#,
+                "behaviour.client_retries",
+            ),
+            (
+                r#"{"behaviour": {"retry_backoff_ms": 0}}"#,
+                "behaviour.retry_backoff_ms",
+            ),
             (r#"{"capacity": {"max_queue": 4}}"#, "capacity.max_queue"),
             (
                 r#"{"latency": {"key_sizes": {"RSA-9": 2}}}"#,

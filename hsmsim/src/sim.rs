@@ -393,6 +393,8 @@ struct Outcome {
     hang: Duration,
     /// The first failure in file order, if any; None = the call proceeds.
     answer: Option<Answer>,
+    /// That first failure is a throttle (a retrying client library may try again).
+    throttled: bool,
 }
 
 impl Sim {
@@ -506,7 +508,18 @@ impl Sim {
         let mut ready = now + leg;
         sleep_until(ready);
         let b = &cfg.behaviour;
-        let outcome = self.check_faults(&active, &call);
+        // A vendor client that retries throttled calls itself (CloudHSM SDK >= 5.8) sends the
+        // call again after a back-off; each try meets the device (and its faults) anew.
+        let mut tries = 0;
+        let outcome = loop {
+            let o = self.check_faults(&active, &call);
+            if !o.throttled || tries >= b.client_retries {
+                break o;
+            }
+            ready += o.hang + b.retry_backoff(tries) + leg * 2;
+            sleep_until(ready);
+            tries += 1;
+        };
         let mut answer = outcome.answer;
         if answer.is_none() {
             answer = self.stuck_answer(&call);
@@ -566,13 +579,23 @@ impl Sim {
             let ready = self.wait_for_rate(&cfg.capacity, ready);
             match cores {
                 Some(max) => {
-                    let Some(mut core) =
-                        self.cores
-                            .acquire_bounded(max, ready, cfg.capacity.max_queue)
-                    else {
-                        // Load shed: the device refuses rather than queues.
-                        let rv = b.fault_rv(b.throttle_rv(call.func));
-                        return self.fail(&call, forward, rv, ready + leg);
+                    let mut ready = ready;
+                    let mut core = loop {
+                        if let Some(core) =
+                            self.cores
+                                .acquire_bounded(max, ready, cfg.capacity.max_queue)
+                        {
+                            break core;
+                        }
+                        // Load shed: the device refuses rather than queues; a retrying client
+                        // tries again after its back-off.
+                        if tries >= b.client_retries {
+                            let rv = b.fault_rv(b.throttle_rv(call.func));
+                            return self.fail(&call, forward, rv, ready + leg);
+                        }
+                        ready += b.retry_backoff(tries) + leg * 2;
+                        sleep_until(ready);
+                        tries += 1;
                     };
                     let start = if hang_in_core {
                         core.start + outcome.hang
@@ -810,8 +833,9 @@ impl Sim {
                 }
             }
             let answer = self.fire(fault.kind, call, &active.cfg.behaviour, &mut out.hang);
-            if out.answer.is_none() {
+            if out.answer.is_none() && answer.is_some() {
                 out.answer = answer;
+                out.throttled = matches!(fault.kind, FaultKind::Throttle { .. });
             }
         }
         out

@@ -175,12 +175,14 @@ fn a_profile_applies_its_round_trip_and_service_time() {
     ));
     let run = run_signers(h, 1, Duration::from_millis(1000));
     let expected_us = 2.0 * 500.0 + 4.0 * 1e6 / 250.0;
-    // Wider margin: ~60 samples of a distribution with a log-normal tail.
-    assert_within(
+    // Wider margin: ~60 samples of a distribution with a log-normal tail; a busy host only
+    // adds time.
+    assert_between(
         "hsm1.medium EC sign (us)",
         mean(&run.latencies).as_secs_f64() * 1e6,
         expected_us,
         0.15,
+        LOADED_HOST_TOLERANCE,
     );
 }
 

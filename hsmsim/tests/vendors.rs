@@ -408,3 +408,45 @@ fn private_key_only_import_hides_public_objects_and_ids() {
     s.update_attributes(ec_priv, &[Attribute::Id(vec![])])
         .unwrap();
 }
+
+#[test]
+fn cloudhsm_sdk5_retries_throttled_calls_itself_and_sdk3_reports_busy_as_operation_active() {
+    let (_g, h) = lock();
+    let s = start(h);
+    let key = private_key(&s, EC_LABEL);
+    let throttled = |preset: &str, fires: u32| {
+        h.set_config(&config_with(&format!(
+            r#""behaviour": {preset}, "faults": [{{"kind": "throttle", "max_fires": {fires}, "functions": ["C_Sign"]}}]"#
+        )));
+    };
+    // Three throttles are absorbed by the client's three retries (10 + 20 + 40 ms back-off).
+    throttled(
+        r#"{"preset": "cloudhsm-sdk5", "session_handles": false}"#,
+        3,
+    );
+    let t = std::time::Instant::now();
+    ec_sign(&s, key).expect("the SDK retried through three throttles");
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(70),
+        "{:?}",
+        t.elapsed()
+    );
+    // A fourth reaches the application.
+    throttled(
+        r#"{"preset": "cloudhsm-sdk5", "session_handles": false}"#,
+        4,
+    );
+    let e = ec_sign(&s, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::FunctionFailed), "{e}");
+    // Retries switched off (configure-pkcs11 --default-retry-mode off).
+    throttled(
+        r#"{"preset": "cloudhsm-sdk5", "session_handles": false, "client_retries": 0}"#,
+        1,
+    );
+    let e = ec_sign(&s, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::FunctionFailed), "{e}");
+    throttled(r#""cloudhsm-sdk3""#, 1);
+    let e = ec_sign(&s, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::OperationActive), "SDK 3 busy: {e}");
+    ec_sign(&s, key).expect("fired once");
+}
