@@ -664,7 +664,8 @@ fn every_request_is_answered_when_the_service_stalls() {
 #[test]
 fn other_credentials_client_certificate_managed_identity_metadata_imds_profile() {
     let mut e = env();
-    // Azure client certificate: RS256 assertion with x5t, verified by the stand-in.
+    // Azure client certificate: PS256 assertion with x5t#S256 (the current
+    // Entra format), verified by the stand-in, which refuses RS256.
     let kp = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
         .unwrap();
     let cert = rcgen::CertificateParams::new(vec!["keycore-app".to_string()])
@@ -1135,4 +1136,298 @@ fn azure_workload_identity_federation() {
     std::fs::write(&token_file, "eyJ.other").unwrap();
     let err = KmsStore::open(&[u], &e.opts).unwrap_err().to_string();
     assert!(err.contains("invalid_client"), "{err}");
+}
+
+// ---- Vendor behaviours (issue 20): each test below fails against the
+// client as it was before the fix it names. ----
+
+/// AWS KMS Ed25519 (`ECC_NIST_EDWARDS25519`): `ED25519_SHA_512` over the
+/// whole message with `MessageType` RAW (the stand-in refuses DIGEST for it).
+/// Before: keycore loaded the key and refused every operation.
+#[test]
+fn aws_ed25519_key_signs_the_raw_message() {
+    let e = env();
+    let (arn, key) = e.sim.aws_key("eu-west-1", KeyType::Ed25519).unwrap();
+    let (store, entries) = KmsStore::open(std::slice::from_ref(&arn), &e.opts).unwrap();
+    assert_eq!(entries[0].kind, KeyKind::Ed25519);
+    // What TLS 1.3 has an Ed25519 key sign: the whole CertificateVerify
+    // content (64 spaces, context string, 0, transcript hash).
+    let mut msg = vec![0x20u8; 64];
+    msg.extend_from_slice(b"TLS 1.3, server CertificateVerify\0");
+    msg.extend_from_slice(&dig(&digest::SHA256, MSG));
+    let sig = run(&store, 0, OpClass::Ed25519, &msg).unwrap();
+    verify(&signature::ED25519, &key.spki, &msg, &sig);
+    // Over AWS's 4096-byte message limit: refused before any request.
+    let before = get(&e.sim.stats().key_requests);
+    assert_eq!(
+        run(&store, 0, OpClass::Ed25519, &[7u8; 4097]),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(get(&e.sim.stats().key_requests), before);
+}
+
+/// `LimitExceededException` is a quota: answered at once, not retried as if
+/// it were throttling. Disabled and pending-deletion keys fail start-up
+/// naming the state; a key disabled later fails its operation with one
+/// request. Before: LimitExceeded was retried 4 times as throttling.
+#[test]
+fn aws_quota_and_key_state_errors_are_final_and_named() {
+    let e = env();
+    let (arn, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let one = std::slice::from_ref(&arn);
+    e.sim
+        .set_key_state(&arn, keycore_kmssim::KeyState::Disabled);
+    let err = KmsStore::open(one, &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("DisabledException") && err.contains("enable-key"),
+        "{err}"
+    );
+    e.sim
+        .set_key_state(&arn, keycore_kmssim::KeyState::PendingDeletion);
+    let err = KmsStore::open(one, &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("KMSInvalidStateException") && err.contains("pending deletion"),
+        "{err}"
+    );
+    e.sim.set_key_state(&arn, keycore_kmssim::KeyState::Enabled);
+    let (store, _) = KmsStore::open(one, &e.opts).unwrap();
+    let d = dig(&digest::SHA256, MSG);
+    e.sim.knobs(|k| k.aws_limit_exceeded_next = 1);
+    let before = get(&e.sim.stats().key_requests);
+    assert_eq!(
+        run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(get(&e.sim.stats().key_requests) - before, 1, "not retried");
+    run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+    e.sim
+        .set_key_state(&arn, keycore_kmssim::KeyState::Disabled);
+    let before = get(&e.sim.stats().key_requests);
+    assert_eq!(
+        run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(get(&e.sim.stats().key_requests) - before, 1);
+}
+
+/// IRSA in the China partition: STS is `sts.<region>.amazonaws.com.cn`.
+/// The client is configured as a pod would be (AWS_REGION, role and token
+/// file from the environment) and reaches the stand-in through the CONNECT
+/// proxy's name map, so the host name it asks for is visible; the STS
+/// stand-in takes `arn:aws-cn:` roles only at a `.amazonaws.com.cn` host.
+/// Before: keycore asked `sts.cn-north-1.amazonaws.com`, which refused the
+/// role. Without AWS_REGION the key's region decides (never the global
+/// endpoint, which serves only the aws partition).
+#[test]
+fn china_partition_web_identity_uses_the_com_cn_sts_host() {
+    let mut e = env();
+    let role = "arn:aws-cn:iam::111122223333:role/keycore-edge";
+    e.sim.aws_web_identity(role, "eyJ.cn.token");
+    let token_file = e.dir.path().join("token");
+    std::fs::write(&token_file, "eyJ.cn.token\n").unwrap();
+    let at = e.sim.https_addr();
+    let names: Vec<(&str, std::net::SocketAddr)> = keycore_kmssim::STAND_IN_HOST_NAMES
+        .iter()
+        .map(|n| (*n, at))
+        .collect();
+    let proxy = keycore_kmssim::proxy::ConnectProxy::start_with_names(None, &names).unwrap();
+    let (arn, key) = e.sim.aws_key("cn-north-1", KeyType::EcP256).unwrap();
+    assert!(arn.starts_with("arn:aws-cn:kms:cn-north-1:"), "{arn}");
+    let tf = token_file.to_string_lossy().into_owned();
+    for region in [Some("cn-north-1"), None] {
+        let mut env_vars = vec![
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", tf.clone()),
+            ("AWS_ROLE_ARN", role.to_string()),
+        ];
+        if let Some(r) = region {
+            env_vars.push(("AWS_REGION", r.to_string()));
+        }
+        let from_env = KmsOptions::from_lookup(|k| {
+            env_vars
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        e.opts.aws_credential = from_env.aws_credential;
+        // KMS itself is the stand-in's loopback address, reached directly.
+        e.opts.https_proxy = Some(proxy.url.clone());
+        e.opts.no_proxy = vec!["127.0.0.1".into()];
+        let before = proxy.targets().len();
+        let (store, _) = KmsStore::open(std::slice::from_ref(&arn), &e.opts)
+            .unwrap_or_else(|err| panic!("region {region:?}: {err}"));
+        verify(
+            &signature::ECDSA_P256_SHA256_ASN1,
+            &key.spki,
+            MSG,
+            &run(
+                &store,
+                0,
+                OpClass::Ecdsa(Hash::Sha256),
+                &dig(&digest::SHA256, MSG),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            proxy.targets()[before..],
+            ["sts.cn-north-1.amazonaws.com.cn:443".to_string()],
+            "region {region:?}"
+        );
+    }
+    assert_eq!(get(&e.sim.stats().aws_sts_credentials), 2);
+}
+
+/// Azure IMDS answers 404 and 410 while it updates and 429 when busy;
+/// Microsoft says to retry them. Before: 404/410 failed start-up at once.
+#[test]
+fn azure_imds_transient_answers_are_retried() {
+    let mut e = env();
+    e.opts.azure_credential = Some(AzureCredential::ManagedIdentity { client_id: None });
+    e.sim.knobs(|k| k.azure_imds_statuses = vec![404, 410, 429]);
+    let (u, k) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let (store, _) = KmsStore::open(std::slice::from_ref(&u), &e.opts).unwrap();
+    assert_eq!(get(&e.sim.stats().azure_imds_tokens), 1);
+    verify(
+        &signature::ECDSA_P256_SHA256_ASN1,
+        &k.spki,
+        MSG,
+        &run(
+            &store,
+            0,
+            OpClass::Ecdsa(Hash::Sha256),
+            &dig(&digest::SHA256, MSG),
+        )
+        .unwrap(),
+    );
+    drop(store);
+    // A 400 (no such identity) is final, and IMDS that stays in 410 past
+    // the deadline fails naming it.
+    e.opts.startup_timeout = Duration::from_secs(2);
+    e.sim.knobs(|k| k.azure_imds_statuses = vec![410; 50]);
+    let err = KmsStore::open(std::slice::from_ref(&u), &e.opts)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("410") && err.contains("IMDS"), "{err}");
+}
+
+/// Key Vault throttles per vault: each vault gets the configured rate, so a
+/// busy vault does not starve another; Managed HSM pools are not rate
+/// limited by keycore. Before: one bucket for every Azure key.
+#[test]
+fn azure_rate_limit_is_per_vault() {
+    let mut e = env();
+    // One request per 2 s per vault, burst 1; a 1.5 s operation deadline.
+    e.opts.azure_limits.max_per_second = 0.5;
+    e.opts.op_timeout = Duration::from_millis(1500);
+    let (ua, ka) = e
+        .sim
+        .azure_key("kv-one", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let (ub, kb) = e
+        .sim
+        .azure_key("kv-two", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let (uh, kh) = e
+        .sim
+        .azure_key("hsm-one", true, "ec", KeyType::EcP256)
+        .unwrap();
+    let (store, _) = KmsStore::open(&[ua, ub, uh], &e.opts).unwrap();
+    // Start-up spent each vault's token; one refill each.
+    std::thread::sleep(Duration::from_millis(2200));
+    let d = dig(&digest::SHA256, MSG);
+    for (i, k) in [(0, &ka), (1, &kb)] {
+        let sig = run(&store, i, OpClass::Ecdsa(Hash::Sha256), &d)
+            .unwrap_or_else(|c| panic!("vault {i}: {c:?}"));
+        verify(&signature::ECDSA_P256_SHA256_ASN1, &k.spki, MSG, &sig);
+    }
+    // The vault's own limit still holds: its next token is 2 s away.
+    assert_eq!(
+        run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d),
+        Err(ErrorCode::CRYPTO)
+    );
+    // Managed HSM: no rate limit.
+    for _ in 0..3 {
+        let sig = run(&store, 2, OpClass::Ecdsa(Hash::Sha256), &d).unwrap();
+        verify(&signature::ECDSA_P256_SHA256_ASN1, &kh.spki, MSG, &sig);
+    }
+}
+
+/// Azure 403s explained: no data-plane role (ForbiddenByRbac), a disabled
+/// key (KeyDisabled). Not retried.
+#[test]
+fn azure_missing_role_and_disabled_key_are_named() {
+    let e = env();
+    let (u, _) = e
+        .sim
+        .azure_key("kv-test", false, "ec", KeyType::EcP256)
+        .unwrap();
+    let one = std::slice::from_ref(&u);
+    e.sim.knobs(|k| k.azure_missing_role = true);
+    let err = KmsStore::open(one, &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("ForbiddenByRbac") && err.contains("Key Vault Crypto User"),
+        "{err}"
+    );
+    e.sim.knobs(|k| k.azure_missing_role = false);
+    let (store, _) = KmsStore::open(one, &e.opts).unwrap();
+    e.sim.set_key_state(&u, keycore_kmssim::KeyState::Disabled);
+    let before = get(&e.sim.stats().key_requests);
+    assert_eq!(
+        run(
+            &store,
+            0,
+            OpClass::Ecdsa(Hash::Sha256),
+            &dig(&digest::SHA256, MSG)
+        ),
+        Err(ErrorCode::CRYPTO)
+    );
+    assert_eq!(get(&e.sim.stats().key_requests) - before, 1);
+}
+
+/// Google: a metadata-server token without the cloud-platform / cloudkms
+/// access scope, a missing IAM role and a disabled key version each stop
+/// start-up with the cause and the fix. Before: a bare "HTTP 403".
+#[test]
+fn google_scope_role_and_disabled_version_are_named() {
+    let mut e = env();
+    let name = "projects/p/locations/europe-west1/keyRings/r/cryptoKeys/ec/cryptoKeyVersions/1";
+    e.sim
+        .gcp_key(name, "EC_SIGN_P256_SHA256", KeyType::EcP256)
+        .unwrap();
+    let one = [name.to_string()];
+    let sa = e.opts.gcp_credential.clone();
+    e.opts.gcp_credential = Some(GcpCredential::Metadata);
+    e.sim.knobs(|k| {
+        k.gcp_metadata_scopes = vec![
+            "https://www.googleapis.com/auth/devstorage.read_only".into(),
+            "https://www.googleapis.com/auth/logging.write".into(),
+        ]
+    });
+    let err = KmsStore::open(&one, &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("scope") && err.contains("--scopes=cloud-platform"),
+        "{err}"
+    );
+    // The cloudkms scope alone is enough.
+    e.sim
+        .knobs(|k| k.gcp_metadata_scopes = vec!["https://www.googleapis.com/auth/cloudkms".into()]);
+    drop(KmsStore::open(&one, &e.opts).unwrap());
+    e.opts.gcp_credential = sa;
+    e.sim.knobs(|k| k.gcp_missing_role = true);
+    let err = KmsStore::open(&one, &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("roles/cloudkms.signerVerifier"),
+        "{err}"
+    );
+    e.sim.knobs(|k| k.gcp_missing_role = false);
+    e.sim
+        .set_key_state(name, keycore_kmssim::KeyState::Disabled);
+    let err = KmsStore::open(&one, &e.opts).unwrap_err().to_string();
+    assert!(
+        err.contains("FAILED_PRECONDITION") && err.contains("not enabled"),
+        "{err}"
+    );
 }

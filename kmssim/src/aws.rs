@@ -9,7 +9,22 @@
 //! key is `UnrecognizedClientException`, a wrong signature
 //! `InvalidSignatureException`, a stale date (over 5 minutes) the same, and
 //! an expired session `ExpiredTokenException`, all HTTP 400 as AWS answers.
-//! Throttling is `ThrottlingException` (HTTP 400).
+//! Throttling is `ThrottlingException` (HTTP 400); a quota exceeded is
+//! `LimitExceededException` (HTTP 400, knob `aws_limit_exceeded_next`).
+//! Key states: a disabled key answers `DisabledException`, one pending
+//! deletion `KMSInvalidStateException` (GetPublicKey and Sign alike).
+//! Ed25519 keys (`ECC_NIST_EDWARDS25519`) offer `ED25519_SHA_512` (pure
+//! Ed25519, `MessageType` RAW only) and `ED25519_PH_SHA_512` (Ed25519ph over
+//! a SHA-512 digest; listed as AWS lists it, not signed here: the stand-in
+//! answers that it does not model it).
+//!
+//! STS serves one partition per host: a request that arrives for
+//! `sts.<region>.amazonaws.com.cn` takes only `arn:aws-cn:` roles, one for
+//! an `amazonaws.com` host only `arn:aws:` / `arn:aws-us-gov:` roles (the
+//! global endpoint cannot assume a China-region role; the exact AWS error
+//! text for that case is not documented, the stand-in answers
+//! `InvalidParameterValue`). A request to the bare loopback address (tests
+//! that set the STS endpoint to the stand-in) is not checked.
 
 use crate::{b64, bump, json, lock, unb64, AwsSecret, Gate, State};
 use aws_lc_rs::{digest, hmac};
@@ -237,7 +252,7 @@ fn algorithms(kind: KeyKind) -> Vec<&'static str> {
         KeyKind::EcdsaP256 => vec!["ECDSA_SHA_256"],
         KeyKind::EcdsaP384 => vec!["ECDSA_SHA_384"],
         KeyKind::EcdsaP521 => vec!["ECDSA_SHA_512"],
-        KeyKind::Ed25519 => vec![],
+        KeyKind::Ed25519 => vec!["ED25519_SHA_512", "ED25519_PH_SHA_512"],
     }
 }
 
@@ -256,6 +271,19 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
     }
     if let Err((t, m)) = verify_sigv4(st, parts, body) {
         return err(t, &m);
+    }
+    let quota = {
+        let mut k = lock(&st.knobs);
+        let q = k.aws_limit_exceeded_next > 0;
+        k.aws_limit_exceeded_next = k.aws_limit_exceeded_next.saturating_sub(1);
+        q
+    };
+    if quota {
+        bump(&st.stats.key_requests);
+        return err(
+            "LimitExceededException",
+            "The request was rejected because a quota was exceeded.",
+        );
     }
     match st.gate().await {
         Gate::Pass => {}
@@ -295,6 +323,18 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
             &format!("Key '{key_id}' does not exist"),
         );
     };
+    match st.key_state(&arn) {
+        crate::KeyState::Enabled => {}
+        crate::KeyState::Disabled => {
+            return err("DisabledException", &format!("{arn} is disabled."))
+        }
+        crate::KeyState::PendingDeletion => {
+            return err(
+                "KMSInvalidStateException",
+                &format!("{arn} is pending deletion."),
+            )
+        }
+    }
     match target {
         "TrentService.GetPublicKey" => json(
             StatusCode::OK,
@@ -317,6 +357,9 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
                     "InvalidKeyUsageException",
                     &format!("{alg} is not a valid signing algorithm for this key"),
                 );
+            }
+            if key.kind == KeyKind::Ed25519 {
+                return ed25519_sign(st, &arn, &key, alg, v["MessageType"].as_str(), &msg);
             }
             let h = match &alg[alg.len() - 3..] {
                 "256" => Hash::Sha256,
@@ -369,6 +412,48 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
             "UnknownOperationException",
             &format!("unknown target {other}"),
         ),
+    }
+}
+
+/// Sign with an Ed25519 key: pure Ed25519 over the whole message
+/// (`ED25519_SHA_512`, `MessageType` RAW; AWS signs messages of at most 4096
+/// bytes).
+fn ed25519_sign(
+    st: &State,
+    arn: &str,
+    key: &crate::SimKey,
+    alg: &str,
+    message_type: Option<&str>,
+    msg: &[u8],
+) -> Response<Full<Bytes>> {
+    if alg != "ED25519_SHA_512" {
+        return err(
+            "UnsupportedOperationException",
+            &format!("kmssim does not model {alg} (Ed25519ph)"),
+        );
+    }
+    if message_type.unwrap_or("RAW") != "RAW" {
+        return err(
+            "ValidationException",
+            "ED25519_SHA_512 requires MessageType RAW.",
+        );
+    }
+    if msg.is_empty() || msg.len() > 4096 {
+        return err(
+            "ValidationException",
+            "1 validation error detected: Value at 'message' failed to satisfy constraint: Member must have length less than or equal to 4096",
+        );
+    }
+    match key.perform(OpClass::Ed25519, msg) {
+        Ok(mut sig) => {
+            bump(&st.stats.operations);
+            st.maybe_spoil(&mut sig);
+            json(
+                StatusCode::OK,
+                j!({"KeyId": arn, "Signature": b64(&sig), "SigningAlgorithm": alg}),
+            )
+        }
+        Err(e) => err("KMSInternalException", &e),
     }
 }
 
@@ -476,6 +561,43 @@ pub fn sts(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
             "InvalidAction",
             "only AssumeRoleWithWebIdentity, Version 2011-06-15",
         );
+    }
+    // One partition per STS host (see the module header).
+    let host = parts
+        .headers
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let host_partition = if host.ends_with(".amazonaws.com.cn") {
+        Some("aws-cn")
+    } else if host.ends_with(".amazonaws.com") {
+        Some("aws")
+    } else {
+        None
+    };
+    let role_partition = f
+        .get("RoleArn")
+        .and_then(|r| r.split(':').nth(1))
+        .unwrap_or("");
+    let role_partition = if role_partition == "aws-us-gov" {
+        "aws"
+    } else {
+        role_partition
+    };
+    if let Some(p) = host_partition {
+        if p != role_partition {
+            return xml_err(
+                StatusCode::BAD_REQUEST,
+                "InvalidParameterValue",
+                &format!(
+                    "role of partition {role_partition} cannot be assumed at {host} (partition {p})"
+                ),
+            );
+        }
     }
     let want = lock(&st.web_identity).clone();
     let ok = want.is_some_and(|(role, token)| {

@@ -21,8 +21,9 @@ use keycore_engine::keys::KeyKind;
 use keycore_protocol::{Hash, OpClass};
 use serde_json::json as j;
 
-/// API versions accepted (those whose keys API has what keycore uses).
-const API_VERSIONS: &[&str] = &["7.2", "7.3", "7.4", "7.5", "7.6"];
+/// API versions accepted (those whose keys API has what keycore uses;
+/// 2025-07-01 is the current one).
+const API_VERSIONS: &[&str] = &["7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"];
 
 fn err(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     json(status, j!({"error": {"code": code, "message": message}}))
@@ -116,6 +117,30 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             &format!("AKV10022: Invalid audience: {e}"),
+        );
+    }
+    // A valid token without a data-plane role, and a disabled key: 403 with
+    // the inner code Key Vault gives.
+    let forbidden = |inner: &str, message: String| {
+        json(
+            StatusCode::FORBIDDEN,
+            j!({"error": {"code": "Forbidden", "message": message, "innererror": {"code": inner}}}),
+        )
+    };
+    let what = match (action, &parts.method) {
+        (None, _) => "get".to_string(),
+        (Some(a), _) => a.to_string(),
+    };
+    if st.knob(|k| k.azure_missing_role) {
+        return forbidden(
+            "ForbiddenByRbac",
+            format!("Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/keys/{what}/action' Resource: '{path_key}'"),
+        );
+    }
+    if st.key_state(&path_key) != crate::KeyState::Enabled && what != "get" {
+        return forbidden(
+            "KeyDisabled",
+            format!("Operation \"{what}\" is not allowed on a disabled key."),
         );
     }
     let host = parts
@@ -370,12 +395,14 @@ pub fn token(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
             let Some(a) = f.get("client_assertion") else {
                 return bad("invalid_request", "client_assertion missing");
             };
-            match verify_jwt(a, &public) {
+            // The current Entra assertion format: PS256, `x5t#S256` (the
+            // certificate's SHA-256 thumbprint).
+            match verify_jwt(a, &public, "PS256") {
                 Err(e) => return bad("invalid_client", &format!("AADSTS700027: {e}")),
                 Ok((h, c)) => {
                     let now = crate::unix_now();
                     let aud = format!("{}{}", st.https_url(), parts.uri.path());
-                    h["x5t"] == x5t.as_str()
+                    h["x5t#S256"] == x5t.as_str()
                         && c["aud"] == aud.as_str()
                         && c["iss"] == client_id.as_str()
                         && c["sub"] == client_id.as_str()
@@ -415,6 +442,19 @@ pub fn imds(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
             j!({"error": "invalid_request", "error_description": "api-version and resource are required"}),
         );
     };
+    // A scripted sequence of transient answers first (IMDS updating: 404,
+    // 410; throttled: 429).
+    let transient = {
+        let mut k = crate::lock(&st.knobs);
+        (!k.azure_imds_statuses.is_empty()).then(|| k.azure_imds_statuses.remove(0))
+    };
+    if let Some(code) = transient {
+        let status = StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        return json(
+            status,
+            j!({"error": "unavailable", "error_description": format!("IMDS answered {code} (scripted)")}),
+        );
+    }
     let (t, life) = st.issue_token(resource);
     bump(&st.stats.azure_imds_tokens);
     let on = crate::unix_now() + life;

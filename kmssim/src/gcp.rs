@@ -32,8 +32,22 @@ fn crc(b: &[u8]) -> String {
     crc32c::crc32c(b).to_string()
 }
 
+/// Audience given to a metadata-server token whose access scopes include
+/// neither cloud-platform nor cloudkms (the token is valid, but not for
+/// Cloud KMS).
+const NO_KMS_SCOPE: &str = "scopes-without-cloudkms";
+
 /// `/v1/<name>/publicKey` and `/v1/<name>:asymmetricSign`.
 pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
+    if st.bearer_audience(parts).as_deref() == Some(NO_KMS_SCOPE) {
+        // What Google answers for a token without a usable scope.
+        return json(
+            StatusCode::FORBIDDEN,
+            j!({"error": {"code": 403, "message": "Request had insufficient authentication scopes.", "status": "PERMISSION_DENIED",
+                "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT", "domain": "googleapis.com",
+                             "metadata": {"service": "cloudkms.googleapis.com"}}]}}),
+        );
+    }
     if let Err(e) = st.check_bearer(parts, SCOPE) {
         return err(
             StatusCode::UNAUTHORIZED,
@@ -63,6 +77,29 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
         }
     }
     let path = parts.uri.path().trim_start_matches("/v1/");
+    let resource = path
+        .strip_suffix("/publicKey")
+        .or_else(|| path.strip_suffix(":asymmetricSign"))
+        .unwrap_or(path);
+    if st.knob(|k| k.gcp_missing_role) {
+        let perm = if path.ends_with("/publicKey") {
+            "cloudkms.cryptoKeyVersions.viewPublicKey"
+        } else {
+            "cloudkms.cryptoKeyVersions.useToSign"
+        };
+        return err(
+            StatusCode::FORBIDDEN,
+            "PERMISSION_DENIED",
+            &format!("Permission '{perm}' denied on resource '{resource}' (or it may not exist)."),
+        );
+    }
+    if st.key_state(resource) != crate::KeyState::Enabled {
+        return err(
+            StatusCode::BAD_REQUEST,
+            "FAILED_PRECONDITION",
+            &format!("{resource} is not enabled, current state is: DISABLED."),
+        );
+    }
     if let Some(name) = path.strip_suffix("/publicKey") {
         if parts.method != Method::GET {
             return err(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", "GET required");
@@ -233,7 +270,7 @@ pub fn token(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
     let Some(acct) = lock(&st.gcp_accounts).get(&iss).cloned() else {
         return bad("invalid_grant", "Invalid JWT: unknown issuer");
     };
-    let (h, c) = match verify_jwt(a, &acct.public) {
+    let (h, c) = match verify_jwt(a, &acct.public, "RS256") {
         Ok(x) => x,
         Err(e) => return bad("invalid_grant", &format!("Invalid JWT Signature: {e}")),
     };
@@ -270,7 +307,8 @@ pub fn token(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes>> {
     )
 }
 
-/// Metadata server: `/computeMetadata/v1/instance/service-accounts/default/token`.
+/// Metadata server: `/computeMetadata/v1/instance/service-accounts/default/token`
+/// (and `.../default/scopes`, the VM's access scopes, one per line).
 pub fn metadata(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
     if parts
         .headers
@@ -285,6 +323,14 @@ pub fn metadata(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
             )))
             .unwrap_or_default();
     }
+    if parts.uri.path() == "/computeMetadata/v1/instance/service-accounts/default/scopes" {
+        let scopes = st.knob(|k| k.gcp_metadata_scopes.join("\n"));
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header("content-type", "application/text")
+            .body(Full::new(Bytes::from(scopes + "\n")))
+            .unwrap_or_default();
+    }
     if parts.uri.path() != "/computeMetadata/v1/instance/service-accounts/default/token" {
         return Response::builder()
             .status(StatusCode::NOT_FOUND)
@@ -292,7 +338,14 @@ pub fn metadata(st: &State, parts: &Parts) -> Response<Full<Bytes>> {
             .unwrap_or_default();
     }
     let _ = parse_form(parts.uri.query().unwrap_or(""));
-    let (t, life) = st.issue_token(SCOPE);
+    // The token carries the VM's access scopes; Cloud KMS takes it only
+    // with cloud-platform or cloudkms among them.
+    let usable = st.knob(|k| {
+        k.gcp_metadata_scopes
+            .iter()
+            .any(|s| s == SCOPE || s == crate::CLOUD_PLATFORM_SCOPE)
+    });
+    let (t, life) = st.issue_token(if usable { SCOPE } else { NO_KMS_SCOPE });
     bump(&st.stats.gcp_metadata_tokens);
     json(
         StatusCode::OK,

@@ -77,6 +77,22 @@ pub struct Knobs {
     /// The next N signatures are wrong (one bit flipped "inside the HSM",
     /// before any checksum is computed over them).
     pub wrong_signature_next: u32,
+    /// Azure IMDS answers these statuses, in order, before it issues a token
+    /// (404 and 410 while "IMDS is updating", 429 when called too often).
+    pub azure_imds_statuses: Vec<u16>,
+    /// Azure key operations are refused 403 `ForbiddenByRbac` (the identity
+    /// has a token but no data-plane role on the vault).
+    pub azure_missing_role: bool,
+    /// The access scopes of the Google metadata server's token (the VM's
+    /// access scopes). Cloud KMS accepts `cloud-platform` or `cloudkms`;
+    /// a token with neither is refused 403 ACCESS_TOKEN_SCOPE_INSUFFICIENT.
+    pub gcp_metadata_scopes: Vec<String>,
+    /// Google key operations are refused 403 PERMISSION_DENIED (no IAM
+    /// role on the key).
+    pub gcp_missing_role: bool,
+    /// The next N AWS KMS requests get `LimitExceededException` (a quota,
+    /// not rate throttling).
+    pub aws_limit_exceeded_next: u32,
 }
 
 impl Default for Knobs {
@@ -91,8 +107,41 @@ impl Default for Knobs {
             corrupt_crc_always: false,
             delay: Duration::ZERO,
             wrong_signature_next: 0,
+            azure_imds_statuses: Vec::new(),
+            azure_missing_role: false,
+            gcp_metadata_scopes: vec![CLOUD_PLATFORM_SCOPE.to_owned()],
+            gcp_missing_role: false,
+            aws_limit_exceeded_next: 0,
         }
     }
+}
+
+/// Google's all-APIs OAuth scope (a VM's default service account often has
+/// narrower access scopes unless this one is set).
+pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+
+/// Cloud host names the stand-ins' TLS certificate also carries, so a test
+/// can point a client at a real host name through the CONNECT proxy's name
+/// map (proxy.rs) and the stand-in sees which one was used. Only names a
+/// test needs: the global STS endpoint and the regional ones of the
+/// regions the tests use, in both partitions' suffixes.
+pub const STAND_IN_HOST_NAMES: &[&str] = &[
+    "sts.amazonaws.com",
+    "sts.cn-north-1.amazonaws.com.cn",
+    "sts.cn-north-1.amazonaws.com",
+    "sts.eu-west-1.amazonaws.com",
+];
+
+/// Key states a test can set ([`Sim::set_key_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Usable (the default).
+    Enabled,
+    /// Disabled: Azure `KeyDisabled`, Google version state DISABLED, AWS
+    /// `DisabledException`.
+    Disabled,
+    /// AWS only: scheduled for deletion (`KMSInvalidStateException`).
+    PendingDeletion,
 }
 
 /// Counters tests read.
@@ -150,7 +199,8 @@ struct Token {
 #[derive(Debug, Clone)]
 enum AzureApp {
     Secret(String),
-    /// (x5t, RSAPublicKey DER of the certificate).
+    /// (x5t#S256: base64url SHA-256 thumbprint, RSAPublicKey DER of the
+    /// certificate).
     Certificate(String, Vec<u8>),
     /// A federated credential: the assertion the platform's token file holds.
     Federated(String),
@@ -196,6 +246,9 @@ pub struct State {
     container_token: Mutex<Option<String>>,
     /// `https://127.0.0.1:<port>`, for token audiences.
     https_url: Mutex<String>,
+    /// Key states other than enabled, by key ID (Azure `/keys/<n>/<v>`,
+    /// Google version name, AWS key ARN).
+    key_states: Mutex<HashMap<String, KeyState>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -327,6 +380,26 @@ impl State {
         Ok(())
     }
 
+    /// The audience a presented bearer token was issued for, if known.
+    pub(crate) fn bearer_audience(&self, req: &hyper::http::request::Parts) -> Option<String> {
+        let t = req
+            .headers
+            .get("authorization")?
+            .to_str()
+            .ok()?
+            .strip_prefix("Bearer ")?
+            .to_owned();
+        lock(&self.tokens).get(&t).map(|x| x.audience.clone())
+    }
+
+    /// A key's state (enabled unless a test set another).
+    pub(crate) fn key_state(&self, id: &str) -> KeyState {
+        lock(&self.key_states)
+            .get(id)
+            .copied()
+            .unwrap_or(KeyState::Enabled)
+    }
+
     /// Make every issued token and temporary credential expire now.
     pub fn expire_all_tokens(&self) {
         let past = Instant::now();
@@ -390,10 +463,12 @@ pub(crate) fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<By
         .unwrap_or_default()
 }
 
-/// Verify an RS256 JWT; returns (header, claims).
+/// Verify a JWT signed with `alg` (`RS256` or `PS256`); returns (header,
+/// claims).
 pub(crate) fn verify_jwt(
     jwt: &str,
     rsa_public: &[u8],
+    alg: &str,
 ) -> Result<(serde_json::Value, serde_json::Value), String> {
     let parts: Vec<&str> = jwt.split('.').collect();
     let [h, c, s] = parts.as_slice() else {
@@ -404,16 +479,17 @@ pub(crate) fn verify_jwt(
         serde_json::from_slice(&dec(h, "header")?).map_err(|e| format!("JWT header: {e}"))?;
     let claims: serde_json::Value =
         serde_json::from_slice(&dec(c, "claims")?).map_err(|e| format!("JWT claims: {e}"))?;
-    if header["alg"] != "RS256" {
-        return Err(format!("JWT alg is {}, expected RS256", header["alg"]));
+    if header["alg"] != alg {
+        return Err(format!("JWT alg is {}, expected {alg}", header["alg"]));
     }
     let sig = dec(s, "signature")?;
-    aws_lc_rs::signature::UnparsedPublicKey::new(
-        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
-        rsa_public,
-    )
-    .verify(format!("{h}.{c}").as_bytes(), &sig)
-    .map_err(|_| "JWT signature does not verify".to_string())?;
+    let verifier: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match alg {
+        "PS256" => &aws_lc_rs::signature::RSA_PSS_2048_8192_SHA256,
+        _ => &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA256,
+    };
+    aws_lc_rs::signature::UnparsedPublicKey::new(verifier, rsa_public)
+        .verify(format!("{h}.{c}").as_bytes(), &sig)
+        .map_err(|_| "JWT signature does not verify".to_string())?;
     Ok((header, claims))
 }
 
@@ -463,9 +539,9 @@ fn tls_material() -> Result<(String, rustls::ServerConfig), SimError> {
     let ca = rcgen::Issuer::new(ca_p, ca_key);
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
         .map_err(|x| e("server key", &x))?;
-    let mut p =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .map_err(|x| e("server params", &x))?;
+    let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    names.extend(STAND_IN_HOST_NAMES.iter().map(|n| n.to_string()));
+    let mut p = rcgen::CertificateParams::new(names).map_err(|x| e("server params", &x))?;
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "keycore-kmssim");
     let cert = p.signed_by(&key, &ca).map_err(|x| e("server cert", &x))?;
@@ -624,8 +700,7 @@ impl Sim {
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der)
             .map_err(|e| SimError(format!("certificate: {e}")))?;
         let public = cert.public_key().subject_public_key.data.to_vec();
-        let thumb =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der);
+        let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
         lock(&self.state.azure_apps).insert(
             (tenant.into(), client_id.into()),
             AzureApp::Certificate(b64url(thumb.as_ref()), public),
@@ -696,6 +771,25 @@ impl Sim {
         .to_string())
     }
 
+    /// Set a key's state: `id` is an Azure key URI, a Google key version
+    /// name or an AWS key ARN (as returned when the key was added).
+    pub fn set_key_state(&self, id: &str, state: KeyState) {
+        // Azure keys are stored by path.
+        let id = match id.find("/keys/") {
+            Some(i) if id.starts_with("https://") => &id[i..],
+            _ => id,
+        };
+        lock(&self.state.key_states).insert(id.to_owned(), state);
+    }
+
+    /// The HTTPS stand-in's address (for the CONNECT proxy's name map).
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_url
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
     /// Enable the App Service identity endpoint (`/msi/token`) with this
     /// IDENTITY_HEADER value.
     pub fn azure_app_service_identity(&self, header: &str) {
@@ -737,7 +831,8 @@ impl Sim {
         alias
     }
 
-    /// Add an AWS KMS key (`arn:aws:kms:<region>:111122223333:key/<uuid>`);
+    /// Add an AWS KMS key (`arn:aws:kms:<region>:111122223333:key/<uuid>`,
+    /// `arn:aws-cn:...` in a `cn-` region);
     /// `spec` is the KeySpec (`RSA_2048`, `ECC_NIST_P256`, ...).
     pub fn aws_key(&self, region: &str, t: KeyType) -> Result<(String, Arc<SimKey>), SimError> {
         let key = Arc::new(SimKey::generate(t)?);
@@ -750,7 +845,13 @@ impl Sim {
             &h[16..20],
             &h[20..32]
         );
-        let arn = format!("arn:aws:kms:{region}:111122223333:key/{id}");
+        // The China regions are the aws-cn partition.
+        let partition = if region.starts_with("cn-") {
+            "aws-cn"
+        } else {
+            "aws"
+        };
+        let arn = format!("arn:{partition}:kms:{region}:111122223333:key/{id}");
         let spec = match key.kind {
             KeyKind::Rsa { bits } => format!("RSA_{bits}"),
             KeyKind::EcdsaP256 => "ECC_NIST_P256".into(),

@@ -2,12 +2,21 @@
 //! keycore's HTTPS_PROXY support: it reads `CONNECT host:port`, checks
 //! `Proxy-Authorization` when told to, and relays bytes.
 //!
-//! Must not: connect anywhere but loopback. A CONNECT to any other host is
-//! answered 403, so a test can never send traffic off the machine.
+//! Names: a test can give the proxy a few host names with the loopback
+//! address that stands in for each (a hosts-file entry, in effect), so a
+//! client configured with a cloud's real host name (for example the China
+//! partition's `sts.cn-north-1.amazonaws.com.cn`) reaches a stand-in and
+//! the test sees which name it asked for ([`ConnectProxy::targets`]).
+//!
+//! Must not: connect anywhere but loopback. A CONNECT to any other host (or
+//! to a name not mapped to a loopback address) is answered 403, so a test
+//! can never send traffic off the machine.
 
 use crate::SimError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longest CONNECT request head read.
@@ -20,7 +29,13 @@ pub struct ProxyStats {
     pub tunnels: AtomicU64,
     /// CONNECTs refused (auth, non-loopback target, malformed).
     pub refused: AtomicU64,
+    /// Every CONNECT target asked for (`host:port`), in order; at most
+    /// [`MAX_TARGETS`] are kept.
+    pub targets: Mutex<Vec<String>>,
 }
+
+/// CONNECT targets remembered (tests look at the first few).
+pub const MAX_TARGETS: usize = 1024;
 
 /// A running proxy.
 #[derive(Debug)]
@@ -45,6 +60,25 @@ impl Drop for ConnectProxy {
 impl ConnectProxy {
     /// Start on 127.0.0.1; `basic` = Some("user:password") requires it.
     pub fn start(basic: Option<&str>) -> Result<ConnectProxy, SimError> {
+        ConnectProxy::start_with_names(basic, &[])
+    }
+
+    /// Like [`ConnectProxy::start`], and a CONNECT to `name:<any port>`
+    /// for each `(name, addr)` goes to `addr`, which must be loopback.
+    pub fn start_with_names(
+        basic: Option<&str>,
+        names: &[(&str, SocketAddr)],
+    ) -> Result<ConnectProxy, SimError> {
+        let mut map = HashMap::new();
+        for (n, a) in names {
+            if !a.ip().is_loopback() {
+                return Err(SimError(format!(
+                    "proxy name {n} -> {a}: only loopback addresses"
+                )));
+            }
+            map.insert(n.to_ascii_lowercase(), *a);
+        }
+        let map = Arc::new(map);
         let l = std::net::TcpListener::bind("127.0.0.1:0")
             .map_err(|e| SimError(format!("proxy bind: {e}")))?;
         l.set_nonblocking(true)
@@ -78,7 +112,7 @@ impl ConnectProxy {
                             let Ok((sock, _)) = l.accept().await else {
                                 continue;
                             };
-                            tokio::spawn(relay(sock, want.clone(), st.clone()));
+                            tokio::spawn(relay(sock, want.clone(), st.clone(), map.clone()));
                         }
                     };
                     tokio::select! {
@@ -104,9 +138,23 @@ impl ConnectProxy {
     pub fn tunnels(&self) -> u64 {
         self.stats.tunnels.load(Ordering::Relaxed)
     }
+
+    /// The CONNECT targets asked for so far (`host:port`).
+    pub fn targets(&self) -> Vec<String> {
+        self.stats
+            .targets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
-async fn relay(mut sock: tokio::net::TcpStream, want: Option<String>, st: Arc<ProxyStats>) {
+async fn relay(
+    mut sock: tokio::net::TcpStream,
+    want: Option<String>,
+    st: Arc<ProxyStats>,
+    names: Arc<HashMap<String, SocketAddr>>,
+) {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -134,6 +182,12 @@ async fn relay(mut sock: tokio::net::TcpStream, want: Option<String>, st: Arc<Pr
             return;
         }
     };
+    {
+        let mut t = st.targets.lock().unwrap_or_else(|p| p.into_inner());
+        if t.len() < MAX_TARGETS {
+            t.push(target.clone());
+        }
+    }
     if let Some(w) = &want {
         let got = lines
             .filter_map(|l| l.split_once(':'))
@@ -152,13 +206,17 @@ async fn relay(mut sock: tokio::net::TcpStream, want: Option<String>, st: Arc<Pr
         }
     }
     let host = target.rsplit_once(':').map(|(h, _)| h).unwrap_or("");
-    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-        let _ = sock
-            .write_all(refuse("HTTP/1.1 403 Forbidden\r\n\r\n").as_bytes())
-            .await;
-        return;
-    }
-    let Ok(mut up) = tokio::net::TcpStream::connect(&target).await else {
+    let upstream = match names.get(&host.to_ascii_lowercase()) {
+        Some(a) => a.to_string(),
+        None if matches!(host, "127.0.0.1" | "localhost" | "[::1]") => target.clone(),
+        None => {
+            let _ = sock
+                .write_all(refuse("HTTP/1.1 403 Forbidden\r\n\r\n").as_bytes())
+                .await;
+            return;
+        }
+    };
+    let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
         let _ = sock
             .write_all(refuse("HTTP/1.1 502 Bad Gateway\r\n\r\n").as_bytes())
             .await;

@@ -13,7 +13,7 @@
 
 use super::http::{Attempt, CallError, Http, Reply};
 use super::util::{b64url, form, parse_rfc3339, pct};
-use aws_lc_rs::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use aws_lc_rs::signature::{RsaEncoding, RsaKeyPair, RSA_PKCS1_SHA256, RSA_PSS_SHA256};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
@@ -65,9 +65,29 @@ impl JwtKey {
         Err(format!("{what}: no RSA private key in the PEM"))
     }
 
-    /// `header.claims.signature` with RS256.
+    /// `header.claims.signature` with RS256 (Google's JWT bearer grant).
     pub fn sign_jwt(
         &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> Result<String, String> {
+        self.sign_jwt_with(&RSA_PKCS1_SHA256, header, claims)
+    }
+
+    /// `header.claims.signature` with PS256 (RSASSA-PSS, SHA-256, salt of
+    /// the hash length, RFC 7518 3.5), as Microsoft Entra wants certificate
+    /// assertions signed.
+    pub fn sign_jwt_ps256(
+        &self,
+        header: &serde_json::Value,
+        claims: &serde_json::Value,
+    ) -> Result<String, String> {
+        self.sign_jwt_with(&RSA_PSS_SHA256, header, claims)
+    }
+
+    fn sign_jwt_with(
+        &self,
+        alg: &'static dyn RsaEncoding,
         header: &serde_json::Value,
         claims: &serde_json::Value,
     ) -> Result<String, String> {
@@ -77,7 +97,7 @@ impl JwtKey {
         let mut sig = vec![0u8; self.0.public_modulus_len()];
         self.0
             .sign(
-                &RSA_PKCS1_SHA256,
+                alg,
                 &aws_lc_rs::rand::SystemRandom::new(),
                 msg.as_bytes(),
                 &mut sig,
@@ -101,7 +121,10 @@ pub enum TokenSource {
         /// Client secret.
         secret: String,
     },
-    /// Azure AD v2, client credentials with a certificate-signed assertion.
+    /// Azure AD v2, client credentials with a certificate-signed assertion:
+    /// PS256 with the certificate's SHA-256 thumbprint in `x5t#S256`, as
+    /// the current Microsoft Entra "certificate credentials" page specifies
+    /// (the RS256 / SHA-1 `x5t` form is the older one).
     AzureCertificate {
         /// Token endpoint.
         token_url: String,
@@ -109,8 +132,8 @@ pub enum TokenSource {
         client_id: String,
         /// The certificate's RSA key.
         key: JwtKey,
-        /// base64url SHA-1 thumbprint of the certificate (`x5t`).
-        x5t: String,
+        /// base64url SHA-256 thumbprint of the certificate (`x5t#S256`).
+        x5t_s256: String,
     },
     /// Azure AD workload identity federation (AKS workload identity): the
     /// platform's signed token file is the client assertion (re-read at
@@ -247,9 +270,31 @@ impl TokenCache {
     }
 
     async fn fetch(&self, http: &Http, deadline: Instant) -> Result<(String, u64), CallError> {
-        let req = self.request().map_err(CallError::Service)?;
-        let r = http.send(req, deadline).await?;
-        parse_token_reply(&r)
+        let imds = matches!(self.source, TokenSource::AzureManagedIdentity { .. });
+        let mut wait = IMDS_RETRY_FIRST;
+        let mut tries = 0u32;
+        loop {
+            let req = self.request().map_err(CallError::Service)?;
+            let r = http.send(req, deadline).await?;
+            tries += 1;
+            if !(imds && imds_transient(r.status)) {
+                return parse_token_reply(&r);
+            }
+            // Azure IMDS answers 404 and 410 while it is still updating (410:
+            // "available within 70 seconds"), 429 when called too often and
+            // 5xx for transient faults; Microsoft says to retry all of them
+            // with backoff. Retried here, until the caller's deadline.
+            let pause = r.retry_after().unwrap_or(wait).min(IMDS_RETRY_MAX);
+            if Instant::now() + pause >= deadline {
+                return Err(CallError::Transport(format!(
+                    "Azure IMDS token endpoint: HTTP {} after {tries} tries (transient: IMDS is updating or busy; retried until the deadline): {}",
+                    r.status.as_u16(),
+                    r.snippet()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            wait = (wait * 2).min(IMDS_RETRY_MAX);
+        }
     }
 
     fn request(&self) -> Result<Request<Full<Bytes>>, String> {
@@ -305,16 +350,17 @@ impl TokenCache {
                 token_url,
                 client_id,
                 key,
-                x5t,
+                x5t_s256,
             } => {
                 let now = unix_now();
-                let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": x5t});
+                let header =
+                    serde_json::json!({"alg": "PS256", "typ": "JWT", "x5t#S256": x5t_s256});
                 let claims = serde_json::json!({
                     "aud": token_url, "iss": client_id, "sub": client_id,
                     "jti": format!("{:032x}", rand_u128()),
                     "nbf": now, "iat": now, "exp": now + 600,
                 });
-                let jwt = key.sign_jwt(&header, &claims)?;
+                let jwt = key.sign_jwt_ps256(&header, &claims)?;
                 let scope = format!("{}/.default", self.audience);
                 post(
                     token_url,
@@ -403,6 +449,20 @@ impl TokenCache {
     }
 }
 
+/// First pause after a transient Azure IMDS answer; doubles per try.
+pub const IMDS_RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// Longest pause between two Azure IMDS tries (also caps its Retry-After).
+pub const IMDS_RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// Azure IMDS answers worth another try ("Azure Instance Metadata Service:
+/// error and debugging"; managed identities "How to use managed identities
+/// on a VM": 404 and 410 while IMDS updates, 429, 5xx). A 400 (no such
+/// identity, bad resource) is final.
+pub fn imds_transient(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 404 | 410 | 429) || status.is_server_error()
+}
+
 /// `{"access_token": ..., "expires_in": N}` (N a number, or a string as
 /// Azure IMDS sends it).
 fn parse_token_reply(r: &Reply) -> Result<(String, u64), CallError> {
@@ -481,7 +541,7 @@ pub fn gcp_service_account(
 }
 
 /// Load an Azure client certificate PEM (certificate + private key in one
-/// file, as `AZURE_CLIENT_CERTIFICATE_PATH` holds): the key and `x5t`.
+/// file, as `AZURE_CLIENT_CERTIFICATE_PATH` holds): the key and `x5t#S256`.
 pub fn azure_certificate(path: &Path) -> Result<(JwtKey, String), String> {
     use rustls_pki_types::pem::PemObject;
     let what = format!("client certificate {}", path.display());
@@ -489,7 +549,7 @@ pub fn azure_certificate(path: &Path) -> Result<(JwtKey, String), String> {
     let cert = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
         .map_err(|e| format!("{what}: no certificate: {e}"))?;
     let key = JwtKey::from_pem(&pem, &what)?;
-    let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &cert);
+    let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert);
     Ok((key, b64url(thumb.as_ref())))
 }
 
@@ -827,6 +887,85 @@ async fn web_identity_credentials(
     }
 }
 
+/// The global STS endpoint: only for the `aws` partition.
+pub const GLOBAL_STS_ENDPOINT: &str = "https://sts.amazonaws.com";
+
+/// DNS suffix of the partition a region belongs to: the China regions
+/// (`cn-north-1`, `cn-northwest-1`: partition `aws-cn`) are under
+/// `amazonaws.com.cn`, every `aws` and `aws-us-gov` region under
+/// `amazonaws.com` (AWS General Reference, "AWS Security Token Service
+/// endpoints": `sts.cn-north-1.amazonaws.com.cn`). The other partitions
+/// (ISO) are not served by keycore (uri.rs accepts aws, aws-cn,
+/// aws-us-gov).
+pub fn aws_dns_suffix(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    }
+}
+
+/// STS endpoint for a region: `https://sts.<region>.<suffix>`; without a
+/// region, the global endpoint.
+pub fn sts_endpoint(region: Option<&str>) -> String {
+    match region.map(str::trim).filter(|r| !r.is_empty()) {
+        Some(r) => format!("https://sts.{r}.{}", aws_dns_suffix(r)),
+        None => GLOBAL_STS_ENDPOINT.to_owned(),
+    }
+}
+
+/// The STS endpoint to use for keys in `key_region`: the configured one,
+/// except that the global endpoint (chosen when no AWS_REGION was set) is
+/// replaced by the key's regional endpoint. The global endpoint serves only
+/// the `aws` partition: a China-region role ARN (`arn:aws-cn:...`) must go
+/// to `sts.<region>.amazonaws.com.cn`.
+pub fn sts_endpoint_for_key(configured: &str, key_region: &str) -> String {
+    if configured.trim_end_matches('/') == GLOBAL_STS_ENDPOINT {
+        sts_endpoint(Some(key_region))
+    } else {
+        configured.to_owned()
+    }
+}
+
+/// Whether the container credentials URL may be used, as the AWS SDKs
+/// decide for AWS_CONTAINER_CREDENTIALS_FULL_URI: any `https` URL; a plain
+/// `http` URL only to a loopback address (127.0.0.0/8, ::1, `localhost`),
+/// the ECS agent (169.254.170.2) or the EKS Pod Identity agent
+/// (169.254.170.23, fd00:ec2::23). Credentials are never fetched in clear
+/// from anywhere else. The SDKs resolve a host name and check every
+/// address; keycore does not resolve here and refuses other names over
+/// http.
+pub fn container_url_allowed(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url
+        .parse()
+        .map_err(|e| format!("container credentials URL {url:?}: {e}"))?;
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let ok = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => {
+            host.eq_ignore_ascii_case("localhost")
+                || match host.parse::<std::net::IpAddr>() {
+                    Ok(ip) => {
+                        ip.is_loopback()
+                            || ip == std::net::IpAddr::from([169, 254, 170, 2])
+                            || ip == std::net::IpAddr::from([169, 254, 170, 23])
+                            || ip == std::net::IpAddr::from([0xfd00u16, 0xec2, 0, 0, 0, 0, 0, 0x23])
+                    }
+                    Err(_) => false,
+                }
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "container credentials URL {url:?} refused: over http only loopback, 169.254.170.2 (ECS), 169.254.170.23 or fd00:ec2::23 (EKS Pod Identity) are allowed, as in the AWS SDKs; use https for any other host"
+        ))
+    }
+}
+
 /// ECS / EKS Pod Identity: one GET, the same JSON as IMDS.
 async fn container_credentials(
     http: &Http,
@@ -834,6 +973,7 @@ async fn container_credentials(
     auth: Option<&ContainerAuth>,
     deadline: Instant,
 ) -> Result<(AwsCreds, u64), CallError> {
+    container_url_allowed(url).map_err(CallError::Service)?;
     let mut b = Request::builder().method(Method::GET).uri(url);
     match auth {
         None => {}
@@ -975,6 +1115,72 @@ mod tests {
             Err(CallError::Transport(_))
         ));
         assert!(parse_token_reply(&mk(200, r#"{"expires_in":1}"#)).is_err());
+    }
+
+    #[test]
+    fn container_url_hosts_as_the_sdks_allow() {
+        for ok in [
+            "http://169.254.170.2/v2/credentials/x",
+            "http://169.254.170.23/v1/credentials",
+            "http://[fd00:ec2::23]/v1/credentials",
+            "http://127.0.0.1:8080/creds",
+            "http://127.1.2.3/creds",
+            "http://[::1]:9/creds",
+            "http://localhost/creds",
+            "https://creds.example.com/x",
+        ] {
+            assert!(container_url_allowed(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5/creds",
+            "http://169.254.169.254/latest",
+            "http://creds.example.com/x",
+            "ftp://127.0.0.1/x",
+        ] {
+            let e = container_url_allowed(bad).unwrap_err();
+            assert!(e.contains("refused") || e.contains("URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn sts_endpoints_follow_the_partition() {
+        assert_eq!(
+            sts_endpoint(Some("cn-north-1")),
+            "https://sts.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            sts_endpoint(Some("cn-northwest-1")),
+            "https://sts.cn-northwest-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            sts_endpoint(Some("eu-west-1")),
+            "https://sts.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            sts_endpoint(Some("us-gov-west-1")),
+            "https://sts.us-gov-west-1.amazonaws.com"
+        );
+        assert_eq!(sts_endpoint(None), GLOBAL_STS_ENDPOINT);
+        // No region configured: the key's region decides (China keys never
+        // go to the global endpoint); an explicit endpoint is kept.
+        assert_eq!(
+            sts_endpoint_for_key(GLOBAL_STS_ENDPOINT, "cn-north-1"),
+            "https://sts.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            sts_endpoint_for_key("https://sts.vpce.example", "cn-north-1"),
+            "https://sts.vpce.example"
+        );
+    }
+
+    #[test]
+    fn imds_statuses_that_are_retried() {
+        for s in [404u16, 410, 429, 500, 503] {
+            assert!(imds_transient(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
+        for s in [400u16, 401, 403] {
+            assert!(!imds_transient(StatusCode::from_u16(s).unwrap()), "{s}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! AWS KMS asymmetric keys over the JSON 1.1 API (`X-Amz-Target:
 //! TrentService.*`), signed with Signature Version 4: GetPublicKey, Sign
-//! with `MessageType=DIGEST`.
+//! with `MessageType=DIGEST` (Ed25519: `RAW`).
 //!
 //! Owns: the SigV4 signer and the op -> `SigningAlgorithm` map.
 //! - PKCS#1 v1.5 SHA-256/384/512 -> `RSASSA_PKCS1_V1_5_SHA_<n>`;
@@ -12,10 +12,21 @@
 //!   raw RSA signing: refused;
 //! - RSA decrypt: AWS KMS decrypts RSA only with OAEP (`RSAES_OAEP_SHA_1/256`),
 //!   which cannot give the edge its PKCS#1 v1.5 block: refused;
+//! - Ed25519 (`ECC_NIST_EDWARDS25519` keys) -> `ED25519_SHA_512` with
+//!   `MessageType=RAW`: pure Ed25519 over the whole message, as TLS signs
+//!   (the other Ed25519 algorithm, `ED25519_PH_SHA_512`, is the pre-hashed
+//!   Ed25519ph variant, which no TLS peer verifies); AWS takes messages of
+//!   at most [`MAX_RAW_MESSAGE`] bytes;
 //! - only algorithms the key lists in `SigningAlgorithms` are used.
 //!
-//! Throttling: AWS KMS answers HTTP 400 `ThrottlingException` (not 429);
-//! that and 5xx are retried.
+//! Errors: AWS KMS answers HTTP 400 `ThrottlingException` (not 429) when a
+//! request rate is exceeded; that and 5xx are retried.
+//! `LimitExceededException` is a quota ("the request was rejected because a
+//! quota was exceeded", e.g. a resource quota), which no retry within an
+//! operation's deadline clears: it fails at once, named as a quota. Key state
+//! errors (`DisabledException`, `KMSInvalidStateException`: pending
+//! deletion, pending import, unavailable custom key store), `NotFoundException`
+//! and `AccessDeniedException` fail at once with the reason spelled out.
 
 use super::auth::{unix_now, AwsCredCache, AwsCreds};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
@@ -29,6 +40,10 @@ use http_body_util::Full;
 use hyper::{Method, Request, StatusCode};
 use keycore_protocol::{Hash, OpClass};
 use tokio::time::Instant;
+
+/// Largest `Message` AWS KMS signs (API reference, Sign: "messages of up
+/// to 4096 bytes").
+pub const MAX_RAW_MESSAGE: usize = 4096;
 
 /// Lower-case hex.
 pub fn hex(b: &[u8]) -> String {
@@ -95,13 +110,26 @@ pub fn sigv4_authorization(inp: &SigV4Input<'_>, access_key: &str, secret_key: &
     )
 }
 
+/// One planned Sign call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignPlan {
+    /// `SigningAlgorithm`.
+    pub alg: &'static str,
+    /// `Message`.
+    pub msg: Vec<u8>,
+    /// `MessageType`: `DIGEST` (a hash the edge computed) or `RAW`
+    /// (Ed25519's whole message).
+    pub message_type: &'static str,
+}
+
 /// Pick the signing algorithm for an op, or say why not.
 pub fn plan(
     kind: KeyKind,
     offered: &[String],
     op: OpClass,
     input: &[u8],
-) -> Result<(&'static str, Vec<u8>), String> {
+) -> Result<SignPlan, String> {
+    let mut message_type = "DIGEST";
     let (alg, msg) = match (kind, op) {
         (KeyKind::Rsa { .. }, OpClass::RsaPkcs1(h) | OpClass::RsaPss(h)) => {
             let pss = matches!(op, OpClass::RsaPss(_));
@@ -122,6 +150,16 @@ pub fn plan(
         (KeyKind::EcdsaP256, OpClass::Ecdsa(_)) => ("ECDSA_SHA_256", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
         (KeyKind::EcdsaP384, OpClass::Ecdsa(_)) => ("ECDSA_SHA_384", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
         (KeyKind::EcdsaP521, OpClass::Ecdsa(_)) => ("ECDSA_SHA_512", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
+        (KeyKind::Ed25519, OpClass::Ed25519) => {
+            if input.is_empty() || input.len() > MAX_RAW_MESSAGE {
+                return Err(format!(
+                    "Ed25519 message of {} bytes (AWS KMS signs 1 to {MAX_RAW_MESSAGE})",
+                    input.len()
+                ));
+            }
+            message_type = "RAW";
+            ("ED25519_SHA_512", input.to_vec())
+        }
         (KeyKind::Rsa { .. }, OpClass::RsaDecrypt) => {
             return Err("AWS KMS decrypts RSA only with OAEP; the raw PKCS#1 block the edge needs is not available".into())
         }
@@ -133,7 +171,11 @@ pub fn plan(
             offered.join(", ")
         ));
     }
-    Ok((alg, msg))
+    Ok(SignPlan {
+        alg,
+        msg,
+        message_type,
+    })
 }
 
 /// The AWS service.
@@ -227,11 +269,23 @@ impl Aws {
             let t = error_type(&r);
             let why = format!("HTTP {} {t}: {}", r.status.as_u16(), r.snippet());
             match t.as_str() {
-                "ThrottlingException" | "LimitExceededException" => Attempt::Retry {
+                "ThrottlingException" => Attempt::Retry {
                     after: r.retry_after(),
                     throttled: true,
                     why,
                 },
+                "LimitExceededException" => Attempt::Fail(CallError::Service(format!(
+                    "{why} (an AWS KMS quota was exceeded; this is not request-rate throttling and is not retried: raise the quota in Service Quotas)"
+                ))),
+                "DisabledException" => Attempt::Fail(CallError::Service(format!(
+                    "{why} (the KMS key is disabled: enable it with `aws kms enable-key`)"
+                ))),
+                "KMSInvalidStateException" => Attempt::Fail(CallError::Service(format!(
+                    "{why} (the KMS key is not usable in its current state, e.g. pending deletion or pending import: check `aws kms describe-key`)"
+                ))),
+                "AccessDeniedException" => Attempt::Fail(CallError::Service(format!(
+                    "{why} (the key policy or IAM policy does not allow this principal kms:GetPublicKey and kms:Sign on the key)"
+                ))),
                 "KMSInternalException"
                 | "DependencyTimeoutException"
                 | "ServiceUnavailableException" => Attempt::Retry {
@@ -288,7 +342,7 @@ impl Aws {
         })
     }
 
-    /// Sign with `MessageType=DIGEST`.
+    /// Sign (`MessageType` per [`plan`]).
     pub async fn perform(
         &self,
         http: &Http,
@@ -298,9 +352,13 @@ impl Aws {
         input: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, OpError> {
-        let (alg, msg) = plan(info.kind, &info.algorithms, op, input).map_err(OpError::Refused)?;
+        let SignPlan {
+            alg,
+            msg,
+            message_type,
+        } = plan(info.kind, &info.algorithms, op, input).map_err(OpError::Refused)?;
         let body = serde_json::json!({
-            "KeyId": key.arn, "Message": b64(&msg), "MessageType": "DIGEST", "SigningAlgorithm": alg,
+            "KeyId": key.arn, "Message": b64(&msg), "MessageType": message_type, "SigningAlgorithm": alg,
         })
         .to_string();
         let v = self
@@ -419,13 +477,13 @@ mod tests {
         assert_eq!(
             plan(rsa, &all, OpClass::RsaPss(Hash::Sha256), &[0; 32])
                 .unwrap()
-                .0,
+                .alg,
             "RSASSA_PSS_SHA_256"
         );
         assert_eq!(
             plan(rsa, &all, OpClass::RsaPkcs1(Hash::Sha384), &[0; 48])
                 .unwrap()
-                .0,
+                .alg,
             "RSASSA_PKCS1_V1_5_SHA_384"
         );
         assert!(plan(rsa, &all, OpClass::RsaPkcs1(Hash::Md5Sha1), &[0; 36]).is_err());
@@ -439,13 +497,42 @@ mod tests {
                 .contains("does not offer")
         );
         let ec = vec!["ECDSA_SHA_256".to_string()];
-        let (alg, m) = plan(
+        let p = plan(
             KeyKind::EcdsaP256,
             &ec,
             OpClass::Ecdsa(Hash::Sha1),
             &[7; 20],
         )
         .unwrap();
-        assert_eq!((alg, m.len()), ("ECDSA_SHA_256", 32));
+        assert_eq!(
+            (p.alg, p.msg.len(), p.message_type),
+            ("ECDSA_SHA_256", 32, "DIGEST")
+        );
+    }
+
+    #[test]
+    fn ed25519_signs_the_raw_message() {
+        let ed = vec!["ED25519_SHA_512".to_string(), "ED25519_PH_SHA_512".into()];
+        let msg = b"TLS 1.3, server CertificateVerify";
+        let p = plan(KeyKind::Ed25519, &ed, OpClass::Ed25519, msg).unwrap();
+        assert_eq!(
+            (p.alg, p.msg.as_slice(), p.message_type),
+            ("ED25519_SHA_512", &msg[..], "RAW")
+        );
+        // AWS's message limit, and a key that offers only the pre-hashed variant.
+        assert!(plan(KeyKind::Ed25519, &ed, OpClass::Ed25519, &[1; 4097])
+            .unwrap_err()
+            .contains("4096"));
+        assert!(plan(KeyKind::Ed25519, &ed, OpClass::Ed25519, &[]).is_err());
+        assert!(plan(KeyKind::Ed25519, &ed[1..], OpClass::Ed25519, msg)
+            .unwrap_err()
+            .contains("does not offer"));
+        assert!(plan(
+            KeyKind::Ed25519,
+            &ed,
+            OpClass::Ecdsa(Hash::Sha256),
+            &[0; 32]
+        )
+        .is_err());
     }
 }

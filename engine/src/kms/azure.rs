@@ -1,6 +1,15 @@
 //! Azure Key Vault and Managed HSM keys over the Key Vault REST API
-//! (`api-version=7.4`): get-key (JWK -> SPKI), sign, decrypt.
+//! (`api-version=2025-07-01`, [`API_VERSION`]): get-key (JWK -> SPKI), sign,
+//! decrypt.
 //!
+//! Limits: Key Vault throttles per vault (2,000 transactions per 10 s for
+//! HSM-protected RSA-2048 and EC keys, "Azure Key Vault service limits"),
+//! so each vault host gets a limiter of its own with the configured rate;
+//! Managed HSM pools get only the in-flight cap (their capacity is the
+//! HSM partition's, not a service throttle). Counters stay per service.
+//!
+//! Errors spelled out: 403 (no data-plane role or access policy; a disabled
+//! key), never retried.
 //! Owns: the op -> JWA algorithm map, the JWK conversion, the raw `r‖s` ->
 //! DER step and the RSA1_5 decrypt result shaping.
 //! Must not: hold credentials logic (auth.rs) or retry policy (http.rs).
@@ -21,7 +30,7 @@
 
 use super::auth::{judge_bearer, TokenCache};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
-use super::uri::AzureKey;
+use super::uri::{AzureKey, AzureKind};
 use super::util::{b64url, fit_ecdsa_digest, pkcs1_type2_block, unb64url};
 use super::OpError;
 use crate::keys::KeyKind;
@@ -30,12 +39,17 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request};
 use keycore_protocol::{Hash, OpClass};
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::rc::Rc;
 use tokio::time::Instant;
 
-/// Key Vault REST API version used for every call (keys API 7.4: has
-/// PS256-512, RSNULL, RSA1_5 and the Managed HSM key types).
-pub const API_VERSION: &str = "7.4";
+/// Key Vault REST API version used for every call: 2025-07-01, the current
+/// GA data-plane version (after 7.4, 7.5, 7.6: the Azure SDK for Python's
+/// `ApiVersion` enum lists V2025_07_01 as the newest). The keys operations
+/// keycore uses (get, sign with PS/RS/ES/RSNULL, decrypt RSA1_5) are the
+/// same in every one of them.
+pub const API_VERSION: &str = "2025-07-01";
 
 /// DER OID TLVs of the named curves (CKA_EC_PARAMS form, for `ec_spki`).
 const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -223,9 +237,42 @@ pub struct Azure {
     pub tokens: HashMap<String, TokenCache>,
     /// Endpoint override (replaces `https://<vault host>`).
     pub endpoint: Option<String>,
+    /// One limiter per vault / Managed HSM host (made on first use).
+    pub vaults: RefCell<HashMap<String, Rc<Service>>>,
 }
 
 impl Azure {
+    /// A service with no vault limiters yet.
+    pub fn new(svc: Service, endpoint: Option<String>) -> Azure {
+        Azure {
+            svc,
+            tokens: HashMap::new(),
+            endpoint,
+            vaults: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The limiter of the key's vault: Key Vault's throttle is per vault,
+    /// so two vaults each get the configured rate; a Managed HSM pool gets
+    /// no rate limit (in-flight cap only). Counters are the service's.
+    pub fn limiter(&self, key: &AzureKey) -> Rc<Service> {
+        self.vaults
+            .borrow_mut()
+            .entry(key.vault_url.clone())
+            .or_insert_with(|| {
+                let mut limits = self.svc.limits;
+                if key.kind == AzureKind::ManagedHsm {
+                    limits.max_per_second = 0.0;
+                }
+                Rc::new(Service::sharing(
+                    self.svc.name,
+                    limits,
+                    self.svc.stats.clone(),
+                ))
+            })
+            .clone()
+    }
+
     fn url(&self, key: &AzureKey, action: Option<&str>) -> String {
         let base = self
             .endpoint
@@ -258,7 +305,8 @@ impl Azure {
         let cache = self.tokens.get(&key.resource).ok_or_else(|| {
             CallError::Service(format!("no Azure credential for {}", key.resource))
         })?;
-        with_retries(&self.svc, deadline, async || {
+        let limiter = self.limiter(key);
+        with_retries(&limiter, deadline, async || {
             let token = match cache
                 .get(http, deadline, &self.svc.stats.token_refreshes)
                 .await
@@ -279,6 +327,9 @@ impl Azure {
                 Err(e) => return Attempt::Fail(CallError::Service(format!("request {url}: {e}"))),
             };
             match http.send(req, deadline).await {
+                Ok(r) if r.status == hyper::StatusCode::FORBIDDEN => {
+                    Attempt::Fail(CallError::Service(forbidden(key, &r)))
+                }
                 Ok(r) => judge_bearer(cache, &r, &ok),
                 Err(e) => Attempt::transport(e),
             }
@@ -353,6 +404,35 @@ impl Azure {
             }),
         }
     }
+}
+
+/// A 403 explained: Key Vault answers `Forbidden` with an inner code
+/// (`ForbiddenByRbac`, `ForbiddenByPolicy`, `KeyDisabled`) for a principal
+/// without the data-plane permission and for a disabled key. Neither clears
+/// by retrying.
+pub fn forbidden(key: &AzureKey, r: &Reply) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let inner = v["error"]["innererror"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let msg = v["error"]["message"].as_str().unwrap_or_default();
+    let hint = if inner == "KeyDisabled" || msg.to_ascii_lowercase().contains("disabled") {
+        "the key (version) is disabled: enable it or configure an enabled version".to_string()
+    } else if key.kind == AzureKind::ManagedHsm {
+        "the identity has no Managed HSM local RBAC role on the key: assign \"Managed HSM Crypto User\" (keys/read, keys/sign, keys/decrypt) at /keys or /keys/<name>".to_string()
+    } else {
+        "the identity may not use the key: assign \"Key Vault Crypto User\" on the vault or key (Azure RBAC vaults), or an access policy with key permissions get, sign, decrypt (access-policy vaults)".to_string()
+    };
+    format!(
+        "HTTP 403 {}{}: {msg} ({hint})",
+        v["error"]["code"].as_str().unwrap_or("Forbidden"),
+        if inner.is_empty() {
+            String::new()
+        } else {
+            format!("/{inner}")
+        }
+    )
 }
 
 /// 200 with a JSON body.

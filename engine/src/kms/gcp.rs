@@ -190,6 +190,9 @@ impl Gcp {
                 Err(e) => return Attempt::Fail(CallError::Service(format!("request {url}: {e}"))),
             };
             match http.send(req, deadline).await {
+                Ok(r) if explained(&r).is_some() => {
+                    Attempt::Fail(CallError::Service(explained(&r).unwrap_or_default()))
+                }
                 Ok(r) => judge_bearer(&self.token, &r, &ok),
                 Err(e) => Attempt::transport(e),
             }
@@ -299,6 +302,39 @@ impl Gcp {
         .await
         .map_err(OpError::Call)
     }
+}
+
+/// A final error worth explaining, or `None` for the usual judgement:
+/// - 403 `ACCESS_TOKEN_SCOPE_INSUFFICIENT` ("Request had insufficient
+///   authentication scopes"): on Compute Engine and GKE node service
+///   accounts the metadata server's token carries the VM's access scopes,
+///   and Cloud KMS accepts only `cloud-platform` or `cloudkms`;
+/// - 403 `PERMISSION_DENIED`: the IAM role is missing;
+/// - 400 `FAILED_PRECONDITION` naming a state: the key version is not
+///   enabled (DISABLED, DESTROYED, ...).
+pub fn explained(r: &Reply) -> Option<String> {
+    let status = r.status.as_u16();
+    if status != 403 && status != 400 {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    let e = &v["error"];
+    let msg = e["message"].as_str().unwrap_or_default();
+    let code = e["status"].as_str().unwrap_or_default();
+    let body = String::from_utf8_lossy(&r.body);
+    let hint = if status == 403
+        && (body.contains("ACCESS_TOKEN_SCOPE_INSUFFICIENT")
+            || msg.contains("insufficient authentication scopes"))
+    {
+        "the access token lacks the cloud-platform or cloudkms OAuth scope: a Compute Engine / GKE node token from the metadata server carries the VM's access scopes; stop the VM and set its scopes to cloud-platform (gcloud compute instances set-service-account --scopes=cloud-platform), use GKE Workload Identity, or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file"
+    } else if status == 403 {
+        "the service account lacks an IAM permission on the key: grant roles/cloudkms.signerVerifier (cloudkms.cryptoKeyVersions.useToSign) and roles/cloudkms.publicKeyViewer (cloudkms.cryptoKeyVersions.viewPublicKey) on the key or key ring"
+    } else if code == "FAILED_PRECONDITION" {
+        "the key version is not enabled (a disabled, destroyed or pending version signs nothing): enable it (gcloud kms keys versions enable) or configure an enabled version"
+    } else {
+        return None;
+    };
+    Some(format!("HTTP {status} {code}: {msg} ({hint})"))
 }
 
 /// Judge an asymmetricSign answer: the integrity fields as documented.

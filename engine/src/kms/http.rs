@@ -366,6 +366,12 @@ pub fn bump(c: &AtomicU64) {
 impl Service {
     /// A limiter for `name`.
     pub fn new(name: &'static str, limits: Limits) -> Service {
+        Service::sharing(name, limits, Arc::new(ServiceStats::default()))
+    }
+
+    /// A limiter of its own that counts into `stats` (one limiter per
+    /// vault, one set of counters per service).
+    pub fn sharing(name: &'static str, limits: Limits, stats: Arc<ServiceStats>) -> Service {
         Service {
             name,
             limits,
@@ -374,7 +380,7 @@ impl Service {
                 tokens: limits.max_per_second.max(1.0),
                 at: Instant::now(),
             }),
-            stats: Arc::new(ServiceStats::default()),
+            stats,
         }
     }
 

@@ -302,10 +302,12 @@ impl Default for KmsOptions {
             // region, enforced per second (docs "Cloud KMS quotas");
             // 60,000 per minute is the default there: 1,000/s.
             gcp_limits: limits(1000.0, 64),
-            // AWS KMS: "Cryptographic operations (RSA) request rate" default
-            // 500 per second per account and region (ECC: 300); "AWS KMS
-            // request quotas". Lower to 300 for ECC-only deployments.
-            aws_limits: limits(500.0, 64),
+            // AWS KMS: "Cryptographic operations (RSA) request rate" and
+            // "(ECC)" are separate quotas of 1,000 per second each, shared
+            // by every Sign of the account in the region ("AWS KMS request
+            // quotas", docs/kms/aws.md). One limiter for both kinds:
+            // 1,000/s never exceeds either.
+            aws_limits: limits(1000.0, 64),
             queue_depth: DEFAULT_QUEUE_DEPTH,
             skip_failed_keys: false,
             verify_signatures: true,
@@ -324,10 +326,12 @@ impl KmsOptions {
     ///   (AZURE_CLIENT_ID optional).
     /// - Google: GOOGLE_APPLICATION_CREDENTIALS -> key file; else the
     ///   metadata server.
-    /// - AWS: AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN);
-    ///   else the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or
-    ///   ~/.aws/credentials) when it has the profile (AWS_PROFILE or
-    ///   "default"); else instance metadata (IMDSv2).
+    /// - AWS, in the SDKs' order: AWS_ACCESS_KEY_ID and
+    ///   AWS_SECRET_ACCESS_KEY (with AWS_SESSION_TOKEN); else web identity
+    ///   (AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN); else the shared
+    ///   credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)
+    ///   when it has the profile (AWS_PROFILE or "default"); else the
+    ///   container endpoint; else instance metadata (IMDSv2).
     pub fn from_env() -> Result<KmsOptions, KmsError> {
         Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     }
@@ -467,11 +471,12 @@ impl KmsOptions {
                                     session_name: get("AWS_ROLE_SESSION_NAME")
                                         .unwrap_or_else(|| "keycore".into()),
                                     sts_endpoint: get("KEYCORE_AWS_STS_ENDPOINT").unwrap_or_else(
-                                        || match get("AWS_REGION")
-                                            .or_else(|| get("AWS_DEFAULT_REGION"))
-                                        {
-                                            Some(r) => format!("https://sts.{r}.amazonaws.com"),
-                                            None => "https://sts.amazonaws.com".into(),
+                                        || {
+                                            auth::sts_endpoint(
+                                                get("AWS_REGION")
+                                                    .or_else(|| get("AWS_DEFAULT_REGION"))
+                                                    .as_deref(),
+                                            )
                                         },
                                     ),
                                 })
@@ -486,13 +491,16 @@ impl KmsOptions {
                         .or_else(|| {
                             get("AWS_CONTAINER_AUTHORIZATION_TOKEN").map(auth::ContainerAuth::Token)
                         });
-                    // The SDKs' order: profile, web identity, container, instance.
-                    match (file, web_identity, container_url) {
-                        (Some(f), _, _) if auth::aws_profile(&f, &name).is_ok() => {
+                    // The SDKs' order (botocore's default chain; the AWS SDK
+                    // for PHP's "default credential provider chain" page):
+                    // environment keys, web identity (env), the shared
+                    // credentials file, container, instance metadata.
+                    match (web_identity, file, container_url) {
+                        (Some(w), _, _) => w,
+                        (None, Some(f), _) if auth::aws_profile(&f, &name).is_ok() => {
                             AwsCredential::Profile { file: f, name }
                         }
-                        (_, Some(w), _) => w,
-                        (_, None, Some(url)) => AwsCredential::Container {
+                        (None, _, Some(url)) => AwsCredential::Container {
                             url,
                             auth: container_auth,
                         },
@@ -872,11 +880,10 @@ fn build_runtime(
             KeyUri::Azure(a) => {
                 let az = match &mut azure {
                     Some(az) => az,
-                    None => azure.insert(azure::Azure {
-                        svc: Service::new("azure", opts.azure_limits),
-                        tokens: HashMap::new(),
-                        endpoint: opts.azure_endpoint.clone(),
-                    }),
+                    None => azure.insert(azure::Azure::new(
+                        Service::new("azure", opts.azure_limits),
+                        opts.azure_endpoint.clone(),
+                    )),
                 };
                 if !az.tokens.contains_key(&a.resource) {
                     let src = azure_source(a, opts)?;
@@ -910,7 +917,7 @@ fn build_runtime(
                     endpoint: opts.gcp_endpoint.clone(),
                 });
             }
-            KeyUri::Aws(_) if aws.is_none() => {
+            KeyUri::Aws(key) if aws.is_none() => {
                 let fail = |reason: String| KmsError::Credentials {
                     service: "AWS",
                     reason,
@@ -951,7 +958,7 @@ fn build_runtime(
                             token_file: token_file.clone(),
                             role_arn: role_arn.clone(),
                             session_name: session_name.clone(),
-                            sts_endpoint: sts_endpoint.clone(),
+                            sts_endpoint: auth::sts_endpoint_for_key(sts_endpoint, &key.region),
                         },
                     };
                 aws = Some(aws::Aws {
@@ -1007,12 +1014,12 @@ fn azure_source(key: &uri::AzureKey, opts: &KmsOptions) -> Result<auth::TokenSou
             secret: secret.clone(),
         },
         Some(AzureCredential::ClientCertificate { tenant, client_id, pem }) => {
-            let (key, x5t) = auth::azure_certificate(pem).map_err(fail)?;
+            let (key, x5t_s256) = auth::azure_certificate(pem).map_err(fail)?;
             auth::TokenSource::AzureCertificate {
                 token_url: token_url(tenant),
                 client_id: client_id.clone(),
                 key,
-                x5t,
+                x5t_s256,
             }
         }
         Some(AzureCredential::WorkloadIdentity {
@@ -1329,6 +1336,43 @@ mod tests {
         assert_eq!(o.gcp_credential, Some(GcpCredential::Metadata));
         assert_eq!(o.aws_credential, Some(AwsCredential::InstanceMetadata));
         assert!(o.verify_signatures && o.https_proxy.is_none());
+    }
+
+    #[test]
+    fn web_identity_comes_before_the_profile_file_as_in_the_sdks() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("credentials");
+        std::fs::write(
+            &creds,
+            "[default]\naws_access_key_id = AKIDFILE\naws_secret_access_key = s\n",
+        )
+        .unwrap();
+        let creds = creds.to_string_lossy().into_owned();
+        let env: HashMap<&str, &str> = [
+            ("AWS_SHARED_CREDENTIALS_FILE", creds.as_str()),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/secrets/eks/token"),
+            ("AWS_ROLE_ARN", "arn:aws-cn:iam::111122223333:role/r"),
+            ("AWS_REGION", "cn-north-1"),
+        ]
+        .into_iter()
+        .collect();
+        let o = KmsOptions::from_lookup(|k| env.get(k).map(|v| v.to_string())).unwrap();
+        assert!(
+            matches!(&o.aws_credential, Some(AwsCredential::WebIdentity { sts_endpoint, .. })
+                if sts_endpoint == "https://sts.cn-north-1.amazonaws.com.cn"),
+            "{:?}",
+            o.aws_credential
+        );
+        // Without web identity the file is used.
+        let o = KmsOptions::from_lookup(|k| {
+            (k == "AWS_SHARED_CREDENTIALS_FILE").then(|| creds.clone())
+        })
+        .unwrap();
+        assert!(
+            matches!(&o.aws_credential, Some(AwsCredential::Profile { name, .. }) if name == "default"),
+            "{:?}",
+            o.aws_credential
+        );
     }
 
     #[test]
