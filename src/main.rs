@@ -8,6 +8,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use keycore_engine::config::LogFormat;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the key server (reads gokeyless.yaml; see README "Configuration").
-    Serve(Box<keycore_engine::config::ServeArgs>),
+    Serve(Box<ServeCmd>),
     /// Drive edge-like load against key servers and report latency.
     Loadgen(Box<keycore_loadgen::LoadgenArgs>),
     /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
@@ -45,6 +46,18 @@ enum Cmd {
     Tune(Box<keycore_tuning::TuneArgs>),
 }
 
+/// `keycore serve`: the config flags plus what only the command has.
+#[derive(clap::Args, Debug)]
+struct ServeCmd {
+    /// Validate the configuration, TLS material and every key store (PKCS#11
+    /// login, cloud key fetch) as start-up would, print a summary table and
+    /// exit 0 if nothing failed, 1 otherwise. Binds no port.
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    args: keycore_engine::config::ServeArgs,
+}
+
 fn main() {
     let cli = Cli::parse();
     if cli.version {
@@ -52,18 +65,18 @@ fn main() {
         return;
     }
     let r = match cli.cmd {
-        Some(Cmd::Serve(args)) => serve(*args),
+        Some(Cmd::Serve(cmd)) => serve(cmd.args, cmd.check),
         Some(Cmd::Loadgen(args)) => {
-            init_logging(2);
+            init_logging(2, LogFormat::Text);
             keycore_loadgen::run_cli(&args)
         }
         Some(Cmd::Demo(args)) => {
-            init_logging(2);
+            init_logging(2, LogFormat::Text);
             demo::run(&args)
         }
         Some(Cmd::Pki { dir }) => pki(&dir),
         Some(Cmd::Tune(args)) => {
-            init_logging(2);
+            init_logging(2, LogFormat::Text);
             keycore_tuning::run_cli(&args)
         }
         None => {
@@ -97,7 +110,10 @@ fn pki(dir: &std::path::Path) -> Result<()> {
 }
 
 /// Map the reference's numeric log levels (0 debug … 5 fatal) to tracing.
-fn init_logging(level: u8) {
+/// Text lines carry ANSI colours only when stderr is a terminal (a file or
+/// journald gets plain text, issue 12 item 12); `json` writes one object per
+/// line.
+fn init_logging(level: u8, format: LogFormat) {
     let lvl = match level {
         0 => "debug",
         1 => "info",
@@ -106,15 +122,25 @@ fn init_logging(level: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYCORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(lvl));
-    let _ = tracing_subscriber::fmt()
+    use std::io::IsTerminal;
+    let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => b.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => b.json().with_ansi(false).try_init(),
+    };
 }
 
-fn serve(args: keycore_engine::config::ServeArgs) -> Result<()> {
+fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
     let loaded = keycore_engine::config::load(&args)?;
-    init_logging(loaded.config.loglevel.number());
+    init_logging(loaded.config.loglevel.number(), loaded.config.log_format);
+    if check {
+        let report =
+            keycore_engine::check::run(&loaded.config, loaded.source.as_deref(), &loaded.warnings);
+        print!("{}", report.render());
+        std::process::exit(if report.passed() { 0 } else { 1 });
+    }
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
@@ -134,11 +160,25 @@ fn serve(args: keycore_engine::config::ServeArgs) -> Result<()> {
     }
     let running = keycore_engine::launch::launch(&loaded.config)?;
     tracing::info!(addr = %running.server.addr, "serving");
+    // systemd Type=notify: ready only once every core listens and the
+    // metrics endpoint is up (a no-op without $NOTIFY_SOCKET).
+    notify(&format!(
+        "READY=1\nMAINPID={}\nSTATUS=serving on {}",
+        std::process::id(),
+        running.server.addr
+    ));
     wait_for_signal()?;
     tracing::info!("signal received; draining");
+    notify("STOPPING=1\nSTATUS=draining");
     running.stop()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+fn notify(state: &str) {
+    if let Err(e) = keycore_engine::ops::sd_notify(state) {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 /// Block until SIGTERM or SIGINT.

@@ -11,9 +11,11 @@
 //! SKI from two sources) is always logged and the first one kept.
 
 use crate::config::{Config, KeyLoadErrors, KeyStore, Pkcs11Dispatch};
+use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
 use crate::keys::{software, KeyEntry, KeyIndex};
 use crate::kms::{KmsOptions, KmsStore};
 use crate::metrics::{MetricsServer, Registry, StaticGauge};
+use crate::ops::{self, PidFile};
 use crate::pkcs11::{DispatchMode, Pkcs11Options, Pkcs11Store};
 use crate::server::{self, tls, Limits, ServerHandle, ServerSettings};
 use anyhow::{bail, Context, Result};
@@ -28,19 +30,85 @@ pub struct Running {
     pub server: ServerHandle,
     /// The metrics endpoint, if enabled.
     pub metrics: Option<MetricsServer>,
-    pid_file: Option<std::path::PathBuf>,
+    /// What `/healthz` and `/readyz` answer.
+    pub health: Arc<Health>,
+    pid_file: Option<PidFile>,
 }
 
 impl Running {
     /// Drain and stop everything; returns when every core has exited.
+    /// `/readyz` answers 503 "draining" from the start of the drain, while
+    /// the metrics listener stays up until the cores are gone.
     pub fn stop(self) -> Result<()> {
+        self.health.set_draining();
         self.server.shutdown();
         let r = self.server.join();
         drop(self.metrics);
         if let Some(p) = &self.pid_file {
-            let _ = std::fs::remove_file(p);
+            p.remove();
         }
         r
+    }
+}
+
+/// The readiness checks of a launched server (issue 14): keys loaded, and
+/// every PKCS#11 key with at least one partition up. Cloud keys need no
+/// check here: `launch` returns only after their start-up fetch answered.
+fn readiness_checks(keys: usize, pkcs11: &Arc<Pkcs11Store>) -> Vec<ReadyCheck> {
+    let mut checks: Vec<ReadyCheck> = vec![Box::new(move || {
+        if keys == 0 {
+            Err("no private keys loaded".into())
+        } else {
+            Ok(())
+        }
+    })];
+    if pkcs11.partitions() > 0 {
+        let p = pkcs11.clone();
+        checks.push(Box::new(move || {
+            let down = p.keys_without_healthy_partition();
+            if down.is_empty() {
+                return Ok(());
+            }
+            let mut names: Vec<&str> = down.iter().map(String::as_str).collect();
+            names.dedup();
+            Err(format!(
+                "pkcs11: {} key(s) with no healthy partition ({})",
+                down.len(),
+                names.join(", ")
+            ))
+        }));
+    }
+    checks
+}
+
+/// Raise the open-file limit and warn when it cannot cover the
+/// configuration (issue 12 item 13).
+pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
+    let cores = cfg.core_ids(&server::available_cpus()).len();
+    let needed = ops::nofile_needed(cores, u64::from(cfg.max_connections_per_core));
+    match ops::raise_nofile_limit(needed) {
+        Ok(l) => {
+            if l.soft != l.before {
+                tracing::info!(
+                    from = l.before,
+                    to = l.soft,
+                    "raised the open-file soft limit to the hard limit"
+                );
+            }
+            if !l.enough() {
+                tracing::warn!(
+                    limit = l.soft,
+                    needed,
+                    "open-file limit (RLIMIT_NOFILE) is below cores x max_connections_per_core + {}: connections beyond it fail with EMFILE; raise LimitNOFILE / ulimit -n or lower max_connections_per_core",
+                    ops::NOFILE_SLACK
+                );
+            }
+            Some(l)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
+            None
+        }
     }
 }
 
@@ -158,6 +226,11 @@ fn add(index: &mut KeyIndex, e: KeyEntry) {
     }
 }
 
+/// Expiry of the first certificate in a PEM file, as a Unix timestamp.
+pub fn cert_expiry(path: &Path) -> Option<f64> {
+    cert_expiry_gauge("", path).map(|g| g.value)
+}
+
 /// Expiry gauge for a certificate file (`certificate_expiration_timestamp_seconds`).
 fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
     use rustls_pki_types::pem::PemObject;
@@ -236,7 +309,9 @@ pub fn launch(cfg: &Config) -> Result<Running> {
             "sign_retry_count: not applied; PKCS#11 keys retry once on a healthy session after a recoverable error, software keys cannot fail transiently"
         );
     }
+    check_nofile_limit(cfg);
     let (index, pkcs11, kms, key_load_seconds) = load_keys(cfg)?;
+    let key_count = index.len();
     if index.is_empty() {
         tracing::warn!(
             "no private keys loaded: every key operation will be answered 'key not found'"
@@ -270,6 +345,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         }
     }
     let pkcs11 = Arc::new(pkcs11);
+    let pkcs11_for_health = pkcs11.clone();
     let kms = Arc::new(kms);
     {
         let (p, k) = (pkcs11.clone(), kms.clone());
@@ -293,20 +369,28 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         registry,
     )
     .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;
+    let health = Arc::new(Health::new(
+        readiness_checks(key_count, &pkcs11_for_health),
+        HEARTBEAT_DEADLINE,
+    ));
     let metrics = match cfg.metrics_addr() {
         Some(a) => Some(
-            MetricsServer::start(a, server.registry.clone())
+            MetricsServer::start_with_health(a, server.registry.clone(), health.clone())
                 .with_context(|| format!("metrics_port: cannot listen on {a}"))?,
         ),
         None => None,
     };
-    if let Some(p) = &cfg.pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))
-            .with_context(|| format!("pid_file {}: cannot write", p.display()))?;
-    }
+    let pid_file = match &cfg.pid_file {
+        Some(p) => Some(
+            PidFile::create(p)
+                .with_context(|| format!("pid_file {}: cannot write", p.display()))?,
+        ),
+        None => None,
+    };
     Ok(Running {
         server,
         metrics,
-        pid_file: cfg.pid_file.clone(),
+        health,
+        pid_file,
     })
 }

@@ -16,11 +16,15 @@
 //! response encoded into the connection's write buffer → flushed with
 //! whatever else completed in the same turn.
 
+pub mod check;
 pub mod config;
+pub mod endpoint;
+pub mod health;
 pub mod keys;
 pub mod kms;
 pub mod launch;
 pub mod metrics;
+pub mod ops;
 pub mod pkcs11;
 pub mod pki;
 pub mod server;

@@ -1,4 +1,4 @@
-//! Per-core counters and the Prometheus `/metrics` endpoint.
+//! Per-core counters and their Prometheus text rendering (served by `endpoint`).
 //!
 //! Each core owns one [`CoreStats`] and is its only writer: counters are
 //! bumped with a relaxed load + store (a plain `mov`, no `lock` prefix, no
@@ -19,11 +19,12 @@
 
 use keycore_protocol::{ErrorCode, Op, OpClass};
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+
+/// The HTTP endpoint that serves [`Registry::render`] lives in
+/// [`crate::endpoint`]; re-exported here for existing callers.
+pub use crate::endpoint::MetricsServer;
 
 /// A counter with exactly one writer (its core).
 #[derive(Debug, Default)]
@@ -151,6 +152,8 @@ pub struct CoreStats {
     pub responses: Counter,
     /// Bytes written to the network (TLS plaintext).
     pub bytes_out: Counter,
+    /// Stored by the core's control task each tick; read by `/healthz`.
+    pub heartbeat: crate::health::Heartbeat,
 }
 
 impl CoreStats {
@@ -171,6 +174,7 @@ impl CoreStats {
             in_flight: Counter::default(),
             responses: Counter::default(),
             bytes_out: Counter::default(),
+            heartbeat: crate::health::Heartbeat::default(),
         }
     }
 }
@@ -370,94 +374,6 @@ fn op_label(op: Op) -> String {
         Some(n) => n.to_string(),
         None => format!("0x{:02x}", op.0),
     }
-}
-
-/// The `/metrics` HTTP endpoint: one control-plane thread serving plain
-/// HTTP/1.1 GETs. Requests are bounded (8 KiB head, 5 s timeouts); anything
-/// but `GET /metrics` gets 404.
-#[derive(Debug)]
-pub struct MetricsServer {
-    /// Bound address.
-    pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Largest request head the metrics endpoint reads.
-const MAX_HTTP_HEAD: usize = 8 * 1024;
-
-impl MetricsServer {
-    /// Bind and serve `registry` until dropped.
-    pub fn start(addr: SocketAddr, registry: Arc<Registry>) -> std::io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("keycore-metrics".into())
-            .spawn(move || {
-                while !stop2.load(Relaxed) {
-                    match listener.accept() {
-                        Ok((s, _)) => {
-                            let _ = serve_one(s, &registry);
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(20));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "metrics accept failed");
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                    }
-                }
-            })?;
-        Ok(MetricsServer {
-            addr,
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve_one(mut s: TcpStream, registry: &Registry) -> std::io::Result<()> {
-    s.set_nonblocking(false)?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    let mut head = Vec::with_capacity(1024);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf)?;
-        if n == 0 || head.len() + n > MAX_HTTP_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
-    let (status, ctype, body) = if line.starts_with(b"GET /metrics ") || line == b"GET /metrics" {
-        ("200 OK", "text/plain; version=0.0.4", registry.render())
-    } else {
-        (
-            "404 Not Found",
-            "text/plain",
-            "not found: try /metrics\n".to_string(),
-        )
-    };
-    write!(
-        s,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body.as_bytes())
 }
 
 #[cfg(test)]

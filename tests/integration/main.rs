@@ -6,6 +6,7 @@ mod cli;
 mod connections;
 mod harness;
 mod metrics;
+mod operate;
 mod ops;
 mod pkcs11;
 mod protocol_errors;

@@ -86,7 +86,7 @@ const _: () = assert!(DEFAULT_WRITE_BUFFER_BYTES <= MAX_BUFFER_BYTES);
 
 /// Keys a config file may hold, in the order [`Config::to_yaml`] writes
 /// them: the reference server's first, then keycore's own.
-pub const KEYS: [&str; 31] = [
+pub const KEYS: [&str; 32] = [
     "loglevel",
     "hostname",
     "zone_id",
@@ -118,6 +118,7 @@ pub const KEYS: [&str; 31] = [
     "write_buffer_bytes",
     "key_load_errors",
     "pkcs11_dispatch",
+    "log_format",
 ];
 
 /// Environment variables that replace `private_key_stores`, like the
@@ -321,6 +322,11 @@ pub struct ServeArgs {
     /// "offload" (worker threads). Default: auto.
     #[arg(long, value_name = "auto|inline|offload")]
     pub pkcs11_dispatch: Option<String>,
+
+    /// Log line format on stderr: "text" (colours only when stderr is a
+    /// terminal) or "json" (one JSON object per line). Default: text.
+    #[arg(long, value_name = "text|json")]
+    pub log_format: Option<String>,
 }
 
 impl ServeArgs {
@@ -357,6 +363,7 @@ impl ServeArgs {
             "write_buffer_bytes" => &self.write_buffer_bytes,
             "key_load_errors" => &self.key_load_errors,
             "pkcs11_dispatch" => &self.pkcs11_dispatch,
+            "log_format" => &self.log_format,
             _ => return None,
         };
         v.as_deref()
@@ -423,6 +430,15 @@ impl LogLevel {
             LogLevel::Error | LogLevel::Critical | LogLevel::Fatal => tracing::Level::ERROR,
         }
     }
+}
+
+/// How log lines are written (`log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; ANSI colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (for journald/Loki/Elasticsearch shippers).
+    Json,
 }
 
 /// Which cores run a reactor.
@@ -549,6 +565,9 @@ pub struct Config {
     /// reactor (fastest for local tokens; a slow HSM stalls the core);
     /// `offload` runs them on worker threads (a hand-off per call).
     pub pkcs11_dispatch: Pkcs11Dispatch,
+    /// `log_format` (default text). `json` writes one object per line with
+    /// level, target, message and fields (core, peer...), for log shippers.
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -585,6 +604,7 @@ impl Default for Config {
             write_buffer_bytes: DEFAULT_WRITE_BUFFER_BYTES,
             key_load_errors: KeyLoadErrors::Fail,
             pkcs11_dispatch: Pkcs11Dispatch::Auto,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -733,6 +753,14 @@ impl Config {
                 Pkcs11Dispatch::Auto => "auto",
                 Pkcs11Dispatch::Inline => "inline",
                 Pkcs11Dispatch::Offload => "offload",
+            }
+            .to_owned(),
+        );
+        line(
+            "log_format",
+            match self.log_format {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
             }
             .to_owned(),
         );
@@ -1269,6 +1297,9 @@ impl<'a> Layers<'a> {
                         ("offload", Pkcs11Dispatch::Offload),
                     ],
                 )
+            })?,
+            log_format: self.scalar("log_format", d.log_format, |t| {
+                parse::one_of(t, &[("text", LogFormat::Text), ("json", LogFormat::Json)])
             })?,
         };
         Ok(config)

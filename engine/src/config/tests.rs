@@ -249,6 +249,7 @@ fn each_bad_value_names_file_line_and_key() {
             "thread",
             "expected one of \"auto\", \"inline\", \"offload\"",
         ),
+        ("log_format", "xml", "expected one of \"text\", \"json\""),
     ];
     for (key, value, want) in cases {
         let text = format!("# comment\npid_file: /run/k.pid\n{key}: {value}\n");

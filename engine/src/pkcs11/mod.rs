@@ -270,6 +270,21 @@ impl Pkcs11Store {
         self.shared.partitions.len()
     }
 
+    /// For `/readyz`: the keys (HA groups) with no partition up, each named
+    /// by its first partition. Empty when every key can be served.
+    pub fn keys_without_healthy_partition(&self) -> Vec<String> {
+        let sh = &self.shared;
+        sh.groups
+            .iter()
+            .filter(|g| {
+                !g.members
+                    .iter()
+                    .any(|&(pi, _)| sh.partitions[pi].health.is_up())
+            })
+            .map(|g| sh.partitions[g.members[0].0].name.clone())
+            .collect()
+    }
+
     /// The dispatch mode each partition uses, in `health()` order.
     pub fn dispatch_modes(&self) -> Vec<DispatchMode> {
         self.shared.partitions.iter().map(|p| p.dispatch).collect()

@@ -431,9 +431,13 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
             }
         }
     };
+    // The control task: also the core's heartbeat for `/healthz` (a core
+    // that stops turning stops beating).
     let watch_drain = async {
+        core.stats.heartbeat.beat();
         while !drain.load(Ordering::Acquire) {
             glommio::timer::sleep(CONTROL_POLL).await;
+            core.stats.heartbeat.beat();
         }
     };
     // The accept loop runs as its own task, not raced with `watch_drain` in
@@ -452,6 +456,7 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
     let deadline = Instant::now() + core.limits.drain_timeout;
     while open.get() > 0 && Instant::now() < deadline {
         glommio::timer::sleep(Duration::from_millis(5)).await;
+        core.stats.heartbeat.beat();
     }
     if open.get() > 0 {
         tracing::warn!(
@@ -460,6 +465,7 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
             "drain timeout; closing remaining connections"
         );
     }
+    core.stats.heartbeat.stop();
 }
 
 /// All CPUs this process may run on, for the `cores` default.

@@ -1,0 +1,220 @@
+//! Liveness and readiness: what `GET /healthz` and `GET /readyz` answer.
+//!
+//! Owns: the per-core [`Heartbeat`] (a single-writer atomic each reactor's
+//! existing control task stores every `CONTROL_POLL`), the process-wide
+//! monotonic millisecond clock those heartbeats use, and [`Health`], which
+//! judges them (liveness) and runs the start-up readiness checks (keys
+//! loaded, every PKCS#11 key with a healthy partition, not draining).
+//!
+//! Liveness means "every reactor still turns": a core whose control task has
+//! not run for [`HEARTBEAT_DEADLINE`] is stuck (a blocking call on the
+//! reactor, a panic that killed its thread) and the answer names it. It is
+//! not a load signal: a busy core still beats, because its control task is a
+//! task like any connection's.
+//!
+//! Must not: take a lock or allocate on a reactor (a reactor only stores its
+//! own atomic); probes run on the metrics endpoint's threads and read.
+
+use crate::metrics::CoreStats;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A core whose control task has not run for this long is reported stuck.
+/// The control task ticks every 20 ms; 5 s leaves room for a reactor that is
+/// busy with a long batch of RSA-4096 signatures (hundreds of ms per turn
+/// under overload) without calling it dead, and is still well inside what an
+/// orchestrator's liveness probe (period × failure threshold) waits.
+pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Heartbeat value of a core that exited normally (after a drain).
+const STOPPED: u64 = u64::MAX;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Milliseconds on the process's monotonic clock, starting at 1 (0 means
+/// "never beat").
+pub fn now_ms() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// One core's heartbeat. Written only by its reactor.
+#[derive(Debug, Default)]
+pub struct Heartbeat(AtomicU64);
+
+impl Heartbeat {
+    /// Record that the reactor's control task ran now.
+    #[inline]
+    pub fn beat(&self) {
+        self.0.store(now_ms(), Relaxed);
+    }
+
+    /// Record that the reactor exited normally (drain finished).
+    pub fn stop(&self) {
+        self.0.store(STOPPED, Relaxed);
+    }
+
+    /// Store a raw clock value (tests: a heartbeat in the past).
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms, Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A readiness check: `Err(reason)` while the process should not get traffic.
+pub type ReadyCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// Liveness and readiness of the process, shared with the metrics endpoint.
+pub struct Health {
+    draining: AtomicBool,
+    checks: Vec<ReadyCheck>,
+    heartbeat_deadline: Duration,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("draining", &self.draining.load(Relaxed))
+            .field("checks", &self.checks.len())
+            .finish()
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new(Vec::new(), HEARTBEAT_DEADLINE)
+    }
+}
+
+impl Health {
+    /// Readiness `checks` (all must pass) and the heartbeat deadline.
+    pub fn new(checks: Vec<ReadyCheck>, heartbeat_deadline: Duration) -> Health {
+        Health {
+            draining: AtomicBool::new(false),
+            checks,
+            heartbeat_deadline,
+        }
+    }
+
+    /// The process is draining: `/readyz` answers 503 from now on so load
+    /// balancers stop sending new connections.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Relaxed);
+    }
+
+    /// Whether [`Self::set_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    /// `Ok(text)` when every core beat within the deadline (or exited
+    /// normally), else `Err(text)` naming each stuck core and how long ago it
+    /// last beat.
+    pub fn live(&self, cores: &[Arc<CoreStats>]) -> Result<String, String> {
+        let now = now_ms();
+        let deadline = self.heartbeat_deadline.as_millis() as u64;
+        let mut stuck = String::new();
+        let mut ok = String::new();
+        for c in cores {
+            match c.heartbeat.get() {
+                STOPPED => {
+                    let _ = writeln!(ok, "core {}: stopped (drained)", c.core);
+                }
+                0 => {
+                    let _ = writeln!(stuck, "core {}: stuck: never answered", c.core);
+                }
+                t if now.saturating_sub(t) > deadline => {
+                    let _ = writeln!(
+                        stuck,
+                        "core {}: stuck: last heartbeat {} ms ago (deadline {} ms)",
+                        c.core,
+                        now - t,
+                        deadline
+                    );
+                }
+                t => {
+                    let _ = writeln!(ok, "core {}: ok ({} ms ago)", c.core, now.saturating_sub(t));
+                }
+            }
+        }
+        if cores.is_empty() {
+            return Err("no reactor running\n".into());
+        }
+        if stuck.is_empty() {
+            Ok(ok)
+        } else {
+            Err(stuck)
+        }
+    }
+
+    /// `Ok(())` when the process should get traffic, else a short reason.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".into());
+        }
+        for c in &self.checks {
+            c()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cores(n: usize) -> Vec<Arc<CoreStats>> {
+        (0..n).map(|i| Arc::new(CoreStats::new(i))).collect()
+    }
+
+    #[test]
+    fn live_while_every_core_beats_and_names_the_stuck_one() {
+        let h = Health::new(Vec::new(), Duration::from_millis(200));
+        let c = cores(3);
+        for x in &c {
+            x.heartbeat.beat();
+        }
+        assert!(h.live(&c).is_ok());
+        // Core 1 last beat long ago: it is named, the others are not.
+        let now = now_ms();
+        c[1].heartbeat.set_ms(now.saturating_sub(10_000).max(1));
+        let err = h.live(&c).unwrap_err();
+        assert!(err.contains("core 1: stuck"), "{err}");
+        assert!(!err.contains("core 0") && !err.contains("core 2"), "{err}");
+        // A core that exited after a drain is not stuck.
+        c[1].heartbeat.stop();
+        assert!(h.live(&c).unwrap().contains("core 1: stopped"));
+        // A core that never beat is stuck.
+        c[2].heartbeat.set_ms(0);
+        assert!(h.live(&c).unwrap_err().contains("core 2: stuck: never"));
+        assert!(h.live(&[]).is_err());
+    }
+
+    #[test]
+    fn ready_runs_every_check_and_draining_wins() {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f2 = flag.clone();
+        let h = Health::new(
+            vec![
+                Box::new(|| Ok(())),
+                Box::new(move || {
+                    if f2.load(Relaxed) {
+                        Ok(())
+                    } else {
+                        Err("pkcs11: token gone".into())
+                    }
+                }),
+            ],
+            HEARTBEAT_DEADLINE,
+        );
+        assert_eq!(h.ready().unwrap_err(), "pkcs11: token gone");
+        flag.store(true, Relaxed);
+        assert!(h.ready().is_ok());
+        h.set_draining();
+        assert_eq!(h.ready().unwrap_err(), "draining");
+    }
+}
