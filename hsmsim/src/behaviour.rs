@@ -17,7 +17,9 @@
 //!   back-off before answering (AWS "Retry commands for PKCS #11 library"; the back-off base is
 //!   an ASSUMPTION). SDK 3 reports a busy HSM as `CKR_OPERATION_ACTIVE` (AWS "HSM throttling").
 //! - Google Cloud KMS PKCS#11 library (kmsp11): every RPC failure, quota or permission, is
-//!   returned as `CKR_DEVICE_ERROR` (kmsp11 `provider.cc`, per issue 20 item 8).
+//!   returned as `CKR_DEVICE_ERROR` (kmsp11 `provider.cc`, per issue 20 item 8; its decrypt
+//!   operations' source does the same, except `INVALID_ARGUMENT` -> `CKR_ENCRYPTED_DATA_INVALID`,
+//!   which is not modelled).
 //! - Thales Luna: Ed25519 uses `CKK_EC_EDWARDS` = `CKK_VENDOR_DEFINED + 0x12` and `CKM_EDDSA` =
 //!   `CKM_VENDOR_DEFINED + 0xC03`, key generation `CKM_VENDOR_DEFINED + 0xC01` (Luna
 //!   `cryptoki_v2.h`, as reproduced in public client code);
