@@ -9,7 +9,13 @@
 //! real signature math, check requests as the services document them
 //! (headers, auth, JSON fields, base64 flavours, CRC32C) and can be told to
 //! throttle (429 + `Retry-After`, AWS `ThrottlingException`), fail (503),
-//! expire tokens, corrupt checksums or stall.
+//! expire tokens, corrupt checksums or stall. Vendor behaviours a real
+//! deployment meets (issue 20), each switchable by a test: AWS Ed25519 keys
+//! (RAW messages only), `LimitExceededException`, disabled and
+//! pending-deletion keys, STS serving one partition per host; Google
+//! disabled key versions, metadata tokens without a Cloud KMS scope, a
+//! missing IAM role; Azure missing data-plane role, disabled keys, IMDS
+//! 404/410/429 sequences, PS256 `x5t#S256` certificate assertions only.
 //!
 //! Why a crate of its own: the engine's integration tests run it in-process,
 //! the `keycore-kmssim` binary serves it to a manually started keycore (docs,
