@@ -143,7 +143,9 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, KmsStore, Vec<f
                 software::load_dir(d)
             }
             KeyStore::File(f) => vec![software::load_file(f)],
-            KeyStore::Uri(u) if u.starts_with("pkcs11:") => {
+            // RFC 3986 schemes are case-insensitive; the PKCS#11 parser
+            // accepts `PKCS11:` too, so it must be routed there as well.
+            KeyStore::Uri(u) if u.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:")) => {
                 pkcs11_uris.push(u.clone());
                 continue;
             }
@@ -186,6 +188,7 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, KmsStore, Vec<f
             op_timeout: cfg
                 .sign_timeout
                 .unwrap_or(Pkcs11Options::default().op_timeout),
+            skip_failed_keys: cfg.key_load_errors == KeyLoadErrors::Skip,
             ..Pkcs11Options::default()
         };
         let (store, entries) =
@@ -254,11 +257,11 @@ fn render_pkcs11_health(p: &Pkcs11Store, s: &mut String) {
     use std::fmt::Write as _;
     let health = p.health();
     type Get = fn(&crate::pkcs11::PartitionHealth) -> u64;
-    let series: [(&str, &str, &str, Get); 5] = [
+    let series: [(&str, &str, &str, Get); 11] = [
         (
             "keycore_pkcs11_partition_healthy",
             "gauge",
-            "1 while the partition is in use, 0 while it is out (recovery failing).",
+            "1 while the partition is in use, 0 while it is out (a probe failed).",
             |h| h.healthy as u64,
         ),
         (
@@ -276,14 +279,50 @@ fn render_pkcs11_health(p: &Pkcs11Store, s: &mut String) {
         (
             "keycore_pkcs11_session_reopens_total",
             "counter",
-            "Sessions re-opened after a recoverable error.",
+            "Sessions re-opened after a session error.",
             |h| h.reopens,
         ),
         (
             "keycore_pkcs11_op_timeouts_total",
             "counter",
-            "Operations that exceeded the per-operation timeout.",
+            "Operations that exceeded the per-operation timeout, or waited past it.",
             |h| h.timeouts,
+        ),
+        (
+            "keycore_pkcs11_retries_total",
+            "counter",
+            "Requests tried again after an error (on another session, after a login, after a busy answer).",
+            |h| h.retries,
+        ),
+        (
+            "keycore_pkcs11_relogins_total",
+            "counter",
+            "Logins made again on the control path after the token logged keycore out.",
+            |h| h.relogins,
+        ),
+        (
+            "keycore_pkcs11_module_reinits_total",
+            "counter",
+            "Module re-initialisations (C_Finalize + C_Initialize) made for the partition.",
+            |h| h.reinits,
+        ),
+        (
+            "keycore_pkcs11_probes_total",
+            "counter",
+            "Probes of the partition (token, session, keys) after a run of failures or while out.",
+            |h| h.probes,
+        ),
+        (
+            "keycore_pkcs11_probe_failures_total",
+            "counter",
+            "Probes that failed: each takes the partition out or keeps it out.",
+            |h| h.probe_failures,
+        ),
+        (
+            "keycore_pkcs11_sessions_quarantined",
+            "gauge",
+            "Worker threads stuck in a call past the timeout (their sessions close when the call returns).",
+            |h| h.quarantined,
         ),
     ];
     for (name, kind, help, get) in series {
@@ -291,6 +330,22 @@ fn render_pkcs11_health(p: &Pkcs11Store, s: &mut String) {
         for h in &health {
             let label = h.partition.replace('\\', "\\\\").replace('"', "\\\"");
             let _ = writeln!(s, "{name}{{partition=\"{label}\"}} {}", get(h));
+        }
+    }
+    let name = "keycore_pkcs11_op_errors_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Errors of PKCS#11 key operations by what the error policy did about them (fail, busy, session, handle, login, device).\n# TYPE {name} counter"
+    );
+    for h in &health {
+        let label = h.partition.replace('\\', "\\\\").replace('"', "\\\"");
+        for (i, a) in crate::pkcs11::policy::Action::ALL.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{name}{{partition=\"{label}\",action=\"{}\"}} {}",
+                a.name(),
+                h.errors[i]
+            );
         }
     }
 }

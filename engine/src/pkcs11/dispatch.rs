@@ -19,7 +19,9 @@
 //! instructions each (never contended across cores): the reactor's poll and
 //! the one worker that answers it.
 
-use super::session::{Lane, LaneError};
+use super::policy::Action;
+use super::recovery::{self, Want};
+use super::session::{Fail, Lane, LaneError};
 use super::token::{now_ns, Partition};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use keycore_protocol::OpClass;
@@ -35,9 +37,28 @@ use std::time::Duration;
 /// requests for that partition).
 pub const QUEUE_BATCHES: usize = 1024;
 /// Stuck worker threads (quarantined, still inside the library) one group
-/// may have before it stops replacing them and answers queued requests with
-/// `CRYPTO` directly.
+/// may have before it stops replacing them: at least this many, or as many
+/// as the group has sessions (see [`max_stuck`]).
 pub const MAX_STUCK_PER_GROUP: usize = 8;
+/// Attempts one request may make on sessions of one partition (the first
+/// plus retries on other or rebuilt sessions), all within its deadline.
+pub const MAX_ATTEMPTS: u8 = 3;
+/// Times one request may wait for the control path (a login, a
+/// re-initialisation) before it is answered.
+pub const MAX_WAITS: u8 = 3;
+/// Busy answers one request may back off from before it is answered.
+pub const MAX_BUSY: u8 = 4;
+/// First back-off after a busy answer; doubles per busy answer, at most
+/// [`BUSY_BACKOFF_MAX`], never past the request's deadline.
+pub const BUSY_BACKOFF_MIN: Duration = Duration::from_millis(2);
+/// See [`BUSY_BACKOFF_MIN`].
+pub const BUSY_BACKOFF_MAX: Duration = Duration::from_millis(50);
+
+/// Most stuck threads a group of `sessions_per_core` workers may have
+/// (each keeps its session until its call returns).
+pub fn max_stuck(sessions_per_core: u32) -> usize {
+    MAX_STUCK_PER_GROUP.max(sessions_per_core as usize)
+}
 /// Shortest watchdog tick.
 const WATCHDOG_TICK_MIN: Duration = Duration::from_millis(1);
 
@@ -104,8 +125,41 @@ pub struct Job {
     /// Where the answer goes.
     pub done: Arc<Completion>,
     /// When it was queued ([`now_ns`]): a job older than the timeout when a
-    /// worker reaches it is answered `CRYPTO` without calling the token.
+    /// worker reaches it is answered `CRYPTO` without calling the token, and
+    /// no retry starts after that deadline.
     pub queued_ns: u64,
+    /// Whether another member of the key's HA group could take it: then a
+    /// partition that is out answers it `Down` at once instead of holding it.
+    pub fail_over: bool,
+    /// Attempts made on sessions so far.
+    pub attempts: u8,
+    /// Waits for the control path so far.
+    pub waits: u8,
+    /// Busy answers so far.
+    pub busy: u8,
+}
+
+impl Job {
+    /// A new request for key position `key` of the partition.
+    pub fn new(
+        key: usize,
+        op: OpClass,
+        input: Vec<u8>,
+        done: Arc<Completion>,
+        fail_over: bool,
+    ) -> Job {
+        Job {
+            key,
+            op,
+            input,
+            done,
+            queued_ns: now_ns(),
+            fail_over,
+            attempts: 0,
+            waits: 0,
+            busy: 0,
+        }
+    }
 }
 
 impl Drop for Job {
@@ -171,82 +225,251 @@ fn spawn_worker(g: &Arc<GroupShared>) -> std::io::Result<()> {
         .map(|_| ())
 }
 
-fn worker_main(g: Arc<GroupShared>, slot: Arc<WorkerSlot>) {
-    let mut lane = Lane::new(g.part.clone());
-    // Open the session before the first request; a failure is recorded in
-    // the partition's health and retried on use.
-    if let Err(e) = lane.warm_up() {
-        g.part.health.fail(&e);
-    }
-    let timeout_ns = g.part.op_timeout.as_nanos() as u64;
-    let run = |lane: &mut Lane, job: Job| -> bool {
-        if now_ns().saturating_sub(job.queued_ns) > timeout_ns {
-            g.part.health.timed_out();
+/// What became of a job a worker took.
+enum Step {
+    /// Answered (or handed to a peer); take the next one.
+    Next,
+    /// The session failed: the job went to a peer; rebuild the session
+    /// before taking more work.
+    Reopen,
+    /// The watchdog answered and replaced this thread: exit.
+    Quarantined,
+}
+
+/// Serve one job on this worker's lane, retrying as the error policy says
+/// (docs/pkcs11/README.md "Failure policy").
+fn serve(g: &GroupShared, slot: &WorkerSlot, lane: &mut Lane, mut job: Job) -> Step {
+    let part = &g.part;
+    let deadline = job.queued_ns + part.op_timeout.as_nanos() as u64;
+    loop {
+        if now_ns() > deadline {
+            // Waited (queue, back-offs, control path) past its deadline.
+            tracing::debug!(partition = %part.name, attempts = job.attempts, waits = job.waits, "PKCS#11 request past its deadline");
+            part.health.expired();
             job.done.complete(Err(LaneError::Crypto));
-            return true;
+            return Step::Next;
         }
+        if !part.health.is_up() {
+            if job.fail_over {
+                job.done.complete(Err(LaneError::Down));
+                return Step::Next;
+            }
+            // The last member of its group is never given up on to fail
+            // faster: hold the request until the control path brings the
+            // partition back or its deadline passes.
+            let seen = part.recovery.epoch();
+            if !part.health.is_up() {
+                part.recovery.wait_past(seen, deadline);
+            }
+            continue;
+        }
+        let login_seen = part.health.login_epoch();
+        let gen_seen = part.module.generation();
         *slot.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.done.clone());
         slot.busy_since_ns.store(now_ns(), Ordering::Release);
         let mut out = Vec::with_capacity(512);
-        let r = lane.perform(job.key, job.op, &job.input, &mut out);
+        let r = lane.attempt(job.key, job.op, &job.input, &mut out);
         slot.busy_since_ns.store(0, Ordering::Release);
         slot.current
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        job.attempts = job.attempts.saturating_add(1);
         if slot.quarantined.load(Ordering::Acquire) {
-            // The watchdog answered and replaced us; this session is suspect.
+            // The watchdog answered and replaced us; the session closes when
+            // the lane is dropped (the call has returned, so it can be).
             lane.quarantined = true;
-            return false;
+            return Step::Quarantined;
         }
-        job.done.complete(r.map(|()| out));
-        true
-    };
-    'outer: loop {
-        // Jobs spilled by a peer first, then new work.
-        if let Ok(j) = g.spill_rx.try_recv() {
-            if !run(&mut lane, j) {
-                break;
+        let f = match r {
+            Ok(()) => {
+                part.health.ok();
+                job.done.complete(Ok(out));
+                return Step::Next;
             }
-            continue;
-        }
-        g.idle.fetch_add(1, Ordering::AcqRel);
-        let w = crossbeam_channel::select! {
-            recv(g.rx) -> w => w.map(Some),
-            recv(g.spill_rx) -> j => Ok(j.ok().map(Work::One)),
+            Err(f) => f,
         };
-        g.idle.fetch_sub(1, Ordering::AcqRel);
-        let jobs = match w {
-            Err(_) => break, // the core went away
-            Ok(None) => continue,
-            Ok(Some(Work::One(j))) => vec![j],
-            Ok(Some(Work::Batch(mut v))) => {
-                // Hand part of the batch to idle peers so a batch of N on a
-                // slow HSM is not done one after another on one session.
-                let give = g
-                    .idle
-                    .load(Ordering::Acquire)
-                    .min(v.len().saturating_sub(1));
-                let keep = v.len() - give;
-                for j in v.split_off(keep) {
-                    if let Err(e) = g.spill_tx.try_send(j) {
-                        v.push(e.into_inner());
+        if let Fail::Input = f {
+            job.done.complete(Err(LaneError::Crypto));
+            return Step::Next;
+        }
+        let action = f.action();
+        if part.health.error(action) {
+            recovery::want(part, Want::Probe);
+        }
+        if matches!(f, Fail::KeyGone) || action == Action::Fail {
+            tracing::debug!(partition = %part.name, error = %f.describe(), "PKCS#11 request failed");
+            part.health.note_error(&f.describe());
+            job.done.complete(Err(LaneError::Failed));
+            return Step::Next;
+        }
+        match action {
+            Action::Busy => {
+                job.busy += 1;
+                if job.busy > MAX_BUSY {
+                    tracing::debug!(partition = %part.name, error = %f.describe(), "PKCS#11 request failed: still busy");
+                    job.done.complete(Err(LaneError::Failed));
+                    return Step::Next;
+                }
+                let pause = BUSY_BACKOFF_MIN
+                    .saturating_mul(1 << (job.busy - 1))
+                    .min(BUSY_BACKOFF_MAX)
+                    .min(Duration::from_nanos(deadline.saturating_sub(now_ns())));
+                std::thread::sleep(pause);
+            }
+            Action::Handle => {
+                // Found again on this session by the next attempt.
+                if job.attempts >= MAX_ATTEMPTS {
+                    job.done.complete(Err(LaneError::Failed));
+                    return Step::Next;
+                }
+            }
+            Action::Session => {
+                // This session's problem: another session takes the request
+                // now, this one is rebuilt off the request's path.
+                lane.reset();
+                part.health.reopened();
+                if job.attempts >= MAX_ATTEMPTS {
+                    tracing::debug!(partition = %part.name, error = %f.describe(), "PKCS#11 request failed after {MAX_ATTEMPTS} attempts");
+                    part.health.note_error(&f.describe());
+                    job.done.complete(Err(LaneError::Failed));
+                } else {
+                    part.health.retried();
+                    if let Err(e) = g.spill_tx.try_send(job) {
+                        // Unbounded channel: only fails if every receiver
+                        // is gone; retry here then.
+                        job = e.into_inner();
+                        continue;
                     }
                 }
-                v
+                return Step::Reopen;
+            }
+            Action::Login | Action::Device => {
+                job.waits += 1;
+                if job.waits > MAX_WAITS {
+                    tracing::debug!(partition = %part.name, error = %f.describe(), "PKCS#11 request failed after {MAX_WAITS} waits");
+                    part.health.note_error(&f.describe());
+                    job.done.complete(Err(LaneError::Failed));
+                    return Step::Next;
+                }
+                if action == Action::Device {
+                    lane.reset();
+                }
+                let want = if action == Action::Login {
+                    Want::Login(login_seen)
+                } else {
+                    Want::Reinit(gen_seen)
+                };
+                let mut epoch = recovery::want(part, want);
+                // Requeued, not failed: wait for the one login (or
+                // re-initialisation) the control path makes.
+                loop {
+                    let done = match action {
+                        Action::Login => part.health.login_epoch() != login_seen,
+                        _ => part.module.generation() != gen_seen,
+                    };
+                    if done || !part.recovery.wait_past(epoch, deadline) {
+                        break;
+                    }
+                    epoch = part.recovery.epoch();
+                }
+            }
+            Action::Fail => unreachable!("answered above"),
+        }
+        part.health.retried();
+    }
+}
+
+/// Rebuild this worker's session after a session error, within the
+/// partition's re-open rate.
+fn reopen(g: &GroupShared, lane: &mut Lane) {
+    let mut waited = Duration::ZERO;
+    while let Some(w) = g.part.health.reopen_wait() {
+        if waited > Duration::from_secs(1) {
+            return; // opened on the next request instead
+        }
+        let w = w.min(Duration::from_millis(50));
+        std::thread::sleep(w);
+        waited += w;
+    }
+    if let Err(e) = lane.warm_up() {
+        g.part
+            .health
+            .note_error(&format!("re-opening a session: {e}"));
+        if g.part.health.error(Action::Session) {
+            recovery::want(&g.part, Want::Probe);
+        }
+    }
+}
+
+fn worker_main(g: Arc<GroupShared>, slot: Arc<WorkerSlot>) {
+    let mut lane = Lane::new(g.part.clone());
+    // Open the session before the first request; a failure is evidence
+    // against the partition and retried on use.
+    if let Err(e) = lane.warm_up() {
+        g.part.health.note_error(&e);
+        if g.part.health.error(Action::Session) {
+            recovery::want(&g.part, Want::Probe);
+        }
+    }
+    'outer: loop {
+        // Jobs spilled or requeued by a peer first, then new work.
+        let jobs = if let Ok(j) = g.spill_rx.try_recv() {
+            vec![j]
+        } else {
+            g.idle.fetch_add(1, Ordering::AcqRel);
+            let w = crossbeam_channel::select! {
+                recv(g.rx) -> w => w.map(Some),
+                recv(g.spill_rx) -> j => Ok(j.ok().map(Work::One)),
+            };
+            g.idle.fetch_sub(1, Ordering::AcqRel);
+            match w {
+                Err(_) => break, // the core went away
+                Ok(None) => continue,
+                Ok(Some(Work::One(j))) => vec![j],
+                Ok(Some(Work::Batch(mut v))) => {
+                    // Hand part of the batch to idle peers so a batch of N on a
+                    // slow HSM is not done one after another on one session.
+                    let give = g
+                        .idle
+                        .load(Ordering::Acquire)
+                        .min(v.len().saturating_sub(1));
+                    let keep = v.len() - give;
+                    for j in v.split_off(keep) {
+                        if let Err(e) = g.spill_tx.try_send(j) {
+                            v.push(e.into_inner());
+                        }
+                    }
+                    v
+                }
             }
         };
         let mut jobs = jobs.into_iter();
-        for j in jobs.by_ref() {
-            if !run(&mut lane, j) {
-                break 'outer;
+        while let Some(j) = jobs.next() {
+            let step = serve(&g, &slot, &mut lane, j);
+            if !matches!(step, Step::Next) {
+                // The rest of this batch goes to healthy peers (the
+                // replacement, if this thread was quarantined).
+                for j in jobs.by_ref() {
+                    if let Err(e) = g.spill_tx.try_send(j) {
+                        drop(e.into_inner()); // answered by Drop
+                    }
+                }
+            }
+            match step {
+                Step::Next => {}
+                Step::Quarantined => break 'outer,
+                Step::Reopen => reopen(&g, &mut lane),
             }
         }
     }
     // Left-over jobs are answered by their `Drop`.
     if slot.quarantined.load(Ordering::Acquire) {
         g.stuck.fetch_sub(1, Ordering::AcqRel);
+        g.part.health.quarantine(-1);
     }
+    // The lane's session is closed here (its call has returned).
+    drop(lane);
     slot.exited.store(true, Ordering::Release);
 }
 
@@ -367,18 +590,26 @@ fn check_group(g: &Arc<GroupShared>, timeout_ns: u64) {
             healthy += 1;
             continue;
         }
-        // Overran: answer now, quarantine the thread and its session.
+        // Overran: answer now, quarantine the thread (it exits and closes
+        // its session when the call returns) and start a replacement. One
+        // stuck call is that session's problem, a strike against the
+        // partition but not a reason to take it out.
         w.quarantined.store(true, Ordering::Release);
         g.stuck.fetch_add(1, Ordering::AcqRel);
+        g.part.health.quarantine(1);
         if let Some(c) = w.current.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            // Down: the partition is going out of use; an HA peer may answer.
+            // Down: an HA peer may answer (else CRYPTO).
             c.complete(Err(LaneError::Down));
         }
-        g.part.health.timed_out();
+        if g.part.health.timed_out() {
+            recovery::want(&g.part, Want::Probe);
+        }
         g.part
             .health
-            .fail("operation timed out; session quarantined");
-        if g.stuck.load(Ordering::Acquire) <= MAX_STUCK_PER_GROUP && spawn_worker(g).is_ok() {
+            .note_error("operation timed out; its session is quarantined until the call returns");
+        if g.stuck.load(Ordering::Acquire) <= max_stuck(g.part.sessions_per_core)
+            && spawn_worker(g).is_ok()
+        {
             healthy += 1;
         }
     }
@@ -426,13 +657,7 @@ mod tests {
     #[test]
     fn dropped_job_is_answered() {
         let c = Arc::new(Completion::default());
-        drop(Job {
-            key: 0,
-            op: OpClass::Ed25519,
-            input: vec![],
-            done: c.clone(),
-            queued_ns: 0,
-        });
+        drop(Job::new(0, OpClass::Ed25519, vec![], c.clone(), false));
         let r = futures_lite::future::block_on(std::future::poll_fn(|cx| c.poll(cx)));
         assert_eq!(r, Err(LaneError::Crypto));
     }

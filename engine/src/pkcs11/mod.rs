@@ -21,6 +21,8 @@
 
 pub mod dispatch;
 pub mod module;
+pub mod policy;
+pub mod recovery;
 pub mod session;
 pub mod spki;
 pub mod token;
@@ -72,6 +74,10 @@ pub struct Pkcs11Options {
     /// `CRYPTO` and its session quarantined (URI: `x-op-timeout`; the
     /// reference config's `sign_timeout` is the natural source). Default 2 s.
     pub op_timeout: Duration,
+    /// `key_load_errors: skip`: a key on a token that cannot be used (an
+    /// unsupported type, no public key to be found) is skipped with a
+    /// warning instead of failing start-up. Default false.
+    pub skip_failed_keys: bool,
 }
 
 impl Default for Pkcs11Options {
@@ -81,6 +87,7 @@ impl Default for Pkcs11Options {
             dispatch: None,
             sessions_per_core: 2,
             op_timeout: Duration::from_secs(2),
+            skip_failed_keys: false,
         }
     }
 }
@@ -106,6 +113,8 @@ struct Shared {
     partitions: Vec<Arc<Partition>>,
     groups: Vec<Group>,
     watchdog: Watchdog,
+    /// Start-up warnings (also logged).
+    warnings: Vec<String>,
 }
 
 /// Everything PKCS#11 that is shared read-only by the cores.
@@ -121,6 +130,7 @@ impl Default for Pkcs11Store {
                 partitions: Vec::new(),
                 groups: Vec::new(),
                 watchdog: Watchdog::default(),
+                warnings: Vec::new(),
             }),
         }
     }
@@ -153,6 +163,7 @@ impl Pkcs11Store {
         let mut groups: Vec<Group> = Vec::new();
         let mut by_ski: Vec<(Ski, usize)> = Vec::new();
         let mut entries = Vec::new();
+        let mut warnings = Vec::new();
         for raw in uris {
             let uri = Pkcs11Uri::parse(raw)?;
             let settings = |m: &module::Module| PartitionSettings {
@@ -169,8 +180,10 @@ impl Pkcs11Store {
                     .map(|n| (n / cores).max(1))
                     .unwrap_or(opts.sessions_per_core),
                 op_timeout: opts.op_timeout,
+                cores,
+                skip_failed_keys: opts.skip_failed_keys,
             };
-            let (pi, positions) = token::open_uri(&uri, &mut parts, settings)?;
+            let (pi, positions) = token::open_uri(&uri, &mut parts, settings, &mut warnings)?;
             for pos in positions {
                 let k = &parts[pi].keys[pos];
                 match by_ski.iter().find(|(s, _)| *s == k.ski) {
@@ -213,8 +226,12 @@ impl Pkcs11Store {
                 partitions: parts.into_iter().map(Arc::new).collect(),
                 groups,
                 watchdog: Watchdog::default(),
+                warnings,
             }),
         };
+        for w in &store.shared.warnings {
+            tracing::warn!("{w}");
+        }
         Ok((store, entries))
     }
 
@@ -229,7 +246,8 @@ impl Pkcs11Store {
                 DispatchMode::Inline => {
                     let mut lane = Lane::new(p.clone());
                     if let Err(e) = lane.warm_up() {
-                        p.health.fail(&e);
+                        p.health.note_error(&e);
+                        recovery::want(p, recovery::Want::Probe);
                     }
                     CoreLane::Inline(RefCell::new(lane))
                 }
@@ -263,6 +281,12 @@ impl Pkcs11Store {
             .iter()
             .map(|p| p.health.snapshot(&p.name))
             .collect()
+    }
+
+    /// Start-up warnings (already logged): keys skipped, session counts,
+    /// operations a token cannot do.
+    pub fn warnings(&self) -> &[String] {
+        &self.shared.warnings
     }
 
     /// Number of partitions (tokens) in use.
@@ -512,13 +536,19 @@ fn route(
         CoreLane::Dead => Routed::Ready(Some(Err(LaneError::Down))),
         CoreLane::Offload(_) => {
             let done = Arc::new(Completion::default());
-            inner.pending.borrow_mut()[pi].push(Job {
-                key: k,
-                op,
-                input: input.to_vec(),
-                done: done.clone(),
-                queued_ns: token::now_ns(),
+            // Another member could take it if this partition is out.
+            let fail_over = (0..g.members.len()).any(|o| {
+                o != m
+                    && tried & (1 << o) == 0
+                    && inner.shared.partitions[g.members[o].0].health.is_up()
             });
+            inner.pending.borrow_mut()[pi].push(Job::new(
+                k,
+                op,
+                input.to_vec(),
+                done.clone(),
+                fail_over,
+            ));
             inner.flush_armed.set(true);
             Routed::Queued(Pending { done }, Some(inner.clone()))
         }

@@ -1,6 +1,7 @@
 //! One session on one partition (a "lane"), the mechanisms keycore uses, and
-//! recovery: reopen, log in again, find handles again, re-initialise the
-//! module when it lost its state, with the partition's bounded backoff.
+//! one attempt at an operation, its failure classified by the partition's
+//! error policy. Inline dispatch also retries and recovers here; offload
+//! workers decide in dispatch.rs.
 //!
 //! Owns: [`Lane`] (a session, the generation it was opened under, and the
 //! object handles found on it) and the mapping from an `OpClass` to a
@@ -9,12 +10,14 @@
 //! (inline) or one worker thread (offload); `Session` is `Send` but not
 //! `Sync`, and nothing here locks.
 
+use super::policy::{rv_code, Action};
 use super::spki::ecdsa_der_from_raw;
 use super::token::{now_ns, rv_of, Partition};
 use crate::keys::KeyKind;
-use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
@@ -35,39 +38,47 @@ pub enum LaneError {
     Down,
 }
 
-/// Errors after which the session (and maybe the module) is rebuilt and the
-/// request tried once more. The list plus the two SoftHSM actually
-/// returns when key objects vanish under a session (`KEY_HANDLE_INVALID`)
-/// or its token directory does (`GENERAL_ERROR`).
-pub fn recoverable(rv: RvError) -> bool {
-    matches!(
-        rv,
-        RvError::SessionHandleInvalid
-            | RvError::SessionClosed
-            | RvError::UserNotLoggedIn
-            | RvError::ObjectHandleInvalid
-            | RvError::KeyHandleInvalid
-            | RvError::DeviceError
-            | RvError::DeviceRemoved
-            | RvError::TokenNotPresent
-            | RvError::TokenNotRecognized
-            | RvError::CryptokiNotInitialized
-            | RvError::GeneralError
-    )
+/// Why one attempt failed, for the caller's retry policy.
+#[derive(Debug, Clone)]
+pub enum Fail {
+    /// Not the token's problem: bad input length, wrong key kind, an
+    /// operation the token cannot do. Answer `CRYPTO`.
+    Input,
+    /// The key is missing from a token that still shows other private keys.
+    KeyGone,
+    /// No session could be opened.
+    Open(String),
+    /// The token answered an error; the policy says what it means.
+    Token {
+        /// What to do about it.
+        action: Action,
+        /// The `CKR_*` value.
+        rv: u64,
+    },
 }
 
-/// Errors after which the module itself must be re-initialised.
-fn needs_reinit(rv: RvError) -> bool {
-    matches!(
-        rv,
-        RvError::CryptokiNotInitialized
-            | RvError::DeviceRemoved
-            | RvError::TokenNotPresent
-            | RvError::TokenNotRecognized
-            | RvError::DeviceError
-            | RvError::SlotIdInvalid
-            | RvError::GeneralError
-    )
+impl Fail {
+    /// The action this failure calls for (an open failure is evidence
+    /// against the session's partition).
+    pub fn action(&self) -> Action {
+        match self {
+            Fail::Input | Fail::KeyGone => Action::Fail,
+            Fail::Open(_) => Action::Session,
+            Fail::Token { action, .. } => *action,
+        }
+    }
+
+    /// For logs and `last_error`.
+    pub fn describe(&self) -> String {
+        match self {
+            Fail::Input => "input does not fit the key".into(),
+            Fail::KeyGone => "key not found on the token".into(),
+            Fail::Open(e) => format!("opening a session: {e}"),
+            Fail::Token { action, rv } => {
+                format!("{} ({})", super::policy::rv_name(*rv), action.name())
+            }
+        }
+    }
 }
 
 /// An open session and what was found on it.
@@ -75,8 +86,12 @@ fn needs_reinit(rv: RvError) -> bool {
 struct Open {
     session: Session,
     generation: u64,
-    /// Per key of the partition: its handle, once found on this lane.
+    /// Per key of the partition: its handle, once found on this session
+    /// (handles are per session: AWS CloudHSM SDK 5 gives each session its
+    /// own, so a handle found elsewhere is never reused).
     handles: Vec<Option<ObjectHandle>>,
+    /// The partition's session epoch this session was last known alive at.
+    checked_epoch: u64,
 }
 
 /// One session on one partition, owned by one thread.
@@ -84,31 +99,27 @@ struct Open {
 pub struct Lane {
     part: Arc<Partition>,
     open: Option<Open>,
-    /// Set by an error that says the module lost its state.
-    reinit_wanted: bool,
-    /// Set by `CKR_USER_NOT_LOGGED_IN`: log in on the next session even if
-    /// it reports a logged-in state.
-    relogin_wanted: bool,
-    /// Whether the next session may start from the handles found at
-    /// start-up. Cleared by the first reset: after a failure, handles are
-    /// searched again (a token may renumber objects when all sessions of the
-    /// application close, as SoftHSM does for private objects).
-    startup_handles: bool,
-    /// Set by the offload watchdog's timeout: the session is not trusted.
+    /// Set by the offload watchdog's timeout: this lane's thread was
+    /// replaced; it closes its session once the stuck call returns.
     pub quarantined: bool,
     /// Per key of the partition: no new search for it before this time
     /// ([`now_ns`]); set when the key is missing from a token that still
     /// holds other private keys (a deleted key must not take its whole
     /// partition out of use).
     key_retry_at_ns: Vec<u64>,
+    /// Whether a refused RSA decrypt was already explained in the log.
+    decrypt_refusal_logged: bool,
 }
 
 /// How long a lane waits before searching again for a key that is missing
 /// from an otherwise healthy token (a key re-created under the same id is
 /// back in use within this time).
 pub const KEY_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Keys whose handles a lane finds as soon as its session opens (off the
+/// request path); the others are found on first use.
+const EAGER_KEYS: usize = 16;
 
-/// What `perform` failed on inside the token.
+/// What `run_op` failed on inside the token.
 enum OpFail {
     /// Not a token problem: bad input length, wrong key kind.
     Input,
@@ -133,8 +144,15 @@ fn hash_mech(h: Hash) -> Option<(MechanismType, PkcsMgfType)> {
     })
 }
 
+/// What a token signs for an empty ECDSA digest. A software key signs the
+/// empty digest (its integer is 0, SEC 1 section 4.1.3 step 5); so does a
+/// digest of zero bytes, which every token accepts where some refuse an
+/// empty input. The signature verifies against the empty digest.
+const EMPTY_ECDSA_DIGEST: [u8; 32] = [0; 32];
+
 /// Carry out `op` with key `h` of `kind`, appending the wire answer to `out`.
 fn run_op(
+    part: &Partition,
     s: &Session,
     h: ObjectHandle,
     kind: KeyKind,
@@ -169,28 +187,42 @@ fn run_op(
         }
         (OpClass::RsaDecrypt, KeyKind::Rsa { bits }) => {
             let k = bits.div_ceil(8);
-            if input.len() != k {
+            if input.len() != k || !part.rsa_decrypt {
                 return Err(OpFail::Input);
             }
             // CKM_RSA_X_509: the raw c^d mod n, left-padded to k bytes, the
             // same answer a software key gives (padding not removed).
-            let m = s.decrypt(&Mechanism::RsaX509, h, input)?;
+            let mut m = s.decrypt(&Mechanism::RsaX509, h, input)?;
             if m.len() > k {
+                super::token::wipe(&mut m);
                 return Err(OpFail::Input);
             }
             out.resize(out.len() + (k - m.len()), 0);
             out.extend_from_slice(&m);
+            super::token::wipe(&mut m);
         }
         (OpClass::Ecdsa(_), KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521) => {
-            if input.is_empty() {
-                return Err(OpFail::Input);
-            }
-            let raw = s.sign(&Mechanism::Ecdsa, h, input)?;
+            let digest = if input.is_empty() {
+                &EMPTY_ECDSA_DIGEST[..]
+            } else {
+                input
+            };
+            let raw = s.sign(&Mechanism::Ecdsa, h, digest)?;
             ecdsa_der_from_raw(&raw, out).ok_or(OpFail::Input)?;
         }
         (OpClass::Ed25519, KeyKind::Ed25519) => {
-            let m = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
-            out.extend_from_slice(&s.sign(&m, h, input)?);
+            let sig = if part.eddsa_mech == super::token::CKM_EDDSA {
+                let m = Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure));
+                s.sign(&m, h, input)?
+            } else {
+                // Thales Luna's vendor-defined CKM_EDDSA: pure Ed25519, no
+                // parameters.
+                let t = MechanismType::new_vendor_defined(part.eddsa_mech)
+                    .map_err(|_| OpFail::Input)?;
+                let m = Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(t, None));
+                s.sign(&m, h, input)?
+            };
+            out.extend_from_slice(&sig);
         }
         _ => return Err(OpFail::Input),
     }
@@ -204,10 +236,8 @@ impl Lane {
             key_retry_at_ns: vec![0; part.keys.len()],
             part,
             open: None,
-            reinit_wanted: false,
-            relogin_wanted: false,
-            startup_handles: true,
             quarantined: false,
+            decrypt_refusal_logged: false,
         }
     }
 
@@ -216,17 +246,34 @@ impl Lane {
         &self.part
     }
 
-    /// Open the session now (start-up), so the first request does not pay it.
+    /// Whether a session is open (and of the module's current generation).
+    pub fn is_open(&self) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| o.generation == self.part.module.generation())
+    }
+
+    /// Open the session now and find the first keys' handles on it (start-up
+    /// and after a session error: off the request path).
     pub fn warm_up(&mut self) -> Result<(), String> {
-        self.ensure_open().map(|_| ())
+        let part = self.part.clone();
+        let o = self.ensure_open()?;
+        let _g = part.module.enter();
+        for k in 0..part.keys.len().min(EAGER_KEYS) {
+            if o.handles[k].is_none() {
+                if let Ok(Some(h)) = part.find_key(&o.session, k) {
+                    o.handles[k] = Some(h);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Throw the session away. A session of an older module generation is
     /// forgotten, not closed: its handle number may belong to a new session.
-    fn reset(&mut self) {
-        self.startup_handles = false;
+    pub fn reset(&mut self) {
         if let Some(o) = self.open.take() {
-            if o.generation == self.part.module.generation() && !self.quarantined {
+            if o.generation == self.part.module.generation() {
                 let _g = self.part.module.enter();
                 drop(o.session);
             } else {
@@ -236,62 +283,172 @@ impl Lane {
     }
 
     fn ensure_open(&mut self) -> Result<&mut Open, String> {
-        let module = self.part.module.clone();
-        if self
-            .open
-            .as_ref()
-            .is_some_and(|o| o.generation != module.generation())
-        {
+        if self.open.is_some() && !self.is_open() {
             self.reset();
         }
         if self.open.is_none() {
-            if self.reinit_wanted {
-                module.reinit(module.generation())?;
-                self.reinit_wanted = false;
-            }
-            let o = match self.try_open() {
-                Ok(o) => o,
-                Err(first) => {
-                    // The module may have lost its state (token gone and
-                    // back, library restarted): re-initialise once and retry.
-                    module.reinit(module.generation())?;
-                    self.try_open()
-                        .map_err(|e| format!("{first}; after C_Initialize: {e}"))?
-                }
+            let p = &self.part;
+            let generation = p.module.generation();
+            // A new session of a logged-in application is logged in
+            // (PKCS#11 v2.40 section 5.6); a logout is handled once, on the
+            // control path, not per session.
+            let session = {
+                let _g = p.module.enter();
+                p.open_session(p.slot())
+                    .map_err(|e| format!("C_OpenSession: {e}"))?
             };
-            self.open = Some(o);
-            self.relogin_wanted = false;
+            self.open = Some(Open {
+                session,
+                generation,
+                handles: vec![None; p.keys.len()],
+                checked_epoch: p.health.session_epoch(),
+            });
         }
         Ok(self.open.as_mut().expect("just opened"))
     }
 
-    fn try_open(&self) -> Result<Open, String> {
-        let p = &self.part;
-        let generation = p.module.generation();
-        let slot = p.find_slot()?;
-        p.ensure_control(slot).map_err(|e| format!("login: {e}"))?;
-        let _g = p.module.enter();
-        let session = p
-            .module
-            .ctx
-            .open_ro_session(slot)
-            .map_err(|e| format!("C_OpenSession: {e}"))?;
-        p.login_with(&session, self.relogin_wanted)
-            .map_err(|e| format!("login: {e}"))?;
-        let handles = p
-            .keys
-            .iter()
-            .map(|k| (self.startup_handles && k.handle0_gen == generation).then_some(k.handle0))
-            .collect();
-        Ok(Open {
-            session,
-            generation,
-            handles,
-        })
+    /// One attempt at `op` with the partition's key `key` on this lane's
+    /// session (opened if needed). No retry, no recovery: the caller decides
+    /// from the [`Fail`].
+    pub fn attempt(
+        &mut self,
+        key: usize,
+        op: OpClass,
+        input: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), Fail> {
+        if self.key_retry_at_ns[key] > now_ns() {
+            return Err(Fail::KeyGone);
+        }
+        let part = self.part.clone();
+        let kind = part.keys[key].kind;
+        let start = out.len();
+        let epoch = part.health.session_epoch();
+        if self.open.as_ref().is_some_and(|o| o.checked_epoch != epoch) {
+            // Another session of this partition died since this one was
+            // last checked: check it (one call) before trusting a request
+            // to it; rebuild it here if it died too.
+            let alive = {
+                let o = self.open.as_ref().expect("checked above");
+                let _g = part.module.enter();
+                !matches!(
+                    o.session.get_session_info(),
+                    Err(CkError::Pkcs11(
+                        cryptoki::error::RvError::SessionHandleInvalid
+                            | cryptoki::error::RvError::SessionClosed,
+                        _
+                    ))
+                )
+            };
+            if alive {
+                if let Some(o) = self.open.as_mut() {
+                    o.checked_epoch = epoch;
+                }
+            } else {
+                self.reset();
+                part.health.reopened();
+            }
+        }
+        let o = self.ensure_open().map_err(Fail::Open)?;
+        let _g = part.module.enter();
+        let h = match o.handles[key] {
+            Some(h) => h,
+            None => {
+                let mut found = part.find_key(&o.session, key);
+                if matches!(found, Ok(None)) && part.has_private_keys(&o.session) {
+                    // Confirm before calling the key gone: a login made by
+                    // the control path between the two searches makes a
+                    // key invisible to the first one appear in the second.
+                    found = part.find_key(&o.session, key);
+                    if matches!(found, Ok(None)) {
+                        self.key_retry_at_ns[key] = now_ns() + KEY_RETRY.as_nanos() as u64;
+                        return Err(Fail::KeyGone);
+                    }
+                }
+                match found {
+                    Ok(Some(h)) => {
+                        o.handles[key] = Some(h);
+                        h
+                    }
+                    // No private key visible at all: logged out (private
+                    // objects are invisible to a public session), or the
+                    // token lost its objects.
+                    Ok(None) => {
+                        return Err(Fail::Token {
+                            action: if part.has_pin() {
+                                Action::Login
+                            } else {
+                                Action::Device
+                            },
+                            rv: super::policy::ckr::CKR_USER_NOT_LOGGED_IN,
+                        })
+                    }
+                    Err(e) => {
+                        let rv = rv_of(&e)
+                            .map(rv_code)
+                            .unwrap_or(super::policy::ckr::CKR_GENERAL_ERROR);
+                        return Err(Fail::Token {
+                            action: part.policy.classify_lookup(rv),
+                            rv,
+                        });
+                    }
+                }
+            }
+        };
+        match run_op(&part, &o.session, h, kind, op, input, out) {
+            Ok(()) => Ok(()),
+            Err(OpFail::Input) => {
+                out.truncate(start);
+                Err(Fail::Input)
+            }
+            Err(OpFail::Ck(e)) => {
+                out.truncate(start);
+                let rv = rv_of(&e)
+                    .map(rv_code)
+                    .unwrap_or(super::policy::ckr::CKR_GENERAL_ERROR);
+                let action = part.policy.classify(rv);
+                if matches!(
+                    rv,
+                    super::policy::ckr::CKR_SESSION_HANDLE_INVALID
+                        | super::policy::ckr::CKR_SESSION_CLOSED
+                ) {
+                    part.health.session_died();
+                }
+                if action == Action::Handle {
+                    o.handles[key] = None;
+                }
+                drop(_g);
+                if op == OpClass::RsaDecrypt && action == Action::Fail {
+                    self.explain_decrypt_refusal(rv);
+                }
+                Err(Fail::Token { action, rv })
+            }
+        }
     }
 
-    /// Perform `op` with the partition's key `key`; on a recoverable error,
-    /// rebuild the session (and module) and try once more.
+    /// A token that refuses RSA decryption outright is usually a FIPS-mode
+    /// one: say so once per lane, where an operator will look.
+    fn explain_decrypt_refusal(&mut self, rv: u64) {
+        use super::policy::ckr;
+        let refusal = matches!(
+            rv,
+            ckr::CKR_MECHANISM_INVALID | 0x68 /* KEY_FUNCTION_NOT_PERMITTED */ | 0x200 /* FUNCTION_REJECTED */ | 0x54 /* FUNCTION_NOT_SUPPORTED */
+        );
+        if refusal && !self.decrypt_refusal_logged {
+            self.decrypt_refusal_logged = true;
+            let why = format!(
+                "the token refused RSA decrypt ({}): FIPS-mode AWS CloudHSM clusters deprecated PKCS#1 v1.5 decryption and Thales Luna FIPS partitions restrict it; RSA key exchange (opcode 0x01) cannot be served from this partition (see docs/pkcs11)",
+                super::policy::rv_name(rv)
+            );
+            tracing::warn!(partition = %self.part.name, "{why}");
+            self.part.health.note_error(&why);
+        }
+    }
+
+    /// Perform `op` synchronously (inline dispatch, on the reactor): one
+    /// attempt, and after a session, handle, login or device error one more
+    /// on a rebuilt session. Recovery runs here, on the reactor: inline
+    /// dispatch is for in-process tokens, where it takes microseconds.
     pub fn perform(
         &mut self,
         key: usize,
@@ -302,67 +459,89 @@ impl Lane {
         if !self.part.health.usable() {
             return Err(LaneError::Down);
         }
-        if self.key_retry_at_ns[key] > now_ns() {
-            return Err(LaneError::Failed);
-        }
-        let kind = self.part.keys[key].kind;
-        let start = out.len();
+        let part = self.part.clone();
         for attempt in 0..2 {
-            let part = self.part.clone();
-            let open = match self.ensure_open() {
-                Ok(o) => o,
-                Err(e) => {
-                    part.health.fail(&e);
-                    return Err(LaneError::Down);
-                }
-            };
-            let _g = part.module.enter();
-            let h = match open.handles[key] {
-                Some(h) => Ok(h),
-                None => part.find_key(&open.session, key).inspect(|&h| {
-                    open.handles[key] = Some(h);
-                }),
-            };
-            // A key missing from a freshly rebuilt session on a token that
-            // still shows other private keys: the key is gone, not the token.
-            let key_gone = attempt == 1 && h.is_err() && part.has_private_keys(&open.session);
-            let r = match h {
-                Ok(h) => run_op(&open.session, h, kind, op, input, out),
-                Err(e) => Err(OpFail::Ck(e)),
-            };
-            drop(_g);
-            if key_gone {
-                self.key_retry_at_ns[key] = now_ns() + KEY_RETRY.as_nanos() as u64;
-                return Err(LaneError::Failed);
-            }
-            match r {
+            let login_seen = part.health.login_epoch();
+            let f = match self.attempt(key, op, input, out) {
                 Ok(()) => {
                     part.health.ok();
                     return Ok(());
                 }
-                Err(OpFail::Input) => return Err(LaneError::Crypto),
-                Err(OpFail::Ck(e)) => {
-                    out.truncate(start);
-                    let Some(rv) = rv_of(&e) else {
-                        return Err(LaneError::Failed);
-                    };
-                    if !recoverable(rv) {
-                        return Err(LaneError::Failed);
+                Err(f) => f,
+            };
+            let action = f.action();
+            let suspect = part.health.error(action);
+            match (&f, action) {
+                (Fail::Input, _) => return Err(LaneError::Crypto),
+                (Fail::KeyGone, _) | (_, Action::Fail) => return Err(LaneError::Failed),
+                _ => {}
+            }
+            if attempt == 1 {
+                if suspect {
+                    super::recovery::want(&part, super::recovery::Want::Probe);
+                }
+                part.health.note_error(&f.describe());
+                break;
+            }
+            part.health.retried();
+            match action {
+                Action::Busy | Action::Handle => {}
+                Action::Login => {
+                    if part.health.login_epoch() == login_seen {
+                        match part.relogin() {
+                            Ok(()) => part.health.relogged(),
+                            Err(e) => part.health.note_error(&e),
+                        }
                     }
-                    if attempt == 1 {
-                        // Rebuilt and failed again: the partition is not healthy.
-                        part.health.fail(&format!("after session rebuild: {e}"));
-                        self.reset();
+                }
+                Action::Session => {
+                    part.health.reopened();
+                    self.reset();
+                    if let Fail::Open(_) = f {
+                        // The session would not even open: find the token
+                        // again, re-initialising the module if needed.
+                        if let Err(e) = self.recover_sync() {
+                            part.health.fail(&e);
+                            return Err(LaneError::Down);
+                        }
+                    }
+                }
+                Action::Device => {
+                    part.health.reopened();
+                    self.reset();
+                    if let Err(e) = self.reinit_sync() {
+                        part.health.fail(&e);
                         return Err(LaneError::Down);
                     }
-                    part.health.reopened();
-                    self.reinit_wanted |= needs_reinit(rv);
-                    self.relogin_wanted |= rv == RvError::UserNotLoggedIn;
-                    self.reset();
                 }
+                Action::Fail => unreachable!("returned above"),
             }
         }
         Err(LaneError::Failed)
+    }
+
+    /// Find the token again and make sure the login holds; re-initialise the
+    /// module once if that fails (inline recovery).
+    fn recover_sync(&mut self) -> Result<(), String> {
+        let p = self.part.clone();
+        let found = p
+            .find_slot()
+            .and_then(|s| p.ensure_control(s).map_err(|e| format!("login: {e}")));
+        match found {
+            Ok(()) => Ok(()),
+            Err(first) => self
+                .reinit_sync()
+                .map_err(|e| format!("{first}; after C_Initialize: {e}")),
+        }
+    }
+
+    fn reinit_sync(&mut self) -> Result<(), String> {
+        let p = self.part.clone();
+        p.module.reinit(p.module.generation())?;
+        p.health.reinitialised();
+        self.reset();
+        let slot = p.find_slot()?;
+        p.ensure_control(slot).map_err(|e| format!("login: {e}"))
     }
 }
 
@@ -375,32 +554,6 @@ impl Drop for Lane {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn recovery_classes() {
-        for rv in [
-            RvError::SessionHandleInvalid,
-            RvError::SessionClosed,
-            RvError::UserNotLoggedIn,
-            RvError::ObjectHandleInvalid,
-            RvError::DeviceError,
-            RvError::DeviceRemoved,
-            RvError::TokenNotPresent,
-            RvError::CryptokiNotInitialized,
-        ] {
-            assert!(recoverable(rv), "{rv:?}");
-        }
-        for rv in [
-            RvError::DataLenRange,
-            RvError::MechanismInvalid,
-            RvError::KeyTypeInconsistent,
-            RvError::ArgumentsBad,
-        ] {
-            assert!(!recoverable(rv), "{rv:?}");
-        }
-        assert!(needs_reinit(RvError::CryptokiNotInitialized));
-        assert!(!needs_reinit(RvError::SessionHandleInvalid));
-    }
 
     #[test]
     fn pss_hashes_map_to_same_mgf() {

@@ -159,6 +159,53 @@ pub fn ed25519_spki(params: &[u8], point: &[u8]) -> Result<Vec<u8>, String> {
     Ok(spki(&alg, p))
 }
 
+/// Kind and normalised SPKI from a DER SubjectPublicKeyInfo a token gives
+/// (`CKA_PUBLIC_KEY_INFO`, PKCS#11 v2.40), rebuilt through the functions
+/// above so a key read this way has byte for byte the SPKI (and SKI) it
+/// would have when read from its public key object.
+pub fn spki_from_info(der: &[u8]) -> Result<(Vec<u8>, KeyKind), String> {
+    let bad = || "CKA_PUBLIC_KEY_INFO is not a DER SubjectPublicKeyInfo".to_string();
+    let (0x30, body, []) = read_tlv(der).ok_or_else(bad)? else {
+        return Err(bad());
+    };
+    let (0x30, alg, rest) = read_tlv(body).ok_or_else(bad)? else {
+        return Err(bad());
+    };
+    let (0x03, bits, []) = read_tlv(rest).ok_or_else(bad)? else {
+        return Err(bad());
+    };
+    let key = match bits.split_first() {
+        Some((0, k)) => k,
+        _ => return Err(bad()),
+    };
+    let (0x06, oid, params) = read_tlv(alg).ok_or_else(bad)? else {
+        return Err(bad());
+    };
+    if oid == OID_EC {
+        let mut point = Vec::with_capacity(key.len() + 2);
+        tlv(0x04, key, &mut point);
+        ec_spki(params, &point)
+    } else if oid == OID_ED25519 {
+        let mut p = Vec::new();
+        tlv(0x06, OID_ED25519, &mut p);
+        Ok((ed25519_spki(&p, key)?, KeyKind::Ed25519))
+    } else if oid == OID_RSA {
+        let (0x30, ints, []) = read_tlv(key).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let (0x02, n, rest) = read_tlv(ints).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let (0x02, e, []) = read_tlv(rest).ok_or_else(bad)? else {
+            return Err(bad());
+        };
+        let (spki, bits) = rsa_spki(n, e)?;
+        Ok((spki, KeyKind::Rsa { bits }))
+    } else {
+        Err("CKA_PUBLIC_KEY_INFO: not an RSA, EC or Ed25519 key".into())
+    }
+}
+
 /// DER `SEQUENCE { r INTEGER, s INTEGER }` from PKCS#11's `r‖s` (equal
 /// halves). `None` if the length is odd or zero.
 pub fn ecdsa_der_from_raw(raw: &[u8], out: &mut Vec<u8>) -> Option<()> {
@@ -221,6 +268,35 @@ mod tests {
         let mut other = Vec::new();
         tlv(0x06, &[0x2b, 0x65, 0x6e], &mut other);
         assert!(ec_spki(&other, &point).is_err());
+    }
+
+    #[test]
+    fn public_key_info_round_trips_every_kind() {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+        let kp = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref()).unwrap();
+        let mut params = Vec::new();
+        tlv(0x06, OID_P256, &mut params);
+        let (ec, _) = ec_spki(&params, kp.public_key().as_ref()).unwrap();
+        assert_eq!(
+            spki_from_info(&ec).unwrap(),
+            (ec.clone(), KeyKind::EcdsaP256)
+        );
+        let rsa = RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let (_, seq, _) = read_tlv(rsa.public_key().as_ref()).unwrap();
+        let (_, n, rest) = read_tlv(seq).unwrap();
+        let (_, e, _) = read_tlv(rest).unwrap();
+        let (r, bits) = rsa_spki(n, e).unwrap();
+        assert_eq!(
+            spki_from_info(&r).unwrap(),
+            (r.clone(), KeyKind::Rsa { bits })
+        );
+        let mut oid = Vec::new();
+        tlv(0x06, OID_ED25519, &mut oid);
+        let ed = ed25519_spki(&oid, &[9u8; 32]).unwrap();
+        assert_eq!(spki_from_info(&ed).unwrap(), (ed.clone(), KeyKind::Ed25519));
+        assert!(spki_from_info(&ec[..ec.len() - 1]).is_err());
+        assert!(spki_from_info(&[]).is_err());
     }
 
     #[test]

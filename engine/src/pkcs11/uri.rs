@@ -9,7 +9,9 @@
 //! Must not: echo a PIN. Every error names the URI through
 //! [`redact`], which replaces the value of `pin-value` by `***`.
 
+use super::policy::{Action, ErrorPolicy, Vendor};
 use std::fmt;
+use std::io::Read as _;
 use std::time::Duration;
 
 /// `CKU_USER`: the normal user (Luna "crypto officer", CloudHSM CU).
@@ -119,6 +121,19 @@ pub struct Pkcs11Uri {
     pub dispatch: Option<DispatchMode>,
     /// `x-op-timeout`: longest one offloaded operation may take.
     pub op_timeout: Option<Duration>,
+    /// `x-vendor`: the error-policy preset (default: from the module's file
+    /// name, see `policy::Vendor::detect`).
+    pub vendor: Option<Vendor>,
+    /// `x-on-error`: per-code overrides of the error policy.
+    pub on_error: Vec<(u64, Action)>,
+}
+
+impl Drop for Pkcs11Uri {
+    fn drop(&mut self) {
+        if let Some(p) = &mut self.pin_value {
+            super::token::wipe(p);
+        }
+    }
 }
 
 impl fmt::Debug for Pkcs11Uri {
@@ -128,22 +143,48 @@ impl fmt::Debug for Pkcs11Uri {
     }
 }
 
-/// The URI with the value of every `pin-value` query attribute replaced by
-/// `***`, truncated to [`MAX_URI_LEN`]; safe to print.
+/// The URI with the value of every `pin-value` attribute replaced by
+/// `***`, truncated to [`MAX_URI_LEN`]; safe to print. Deliberately lenient
+/// about where the attribute is: in the query or (wrongly) in the path,
+/// with a percent-encoded, upper-case or blank-padded name (`pin%2Dvalue`,
+/// ` PIN-VALUE `), after a `?` or a stray `&`: a malformed URI is printed in
+/// error messages too, and must not leak its PIN there.
 pub fn redact(uri: &str) -> String {
     let uri = truncate(uri, MAX_URI_LEN);
-    let Some((head, query)) = uri.split_once('?') else {
-        return uri.to_string();
-    };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("pin-value") => format!("{k}=***"),
-            _ => kv.to_string(),
-        })
-        .collect();
-    format!("{head}?{}", parts.join("&"))
+    let mut out = String::with_capacity(uri.len());
+    let mut rest = uri;
+    loop {
+        let end = rest.find([';', '&', '?']).unwrap_or(rest.len());
+        let (part, tail) = rest.split_at(end);
+        match part.split_once('=') {
+            Some((k, _)) if is_pin_name(k) => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            _ => out.push_str(part),
+        }
+        let Some(sep) = tail.chars().next() else {
+            break;
+        };
+        out.push(sep);
+        rest = &tail[sep.len_utf8()..];
+    }
+    out
 }
+
+/// Whether an attribute name, as written, means `pin-value`.
+fn is_pin_name(raw: &str) -> bool {
+    let decoded = pct_decode(raw).unwrap_or_else(|_| raw.as_bytes().to_vec());
+    let name = String::from_utf8_lossy(&decoded);
+    let name = name.trim().to_ascii_lowercase();
+    // The scheme may precede the first path attribute.
+    let name = name.strip_prefix("pkcs11:").unwrap_or(&name);
+    name == "pin-value"
+}
+
+/// Largest `pin-source` file read: a PIN is a line, not a document; a
+/// misconfigured path to a large file must not be read into memory.
+pub const MAX_PIN_FILE: u64 = 4096;
 
 fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -254,6 +295,8 @@ impl Pkcs11Uri {
             login_user: CKU_USER,
             dispatch: None,
             op_timeout: None,
+            vendor: None,
+            on_error: Vec::new(),
         };
         let mut seen: Vec<String> = Vec::new();
         let mut check_dup = |name: &str| -> Result<(), UriError> {
@@ -390,6 +433,19 @@ impl Pkcs11Uri {
                     }
                     u.op_timeout = Some(d);
                 }
+                "x-vendor" => {
+                    let t = text()?;
+                    u.vendor = Some(Vendor::parse(&t).ok_or_else(|| {
+                        err(
+                            &name,
+                            format!("{t:?}: expected generic, softhsm, cloudhsm, luna, kmsp11, yubihsm or nshield"),
+                        )
+                    })?);
+                }
+                "x-on-error" => {
+                    u.on_error =
+                        ErrorPolicy::parse_overrides(&text()?).map_err(|r| err(&name, r))?;
+                }
                 _ => return Err(err(&name, "unknown query attribute".into())),
             }
         }
@@ -422,14 +478,34 @@ impl Pkcs11Uri {
             .strip_prefix("file://")
             .or_else(|| src.strip_prefix("file:"))
             .unwrap_or(src);
-        let data = std::fs::read(path).map_err(|e| UriError {
+        let err = |reason: String| UriError {
             uri: self.display.clone(),
             attribute: "pin-source".into(),
-            reason: format!("cannot read {path:?}: {e}"),
-        })?;
+            reason,
+        };
+        // Checked before opening: opening a FIFO blocks until a writer
+        // comes, and a device may never end.
+        let meta =
+            std::fs::metadata(path).map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
+        if !meta.is_file() {
+            return Err(err(format!("{path:?} is not a regular file")));
+        }
+        let f = std::fs::File::open(path).map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
+        let mut data = Vec::new();
+        f.take(MAX_PIN_FILE + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
+        if data.len() as u64 > MAX_PIN_FILE {
+            super::token::wipe(&mut data);
+            return Err(err(format!(
+                "{path:?} is larger than {MAX_PIN_FILE} bytes; it should hold the PIN on its first line"
+            )));
+        }
         let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        Ok(Some(line.to_vec()))
+        let pin = line.to_vec();
+        super::token::wipe(&mut data);
+        Ok(Some(pin))
     }
 
     /// Whether this URI gives a PIN (by value or source).
