@@ -608,11 +608,15 @@ fn startup_errors_name_uri_and_attribute() {
         "pkcs11:token=errs;object=nolabel?module-path={MODULE}&pin-value={PIN}"
     ));
     assert!(e.contains("`object`"), "{e}");
-    // SoftHSM has no Crypto User role: the vendor user type is refused at login.
+    // SoftHSM has no Crypto User role: the vendor user type is refused at
+    // login, and the error blames the user type, not the PIN.
     let e = err(format!(
         "pkcs11:token=errs;id=%01?module-path={MODULE}&pin-value={PIN}&x-login-user=crypto-user"
     ));
-    assert!(e.contains("pin-value") && e.contains("login failed"), "{e}");
+    assert!(
+        e.contains("`x-login-user`") && e.contains("CKR_USER_TYPE_INVALID"),
+        "{e}"
+    );
     let e = err(format!("pkcs11:token=errs;id=%01?module-path={MODULE}"));
     assert!(e.contains("requires a login"), "{e}");
     // A URI without id/object loads every private key of the token; by label works.

@@ -372,8 +372,13 @@ impl Lane {
                     }
                     // No private key visible at all: logged out (private
                     // objects are invisible to a public session), or the
-                    // token lost its objects.
+                    // token lost its objects. A login is tried, and it is a
+                    // strike: if logging in does not bring the keys back,
+                    // the run of strikes gets the partition probed.
                     Ok(None) => {
+                        if part.health.strike() {
+                            super::recovery::want(&part, super::recovery::Want::Probe);
+                        }
                         return Err(Fail::Token {
                             action: if part.has_pin() {
                                 Action::Login
@@ -381,7 +386,7 @@ impl Lane {
                                 Action::Device
                             },
                             rv: super::policy::ckr::CKR_USER_NOT_LOGGED_IN,
-                        })
+                        });
                     }
                     Err(e) => {
                         let rv = rv_of(&e)
@@ -446,8 +451,8 @@ impl Lane {
     }
 
     /// Perform `op` synchronously (inline dispatch, on the reactor): one
-    /// attempt, and after a session, handle, login or device error one more
-    /// on a rebuilt session. Recovery runs here, on the reactor: inline
+    /// attempt, and after a session, handle, login or device error up to two
+    /// more on a rebuilt session. Recovery runs here, on the reactor: inline
     /// dispatch is for in-process tokens, where it takes microseconds.
     pub fn perform(
         &mut self,
@@ -460,7 +465,9 @@ impl Lane {
             return Err(LaneError::Down);
         }
         let part = self.part.clone();
-        for attempt in 0..2 {
+        // Three attempts: a token that killed every session also lost the
+        // login, so a rebuilt session may need the login before it works.
+        for attempt in 0..3 {
             let login_seen = part.health.login_epoch();
             let f = match self.attempt(key, op, input, out) {
                 Ok(()) => {
@@ -476,7 +483,7 @@ impl Lane {
                 (Fail::KeyGone, _) | (_, Action::Fail) => return Err(LaneError::Failed),
                 _ => {}
             }
-            if attempt == 1 {
+            if attempt == 2 {
                 if suspect {
                     super::recovery::want(&part, super::recovery::Want::Probe);
                 }

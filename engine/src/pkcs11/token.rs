@@ -269,6 +269,13 @@ impl Health {
         self.session_epoch.load(Ordering::Acquire)
     }
 
+    /// One strike against the partition without an operation error (see
+    /// [`SUSPECT_STREAK`]); true when it completes a suspect run.
+    pub fn strike(&self) -> bool {
+        let n = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        n.is_multiple_of(SUSPECT_STREAK)
+    }
+
     /// Count a session re-open.
     pub fn reopened(&self) {
         self.reopens.fetch_add(1, Ordering::Relaxed);
@@ -1077,6 +1084,7 @@ pub fn open_uri(
     })?;
 
     // Find the private keys this URI selects, on a short-lived session.
+    let mut skipped = 0usize;
     let found = {
         let _g = part.module.enter();
         let session = part
@@ -1120,10 +1128,13 @@ pub fn open_uri(
             });
             match read {
                 Ok(k) => out.push(k),
-                Err(r) if s.skip_failed_keys => warnings.push(format!(
+                Err(r) if s.skip_failed_keys => {
+                    skipped += 1;
+                    warnings.push(format!(
                     "{}: skipping a private key that cannot be used (key_load_errors: skip): {r}",
                     uri.display
-                )),
+                ))
+                }
                 Err(r) => {
                     return Err(uri.error(
                         attr,
@@ -1136,7 +1147,12 @@ pub fn open_uri(
     };
     if found.is_empty() {
         let attr = if uri.id.is_some() { "id" } else { "object" };
-        return Err(uri.error(attr, "no usable private key on the token matches"));
+        let why = if skipped > 0 {
+            format!("no usable private key on the token matches ({skipped} skipped)")
+        } else {
+            "no private key on the token matches".into()
+        };
+        return Err(uri.error(attr, why));
     }
     if !part.rsa_decrypt && found.iter().any(|k| matches!(k.kind, KeyKind::Rsa { .. })) {
         warnings.push(format!(
@@ -1168,7 +1184,13 @@ fn mechanisms(module: &Module, slot: Slot) -> (bool, u64) {
     };
     let has = |m: u64| list.iter().any(|t| u64::from(*t) == m);
     let rsa_decrypt = has(CKM_RSA_X_509);
-    let eddsa = if !has(CKM_EDDSA) && has(super::policy::LUNA_CKM_EDDSA) {
+    // cryptoki's mechanism list drops vendor-defined types, so Luna's
+    // vendor CKM_EDDSA is asked for by number.
+    let luna = || {
+        cryptoki::mechanism::MechanismType::new_vendor_defined(super::policy::LUNA_CKM_EDDSA)
+            .is_ok_and(|t| module.ctx.get_mechanism_info(slot, t).is_ok())
+    };
+    let eddsa = if !has(CKM_EDDSA) && luna() {
         super::policy::LUNA_CKM_EDDSA
     } else {
         CKM_EDDSA
@@ -1294,13 +1316,58 @@ mod tests {
         h.ok();
         let s = h.snapshot("p");
         assert!(s.healthy);
-        assert_eq!((s.failures, s.recoveries), (42, 1));
+        // Taken out once (the later failures kept it out), back once.
+        assert_eq!((s.failures, s.recoveries), (1, 1));
         assert_eq!(s.last_error, "again");
         h.ok();
         assert_eq!(
             h.snapshot("p").recoveries,
             1,
             "ok() on a healthy partition is not a recovery"
+        );
+    }
+
+    #[test]
+    fn strikes_ask_for_a_probe_only_in_a_run() {
+        use super::super::policy::Action;
+        let h = Health::default();
+        // Busy, plain failures and logouts are not evidence.
+        for a in [Action::Busy, Action::Fail, Action::Login] {
+            for _ in 0..10 {
+                assert!(!h.error(a));
+            }
+        }
+        // Session errors interleaved with successes never make a run.
+        for _ in 0..20 {
+            assert!(!h.error(Action::Session));
+            h.ok();
+        }
+        let run: Vec<bool> = (0..SUSPECT_STREAK)
+            .map(|_| h.error(Action::Session))
+            .collect();
+        assert_eq!(run.iter().filter(|&&p| p).count(), 1);
+        assert!(run[SUSPECT_STREAK as usize - 1], "{run:?}");
+        assert!(h.is_up(), "strikes alone never take the partition out");
+        let snap = h.snapshot("p");
+        assert_eq!(snap.errors[2], 20 + SUSPECT_STREAK as u64);
+        assert_eq!(snap.errors[1], 10);
+    }
+
+    #[test]
+    fn reopen_rate_allows_a_burst_then_paces() {
+        let h = Health::default();
+        let mut allowed = 0;
+        while h.reopen_wait().is_none() {
+            allowed += 1;
+            assert!(allowed <= REOPEN_BURST + 5, "no limit");
+        }
+        // The burst (plus what refilled meanwhile), then a wait of about
+        // one interval.
+        assert!(allowed >= REOPEN_BURST, "{allowed}");
+        let w = h.reopen_wait().unwrap();
+        assert!(
+            w <= Duration::from_nanos(1_000_000_000 / REOPEN_RATE),
+            "{w:?}"
         );
     }
 }

@@ -723,6 +723,74 @@ mod tests {
         );
     }
 
+    /// Issue 12 item 8: malformed URIs are printed in errors too; none may
+    /// show its PIN.
+    #[test]
+    fn pin_never_printed_for_malformed_uris() {
+        for bad in [
+            "pkcs11:token=a;pin-value=s3cret?module-path=/x.so",
+            "pkcs11:token=a?module-path=/x.so&pin%2Dvalue=s3cret",
+            "pkcs11:token=a?module-path=/x.so& pin-value =s3cret",
+            "pkcs11:token=a&pin-value=s3cret",
+            "pkcs11:pin-value=s3cret",
+            "PKCS11:token=a?Pin-Value=s3cret&bogus",
+            "pkcs11:token=a?pin-value=s3cret%zz",
+            "pkcs11:token=a??pin-value=s3cret",
+        ] {
+            assert!(!redact(bad).contains("s3cret"), "{bad} -> {}", redact(bad));
+            if let Err(e) = parse(bad) {
+                assert!(!e.to_string().contains("s3cret"), "{bad}: {e}");
+            }
+        }
+        // Everything else is kept as written.
+        assert_eq!(
+            redact("pkcs11:token=a;id=%01?module-path=/x.so&pin-value=1&x=y"),
+            "pkcs11:token=a;id=%01?module-path=/x.so&pin-value=***&x=y"
+        );
+    }
+
+    #[test]
+    fn pin_source_is_bounded_and_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'1'; MAX_PIN_FILE as usize + 1]).unwrap();
+        let u = parse(&format!("pkcs11:token=a?{SO}&pin-source={}", big.display())).unwrap();
+        let e = u.pin().unwrap_err();
+        assert!(e.reason.contains("larger than"), "{e}");
+        // A FIFO would block start-up forever if opened.
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let u = parse(&format!(
+            "pkcs11:token=a?{SO}&pin-source={}",
+            fifo.display()
+        ))
+        .unwrap();
+        let e = u.pin().unwrap_err();
+        assert!(e.reason.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn policy_attributes() {
+        let u = parse(&format!(
+            "pkcs11:token=a?{SO}&x-vendor=kmsp11&x-on-error=CKR_FUNCTION_FAILED:busy,0x80000041:session"
+        ))
+        .unwrap();
+        assert_eq!(u.vendor, Some(Vendor::Kmsp11));
+        assert_eq!(
+            u.on_error,
+            vec![(0x06, Action::Busy), (0x8000_0041, Action::Session)]
+        );
+        let e = parse(&format!("pkcs11:token=a?{SO}&x-vendor=thales")).unwrap_err();
+        assert_eq!(e.attribute, "x-vendor");
+        let e = parse(&format!(
+            "pkcs11:token=a?{SO}&x-on-error=CKR_DEVICE_ERROR:panic"
+        ))
+        .unwrap_err();
+        assert_eq!(e.attribute, "x-on-error");
+    }
+
     #[test]
     fn pin_source_file_plain_and_file_uri() {
         let dir = tempfile::tempdir().unwrap();
