@@ -1,8 +1,9 @@
 //! The C side: the exported `C_GetFunctionList`, the static `CK_FUNCTION_LIST` of wrappers, and
-//! loading the real module with `dlopen`. Every `unsafe` block of the crate lives here. Each
-//! wrapper describes its call to the shaper (`sim::Call`) and hands it a closure that makes the
-//! same call on the real module with the caller's arguments untouched; a few wrappers also keep
-//! the session table in step (open/close, login, session and slot info).
+//! loading the real module with `dlopen`. Every `unsafe` block of the crate lives here (and in
+//! its submodule `objects`, the wrappers a vendor behaviour rewrites). Each wrapper describes its
+//! call to the shaper (`sim::Call`) and hands it a closure that makes the same call on the real
+//! module with the caller's arguments untouched (or translated by `objects`); a few wrappers also
+//! keep the session table in step (open/close, login, session and slot info).
 
 #![allow(non_snake_case)] // the wrappers carry their PKCS#11 names
 

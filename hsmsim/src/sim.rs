@@ -1,7 +1,10 @@
 //! The simulated device: what happens to one call between the application and the real module.
 //! Owns the live config (re-read from its file while running), the partition's crypto cores and
-//! rate budget, the session table (live, dead, and each session's running mechanism) and the
-//! fault state (logged out, token removed, idle drop). Must not touch the real module's state
+//! rate budget, the session table (live, dead, each session's running mechanism, its key's size
+//! cost and an operation a fault left active), the per-session object handle tables of
+//! `session_handles`, and the fault state (logged out, token removed, idle drop). It decides how
+//! a call is answered: faults compose here, throttles are retried here for a retrying vendor
+//! client, and a hung crypto call holds its core here. Must not touch the real module's state
 //! behind the caller's back: a fault never closes or logs out a real session (another thread may
 //! be inside the real module on it); the simulator answers on the real module's behalf instead.
 //!
