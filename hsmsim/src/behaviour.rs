@@ -28,6 +28,11 @@
 //!   item 8, from Luna's headers). Throttling as `CKR_AGAIN` is an ASSUMPTION.
 //! - YubiHSM 2: no `CKM_RSA_X_509`; RSA decryption is `CKM_RSA_PKCS` or OAEP only (yubihsm-shell
 //!   `pkcs11/util_pkcs11.c`, per issue 20 item 3).
+//! - FIPS mode: Thales documents `CKM_RSA_PKCS` as "cannot decrypt / cannot encrypt / cannot
+//!   wrap / cannot unwrap" in FIPS-approved configuration from firmware 7.7.3 (Luna 7 SDK,
+//!   mechanism CKM_RSA_PKCS); issue 20 item 11 says CloudHSM FIPS clusters deprecated PKCS#1
+//!   v1.5 decryption. The code a refused `*Init` returns, `CKR_MECHANISM_INVALID`, is an
+//!   ASSUMPTION.
 
 use cryptoki_sys::{
     CKK_EC_EDWARDS, CKK_VENDOR_DEFINED, CKM_EC_EDWARDS_KEY_PAIR_GEN, CKM_EDDSA, CKM_VENDOR_DEFINED,
@@ -121,6 +126,9 @@ pub struct Behaviour {
     pub ec_point_on_private: bool,
     /// `CKA_PUBLIC_KEY_INFO` (DER SubjectPublicKeyInfo) is readable from private-key objects.
     pub public_key_info_on_private: bool,
+    /// FIPS mode: `CKM_RSA_PKCS` may sign but not decrypt or encrypt (Luna FIPS 140-3
+    /// partitions; CloudHSM FIPS clusters deprecated PKCS#1 v1.5 decryption).
+    pub fips_no_pkcs1_decrypt: bool,
     /// Times the vendor's client library retries a throttled call itself before answering.
     pub client_retries: u32,
     /// First back-off of those retries, milliseconds; it doubles on each retry.
@@ -147,6 +155,7 @@ impl Behaviour {
             hide_cka_id: false,
             ec_point_on_private: false,
             public_key_info_on_private: false,
+            fips_no_pkcs1_decrypt: false,
             client_retries: 0,
             retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
         };
@@ -223,6 +232,25 @@ impl Behaviour {
             }
         }
         Some(m)
+    }
+
+    /// Does this vendor refuse `mech` for the operation `func` starts (mechanism known)?
+    pub fn refuses(&self, func: Func, mech: CK_MECHANISM_TYPE) -> bool {
+        self.fips_no_pkcs1_decrypt
+            && mech == cryptoki_sys::CKM_RSA_PKCS
+            && matches!(func, Func::DecryptInit | Func::EncryptInit)
+    }
+
+    /// Mechanism flags this vendor clears in `C_GetMechanismInfo` for `mech`.
+    pub fn hidden_flags(&self, mech: CK_MECHANISM_TYPE) -> cryptoki_sys::CK_FLAGS {
+        if self.fips_no_pkcs1_decrypt && mech == cryptoki_sys::CKM_RSA_PKCS {
+            cryptoki_sys::CKF_DECRYPT
+                | cryptoki_sys::CKF_ENCRYPT
+                | cryptoki_sys::CKF_WRAP
+                | cryptoki_sys::CKF_UNWRAP
+        } else {
+            0
+        }
     }
 
     /// A mechanism as the real module names it -> as this vendor reports it (None: hidden).

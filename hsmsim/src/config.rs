@@ -472,6 +472,7 @@ struct RawBehaviour {
     hide_cka_id: Option<bool>,
     ec_point_on_private: Option<bool>,
     public_key_info_on_private: Option<bool>,
+    fips_no_pkcs1_decrypt: Option<bool>,
     client_retries: Option<u32>,
     retry_backoff_ms: Option<u32>,
 }
@@ -514,6 +515,7 @@ fn parse_behaviour(v: Value, origin: &str) -> Result<Behaviour, ConfigError> {
         &mut b.public_key_info_on_private,
         raw.public_key_info_on_private,
     );
+    set(&mut b.fips_no_pkcs1_decrypt, raw.fips_no_pkcs1_decrypt);
     if let Some(n) = raw.client_retries {
         if n > MAX_CLIENT_RETRIES {
             return Err(invalid(
@@ -1165,6 +1167,14 @@ mod tests {
         );
         let c = Config::from_json(r#"{"behaviour": {"ec_point_on_private": true}}"#, "t").unwrap();
         assert!(c.behaviour.ec_point_on_private && !c.behaviour.rw_sessions_only);
+        let c =
+            Config::from_json(r#"{"behaviour": {"fips_no_pkcs1_decrypt": true}}"#, "t").unwrap();
+        assert!(c
+            .behaviour
+            .refuses(Func::DecryptInit, cryptoki_sys::CKM_RSA_PKCS));
+        assert!(!c
+            .behaviour
+            .refuses(Func::SignInit, cryptoki_sys::CKM_RSA_PKCS));
         for (text, key) in [
             (r#"{"behaviour": "hsm9000"}"#, "behaviour"),
             (r#"{"behaviour": {"hide_cka": true}}"#, "behaviour"),

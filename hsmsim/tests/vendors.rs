@@ -450,3 +450,34 @@ fn cloudhsm_sdk5_retries_throttled_calls_itself_and_sdk3_reports_busy_as_operati
     assert_eq!(rv_of(&e), Some(RvError::OperationActive), "SDK 3 busy: {e}");
     ec_sign(&s, key).expect("fired once");
 }
+
+#[test]
+fn fips_mode_refuses_pkcs1_v1_5_decryption_but_signs() {
+    let (_g, h) = lock();
+    let s = start(h);
+    let key = private_key(&s, RSA_LABEL);
+    let public = public_key(&s, RSA_LABEL);
+    let ciphertext = s
+        .encrypt(&Mechanism::RsaPkcs, public, b"premaster")
+        .expect("encrypt under the generic behaviour");
+    behaviour(h, r#"{"fips_no_pkcs1_decrypt": true}"#);
+    let e = s
+        .decrypt(&Mechanism::RsaPkcs, key, &ciphertext)
+        .unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::MechanismInvalid), "{e}");
+    s.sign(&Mechanism::RsaPkcs, key, &[1u8; 32])
+        .expect("PKCS#1 v1.5 signing stays allowed");
+    let info = h
+        .pkcs11
+        .get_mechanism_info(h.slot, MechanismType::RSA_PKCS)
+        .unwrap();
+    assert!(
+        info.sign() && !info.decrypt() && !info.encrypt(),
+        "{info:?}"
+    );
+    behaviour(h, r#""generic""#);
+    assert_eq!(
+        s.decrypt(&Mechanism::RsaPkcs, key, &ciphertext).unwrap(),
+        b"premaster"
+    );
+}

@@ -235,6 +235,9 @@ unsafe fn op_init(
         };
         // SAFETY: `mech` is the caller's mechanism or `local`, both valid (or NULL).
         let call = Call::session(func, session).mech(unsafe { mech_type(mech) });
+        if call.mech.is_some_and(|m| b.refuses(func, m)) {
+            return sim.run(call, |_| CKR_MECHANISM_INVALID);
+        }
         let real_key = match key {
             None => 0,
             Some(h) => match resolve(sim, &b, session, h) {
@@ -719,11 +722,18 @@ pub(super) unsafe extern "C" fn C_GetMechanismInfo(
         let Some(t) = b.mechanism_in(type_) else {
             return sim.run(call, |_| CKR_MECHANISM_INVALID);
         };
-        sim.run(call, |real| match real.C_GetMechanismInfo {
+        let rv = sim.run(call, |real| match real.C_GetMechanismInfo {
             // SAFETY: the caller's arguments, mechanism translated.
             Some(f) => unsafe { f(slotID, t, pInfo) },
             None => CKR_FUNCTION_NOT_SUPPORTED,
-        })
+        });
+        if rv == CKR_OK {
+            // SAFETY: on CKR_OK the real module filled *pInfo, so it is valid and writable.
+            if let Some(info) = unsafe { pInfo.as_mut() } {
+                info.flags &= !b.hidden_flags(t);
+            }
+        }
+        rv
     })
 }
 
