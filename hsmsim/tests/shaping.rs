@@ -246,8 +246,11 @@ fn a_full_queue_throttles_with_the_vendor_code_instead_of_queueing() {
             .collect();
         handles.into_iter().map(|j| j.join().unwrap()).collect()
     });
-    assert!(results[0].is_ok(), "{:?}", results[0]);
-    let e = results[1].as_ref().unwrap_err();
+    // Normally the first signer is served and the second (100 ms later) refused; on a badly
+    // loaded host the order can flip, but exactly one is served and one shed either way.
+    let served = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(served, 1, "{results:?}");
+    let e = results.iter().find_map(|r| r.as_ref().err()).unwrap();
     assert_eq!(
         rv_of(e),
         Some(cryptoki::error::RvError::DeviceError),
