@@ -36,7 +36,7 @@ done
 echo "== uptime: $(uptime)"
 echo "== 1. SoftHSM2 in-process and keycore's PKCS#11 layer (engine bench; SoftHSM's C code sets the pace)"
 unset SOFTHSM2_CONF
-cargo test -q -p keycore-engine --test pkcs11_softhsm -- --ignored --exact bench_softhsm_inline_vs_offload --nocapture 2>&1 | grep -vE "^(running|test |$)" || true
+cargo test -q -p keycore-pkcs11 --test pkcs11_softhsm -- --ignored --exact bench_softhsm_inline_vs_offload --nocapture 2>&1 | grep -vE "^(running|test |$)" || true
 export SOFTHSM2_CONF=$W/softhsm2.conf
 run() { # $1 label, $2 extra URI query
   {

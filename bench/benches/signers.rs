@@ -14,7 +14,7 @@ use aws_lc_rs::rsa::{KeySize, PrivateDecryptingKey};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use criterion::measurement::WallTime;
 use criterion::{criterion_group, BenchmarkGroup, Criterion};
-use keycore_engine::keys::{software, Backend, KeyEntry};
+use keycore_keys::{software, Backend, KeyEntry};
 use keycore_protocol::{Hash, OpClass};
 use std::hint::black_box;
 use std::time::Duration;

@@ -108,17 +108,6 @@ impl Report {
     }
 }
 
-fn kind_name(k: crate::keys::KeyKind) -> String {
-    use crate::keys::KeyKind;
-    match k {
-        KeyKind::Rsa { bits } => format!("RSA-{bits}"),
-        KeyKind::EcdsaP256 => "ECDSA P-256".into(),
-        KeyKind::EcdsaP384 => "ECDSA P-384".into(),
-        KeyKind::EcdsaP521 => "ECDSA P-521".into(),
-        KeyKind::Ed25519 => "Ed25519".into(),
-    }
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -203,30 +192,19 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
 
     // Keys: the same loader as serve (PKCS#11 login, cloud public-key fetch).
     match launch::load_keys(cfg) {
-        Ok((index, pkcs11, kms, _)) => {
+        Ok((index, stores, _)) => {
             for e in index.entries() {
                 r.push(
                     Status::Ok,
-                    format!("key {}", kind_name(e.kind)),
+                    format!("key {}", e.kind),
                     format!("{} (SKI {})", e.source, hex(&e.ski)),
                 );
             }
-            for h in pkcs11.health() {
+            for line in stores.iter().flat_map(|s| s.status()) {
                 r.push(
-                    if h.healthy { Status::Ok } else { Status::Fail },
-                    "pkcs11 partition",
-                    if h.healthy {
-                        format!("{}: logged in", h.partition)
-                    } else {
-                        format!("{}: down: {}", h.partition, h.last_error)
-                    },
-                );
-            }
-            if !kms.is_empty() {
-                r.push(
-                    Status::Ok,
-                    "cloud keys",
-                    format!("{} fetched from their key services", kms.len()),
+                    if line.ok { Status::Ok } else { Status::Fail },
+                    line.what,
+                    line.detail,
                 );
             }
             if index.is_empty() {

@@ -10,15 +10,14 @@
 //! `skip` logs it with its path and reason and goes on. A duplicate key (same
 //! SKI from two sources) is always logged and the first one kept.
 
-use crate::config::{Config, KeyLoadErrors, KeyStore, Pkcs11Dispatch};
+use crate::config::{Config, KeyLoadErrors, KeyStore};
 use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
-use crate::keys::{software, KeyEntry, KeyIndex};
-use crate::kms::{KmsOptions, KmsStore};
 use crate::metrics::{MetricsServer, Registry, StaticGauge};
 use crate::ops::{self, PidFile};
-use crate::pkcs11::{DispatchMode, Pkcs11Options, Pkcs11Store};
-use crate::server::{self, tls, Limits, ServerHandle, ServerSettings};
+use crate::registry;
+use crate::server::{self, tls, Limits, ServerHandle, ServerSettings, Stores};
 use anyhow::{bail, Context, Result};
+use keycore_keys::{software, KeyEntry, KeyIndex};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
@@ -52,9 +51,10 @@ impl Running {
 }
 
 /// The readiness checks of a launched server (issue 14): keys loaded, and
-/// every PKCS#11 key with at least one partition up. Cloud keys need no
-/// check here: `launch` returns only after their start-up fetch answered.
-fn readiness_checks(keys: usize, pkcs11: &Arc<Pkcs11Store>) -> Vec<ReadyCheck> {
+/// every key store ready by its own account (`KeyStore::readiness`: for
+/// PKCS#11, every key with at least one partition up; cloud keys are ready
+/// once `launch` returns, after their start-up fetch answered).
+fn readiness_checks(keys: usize, stores: &Stores) -> Vec<ReadyCheck> {
     let mut checks: Vec<ReadyCheck> = vec![Box::new(move || {
         if keys == 0 {
             Err("no private keys loaded".into())
@@ -62,21 +62,9 @@ fn readiness_checks(keys: usize, pkcs11: &Arc<Pkcs11Store>) -> Vec<ReadyCheck> {
             Ok(())
         }
     })];
-    if pkcs11.partitions() > 0 {
-        let p = pkcs11.clone();
-        checks.push(Box::new(move || {
-            let down = p.keys_without_healthy_partition();
-            if down.is_empty() {
-                return Ok(());
-            }
-            let mut names: Vec<&str> = down.iter().map(String::as_str).collect();
-            names.dedup();
-            Err(format!(
-                "pkcs11: {} key(s) with no healthy partition ({})",
-                down.len(),
-                names.join(", ")
-            ))
-        }));
+    for store in stores {
+        let store = store.clone();
+        checks.push(Box::new(move || store.readiness()));
     }
     checks
 }
@@ -126,36 +114,31 @@ pub fn limits(cfg: &Config) -> Limits {
     }
 }
 
-/// Load every key store. Returns the index, the PKCS#11 and KMS stores and
-/// the seconds each store took (for `keyless_key_load_duration`).
-pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, KmsStore, Vec<f64>)> {
+/// Load every key store. Returns the index, the opened backend stores (in
+/// `StoreId` order) and the seconds each store took (for
+/// `keyless_key_load_duration`). `uri:` entries go to the backend registry,
+/// which routes each to the backend that claims it.
+pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>)> {
     let mut index = KeyIndex::default();
     let mut seconds = Vec::new();
-    let mut pkcs11_uris = Vec::new();
-    let mut kms_uris = Vec::new();
+    let mut uris = Vec::new();
     for store in &cfg.private_key_stores {
         let t0 = Instant::now();
         let results: Vec<Result<KeyEntry, software::KeyLoadError>> = match store {
             KeyStore::Dir(d) => {
                 if !d.is_dir() {
-                    bail!("private_key_stores: dir {}: not a readable directory", d.display());
+                    bail!(
+                        "private_key_stores: dir {}: not a readable directory",
+                        d.display()
+                    );
                 }
                 software::load_dir(d)
             }
             KeyStore::File(f) => vec![software::load_file(f)],
-            // RFC 3986 schemes are case-insensitive; the PKCS#11 parser
-            // accepts `PKCS11:` too, so it must be routed there as well.
-            KeyStore::Uri(u) if u.get(..7).is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:")) => {
-                pkcs11_uris.push(u.clone());
+            KeyStore::Uri(u) => {
+                uris.push(u.clone());
                 continue;
             }
-            KeyStore::Uri(u) if KmsStore::handles(u) => {
-                kms_uris.push(u.clone());
-                continue;
-            }
-            KeyStore::Uri(u) => bail!(
-                "private_key_stores: uri {u}: not a PKCS#11 URI, Azure Key Vault / Managed HSM key URL, Google Cloud KMS key version or AWS KMS key ARN"
-            ),
         };
         for r in results {
             match r {
@@ -172,48 +155,15 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Pkcs11Store, KmsStore, Vec<f
         }
         seconds.push(t0.elapsed().as_secs_f64());
     }
-    let pkcs11 = if pkcs11_uris.is_empty() {
-        Pkcs11Store::default()
-    } else {
-        let t0 = Instant::now();
-        let opts = Pkcs11Options {
-            cores: cfg.core_ids(&server::available_cpus()).len(),
-            dispatch: match cfg.pkcs11_dispatch {
-                Pkcs11Dispatch::Auto => None,
-                Pkcs11Dispatch::Inline => Some(DispatchMode::Inline),
-                Pkcs11Dispatch::Offload => Some(DispatchMode::Offload),
-            },
-            // The reference's sign_timeout bounds one sign attempt; it is the
-            // natural default for the per-operation watchdog.
-            op_timeout: cfg
-                .sign_timeout
-                .unwrap_or(Pkcs11Options::default().op_timeout),
-            skip_failed_keys: cfg.key_load_errors == KeyLoadErrors::Skip,
-            ..Pkcs11Options::default()
-        };
-        let (store, entries) =
-            Pkcs11Store::open(&pkcs11_uris, &opts).context("private_key_stores: PKCS#11")?;
-        for e in entries {
+    let mut stores = Stores::new();
+    for opened in registry::open_all(&uris, cfg)? {
+        for e in opened.keys {
             add(&mut index, e);
         }
-        seconds.push(t0.elapsed().as_secs_f64());
-        store
-    };
-    let kms = if kms_uris.is_empty() {
-        KmsStore::default()
-    } else {
-        let t0 = Instant::now();
-        let mut opts = KmsOptions::from_env().context("cloud key service settings")?;
-        opts.skip_failed_keys = cfg.key_load_errors == KeyLoadErrors::Skip;
-        let (store, entries) = KmsStore::open(&kms_uris, &opts)
-            .context("loading cloud keys (Azure Key Vault / Google Cloud KMS / AWS KMS)")?;
-        for e in entries {
-            add(&mut index, e);
-        }
-        seconds.push(t0.elapsed().as_secs_f64());
-        store
-    };
-    Ok((index, pkcs11, kms, seconds))
+        seconds.push(opened.seconds);
+        stores.push(opened.store);
+    }
+    Ok((index, stores, seconds))
 }
 
 fn add(index: &mut KeyIndex, e: KeyEntry) {
@@ -252,104 +202,6 @@ fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
     })
 }
 
-/// `keycore_pkcs11_*` series: health of each partition, read at scrape time.
-fn render_pkcs11_health(p: &Pkcs11Store, s: &mut String) {
-    use std::fmt::Write as _;
-    let health = p.health();
-    type Get = fn(&crate::pkcs11::PartitionHealth) -> u64;
-    let series: [(&str, &str, &str, Get); 11] = [
-        (
-            "keycore_pkcs11_partition_healthy",
-            "gauge",
-            "1 while the partition is in use, 0 while it is out (a probe failed).",
-            |h| h.healthy as u64,
-        ),
-        (
-            "keycore_pkcs11_partition_failures_total",
-            "counter",
-            "Times the partition was taken out of use.",
-            |h| h.failures,
-        ),
-        (
-            "keycore_pkcs11_partition_recoveries_total",
-            "counter",
-            "Times the partition came back.",
-            |h| h.recoveries,
-        ),
-        (
-            "keycore_pkcs11_session_reopens_total",
-            "counter",
-            "Sessions re-opened after a session error.",
-            |h| h.reopens,
-        ),
-        (
-            "keycore_pkcs11_op_timeouts_total",
-            "counter",
-            "Operations that exceeded the per-operation timeout, or waited past it.",
-            |h| h.timeouts,
-        ),
-        (
-            "keycore_pkcs11_retries_total",
-            "counter",
-            "Requests tried again after an error (on another session, after a login, after a busy answer).",
-            |h| h.retries,
-        ),
-        (
-            "keycore_pkcs11_relogins_total",
-            "counter",
-            "Logins made again on the control path after the token logged keycore out.",
-            |h| h.relogins,
-        ),
-        (
-            "keycore_pkcs11_module_reinits_total",
-            "counter",
-            "Module re-initialisations (C_Finalize + C_Initialize) made for the partition.",
-            |h| h.reinits,
-        ),
-        (
-            "keycore_pkcs11_probes_total",
-            "counter",
-            "Probes of the partition (token, session, keys) after a run of failures or while out.",
-            |h| h.probes,
-        ),
-        (
-            "keycore_pkcs11_probe_failures_total",
-            "counter",
-            "Probes that failed: each takes the partition out or keeps it out.",
-            |h| h.probe_failures,
-        ),
-        (
-            "keycore_pkcs11_sessions_quarantined",
-            "gauge",
-            "Worker threads stuck in a call past the timeout (their sessions close when the call returns).",
-            |h| h.quarantined,
-        ),
-    ];
-    for (name, kind, help, get) in series {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for h in &health {
-            let label = h.partition.replace('\\', "\\\\").replace('"', "\\\"");
-            let _ = writeln!(s, "{name}{{partition=\"{label}\"}} {}", get(h));
-        }
-    }
-    let name = "keycore_pkcs11_op_errors_total";
-    let _ = writeln!(
-        s,
-        "# HELP {name} Errors of PKCS#11 key operations by what the error policy did about them (fail, busy, session, handle, login, device).\n# TYPE {name} counter"
-    );
-    for h in &health {
-        let label = h.partition.replace('\\', "\\\\").replace('"', "\\\"");
-        for (i, a) in crate::pkcs11::policy::Action::ALL.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "{name}{{partition=\"{label}\",action=\"{}\"}} {}",
-                a.name(),
-                h.errors[i]
-            );
-        }
-    }
-}
-
 /// Start everything the config describes.
 pub fn launch(cfg: &Config) -> Result<Running> {
     // Keys the reference has that keycore parses but does not act on yet:
@@ -365,7 +217,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         );
     }
     check_nofile_limit(cfg);
-    let (index, pkcs11, kms, key_load_seconds) = load_keys(cfg)?;
+    let (index, stores, key_load_seconds) = load_keys(cfg)?;
     let key_count = index.len();
     if index.is_empty() {
         tracing::warn!(
@@ -383,6 +235,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     })?;
     let mut registry = Registry {
         key_load_seconds,
+        stores: stores.clone(),
         ..Default::default()
     };
     for (which, p) in [
@@ -399,18 +252,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
             registry.gauges.push(g);
         }
     }
-    let pkcs11 = Arc::new(pkcs11);
-    let pkcs11_for_health = pkcs11.clone();
-    let kms = Arc::new(kms);
-    {
-        let (p, k) = (pkcs11.clone(), kms.clone());
-        registry.extra = Some(Arc::new(move |s: &mut String| {
-            if p.partitions() > 0 {
-                render_pkcs11_health(&p, s);
-            }
-            k.render_metrics(s);
-        }));
-    }
+    let stores_for_health = stores.clone();
     let cpus = cfg.core_ids(&server::available_cpus());
     let server = server::start(
         ServerSettings {
@@ -420,12 +262,12 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         },
         tls,
         Arc::new(index),
-        server::Backends { pkcs11, kms },
+        stores,
         registry,
     )
     .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;
     let health = Arc::new(Health::new(
-        readiness_checks(key_count, &pkcs11_for_health),
+        readiness_checks(key_count, &stores_for_health),
         HEARTBEAT_DEADLINE,
     ));
     let metrics = match cfg.metrics_addr() {

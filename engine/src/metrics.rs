@@ -17,6 +17,7 @@
 //! This module must not: allocate or format on the data path, or hold a lock
 //! that a reactor could contend on.
 
+use keycore_keys::{KeyStore, PromWriter};
 use keycore_protocol::{ErrorCode, Op, OpClass};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -193,9 +194,6 @@ pub struct StaticGauge {
     pub value: f64,
 }
 
-/// Extra text appended at scrape time by a control-plane component.
-pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
-
 /// Everything a scrape reads.
 #[derive(Default)]
 pub struct Registry {
@@ -205,8 +203,8 @@ pub struct Registry {
     pub gauges: Vec<StaticGauge>,
     /// Seconds each key store took to load at start-up.
     pub key_load_seconds: Vec<f64>,
-    /// Extra dynamic text appended at scrape time (e.g. PKCS#11 health).
-    pub extra: Option<ExtraMetrics>,
+    /// The key stores, each rendering its own families at scrape time.
+    pub stores: Vec<Arc<dyn KeyStore>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -313,8 +311,9 @@ impl Registry {
                 let _ = writeln!(s, "{name}{{core=\"{}\"}} {}", c.core, get(c));
             }
         }
-        if let Some(extra) = &self.extra {
-            extra(&mut s);
+        let mut w = PromWriter::new(&mut s);
+        for store in &self.stores {
+            store.render_metrics(&mut w);
         }
         s
     }

@@ -9,8 +9,8 @@
 //! fast, since the demo runs it at every start: the slow part, RSA prime
 //! generation, runs on threads alongside the rest.
 
-use crate::keys::KeyKind;
 use anyhow::Context;
+use keycore_keys::KeyKind;
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, RsaKeySize, SerialNumber,
@@ -269,7 +269,7 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::software;
+    use keycore_keys::software;
     use std::process::Command;
     use x509_parser::prelude::*;
 
@@ -321,11 +321,11 @@ mod tests {
     /// One signature per key (and a decrypt for RSA), checked with
     /// aws-lc-rs's public verification: covers the 3072- and 4096-bit sizes
     /// the software-key tests don't generate.
-    fn signs_and_verifies(e: &crate::keys::KeyEntry) {
+    fn signs_and_verifies(e: &keycore_keys::KeyEntry) {
         use aws_lc_rs::digest;
         use aws_lc_rs::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
         use keycore_protocol::{Hash, OpClass};
-        let crate::keys::Backend::Inline(k) = &e.backend else {
+        let keycore_keys::Backend::Inline(k) = &e.backend else {
             panic!("software keys are inline")
         };
         let (_, spki) = SubjectPublicKeyInfo::from_der(&e.spki_der).unwrap();

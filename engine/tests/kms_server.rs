@@ -1,13 +1,13 @@
 //! Cloud keys through the whole server: edge client (keycore-loadgen's
-//! blocking client, mutual TLS) -> reactor -> `Backend::Kms` -> KMS runtime
+//! blocking client, mutual TLS) -> reactor -> `Backend::Store` (KMS) -> KMS runtime
 //! thread -> stand-in -> back, with signatures verified by the test.
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
-use keycore_engine::keys::KeyIndex;
-use keycore_engine::kms::{AwsCredential, AzureCredential, GcpCredential, KmsOptions, KmsStore};
 use keycore_engine::pki;
-use keycore_engine::server::{self, tls, Backends, Limits, ServerSettings};
+use keycore_engine::server::{self, tls, Limits, ServerSettings};
+use keycore_keys::{KeyIndex, StoreId};
+use keycore_kms::{AwsCredential, AzureCredential, GcpCredential, KmsOptions, KmsStore};
 use keycore_kmssim::{KeyType, Sim};
 use keycore_loadgen::client::BlockingClient;
 use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
@@ -69,7 +69,8 @@ fn edge_requests_are_served_by_cloud_keys() {
         }),
         ..KmsOptions::default()
     };
-    let (store, entries) = KmsStore::open(&[az_uri, gcp_uri.to_string(), aws_uri], &opts).unwrap();
+    let (store, entries) =
+        KmsStore::open(&[az_uri, gcp_uri.to_string(), aws_uri], &opts, StoreId(0)).unwrap();
     let skis: Vec<Ski> = entries.iter().map(|e| e.ski).collect();
     let mut index = KeyIndex::default();
     for e in entries {
@@ -92,10 +93,7 @@ fn edge_requests_are_served_by_cloud_keys() {
         },
         tls,
         Arc::new(index),
-        Backends {
-            pkcs11: Default::default(),
-            kms: Arc::new(store),
-        },
+        vec![Arc::new(store)],
         Default::default(),
     )
     .unwrap();

@@ -17,7 +17,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::http::request::Parts;
 use hyper::{Method, Response, StatusCode};
-use keycore_engine::keys::KeyKind;
+use keycore_keys::KeyKind;
 use keycore_protocol::{Hash, OpClass};
 use serde_json::json as j;
 

@@ -5,7 +5,7 @@
 //! (SPKI DER, PEM, JWK members), raw PKCS#1 v1.5 signing and DER <-> `r‖s`.
 
 use crate::SimError;
-use keycore_engine::keys::{software, Backend, KeyKind, PrivateKeyOps};
+use keycore_keys::{software, Backend, KeyKind, PrivateKeyOps};
 use keycore_protocol::{Hash, OpClass};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;

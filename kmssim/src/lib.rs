@@ -43,7 +43,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use keycore_engine::keys::KeyKind;
+use keycore_keys::KeyKind;
 pub use keys::{KeyType, SimKey};
 use std::collections::HashMap;
 use std::convert::Infallible;

@@ -12,7 +12,8 @@
 
 use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
 use aws_lc_rs::signature::{self, KeyPair};
-use keycore_protocol::{ski_from_spki, Ski};
+use keycore_keys::ski_from_spki;
+use keycore_protocol::Ski;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use std::collections::HashSet;
 use std::fmt;

@@ -15,8 +15,7 @@ use aws_lc_rs::digest;
 use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::{self, KeyPair};
 use keycore_protocol::{
-    encode_error, encode_response, frame, ski_from_spki, ErrorCode, FrameStatus, Message, Op, Ski,
-    MAX_BODY_LEN,
+    encode_error, encode_response, frame, ErrorCode, FrameStatus, Message, Op, Ski, MAX_BODY_LEN,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -89,17 +88,17 @@ impl TestServer {
             signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_ASN1_SIGNING).unwrap();
         let ec_pk8 = ec.to_pkcs8v1().unwrap();
         std::fs::write(key_dir.join("ec.key"), pem_key(ec_pk8.as_ref())).unwrap();
-        let ski = ski_from_spki(ec.public_key().as_der().unwrap().as_ref()).unwrap();
+        let ski = keycore_keys::ski_from_spki(ec.public_key().as_der().unwrap().as_ref()).unwrap();
         keys.insert(ski, TestKey::Ec(ec));
         let rsa = signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let rsa_pk8: aws_lc_rs::encoding::Pkcs8V1Der = rsa.as_der().unwrap();
         std::fs::write(key_dir.join("rsa.key"), pem_key(rsa_pk8.as_ref())).unwrap();
-        let ski = ski_from_spki(rsa.public_key().as_der().unwrap().as_ref()).unwrap();
+        let ski = keycore_keys::ski_from_spki(rsa.public_key().as_der().unwrap().as_ref()).unwrap();
         keys.insert(ski, TestKey::Rsa(rsa));
         let ed = signature::Ed25519KeyPair::generate().unwrap();
         let ed_pk8 = ed.to_pkcs8().unwrap();
         std::fs::write(key_dir.join("ed.key"), pem_key(ed_pk8.as_ref())).unwrap();
-        let ski = ski_from_spki(ed.public_key().as_der().unwrap().as_ref()).unwrap();
+        let ski = keycore_keys::ski_from_spki(ed.public_key().as_der().unwrap().as_ref()).unwrap();
         keys.insert(ski, TestKey::Ed(ed));
 
         let mut roots = rustls::RootCertStore::empty();

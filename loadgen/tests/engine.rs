@@ -7,9 +7,9 @@
 //! - a server stall (the whole server process frozen with SIGSTOP for 400 ms,
 //!   like a VM pause or a stop-the-world hiccup) shows in the open-loop tail.
 
-use keycore_engine::keys::{software, KeyIndex};
 use keycore_engine::pki::{self, DemoPki};
 use keycore_engine::server::{self, tls, Limits, ServerHandle, ServerSettings};
+use keycore_keys::{software, KeyIndex};
 use keycore_loadgen::check::OpKind;
 use keycore_loadgen::{run, Arrivals, ClientTlsPaths, LoadSpec, LoopMode, Profile};
 use std::io::{BufRead, BufReader};

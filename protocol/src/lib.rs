@@ -1,8 +1,9 @@
 //! # keycore-protocol
 //!
 //! The Keyless wire protocol (version 1) exactly as the deployed edge speaks it
-//! (`shared/PROTOCOL.md`): framing, items, typed decode and encode, and the key
-//! identifiers (SKI and the legacy modulus digest).
+//! (`shared/PROTOCOL.md`): framing, items, typed decode and encode. Computing a
+//! key's identifiers (SKI, legacy digest) needs a hash and lives in
+//! `keycore-keys`; this crate depends on nothing.
 //!
 //! What this crate is **not**: it does no I/O, reads no clock, spawns nothing and
 //! knows nothing of TLS or reactors. That keeps it deterministic and testable
@@ -21,19 +22,12 @@
 
 pub mod codec;
 pub mod frame;
-#[cfg(feature = "ski")]
-pub mod ski;
 pub mod types;
 
 pub use codec::{
     encode_error, encode_response, padded_body_len, DecodeError, EncodeError, Message, Response,
 };
 pub use frame::{FrameError, FrameStatus, Header};
-#[cfg(feature = "ski")]
-pub use ski::{
-    legacy_digest_from_modulus, legacy_digest_from_spki, ski_from_key_bits, ski_from_spki, Ski,
-    SpkiError,
-};
 pub use types::{ErrorCode, Hash, Op, OpClass, Tag};
 
 /// Length of the fixed message header: version (2), body length (2), ID (4).
@@ -54,6 +48,9 @@ pub const ITEM_HEADER_LEN: usize = 3;
 
 /// Length of a SKI value (SHA-1).
 pub const SKI_LEN: usize = 20;
+
+/// A subject key identifier as carried on the wire (tag 0x04).
+pub type Ski = [u8; SKI_LEN];
 
 /// Length of the legacy certificate digest value (SHA-256).
 pub const CERT_DIGEST_LEN: usize = 32;

@@ -184,7 +184,7 @@ fn serve_with_cloud_keys_from_gokeyless_yaml() {
             false,
         ),
     ] {
-        let ski = keycore_protocol::ski_from_spki(spki).unwrap();
+        let ski = keycore_keys::ski_from_spki(spki).unwrap();
         let r = c
             .call(&crate::harness::req(op, Some(&ski), d.as_ref()))
             .unwrap();

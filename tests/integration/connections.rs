@@ -2,8 +2,8 @@
 
 use crate::harness::{req, Opts, TestServer};
 use crate::protocol_errors::raw_msg;
-use keycore_engine::keys::KeyKind;
 use keycore_engine::server::Limits;
+use keycore_keys::KeyKind;
 use keycore_protocol::{Message, Op};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

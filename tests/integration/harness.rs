@@ -1,8 +1,8 @@
 //! Start a real server on loopback with a fresh PKI and keys of every kind.
 
-use keycore_engine::keys::{software, KeyIndex, KeyKind};
 use keycore_engine::pki::{self, DemoPki};
 use keycore_engine::server::{self, tls, Limits, ServerHandle, ServerSettings};
+use keycore_keys::{software, KeyIndex, KeyKind};
 use keycore_loadgen::client::BlockingClient;
 use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
 use keycore_protocol::{Message, Op, Ski};

@@ -5,7 +5,7 @@
 use crate::harness::{openssl_verify, req, TestServer};
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-use keycore_engine::keys::KeyKind;
+use keycore_keys::KeyKind;
 use keycore_protocol::{ErrorCode, Hash, Op, OpClass};
 
 fn digest_of(h: Hash, msg: &[u8]) -> Vec<u8> {
@@ -194,7 +194,7 @@ fn legacy_digest_finds_rsa_key_without_ski() {
     let srv = TestServer::start();
     let mut c = srv.client();
     let key = srv.key(KeyKind::Rsa { bits: 2048 });
-    let legacy = keycore_protocol::legacy_digest_from_spki(&key.spki_der).unwrap();
+    let legacy = keycore_keys::legacy_digest_from_spki(&key.spki_der).unwrap();
     let d = digest_of(Hash::Sha256, b"m");
     let m = keycore_protocol::Message {
         opcode: Some(Op::RSA_SIGN_SHA256),

@@ -176,7 +176,7 @@ fn serve_on(hsm: &Hsm, extra: &str, cores: usize) -> Served {
 }
 
 fn ski(spki: &[u8]) -> [u8; 20] {
-    keycore_protocol::ski_from_spki(spki).unwrap()
+    keycore_keys::ski_from_spki(spki).unwrap()
 }
 
 fn sha256(b: &[u8]) -> Vec<u8> {
@@ -243,10 +243,10 @@ fn responses_complete_out_of_order() {
     let s = serve(h, "&x-dispatch=offload");
     let addr = s.running.as_ref().unwrap().server.addr;
     let mut c = BlockingClient::connect(addr, &s.tls).unwrap();
-    let sw = keycore_engine::keys::software::load_dir(&s.pki.keys_dir)
+    let sw = keycore_keys::software::load_dir(&s.pki.keys_dir)
         .into_iter()
         .map(|r| r.unwrap())
-        .find(|e| e.kind == keycore_engine::keys::KeyKind::EcdsaP256)
+        .find(|e| e.kind == keycore_keys::KeyKind::EcdsaP256)
         .unwrap();
     let rsa_ski = ski(&h.token.1);
     let d = sha256(b"order");

@@ -2,8 +2,8 @@
 //! real connection.
 
 use crate::harness::{req, Opts, TestServer};
-use keycore_engine::keys::KeyKind;
 use keycore_engine::server::Limits;
+use keycore_keys::KeyKind;
 use keycore_protocol::{ErrorCode, Message, Op};
 
 #[test]

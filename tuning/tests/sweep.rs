@@ -1,7 +1,7 @@
 //! A concurrency sweep against the real key server on loopback.
 
-use keycore_engine::keys::{software, KeyIndex};
 use keycore_engine::server::{self, tls, Limits, ServerSettings};
+use keycore_keys::{software, KeyIndex};
 use keycore_loadgen::{ClientTlsPaths, LoadSpec, Profile};
 use keycore_tuning::{sweep, SweepSpec};
 use std::sync::Arc;

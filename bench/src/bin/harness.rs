@@ -41,7 +41,7 @@ use anyhow::{bail, Context, Result};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, RsaKeyPair};
 use clap::Parser;
-use keycore_engine::keys::{software, Backend, KeyEntry};
+use keycore_keys::{software, Backend, KeyEntry};
 use keycore_loadgen::{Arrivals, ClientTlsPaths, LoadSpec, LoopMode, Profile, Report};
 use keycore_protocol::frame::{self, FrameStatus};
 use keycore_protocol::{encode_response, Hash, Message, Op, OpClass, MAX_BODY_LEN};

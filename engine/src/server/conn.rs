@@ -192,8 +192,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
     let stats = &core.stats;
     let ctx = DispatchCtx {
         keys: &core.keys,
-        hsm: &core.hsm,
-        kms: &core.kms,
+        stores: &core.stores,
         stats,
     };
     let completions = Rc::new(Completions::default());
@@ -230,6 +229,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
 
         // 2. Every complete request buffered, while limits allow.
         let read_at = Instant::now();
+        let submitted_before = in_flight;
         while fatal.is_none()
             && in_flight < limits.max_in_flight
             && wbuf.len() < limits.write_buffer_bytes
@@ -269,6 +269,10 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
                     fatal = Some(CloseReason::Framing);
                 }
             }
+        }
+        if in_flight > submitted_before {
+            // This pass's off-reactor requests go out now, as one batch.
+            dispatch::flush(&ctx);
         }
         if start == end {
             start = 0;

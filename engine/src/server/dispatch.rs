@@ -4,20 +4,20 @@
 //! pong, or error code), following PROTOCOL.md "Opcodes": a response-class
 //! opcode gets 0x06, an unknown or missing one 0x05, seal/unseal/RPC with no
 //! handler 0x08, a custom op with no function 0x05; key operations look the
-//! key up by SKI (0x02 unknown, 0x08 none) and run on its backend.
+//! key up by SKI (0x02 unknown, 0x08 none), check the request's shape
+//! against the key once (`keycore_keys::check_input`, before any backend)
+//! and run it: a software key inline, a store's key through this core's
+//! `CoreStore::perform`, which answers now or returns a pending completion.
 //!
 //! Must not: allocate for a synchronous operation (the result goes to a
 //! reused scratch buffer, then straight into the connection's write buffer),
-//! log per request, or block the reactor (PKCS#11 offload returns a future).
+//! log per request, block the reactor (slow backends return a future), or
+//! name any particular backend.
 
-use crate::keys::{Backend, KeyIndex};
-use crate::kms::KmsStore;
 use crate::metrics::CoreStats;
-use crate::pkcs11::CoreHsm;
+use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, Outcome, PendingOp};
 use keycore_protocol::codec::{encode_error, encode_response};
 use keycore_protocol::{ErrorCode, Message, Op, OpClass};
-use std::future::Future;
-use std::pin::Pin;
 use std::time::Instant;
 
 /// A request whose operation runs off the reactor.
@@ -29,7 +29,7 @@ pub struct Pending {
     /// When the request was read (for the total-duration histogram).
     pub read_at: Instant,
     /// The operation.
-    pub fut: Pin<Box<dyn Future<Output = Result<Vec<u8>, ErrorCode>>>>,
+    pub fut: PendingOp,
 }
 
 impl std::fmt::Debug for Pending {
@@ -46,10 +46,8 @@ impl std::fmt::Debug for Pending {
 pub struct DispatchCtx<'a> {
     /// The start-up key index.
     pub keys: &'a KeyIndex,
-    /// This core's PKCS#11 sessions.
-    pub hsm: &'a CoreHsm,
-    /// Cloud KMS keys (shared; calls go to the HTTP runtime thread).
-    pub kms: &'a KmsStore,
+    /// This core's part of every key store, indexed by `StoreId`.
+    pub stores: &'a [Box<dyn CoreStore>],
     /// This core's counters.
     pub stats: &'a CoreStats,
 }
@@ -87,30 +85,27 @@ pub fn handle(
                 let input = msg.payload.unwrap_or(&[]);
                 let started = Instant::now();
                 scratch.clear();
-                let r = match &entry.backend {
-                    Backend::Inline(k) => k.perform(class, input, scratch),
-                    Backend::Pkcs11(k) => {
-                        if ctx.hsm.is_inline(*k) {
-                            ctx.hsm.perform_inline(*k, class, input, scratch)
-                        } else {
-                            let fut = Box::pin(ctx.hsm.submit(*k, class, input));
-                            return Some(Pending {
-                                id,
-                                op,
-                                read_at,
-                                fut,
-                            });
-                        }
-                    }
-                    Backend::Kms(k) => {
-                        let fut = Box::pin(ctx.kms.submit(*k, class, input));
-                        return Some(Pending {
-                            id,
-                            op,
-                            read_at,
-                            fut,
-                        });
-                    }
+                let r = match check_input(entry.kind, class, input) {
+                    Err(e) => Err(e),
+                    Ok(()) => match &entry.backend {
+                        Backend::Inline(k) => k.perform(class, input, scratch),
+                        Backend::Store(sk) => match ctx.stores.get(sk.store.0 as usize) {
+                            // A key of a store this core does not have: a
+                            // start-up bug, never a client's doing.
+                            None => Err(ErrorCode::INTERNAL),
+                            Some(store) => match store.perform(sk.key, class, input, scratch) {
+                                Outcome::Done(r) => r,
+                                Outcome::Pending(fut) => {
+                                    return Some(Pending {
+                                        id,
+                                        op,
+                                        read_at,
+                                        fut,
+                                    })
+                                }
+                            },
+                        },
+                    },
                 };
                 let code = r.err().unwrap_or(ErrorCode::NONE);
                 ctx.stats.exec.record(op, code, elapsed_ns(started));
@@ -127,6 +122,16 @@ pub fn handle(
         result.map(|()| &scratch[..]),
     );
     None
+}
+
+/// Send what this core's stores queued during a read pass (one batch per
+/// store instead of one per request). Called by the connection after it has
+/// dispatched every complete request it read.
+#[inline]
+pub fn flush(ctx: &DispatchCtx<'_>) {
+    for s in ctx.stores {
+        s.flush();
+    }
 }
 
 /// Encode the answer to a request and record its total duration.

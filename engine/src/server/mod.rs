@@ -1,6 +1,6 @@
 //! The server: one pinned glommio executor per selected core, each with its
-//! own SO_REUSEPORT listener, connections, buffers, PKCS#11 sessions and
-//! counters.
+//! own SO_REUSEPORT listener, connections, buffers, per-core part of each
+//! key store (PKCS#11 sessions, ...) and counters.
 //!
 //! What cores share is built before they start and is read-only: the key
 //! index (`Arc<KeyIndex>`), the TLS configuration, the limits. Cores talk to
@@ -18,17 +18,15 @@ pub mod conn;
 pub mod dispatch;
 pub mod tls;
 
-use crate::keys::KeyIndex;
-use crate::kms::KmsStore;
 use crate::metrics::{CoreStats, Registry};
-use crate::pkcs11::{CoreHsm, Pkcs11Store};
 use anyhow::{bail, Context, Result};
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
+use keycore_keys::{CoreStore, KeyIndex, KeyStore};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
@@ -131,10 +129,8 @@ pub struct CoreCtx {
     pub index: usize,
     /// The start-up key index.
     pub keys: Arc<KeyIndex>,
-    /// This core's PKCS#11 sessions.
-    pub hsm: CoreHsm,
-    /// Cloud KMS keys (shared read-only; calls go by channel).
-    pub kms: Arc<KmsStore>,
+    /// This core's part of every key store, indexed by `StoreId`.
+    pub stores: Vec<Box<dyn CoreStore>>,
     /// This core's counters.
     pub stats: Arc<CoreStats>,
     /// Limits.
@@ -279,21 +275,16 @@ impl ServerHandle {
     }
 }
 
-/// The off-reactor key backends, built at start-up, shared by every core.
-#[derive(Debug, Clone, Default)]
-pub struct Backends {
-    /// PKCS#11 tokens (each core takes its own sessions from it).
-    pub pkcs11: Arc<Pkcs11Store>,
-    /// Cloud KMS keys.
-    pub kms: Arc<KmsStore>,
-}
+/// The opened key stores, shared by every core, in `StoreId` order (the
+/// registry's `OpenedStores::stores`). Each core takes its own part.
+pub type Stores = Vec<Arc<dyn KeyStore>>;
 
 /// Start the reactors. Returns once every core listens.
 pub fn start(
     settings: ServerSettings,
     tls: Arc<rustls::ServerConfig>,
     keys: Arc<KeyIndex>,
-    backends: Backends,
+    stores: Stores,
     mut registry: Registry,
 ) -> Result<ServerHandle> {
     settings.limits.validate()?;
@@ -328,19 +319,19 @@ pub fn start(
     registry.cores = stats.clone();
     let registry = Arc::new(registry);
     let drain = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(AtomicUsize::new(0));
-    let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    // Each core reports once: listening, or why not. A core whose thread
+    // dies before reporting (a panic while building its context) drops its
+    // sender, so the wait below ends instead of spinning forever.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::new();
     for (index, &cpu) in settings.cpus.iter().enumerate() {
         let keys = keys.clone();
-        let pkcs11 = backends.pkcs11.clone();
-        let kms = backends.kms.clone();
+        let stores = stores.clone();
         let stats = stats[index].clone();
         let limits = settings.limits.clone();
         let tls = tls.clone();
         let drain = drain.clone();
-        let ready = ready.clone();
-        let failed = failed.clone();
+        let ready = ready_tx.clone();
         let placement = if cpu == usize::MAX {
             Placement::Unbound
         } else {
@@ -352,15 +343,14 @@ pub fn start(
                 let listener = match glommio::net::TcpListener::bind(listen) {
                     Ok(l) => l,
                     Err(e) => {
-                        *failed.lock().unwrap() = Some(format!("core {index}: bind {listen}: {e}"));
-                        ready.fetch_add(1, Ordering::Release);
+                        let _ = ready.send(Err(format!("core {index}: bind {listen}: {e}")));
                         return;
                     }
                 };
+                let stores = stores.into_iter().map(|s| s.core(index)).collect();
                 let core = Rc::new(CoreCtx {
                     index,
-                    hsm: pkcs11.core(index),
-                    kms,
+                    stores,
                     keys,
                     stats,
                     limits,
@@ -369,7 +359,8 @@ pub fn start(
                     drain_wakers: RefCell::new(DrainWakers::default()),
                     tls_out: RefCell::new(Vec::new()),
                 });
-                ready.fetch_add(1, Ordering::Release);
+                let _ = ready.send(Ok(()));
+                drop(ready);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
                 run_core(core, listener, drain).await;
                 tracing::info!(core = index, "reactor stopped");
@@ -377,10 +368,25 @@ pub fn start(
             .map_err(|e| anyhow::anyhow!("start reactor on cpu {cpu}: {e}"))?;
         threads.push(t);
     }
-    while ready.load(Ordering::Acquire) < settings.cpus.len() {
-        std::thread::sleep(Duration::from_millis(2));
+    drop(ready_tx);
+    let mut failed = None;
+    for _ in 0..settings.cpus.len() {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failed.get_or_insert(e);
+            }
+            // Every sender is gone with reports missing: a reactor thread
+            // ended (panicked) before it could say whether it listens.
+            Err(_) => {
+                failed.get_or_insert_with(|| {
+                    "a reactor thread ended before it was ready (see the panic above)".into()
+                });
+                break;
+            }
+        }
     }
-    if let Some(e) = failed.lock().unwrap().take() {
+    if let Some(e) = failed {
         drain.store(true, Ordering::Release);
         for t in threads {
             let _ = t.join();

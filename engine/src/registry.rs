@@ -1,0 +1,222 @@
+//! The key-backend registry: the one place that knows which backends exist.
+//!
+//! Owns the list of [`Registration`]s and the routing of `uri:` store entries
+//! to them: each backend says which URIs it claims, the registry groups the
+//! configured URIs by backend (in configuration order), opens each backend
+//! once with its URIs and a [`StoreId`], and returns the opened stores in
+//! `StoreId` order with their keys. The server then gives each core its part
+//! of every store (`KeyStore::core`) and the metrics endpoint renders each
+//! store (`KeyStore::render_metrics`).
+//!
+//! Adding a backend: a crate (or module) implementing
+//! `keycore_keys::{KeyStore, CoreStore}`, a `Registration` for it below
+//! (its `open` turns the `Config` into the backend's own options) and its
+//! line in [`BACKENDS`]. See docs/CONTRIBUTING.md "Add a backend".
+//!
+//! Must not: be consulted on the data path (dispatch goes by `StoreId`), or
+//! know a backend's internals beyond its options struct.
+
+use crate::config::{Config, Pkcs11Dispatch};
+use keycore_keys::{KeyEntry, KeyStore, StoreId};
+use std::sync::Arc;
+
+/// What a backend's `open` yields: the shared store and its keys.
+pub type Opened = (Arc<dyn KeyStore>, Vec<KeyEntry>);
+
+/// One opened store, as [`open_all`] returns it.
+#[derive(Debug)]
+pub struct OpenedStore {
+    /// The store (its `StoreId` is its position in `open_all`'s answer).
+    pub store: Arc<dyn KeyStore>,
+    /// Its keys, each with `Backend::Store` naming this store.
+    pub keys: Vec<KeyEntry>,
+    /// How long opening took (for `keyless_key_load_duration`).
+    pub seconds: f64,
+}
+
+/// A backend failed to open: which one, what it was doing, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A `uri:` store entry no registered backend claims.
+    #[error("private_key_stores: uri {uri}: not {expected}")]
+    Unclaimed {
+        /// The entry.
+        uri: String,
+        /// What the registered backends accept, joined.
+        expected: String,
+    },
+    /// A backend refused its URIs or settings.
+    #[error("{context}")]
+    Backend {
+        /// The backend (`Registration::name`).
+        backend: &'static str,
+        /// What failed, for the message (names the setting or the stores).
+        context: &'static str,
+        /// The backend's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// One backend, as the registry knows it.
+#[derive(Debug)]
+pub struct Registration {
+    /// Short name (logs, errors).
+    pub name: &'static str,
+    /// What its URIs look like, for the "not claimed" error.
+    pub accepts: &'static str,
+    /// Whether a `uri:` store entry belongs to this backend.
+    pub claims: fn(&str) -> bool,
+    /// Open every claimed URI as one store with this id.
+    pub open: fn(&[String], &Config, StoreId) -> Result<Opened, OpenError>,
+}
+
+/// Every backend compiled in. Order is routing priority (first claim wins).
+pub static BACKENDS: &[Registration] = &[
+    PKCS11,
+    #[cfg(feature = "kms")]
+    KMS,
+];
+
+/// Which registered backend claims `uri`, if any.
+pub fn claim(uri: &str) -> Option<&'static Registration> {
+    BACKENDS.iter().find(|b| (b.claims)(uri))
+}
+
+/// Route `uris` to their backends and open each backend that got any, in
+/// registration order. The n-th opened store gets `StoreId(n)`.
+pub fn open_all(uris: &[String], cfg: &Config) -> Result<Vec<OpenedStore>, OpenError> {
+    let mut routed: Vec<Vec<String>> = vec![Vec::new(); BACKENDS.len()];
+    for u in uris {
+        let Some(i) = BACKENDS.iter().position(|b| (b.claims)(u)) else {
+            return Err(OpenError::Unclaimed {
+                uri: u.clone(),
+                expected: BACKENDS
+                    .iter()
+                    .map(|b| b.accepts)
+                    .collect::<Vec<_>>()
+                    .join(", or "),
+            });
+        };
+        routed[i].push(u.clone());
+    }
+    let mut out = Vec::new();
+    for (b, uris) in BACKENDS.iter().zip(&routed) {
+        if uris.is_empty() {
+            continue;
+        }
+        let id = StoreId(u16::try_from(out.len()).expect("fewer than 65536 backends"));
+        tracing::debug!(backend = b.name, stores = uris.len(), "opening key backend");
+        let t0 = std::time::Instant::now();
+        let (store, keys) = (b.open)(uris, cfg, id)?;
+        out.push(OpenedStore {
+            store,
+            keys,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+    }
+    Ok(out)
+}
+
+fn backend_error(
+    backend: &'static str,
+    context: &'static str,
+) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> OpenError {
+    move |source| OpenError::Backend {
+        backend,
+        context,
+        source,
+    }
+}
+
+const PKCS11: Registration = Registration {
+    name: "pkcs11",
+    accepts: "a PKCS#11 URI",
+    claims: |u| u.starts_with("pkcs11:"),
+    open: open_pkcs11,
+};
+
+fn open_pkcs11(uris: &[String], cfg: &Config, id: StoreId) -> Result<Opened, OpenError> {
+    use keycore_pkcs11::{DispatchMode, Pkcs11Options, Pkcs11Store};
+    let opts = Pkcs11Options {
+        cores: cfg.core_ids(&crate::server::available_cpus()).len(),
+        dispatch: match cfg.pkcs11_dispatch {
+            Pkcs11Dispatch::Auto => None,
+            Pkcs11Dispatch::Inline => Some(DispatchMode::Inline),
+            Pkcs11Dispatch::Offload => Some(DispatchMode::Offload),
+        },
+        // The reference's sign_timeout bounds one sign attempt; it is the
+        // natural default for the per-operation watchdog.
+        op_timeout: cfg
+            .sign_timeout
+            .unwrap_or(Pkcs11Options::default().op_timeout),
+        skip_failed_keys: cfg.key_load_errors == crate::config::KeyLoadErrors::Skip,
+        ..Pkcs11Options::default()
+    };
+    let (store, entries) = Pkcs11Store::open(uris, &opts, id)
+        .map_err(|e| backend_error("pkcs11", "private_key_stores: PKCS#11")(e.into()))?;
+    Ok((Arc::new(store), entries))
+}
+
+#[cfg(feature = "kms")]
+const KMS: Registration = Registration {
+    name: "kms",
+    accepts:
+        "an Azure Key Vault / Managed HSM key URL, Google Cloud KMS key version or AWS KMS key ARN",
+    claims: keycore_kms::KmsStore::handles,
+    open: open_kms,
+};
+
+#[cfg(feature = "kms")]
+fn open_kms(uris: &[String], cfg: &Config, id: StoreId) -> Result<Opened, OpenError> {
+    use keycore_kms::{KmsOptions, KmsStore};
+    let mut opts = KmsOptions::from_env()
+        .map_err(|e| backend_error("kms", "cloud key service settings")(e.into()))?;
+    opts.skip_failed_keys = cfg.key_load_errors == crate::config::KeyLoadErrors::Skip;
+    let (store, entries) = KmsStore::open(uris, &opts, id).map_err(|e| {
+        backend_error(
+            "kms",
+            "loading cloud keys (Azure Key Vault / Google Cloud KMS / AWS KMS)",
+        )(e.into())
+    })?;
+    Ok((Arc::new(store), entries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uris_route_to_the_backend_that_claims_them() {
+        assert_eq!(
+            claim("pkcs11:token=a;object=b?pin-value=1").map(|b| b.name),
+            Some("pkcs11")
+        );
+        #[cfg(feature = "kms")]
+        for u in [
+            "https://v.vault.azure.net/keys/k/1",
+            "projects/p/locations/l/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1",
+            "arn:aws:kms:eu-west-1:123456789012:key/x",
+        ] {
+            assert_eq!(claim(u).map(|b| b.name), Some("kms"), "{u}");
+        }
+        assert!(claim("file:/x.key").is_none());
+    }
+
+    #[test]
+    fn an_unclaimed_uri_names_every_accepted_form() {
+        let e = open_all(&["ftp://x".to_string()], &Config::default()).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("private_key_stores: uri ftp://x: not a PKCS#11 URI"),
+            "{msg}"
+        );
+        #[cfg(feature = "kms")]
+        assert!(msg.contains("AWS KMS key ARN"), "{msg}");
+    }
+
+    #[test]
+    fn no_uris_open_no_store() {
+        assert!(open_all(&[], &Config::default()).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,245 @@
+//! Small pure helpers the providers share: base64 flavours, form encoding,
+//! UTC calendar arithmetic (SigV4 dates, RFC 3339 expiry times), SPKI
+//! inspection, ECDSA digest fitting and the PKCS#1 v1.5 blocks.
+//!
+//! Must not: do I/O or read the clock (callers pass the time in), so all of
+//! it is unit-tested deterministically.
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use keycore_keys::KeyKind;
+
+/// Standard base64 with padding (Google and AWS JSON bytes).
+pub fn b64(b: &[u8]) -> String {
+    STANDARD.encode(b)
+}
+
+/// Decode standard base64.
+pub fn unb64(s: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(s).ok()
+}
+
+/// base64url without padding (JOSE: Azure values, JWT parts).
+pub fn b64url(b: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(b)
+}
+
+/// Decode base64url, tolerating padding.
+pub fn unb64url(s: &str) -> Option<Vec<u8>> {
+    URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
+}
+
+/// Percent-encode for `application/x-www-form-urlencoded` and URI query
+/// values (RFC 3986 unreserved characters kept, as SigV4 also requires).
+pub fn pct(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `k1=v1&k2=v2`, each percent-encoded.
+pub fn form(pairs: &[(&str, &str)]) -> String {
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", pct(k), pct(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// Civil date of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// SigV4 timestamp `YYYYMMDDTHHMMSSZ` of Unix seconds.
+pub fn amz_date(unix: u64) -> String {
+    let (y, m, d) = civil_from_days((unix / 86400) as i64);
+    let s = unix % 86400;
+    format!(
+        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
+        s / 3600,
+        s / 60 % 60,
+        s % 60
+    )
+}
+
+/// Unix seconds of an RFC 3339 UTC time such as `2026-11-29T06:12:00Z`
+/// (fractions ignored; a numeric offset is applied).
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(r) = rest.strip_prefix('.') {
+        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
+            let oh: i64 = rest.get(1..3)?.parse().ok()?;
+            let om: i64 = rest.get(4..6)?.parse().ok()?;
+            let o = oh * 3600 + om * 60;
+            if rest.starts_with('-') {
+                -o
+            } else {
+                o
+            }
+        }
+        _ => return None,
+    };
+    let t = days_from_civil(y, mo as u32, d as u32) * 86400 + h * 3600 + mi * 60 + se - offset;
+    u64::try_from(t).ok()
+}
+
+/// Kind of a key from its DER SubjectPublicKeyInfo (RSA, P-256/384/521,
+/// Ed25519); `Err` names what it is instead. The one classifier is
+/// `keycore_keys::classify_spki`; this only turns its error into the
+/// service-error text the callers log.
+pub fn kind_from_spki(spki: &[u8]) -> Result<KeyKind, String> {
+    keycore_keys::classify_spki(spki).map_err(|e| e.to_string())
+}
+
+/// The digest an ECDSA service wants for this curve (32 / 48 / 64 bytes),
+/// made from whatever digest the edge sent, with the same value ECDSA itself
+/// would use (FIPS 186-4 6.4: the leftmost min(N, outlen) bits of the hash as
+/// an integer). A longer digest is cut to its leftmost bytes (the curve
+/// order's bit length equals 8x the wanted length for P-256 and P-384; no
+/// protocol digest exceeds 64 bytes for P-521); a shorter one is left-padded
+/// with zeros, which keeps its integer value. The signature is therefore
+/// exactly the one a local ECDSA over the original digest would be.
+pub fn fit_ecdsa_digest(kind: KeyKind, digest: &[u8]) -> Option<Vec<u8>> {
+    let want = match kind {
+        KeyKind::EcdsaP256 => 32,
+        KeyKind::EcdsaP384 => 48,
+        KeyKind::EcdsaP521 => 64,
+        _ => return None,
+    };
+    if digest.is_empty() {
+        return None;
+    }
+    if digest.len() >= want {
+        Some(digest[..want].to_vec())
+    } else {
+        let mut v = vec![0u8; want - digest.len()];
+        v.extend_from_slice(digest);
+        Some(v)
+    }
+}
+
+/// Rebuild the PKCS#1 v1.5 encryption block `00 02 PS 00 M` (RFC 8017
+/// 7.2.1) of length `k` around a plaintext a service returned unpadded, with
+/// PS made of nonzero bytes from `fill`. See `azure.rs` for why this is what
+/// the edge gets for an RSA decrypt.
+pub fn pkcs1_type2_block(k: usize, msg: &[u8], mut fill: impl FnMut() -> u8) -> Option<Vec<u8>> {
+    if msg.len() + 11 > k {
+        return None;
+    }
+    let mut out = Vec::with_capacity(k);
+    out.push(0x00);
+    out.push(0x02);
+    for _ in 0..k - 3 - msg.len() {
+        let mut b = fill();
+        while b == 0 {
+            b = fill();
+        }
+        out.push(b);
+    }
+    out.push(0x00);
+    out.extend_from_slice(msg);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_round_trips() {
+        // 2015-08-30T12:36:00Z is the date of AWS's SigV4 documentation example.
+        assert_eq!(amz_date(1440938160), "20150830T123600Z");
+        assert_eq!(parse_rfc3339("2015-08-30T12:36:00Z"), Some(1440938160));
+        assert_eq!(
+            parse_rfc3339("2015-08-30T14:36:00.123+02:00"),
+            Some(1440938160)
+        );
+        assert_eq!(amz_date(0), "19700101T000000Z");
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951782400));
+        assert_eq!(amz_date(951782400), "20000229T000000Z");
+        assert_eq!(parse_rfc3339("2000-13-01T00:00:00Z"), None);
+        assert_eq!(parse_rfc3339("garbage"), None);
+    }
+
+    #[test]
+    fn ecdsa_digest_fitting_keeps_the_integer() {
+        let d48: Vec<u8> = (1..=48).collect();
+        assert_eq!(
+            fit_ecdsa_digest(KeyKind::EcdsaP256, &d48).unwrap(),
+            d48[..32]
+        );
+        let d20 = [0xab; 20];
+        let f = fit_ecdsa_digest(KeyKind::EcdsaP384, &d20).unwrap();
+        assert_eq!(f.len(), 48);
+        assert!(f[..28].iter().all(|&b| b == 0));
+        assert_eq!(&f[28..], &d20);
+        assert!(fit_ecdsa_digest(KeyKind::Rsa { bits: 2048 }, &d20).is_none());
+        assert!(fit_ecdsa_digest(KeyKind::EcdsaP256, &[]).is_none());
+    }
+
+    #[test]
+    fn type2_block_shape() {
+        let mut n = 0u8;
+        let b = pkcs1_type2_block(64, b"secret", || {
+            n = n.wrapping_add(1);
+            n
+        })
+        .unwrap();
+        assert_eq!(b.len(), 64);
+        assert_eq!(&b[..2], &[0, 2]);
+        assert!(b[2..64 - 7].iter().all(|&x| x != 0));
+        assert_eq!(b[64 - 7], 0);
+        assert_eq!(&b[64 - 6..], b"secret");
+        assert!(pkcs1_type2_block(16, &[1; 6], || 1).is_none());
+    }
+
+    #[test]
+    fn encodings() {
+        assert_eq!(pct("a b/c=~"), "a%20b%2Fc%3D~");
+        assert_eq!(form(&[("a", "1 2"), ("b", "x&y")]), "a=1%202&b=x%26y");
+        assert_eq!(unb64url(&b64url(&[0xfb, 0xff])).unwrap(), vec![0xfb, 0xff]);
+        assert_eq!(unb64url("-_8="), Some(vec![0xfb, 0xff]));
+        assert_eq!(unb64(&b64(b"xyz")).unwrap(), b"xyz");
+    }
+}
