@@ -485,8 +485,61 @@ pub fn available_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keycore_keys::PromWriter;
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
+
+    /// A store whose per-core part cannot be built: the reactor thread
+    /// panics before it reports ready.
+    #[derive(Debug)]
+    struct PanicsOnCore;
+
+    impl KeyStore for PanicsOnCore {
+        fn name(&self) -> &'static str {
+            "panics"
+        }
+        fn core(self: Arc<Self>, _core: usize) -> Box<dyn CoreStore> {
+            panic!("test: this store's core part cannot be built")
+        }
+        fn render_metrics(&self, _w: &mut PromWriter<'_>) {}
+    }
+
+    #[test]
+    fn start_fails_instead_of_hanging_when_a_reactor_panics_before_ready() {
+        // Regression: start() polled a ready counter the panicked thread
+        // never incremented, and spun forever.
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::pki::generate(dir.path()).unwrap();
+        let tls = tls::server_config(&tls::TlsSettings {
+            cert: &pki.server_cert,
+            key: &pki.server_key,
+            client_ca: &pki.ca_cert,
+            tls12_only: false,
+            current_time: None,
+        })
+        .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = start(
+                ServerSettings {
+                    listen: "127.0.0.1:0".parse().unwrap(),
+                    cpus: vec![usize::MAX; 2],
+                    limits: Limits::default(),
+                },
+                tls,
+                Arc::new(KeyIndex::default()),
+                vec![Arc::new(PanicsOnCore)],
+                Registry::default(),
+            );
+            let _ = tx.send(r.map(|h| h.addr).map_err(|e| e.to_string()));
+        });
+        // A limit, not a benchmark: start-up of two reactors takes far less.
+        let r = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("start() returned");
+        let e = r.expect_err("a reactor that panicked must fail start()");
+        assert!(e.contains("ended before it was ready"), "{e}");
+    }
 
     struct Count(AtomicUsize);
     impl Wake for Count {

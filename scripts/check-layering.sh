@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Checks the crate layering of issue 11 (no crate circles, no engine in the
+# backends or the stand-ins, protocol depends on nothing) and prints the
+# module edges inside the engine so a module circle is visible.
+# Usage: scripts/check-layering.sh   (exits 1 on a violation)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail=0
+deps() { # normal (non-dev) keycore-* dependencies of a package
+  cargo tree -p "$1" -e normal --depth 1 --prefix none 2>/dev/null |
+    tail -n +2 | awk '{print $1}' | grep '^keycore-' | sort -u | tr '\n' ' '
+}
+expect() { # package, allowed keycore deps...
+  local p=$1; shift
+  local got; got=$(deps "$p")
+  for d in $got; do
+    case " $* " in *" $d "*) ;; *) echo "VIOLATION: $p depends on $d (allowed: $*)"; fail=1 ;; esac
+  done
+  echo "$p -> ${got:-(no keycore crate)}"
+}
+expect keycore-protocol
+expect keycore-keys keycore-protocol
+expect keycore-pkcs11 keycore-protocol keycore-keys
+expect keycore-kms keycore-protocol keycore-keys
+expect keycore-kmssim keycore-protocol keycore-keys
+expect keycore-engine keycore-protocol keycore-keys keycore-pkcs11 keycore-kms
+if [ -n "$(cargo tree -p keycore-protocol -e normal --prefix none | tail -n +2)" ]; then
+  echo "VIOLATION: keycore-protocol has dependencies"; fail=1
+fi
+echo "engine module edges (use crate::X in engine/src/Y):"
+grep -rhoE --include=*.rs 'crate::[a-z_]+' engine/src |
+  sort | uniq -c | sort -rn | head -30 | sed 's/^/  /'
+for f in $(find engine/src -name '*.rs'); do
+  from=$(echo "$f" | sed -E 's#engine/src/([a-z_]+).*#\1#')
+  grep -oE 'crate::[a-z_]+' "$f" | sed "s#crate::#$from -> #" || true
+done | sort -u | awk '$1 != $3' > /tmp/keycore-edges.$$
+# A two-module circle shows as both "a -> b" and "b -> a".
+while read -r a _ b; do
+  if grep -qx "$b -> $a" /tmp/keycore-edges.$$; then echo "CIRCLE: $a <-> $b"; fi
+done < /tmp/keycore-edges.$$ | sort -u
+rm -f /tmp/keycore-edges.$$
+exit $fail
