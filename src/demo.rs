@@ -4,7 +4,7 @@
 //! prints a summary with the server's own counters.
 
 use anyhow::{Context, Result};
-use keycore_engine::config;
+use keycore_config as config;
 use keycore_loadgen::profile::LoopMode;
 use keycore_loadgen::tls::ClientTlsPaths;
 use keycore_loadgen::LoadSpec;
@@ -33,8 +33,8 @@ pub struct DemoArgs {
     pub concurrency: usize,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    config::duration::parse_duration(s)
+fn parse_duration(s: &str) -> Result<Duration, config::DurationError> {
+    config::parse_duration(s)
 }
 
 /// Run the demo.

@@ -145,7 +145,7 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
         tracing::warn!("{w}");
     }
     if args.output_config {
-        print!("{}", loaded.config.to_yaml());
+        print!("{}", loaded.effective_yaml(args.show_secrets));
         return Ok(());
     }
     if args.config_only {

@@ -127,7 +127,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
     for w in warnings {
         r.push(Status::Warn, "config", w.clone());
     }
-    if let Err(e) = launch::limits(cfg).validate() {
+    if let Err(e) = cfg.limits.validate() {
         r.push(Status::Fail, "limits", format!("{e:#}"));
     }
 
@@ -243,7 +243,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
             "open files",
             format!(
                 "limit {} covers {cores} cores x {} connections + slack = {}",
-                l.soft, cfg.max_connections_per_core, l.needed
+                l.soft, cfg.limits.max_connections_per_core, l.needed
             ),
         ),
         Some(l) => r.push(
@@ -251,7 +251,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
             "open files",
             format!(
                 "limit {} (hard {}) is below {cores} cores x {} connections + slack = {}: raise LimitNOFILE / ulimit -n",
-                l.soft, l.hard, cfg.max_connections_per_core, l.needed
+                l.soft, l.hard, cfg.limits.max_connections_per_core, l.needed
             ),
         ),
         None => r.push(Status::Warn, "open files", "cannot read RLIMIT_NOFILE"),

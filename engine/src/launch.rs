@@ -15,7 +15,7 @@ use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
 use crate::metrics::{MetricsServer, Registry, StaticGauge};
 use crate::ops::{self, PidFile};
 use crate::registry;
-use crate::server::{self, tls, Limits, ServerHandle, ServerSettings, Stores};
+use crate::server::{self, tls, ServerHandle, ServerSettings, Stores};
 use anyhow::{bail, Context, Result};
 use keycore_keys::{software, KeyEntry, KeyIndex};
 use std::path::Path;
@@ -73,7 +73,7 @@ fn readiness_checks(keys: usize, stores: &Stores) -> Vec<ReadyCheck> {
 /// configuration (issue 12 item 13).
 pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
     let cores = cfg.core_ids(&server::available_cpus()).len();
-    let needed = ops::nofile_needed(cores, u64::from(cfg.max_connections_per_core));
+    let needed = ops::nofile_needed(cores, cfg.limits.max_connections_per_core as u64);
     match ops::raise_nofile_limit(needed) {
         Ok(l) => {
             if l.soft != l.before {
@@ -97,20 +97,6 @@ pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
             tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE");
             None
         }
-    }
-}
-
-/// Limits from the config.
-pub fn limits(cfg: &Config) -> Limits {
-    Limits {
-        max_connections_per_core: cfg.max_connections_per_core as usize,
-        max_in_flight: cfg.max_in_flight_per_connection as usize,
-        idle_timeout: cfg.idle_timeout,
-        handshake_timeout: cfg.handshake_timeout,
-        drain_timeout: cfg.drain_timeout,
-        read_buffer_bytes: cfg.read_buffer_bytes,
-        write_buffer_bytes: cfg.write_buffer_bytes,
-        max_body_len: keycore_protocol::MAX_BODY_LEN,
     }
 }
 
@@ -258,7 +244,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         ServerSettings {
             listen: cfg.listen_addr(),
             cpus,
-            limits: limits(cfg),
+            limits: cfg.limits.clone(),
         },
         tls,
         Arc::new(index),

@@ -17,7 +17,9 @@
 //! whatever else completed in the same turn.
 
 pub mod check;
-pub mod config;
+/// The configuration (its own crate, keycore-config; re-exported so the
+/// server's types and its config read as one API).
+pub use keycore_config as config;
 pub mod endpoint;
 pub mod health;
 pub mod launch;

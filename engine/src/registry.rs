@@ -140,18 +140,14 @@ fn open_pkcs11(uris: &[String], cfg: &Config, id: StoreId) -> Result<Opened, Ope
     use keycore_pkcs11::{DispatchMode, Pkcs11Options, Pkcs11Store};
     let opts = Pkcs11Options {
         cores: cfg.core_ids(&crate::server::available_cpus()).len(),
-        dispatch: match cfg.pkcs11_dispatch {
+        dispatch: match cfg.pkcs11.dispatch {
             Pkcs11Dispatch::Auto => None,
             Pkcs11Dispatch::Inline => Some(DispatchMode::Inline),
             Pkcs11Dispatch::Offload => Some(DispatchMode::Offload),
         },
-        // The reference's sign_timeout bounds one sign attempt; it is the
-        // natural default for the per-operation watchdog.
-        op_timeout: cfg
-            .sign_timeout
-            .unwrap_or(Pkcs11Options::default().op_timeout),
+        sessions_per_core: cfg.pkcs11.sessions_per_core,
+        op_timeout: cfg.pkcs11_op_timeout(),
         skip_failed_keys: cfg.key_load_errors == crate::config::KeyLoadErrors::Skip,
-        ..Pkcs11Options::default()
     };
     let (store, entries) = Pkcs11Store::open(uris, &opts, id)
         .map_err(|e| backend_error("pkcs11", "private_key_stores: PKCS#11")(e.into()))?;
@@ -170,8 +166,11 @@ const KMS: Registration = Registration {
 #[cfg(feature = "kms")]
 fn open_kms(uris: &[String], cfg: &Config, id: StoreId) -> Result<Opened, OpenError> {
     use keycore_kms::{KmsOptions, KmsStore};
-    let mut opts = KmsOptions::from_env()
-        .map_err(|e| backend_error("kms", "cloud key service settings")(e.into()))?;
+    // Tunables from the config; credentials and proxy from the environment.
+    let mut opts = KmsOptions::new(&cfg.kms, |k| {
+        std::env::var(k).ok().filter(|v| !v.is_empty())
+    })
+    .map_err(|e| backend_error("kms", "cloud key service settings")(e.into()))?;
     opts.skip_failed_keys = cfg.key_load_errors == crate::config::KeyLoadErrors::Skip;
     let (store, entries) = KmsStore::open(uris, &opts, id).map_err(|e| {
         backend_error(

@@ -34,8 +34,10 @@
 //! service each: op map, request and answer shapes), auth.rs (credentials),
 //! http.rs (client, limits, retries, proxy), verify.rs, util.rs.
 //!
-//! Endpoint and credential settings: [`KmsOptions::from_env`] (documented
-//! there and in docs/kms/).
+//! Endpoints, rates, timeouts, CA file and the verify switch are config keys
+//! (`kms_*`, keycore-config's table, with the older `KEYCORE_*` variable
+//! names as aliases); credentials stay environment-only:
+//! [`KmsOptions::new`] (documented there and in docs/kms/).
 
 mod auth;
 mod aws;
@@ -49,6 +51,7 @@ mod verify;
 pub use auth::ContainerAuth;
 
 use http::{bump, CallError, Http, Limits, Service, ServiceStats};
+use keycore_config::KmsSettings;
 use keycore_keys::{
     legacy_digest_from_spki, ski_from_spki, Backend, CoreStore, KeyEntry, KeyKind, KeyStore,
     MetricKind, Outcome, PromWriter, StoreId, StoreKey, StoreStatus,
@@ -98,6 +101,10 @@ pub enum KmsError {
         /// Why.
         reason: String,
     },
+    /// A setting with a bad value (from the config layer: names the file
+    /// line, variable or flag).
+    #[error(transparent)]
+    Config(#[from] keycore_config::ConfigError),
     /// A setting (environment variable) with a bad value.
     #[error("setting {name}: {reason}")]
     Setting {
@@ -212,8 +219,10 @@ pub enum AwsCredential {
 }
 
 /// Endpoints, credentials and limits. [`KmsOptions::default`] has the
-/// public endpoints and no credentials; [`KmsOptions::from_env`] reads the
-/// environment as documented on each field.
+/// config table's defaults and no credentials; [`KmsOptions::new`] takes
+/// the config's `kms_*` settings and reads credentials from the
+/// environment. The `KEYCORE_*` names below are the aliases of the config
+/// keys `kms_<provider>_<setting>`.
 #[derive(Debug, Clone)]
 pub struct KmsOptions {
     /// KEYCORE_AZURE_ENDPOINT: replaces `https://<vault host>` for every
@@ -277,10 +286,10 @@ pub struct KmsOptions {
     pub verify_signatures: bool,
 }
 
-fn limits(max_per_second: f64, max_in_flight: usize) -> Limits {
+fn limits(max_per_second: u32, max_in_flight: u32) -> Limits {
     Limits {
-        max_in_flight,
-        max_per_second,
+        max_in_flight: max_in_flight as usize,
+        max_per_second: f64::from(max_per_second),
         max_attempts: 4,
         backoff_base: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
@@ -288,52 +297,73 @@ fn limits(max_per_second: f64, max_in_flight: usize) -> Limits {
 }
 
 impl Default for KmsOptions {
+    /// The config table's defaults (public endpoints, the services' published
+    /// rate limits), no credentials, no proxy.
     fn default() -> Self {
-        KmsOptions {
-            azure_endpoint: None,
-            azure_authority: None,
-            azure_imds_endpoint: "http://169.254.169.254/metadata/identity/oauth2/token".into(),
-            azure_credential: None,
-            gcp_endpoint: gcp::DEFAULT_ENDPOINT.into(),
-            gcp_token_endpoint: None,
-            gcp_metadata_endpoint: "http://metadata.google.internal".into(),
-            gcp_credential: None,
-            aws_endpoint: None,
-            aws_imds_endpoint: "http://169.254.169.254".into(),
-            aws_credential: None,
-            ca_file: None,
-            op_timeout: Duration::from_secs(5),
-            attempt_timeout: Duration::from_secs(2),
-            startup_timeout: Duration::from_secs(60),
-            // Azure Key Vault: HSM-protected RSA-2048 and EC keys allow 2,000
-            // transactions per 10 s per vault and region (RSA-3072: 500,
-            // RSA-4096: 250); "Azure Key Vault service limits". 200/s.
-            azure_limits: limits(200.0, 64),
-            // Google Cloud KMS: cryptographic requests quota per project and
-            // region, enforced per second (docs "Cloud KMS quotas");
-            // 60,000 per minute is the default there: 1,000/s.
-            gcp_limits: limits(1000.0, 64),
-            // AWS KMS: "Cryptographic operations (RSA) request rate" and
-            // "(ECC)" are separate quotas of 1,000 per second each, shared
-            // by every Sign of the account in the region ("AWS KMS request
-            // quotas", docs/kms/aws.md). One limiter for both kinds:
-            // 1,000/s never exceeds either.
-            aws_limits: limits(1000.0, 64),
-            queue_depth: DEFAULT_QUEUE_DEPTH,
-            skip_failed_keys: false,
-            verify_signatures: true,
-            https_proxy: None,
-            no_proxy: Vec::new(),
-        }
+        KmsOptions::with_settings(&keycore_config::Config::default().kms)
     }
 }
 
 impl KmsOptions {
-    /// Read the environment (see each field; credentials follow the
-    /// providers' SDK conventions):
+    /// The tunables from the config (`kms_*` keys; the table documents
+    /// each, with the services' published limits behind the rate defaults),
+    /// no credentials, no proxy.
+    fn with_settings(s: &KmsSettings) -> KmsOptions {
+        KmsOptions {
+            azure_endpoint: s.azure_endpoint.clone(),
+            azure_authority: s.azure_authority.clone(),
+            azure_imds_endpoint: s.azure_imds_endpoint.clone(),
+            azure_credential: None,
+            gcp_endpoint: s.gcp_endpoint.clone(),
+            gcp_token_endpoint: s.gcp_token_endpoint.clone(),
+            gcp_metadata_endpoint: s.gcp_metadata_endpoint.clone(),
+            gcp_credential: None,
+            aws_endpoint: s.aws_endpoint.clone(),
+            aws_imds_endpoint: s.aws_imds_endpoint.clone(),
+            aws_credential: None,
+            ca_file: s.ca_file.clone(),
+            op_timeout: s.op_timeout,
+            attempt_timeout: s.attempt_timeout,
+            startup_timeout: s.startup_timeout,
+            azure_limits: limits(s.azure_max_rps, s.azure_max_in_flight),
+            gcp_limits: limits(s.gcp_max_rps, s.gcp_max_in_flight),
+            aws_limits: limits(s.aws_max_rps, s.aws_max_in_flight),
+            queue_depth: DEFAULT_QUEUE_DEPTH,
+            skip_failed_keys: false,
+            verify_signatures: s.verify,
+            https_proxy: None,
+            no_proxy: Vec::new(),
+        }
+    }
+
+    /// Read the settings from the process environment alone (the
+    /// `KEYLESS_KMS_*` names and their `KEYCORE_*` aliases, through the
+    /// config layer) plus credentials; see [`KmsOptions::new`]. `serve`
+    /// uses [`KmsOptions::new`] with the loaded config instead.
+    pub fn from_env() -> Result<KmsOptions, KmsError> {
+        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`KmsOptions::from_env`] over any lookup (tests): the tunables
+    /// resolved by the config layer from `get` alone, credentials from `get`.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<KmsOptions, KmsError> {
+        let loaded = keycore_config::resolve(
+            None,
+            &|k: &str| get(k),
+            &keycore_config::ServeArgs::default(),
+            &|_: &std::path::Path| true,
+        )?;
+        Self::new(&loaded.config.kms, get)
+    }
+
+    /// Options from the config's tunables (`settings`) plus credentials and
+    /// proxy from the environment (`get`), following the providers' SDK
+    /// conventions:
     /// - Azure: AZURE_CLIENT_SECRET -> client secret; else
-    ///   AZURE_CLIENT_CERTIFICATE_PATH -> client certificate (both need
-    ///   AZURE_TENANT_ID and AZURE_CLIENT_ID); else managed identity
+    ///   AZURE_CLIENT_CERTIFICATE_PATH -> client certificate; else
+    ///   AZURE_FEDERATED_TOKEN_FILE -> workload identity (all three need
+    ///   AZURE_TENANT_ID and AZURE_CLIENT_ID); else App Service identity
+    ///   (IDENTITY_ENDPOINT, IDENTITY_HEADER); else managed identity
     ///   (AZURE_CLIENT_ID optional).
     /// - Google: GOOGLE_APPLICATION_CREDENTIALS -> key file; else the
     ///   metadata server.
@@ -343,33 +373,13 @@ impl KmsOptions {
     ///   credentials file (AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials)
     ///   when it has the profile (AWS_PROFILE or "default"); else the
     ///   container endpoint; else instance metadata (IMDSv2).
-    pub fn from_env() -> Result<KmsOptions, KmsError> {
-        Self::from_lookup(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    }
-
-    /// [`KmsOptions::from_env`] over any lookup (tests).
-    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<KmsOptions, KmsError> {
-        let mut o = KmsOptions {
-            azure_endpoint: get("KEYCORE_AZURE_ENDPOINT"),
-            azure_authority: get("KEYCORE_AZURE_AUTHORITY").or_else(|| get("AZURE_AUTHORITY_HOST")),
-            ..KmsOptions::default()
-        };
-        if let Some(v) = get("KEYCORE_AZURE_IMDS_ENDPOINT") {
-            o.azure_imds_endpoint = v;
-        }
-        if let Some(v) = get("KEYCORE_GCP_KMS_ENDPOINT") {
-            o.gcp_endpoint = v;
-        }
-        o.gcp_token_endpoint = get("KEYCORE_GCP_TOKEN_ENDPOINT");
-        if let Some(v) = get("KEYCORE_GCP_METADATA_ENDPOINT") {
-            o.gcp_metadata_endpoint = v;
-        }
-        o.aws_endpoint = get("KEYCORE_AWS_KMS_ENDPOINT");
-        if let Some(v) = get("KEYCORE_AWS_IMDS_ENDPOINT") {
-            o.aws_imds_endpoint = v;
-        }
-        o.ca_file = get("KEYCORE_KMS_CA_FILE").map(PathBuf::from);
-        o.verify_signatures = get("KEYCORE_KMS_VERIFY").is_none_or(|v| v.trim() != "0");
+    /// - HTTPS_PROXY / NO_PROXY (either case), the conventional variables
+    ///   (a proxy URL may carry a password, so it is not a config key).
+    pub fn new(
+        settings: &KmsSettings,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<KmsOptions, KmsError> {
+        let mut o = KmsOptions::with_settings(settings);
         o.https_proxy = get("HTTPS_PROXY").or_else(|| get("https_proxy"));
         o.no_proxy = get("NO_PROXY")
             .or_else(|| get("no_proxy"))
@@ -380,46 +390,6 @@ impl KmsOptions {
                     .collect()
             })
             .unwrap_or_default();
-        let num = |name: &'static str| -> Result<Option<u64>, KmsError> {
-            get(name)
-                .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| KmsError::Setting {
-                        name,
-                        reason: format!("{v:?} is not a whole number"),
-                    })
-                })
-                .transpose()
-        };
-        if let Some(ms) = num("KEYCORE_KMS_OP_TIMEOUT_MS")? {
-            o.op_timeout = Duration::from_millis(ms.max(1));
-        }
-        if let Some(ms) = num("KEYCORE_KMS_ATTEMPT_TIMEOUT_MS")? {
-            o.attempt_timeout = Duration::from_millis(ms.max(1));
-        }
-        for (rps, inflight, l) in [
-            (
-                "KEYCORE_AZURE_MAX_RPS",
-                "KEYCORE_AZURE_MAX_IN_FLIGHT",
-                &mut o.azure_limits,
-            ),
-            (
-                "KEYCORE_GCP_MAX_RPS",
-                "KEYCORE_GCP_MAX_IN_FLIGHT",
-                &mut o.gcp_limits,
-            ),
-            (
-                "KEYCORE_AWS_MAX_RPS",
-                "KEYCORE_AWS_MAX_IN_FLIGHT",
-                &mut o.aws_limits,
-            ),
-        ] {
-            if let Some(v) = num(rps)? {
-                l.max_per_second = v as f64;
-            }
-            if let Some(v) = num(inflight)? {
-                l.max_in_flight = (v as usize).max(1);
-            }
-        }
         let tenant = get("AZURE_TENANT_ID");
         let client = get("AZURE_CLIENT_ID");
         let need = |what: &str| KmsError::Credentials {
@@ -481,7 +451,7 @@ impl KmsOptions {
                                     role_arn,
                                     session_name: get("AWS_ROLE_SESSION_NAME")
                                         .unwrap_or_else(|| "keycore".into()),
-                                    sts_endpoint: get("KEYCORE_AWS_STS_ENDPOINT").unwrap_or_else(
+                                    sts_endpoint: settings.aws_sts_endpoint.clone().unwrap_or_else(
                                         || {
                                             auth::sts_endpoint(
                                                 get("AWS_REGION")

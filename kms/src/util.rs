@@ -52,17 +52,6 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-/// Days since 1970-01-01 of a civil date (proleptic Gregorian).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
 /// Civil date of a day count since 1970-01-01.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719468;
@@ -89,39 +78,17 @@ pub fn amz_date(unix: u64) -> String {
     )
 }
 
-/// Unix seconds of an RFC 3339 UTC time such as `2026-11-29T06:12:00Z`
-/// (fractions ignored; a numeric offset is applied).
+/// Unix seconds of an RFC 3339 time such as `2026-11-29T06:12:00Z`
+/// (fractions dropped; a numeric offset is applied): the workspace's one
+/// RFC 3339 parser (keycore-config's), so credential expiry and
+/// `current_time` read times the same way (no leap second 60, `T`
+/// separator). `None` for anything else or a time before 1970.
 pub fn parse_rfc3339(s: &str) -> Option<u64> {
-    let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { s.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        rest = r.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && (rest.starts_with('+') || rest.starts_with('-')) => {
-            let oh: i64 = rest.get(1..3)?.parse().ok()?;
-            let om: i64 = rest.get(4..6)?.parse().ok()?;
-            let o = oh * 3600 + om * 60;
-            if rest.starts_with('-') {
-                -o
-            } else {
-                o
-            }
-        }
-        _ => return None,
-    };
-    let t = days_from_civil(y, mo as u32, d as u32) * 86400 + h * 3600 + mi * 60 + se - offset;
-    u64::try_from(t).ok()
+    keycore_config::parse_rfc3339(s)
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 /// Kind of a key from its DER SubjectPublicKeyInfo (RSA, P-256/384/521,

@@ -79,11 +79,13 @@ pub struct Pkcs11Options {
     /// Sessions (worker threads) per core per offload token, unless the URI
     /// says `x-sessions-per-core` or `max-sessions`. Default 2: one call in
     /// flight while the next is being prepared; raise it for high-latency
-    /// HSMs (each costs a thread and an HSM session).
+    /// HSMs (each costs a thread and an HSM session). Config key
+    /// `pkcs11_sessions_per_core`.
     pub sessions_per_core: u32,
     /// Longest one offloaded operation may take before it is answered
     /// `CRYPTO` and its session quarantined (URI: `x-op-timeout`; the
     /// reference config's `sign_timeout` is the natural source). Default 2 s.
+    /// Config key `pkcs11_op_timeout` (see `Config::pkcs11_op_timeout`).
     pub op_timeout: Duration,
     /// `key_load_errors: skip`: a key on a token that cannot be used (an
     /// unsupported type, no public key to be found) is skipped with a
@@ -93,11 +95,14 @@ pub struct Pkcs11Options {
 
 impl Default for Pkcs11Options {
     fn default() -> Self {
+        // The config table holds the defaults (pkcs11_sessions_per_core,
+        // pkcs11_op_timeout); this is the same value for code that builds
+        // options without a config (tests, tools).
         Pkcs11Options {
             cores: 1,
             dispatch: None,
-            sessions_per_core: 2,
-            op_timeout: Duration::from_secs(2),
+            sessions_per_core: keycore_config::Config::default().pkcs11.sessions_per_core,
+            op_timeout: keycore_config::PKCS11_OP_TIMEOUT_FALLBACK,
             skip_failed_keys: false,
         }
     }

@@ -229,20 +229,10 @@ fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// Parse a duration such as `500ms`, `2s`, `1500us`.
+/// Parse a duration such as `500ms`, `2s`, `1500us`: the workspace's one
+/// duration parser (Go syntax), with its message as text for [`UriError`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration like 500ms or 2s"))?;
-    let d = match unit {
-        "us" | "µs" => Duration::from_micros(n),
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        _ => return Err(format!("{s:?}: unit must be us, ms or s")),
-    };
-    Ok(d)
+    keycore_config::parse_duration(s).map_err(|e| e.to_string())
 }
 
 impl Pkcs11Uri {
@@ -817,7 +807,10 @@ mod tests {
         assert_eq!(parse_duration("1500us"), Ok(Duration::from_micros(1500)));
         assert_eq!(parse_duration("7ms"), Ok(Duration::from_millis(7)));
         assert!(parse_duration("ms").is_err());
-        assert!(parse_duration("1h").is_err());
+        // One parser for the workspace (Go syntax): hours are accepted, a
+        // bare number still is not.
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("5").is_err());
     }
 
     #[test]

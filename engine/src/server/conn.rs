@@ -5,7 +5,7 @@
 //! shared with another connection or core. Limits (all from `Limits`, sized
 //! at start-up): the read buffer holds one largest message plus slack; the
 //! write buffer is flushed once it passes `write_buffer_bytes` (so one batch
-//! of responses is bounded); at most `max_in_flight` requests wait on an
+//! of responses is bounded); at most `max_in_flight_per_connection` requests wait on an
 //! off-reactor backend, after which the connection stops reading
 //! (backpressure: the peer's TCP window fills, nothing is buffered here).
 //!
@@ -59,7 +59,7 @@ pub enum CloseReason {
 }
 
 /// Completions of offloaded operations, pushed by their tasks and drained by
-/// the connection loop. Bounded by `max_in_flight` (one entry per request).
+/// the connection loop. Bounded by `max_in_flight_per_connection` (one entry per request).
 /// One finished off-reactor operation: ID, opcode, read time, result.
 type Completion = (u32, Op, Instant, Result<Vec<u8>, ErrorCode>);
 
@@ -231,7 +231,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
         let read_at = Instant::now();
         let submitted_before = in_flight;
         while fatal.is_none()
-            && in_flight < limits.max_in_flight
+            && in_flight < limits.max_in_flight_per_connection
             && wbuf.len() < limits.write_buffer_bytes
         {
             let avail = &rbuf[start..end];
@@ -330,7 +330,7 @@ async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
             frame::check(&rbuf[start..end], limits.max_body_len),
             Ok(FrameStatus::Complete { .. }) | Err(_)
         );
-        if in_flight >= limits.max_in_flight {
+        if in_flight >= limits.max_in_flight_per_connection {
             // Backpressure: read nothing until something completes.
             completions.ready().await;
             continue;

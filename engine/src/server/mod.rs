@@ -35,82 +35,9 @@ use std::time::{Duration, Instant};
 /// plane only; 20 ms bounds how late a drain starts.
 const CONTROL_POLL: Duration = Duration::from_millis(20);
 
-/// Per-connection and per-core limits, fixed at start-up.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Connections one core serves at once; further ones are closed at accept.
-    pub max_connections_per_core: usize,
-    /// Requests of one connection waiting on an off-reactor backend before it
-    /// stops reading (default 1024, as the reference).
-    pub max_in_flight: usize,
-    /// Close a connection with no complete request for this long (default 30 s).
-    pub idle_timeout: Duration,
-    /// Give up on a TLS handshake after this long.
-    pub handshake_timeout: Duration,
-    /// How long a drain may take before the core exits anyway.
-    pub drain_timeout: Duration,
-    /// Largest read buffer per connection; at least one largest message. A
-    /// connection starts with [`conn::INITIAL_READ_BUFFER`] and grows only
-    /// when a message needs it.
-    pub read_buffer_bytes: usize,
-    /// Flush the write buffer once it holds this much.
-    pub write_buffer_bytes: usize,
-    /// Largest request body accepted (at most 65535).
-    pub max_body_len: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_connections_per_core: 4096,
-            max_in_flight: 1024,
-            idle_timeout: Duration::from_secs(30),
-            handshake_timeout: Duration::from_secs(10),
-            drain_timeout: Duration::from_secs(10),
-            read_buffer_bytes: keycore_protocol::MAX_MESSAGE_LEN,
-            write_buffer_bytes: keycore_protocol::MAX_MESSAGE_LEN,
-            max_body_len: keycore_protocol::MAX_BODY_LEN,
-        }
-    }
-}
-
-impl Limits {
-    /// Check the relations between limits; messages name the setting.
-    pub fn validate(&self) -> Result<()> {
-        if self.read_buffer_bytes < keycore_protocol::HEADER_LEN + self.max_body_len {
-            bail!(
-                "read_buffer_bytes ({}) must hold one largest message ({} bytes)",
-                self.read_buffer_bytes,
-                keycore_protocol::HEADER_LEN + self.max_body_len
-            );
-        }
-        if self.max_body_len > keycore_protocol::MAX_BODY_LEN {
-            bail!(
-                "max_body_len must be at most {}",
-                keycore_protocol::MAX_BODY_LEN
-            );
-        }
-        if self.max_in_flight == 0 || self.max_connections_per_core == 0 {
-            bail!("max_in_flight_per_connection and max_connections_per_core must be at least 1");
-        }
-        if self.write_buffer_bytes < keycore_protocol::PADDED_LEN {
-            bail!(
-                "write_buffer_bytes must be at least {}",
-                keycore_protocol::PADDED_LEN
-            );
-        }
-        for (name, d) in [
-            ("idle_timeout", self.idle_timeout),
-            ("handshake_timeout", self.handshake_timeout),
-            ("drain_timeout", self.drain_timeout),
-        ] {
-            if d.is_zero() {
-                bail!("{name} must be greater than zero");
-            }
-        }
-        Ok(())
-    }
-}
+/// Per-connection and per-core limits, fixed at start-up: part of the
+/// configuration (one definition, with the config keys of the same names).
+pub use keycore_config::Limits;
 
 /// Everything `start` needs.
 #[derive(Debug, Clone)]

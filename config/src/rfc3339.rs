@@ -1,5 +1,7 @@
-//! RFC 3339 timestamps for `current_time` (a fixed "now" for certificate
-//! checks in tests), parsed and printed without a date-time dependency.
+//! RFC 3339 timestamps, parsed and printed without a date-time dependency:
+//! the workspace's one parser (`current_time`, a fixed "now" for
+//! certificate checks in tests; cloud credential expiry times in the KMS
+//! backend).
 //!
 //! Owns: `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` ↔ [`SystemTime`]. Must
 //! not: guess at other formats (a wrong clock for certificate checks is worse
@@ -7,6 +9,19 @@
 //! too, so no existing config can contain one).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Why a time was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeError {
+    /// Not `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)`, or a field out of range.
+    #[error("expected an RFC 3339 time like \"2024-05-01T12:00:00Z\", got {text:?} ({why})")]
+    Malformed {
+        /// As written.
+        text: String,
+        /// Which part is wrong.
+        why: &'static str,
+    },
+}
 
 const NS_PER_SEC: i128 = 1_000_000_000;
 const SECS_PER_DAY: i128 = 86_400;
@@ -48,12 +63,13 @@ fn days_in_month(y: i64, m: u32) -> u32 {
 
 /// Parse an RFC 3339 timestamp, e.g. `2024-05-01T12:00:00Z` or
 /// `2024-05-01T14:00:00.5+02:00`.
-pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
-    let bad = |why: &str| {
-        format!("expected an RFC 3339 time like \"2024-05-01T12:00:00Z\", got {text:?} ({why})")
+pub fn parse_rfc3339(text: &str) -> Result<SystemTime, TimeError> {
+    let bad = |why: &'static str| TimeError::Malformed {
+        text: text.to_owned(),
+        why,
     };
     let s = text.trim().as_bytes();
-    let num = |range: std::ops::Range<usize>| -> Result<u32, String> {
+    let num = |range: std::ops::Range<usize>| -> Result<u32, TimeError> {
         let part = s.get(range).ok_or_else(|| bad("too short"))?;
         if !part.iter().all(u8::is_ascii_digit) {
             return Err(bad("digit expected"));
@@ -62,7 +78,7 @@ pub fn parse_rfc3339(text: &str) -> Result<SystemTime, String> {
             .iter()
             .fold(0u32, |acc, b| acc * 10 + u32::from(b - b'0')))
     };
-    let sep = |i: usize, want: &[u8]| -> Result<(), String> {
+    let sep = |i: usize, want: &[u8]| -> Result<(), TimeError> {
         match s.get(i) {
             Some(c) if want.contains(c) => Ok(()),
             _ => Err(bad("wrong separator")),
@@ -215,7 +231,7 @@ mod tests {
             "2024-05-01T12:00:00Zjunk",
             "yesterday",
         ] {
-            let err = parse_rfc3339(bad).expect_err(bad);
+            let err = parse_rfc3339(bad).expect_err(bad).to_string();
             assert!(err.contains("RFC 3339"), "{bad:?}: {err}");
         }
     }

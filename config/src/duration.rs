@@ -1,6 +1,7 @@
 //! Go duration strings (`"500ms"`, `"2s"`, `"1m30s"`, `"1.5h"`), the syntax
 //! gokeyless.yaml uses for `sign_timeout`; keycore's own timeouts use it too
-//! so an operator writes one syntax everywhere.
+//! so an operator writes one syntax everywhere. The workspace's one duration
+//! parser: the PKCS#11 URI's `x-op-timeout` uses it too.
 //!
 //! Owns: parsing to [`Duration`] and formatting back to a string that parses
 //! to the same value. Must not: accept negative durations (no keycore setting
@@ -8,6 +9,42 @@
 //! reads a bare `500` as 500 ns, a silent trap; refusing it is louder).
 
 use std::time::Duration;
+
+/// Why a duration string was refused. Messages quote the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// `-1s`.
+    #[error("a duration must not be negative, got {0:?}")]
+    Negative(String),
+    /// Empty text.
+    #[error("expected a duration like \"500ms\", \"2s\" or \"1m30s\", got {0:?}")]
+    Empty(String),
+    /// A unit without a number (`s`, `.s`).
+    #[error("expected a number in duration {0:?} (like \"500ms\", \"2s\", \"1m30s\")")]
+    NoNumber(String),
+    /// A number without a unit (`500`).
+    #[error(
+        "missing unit in duration {text:?}: write e.g. \"{number}ms\" or \"{number}s\" (a bare \
+         number is not accepted: the reference would read it as nanoseconds)"
+    )]
+    MissingUnit {
+        /// As written.
+        text: String,
+        /// The number without its unit.
+        number: String,
+    },
+    /// `3d`.
+    #[error("unknown unit {unit:?} in duration {text:?} (units: ns, us, ms, s, m, h)")]
+    UnknownUnit {
+        /// The unit found.
+        unit: String,
+        /// As written.
+        text: String,
+    },
+    /// Larger than Go's `time.Duration`.
+    #[error("duration {0:?} is out of range (at most ~292 years)")]
+    OutOfRange(String),
+}
 
 /// Largest duration accepted: Go's `time.Duration` is an `i64` of
 /// nanoseconds, so anything larger could not have come from a valid
@@ -23,19 +60,17 @@ const MAX_FRACTION_DIGITS: u32 = 30;
 /// `<number>[.<fraction>]<unit>` with units `ns`, `us` (`µs`, `μs`), `ms`,
 /// `s`, `m`, `h`; or the bare `0`. Fractional nanoseconds are truncated, as
 /// Go does.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let s = text.trim();
     let s = s.strip_prefix('+').unwrap_or(s);
     if s.starts_with('-') {
-        return Err(format!("a duration must not be negative, got {text:?}"));
+        return Err(DurationError::Negative(text.to_owned()));
     }
     if s == "0" {
         return Ok(Duration::ZERO);
     }
     if s.is_empty() {
-        return Err(format!(
-            "expected a duration like \"500ms\", \"2s\" or \"1m30s\", got {text:?}"
-        ));
+        return Err(DurationError::Empty(text.to_owned()));
     }
     let mut rest = s;
     let mut total_ns: u128 = 0;
@@ -50,9 +85,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             None => ("", after),
         };
         if int_digits.is_empty() && frac_digits.is_empty() {
-            return Err(format!(
-                "expected a number in duration {text:?} (like \"500ms\", \"2s\", \"1m30s\")"
-            ));
+            return Err(DurationError::NoNumber(text.to_owned()));
         }
         let unit_len = after
             .char_indices()
@@ -67,18 +100,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "m" => 60 * 1_000_000_000,
             "h" => 3_600 * 1_000_000_000,
             "" => {
-                return Err(format!(
-                    "missing unit in duration {text:?}: write e.g. \"{int_digits}ms\" or \"{int_digits}s\" \
-                     (a bare number is not accepted: the reference would read it as nanoseconds)"
-                ))
+                return Err(DurationError::MissingUnit {
+                    text: text.to_owned(),
+                    number: int_digits.to_owned(),
+                })
             }
             other => {
-                return Err(format!(
-                    "unknown unit {other:?} in duration {text:?} (units: ns, us, ms, s, m, h)"
-                ))
+                return Err(DurationError::UnknownUnit {
+                    unit: other.to_owned(),
+                    text: text.to_owned(),
+                })
             }
         };
-        let out_of_range = || format!("duration {text:?} is out of range (at most ~292 years)");
+        let out_of_range = || DurationError::OutOfRange(text.to_owned());
         let mut int: u128 = 0;
         for b in int_digits.bytes() {
             int = int * 10 + u128::from(b - b'0');
@@ -184,7 +218,7 @@ mod tests {
             ("2562048h", "out of range"),
         ];
         for (text, want) in cases {
-            let err = parse_duration(text).expect_err(text);
+            let err = parse_duration(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
     }

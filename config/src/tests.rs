@@ -2,7 +2,10 @@
 //! Sample files live in `engine/testdata/config/`.
 
 use super::*;
+use crate::load::unknown_env_warnings;
 use clap::{CommandFactory, Parser};
+use std::fs;
+use std::path::Path;
 
 fn no_env(_: &str) -> Option<String> {
     None
@@ -10,7 +13,7 @@ fn no_env(_: &str) -> Option<String> {
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata/config")
+        .join("testdata")
         .join(name)
 }
 
@@ -108,7 +111,7 @@ fn operator_gokeyless_yaml_loads_unchanged() {
     let d = Config::default();
     assert_eq!(c.listen_address, d.listen_address);
     assert_eq!(c.cores, Cores::All);
-    assert_eq!(c.idle_timeout, Duration::from_secs(30));
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
     assert_eq!(c.key_load_errors, KeyLoadErrors::Fail);
     assert_eq!(c.listen_addr().to_string(), "0.0.0.0:2407");
     assert_eq!(c.metrics_addr().unwrap().to_string(), "0.0.0.0:2406");
@@ -134,16 +137,19 @@ fn keycore_keys_load_beside_gokeyless_ones() {
     assert_eq!(c.listen_addr().to_string(), "127.0.0.1:12407");
     assert_eq!(c.metrics_address.to_string(), "::1");
     assert_eq!(c.cores, Cores::Count(1));
-    assert_eq!(c.max_connections_per_core, 100);
-    assert_eq!(c.max_in_flight_per_connection, 64);
-    assert_eq!(c.idle_timeout, Duration::from_secs(90));
-    assert_eq!(c.handshake_timeout, Duration::from_secs(2));
-    assert_eq!(c.drain_timeout, Duration::from_millis(500));
+    assert_eq!(c.limits.max_connections_per_core, 100);
+    assert_eq!(c.limits.max_in_flight_per_connection, 64);
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.limits.handshake_timeout, Duration::from_secs(2));
+    assert_eq!(c.limits.drain_timeout, Duration::from_millis(500));
     assert!(c.tls12_only);
-    assert_eq!(c.read_buffer_bytes, 131_072);
-    assert_eq!(c.write_buffer_bytes, keycore_protocol::MAX_MESSAGE_LEN);
+    assert_eq!(c.limits.read_buffer_bytes, 131_072);
+    assert_eq!(
+        c.limits.write_buffer_bytes,
+        keycore_protocol::MAX_MESSAGE_LEN
+    );
     assert_eq!(c.key_load_errors, KeyLoadErrors::Skip);
-    assert_eq!(c.pkcs11_dispatch, Pkcs11Dispatch::Offload);
+    assert_eq!(c.pkcs11.dispatch, Pkcs11Dispatch::Offload);
 }
 
 #[test]
@@ -170,7 +176,7 @@ fn null_values_mean_default_and_keys_ignore_case() {
     )
     .unwrap()
     .config;
-    assert_eq!(c.port, DEFAULT_PORT);
+    assert_eq!(c.port, 2407);
     assert_eq!(c.hostname, "");
     assert_eq!(c.metrics_port, 9100);
 }
@@ -280,7 +286,7 @@ fn unknown_keys_are_warnings_with_their_line() {
         &no_env,
     )
     .unwrap();
-    assert_eq!(loaded.config.metrics_port, DEFAULT_METRICS_PORT);
+    assert_eq!(loaded.config.metrics_port, 2406);
     assert_eq!(
         loaded.warnings,
         vec![
@@ -385,7 +391,7 @@ fn env_overrides_file_and_names_the_variable() {
     assert_eq!(c.port, 2000);
     assert_eq!(c.auth_cert, Path::new("/etc/b.pem"));
     assert_eq!(c.metrics_port, 9);
-    assert_eq!(c.idle_timeout, Duration::from_secs(5));
+    assert_eq!(c.limits.idle_timeout, Duration::from_secs(5));
 
     static BAD: &[(&str, &str)] = &[("KEYLESS_PORT", "http")];
     let msg = err_text(from_yaml_str(text, Path::new("g.yaml"), &env_of(BAD)));
@@ -399,10 +405,7 @@ fn env_overrides_file_and_names_the_variable() {
 #[test]
 fn flag_overrides_env_and_names_the_flag() {
     static ENV: &[(&str, &str)] = &[("KEYLESS_PORT", "2000"), ("KEYLESS_LOGLEVEL", "3")];
-    let args = ServeArgs {
-        port: Some("3000".into()),
-        ..ServeArgs::default()
-    };
+    let args = ServeArgs::default().with("port", "3000");
     let c = resolve_all_present("port: 1000\n", "g.yaml", &env_of(ENV), &args)
         .unwrap()
         .config;
@@ -413,10 +416,7 @@ fn flag_overrides_env_and_names_the_flag() {
         "env still applies to other keys"
     );
 
-    let args = ServeArgs {
-        max_connections_per_core: Some("none".into()),
-        ..ServeArgs::default()
-    };
+    let args = ServeArgs::default().with("max_connections_per_core", "none");
     let msg = err_text(resolve_all_present("", "g.yaml", &env_of(ENV), &args));
     assert_eq!(
         msg,
@@ -593,7 +593,7 @@ fn output_config_round_trips() {
             .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         assert!(back.warnings.is_empty(), "{:?}", back.warnings);
         assert_eq!(back.config, c, "\n{yaml}");
-        for key in KEYS {
+        for key in SETTINGS.iter().map(|s| s.name) {
             assert!(
                 yaml.contains(&format!("\n{key}: ")),
                 "{key} missing:\n{yaml}"
@@ -703,16 +703,16 @@ fn flags_parse_with_reference_spellings() {
         "2s",
     ]);
     assert!(a.output_config && a.config_only);
-    assert_eq!(a.metrics_port.as_deref(), Some("0"));
-    assert_eq!(a.tracing_enabled.as_deref(), Some("true"));
-    assert_eq!(a.tls12_only.as_deref(), Some("false"));
+    assert_eq!(a.flag_for("metrics_port"), Some("0"));
+    assert_eq!(a.flag_for("tracing_enabled"), Some("true"));
+    assert_eq!(a.flag_for("tls12_only"), Some("false"));
     let c = resolve(None, &no_env, &a, &|_: &Path| true).unwrap().config;
     assert_eq!(c.metrics_port, 0);
     assert!(c.tracing_enabled && !c.tls12_only);
     assert_eq!(c.sign_timeout, Some(Duration::from_secs(2)));
     assert_eq!(c.private_key_stores.len(), 2);
     // Every key has its flag: a flag for each key overrides an empty config.
-    for key in KEYS {
+    for key in SETTINGS.iter().map(|s| s.name) {
         if key == "private_key_stores" {
             continue;
         }
@@ -744,4 +744,309 @@ fn every_flag_help_states_its_default() {
             "flag {name} help does not state its default: {help:?}"
         );
     }
+}
+
+#[test]
+fn every_default_parses_and_shows_back() {
+    // Config::default() is built from the table's default texts; showing a
+    // default and parsing it back must give the same value, and an empty
+    // default must show as empty (README "empty" = -o "").
+    let d = Config::default();
+    let yaml = d.to_yaml();
+    let back = resolve_all_present(&yaml, "d.yaml", &no_env, &ServeArgs::default()).unwrap();
+    assert_eq!(back.config, d, "\n{yaml}");
+    for s in SETTINGS {
+        if s.default.is_empty() && s.has_flag() {
+            assert_eq!((s.show)(&d), "\"\"", "{}", s.name);
+        }
+    }
+    assert_eq!(d.port, 2407);
+    assert_eq!(d.metrics_port, 2406);
+    assert_eq!(d.limits.write_buffer_bytes, 65_544);
+    assert_eq!(d.limits.read_buffer_bytes, 65_544);
+    assert_eq!(Limits::default(), d.limits);
+    assert_eq!(Limits::default().validate(), Ok(()));
+    assert_eq!(d.kms.gcp_endpoint, "https://cloudkms.googleapis.com");
+    assert_eq!(d.kms.op_timeout, Duration::from_secs(5));
+    assert!(d.kms.verify);
+    assert_eq!(d.pkcs11.sessions_per_core, 2);
+    assert_eq!(d.pkcs11_op_timeout(), PKCS11_OP_TIMEOUT_FALLBACK);
+}
+
+#[test]
+fn every_field_comes_from_the_table() {
+    // Each field of Config (and of its parts) is a table key, possibly with
+    // its part's prefix: a field without an entry would be invisible to -o,
+    // the flags and the README.
+    // Field names of the Debug text, quoted values (paths, URLs) left out.
+    let mut debug = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for ch in format!("{:?}", Config::default()).chars() {
+        match (quoted, escaped, ch) {
+            (true, false, '\\') => escaped = true,
+            (true, true, _) => escaped = false,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, c) => debug.push(c),
+            _ => {}
+        }
+    }
+    let names: Vec<&str> = debug
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter_map(|t| t.strip_suffix(':'))
+        .filter(|t| !t.is_empty() && !t.contains(':'))
+        .collect();
+    assert!(names.len() > 40, "{names:?}");
+    let known = |k: &str| SETTINGS.iter().any(|s| s.name == k);
+    for f in names {
+        if ["limits", "pkcs11", "kms", "max_body_len"].contains(&f) {
+            continue;
+        }
+        assert!(
+            known(f) || known(&format!("pkcs11_{f}")) || known(&format!("kms_{f}")),
+            "Config field {f} has no table entry"
+        );
+    }
+    // Names are unique and lower-case with underscores (they are YAML keys,
+    // flags and variable names at once).
+    for (i, s) in SETTINGS.iter().enumerate() {
+        assert!(
+            s.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+            "{}",
+            s.name
+        );
+        assert!(
+            SETTINGS[i + 1..].iter().all(|o| o.name != s.name),
+            "{} twice",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn reference_keys_and_defaults_are_the_references() {
+    // /work/shared/CONFIG.md's table: names, order and defaults.
+    let reference: &[(&str, &str)] = &[
+        ("loglevel", "1"),
+        ("hostname", ""),
+        ("zone_id", ""),
+        ("origin_ca_api_key", ""),
+        ("auth_cert", "server.pem"),
+        ("auth_key", "server-key.pem"),
+        ("auth_csr", "server.csr"),
+        ("cloudflare_ca_cert", "keyless_cacert.pem"),
+        ("private_key_stores", ""),
+        ("port", "2407"),
+        ("metrics_port", "2406"),
+        ("pid_file", ""),
+        ("current_time", ""),
+        ("tracing_enabled", "false"),
+        ("tracing_address", ""),
+        ("tracing_sample_rate", "0"),
+        ("sign_timeout", ""),
+        ("sign_retry_count", "0"),
+    ];
+    let ours: Vec<(&str, &str)> = SETTINGS
+        .iter()
+        .filter(|s| s.section == Section::Reference)
+        .map(|s| (s.name, s.default))
+        .collect();
+    assert_eq!(ours, reference);
+}
+
+#[test]
+fn readme_matches_the_table() {
+    // The README's configuration table is rendered from the table. To
+    // update it after changing the table: KEYCORE_BLESS_README=1 cargo test
+    // -p keycore-config readme_matches_the_table
+    const BEGIN: &str = "<!-- config-table:begin (generated from config/src/table.rs) -->";
+    const END: &str = "<!-- config-table:end -->";
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = fs::read_to_string(&path).unwrap();
+    let start = readme
+        .find(BEGIN)
+        .expect("README.md has no config-table:begin marker")
+        + BEGIN.len();
+    let end = readme[start..]
+        .find(END)
+        .expect("README.md has no config-table:end marker")
+        + start;
+    let want = readme_table();
+    if readme[start..end] != want {
+        if std::env::var_os("KEYCORE_BLESS_README").is_some() {
+            let updated = format!("{}{want}{}", &readme[..start], &readme[end..]);
+            fs::write(&path, updated).unwrap();
+            return;
+        }
+        panic!(
+            "README.md's configuration table differs from config/src/table.rs; rerun with \
+             KEYCORE_BLESS_README=1 to rewrite it. Rendered:\n{want}"
+        );
+    }
+}
+
+#[test]
+fn help_and_readme_carry_every_key_default_and_env_name() {
+    let table = readme_table();
+    let cmd = Cli::command();
+    for s in SETTINGS {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", s.name)))
+            .unwrap_or_else(|| panic!("{} not in the README table", s.name));
+        for env in s.env_names() {
+            assert!(row.contains(&env), "{}: {env} missing in {row}", s.name);
+        }
+        if !s.has_flag() {
+            continue;
+        }
+        let arg = cmd
+            .get_arguments()
+            .find(|a| a.get_id().as_str() == s.name)
+            .unwrap();
+        let help = arg.get_help().unwrap().to_string();
+        let default = if s.default.is_empty() {
+            "empty"
+        } else {
+            s.default
+        };
+        assert!(
+            help.contains(&format!("Default: {default}.")),
+            "{}: {help}",
+            s.name
+        );
+    }
+}
+
+#[test]
+fn effective_yaml_names_each_source_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    fs::write(&cert, "x").unwrap();
+    fs::write(&key, "x").unwrap();
+    let text = format!(
+        "auth_cert: {}\nauth_key: {}\norigin_ca_api_key: v1.0-secret-key\nprivate_key_stores:\n  \
+         - uri: pkcs11:token=t;id=%01?module-path=/m.so&pin-value=4321\n  - dir: /keys\n",
+        cert.display(),
+        key.display()
+    );
+    static ENV: &[(&str, &str)] = &[
+        ("KEYLESS_IDLE_TIMEOUT", "5s"),
+        ("KEYCORE_AZURE_MAX_RPS", "50"),
+        ("KEYCORE_KMS_OP_TIMEOUT_MS", "1500"),
+    ];
+    let args = ServeArgs::default()
+        .with("port", "3000")
+        .with("kms_verify", "false");
+    let loaded = resolve(
+        Some((&text, Path::new("g.yaml"))),
+        &env_of(ENV),
+        &args,
+        &|p: &Path| p.exists(),
+    )
+    .unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.kms.azure_max_rps, 50);
+    assert_eq!(c.kms.op_timeout, Duration::from_millis(1500));
+    assert!(!c.kms.verify);
+    let out = loaded.effective_yaml(false);
+    for line in [
+        "port: 3000  # flag --port",
+        "idle_timeout: \"5s\"  # env KEYLESS_IDLE_TIMEOUT",
+        "kms_azure_max_rps: 50  # env KEYCORE_AZURE_MAX_RPS",
+        "kms_op_timeout: \"1s500ms\"  # env KEYCORE_KMS_OP_TIMEOUT_MS",
+        "kms_verify: false  # flag --kms-verify",
+        "origin_ca_api_key: \"<redacted>\"  # g.yaml:3",
+        "private_key_stores:  # g.yaml:4",
+        "  - uri: \"pkcs11:token=t;id=%01?module-path=/m.so&pin-value=<redacted>\"",
+        "metrics_port: 2406  # default",
+        "pkcs11_sessions_per_core: 2  # default",
+        "kms_gcp_endpoint: \"https://cloudkms.googleapis.com\"  # default",
+        "max_handshakes_per_core: 256  # default",
+        "log_format: text  # default",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in\n{out}");
+    }
+    assert!(
+        !out.contains("4321") && !out.contains("secret-key"),
+        "{out}"
+    );
+    // Every key is there once.
+    for s in SETTINGS {
+        let n = out
+            .lines()
+            .filter(|l| l.starts_with(&format!("{}:", s.name)))
+            .count();
+        assert_eq!(n, 1, "{}", s.name);
+    }
+    // With --show-secrets the output parses back to the same config.
+    let shown = loaded.effective_yaml(true);
+    assert!(shown.contains("pin-value=4321") && shown.contains("v1.0-secret-key"));
+    let back = resolve(
+        Some((&shown, Path::new("o.yaml"))),
+        &no_env,
+        &ServeArgs::default(),
+        &|_: &Path| true,
+    )
+    .unwrap();
+    assert_eq!(&back.config, c);
+}
+
+#[test]
+fn kms_aliases_rank_below_keyless_names_and_name_themselves_in_errors() {
+    static ENV: &[(&str, &str)] = &[
+        ("KEYLESS_KMS_GCP_MAX_RPS", "7"),
+        ("KEYCORE_GCP_MAX_RPS", "9"),
+        ("AZURE_AUTHORITY_HOST", "https://login.example"),
+        ("KEYCORE_AWS_STS_ENDPOINT", "http://127.0.0.1:9"),
+    ];
+    let l = resolve(None, &env_of(ENV), &ServeArgs::default(), &|_: &Path| true).unwrap();
+    assert_eq!(l.config.kms.gcp_max_rps, 7);
+    assert_eq!(
+        l.config.kms.azure_authority.as_deref(),
+        Some("https://login.example")
+    );
+    assert_eq!(
+        l.config.kms.aws_sts_endpoint.as_deref(),
+        Some("http://127.0.0.1:9")
+    );
+    static BAD: &[(&str, &str)] = &[("KEYCORE_GCP_MAX_RPS", "fast")];
+    let msg = err_text(resolve(
+        None,
+        &env_of(BAD),
+        &ServeArgs::default(),
+        &|_: &Path| true,
+    ));
+    assert_eq!(
+        msg,
+        "environment variable KEYCORE_GCP_MAX_RPS: key \"kms_gcp_max_rps\": expected an integer \
+         1..=1000000, got \"fast\""
+    );
+    static URL: &[(&str, &str)] = &[("KEYCORE_AZURE_ENDPOINT", "vault.local")];
+    let msg = err_text(resolve(
+        None,
+        &env_of(URL),
+        &ServeArgs::default(),
+        &|_: &Path| true,
+    ));
+    assert!(msg.contains("expected an http:// or https:// URL"), "{msg}");
+    let msg = err_text(from_yaml_str(
+        "log_format: xml\n",
+        Path::new("g.yaml"),
+        &no_env,
+    ));
+    assert_eq!(
+        msg,
+        "g.yaml:1: key \"log_format\": expected one of \"text\", \"json\", got \"xml\""
+    );
+    let c = from_yaml_str(
+        "sign_timeout: 750ms\nmax_handshakes_per_source: 8\n",
+        Path::new("g.yaml"),
+        &no_env,
+    )
+    .unwrap()
+    .config;
+    assert_eq!(c.pkcs11_op_timeout(), Duration::from_millis(750));
+    assert_eq!(c.limits.max_handshakes_per_source, 8);
 }
