@@ -19,11 +19,12 @@ expect() { # package, allowed keycore deps...
   echo "$p -> ${got:-(no keycore crate)}"
 }
 expect keycore-protocol
+expect keycore-config keycore-protocol
 expect keycore-keys keycore-protocol
-expect keycore-pkcs11 keycore-protocol keycore-keys
-expect keycore-kms keycore-protocol keycore-keys
+expect keycore-pkcs11 keycore-protocol keycore-config keycore-keys
+expect keycore-kms keycore-protocol keycore-config keycore-keys
 expect keycore-kmssim keycore-protocol keycore-keys
-expect keycore-engine keycore-protocol keycore-keys keycore-pkcs11 keycore-kms
+expect keycore-engine keycore-protocol keycore-config keycore-keys keycore-pkcs11 keycore-kms
 if [ -n "$(cargo tree -p keycore-protocol -e normal --prefix none | tail -n +2)" ]; then
   echo "VIOLATION: keycore-protocol has dependencies"; fail=1
 fi

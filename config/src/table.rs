@@ -706,8 +706,9 @@ pub static SETTINGS: &[Setting] = &[
         "kms_azure_max_rps",
         "N",
         "200",
-        "Azure requests started per second (token bucket), 1..=1000000. Key Vault allows 2,000 \
-         per 10 s per vault for HSM RSA-2048 and EC keys.",
+        "Azure requests started per second per vault (token bucket; none for Managed HSM \
+         pools), 1..=1000000. Key Vault allows 2,000 per 10 s per vault for HSM RSA-2048 and EC \
+         keys.",
         |c, t| set!(c.kms.azure_max_rps, rate(t)?),
         |c| c.kms.azure_max_rps.to_string(),
     )
@@ -717,7 +718,7 @@ pub static SETTINGS: &[Setting] = &[
         "kms_azure_max_in_flight",
         "N",
         "64",
-        "Azure requests in flight, 1..=65536; more wait for a slot.",
+        "Azure requests in flight per vault or pool, 1..=65536; more wait for a slot.",
         |c, t| set!(c.kms.azure_max_in_flight, in_flight(t)?),
         |c| c.kms.azure_max_in_flight.to_string(),
     )
