@@ -88,6 +88,62 @@ fn bad_config_value_names_file_line_and_key() {
     );
 }
 
+/// `keycore serve -o` through the real binary: every setting (KMS and
+/// PKCS#11 tunables included) with its source; secrets only with
+/// `--show-secrets`.
+#[test]
+fn output_config_shows_every_source_and_hides_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("gokeyless.yaml");
+    std::fs::write(
+        &cfg,
+        "port: 12407\nprivate_key_stores:\n  - uri: pkcs11:token=t;id=%01?module-path=/m.so&pin-value=98765\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_keycore"))
+            .current_dir(dir.path())
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .args(["--idle-timeout", "45s"])
+            .args(extra)
+            .env("KEYCORE_AWS_MAX_RPS", "300")
+            .env("KEYLESS_ORIGIN_CA_API_KEY", "v1.0-very-secret")
+            .env("KEYLESS_AUTH_CERT", &cfg) // present, so registration is not attempted
+            .env("KEYLESS_AUTH_KEY", &cfg)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = run(&["-o"]);
+    for want in [
+        "port: 12407  # ",
+        "idle_timeout: \"45s\"  # flag --idle-timeout",
+        "kms_aws_max_rps: 300  # env KEYCORE_AWS_MAX_RPS",
+        "origin_ca_api_key: \"<redacted>\"  # env KEYLESS_ORIGIN_CA_API_KEY",
+        "pkcs11_sessions_per_core: 2  # default",
+        "kms_verify: true  # default",
+        "pin-value=<redacted>",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in\n{out}");
+    }
+    assert!(
+        out.contains("gokeyless.yaml:1") && out.contains("gokeyless.yaml:2"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("98765") && !out.contains("very-secret"),
+        "{out}"
+    );
+    let shown = run(&["-o", "--show-secrets"]);
+    assert!(shown.contains("pin-value=98765") && shown.contains("v1.0-very-secret"));
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
