@@ -34,8 +34,6 @@ use keycore_keys::KeyKind;
 use keycore_protocol::{Hash, OpClass};
 use tokio::time::Instant;
 
-/// Default endpoint.
-pub const DEFAULT_ENDPOINT: &str = "https://cloudkms.googleapis.com";
 
 /// OAuth scope for Cloud KMS.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
