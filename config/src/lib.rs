@@ -25,9 +25,16 @@
 //! [`KmsSettings`], [`KeyStore`], [`LogLevel`], [`LogFormat`], [`Cores`],
 //! [`KeyLoadErrors`], [`Pkcs11Dispatch`]); loading ([`load`], [`resolve`],
 //! [`from_yaml_str`], [`ServeArgs`], [`Loaded`], [`Origin`],
-//! [`ConfigError`]); the table ([`SETTINGS`], [`Setting`], [`Section`],
-//! [`readme_table`]); the parsers ([`parse_duration`], [`format_duration`],
-//! [`parse_rfc3339`], [`format_rfc3339`] and their errors).
+//! [`ConfigError`], [`Limits::validate`] and [`LimitsError`]); the table
+//! ([`SETTINGS`], [`Setting`], [`Section`], [`Alias`], [`Secret`],
+//! [`readme_table`], [`env_var_name`], [`flag_name`]); the bounds
+//! (`MAX_*`, `MIN_BUFFER_BYTES`, `DEFAULT_CONFIG_PATHS`,
+//! [`PKCS11_OP_TIMEOUT_FALLBACK`]); the parsers ([`parse_duration`],
+//! [`format_duration`], [`parse_rfc3339`], [`format_rfc3339`] and their
+//! errors [`DurationError`], [`TimeError`], [`ValueError`]).
+//!
+//! Depends on no other keycore crate but `keycore-protocol` (for the
+//! message size bounds), so every crate may use it without a circle.
 
 mod args;
 mod duration;
@@ -44,7 +51,7 @@ pub use load::{from_yaml_str, load, resolve};
 pub use output::readme_table;
 pub use parse::{CpuListError, ValueError};
 pub use rfc3339::{format_rfc3339, parse_rfc3339, TimeError};
-pub use table::{Alias, Section, Setting, SETTINGS};
+pub use table::{Alias, Secret, Section, Setting, SETTINGS};
 
 use std::collections::BTreeMap;
 use std::fmt;
