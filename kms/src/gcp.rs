@@ -34,7 +34,6 @@ use keycore_keys::KeyKind;
 use keycore_protocol::{Hash, OpClass};
 use tokio::time::Instant;
 
-
 /// OAuth scope for Cloud KMS.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloudkms";
 
