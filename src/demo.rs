@@ -31,6 +31,17 @@ pub struct DemoArgs {
     /// Requests outstanding in total (closed loop).
     #[arg(long, default_value_t = 128)]
     pub concurrency: usize,
+    /// Instead of load: start `keycore edge` with only a site certificate
+    /// and fetch its page with `curl -v` (the key stays with the key server).
+    #[arg(long)]
+    pub edge: bool,
+    /// With --edge: the site's key (a file of the demo's keys directory:
+    /// p256.key, p384.key, rsa2048.key, ed25519.key...).
+    #[arg(long, default_value = "p256.key")]
+    pub site_key: String,
+    /// With --edge: keep the edge and key server running until Ctrl-C.
+    #[arg(long)]
+    pub hold: bool,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, config::DurationError> {
@@ -50,6 +61,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             tmp.path().to_path_buf()
         }
     };
+    if args.edge {
+        return crate::demo_edge::run(&dir, &args.site_key, args.hold);
+    }
     let t0 = Instant::now();
     let pki = keycore_engine::pki::generate(&dir)?;
     println!(

@@ -1,6 +1,7 @@
 //! `keycore`: the one CLI binary.
 //!
 //! Subcommands: `serve` (the key server, reading an unchanged gokeyless.yaml),
+//! `edge` (HTTPS with certificates only; signatures from key servers),
 //! `loadgen` (edge-traffic load generator), `demo` (throwaway PKI + server +
 //! load on loopback, the README's first command), `tune` (not built yet).
 //! This file only parses arguments, sets up logging and hands over to the
@@ -14,6 +15,7 @@ use keycore_engine::config::LogFormat;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod demo;
+mod demo_edge;
 
 /// keycore: a Keyless SSL key server, its load generator and tools.
 #[derive(Parser, Debug)]
@@ -30,6 +32,9 @@ struct Cli {
 enum Cmd {
     /// Run the key server (reads gokeyless.yaml; see README "Configuration").
     Serve(Box<ServeCmd>),
+    /// HTTPS terminator with certificates but no private keys: every
+    /// handshake signature comes from a key server (keyless).
+    Edge(Box<keycore_edge::EdgeArgs>),
     /// Drive edge-like load against key servers and report latency.
     Loadgen(Box<keycore_loadgen::LoadgenArgs>),
     /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
@@ -66,6 +71,7 @@ fn main() {
     }
     let r = match cli.cmd {
         Some(Cmd::Serve(cmd)) => serve(cmd.args, cmd.check),
+        Some(Cmd::Edge(args)) => edge(&args),
         Some(Cmd::Loadgen(args)) => {
             init_logging(2, LogFormat::Text);
             keycore_loadgen::run_cli(&args)
@@ -179,6 +185,15 @@ fn notify(state: &str) {
     if let Err(e) = keycore_engine::ops::sd_notify(state) {
         tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
     }
+}
+
+fn edge(args: &keycore_edge::EdgeArgs) -> Result<()> {
+    init_logging(1, LogFormat::Text);
+    let e = keycore_edge::start_cli(args)?;
+    wait_for_signal()?;
+    tracing::info!("signal received; stopping");
+    e.stop();
+    Ok(())
 }
 
 /// Block until SIGTERM or SIGINT.

@@ -266,6 +266,39 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
     })
 }
 
+/// A site certificate for "localhost", 127.0.0.1 and ::1 whose subject key
+/// is the key in `key_file` (a key the key server serves), signed by the
+/// demo CA and written to `out`: what `keycore edge` presents while the
+/// private key stays with the key server. No key file is written; the key
+/// is read only to put its public half in the certificate.
+pub fn issue_site_cert(
+    pki: &DemoPki,
+    key_file: &Path,
+    cn: &str,
+    serial: u8,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let ca_key = KeyPair::from_pem(&read(&pki.ca_key)?).context("the demo CA key")?;
+    // Same parameters as `generate`, so issuer name and key identifier match.
+    let ca = Issuer::new(ca_params("keycore demo CA"), ca_key);
+    let key = KeyPair::from_pem(&read(key_file)?)
+        .with_context(|| format!("site key {}", key_file.display()))?;
+    // Key usage digitalSignature only: the edge offers ECDHE suites, so
+    // even an RSA site key only ever signs.
+    let params = leaf_params(
+        cn,
+        &["localhost", "127.0.0.1", "::1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        serial,
+    )?;
+    let cert = params
+        .signed_by(&key, &ca)
+        .with_context(|| format!("signing the site certificate {cn}"))?;
+    write(out, &cert.pem(), false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

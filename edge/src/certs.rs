@@ -1,0 +1,227 @@
+//! The edge's certificates and choosing one per handshake (SNI).
+//!
+//! Owns: reading `--cert` chain files (and refusing any that carries a
+//! private key: the edge holds none), reducing each leaf to its public key
+//! and SKI, the names it is valid for, and the rustls certificate resolver.
+//!
+//! Choice per handshake: the certificates whose names match the SNI (exact,
+//! or a `*.` wildcard one label deep); if none match (or no SNI, e.g. a
+//! visitor dialling an IP) all of them, in command-line order. Among those,
+//! the first whose key can make a signature scheme the visitor offered (so a
+//! visitor that only offers ECDSA gets the ECDSA certificate of a name that
+//! has both).
+//!
+//! Must not: parse or keep private keys.
+
+use crate::signer::KeylessKey;
+use keycore_loadgen::keys::{info_from_spki, PublicKeyInfo};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::{PemObject, SectionKind};
+use rustls_pki_types::CertificateDer;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Largest certificate file read.
+const MAX_CERT_FILE_LEN: u64 = 1024 * 1024;
+
+/// One certificate chain the edge serves.
+#[derive(Debug, Clone)]
+pub struct SiteCert {
+    /// Where it came from.
+    pub path: PathBuf,
+    /// Leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's public key and SKI.
+    pub key: PublicKeyInfo,
+    /// DNS names (SAN, else CN), lower-case.
+    pub names: Vec<String>,
+    /// Subject, for the page and logs.
+    pub subject: String,
+}
+
+/// Read a chain file. Fails, naming the file, if it holds no certificate,
+/// holds a private key, or its leaf key is of a kind the edge can't sign with.
+pub fn load(path: &Path) -> anyhow::Result<SiteCert> {
+    use anyhow::Context;
+    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
+    anyhow::ensure!(
+        meta.len() <= MAX_CERT_FILE_LEN,
+        "{}: {} bytes is too large for a certificate chain",
+        path.display(),
+        meta.len()
+    );
+    let pem = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+    let mut chain = Vec::new();
+    for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
+        let (kind, der) = item.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        match kind {
+            SectionKind::Certificate => chain.push(CertificateDer::from(der)),
+            SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
+                anyhow::bail!(
+                    "{}: holds a private key; the edge must never have one (the key server signs)",
+                    path.display()
+                )
+            }
+            _ => {}
+        }
+    }
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "{}: no CERTIFICATE in file",
+        path.display()
+    );
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
+        .map_err(|e| anyhow::anyhow!("{}: leaf certificate: {e}", path.display()))?;
+    let spki = leaf.tbs_certificate.subject_pki.raw.to_vec();
+    let key = info_from_spki(path, spki)?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = leaf.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        if let Some(cn) = leaf.subject().iter_common_name().next() {
+            if let Ok(cn) = cn.as_str() {
+                names.push(cn.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(SiteCert {
+        path: path.to_path_buf(),
+        subject: leaf.subject().to_string(),
+        chain,
+        key,
+        names,
+    })
+}
+
+/// Whether certificate name `pattern` covers host `name` (both lower-case).
+pub fn name_matches(pattern: &str, name: &str) -> bool {
+    if pattern == name {
+        return true;
+    }
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => name
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && rest == suffix),
+        None => false,
+    }
+}
+
+/// A certificate ready for rustls, with what the page shows about it.
+#[derive(Debug)]
+pub struct Entry {
+    /// The certificate.
+    pub site: SiteCert,
+    /// Its keyless key.
+    key: Arc<KeylessKey>,
+    certified: Arc<CertifiedKey>,
+}
+
+/// The resolver: SNI (and offered schemes) to certificate.
+#[derive(Debug)]
+pub struct Resolver {
+    entries: Vec<Entry>,
+}
+
+impl Resolver {
+    /// Build from loaded certificates and their keyless keys.
+    pub fn new(sites: Vec<(SiteCert, KeylessKey)>) -> Resolver {
+        let entries = sites
+            .into_iter()
+            .map(|(site, key)| {
+                let key = Arc::new(key);
+                let certified = Arc::new(CertifiedKey::new(
+                    site.chain.clone(),
+                    key.clone() as Arc<dyn rustls::sign::SigningKey>,
+                ));
+                Entry {
+                    site,
+                    key,
+                    certified,
+                }
+            })
+            .collect();
+        Resolver { entries }
+    }
+
+    /// The entry for a handshake with this SNI offering these schemes.
+    pub fn pick(&self, sni: Option<&str>, offered: &[rustls::SignatureScheme]) -> Option<&Entry> {
+        let sni = sni.map(str::to_ascii_lowercase);
+        let matching = |e: &&Entry| match &sni {
+            Some(n) => e.site.names.iter().any(|p| name_matches(p, n)),
+            None => false,
+        };
+        let fits = |e: &&Entry| e.key.can_sign_any(offered);
+        self.entries
+            .iter()
+            .filter(matching)
+            .find(fits)
+            .or_else(|| self.entries.iter().find(fits))
+    }
+
+    /// Every certificate served.
+    pub fn entries(&self) -> impl Iterator<Item = &SiteCert> {
+        self.entries.iter().map(|e| &e.site)
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        crate::signer::note_sni(hello.server_name());
+        let e = self.pick(hello.server_name(), hello.signature_schemes());
+        if e.is_none() {
+            tracing::debug!(
+                sni = ?hello.server_name(),
+                "no certificate can sign any scheme the visitor offered"
+            );
+        }
+        e.map(|e| e.certified.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards_cover_one_label_only() {
+        assert!(name_matches("localhost", "localhost"));
+        assert!(name_matches("*.example.com", "a.example.com"));
+        assert!(!name_matches("*.example.com", "a.b.example.com"));
+        assert!(!name_matches("*.example.com", "example.com"));
+        assert!(!name_matches("*.example.com", ".example.com"));
+        assert!(!name_matches("example.com", "a.example.com"));
+    }
+
+    #[test]
+    fn a_chain_file_with_a_private_key_is_refused() {
+        let dir = tempdir();
+        let p = dir.join("bad.pem");
+        std::fs::write(
+            &p,
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("private key"), "{e}");
+        std::fs::write(&p, "nothing here\n").unwrap();
+        let e = load(&p).unwrap_err().to_string();
+        assert!(e.contains("no CERTIFICATE"), "{e}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "keycore-edge-certs-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
