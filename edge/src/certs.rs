@@ -149,14 +149,20 @@ impl Resolver {
         Resolver { entries }
     }
 
-    /// The entry for a handshake with this SNI offering these schemes.
-    pub fn pick(&self, sni: Option<&str>, offered: &[rustls::SignatureScheme]) -> Option<&Entry> {
+    /// The entry for a handshake with this SNI offering these schemes and
+    /// cipher suites.
+    pub fn pick(
+        &self,
+        sni: Option<&str>,
+        offered: &[rustls::SignatureScheme],
+        suites: &[rustls::CipherSuite],
+    ) -> Option<&Entry> {
         let sni = sni.map(str::to_ascii_lowercase);
         let matching = |e: &&Entry| match &sni {
             Some(n) => e.site.names.iter().any(|p| name_matches(p, n)),
             None => false,
         };
-        let fits = |e: &&Entry| e.key.can_sign_any(offered);
+        let fits = |e: &&Entry| e.key.can_sign_any(offered) && suites_fit(e, suites);
         self.entries
             .iter()
             .filter(matching)
@@ -170,10 +176,33 @@ impl Resolver {
     }
 }
 
+/// In TLS 1.2 the suite names the certificate's key type (ECDHE_ECDSA
+/// also covers Ed25519, RFC 8422); a TLS 1.3 suite fits any key.
+fn suites_fit(e: &Entry, suites: &[rustls::CipherSuite]) -> bool {
+    use rustls::CipherSuite as C;
+    let rsa = e.key.is_rsa();
+    suites.iter().any(|s| match *s {
+        C::TLS13_AES_128_GCM_SHA256
+        | C::TLS13_AES_256_GCM_SHA384
+        | C::TLS13_CHACHA20_POLY1305_SHA256 => true,
+        C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256 => rsa,
+        C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384
+        | C::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 => !rsa,
+        _ => false,
+    })
+}
+
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         crate::signer::note_sni(hello.server_name());
-        let e = self.pick(hello.server_name(), hello.signature_schemes());
+        let e = self.pick(
+            hello.server_name(),
+            hello.signature_schemes(),
+            hello.cipher_suites(),
+        );
         if e.is_none() {
             tracing::debug!(
                 sni = ?hello.server_name(),

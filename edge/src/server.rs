@@ -222,6 +222,11 @@ impl Worker {
                 } else {
                     tracing::debug!(%peer, sni, reason = reason.label(), "handshake failed: {why}");
                 }
+                // rustls sends no alert of its own when the signer fails;
+                // close_notify at least tells the visitor the edge ended it.
+                conn.send_close_notify();
+                let _ = conn.write_tls(&mut sock);
+                linger_close(&mut sock);
                 return;
             }
         };
@@ -331,6 +336,28 @@ impl Worker {
             None => s.push_str("Signature:    none (session resumed, no key server call)\n"),
         }
         s
+    }
+}
+
+/// How long a failed connection is drained before closing.
+const LINGER: Duration = Duration::from_millis(100);
+
+/// Close after a failed handshake so the alert rustls queued reaches the
+/// visitor: closing with unread input makes the kernel send a reset, which
+/// can overtake the alert. Bounded by [`LINGER`] and 16 KiB.
+fn linger_close(sock: &mut TcpStream) {
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(LINGER));
+    let until = Instant::now() + LINGER;
+    let mut buf = [0u8; 4096];
+    for _ in 0..4 {
+        if Instant::now() >= until {
+            break;
+        }
+        match sock.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
     }
 }
 

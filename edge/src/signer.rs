@@ -194,6 +194,11 @@ impl KeylessKey {
         }
     }
 
+    /// Whether this is an RSA key.
+    pub fn is_rsa(&self) -> bool {
+        matches!(self.info.kind, KeyKind::Rsa { .. })
+    }
+
     /// Whether this key can answer any of `offered`.
     pub fn can_sign_any(&self, offered: &[SignatureScheme]) -> bool {
         schemes_for(self.info.kind)

@@ -4,6 +4,7 @@
 
 mod cli;
 mod connections;
+mod edge;
 mod harness;
 mod metrics;
 mod operate;
