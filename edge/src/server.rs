@@ -231,15 +231,11 @@ impl Worker {
             }
         };
         self.stats.handshakes_ok.fetch_add(1, Relaxed);
-        match &done.sign {
-            Some(rec) => {
-                if let Ok(s) = &rec.result {
-                    self.stats.keyless_rtt.record(s.rtt);
-                }
-            }
-            None => {
-                self.stats.handshakes_resumed.fetch_add(1, Relaxed);
-            }
+        if let Some(Ok(s)) = done.sign.as_ref().map(|r| &r.result) {
+            self.stats.keyless_rtt.record(s.rtt);
+        }
+        if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+            self.stats.handshakes_resumed.fetch_add(1, Relaxed);
         }
         let deadline = Instant::now() + self.limits.handshake_timeout;
         let mut tls = rustls::Stream::new(&mut conn, &mut sock);
@@ -333,7 +329,10 @@ impl Worker {
                 }
                 s.push_str("\nThis edge holds no private key: the key server made the handshake signature.\n");
             }
-            None => s.push_str("Signature:    none (session resumed, no key server call)\n"),
+            None if conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed) => {
+                s.push_str("Signature:    none (session resumed, no key server call)\n")
+            }
+            None => s.push_str("Signature:    made in this process (no key server call)\n"),
         }
         s
     }

@@ -21,6 +21,7 @@
 
 pub mod check;
 pub mod client;
+pub mod handshake;
 pub mod keys;
 pub mod profile;
 pub mod report;
@@ -393,18 +394,27 @@ pub struct LoadgenArgs {
     /// CA certificate(s) (PEM) the server certificate must chain to.
     #[arg(long, value_name = "PEM")]
     pub ca: PathBuf,
-    /// Client certificate chain (PEM) presented to the server.
-    #[arg(long, value_name = "PEM")]
-    pub cert: PathBuf,
+    /// Client certificate chain (PEM) presented to the server (keyless
+    /// load; not used with --handshakes).
+    #[arg(long, value_name = "PEM", required_unless_present = "handshakes")]
+    pub cert: Option<PathBuf>,
     /// Private key (PEM) of the client certificate.
-    #[arg(long = "key", value_name = "PEM")]
-    pub client_key: PathBuf,
+    #[arg(
+        long = "key",
+        value_name = "PEM",
+        required_unless_present = "handshakes"
+    )]
+    pub client_key: Option<PathBuf>,
     /// Name to verify the server certificate against. Default: the server's IP.
     #[arg(long, value_name = "NAME")]
     pub server_name: Option<String>,
     /// Public keys, certificates or private keys (PEM or DER), as files or
     /// directories; repeat as needed. Their SKIs name keys on the wire.
-    #[arg(long = "keys", required = true, value_name = "PATH")]
+    #[arg(
+        long = "keys",
+        required_unless_present = "handshakes",
+        value_name = "PATH"
+    )]
     pub keys: Vec<PathBuf>,
     /// Profile file (YAML, or JSON if it ends in .json); flags override it.
     #[arg(long, value_name = "FILE")]
@@ -491,6 +501,23 @@ pub struct LoadgenArgs {
     /// No live line.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Handshake mode: new TLS connections at --rate per second to an HTTPS
+    /// edge (`keycore edge`), one `GET /` each; measures connect, handshake
+    /// and first byte. Uses --server (the edge), --ca, --server-name (SNI,
+    /// default localhost), --rate, --arrivals, --duration, --warmup,
+    /// --timeout-ms, --cores, --first-cpu, --tls12-only,
+    /// --max-outstanding-per-core, --json, --html, --hdr-log, --quiet.
+    #[arg(long)]
+    pub handshakes: bool,
+    /// Handshake mode: fraction of connections allowed to resume a TLS
+    /// session (0 = every handshake full, the default).
+    #[arg(long, value_name = "0..1")]
+    pub resume_ratio: Option<f64>,
+    /// Handshake mode: Prometheus URL (http://HOST:PORT/metrics) of the edge
+    /// or key server, to report the keyless share of handshake time.
+    #[arg(long, value_name = "URL")]
+    pub keyserver_metrics: Option<String>,
 
     /// Capacity mode: step the rate up until p99 passes --slo-p99-ms or
     /// errors appear; report the highest rate that held.
@@ -580,8 +607,8 @@ impl LoadgenArgs {
             server: resolve(first)?,
             tls: ClientTlsPaths {
                 ca: self.ca.clone(),
-                cert: self.cert.clone(),
-                key: self.client_key.clone(),
+                cert: self.cert.clone().context("--cert is required")?,
+                key: self.client_key.clone().context("--key is required")?,
             },
             server_name: self.server_name.clone(),
             keys: self.keys.clone(),
@@ -604,8 +631,11 @@ impl LoadgenArgs {
     }
 }
 
-/// `keycore loadgen ...`: run, capacity or compare, and print.
+/// `keycore loadgen ...`: run, capacity, compare or handshakes, and print.
 pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
+    if args.handshakes {
+        return handshake::run_cli(args);
+    }
     let spec = args.to_spec()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -506,21 +506,21 @@ impl Report {
     }
 }
 
-fn html_escape(s: &str) -> String {
+pub(crate) fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
-struct Chart<'a> {
-    title: &'a str,
-    x_label: &'a str,
-    y_label: &'a str,
-    log_y: bool,
-    x_ticks: Option<Vec<(f64, String)>>,
-    series: Vec<(String, Vec<(f64, f64)>)>,
+pub(crate) struct Chart<'a> {
+    pub(crate) title: &'a str,
+    pub(crate) x_label: &'a str,
+    pub(crate) y_label: &'a str,
+    pub(crate) log_y: bool,
+    pub(crate) x_ticks: Option<Vec<(f64, String)>>,
+    pub(crate) series: Vec<(String, Vec<(f64, f64)>)>,
     /// Shade x below this (the warm-up on time axes).
-    shade_until: Option<f64>,
+    pub(crate) shade_until: Option<f64>,
 }
 
 const COLORS: [&str; 8] = [
@@ -528,7 +528,7 @@ const COLORS: [&str; 8] = [
 ];
 
 /// A line chart as inline SVG.
-fn svg_chart(c: &Chart<'_>) -> String {
+pub(crate) fn svg_chart(c: &Chart<'_>) -> String {
     let (w, h, ml, mr, mt, mb) = (960.0, 360.0, 80.0, 190.0, 40.0, 50.0);
     let pts: Vec<(f64, f64)> = c
         .series
@@ -705,12 +705,27 @@ impl HdrLog {
 
     /// Append one interval: one tagged histogram per operation with data.
     pub fn write_interval(&mut self, i: &IntervalStats) -> io::Result<()> {
+        let tagged: Vec<(&str, &Histogram<u64>)> = OpKind::ALL
+            .iter()
+            .map(|op| (op.name(), &i.stats.ops[op.index()].hist))
+            .filter(|(_, h)| !h.is_empty())
+            .collect();
+        self.write_tagged(i.index, &tagged)
+    }
+
+    /// Append interval `index` (one [`crate::runner::INTERVAL`] each from
+    /// the run's start): one histogram per tag.
+    pub fn write_tagged(
+        &mut self,
+        index: u64,
+        hists: &[(&str, &Histogram<u64>)],
+    ) -> io::Result<()> {
         use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
         let mut b = IntervalLogWriterBuilder::new();
         if !self.started {
             // Interval i ends about now: put the log's start at the run's start.
             self.start = std::time::SystemTime::now()
-                .checked_sub(crate::runner::INTERVAL * (i.index as u32 + 1))
+                .checked_sub(crate::runner::INTERVAL * (index as u32 + 1))
                 .unwrap_or(self.start);
             b.add_comment("keycore loadgen: latency in microseconds, one tag per operation");
             b.with_start_time(self.start);
@@ -724,13 +739,9 @@ impl HdrLog {
             let mut w = b
                 .begin_log_with(&mut buf, &mut self.serializer)
                 .map_err(io::Error::other)?;
-            let start = crate::runner::INTERVAL * i.index as u32;
-            for op in OpKind::ALL {
-                let h = &i.stats.ops[op.index()].hist;
-                if h.is_empty() {
-                    continue;
-                }
-                w.write_histogram(h, start, crate::runner::INTERVAL, Tag::new(op.name()))
+            let start = crate::runner::INTERVAL * index as u32;
+            for (tag, h) in hists {
+                w.write_histogram(h, start, crate::runner::INTERVAL, Tag::new(tag))
                     .map_err(|e| io::Error::other(format!("{e:?}")))?;
             }
         }
