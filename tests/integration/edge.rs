@@ -642,3 +642,92 @@ fn scan(pid: u32, secrets: &[(String, Vec<Vec<u8>>)]) -> Vec<(String, usize)> {
     found.dedup();
     found
 }
+
+#[test]
+fn loadgen_handshakes_measures_full_and_resumed_handshakes_through_the_edge() {
+    let srv = TestServer::start();
+    let certs = site_certs(&srv.pki);
+    let edge = start_edge(&srv.pki, &[&certs[0].1], &[srv.addr.to_string()], &[]);
+    let html = srv.pki.dir.join("hs.html");
+    let hdr = srv.pki.dir.join("hs.hlog");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let o = Command::new(bin())
+            .args([
+                "loadgen",
+                "--handshakes",
+                "--server",
+                &edge.addr.to_string(),
+                "--ca",
+            ])
+            .arg(&srv.pki.ca_cert)
+            .args([
+                "--rate",
+                "40",
+                "--duration",
+                "2",
+                "--warmup",
+                "0.5",
+                "--json",
+                "--quiet",
+            ])
+            .args([
+                "--keyserver-metrics",
+                &format!("http://{}/metrics", edge.metrics),
+            ])
+            .args(extra)
+            .output()
+            .expect("keycore loadgen");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("JSON report")
+    };
+    let r = run(&[
+        "--html",
+        html.to_str().unwrap(),
+        "--hdr-log",
+        hdr.to_str().unwrap(),
+    ]);
+    // 80 scheduled in the window; a loaded CI host may lose a few to the deadline.
+    let full = r["full"].as_u64().unwrap();
+    assert!(full >= 40, "{r:#}");
+    assert_eq!(r["resumed"], 0, "{r:#}");
+    assert!(r["errors"].as_object().unwrap().is_empty(), "{r:#}");
+    let k = &r["keyless"];
+    assert_eq!(k["source"], "keycore_edge_keyless_rtt_seconds", "{r:#}");
+    // One signature per full handshake in the window (give or take the edges of the window).
+    assert!(k["calls"].as_u64().unwrap() + 5 >= full, "{r:#}");
+    assert!(k["mean_us"].as_f64().unwrap() > 0.0);
+    assert!(
+        k["mean_us"].as_f64().unwrap() < k["handshake_mean_us"].as_f64().unwrap(),
+        "{r:#}"
+    );
+    let phase = |r: &serde_json::Value, name: &str| {
+        r["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["phase"] == name)
+            .unwrap()["latency"]
+            .clone()
+    };
+    assert!(phase(&r, "handshake-full")["p99_us"].as_u64().unwrap() > 0);
+    assert!(phase(&r, "handshake-resumed").is_null());
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("handshake-full"));
+    let log = std::fs::read_to_string(&hdr).unwrap();
+    assert!(log.contains("Tag=handshake-full,"), "{log}");
+
+    // With resumption allowed, most connections skip the key server.
+    let before = metric(
+        &scrape(edge.metrics),
+        "keycore_edge_handshakes_resumed_total",
+    );
+    let r = run(&["--resume-ratio", "1"]);
+    let resumed = r["resumed"].as_u64().unwrap();
+    assert!(resumed >= 30, "{r:#}");
+    assert!(phase(&r, "handshake-resumed")["p50_us"].as_u64().unwrap() > 0);
+    let after = metric(
+        &scrape(edge.metrics),
+        "keycore_edge_handshakes_resumed_total",
+    );
+    assert!(after - before >= resumed, "{before} {after} {r:#}");
+}
