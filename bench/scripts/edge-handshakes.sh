@@ -103,9 +103,16 @@ edge
 load 24443 100 --keyserver-metrics http://127.0.0.1:24444/metrics
 stop_edge; stop_keyserver
 echo "-- hsmsim $HSMSIM_PROFILE over SoftHSM2 (keycore serve, PKCS#11)"
-keyserver "uri: \"pkcs11:token=edge;object=site?module-path=$W/hsm.so&pin-value=$PIN&x-sessions-per-core=16\""
+keyserver "uri: \"pkcs11:token=edge;object=site?module-path=$W/hsm.so&pin-value=$PIN&x-dispatch=offload&x-sessions-per-core=16\""
 edge
 load 24443 100 --keyserver-metrics http://127.0.0.1:24444/metrics
+stop_edge; stop_keyserver
+echo "-- C. a slow key server (hsmsim: every ECDSA sign takes 200 ms) with half the visitors resuming:"
+echo "   full handshakes wait for the signature, resumed ones on other workers must not"
+echo "{\"module\": \"$W/softhsm-under-sim.so\", \"latency\": {\"mechanisms\": {\"CKM_ECDSA\": {\"fixed_us\": 200000}}}}" > "$W/hsm.json"
+keyserver "uri: \"pkcs11:token=edge;object=site?module-path=$W/hsm.so&pin-value=$PIN&x-dispatch=offload&x-sessions-per-core=16\""
+edge
+load 24443 50 --resume-ratio 0.5 --keyserver-metrics http://127.0.0.1:24444/metrics
 stop_edge; stop_keyserver
 echo
 echo "== uptime: $(uptime)"

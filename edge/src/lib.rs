@@ -93,6 +93,9 @@ pub struct EdgeArgs {
     pub keyless_queue: usize,
 }
 
+/// How long start-up waits for a first key-server connection.
+const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
+
 fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     s.to_socket_addrs()
         .with_context(|| format!("address {s:?}"))?
@@ -150,6 +153,27 @@ impl Edge {
             },
             stats.clone(),
         )?;
+        // Serve as soon as one key server is connected (or after a short
+        // wait: a key server that is down must not keep the edge from
+        // starting; its visitors fail with a counted reason meanwhile).
+        let up_by = std::time::Instant::now() + STARTUP_CONNECT_WAIT;
+        while std::time::Instant::now() < up_by
+            && stats
+                .keyservers
+                .iter()
+                .all(|k| k.connections_up.load(std::sync::atomic::Ordering::Relaxed) == 0)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if stats
+            .keyservers
+            .iter()
+            .all(|k| k.connections_up.load(std::sync::atomic::Ordering::Relaxed) == 0)
+        {
+            tracing::warn!(
+                "no key server connected within {STARTUP_CONNECT_WAIT:?}; serving anyway (handshakes fail until one is up)"
+            );
+        }
         let resolver = Arc::new(certs::Resolver::new(
             sites
                 .into_iter()
