@@ -27,7 +27,8 @@
 //!   `CKR_TIMEOUT` 0x80000024, `CKR_DEVICE_TIMEOUT` 0x8000002B, `CKR_AGAIN` 0x80000041 (issue 20
 //!   item 8, from Luna's headers). Throttling as `CKR_AGAIN` is an ASSUMPTION.
 //! - YubiHSM 2: no `CKM_RSA_X_509`; RSA decryption is `CKM_RSA_PKCS` or OAEP only (yubihsm-shell
-//!   `pkcs11/util_pkcs11.c`, per issue 20 item 3).
+//!   `pkcs11/util_pkcs11.c`, per issue 20 item 3); sessions expire after 30 s idle (Yubico's
+//!   Session concept page; issue 20 item 16).
 //! - FIPS mode: Thales documents `CKM_RSA_PKCS` as "cannot decrypt / cannot encrypt / cannot
 //!   wrap / cannot unwrap" in FIPS-approved configuration from firmware 7.7.3 (Luna 7 SDK,
 //!   mechanism CKM_RSA_PKCS); issue 20 item 11 says CloudHSM FIPS clusters deprecated PKCS#1
@@ -97,6 +98,11 @@ pub const PRESETS: &[&str] = &[
 /// Default first back-off of a retrying client (ms). ASSUMPTION: AWS documents exponential
 /// back-off for SDK 5.8+ retries, not its base.
 pub const DEFAULT_RETRY_BACKOFF_MS: u32 = 10;
+/// YubiHSM 2 sessions expire after 30 s without a command (Yubico, YubiHSM 2 "Session" concept
+/// page, https://developers.yubico.com/YubiHSM2/Concepts/Session.html, as cited by the yubihsm
+/// crate's `SESSION_INACTIVITY_TIMEOUT`).
+pub const YUBIHSM_SESSION_TIMEOUT_MS: u64 = 30_000;
+
 /// Largest `client_retries`: more would hide a device that is simply down.
 pub const MAX_CLIENT_RETRIES: u32 = 10;
 
@@ -129,6 +135,9 @@ pub struct Behaviour {
     /// FIPS mode: `CKM_RSA_PKCS` may sign but not decrypt or encrypt (Luna FIPS 140-3
     /// partitions; CloudHSM FIPS clusters deprecated PKCS#1 v1.5 decryption).
     pub fips_no_pkcs1_decrypt: bool,
+    /// The device drops every session (and the login) after this long without a call, in
+    /// milliseconds (0 = never). An `idle_drop` fault overrides it.
+    pub idle_timeout_ms: u64,
     /// Times the vendor's client library retries a throttled call itself before answering.
     pub client_retries: u32,
     /// First back-off of those retries, milliseconds; it doubles on each retry.
@@ -156,6 +165,7 @@ impl Behaviour {
             ec_point_on_private: false,
             public_key_info_on_private: false,
             fips_no_pkcs1_decrypt: false,
+            idle_timeout_ms: 0,
             client_retries: 0,
             retry_backoff_ms: DEFAULT_RETRY_BACKOFF_MS,
         };
@@ -185,6 +195,7 @@ impl Behaviour {
             "yubihsm" => Behaviour {
                 vendor: Vendor::YubiHsm,
                 no_rsa_x509: true,
+                idle_timeout_ms: YUBIHSM_SESSION_TIMEOUT_MS,
                 ..generic
             },
             _ => return None,
@@ -201,6 +212,11 @@ impl Behaviour {
             Vendor::Luna => CKR_AGAIN, // ASSUMPTION (see the module header)
             Vendor::CloudHsmSdk3 => cryptoki_sys::CKR_OPERATION_ACTIVE,
         }
+    }
+
+    /// The vendor's idle timeout, if it has one.
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        (self.idle_timeout_ms > 0).then(|| std::time::Duration::from_millis(self.idle_timeout_ms))
     }
 
     /// The back-off before retry number `k` (0-based) of a retrying client: base x 2^k.
@@ -492,6 +508,8 @@ mod tests {
         assert_eq!(k.fault_rv(CKR_FUNCTION_FAILED), CKR_DEVICE_ERROR);
         assert_eq!(k.throttle_rv(Func::Sign), CKR_DEVICE_ERROR);
         let y = Behaviour::preset("yubihsm").unwrap();
+        assert_eq!(y.idle_timeout(), Some(std::time::Duration::from_secs(30)));
+        assert_eq!(Behaviour::default().idle_timeout(), None);
         assert_eq!(y.mechanism_in(cryptoki_sys::CKM_RSA_X_509), None);
         assert_eq!(y.mechanism_out(cryptoki_sys::CKM_RSA_X_509), None);
         assert_eq!(

@@ -473,6 +473,7 @@ struct RawBehaviour {
     ec_point_on_private: Option<bool>,
     public_key_info_on_private: Option<bool>,
     fips_no_pkcs1_decrypt: Option<bool>,
+    idle_timeout_ms: Option<u64>,
     client_retries: Option<u32>,
     retry_backoff_ms: Option<u32>,
 }
@@ -516,6 +517,10 @@ fn parse_behaviour(v: Value, origin: &str) -> Result<Behaviour, ConfigError> {
         raw.public_key_info_on_private,
     );
     set(&mut b.fips_no_pkcs1_decrypt, raw.fips_no_pkcs1_decrypt);
+    if let Some(ms) = raw.idle_timeout_ms {
+        duration_ms(origin, "behaviour.idle_timeout_ms", ms)?;
+        b.idle_timeout_ms = ms;
+    }
     if let Some(n) = raw.client_retries {
         if n > MAX_CLIENT_RETRIES {
             return Err(invalid(

@@ -741,7 +741,8 @@ impl Sim {
     fn check_idle(&self, cfg: &Config, now: Instant) {
         let now_ns = (now - self.epoch).as_nanos() as u64 + 1;
         let prev = self.last_call_ns.swap(now_ns, Ordering::Relaxed);
-        if let Some(idle) = cfg.idle_drop {
+        // An `idle_drop` fault wins over the vendor's own idle timeout (YubiHSM's 30 s).
+        if let Some(idle) = cfg.idle_drop.or(cfg.behaviour.idle_timeout()) {
             if prev != 0 && now_ns.saturating_sub(prev) > idle.as_nanos() as u64 {
                 self.kill_sessions(None);
                 self.forced_logout.store(true, Ordering::Relaxed);

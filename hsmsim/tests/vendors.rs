@@ -481,3 +481,21 @@ fn fips_mode_refuses_pkcs1_v1_5_decryption_but_signs() {
         b"premaster"
     );
 }
+
+#[test]
+fn yubihsm_sessions_expire_when_idle() {
+    let (_g, h) = lock();
+    let s = start(h);
+    let key = private_key(&s, EC_LABEL);
+    // The preset's timeout is YubiHSM's 30 s; shortened here so the test stays short.
+    behaviour(h, r#"{"preset": "yubihsm", "idle_timeout_ms": 300}"#);
+    ec_sign(&s, key).expect("active");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    ec_sign(&s, key).expect("150 ms is not idle");
+    std::thread::sleep(std::time::Duration::from_millis(450));
+    let e = ec_sign(&s, key).unwrap_err();
+    assert_eq!(rv_of(&e), Some(RvError::SessionHandleInvalid), "{e}");
+    let fresh = h.pkcs11.open_rw_session(h.slot).unwrap();
+    login(&fresh).expect("log in again on a new session");
+    ec_sign(&fresh, private_key(&fresh, EC_LABEL)).expect("recovered");
+}
