@@ -52,30 +52,12 @@ pub fn form(pairs: &[(&str, &str)]) -> String {
         .join("&")
 }
 
-/// Civil date of a day count since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
-}
-
-/// SigV4 timestamp `YYYYMMDDTHHMMSSZ` of Unix seconds.
+/// SigV4 timestamp `YYYYMMDDTHHMMSSZ` of Unix seconds: the RFC 3339 text
+/// of keycore-config's one date formatter without its separators (whole
+/// seconds never carry a fraction there).
 pub fn amz_date(unix: u64) -> String {
-    let (y, m, d) = civil_from_days((unix / 86400) as i64);
-    let s = unix % 86400;
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z",
-        s / 3600,
-        s / 60 % 60,
-        s % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix);
+    keycore_config::format_rfc3339(t).replace(['-', ':'], "")
 }
 
 /// Unix seconds of an RFC 3339 time such as `2026-11-29T06:12:00Z`
