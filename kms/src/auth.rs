@@ -273,10 +273,22 @@ impl TokenCache {
         let imds = matches!(self.source, TokenSource::AzureManagedIdentity { .. });
         let mut wait = IMDS_RETRY_FIRST;
         let mut tries = 0u32;
+        let mut last: Option<StatusCode> = None;
         loop {
             let req = self.request().map_err(CallError::Service)?;
-            let r = http.send(req, deadline).await?;
+            let r = match http.send(req, deadline).await {
+                Ok(r) => r,
+                // After transient answers, say so rather than only "timeout".
+                Err(e) => return Err(match last {
+                    Some(s) => CallError::Transport(format!(
+                        "Azure IMDS token endpoint: HTTP {} (transient) {tries} times, then: {e}",
+                        s.as_u16()
+                    )),
+                    None => e,
+                }),
+            };
             tries += 1;
+            last = Some(r.status);
             if !(imds && imds_transient(r.status)) {
                 return parse_token_reply(&r);
             }

@@ -1332,8 +1332,9 @@ fn azure_imds_transient_answers_are_retried() {
 #[test]
 fn azure_rate_limit_is_per_vault() {
     let mut e = env();
-    // One request per 2 s per vault, burst 1; a 1.5 s operation deadline.
-    e.opts.azure_limits.max_per_second = 0.5;
+    // One request per 4 s per vault, burst 1; a 1.5 s operation deadline
+    // (the third call below fails unless 2.5 s pass between two calls).
+    e.opts.azure_limits.max_per_second = 0.25;
     e.opts.op_timeout = Duration::from_millis(1500);
     let (ua, ka) = e
         .sim
@@ -1349,14 +1350,14 @@ fn azure_rate_limit_is_per_vault() {
         .unwrap();
     let (store, _) = KmsStore::open(&[ua, ub, uh], &e.opts, StoreId(0)).unwrap();
     // Start-up spent each vault's token; one refill each.
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(4200));
     let d = dig(&digest::SHA256, MSG);
     for (i, k) in [(0, &ka), (1, &kb)] {
         let sig = run(&store, i, OpClass::Ecdsa(Hash::Sha256), &d)
             .unwrap_or_else(|c| panic!("vault {i}: {c:?}"));
         verify(&signature::ECDSA_P256_SHA256_ASN1, &k.spki, MSG, &sig);
     }
-    // The vault's own limit still holds: its next token is 2 s away.
+    // The vault's own limit still holds: its next token is 4 s away.
     assert_eq!(
         run(&store, 0, OpClass::Ecdsa(Hash::Sha256), &d),
         Err(ErrorCode::CRYPTO)
