@@ -279,13 +279,15 @@ impl TokenCache {
             let r = match http.send(req, deadline).await {
                 Ok(r) => r,
                 // After transient answers, say so rather than only "timeout".
-                Err(e) => return Err(match last {
-                    Some(s) => CallError::Transport(format!(
+                Err(e) => {
+                    return Err(match last {
+                        Some(s) => CallError::Transport(format!(
                         "Azure IMDS token endpoint: HTTP {} (transient) {tries} times, then: {e}",
                         s.as_u16()
                     )),
-                    None => e,
-                }),
+                        None => e,
+                    })
+                }
             };
             tries += 1;
             last = Some(r.status);
