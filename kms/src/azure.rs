@@ -517,6 +517,37 @@ mod tests {
     }
 
     #[test]
+    fn forbidden_answers_name_the_fix() {
+        let key = |u: &str| match super::super::uri::KeyUri::parse(u).unwrap() {
+            super::super::uri::KeyUri::Azure(a) => a,
+            _ => unreachable!(),
+        };
+        let vault = key("https://kv1.vault.azure.net/keys/k/1");
+        let hsm = key("https://hsm1.managedhsm.azure.net/keys/k/1");
+        let mk = |inner: &str, msg: &str| Reply {
+            status: hyper::StatusCode::FORBIDDEN,
+            headers: Default::default(),
+            body: Bytes::from(
+                serde_json::json!({"error": {"code": "Forbidden", "message": msg,
+                    "innererror": {"code": inner}}})
+                .to_string(),
+            ),
+        };
+        let rbac = mk("ForbiddenByRbac", "Caller is not authorized");
+        assert!(forbidden(&vault, &rbac).contains("Key Vault Crypto User"));
+        assert!(forbidden(&hsm, &rbac).contains("Managed HSM Crypto User"));
+        let off = mk(
+            "KeyDisabled",
+            "Operation \"sign\" is not allowed on a disabled key.",
+        );
+        let m = forbidden(&vault, &off);
+        assert!(
+            m.contains("Forbidden/KeyDisabled") && m.contains("disabled"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn decrypt_block_is_a_valid_type2_block() {
         let b = decrypt_block(256, &[9; 48]).unwrap();
         assert_eq!(b.len(), 256);

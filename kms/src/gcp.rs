@@ -187,10 +187,10 @@ impl Gcp {
                 Err(e) => return Attempt::Fail(CallError::Service(format!("request {url}: {e}"))),
             };
             match http.send(req, deadline).await {
-                Ok(r) if explained(&r).is_some() => {
-                    Attempt::Fail(CallError::Service(explained(&r).unwrap_or_default()))
-                }
-                Ok(r) => judge_bearer(&self.token, &r, &ok),
+                Ok(r) => match explained(&r) {
+                    Some(why) => Attempt::Fail(CallError::Service(why)),
+                    None => judge_bearer(&self.token, &r, &ok),
+                },
                 Err(e) => Attempt::transport(e),
             }
         })
@@ -372,6 +372,46 @@ pub fn check_sign_answer(r: &Reply, name: &str, verified: &str) -> Attempt<Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn final_errors_are_explained() {
+        let mk = |status: u16, v: serde_json::Value| Reply {
+            status: hyper::StatusCode::from_u16(status).unwrap(),
+            headers: Default::default(),
+            body: Bytes::from(v.to_string()),
+        };
+        let scope = mk(
+            403,
+            serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+                "message": "Request had insufficient authentication scopes.",
+                "details": [{"reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT"}]}}),
+        );
+        assert!(explained(&scope)
+            .unwrap()
+            .contains("--scopes=cloud-platform"));
+        let role = mk(
+            403,
+            serde_json::json!({"error": {"code": 403, "status": "PERMISSION_DENIED",
+                "message": "Permission 'cloudkms.cryptoKeyVersions.useToSign' denied"}}),
+        );
+        assert!(explained(&role)
+            .unwrap()
+            .contains("roles/cloudkms.signerVerifier"));
+        let disabled = mk(
+            400,
+            serde_json::json!({"error": {"code": 400, "status": "FAILED_PRECONDITION",
+                "message": "... is not enabled, current state is: DISABLED."}}),
+        );
+        assert!(explained(&disabled).unwrap().contains("not enabled"));
+        // Other answers keep the usual judgement (retry, re-auth, fail).
+        let bad = mk(
+            400,
+            serde_json::json!({"error": {"code": 400, "status": "INVALID_ARGUMENT"}}),
+        );
+        assert!(explained(&bad).is_none());
+        assert!(explained(&mk(429, serde_json::json!({}))).is_none());
+        assert!(explained(&mk(401, serde_json::json!({}))).is_none());
+    }
 
     #[test]
     fn algorithms() {
