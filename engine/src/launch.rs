@@ -199,7 +199,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     }
     if cfg.sign_retry_count > 0 {
         tracing::warn!(
-            "sign_retry_count: not applied; PKCS#11 keys retry once on a healthy session after a recoverable error, software keys cannot fail transiently"
+            "sign_retry_count: not applied; PKCS#11 keys retry by their failure policy (another session, after a login or a busy answer; docs/pkcs11/README.md), software keys cannot fail transiently"
         );
     }
     check_nofile_limit(cfg);

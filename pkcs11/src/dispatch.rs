@@ -43,6 +43,9 @@ pub const MAX_STUCK_PER_GROUP: usize = 8;
 /// Attempts one request may make on sessions of one partition (the first
 /// plus retries on other or rebuilt sessions), all within its deadline.
 pub const MAX_ATTEMPTS: u8 = 3;
+/// Dead sessions (closed by the token) one request may meet without it
+/// counting against [`MAX_ATTEMPTS`].
+pub const MAX_DEAD_SESSIONS: u8 = 8;
 /// Times one request may wait for the control path (a login, a
 /// re-initialisation) before it is answered.
 pub const MAX_WAITS: u8 = 3;
@@ -133,6 +136,8 @@ pub struct Job {
     pub fail_over: bool,
     /// Attempts made on sessions so far.
     pub attempts: u8,
+    /// Sessions found dead while serving it so far.
+    pub dead: u8,
     /// Waits for the control path so far.
     pub waits: u8,
     /// Busy answers so far.
@@ -156,6 +161,7 @@ impl Job {
             queued_ns: now_ns(),
             fail_over,
             attempts: 0,
+            dead: 0,
             waits: 0,
             busy: 0,
         }
@@ -273,7 +279,6 @@ fn serve(g: &GroupShared, slot: &WorkerSlot, lane: &mut Lane, mut job: Job) -> S
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        job.attempts = job.attempts.saturating_add(1);
         if slot.quarantined.load(Ordering::Acquire) {
             // The watchdog answered and replaced us; the session closes when
             // the lane is dropped (the call has returned, so it can be).
@@ -288,6 +293,18 @@ fn serve(g: &GroupShared, slot: &WorkerSlot, lane: &mut Lane, mut job: Job) -> S
             }
             Err(f) => f,
         };
+        // A session that turns out dead (the token closed it) was never a
+        // healthy session for this request: that costs the request its
+        // time, not one of its attempts. Bounded by the deadline and by
+        // MAX_DEAD_SESSIONS (every dead session is rebuilt before reuse).
+        if f.dead_session() {
+            job.dead = job.dead.saturating_add(1);
+            if job.dead > MAX_DEAD_SESSIONS {
+                job.attempts = job.attempts.saturating_add(1);
+            }
+        } else {
+            job.attempts = job.attempts.saturating_add(1);
+        }
         if let Fail::Input = f {
             job.done.complete(Err(LaneError::Crypto));
             return Step::Next;
@@ -298,7 +315,12 @@ fn serve(g: &GroupShared, slot: &WorkerSlot, lane: &mut Lane, mut job: Job) -> S
         }
         if matches!(f, Fail::KeyGone) || action == Action::Fail {
             tracing::debug!(partition = %part.name, error = %f.describe(), "PKCS#11 request failed");
-            part.health.note_error(&f.describe());
+            // A refusal of one request says nothing about the partition;
+            // only a missing key is worth the health report (the lane
+            // explains refusals that matter, e.g. a FIPS-mode decrypt).
+            if matches!(f, Fail::KeyGone) {
+                part.health.note_error(&f.describe());
+            }
             job.done.complete(Err(LaneError::Failed));
             return Step::Next;
         }

@@ -67,6 +67,19 @@ impl Fail {
         }
     }
 
+    /// Whether the session itself was found dead (closed or invalidated by
+    /// the token), as opposed to an operation failing on a live one.
+    pub fn dead_session(&self) -> bool {
+        matches!(
+            self,
+            Fail::Token {
+                rv: super::policy::ckr::CKR_SESSION_HANDLE_INVALID
+                    | super::policy::ckr::CKR_SESSION_CLOSED,
+                ..
+            }
+        )
+    }
+
     /// For logs and `last_error`.
     pub fn describe(&self) -> String {
         match self {

@@ -518,3 +518,34 @@ fn empty_ecdsa_digest_is_signed() {
         sigf.to_str().unwrap(),
     ]));
 }
+
+/// Issue 20 item 11: a token that refuses RSA decryption (FIPS-mode
+/// CloudHSM / Luna) is reported clearly, once, in the partition's last
+/// error (and the log), and the request is answered 0x01.
+#[test]
+fn fips_decrypt_refusal_is_reported() {
+    let (_g, e) = env();
+    sim(e, "");
+    let (store, entries) = open(&[uri(e, "id=%01", "")], offload(1)).unwrap();
+    sim(
+        e,
+        r#""faults": [{"kind": "error", "rv": "CKR_MECHANISM_INVALID", "functions": ["C_DecryptInit"]}]"#,
+    );
+    let core = store.core(0);
+    let ct = vec![0x42u8; 256];
+    let r =
+        futures_lite::future::block_on(core.submit(key_ref(&entries[0]), OpClass::RsaDecrypt, &ct));
+    assert_eq!(r, Err(ErrorCode::CRYPTO));
+    let h = store.health().remove(0);
+    assert!(
+        h.last_error.contains("FIPS") && h.last_error.contains("CKR_MECHANISM_INVALID"),
+        "{h:?}"
+    );
+    assert_eq!(
+        (h.reopens, h.failures),
+        (0, 0),
+        "a refusal is not a broken session: {h:?}"
+    );
+    drop(core);
+    sim(e, "");
+}
