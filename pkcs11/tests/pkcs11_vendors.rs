@@ -549,3 +549,24 @@ fn fips_decrypt_refusal_is_reported() {
     drop(core);
     sim(e, "");
 }
+
+/// Issue 20 item 1: when the token refuses a session at start-up (here:
+/// its per-application session limit is reached), the error says which
+/// call failed and names the token, not the PIN.
+#[test]
+fn session_refused_at_startup_does_not_blame_the_pin() {
+    let (_g, e) = env();
+    sim(e, "");
+    // A store that holds one session (its login session) on the device.
+    let (_held, _) = open(&[uri(e, "id=%02", "")], offload(1)).unwrap();
+    sim(
+        e,
+        r#""behaviour": {"preset": "generic", "max_sessions": 1}"#,
+    );
+    let err = open(&[uri(e, "id=%01", "")], offload(1)).unwrap_err();
+    assert!(
+        err.contains("`token`") && err.contains("C_OpenSession") && !err.contains("PIN"),
+        "{err}"
+    );
+    sim(e, "");
+}
