@@ -28,9 +28,12 @@ use std::time::Duration;
 /// Shortest time between two module re-initialisations of one partition: a
 /// burst of "device gone" answers costs one `C_Finalize`/`C_Initialize`.
 pub const REINIT_MIN_INTERVAL: Duration = Duration::from_millis(100);
-/// How often the thread looks at a partition that is out (and whether the
-/// store still exists) when nothing is asked of it.
+/// How often the thread looks at a partition that is out (for its next
+/// probe) when nothing is asked of it.
 const TICK: Duration = Duration::from_millis(20);
+/// How often an idle thread checks that its store still exists (asks wake
+/// it at once).
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// A step a worker may ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,10 +136,11 @@ fn run(weak: Weak<Partition>) {
             let mut c = p.recovery.lock();
             let due = |p: &Partition| !p.health.is_up() && p.health.usable();
             if c.login.is_none() && c.reinit.is_none() && !c.probe && !due(&p) {
+                let tick = if p.health.is_up() { IDLE_TICK } else { TICK };
                 c = p
                     .recovery
                     .work
-                    .wait_timeout(c, TICK)
+                    .wait_timeout(c, tick)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
