@@ -106,10 +106,11 @@ pub fn want(part: &Arc<Partition>, w: Want) -> u64 {
     let r = &part.recovery;
     if !r.started.swap(true, Ordering::AcqRel) {
         let weak = Arc::downgrade(part);
+        let rec = part.recovery.clone();
         let name = format!("p11-recover-p{}", part.index);
         if std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(weak))
+            .spawn(move || run(rec, weak))
             .is_err()
         {
             // No thread: allow the next caller to try again.
@@ -126,30 +127,36 @@ pub fn want(part: &Arc<Partition>, w: Want) -> u64 {
     c.epoch
 }
 
-/// The recovery thread: lives while the partition does.
-fn run(weak: Weak<Partition>) {
+/// The recovery thread: lives while the partition does. It waits on the
+/// shared [`Recovery`] without holding the partition, so a dropped store's
+/// sessions close at once.
+fn run(rec: Arc<Recovery>, weak: Weak<Partition>) {
     loop {
-        let Some(p) = weak.upgrade() else {
-            return;
+        let (tick, due) = match weak.upgrade() {
+            None => return,
+            Some(p) => (
+                if p.health.is_up() { IDLE_TICK } else { TICK },
+                !p.health.is_up() && p.health.usable(),
+            ),
         };
         let (login, reinit, probe, last_reinit) = {
-            let mut c = p.recovery.lock();
-            let due = |p: &Partition| !p.health.is_up() && p.health.usable();
-            if c.login.is_none() && c.reinit.is_none() && !c.probe && !due(&p) {
-                let tick = if p.health.is_up() { IDLE_TICK } else { TICK };
-                c = p
-                    .recovery
+            let mut c = rec.lock();
+            if c.login.is_none() && c.reinit.is_none() && !c.probe && !due {
+                c = rec
                     .work
                     .wait_timeout(c, tick)
                     .unwrap_or_else(|e| e.into_inner())
                     .0;
             }
-            let probe = std::mem::take(&mut c.probe) || due(&p);
+            let probe = std::mem::take(&mut c.probe) || due;
             (c.login.take(), c.reinit.take(), probe, c.last_reinit_ns)
         };
         if login.is_none() && reinit.is_none() && !probe {
             continue;
         }
+        let Some(p) = weak.upgrade() else {
+            return;
+        };
         let mut probe = probe;
         if let Some(gen) = reinit {
             if gen == p.module.generation() {

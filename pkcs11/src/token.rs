@@ -461,8 +461,9 @@ pub struct Partition {
     pub health: Health,
     /// What each error means on this partition (vendor preset + URI).
     pub policy: ErrorPolicy,
-    /// The control path (login again, re-initialise, probe).
-    pub recovery: Recovery,
+    /// The control path (login again, re-initialise, probe); shared with its
+    /// thread.
+    pub recovery: Arc<Recovery>,
     /// Whether the token offers `CKM_RSA_X_509` for decryption (YubiHSM 2
     /// does not: RSA decrypt is refused there, see docs/pkcs11/yubihsm.md).
     pub rsa_decrypt: bool,
@@ -1028,7 +1029,7 @@ pub fn open_uri(
                     vendor,
                     overrides: uri.on_error.clone(),
                 },
-                recovery: Recovery::default(),
+                recovery: Arc::new(Recovery::default()),
                 rsa_decrypt,
                 eddsa_mech,
                 control: Mutex::new(None),

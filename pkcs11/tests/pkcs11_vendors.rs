@@ -339,7 +339,7 @@ fn throttling_backs_off_per_vendor() {
     // kmsp11: every RPC failure is CKR_DEVICE_ERROR.
     let (r, h) = under(
         e,
-        r#""behaviour": "kmsp11", "faults": [{"kind": "error", "rv": "CKR_DEVICE_ERROR", "rate": 0.2, "functions": ["C_Sign"]}]"#,
+        r#""behaviour": "kmsp11", "faults": [{"kind": "error", "rv": "CKR_DEVICE_ERROR", "rate": 0.1, "functions": ["C_Sign"]}]"#,
         "&x-vendor=kmsp11",
         60,
     );
@@ -351,7 +351,7 @@ fn throttling_backs_off_per_vendor() {
     // retries are spent (turned off here, so keycore sees every one).
     let (r, h) = under(
         e,
-        r#""behaviour": {"preset": "cloudhsm-sdk5", "client_retries": 0}, "faults": [{"kind": "throttle", "rate": 0.2, "functions": ["C_Sign"]}]"#,
+        r#""behaviour": {"preset": "cloudhsm-sdk5", "client_retries": 0}, "faults": [{"kind": "throttle", "rate": 0.1, "functions": ["C_Sign"]}]"#,
         "&x-vendor=cloudhsm",
         60,
     );
@@ -361,7 +361,7 @@ fn throttling_backs_off_per_vendor() {
     // Luna: CKR_AGAIN.
     let (r, h) = under(
         e,
-        r#""behaviour": "luna", "faults": [{"kind": "throttle", "rate": 0.2, "functions": ["C_Sign"]}]"#,
+        r#""behaviour": "luna", "faults": [{"kind": "throttle", "rate": 0.1, "functions": ["C_Sign"]}]"#,
         "&x-vendor=luna",
         60,
     );
@@ -371,7 +371,7 @@ fn throttling_backs_off_per_vendor() {
     // busy, keycore retries it.
     let (r, _) = under(
         e,
-        r#""faults": [{"kind": "error", "rv": "CKR_FUNCTION_FAILED", "rate": 0.2, "functions": ["C_Sign"]}]"#,
+        r#""faults": [{"kind": "error", "rv": "CKR_FUNCTION_FAILED", "rate": 0.1, "functions": ["C_Sign"]}]"#,
         "&x-on-error=CKR_FUNCTION_FAILED:busy",
         60,
     );
