@@ -14,7 +14,7 @@
 //! Must not: parse or keep private keys.
 
 use crate::signer::KeylessKey;
-use keycore_loadgen::keys::{info_from_spki, PublicKeyInfo};
+use keycore_keys::{classify_spki, ski_from_spki, spki_key_bits, KeyKind, Ski};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::{PemObject, SectionKind};
@@ -25,6 +25,30 @@ use std::sync::Arc;
 /// Largest certificate file read.
 const MAX_CERT_FILE_LEN: u64 = 1024 * 1024;
 
+/// A certificate's public key, as the edge needs it: to name it on the wire
+/// (SKI), to choose schemes (kind) and to check signatures (key bits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    /// SKI (SHA-1 of the subjectPublicKey bits).
+    pub ski: Ski,
+    /// Which kind of key.
+    pub kind: KeyKind,
+    /// The subjectPublicKey bits: DER RSAPublicKey, uncompressed EC point or
+    /// raw Ed25519 key (what aws-lc-rs verifies with).
+    pub key_bits: Vec<u8>,
+}
+
+impl PublicKey {
+    /// From a DER SubjectPublicKeyInfo.
+    pub fn from_spki(spki: &[u8]) -> Result<PublicKey, keycore_keys::SpkiError> {
+        Ok(PublicKey {
+            ski: ski_from_spki(spki)?,
+            kind: classify_spki(spki)?,
+            key_bits: spki_key_bits(spki)?.to_vec(),
+        })
+    }
+}
+
 /// One certificate chain the edge serves.
 #[derive(Debug, Clone)]
 pub struct SiteCert {
@@ -33,7 +57,7 @@ pub struct SiteCert {
     /// Leaf first.
     pub chain: Vec<CertificateDer<'static>>,
     /// The leaf's public key and SKI.
-    pub key: PublicKeyInfo,
+    pub key: PublicKey,
     /// DNS names (SAN, else CN), lower-case.
     pub names: Vec<String>,
     /// Subject, for the page and logs.
@@ -74,7 +98,8 @@ pub fn load(path: &Path) -> anyhow::Result<SiteCert> {
     let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
         .map_err(|e| anyhow::anyhow!("{}: leaf certificate: {e}", path.display()))?;
     let spki = leaf.tbs_certificate.subject_pki.raw.to_vec();
-    let key = info_from_spki(path, spki)?;
+    let key = PublicKey::from_spki(&spki)
+        .map_err(|e| anyhow::anyhow!("{}: leaf public key: {e}", path.display()))?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
         for n in &san.value.general_names {

@@ -6,12 +6,15 @@
 //! ([`keycore_loadgen::Pool`]: mutual TLS, pipelined, long-lived connections
 //! with reconnects), with timeouts and failover across `--keyserver`s.
 //!
-//! Why a crate of its own: the edge is the *other side* of the product. It
-//! must be provably unable to sign locally, so it links no key store, no
-//! PKCS#11 or KMS code and not the key server (`keycore-engine` is only a
-//! dev-dependency, for tests); its only route to a signature is the keyless
-//! client. Keeping it out of the engine also keeps rustls' server-side
-//! handshake code, threads and HTTP out of the key server.
+//! Why a crate of its own: the edge is the *other side* of the product, and
+//! its only route to a signature must be the keyless client. It constructs
+//! no key store and loads no private key (a `--cert` file holding one is
+//! refused; the integration tests scan its process memory for key bytes);
+//! the key server (`keycore-engine`) is only a dev-dependency, for tests;
+//! `keycore-keys` is linked for the one Prometheus writer (and, through the
+//! load generator, the SKI code), never to sign. Keeping it out of the
+//! engine also keeps rustls' server-side handshake code, its threads and
+//! HTTP out of the key server.
 //!
 //! Modules: [`certs`] (chains and SNI), [`signer`] (rustls' signing seam →
 //! keyless opcodes), [`keyless`] (the hub: pools, failover, health),

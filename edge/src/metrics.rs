@@ -14,7 +14,7 @@
 //! Must not: block a handshake on a scrape, or let a scraper hold a
 //! connection open (one request per connection, short deadlines).
 
-use std::fmt::Write as _;
+use keycore_keys::{MetricKind, PromWriter};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -146,27 +146,23 @@ impl Hist {
         self.buckets.iter().map(|b| b.load(Relaxed)).sum()
     }
 
-    fn render(&self, s: &mut String, name: &str, labels: &str) {
+    fn render(&self, w: &mut PromWriter<'_>, name: &str, labels: &[(&str, &str)]) {
         let mut cum = 0;
-        let sep = if labels.is_empty() { "" } else { "," };
+        let bucket = format!("{name}_bucket");
         for (i, b) in self.buckets.iter().enumerate() {
             cum += b.load(Relaxed);
-            if i < BUCKETS {
-                let le = (BUCKET0_NS << i) as f64 / 1e9;
-                let _ = writeln!(s, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cum}");
+            let le = if i < BUCKETS {
+                ((BUCKET0_NS << i) as f64 / 1e9).to_string()
             } else {
-                let _ = writeln!(s, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
-            }
+                "+Inf".to_string()
+            };
+            let mut l = labels.to_vec();
+            l.push(("le", &le));
+            w.sample(&bucket, &l, cum);
         }
         let sum = self.sum_ns.load(Relaxed) as f64 / 1e9;
-        if labels.is_empty() {
-            let _ = writeln!(s, "{name}_sum {sum}\n{name}_count {cum}");
-        } else {
-            let _ = writeln!(
-                s,
-                "{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {cum}"
-            );
-        }
+        w.sample(&format!("{name}_sum"), labels, sum);
+        w.sample(&format!("{name}_count"), labels, cum);
     }
 }
 
@@ -249,74 +245,65 @@ impl EdgeStats {
         self.failures[r as usize].load(Relaxed)
     }
 
-    /// Prometheus text exposition (format 0.0.4).
+    /// Prometheus text exposition (format 0.0.4), through the project's one
+    /// writer ([`keycore_keys::PromWriter`]: headers, label escaping).
     pub fn render(&self) -> String {
+        use MetricKind::{Counter, Gauge, Histogram};
         let mut s = String::with_capacity(8 * 1024);
-        s.push_str("# HELP keycore_edge_handshakes_total TLS handshakes completed by the edge.\n# TYPE keycore_edge_handshakes_total counter\n");
-        let _ = writeln!(
-            s,
-            "keycore_edge_handshakes_total {}",
-            self.handshakes_ok.load(Relaxed)
+        let mut w = PromWriter::new(&mut s);
+        let n = "keycore_edge_handshakes_total";
+        w.family(n, Counter, "TLS handshakes completed by the edge.");
+        w.sample(n, &[], self.handshakes_ok.load(Relaxed));
+        let n = "keycore_edge_handshakes_resumed_total";
+        w.family(
+            n,
+            Counter,
+            "Completed handshakes that resumed a session (no key server call).",
         );
-        s.push_str("# HELP keycore_edge_handshakes_resumed_total Completed handshakes that resumed a session (no key server call).\n# TYPE keycore_edge_handshakes_resumed_total counter\n");
-        let _ = writeln!(
-            s,
-            "keycore_edge_handshakes_resumed_total {}",
-            self.handshakes_resumed.load(Relaxed)
-        );
-        s.push_str("# HELP keycore_edge_handshake_failures_total Failed handshakes by reason.\n# TYPE keycore_edge_handshake_failures_total counter\n");
+        w.sample(n, &[], self.handshakes_resumed.load(Relaxed));
+        let n = "keycore_edge_handshake_failures_total";
+        w.family(n, Counter, "Failed handshakes by reason.");
         for r in Reason::ALL {
-            let _ = writeln!(
-                s,
-                "keycore_edge_handshake_failures_total{{reason=\"{}\"}} {}",
-                r.label(),
-                self.failures(r)
-            );
+            w.sample(n, &[("reason", r.label())], self.failures(r));
         }
-        s.push_str("# HELP keycore_edge_keyless_rtt_seconds Time a handshake waited for its signature (hub queue, failover and key server round trip), successful signatures.\n# TYPE keycore_edge_keyless_rtt_seconds histogram\n");
-        self.keyless_rtt
-            .render(&mut s, "keycore_edge_keyless_rtt_seconds", "");
-        s.push_str("# HELP keycore_edge_keyserver_requests_total Keyless requests by key server and outcome.\n# TYPE keycore_edge_keyserver_requests_total counter\n");
+        let n = "keycore_edge_keyless_rtt_seconds";
+        w.family(n, Histogram, "Time a handshake waited for its signature (hub queue, failover and key server round trip), successful signatures.");
+        self.keyless_rtt.render(&mut w, n, &[]);
+        let n = "keycore_edge_keyserver_requests_total";
+        w.family(n, Counter, "Keyless requests by key server and outcome.");
         for k in &self.keyservers {
             for r in KsResult::ALL {
-                let _ = writeln!(
-                    s,
-                    "keycore_edge_keyserver_requests_total{{keyserver=\"{}\",result=\"{}\"}} {}",
-                    k.name,
-                    r.label(),
-                    k.get(r)
+                w.sample(
+                    n,
+                    &[("keyserver", &k.name), ("result", r.label())],
+                    k.get(r),
                 );
             }
         }
-        s.push_str("# HELP keycore_edge_keyserver_rtt_seconds Round trip of one successful keyless request, by key server.\n# TYPE keycore_edge_keyserver_rtt_seconds histogram\n");
-        for k in &self.keyservers {
-            k.rtt.render(
-                &mut s,
-                "keycore_edge_keyserver_rtt_seconds",
-                &format!("keyserver=\"{}\"", k.name),
-            );
-        }
-        s.push_str("# HELP keycore_edge_keyserver_up Mutual-TLS connections up to each key server (0: down).\n# TYPE keycore_edge_keyserver_up gauge\n");
-        for k in &self.keyservers {
-            let _ = writeln!(
-                s,
-                "keycore_edge_keyserver_up{{keyserver=\"{}\"}} {}",
-                k.name,
-                k.connections_up.load(Relaxed)
-            );
-        }
-        s.push_str("# HELP keycore_edge_http_requests_total HTTP requests answered.\n# TYPE keycore_edge_http_requests_total counter\n");
-        let _ = writeln!(
-            s,
-            "keycore_edge_http_requests_total {}",
-            self.http_requests.load(Relaxed)
+        let n = "keycore_edge_keyserver_rtt_seconds";
+        w.family(
+            n,
+            Histogram,
+            "Round trip of one successful keyless request, by key server.",
         );
-        s.push_str("# HELP keycore_edge_busy_workers Handshake workers serving a connection now.\n# TYPE keycore_edge_busy_workers gauge\n");
-        let _ = writeln!(
-            s,
-            "keycore_edge_busy_workers {}",
-            self.busy_workers.load(Relaxed)
+        for k in &self.keyservers {
+            k.rtt.render(&mut w, n, &[("keyserver", &k.name)]);
+        }
+        let n = "keycore_edge_keyserver_up";
+        w.family(
+            n,
+            Gauge,
+            "Mutual-TLS connections up to each key server (0: down).",
         );
+        for k in &self.keyservers {
+            w.sample(n, &[("keyserver", &k.name)], k.connections_up.load(Relaxed));
+        }
+        let n = "keycore_edge_http_requests_total";
+        w.family(n, Counter, "HTTP requests answered.");
+        w.sample(n, &[], self.http_requests.load(Relaxed));
+        let n = "keycore_edge_busy_workers";
+        w.family(n, Gauge, "Handshake workers serving a connection now.");
+        w.sample(n, &[], self.busy_workers.load(Relaxed));
         s
     }
 }

@@ -8,7 +8,7 @@
 //!
 //! | key | schemes offered to rustls (preference order) | opcode |
 //! |---|---|---|
-//! | ECDSA P-256 / P-384 | `ecdsa_secp256r1_sha256` / `ecdsa_secp384r1_sha384` | 0x15 / 0x16 |
+//! | ECDSA P-256 / P-384 / P-521 | `ecdsa_secp256r1_sha256` / `ecdsa_secp384r1_sha384` / `ecdsa_secp521r1_sha512` | 0x15 / 0x16 / 0x17 |
 //! | RSA (any size) | `rsa_pss_rsae_sha256/384/512`, then `rsa_pkcs1_sha256/384/512` | 0x35–0x37, 0x05–0x07 |
 //! | Ed25519 | `ed25519` | 0x18 (whole message) |
 //!
@@ -19,10 +19,11 @@
 //! Must not: hold or derive private key material (there is none), or return
 //! an unchecked signature.
 
+use crate::certs::PublicKey;
 use crate::keyless::{Hub, KeylessError, Signed, Visitor};
 use aws_lc_rs::digest;
 use aws_lc_rs::signature as sig;
-use keycore_loadgen::keys::{KeyKind, PublicKeyInfo};
+use keycore_keys::KeyKind;
 use keycore_protocol::Op;
 use rustls::sign::{Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
@@ -87,14 +88,20 @@ const P384_SCHEMES: [SchemeOp; 1] = [so(
     Op::ECDSA_SIGN_SHA384,
     Some(&digest::SHA384),
 )];
+const P521_SCHEMES: [SchemeOp; 1] = [so(
+    SignatureScheme::ECDSA_NISTP521_SHA512,
+    Op::ECDSA_SIGN_SHA512,
+    Some(&digest::SHA512),
+)];
 const ED25519_SCHEMES: [SchemeOp; 1] = [so(SignatureScheme::ED25519, Op::ED25519_SIGN, None)];
 
 /// The schemes a key of this kind can make, in the order the edge prefers.
 pub fn schemes_for(kind: KeyKind) -> &'static [SchemeOp] {
     match kind {
         KeyKind::Rsa { .. } => &RSA_SCHEMES,
-        KeyKind::EcP256 => &P256_SCHEMES,
-        KeyKind::EcP384 => &P384_SCHEMES,
+        KeyKind::EcdsaP256 => &P256_SCHEMES,
+        KeyKind::EcdsaP384 => &P384_SCHEMES,
+        KeyKind::EcdsaP521 => &P521_SCHEMES,
         KeyKind::Ed25519 => &ED25519_SCHEMES,
     }
 }
@@ -105,6 +112,7 @@ pub fn schemes_for_scheme(scheme: SignatureScheme) -> Option<SchemeOp> {
         .iter()
         .chain(&P256_SCHEMES)
         .chain(&P384_SCHEMES)
+        .chain(&P521_SCHEMES)
         .chain(&ED25519_SCHEMES)
         .find(|s| s.scheme == scheme)
         .copied()
@@ -114,6 +122,7 @@ fn verify_alg(scheme: SignatureScheme) -> &'static dyn sig::VerificationAlgorith
     match scheme {
         SignatureScheme::ECDSA_NISTP256_SHA256 => &sig::ECDSA_P256_SHA256_ASN1,
         SignatureScheme::ECDSA_NISTP384_SHA384 => &sig::ECDSA_P384_SHA384_ASN1,
+        SignatureScheme::ECDSA_NISTP521_SHA512 => &sig::ECDSA_P521_SHA512_ASN1,
         SignatureScheme::RSA_PSS_SHA256 => &sig::RSA_PSS_2048_8192_SHA256,
         SignatureScheme::RSA_PSS_SHA384 => &sig::RSA_PSS_2048_8192_SHA384,
         SignatureScheme::RSA_PSS_SHA512 => &sig::RSA_PSS_2048_8192_SHA512,
@@ -178,7 +187,7 @@ pub fn take_record() -> Option<SignRecord> {
 /// A certificate's key, as rustls sees it: it can sign, by asking a key server.
 #[derive(Debug)]
 pub struct KeylessKey {
-    info: PublicKeyInfo,
+    info: PublicKey,
     hub: Hub,
     keyless_timeout: Duration,
 }
@@ -186,7 +195,7 @@ pub struct KeylessKey {
 impl KeylessKey {
     /// A key known by its public half; signatures come from `hub`, each
     /// within `keyless_timeout`.
-    pub fn new(info: PublicKeyInfo, hub: Hub, keyless_timeout: Duration) -> KeylessKey {
+    pub fn new(info: PublicKey, hub: Hub, keyless_timeout: Duration) -> KeylessKey {
         KeylessKey {
             info,
             hub,
@@ -223,7 +232,9 @@ impl SigningKey for KeylessKey {
     fn algorithm(&self) -> SignatureAlgorithm {
         match self.info.kind {
             KeyKind::Rsa { .. } => SignatureAlgorithm::RSA,
-            KeyKind::EcP256 | KeyKind::EcP384 => SignatureAlgorithm::ECDSA,
+            KeyKind::EcdsaP256 | KeyKind::EcdsaP384 | KeyKind::EcdsaP521 => {
+                SignatureAlgorithm::ECDSA
+            }
             KeyKind::Ed25519 => SignatureAlgorithm::ED25519,
         }
     }
@@ -233,7 +244,7 @@ impl SigningKey for KeylessKey {
 #[derive(Debug)]
 struct KeylessSigner {
     op: SchemeOp,
-    info: PublicKeyInfo,
+    info: PublicKey,
     hub: Hub,
     keyless_timeout: Duration,
 }
@@ -301,8 +312,9 @@ mod tests {
             );
             assert_eq!(name.contains("PSS"), op.contains("PSS"), "{name} {op}");
         }
-        assert_eq!(schemes_for(KeyKind::EcP256)[0].op, Op::ECDSA_SIGN_SHA256);
-        assert_eq!(schemes_for(KeyKind::EcP384)[0].op, Op::ECDSA_SIGN_SHA384);
+        assert_eq!(schemes_for(KeyKind::EcdsaP256)[0].op, Op::ECDSA_SIGN_SHA256);
+        assert_eq!(schemes_for(KeyKind::EcdsaP384)[0].op, Op::ECDSA_SIGN_SHA384);
+        assert_eq!(schemes_for(KeyKind::EcdsaP521)[0].op, Op::ECDSA_SIGN_SHA512);
         assert_eq!(schemes_for(KeyKind::Ed25519)[0].op, Op::ED25519_SIGN);
         assert!(schemes_for(KeyKind::Ed25519)[0].hash.is_none());
         // TLS 1.3 offers PSS only for RSA: it must come first so 1.2 clients

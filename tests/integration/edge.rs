@@ -132,7 +132,10 @@ fn metric(text: &str, series: &str) -> u64 {
 /// Site certificates for localhost, one per key kind the key server holds.
 fn site_certs(pki: &DemoPki) -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
-    for (i, k) in ["p256", "rsa2048", "p384", "ed25519"].iter().enumerate() {
+    for (i, k) in ["p256", "rsa2048", "p384", "ed25519", "p521"]
+        .iter()
+        .enumerate()
+    {
         let path = pki.dir.join(format!("site-{k}.pem"));
         pki::issue_site_cert(
             pki,
@@ -247,7 +250,7 @@ fn curl_and_openssl_complete_handshakes_signed_by_the_key_server() {
     assert!(out.contains("Signature:    RSA_"), "{out}");
 
     // openssl s_client: every scheme, each to the opcode of its hash.
-    let cases: [(&[&str], &str, &str); 7] = [
+    let cases: [(&[&str], &str, &str); 8] = [
         (
             &["-tls1_3", "-sigalgs", "ecdsa_secp256r1_sha256"],
             "ECDSA_NISTP256_SHA256",
@@ -257,6 +260,11 @@ fn curl_and_openssl_complete_handshakes_signed_by_the_key_server() {
             &["-tls1_3", "-sigalgs", "ecdsa_secp384r1_sha384"],
             "ECDSA_NISTP384_SHA384",
             "0x16",
+        ),
+        (
+            &["-tls1_3", "-sigalgs", "ecdsa_secp521r1_sha512"],
+            "ECDSA_NISTP521_SHA512",
+            "0x17",
         ),
         (
             &["-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256"],
@@ -325,6 +333,7 @@ fn the_edge_process_holds_no_private_key_bytes() {
         "rsa_pss_rsae_sha256",
         "ecdsa_secp384r1_sha384",
         "ed25519",
+        "ecdsa_secp521r1_sha512",
     ] {
         let out = s_client(&srv.pki, edge.addr, &["-tls1_3", "-sigalgs", sig]);
         assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
@@ -349,7 +358,7 @@ fn the_edge_process_holds_no_private_key_bytes() {
     let found = scan(ks.pid(), &secrets);
     let names: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
-        ["p256", "rsa2048", "p384", "ed25519"]
+        ["p256", "rsa2048", "p384", "ed25519", "p521"]
             .iter()
             .all(|k| names.contains(k)),
         "the scan must see every key in the key server's memory, saw {found:?}"
