@@ -279,7 +279,20 @@ fn logout_is_one_login_and_requests_are_requeued() {
     let r = load(e, &[F_LOGOUT]);
     continuous(&r, "logout");
     assert_eq!(r.errors, 0, "a logout failed requests: {r:?}");
-    assert!(r.health.relogins >= before.relogins, "{r:?}");
+    // One logout while 64 requests are in flight on 16 sessions: the
+    // affected requests are requeued, and the login is made exactly once
+    // (not once per session or per request).
+    let before = r.health.clone();
+    let one = load(
+        e,
+        &[r#"{"kind": "logout", "after_ops": 300, "max_fires": 1}"#],
+    );
+    continuous(&one, "one logout");
+    assert_eq!(one.errors, 0, "{one:?}");
+    let logins = one.health.relogins - before.relogins;
+    let affected = one.health.errors[4] - before.errors[4];
+    assert_eq!(logins, 1, "{logins} logins for one logout: {one:?}");
+    assert!(affected >= 1, "the logout touched no request: {one:?}");
 }
 
 #[test]
