@@ -275,7 +275,6 @@ fn device_errors_are_retried_on_another_session() {
 #[test]
 fn logout_is_one_login_and_requests_are_requeued() {
     let (_g, e) = env();
-    let before = e.store.health().remove(0);
     let r = load(e, &[F_LOGOUT]);
     continuous(&r, "logout");
     assert_eq!(r.errors, 0, "a logout failed requests: {r:?}");
