@@ -35,8 +35,10 @@ enum Cmd {
     /// HTTPS terminator with certificates but no private keys: every
     /// handshake signature comes from a key server (keyless).
     Edge(Box<keycore_edge::EdgeArgs>),
-    /// Drive edge-like load against key servers and report latency.
-    Loadgen(Box<keycore_loadgen::LoadgenArgs>),
+    /// Drive edge-like load against key servers and report latency
+    /// (`keycore loadgen merge LOG...` merges several instances' logs).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Loadgen(Box<LoadgenCmd>),
     /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
     Demo(Box<demo::DemoArgs>),
     /// Write a throwaway PKI (CA, server and client certificates) and keys of
@@ -49,6 +51,36 @@ enum Cmd {
     /// Capacity planning: sweep client concurrency against a server and
     /// recommend the setting with the most throughput within the SLO.
     Tune(Box<keycore_tuning::TuneArgs>),
+    /// Probe a running server's metrics listener (container HEALTHCHECK,
+    /// exec probes): exit 0 on HTTP 200, 1 otherwise, printing the answer.
+    Healthcheck {
+        /// Metrics listener address.
+        #[arg(long, default_value = "127.0.0.1:2406")]
+        addr: std::net::SocketAddr,
+        /// `/healthz` (liveness) or `/readyz` (readiness).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 5)]
+        timeout_secs: u64,
+    },
+}
+
+/// `keycore loadgen`: a run, or `merge` of several runs' interval logs.
+#[derive(clap::Args, Debug)]
+struct LoadgenCmd {
+    #[command(subcommand)]
+    sub: Option<LoadgenSub>,
+    #[command(flatten)]
+    args: keycore_loadgen::LoadgenArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum LoadgenSub {
+    /// Merge the HdrHistogram interval logs (--hdr-log) of several loadgen
+    /// instances into one report; percentiles come from the merged
+    /// histograms, never from averaging.
+    Merge(keycore_loadgen::merge::MergeArgs),
 }
 
 /// `keycore serve`: the config flags plus what only the command has.
@@ -72,15 +104,36 @@ fn main() {
     let r = match cli.cmd {
         Some(Cmd::Serve(cmd)) => serve(cmd.args, cmd.check),
         Some(Cmd::Edge(args)) => edge(&args),
-        Some(Cmd::Loadgen(args)) => {
+        Some(Cmd::Loadgen(cmd)) => {
             init_logging(2, LogFormat::Text);
-            keycore_loadgen::run_cli(&args)
+            match &cmd.sub {
+                Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m),
+                None => keycore_loadgen::run_cli(&cmd.args),
+            }
         }
         Some(Cmd::Demo(args)) => {
             init_logging(2, LogFormat::Text);
             demo::run(&args)
         }
         Some(Cmd::Pki { dir }) => pki(&dir),
+        Some(Cmd::Healthcheck {
+            addr,
+            path,
+            timeout_secs,
+        }) => {
+            let timeout = std::time::Duration::from_secs(timeout_secs.max(1));
+            match keycore_engine::endpoint::probe(addr, &path, timeout) {
+                Ok((200, body)) => {
+                    print!("{body}");
+                    Ok(())
+                }
+                Ok((code, body)) => {
+                    print!("{body}");
+                    Err(anyhow::anyhow!("{path} answered {code}"))
+                }
+                Err(e) => Err(anyhow::anyhow!("{addr}{path}: {e}")),
+            }
+        }
         Some(Cmd::Tune(args)) => {
             init_logging(2, LogFormat::Text);
             keycore_tuning::run_cli(&args)

@@ -297,6 +297,40 @@ fn respond(
     Ok(())
 }
 
+/// Client side of the probes, for `keycore healthcheck` (a container's
+/// HEALTHCHECK or an exec probe where no curl exists): GET `path` from
+/// `addr` within `timeout`; returns the status code and the body.
+pub fn probe(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+    let deadline = Instant::now() + timeout;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_write_timeout(Some(left(deadline)?))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        s.set_read_timeout(Some(left(deadline)?))?;
+        match s.read(&mut buf)? {
+            0 => break,
+            // A probe answer is short; cap what is kept.
+            n if out.len() < 1 << 20 => out.extend_from_slice(&buf[..n]),
+            _ => {}
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, "not an HTTP answer")
+        })?;
+    Ok((code, body.to_string()))
+}
+
 fn render_endpoint_stats(sh: &Shared, s: &mut String) {
     let series = [
         (
@@ -508,6 +542,9 @@ mod tests {
         let (t, _) = get(m.addr, "/healthz");
         assert!(t.starts_with("HTTP/1.1 503"), "{t}");
         assert!(t.contains("core 1: stuck") && !t.contains("core 0"), "{t}");
+        let (code, body) = probe(m.addr, "/healthz", Duration::from_secs(3)).unwrap();
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("core 1: stuck"), "{body}");
         health.set_draining();
         let (t, _) = get(m.addr, "/readyz");
         assert!(t.contains("not ready: draining"), "{t}");

@@ -23,6 +23,7 @@ pub mod check;
 pub mod client;
 pub mod handshake;
 pub mod keys;
+pub mod merge;
 pub mod profile;
 pub mod report;
 pub mod runner;
