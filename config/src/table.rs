@@ -379,7 +379,7 @@ pub static SETTINGS: &[Setting] = &[
         "pid_file",
         "FILE",
         "",
-        "File to write the process id to; empty = none.",
+        "File to write the process id to; empty = none. Written to a new file and renamed into place (a symlink at that name is replaced, never followed); removed on exit.",
         |c, t| set!(c.pid_file, opt_path(t)),
         |c| show_opt_path(&c.pid_file),
     ),

@@ -9,7 +9,10 @@ set -euo pipefail
 bin=${1:?usage: rootfs.sh BINARY OUTDIR}
 out=${2:?usage: rootfs.sh BINARY OUTDIR}
 rm -rf "$out"
-mkdir -p "$out/usr/bin" "$out/etc/keyless/keys" "$out/etc/ssl/certs" "$out/tmp"
+# proc, sys and dev are mount points the runtime fills (glommio reads the
+# CPU topology from /sys).
+mkdir -p "$out/usr/bin" "$out/etc/keyless/keys" "$out/etc/ssl/certs" "$out/tmp" \
+  "$out/proc" "$out/sys" "$out/dev"
 install -m 0755 "$bin" "$out/usr/bin/keycore"
 # Every absolute path ldd prints (libs and the loader), copied through
 # symlinks to the same path inside the image.
