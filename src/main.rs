@@ -37,7 +37,6 @@ enum Cmd {
     Edge(Box<keycore_edge::EdgeArgs>),
     /// Drive edge-like load against key servers and report latency
     /// (`keycore loadgen merge LOG...` merges several instances' logs).
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Loadgen(Box<LoadgenCmd>),
     /// Generate a throwaway PKI and keys, serve them on loopback, drive load, print results.
     Demo(Box<demo::DemoArgs>),
@@ -68,11 +67,14 @@ enum Cmd {
 
 /// `keycore loadgen`: a run, or `merge` of several runs' interval logs.
 #[derive(clap::Args, Debug)]
+#[command(subcommand_negates_reqs = true)]
 struct LoadgenCmd {
     #[command(subcommand)]
     sub: Option<LoadgenSub>,
+    // Optional: absent when `merge` is given (its required flags are
+    // negated by the subcommand and would fail to convert otherwise).
     #[command(flatten)]
-    args: keycore_loadgen::LoadgenArgs,
+    args: Option<keycore_loadgen::LoadgenArgs>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -108,7 +110,12 @@ fn main() {
             init_logging(2, LogFormat::Text);
             match &cmd.sub {
                 Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m),
-                None => keycore_loadgen::run_cli(&cmd.args),
+                None => match &cmd.args {
+                    Some(a) => keycore_loadgen::run_cli(a),
+                    None => Err(anyhow::anyhow!(
+                        "keycore loadgen: give --server ... or `merge LOG...`"
+                    )),
+                },
             }
         }
         Some(Cmd::Demo(args)) => {
