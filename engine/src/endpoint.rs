@@ -196,13 +196,29 @@ fn serve_conn(mut s: TcpStream, sh: &Shared, deadline: Instant) -> std::io::Resu
         }
         if head.len() + n > MAX_HTTP_HEAD {
             sh.stats.too_large.fetch_add(1, Relaxed);
-            return respond(
+            respond(
                 &mut s,
                 deadline,
                 "431 Request Header Fields Too Large",
                 "text/plain",
                 "request head too large\n",
-            );
+            )?;
+            // Closing with unread input would reset the connection and could
+            // destroy the answer in flight: half-close, then discard what
+            // the client still sends (bounded by size and the deadline).
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut left_bytes = 64 * 1024usize;
+            while left_bytes > 0 {
+                let Ok(t) = left(deadline) else { break };
+                if s.set_read_timeout(Some(t)).is_err() {
+                    break;
+                }
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left_bytes = left_bytes.saturating_sub(n),
+                }
+            }
+            return Ok(());
         }
         head.extend_from_slice(&buf[..n]);
     }
@@ -364,13 +380,18 @@ mod tests {
     use crate::metrics::CoreStats;
 
     fn get(addr: SocketAddr, path: &str) -> (String, Duration) {
+        try_get(addr, path).expect("GET failed")
+    }
+
+    /// A GET that may be refused (connection reset at the cap).
+    fn try_get(addr: SocketAddr, path: &str) -> std::io::Result<(String, Duration)> {
         let t = Instant::now();
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")?;
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        (out, t.elapsed())
+        s.read_to_string(&mut out)?;
+        Ok((out, t.elapsed()))
     }
 
     fn registry(cores: usize) -> Arc<Registry> {
@@ -477,7 +498,7 @@ mod tests {
         // Slots come back when the idle ones go.
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let (text, _) = get(m.addr, "/metrics");
+            let text = try_get(m.addr, "/metrics").map(|r| r.0).unwrap_or_default();
             if text.starts_with("HTTP/1.1 200") {
                 assert!(
                     text.contains("keycore_metrics_connections_refused_total ")
@@ -498,6 +519,8 @@ mod tests {
         let _ = s.write_all(
             format!("GET /metrics HTTP/1.1\r\nX: {}", "a".repeat(MAX_HTTP_HEAD)).as_bytes(),
         );
+        // Done sending: the server's discard loop ends at our EOF.
+        let _ = s.shutdown(std::net::Shutdown::Write);
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         assert!(out.starts_with("HTTP/1.1 431"), "{out}");
