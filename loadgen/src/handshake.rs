@@ -45,6 +45,10 @@ use std::time::{Duration, Instant};
 /// the rest is left unread when the connection closes.
 const MAX_RESPONSE: usize = 64 * 1024;
 
+/// Generator CPU (percent of its cores) from which the report warns that the
+/// generator, not the edge, may be what limits the rate.
+const GENERATOR_BOUND_PCT: f64 = 90.0;
+
 /// Phases measured on each connection, in report order.
 /// Full and resumed handshakes are kept apart: with a slow key server the
 /// first wait for a signature, the second must not wait at all.
@@ -236,6 +240,8 @@ pub struct HsReport {
     pub timeline: Vec<(f64, f64, u64, u64, u64)>,
     /// The keyless share, with `--keyserver-metrics`.
     pub keyless: Option<KeylessShare>,
+    /// Generator CPU over the measured window, percent of its cores.
+    pub generator_cpu_pct: f64,
     /// Generator CPUs (pinned executors).
     pub cpus: Vec<Option<usize>>,
     /// Final histograms per phase (not serialised).
@@ -315,12 +321,21 @@ pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
         let (fresh, resume, name) = (fresh.clone(), resume.clone(), name.clone());
         let spec = spec.clone();
         let h = glommio::LocalExecutorBuilder::new(placement)
-            .name(&format!("hs-{i}"))
+            // "loadgen-" so crate::sys counts this thread's CPU.
+            .name(&format!("loadgen-hs-{i}"))
             .io_memory(512 * 1024)
             .spawn(move || shard(i, spec, fresh, resume, name, (start, warm_end, end)))
             .map_err(|e| anyhow::anyhow!("starting generator executor {i}: {e}"))?;
         handles.push(h);
     }
+    // Generator CPU over the measured window, sampled while the executors
+    // are alive (a thread's CPU time disappears with it).
+    std::thread::sleep(warm_end.saturating_duration_since(Instant::now()));
+    let cpu0 = crate::sys::generator_cpu();
+    std::thread::sleep(end.saturating_duration_since(Instant::now()));
+    let cpu1 = crate::sys::generator_cpu();
+    let generator_cpu_pct =
+        100.0 * cpu1.saturating_sub(cpu0).as_secs_f64() / (spec.duration_s * spec.cores as f64);
     let mut totals = HsStats::default();
     let mut intervals: Vec<HsStats> = Vec::new();
     for h in handles {
@@ -386,6 +401,7 @@ pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
             .collect(),
         timeline,
         keyless,
+        generator_cpu_pct,
         cpus,
         hists: totals.hists,
     })
@@ -716,6 +732,17 @@ impl HsReport {
                 None => writeln!(w, "  {:<34} {:>10}", label(r.phase), "-")?,
             }
         }
+        writeln!(
+            w,
+            "\n  generator CPU: {:.0}% of its {} core(s){}",
+            self.generator_cpu_pct,
+            s.cores,
+            if self.generator_cpu_pct >= GENERATOR_BOUND_PCT {
+                " -- WARNING: the generator may be the bottleneck (add --cores)"
+            } else {
+                ""
+            }
+        )?;
         if let Some(k) = &self.keyless {
             writeln!(
                 w,

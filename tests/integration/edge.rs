@@ -700,6 +700,8 @@ fn loadgen_handshakes_measures_full_and_resumed_handshakes_through_the_edge() {
     assert!(full >= 40, "{r:#}");
     assert_eq!(r["resumed"], 0, "{r:#}");
     assert!(r["errors"].as_object().unwrap().is_empty(), "{r:#}");
+    // The generator's own executor threads did the TLS client work.
+    assert!(r["generator_cpu_pct"].as_f64().unwrap() > 0.0, "{r:#}");
     let k = &r["keyless"];
     assert_eq!(k["source"], "keycore_edge_keyless_rtt_seconds", "{r:#}");
     // One signature per full handshake in the window (give or take the edges of the window).
