@@ -742,3 +742,25 @@ fn loadgen_handshakes_measures_full_and_resumed_handshakes_through_the_edge() {
     );
     assert!(after - before >= resumed, "{before} {after} {r:#}");
 }
+
+#[test]
+fn tls12_only_edge_talks_to_a_tls12_only_key_server() {
+    // Parity with the deployed edge: TLS 1.2 with the two ECDHE-AES256-GCM
+    // suites towards the key server (PROTOCOL.md "Transport").
+    let srv = TestServer::start_with(crate::harness::Opts {
+        tls12_only: true,
+        ..Default::default()
+    });
+    let certs = site_certs(&srv.pki);
+    let edge = start_edge(
+        &srv.pki,
+        &[&certs[0].1],
+        &[srv.addr.to_string()],
+        &["--tls12-only"],
+    );
+    let (ok, out) = curl(&srv.pki, edge.addr, &[]);
+    assert!(ok, "{out}");
+    assert!(out.contains("Signature:    ECDSA_NISTP256_SHA256"), "{out}");
+    let m = scrape(edge.metrics);
+    assert_eq!(metric(&m, "keycore_edge_handshakes_total"), 1, "{m}");
+}
