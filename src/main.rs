@@ -233,8 +233,11 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
         std::process::id(),
         running.server.addr
     ));
-    wait_for_signal()?;
-    tracing::info!("signal received; draining");
+    let first = watch_signals(running.server.control(), loaded.config.pid_file.clone())?;
+    let _ = first.recv();
+    tracing::info!(
+        "signal received; draining (a second SIGTERM/SIGINT shortens the drain, a third exits at once)"
+    );
     notify("STOPPING=1\nSTATUS=draining");
     running.stop()?;
     tracing::info!("stopped");
@@ -263,4 +266,60 @@ fn wait_for_signal() -> Result<()> {
         .context("install signal handlers")?;
     let _ = signals.forever().next();
     Ok(())
+}
+
+/// Handle signals on their own thread for the life of the process:
+/// the first SIGTERM/SIGINT starts the drain (the returned receiver gets
+/// it), the second hurries it, the third exits at once (status 1, pid file
+/// removed). SIGHUP is reserved for reload, SIGUSR1/SIGUSR2/SIGQUIT have no
+/// job yet: each is logged and ignored, so no operator signal kills a
+/// serving process silently.
+fn watch_signals(
+    control: keycore_engine::server::ServerControl,
+    pid_file: Option<std::path::PathBuf>,
+) -> Result<std::sync::mpsc::Receiver<()>> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT])
+            .context("install signal handlers")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("keycore-signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            for sig in signals.forever() {
+                match sig {
+                    SIGTERM | SIGINT => {
+                        stops += 1;
+                        match stops {
+                            1 => {
+                                let _ = tx.send(());
+                            }
+                            2 => {
+                                tracing::warn!(
+                                    signal = sig,
+                                    "second stop signal: shortening the drain"
+                                );
+                                control.hurry();
+                            }
+                            _ => {
+                                tracing::error!(signal = sig, "third stop signal: exiting now");
+                                if let Some(p) = &pid_file {
+                                    let _ = std::fs::remove_file(p);
+                                }
+                                std::process::exit(1);
+                            }
+                        }
+                    }
+                    SIGHUP => {
+                        tracing::warn!("SIGHUP received: reload is not implemented yet; ignored")
+                    }
+                    other => {
+                        tracing::warn!(signal = other, "signal has no job in keycore; ignored")
+                    }
+                }
+            }
+        })
+        .context("start signal thread")?;
+    Ok(rx)
 }

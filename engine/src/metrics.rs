@@ -155,6 +155,16 @@ pub struct CoreStats {
     pub bytes_out: Counter,
     /// Stored by the core's control task each tick; read by `/healthz`.
     pub heartbeat: crate::health::Heartbeat,
+    /// Connections still in the TLS handshake (gauge).
+    pub handshaking: Counter,
+    /// Connections closed at accept: their source address already had
+    /// `max_handshakes_per_source` handshakes in progress.
+    pub refused_source: Counter,
+    /// Connections aborted because a write made no progress within idle_timeout.
+    pub write_stalls: Counter,
+    /// Requests received but never answered (drain deadline, stalled or
+    /// failed connection).
+    pub unanswered: Counter,
 }
 
 impl CoreStats {
@@ -176,6 +186,10 @@ impl CoreStats {
             responses: Counter::default(),
             bytes_out: Counter::default(),
             heartbeat: crate::health::Heartbeat::default(),
+            handshaking: Counter::default(),
+            refused_source: Counter::default(),
+            write_stalls: Counter::default(),
+            unanswered: Counter::default(),
         }
     }
 }
@@ -292,7 +306,7 @@ impl Registry {
         }
 
         type Get = fn(&CoreStats) -> u64;
-        let per_core: [(&str, &str, &str, Get); 11] = [
+        let per_core: [(&str, &str, &str, Get); 15] = [
             ("keycore_connections_open", "gauge", "Open connections.", |c| c.open.get()),
             ("keycore_connections_accepted_total", "counter", "Connections accepted.", |c| c.accepted.get()),
             ("keycore_connections_refused_total", "counter", "Connections closed at once: core at max_connections_per_core.", |c| c.refused.get()),
@@ -304,6 +318,10 @@ impl Registry {
             ("keycore_responses_total", "counter", "Responses written.", |c| c.responses.get()),
             ("keycore_bytes_out_total", "counter", "Plaintext bytes written to connections.", |c| c.bytes_out.get()),
             ("keycore_requests_total", "counter", "Requests received.", |c| c.requests_by_op.iter().map(Counter::get).sum()),
+            ("keycore_handshakes_in_progress", "gauge", "Connections in the TLS handshake (bounded by max_handshakes_per_core).", |c| c.handshaking.get()),
+            ("keycore_connections_refused_source_total", "counter", "Connections closed at accept: their source had max_handshakes_per_source handshakes in progress.", |c| c.refused_source.get()),
+            ("keycore_write_stalls_total", "counter", "Connections aborted: a write made no progress within idle_timeout (peer not reading).", |c| c.write_stalls.get()),
+            ("keycore_requests_unanswered_total", "counter", "Requests received but closed unanswered (drain deadline, stalled or failed connection).", |c| c.unanswered.get()),
         ];
         for (name, kind, help, get) in per_core {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");

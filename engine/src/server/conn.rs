@@ -1,68 +1,51 @@
-//! One client connection: TLS handshake, then read → frame → dispatch →
-//! coalesced write, until the peer leaves, a limit trips or the core drains.
+//! One client connection's I/O: the TLS handshake (bounded by
+//! `handshake_timeout` and the drain deadline), then the async shell around
+//! the sans-IO core ([`super::conn_state::ConnState`]), then a bounded close.
 //!
-//! Owns the connection's buffers and its in-flight table; nothing here is
-//! shared with another connection or core. Limits (all from `Limits`, sized
-//! at start-up): the read buffer holds one largest message plus slack; the
-//! write buffer is flushed once it passes `write_buffer_bytes` (so one batch
-//! of responses is bounded); at most `max_in_flight_per_connection` requests wait on an
-//! off-reactor backend, after which the connection stops reading
-//! (backpressure: the peer's TCP window fills, nothing is buffered here).
+//! Owns the socket, the TLS session and the connection's completion queue.
+//! Must not decide anything the core decides (framing, limits, deadlines,
+//! when to close): this file only moves bytes between the socket and the
+//! core, and waits. Everything here has a deadline: the handshake, every
+//! send (the core's write-stall deadline), the close_notify (`CLOSE_GRACE`,
+//! or the drain deadline), so no peer pins a slot, task or buffer.
 //!
-//! Responses go out as operations complete, in any order, matched by ID.
-//! Everything that completed in one pass is written with one TLS write and
-//! one flush.
+//! Writes: all answers of a turn are encrypted into the core's shared
+//! ciphertext buffer and sent with one `send` (see [`encrypt`]). While a send
+//! waits on a full socket the connection keeps reading (the no-mutual-stall
+//! rule lives in the core); the next chunk is encrypted once the previous
+//! one is out.
 
+use super::conn_state::{CloseReason, ConnState, Dispatched, Dispatcher};
 use super::dispatch::{self, DispatchCtx, Pending};
-use super::{CoreCtx, Limits};
+use super::{CoreCtx, DrainSlot, HandshakeTicket, CLOSE_GRACE};
 use futures_lite::future::{self, FutureExt as _};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
-use keycore_protocol::codec::encode_error;
-use keycore_protocol::frame::{self, FrameStatus};
 use keycore_protocol::{ErrorCode, Message, Op};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-/// Read buffer a connection starts with: sixteen padded requests per read.
-/// It grows (up to `read_buffer_bytes`) only for a message that does not
-/// fit, so an idle or ordinary connection holds 16 KiB, not 64 KiB.
-pub const INITIAL_READ_BUFFER: usize = 16 * 1024;
+pub use super::conn_state::INITIAL_READ_BUFFER;
 
-/// Write buffer a connection starts with; grows up to `write_buffer_bytes`
-/// plus one largest message under pipelined load.
-const INITIAL_WRITE_BUFFER: usize = 4 * 1024;
+/// How long a turn's yield waits on the reactor's timer: just long enough
+/// that the timer is not already due when first polled, so the task really
+/// goes through the reactor (which also reaps other sockets' readiness).
+const YIELD: Duration = Duration::from_micros(1);
 
-/// Why a connection ended (for the per-connection log line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The peer closed its side.
-    PeerClosed,
-    /// No complete request within `idle_timeout`.
-    Idle,
-    /// A malformed message; stream position lost.
-    Framing,
-    /// Read or write failed.
-    Io,
-    /// A write made no progress within `idle_timeout`.
-    WriteStalled,
-    /// The core is shutting down.
-    Drain,
-}
-
-/// Completions of offloaded operations, pushed by their tasks and drained by
-/// the connection loop. Bounded by `max_in_flight_per_connection` (one entry per request).
 /// One finished off-reactor operation: ID, opcode, read time, result.
 type Completion = (u32, Op, Instant, Result<Vec<u8>, ErrorCode>);
 
+/// Completions of offloaded operations, pushed by their tasks and drained by
+/// the connection loop. Bounded by `max_in_flight` (one entry per request).
 #[derive(Default)]
 struct Completions {
     done: RefCell<VecDeque<Completion>>,
@@ -77,92 +60,83 @@ impl Completions {
         }
     }
 
-    /// Resolves once at least one completion is queued.
-    async fn ready(&self) {
-        future::poll_fn(|cx| {
-            if self.done.borrow().is_empty() {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
-                Poll::Pending
-            } else {
-                Poll::Ready(())
-            }
-        })
-        .await
+    fn poll_ready(&self, cx: &Context<'_>) -> Poll<()> {
+        if self.done.borrow().is_empty() {
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
     }
 }
 
-/// A connection's idle deadline: one glommio timer for the connection's
-/// life, registered with the reactor once and moved only when it fires.
-/// Creating a `sleep` per wait (as before) allocated a timer and inserted
-/// and removed it from the reactor's timer map on every read; here a wait
-/// costs one clock read. The deadline is allowed to lag behind the last
-/// request: when it fires, the caller checks the real idle time and re-arms.
-struct IdleTimer {
+/// The core's deadline as one glommio timer for the connection's life,
+/// registered once per re-arm. A later deadline does not re-arm it: it fires
+/// early, the core finds nothing expired, and it is re-armed then (a request
+/// moving the idle deadline costs nothing).
+struct DeadlineTimer {
     timer: Timer,
-    deadline: Instant,
-    /// Registered with the reactor since the last re-arm.
-    armed: bool,
+    at: Option<Instant>,
+    registered: bool,
 }
 
-impl IdleTimer {
-    fn new(after: Duration) -> IdleTimer {
-        IdleTimer {
-            timer: Timer::new(after),
-            deadline: Instant::now() + after,
-            armed: false,
+impl DeadlineTimer {
+    fn new() -> DeadlineTimer {
+        DeadlineTimer {
+            timer: Timer::new(Duration::from_secs(3600)),
+            at: None,
+            registered: false,
         }
     }
 
-    /// Fire at `deadline` instead.
-    fn rearm(&mut self, deadline: Instant) {
-        self.deadline = deadline;
-        self.timer
-            .reset(deadline.saturating_duration_since(Instant::now()));
-        self.armed = false;
-    }
-
-    /// Resolves once the deadline has passed.
-    async fn expired(&mut self) {
-        future::poll_fn(|cx| {
-            if Instant::now() >= self.deadline {
+    fn poll(&mut self, cx: &mut Context<'_>, want: Option<Instant>, now: Instant) -> Poll<()> {
+        let Some(want) = want else {
+            return Poll::Pending;
+        };
+        if now >= want {
+            return Poll::Ready(());
+        }
+        if self.at.is_none_or(|at| want < at || now >= at) {
+            self.at = Some(want);
+            self.timer.reset(want - now);
+            self.registered = false;
+        }
+        if !self.registered {
+            if Pin::new(&mut self.timer).poll(cx).is_ready() {
                 return Poll::Ready(());
             }
-            if !self.armed {
-                // Registers the connection task's waker with the reactor; the
-                // task's waker never changes, so once is enough.
-                if Pin::new(&mut self.timer).poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                self.armed = true;
-            }
-            Poll::Pending
-        })
-        .await
+            self.registered = true;
+        }
+        Poll::Pending
     }
 }
 
+type Tls = futures_rustls::server::TlsStream<TcpStream>;
+
 /// Serve one accepted TCP connection to the end.
-pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
+pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: HandshakeTicket) {
     let stats = &core.stats;
-    let limits: &Limits = &core.limits;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(%peer, error = %e, "set TCP_NODELAY failed");
     }
+    let slot = core.drain_slot();
+    let hs_deadline = Instant::now() + core.limits.handshake_timeout;
     let handshake = core.acceptor.accept(tcp);
-    let tls = match handshake
+    let r = handshake
         .or(async {
-            glommio::timer::sleep(limits.handshake_timeout).await;
+            until(&core, &slot, hs_deadline).await;
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "handshake timeout",
             ))
         })
-        .await
-    {
+        .await;
+    ticket.finish();
+    let mut tls = match r {
         Ok(s) => s,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
             stats.handshake_timeouts.inc();
-            tracing::warn!(%peer, core = core.index, "TLS handshake timed out");
+            tracing::debug!(%peer, core = core.index, "TLS handshake timed out");
             return;
         }
         Err(e) => {
@@ -171,255 +145,326 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
+    if !core.take_connection_slot() {
+        stats.refused.inc();
+        core.refusal(peer, "max_connections_per_core");
+        return;
+    }
     tracing::debug!(%peer, core = core.index, "connection established");
-    let mut tls = tls;
-    let (reason, served) = run(&core, &mut tls).await;
-    let _ = tls.close().await;
+    let completions = Rc::new(Completions::default());
+    let mut st = ConnState::new(super::conn_limits(&core.limits), Instant::now());
+    let reason = run(&core, &mut tls, &mut st, &completions, &slot).await;
+    core.release_connection_slot();
+    // Whatever is still with a backend will never be written: its gauge
+    // entry goes now (the task's late completion lands in a dropped queue).
+    stats.in_flight.sub(st.pending() as u64);
+    let unanswered = st.unanswered() as u64;
+    stats.unanswered.add(unanswered);
+    match reason {
+        CloseReason::Idle => stats.idle_timeouts.inc(),
+        CloseReason::Framing => stats.framing_errors.inc(),
+        CloseReason::WriteStalled => stats.write_stalls.inc(),
+        _ => {}
+    }
+    if reason.graceful() {
+        let deadline = core
+            .drain_deadline()
+            .map_or(Instant::now() + CLOSE_GRACE, |d| {
+                d.min(Instant::now() + CLOSE_GRACE)
+            });
+        close_notify(&mut tls, deadline).await;
+    }
+    let served = st.served();
     match reason {
         CloseReason::PeerClosed | CloseReason::Drain => {
             tracing::debug!(%peer, core = core.index, ?reason, requests = served, "connection closed")
         }
         _ => {
-            tracing::info!(%peer, core = core.index, ?reason, requests = served, "connection closed")
+            tracing::info!(%peer, core = core.index, ?reason, requests = served, unanswered, "connection closed")
         }
     }
 }
 
-type Tls = futures_rustls::server::TlsStream<TcpStream>;
-
-async fn run(core: &CoreCtx, tls: &mut Tls) -> (CloseReason, u64) {
-    let limits = &core.limits;
-    let stats = &core.stats;
-    let ctx = DispatchCtx {
-        keys: &core.keys,
-        stores: &core.stores,
-        stats,
-    };
-    let completions = Rc::new(Completions::default());
-    let mut rbuf = vec![0u8; INITIAL_READ_BUFFER.min(limits.read_buffer_bytes)];
-    let (mut start, mut end) = (0usize, 0usize);
-    let mut wbuf: Vec<u8> = Vec::with_capacity(INITIAL_WRITE_BUFFER);
-    let mut scratch: Vec<u8> = Vec::with_capacity(1024);
-    let mut in_flight = 0usize;
-    let mut served = 0u64;
-    let mut last_request = Instant::now();
-    let mut peer_closed = false;
-    let mut fatal: Option<CloseReason> = None;
-    let drain = core.drain_slot();
-    let mut idle = IdleTimer::new(limits.idle_timeout);
-
+/// Resolves at `base` or at the core's drain deadline, whichever is first
+/// (re-evaluated when a drain starts or is hurried).
+async fn until(core: &CoreCtx, slot: &DrainSlot<'_>, base: Instant) {
     loop {
-        // 1. Answers that came back from off-reactor backends.
-        {
-            let mut done = completions.done.borrow_mut();
-            while let Some((id, op, read_at, r)) = done.pop_front() {
-                in_flight -= 1;
-                stats.in_flight.sub(1);
-                dispatch::finish(
-                    stats,
-                    &mut wbuf,
-                    id,
-                    op,
-                    read_at,
-                    r.as_deref().map_err(|e| *e),
-                );
-                served += 1;
-            }
+        let d = core.drain_deadline().map_or(base, |x| x.min(base));
+        let now = Instant::now();
+        if now >= d {
+            return;
         }
+        let seen = core.control_gen();
+        glommio::timer::sleep(d - now).or(slot.changed(seen)).await;
+    }
+}
 
-        // 2. Every complete request buffered, while limits allow.
-        let read_at = Instant::now();
-        let submitted_before = in_flight;
-        while fatal.is_none()
-            && in_flight < limits.max_in_flight_per_connection
-            && wbuf.len() < limits.write_buffer_bytes
-        {
-            let avail = &rbuf[start..end];
-            match frame::check(avail, limits.max_body_len) {
-                Ok(FrameStatus::NeedMore(_)) => break,
-                Ok(FrameStatus::Complete { len, .. }) => {
-                    match Message::decode(&avail[..len]) {
-                        Ok(msg) => {
-                            last_request = read_at;
-                            if let Some(p) =
-                                dispatch::handle(&ctx, &msg, read_at, &mut scratch, &mut wbuf)
-                            {
-                                in_flight += 1;
-                                stats.in_flight.inc();
-                                spawn_pending(p, completions.clone());
-                            } else {
-                                served += 1;
-                            }
-                        }
-                        Err(e) => {
-                            let id = frame::Header::parse(avail).map(|h| h.id).unwrap_or(0);
-                            tracing::info!(core = core.index, error = %e, id, "malformed request; closing");
-                            encode_error(&mut wbuf, id, ErrorCode::FORMAT);
-                            stats.framing_errors.inc();
-                            fatal = Some(CloseReason::Framing);
-                        }
-                    }
-                    start += len;
-                }
-                Err(e) => {
-                    let id = frame::Header::parse(avail).map(|h| h.id).unwrap_or(0);
-                    tracing::info!(core = core.index, error = %e, id, "oversized request; closing");
-                    encode_error(&mut wbuf, id, ErrorCode::FORMAT);
-                    stats.framing_errors.inc();
-                    fatal = Some(CloseReason::Framing);
-                }
-            }
-        }
-        if in_flight > submitted_before {
-            // This pass's off-reactor requests go out now, as one batch.
-            dispatch::flush(&ctx);
-        }
-        if start == end {
-            start = 0;
-            end = 0;
-            if rbuf.len() > INITIAL_READ_BUFFER {
-                // A large message has been consumed: give its memory back.
-                rbuf.truncate(INITIAL_READ_BUFFER);
-                rbuf.shrink_to_fit();
-            }
-        }
+/// The core's dispatch, behind the sans-IO core's one call.
+struct CoreDispatch<'a> {
+    ctx: DispatchCtx<'a>,
+    scratch: Vec<u8>,
+    completions: &'a Rc<Completions>,
+    /// Something was handed to an off-reactor backend since the last flush.
+    submitted: bool,
+}
 
-        // 3. One coalesced write for everything answered in this pass.
-        if !wbuf.is_empty() {
-            let n = wbuf.len();
-            let w = write_records(core, tls, &wbuf);
-            let timed = w
-                .or(async {
-                    glommio::timer::sleep(limits.idle_timeout).await;
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "write stalled",
-                    ))
-                })
-                .await;
-            match timed {
-                Ok(()) => {
-                    stats
-                        .responses
-                        .add((n / keycore_protocol::PADDED_LEN).max(1) as u64);
-                    stats.bytes_out.add(n as u64);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                    return (CloseReason::WriteStalled, served)
-                }
-                Err(_) => return (CloseReason::Io, served),
-            }
-            wbuf.clear();
-        }
-        if let Some(r) = fatal {
-            return (r, served);
-        }
-        if core.draining.get() && in_flight == 0 {
-            return (CloseReason::Drain, served);
-        }
-        if peer_closed {
-            if in_flight == 0 {
-                return (CloseReason::PeerClosed, served);
-            }
-            completions.ready().await;
-            continue;
-        }
-
-        // 4. Wait for the next event.
-        let has_complete = matches!(
-            frame::check(&rbuf[start..end], limits.max_body_len),
-            Ok(FrameStatus::Complete { .. }) | Err(_)
-        );
-        if in_flight >= limits.max_in_flight_per_connection {
-            // Backpressure: read nothing until something completes.
-            completions.ready().await;
-            continue;
-        }
-        if has_complete {
-            continue; // the write buffer limit cut the last pass short
-        }
-        // Make room: move a partial message to the front, and grow the
-        // buffer (up to the limit) if that message is larger than it.
-        if start > 0 && (end == rbuf.len() || rbuf.len() - end < keycore_protocol::HEADER_LEN) {
-            rbuf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        if let Ok(FrameStatus::NeedMore(n)) = frame::check(&rbuf[start..end], limits.max_body_len) {
-            let need = end + n;
-            if need > rbuf.len() {
-                if start > 0 {
-                    rbuf.copy_within(start..end, 0);
-                    end -= start;
-                    start = 0;
-                }
-                let want = (end + n).clamp(rbuf.len(), limits.read_buffer_bytes);
-                rbuf.resize(want, 0);
-            }
-        }
-        if in_flight == 0 && last_request.elapsed() >= limits.idle_timeout {
-            core.stats.idle_timeouts.inc();
-            return (CloseReason::Idle, served);
-        }
-        enum Ev {
-            Read(std::io::Result<usize>),
-            Completed,
-            Timeout,
-            Drain,
-        }
-        debug_assert!(end < rbuf.len(), "no room to read");
-        let ev = async { Ev::Read(tls.read(&mut rbuf[end..]).await) }
-            .or(async {
-                completions.ready().await;
-                Ev::Completed
-            })
-            .or(async {
-                idle.expired().await;
-                Ev::Timeout
-            })
-            .or(async {
-                drain.notice().await;
-                Ev::Drain
-            })
-            .await;
-        match ev {
-            Ev::Read(Ok(0)) => peer_closed = true,
-            Ev::Read(Ok(n)) => end += n,
-            Ev::Read(Err(_)) => return (CloseReason::Io, served),
-            Ev::Completed => {}
-            Ev::Timeout => {
-                if in_flight == 0 && last_request.elapsed() >= limits.idle_timeout {
-                    core.stats.idle_timeouts.inc();
-                    return (CloseReason::Idle, served);
-                }
-                // Not idle after all: requests came since the timer was set,
-                // or some are in flight (which restarts the full timeout).
-                idle.rearm(if in_flight > 0 {
-                    Instant::now() + limits.idle_timeout
-                } else {
-                    last_request + limits.idle_timeout
-                });
-            }
-            Ev::Drain => {
-                if in_flight == 0 {
-                    return (CloseReason::Drain, served);
-                }
+impl Dispatcher for CoreDispatch<'_> {
+    #[inline]
+    fn dispatch(&mut self, msg: &Message<'_>, read_at: Instant, out: &mut Vec<u8>) -> Dispatched {
+        let h = dispatch::handle(&self.ctx, msg, read_at, &mut self.scratch, out);
+        match h.pending {
+            None => Dispatched::Answered { cost: h.cost },
+            Some(p) => {
+                self.submitted = true;
+                self.ctx.stats.in_flight.inc();
+                spawn_pending(p, self.completions.clone());
+                Dispatched::Pending { cost: h.cost }
             }
         }
     }
 }
 
-/// Encrypt `plain` into TLS records and send them all with one write.
+/// A chunk of ciphertext being sent.
+struct Chunk {
+    buf: Vec<u8>,
+    off: usize,
+}
+
+enum Ev {
+    Written,
+    Read(usize),
+    IoError,
+    SocketEmpty,
+    Other,
+}
+
+async fn run(
+    core: &CoreCtx,
+    tls: &mut Tls,
+    st: &mut ConnState,
+    completions: &Rc<Completions>,
+    slot: &DrainSlot<'_>,
+) -> CloseReason {
+    let stats = &core.stats;
+    let mut disp = CoreDispatch {
+        ctx: DispatchCtx {
+            keys: &core.keys,
+            stores: &core.stores,
+            stats,
+        },
+        scratch: Vec::with_capacity(1024),
+        completions,
+        submitted: false,
+    };
+    let mut chunk: Option<Chunk> = None;
+    let mut timer = DeadlineTimer::new();
+    let mut seen_gen = u64::MAX;
+    loop {
+        let now = Instant::now();
+        if seen_gen != core.control_gen() {
+            seen_gen = core.control_gen();
+            if let Some(d) = core.drain_deadline() {
+                st.begin_drain(d);
+            }
+        }
+        // Answers that came back from off-reactor backends.
+        loop {
+            let Some((id, op, read_at, r)) = completions.done.borrow_mut().pop_front() else {
+                break;
+            };
+            stats.in_flight.sub(1);
+            st.on_completion(now, |out| {
+                dispatch::finish(stats, out, id, op, read_at, r.as_deref().map_err(|e| *e))
+            });
+        }
+        st.process(now, &mut disp);
+        if std::mem::take(&mut disp.submitted) {
+            // This turn's off-reactor requests go out now, as one batch.
+            dispatch::flush(&disp.ctx);
+        }
+        if chunk.is_none() {
+            if let Some(plain) = st.poll_output() {
+                let n = plain.len();
+                match encrypt(core, tls, plain) {
+                    Ok(buf) => {
+                        st.output_taken(n, now);
+                        chunk = Some(Chunk { buf, off: 0 });
+                    }
+                    Err(_) => st.on_io_error(),
+                }
+            }
+        }
+        if st.next_timeout().is_some_and(|t| now >= t) {
+            st.handle_timeout(now);
+        }
+        if let Some(r) = st.poll_close() {
+            if let Some(c) = chunk.take() {
+                give_back(core, c.buf);
+            }
+            return r;
+        }
+        let turn_over = st.has_work();
+        let mut waited = false;
+        let ev = future::poll_fn(|cx| {
+            let r = poll_events(
+                cx,
+                tls,
+                st,
+                &mut chunk,
+                completions,
+                slot,
+                seen_gen,
+                &mut timer,
+            );
+            match r {
+                Poll::Pending if turn_over => Poll::Ready(None),
+                Poll::Pending => {
+                    waited = true;
+                    Poll::Pending
+                }
+                Poll::Ready(ev) => Poll::Ready(Some(ev)),
+            }
+        })
+        .await;
+        let now = Instant::now();
+        match ev {
+            None => {
+                // The turn's budget is spent and work is left: let every
+                // other ready connection (and the reactor) have a turn.
+                glommio::timer::sleep(YIELD).await;
+                st.end_turn();
+                continue;
+            }
+            Some(Ev::Written) => {
+                let c = chunk.take().expect("a chunk was being written");
+                give_back(core, c.buf);
+                let plain_before = st.unsent_bytes();
+                let n = st.on_write_done(now);
+                stats.responses.add(n as u64);
+                stats
+                    .bytes_out
+                    .add((plain_before - st.unsent_bytes()) as u64);
+            }
+            Some(Ev::Read(n)) => st.on_read(n, now),
+            Some(Ev::IoError) => st.on_io_error(),
+            Some(Ev::SocketEmpty) => st.on_socket_empty(),
+            Some(Ev::Other) => {}
+        }
+        if waited {
+            st.end_turn();
+        }
+    }
+}
+
+/// One pass over everything the connection waits for; the first ready
+/// event wins. Registers wakers for all of them when none is ready.
+#[allow(clippy::too_many_arguments)]
+fn poll_events(
+    cx: &mut Context<'_>,
+    tls: &mut Tls,
+    st: &mut ConnState,
+    chunk: &mut Option<Chunk>,
+    completions: &Completions,
+    slot: &DrainSlot<'_>,
+    seen_gen: u64,
+    timer: &mut DeadlineTimer,
+) -> Poll<Ev> {
+    if let Some(c) = chunk {
+        let (io, _) = tls.get_mut();
+        while c.off < c.buf.len() {
+            match Pin::new(&mut *io).poll_write(cx, &c.buf[c.off..]) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Ev::IoError),
+                Poll::Ready(Ok(n)) => c.off += n,
+                Poll::Pending => break,
+            }
+        }
+        if c.off == c.buf.len() {
+            return Poll::Ready(Ev::Written);
+        }
+    }
+    if completions.poll_ready(cx).is_ready() {
+        return Poll::Ready(Ev::Other);
+    }
+    if slot.poll_changed(cx, seen_gen).is_ready() {
+        return Poll::Ready(Ev::Other);
+    }
+    let draining = st.is_draining();
+    if let Some(buf) = st.read_buf() {
+        match Pin::new(&mut *tls).poll_read(cx, buf) {
+            Poll::Ready(Ok(n)) => return Poll::Ready(Ev::Read(n)),
+            Poll::Ready(Err(_)) => return Poll::Ready(Ev::IoError),
+            Poll::Pending => {
+                // Draining: stop reading once the kernel holds nothing more
+                // (glommio may report Pending while a readiness poll is
+                // outstanding, so ask the socket itself).
+                if draining && socket_is_empty(tls) {
+                    return Poll::Ready(Ev::SocketEmpty);
+                }
+            }
+        }
+    }
+    let now = Instant::now();
+    if timer.poll(cx, st.next_timeout(), now).is_ready() {
+        return Poll::Ready(Ev::Other);
+    }
+    Poll::Pending
+}
+
+/// Whether the socket's receive queue is empty right now (no data, no EOF).
+fn socket_is_empty(tls: &Tls) -> bool {
+    let fd = tls.get_ref().0.as_raw_fd();
+    let mut b = [0u8; 1];
+    // SAFETY: a 1-byte peek into a local buffer on a socket this connection
+    // owns; MSG_DONTWAIT makes it non-blocking.
+    let r = unsafe {
+        libc::recv(
+            fd,
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
+}
+
+/// Send close_notify, giving up at `deadline` (a full socket is dropped).
+async fn close_notify(tls: &mut Tls, deadline: Instant) {
+    let (io, conn) = tls.get_mut();
+    conn.send_close_notify();
+    let mut buf = Vec::new();
+    while conn.wants_write() {
+        if conn.write_tls(&mut buf).is_err() {
+            return;
+        }
+    }
+    let _ = io
+        .write_all(&buf)
+        .or(async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            Ok(())
+        })
+        .await;
+}
+
+/// Put a ciphertext buffer back for the core's next write.
+fn give_back(core: &CoreCtx, mut buf: Vec<u8>) {
+    buf.clear();
+    *core.tls_out.borrow_mut() = buf;
+}
+
+/// Encrypt `plain` into TLS records, all into one buffer for one send.
 ///
 /// Why not `write_all` + `flush` on the TLS stream: futures-rustls hands the
 /// socket one record (at most 16 KiB) per `send`, as glommio's socket has no
 /// vectored write, so a full 64 KiB write buffer cost four `send` calls (each
 /// also running the loopback peer's receive path). Here rustls encrypts
-/// everything into the core's shared ciphertext buffer first.
-async fn write_records(core: &CoreCtx, tls: &mut Tls, plain: &[u8]) -> std::io::Result<()> {
+/// everything into the core's shared ciphertext buffer first; the buffer is
+/// given back once sent (a connection that finds it taken, because another
+/// one's send waits on a full socket, gets a fresh one).
+fn encrypt(core: &CoreCtx, tls: &mut Tls, plain: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut net = std::mem::take(&mut *core.tls_out.borrow_mut());
     net.clear();
-    let (io, conn) = tls.get_mut();
+    let (_, conn) = tls.get_mut();
     let mut off = 0;
     while off < plain.len() || conn.wants_write() {
         // rustls takes at most its buffer limit per call; draining its
@@ -439,10 +484,7 @@ async fn write_records(core: &CoreCtx, tls: &mut Tls, plain: &[u8]) -> std::io::
             ));
         }
     }
-    let r = io.write_all(&net).await;
-    net.clear();
-    *core.tls_out.borrow_mut() = net;
-    r
+    Ok(net)
 }
 
 fn spawn_pending(p: Pending, completions: Rc<Completions>) {

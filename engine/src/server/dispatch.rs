@@ -15,7 +15,7 @@
 //! name any particular backend.
 
 use crate::metrics::CoreStats;
-use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, Outcome, PendingOp};
+use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, KeyKind, Outcome, PendingOp};
 use keycore_protocol::codec::{encode_error, encode_response};
 use keycore_protocol::{ErrorCode, Message, Op, OpClass};
 use std::time::Instant;
@@ -52,9 +52,45 @@ pub struct DispatchCtx<'a> {
     pub stats: &'a CoreStats,
 }
 
+/// What [`handle`] did with one request.
+#[derive(Debug)]
+pub struct Handled {
+    /// The offloaded operation, if the answer comes later.
+    pub pending: Option<Pending>,
+    /// Estimated reactor cost, in [`cost`] units, for the connection's turn
+    /// budget (see `conn_state`).
+    pub cost: u32,
+}
+
+/// Estimated cost of one private-key operation on the reactor, in units of
+/// about one microsecond of this project's 2-vCPU VM (bench/RESULTS.md raw
+/// signer figures: RSA-2048 ~255 µs, ECDSA P-256 ~17 µs, Ed25519 ~9 µs; RSA
+/// cost grows ~ bits^2.6, P-384/P-521 are unaccelerated curves). Only the
+/// ratios matter: they size each connection's turn so that scheduling is by
+/// crypto cost, not by request count. Requests answered without crypto
+/// (ping, errors) cost [`CHEAP`]; operations handed to an off-reactor
+/// backend cost only their submission.
+pub fn cost(kind: KeyKind) -> u32 {
+    match kind {
+        KeyKind::Ed25519 => 10,
+        KeyKind::EcdsaP256 => 20,
+        KeyKind::EcdsaP384 => 150,
+        KeyKind::EcdsaP521 => 350,
+        KeyKind::Rsa { bits } if bits <= 2048 => 260,
+        KeyKind::Rsa { bits } if bits <= 3072 => 800,
+        KeyKind::Rsa { .. } => 1_800,
+    }
+}
+
+/// Cost of a request answered without a private-key operation.
+pub const CHEAP: u32 = 1;
+
+/// Cost of submitting an operation to an off-reactor backend.
+const SUBMIT: u32 = 5;
+
 /// Handle one decoded request. A synchronous answer is appended to `out`
 /// (using `scratch` for the operation's output); an offloaded one is returned
-/// as [`Pending`] and nothing is appended.
+/// in [`Handled::pending`] and nothing is appended.
 #[inline]
 pub fn handle(
     ctx: &DispatchCtx<'_>,
@@ -62,9 +98,10 @@ pub fn handle(
     read_at: Instant,
     scratch: &mut Vec<u8>,
     out: &mut Vec<u8>,
-) -> Option<Pending> {
+) -> Handled {
     let id = msg.id;
     let op = msg.opcode.unwrap_or(Op(0));
+    let mut cost_units = CHEAP;
     ctx.stats.requests_by_op[op.0 as usize].inc();
     let result: Result<(), ErrorCode> = match (msg.opcode, op.class()) {
         (None, _) => Err(ErrorCode::BAD_OPCODE),
@@ -74,7 +111,10 @@ pub fn handle(
             ctx.stats
                 .total
                 .record(op, ErrorCode::NONE, elapsed_ns(read_at));
-            return None;
+            return Handled {
+                pending: None,
+                cost: CHEAP,
+            };
         }
         (_, OpClass::ResponseClass) => Err(ErrorCode::UNEXPECTED_OPCODE),
         (_, OpClass::Unknown) | (_, OpClass::Custom) => Err(ErrorCode::BAD_OPCODE),
@@ -85,6 +125,7 @@ pub fn handle(
                 let input = msg.payload.unwrap_or(&[]);
                 let started = Instant::now();
                 scratch.clear();
+                cost_units = cost(entry.kind);
                 let r = match check_input(entry.kind, class, input) {
                     Err(e) => Err(e),
                     Ok(()) => match &entry.backend {
@@ -96,12 +137,15 @@ pub fn handle(
                             Some(store) => match store.perform(sk.key, class, input, scratch) {
                                 Outcome::Done(r) => r,
                                 Outcome::Pending(fut) => {
-                                    return Some(Pending {
-                                        id,
-                                        op,
-                                        read_at,
-                                        fut,
-                                    })
+                                    return Handled {
+                                        pending: Some(Pending {
+                                            id,
+                                            op,
+                                            read_at,
+                                            fut,
+                                        }),
+                                        cost: SUBMIT,
+                                    }
                                 }
                             },
                         },
@@ -121,7 +165,10 @@ pub fn handle(
         read_at,
         result.map(|()| &scratch[..]),
     );
-    None
+    Handled {
+        pending: None,
+        cost: cost_units,
+    }
 }
 
 /// Send what this core's stores queued during a read pass (one batch per

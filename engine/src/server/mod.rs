@@ -7,14 +7,33 @@
 //! the outside only through control-plane atomics (drain request) polled by a
 //! per-core task, and through their metrics (single-writer atomics).
 //!
+//! Admission (issue 12): a connection still in the TLS handshake is not
+//! authenticated, so it never takes one of the `max_connections_per_core`
+//! slots of authenticated edges. Handshakes have their own, smaller budget:
+//! at most `max_handshakes_per_core` at once (at the budget the core stops
+//! accepting, so further connections wait in the kernel's listen backlog
+//! rather than being refused), and at most `max_handshakes_per_source` from
+//! one IP address (further ones are accepted and closed at once, counted in
+//! `keycore_connections_refused_source_total`, logged at most once per
+//! `REFUSAL_LOG_INTERVAL`). A handshake slot is held for at most
+//! `handshake_timeout` (or until the drain deadline). Only a finished
+//! handshake takes a connection slot; beyond `max_connections_per_core` it is
+//! closed and counted in `keycore_connections_refused_total`.
+//!
 //! Shutdown protocol: [`ServerHandle::shutdown`] sets the drain flag; each
 //! core's control task sees it within `CONTROL_POLL`, stops accepting (drops
-//! its listener), wakes its connections, which answer what they already read
-//! and close; the core exits when it has no open connection or when
-//! `drain_timeout` passes, whichever is first. [`ServerHandle::join`] waits
-//! for every core.
+//! its listener) and sets the drain deadline (`drain_timeout` from then).
+//! Every connection then reads what is already in its socket, answers every
+//! complete request and closes with close_notify; handshakes in progress may
+//! finish and are then served the same way. At the deadline whatever was
+//! received and not answered is counted (`keycore_requests_unanswered_total`)
+//! and the connection is closed. [`ServerHandle::hurry`] (a second signal)
+//! moves the deadline to at most `HURRY_GRACE` from then. The core exits
+//! when it has no open connection, or at the deadline plus `CLOSE_GRACE`.
+//! [`ServerHandle::join`] waits for every core.
 
 pub mod conn;
+pub mod conn_state;
 pub mod dispatch;
 pub mod tls;
 
@@ -24,7 +43,8 @@ use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use keycore_keys::{CoreStore, KeyIndex, KeyStore};
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,6 +58,35 @@ const CONTROL_POLL: Duration = Duration::from_millis(20);
 /// Per-connection and per-core limits, fixed at start-up: part of the
 /// configuration (one definition, with the config keys of the same names).
 pub use keycore_config::Limits;
+
+/// A hurried drain (second signal) ends at most this long after the hurry:
+/// long enough to write answers already computed, short enough to feel
+/// immediate to an operator.
+pub const HURRY_GRACE: Duration = Duration::from_millis(500);
+
+/// Longest a graceful close (close_notify) may take; a peer whose socket is
+/// full is dropped without it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// At most one log line per this interval for refused unauthenticated
+/// connections (with the count since the last line).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The sans-IO connection core's limits from the configured ones. The
+/// answer queue holds up to one padded answer per in-flight request (1 MiB
+/// with the default 1024), and at least one full write buffer.
+pub fn conn_limits(l: &Limits) -> conn_state::ConnLimits {
+    conn_state::ConnLimits {
+        max_in_flight: l.max_in_flight_per_connection,
+        answer_queue_bytes: (l.max_in_flight_per_connection * keycore_protocol::PADDED_LEN)
+            .max(l.write_buffer_bytes),
+        idle_timeout: l.idle_timeout,
+        read_buffer_bytes: l.read_buffer_bytes,
+        write_buffer_bytes: l.write_buffer_bytes,
+        max_body_len: l.max_body_len,
+        turn_budget: conn_state::TURN_BUDGET,
+    }
+}
 
 /// Everything `start` needs.
 #[derive(Debug, Clone)]
@@ -66,9 +115,16 @@ pub struct CoreCtx {
     pub acceptor: futures_rustls::TlsAcceptor,
     /// Set once the core drains.
     pub draining: Cell<bool>,
+    /// When the drain must be over (set with `draining`, moved earlier by a hurry).
+    drain_deadline: Cell<Option<Instant>>,
+    /// Bumped on every control event (drain start, hurry); connections
+    /// compare it with the value they last saw.
+    control_gen: Cell<u64>,
     /// Wakers of connections waiting for input, woken on drain: one slot
     /// per open connection (see [`DrainSlot`]).
     drain_wakers: RefCell<DrainWakers>,
+    /// Admission state (accept loop and handshake tickets).
+    admission: RefCell<Admission>,
     /// Ciphertext of one connection's coalesced write (all its TLS records,
     /// sent with one `send`), reused by every connection of the core: taken
     /// for the write and put back after, so a connection that finds it
@@ -128,20 +184,23 @@ impl std::fmt::Debug for DrainSlot<'_> {
 }
 
 impl DrainSlot<'_> {
-    /// Resolves once the core starts draining.
-    pub async fn notice(&self) {
-        future::poll_fn(|cx| {
-            if self.core.draining.get() {
-                return Poll::Ready(());
-            }
-            let mut w = self.core.drain_wakers.borrow_mut();
-            match &mut w.slots[self.index] {
-                Some(x) if x.will_wake(cx.waker()) => {}
-                slot => *slot = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+    /// Ready once the core's control generation differs from `seen` (a drain
+    /// started or was hurried); otherwise registers the task's waker.
+    pub fn poll_changed(&self, cx: &mut std::task::Context<'_>, seen: u64) -> Poll<()> {
+        if self.core.control_gen.get() != seen {
+            return Poll::Ready(());
+        }
+        let mut w = self.core.drain_wakers.borrow_mut();
+        match &mut w.slots[self.index] {
+            Some(x) if x.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Resolves once the control generation differs from `seen`.
+    pub async fn changed(&self, seen: u64) {
+        future::poll_fn(|cx| self.poll_changed(cx, seen)).await
     }
 }
 
@@ -166,12 +225,165 @@ impl CoreCtx {
         DrainSlot { core: self, index }
     }
 
-    fn start_drain(&self) {
-        self.draining.set(true);
+    /// The control generation (see [`DrainSlot::poll_changed`]).
+    pub fn control_gen(&self) -> u64 {
+        self.control_gen.get()
+    }
+
+    /// The drain deadline, once draining.
+    pub fn drain_deadline(&self) -> Option<Instant> {
+        self.drain_deadline.get()
+    }
+
+    fn control_event(&self) {
+        self.control_gen.set(self.control_gen.get() + 1);
         let wakers = self.drain_wakers.borrow_mut().take_all();
         for w in wakers {
             w.wake();
         }
+    }
+
+    fn start_drain(&self, deadline: Instant) {
+        self.draining.set(true);
+        self.drain_deadline.set(Some(deadline));
+        self.control_event();
+    }
+
+    /// Move the drain deadline to at most `deadline`.
+    fn hurry(&self, deadline: Instant) {
+        if self.drain_deadline.get().is_some_and(|d| d > deadline) {
+            self.drain_deadline.set(Some(deadline));
+            self.control_event();
+        }
+    }
+
+    /// Count a refused unauthenticated connection and log at most once per
+    /// interval.
+    fn refusal(&self, peer: SocketAddr, why: &'static str) {
+        let mut a = self.admission.borrow_mut();
+        a.refusals_unlogged += 1;
+        let now = Instant::now();
+        if a.last_refusal_log
+            .is_none_or(|t| now >= t + REFUSAL_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                core = self.index,
+                %peer,
+                why,
+                refused_since_last_log = a.refusals_unlogged,
+                "refusing connections"
+            );
+            a.last_refusal_log = Some(now);
+            a.refusals_unlogged = 0;
+        }
+    }
+
+    /// Take a handshake slot for `peer`, or `None` if its source is at
+    /// `max_handshakes_per_source`. The core-wide budget is enforced by the
+    /// accept loop before accepting.
+    fn begin_handshake(self: &Rc<Self>, peer: IpAddr) -> Option<HandshakeTicket> {
+        let mut a = self.admission.borrow_mut();
+        let n = a.per_source.entry(peer).or_insert(0);
+        if *n >= self.limits.max_handshakes_per_source {
+            if *n == 0 {
+                a.per_source.remove(&peer);
+            }
+            return None;
+        }
+        *n += 1;
+        a.handshaking += 1;
+        self.stats.handshaking.inc();
+        Some(HandshakeTicket {
+            core: self.clone(),
+            peer,
+            done: false,
+        })
+    }
+
+    /// Resolves once fewer than `max_handshakes_per_core` handshakes run.
+    async fn handshake_room(&self) {
+        future::poll_fn(|cx| {
+            let mut a = self.admission.borrow_mut();
+            if a.handshaking < self.limits.max_handshakes_per_core {
+                Poll::Ready(())
+            } else {
+                a.accept_waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// An authenticated connection wants a slot; `false` at the limit.
+    pub(crate) fn take_connection_slot(&self) -> bool {
+        let mut a = self.admission.borrow_mut();
+        if a.established >= self.limits.max_connections_per_core {
+            return false;
+        }
+        a.established += 1;
+        true
+    }
+
+    /// An authenticated connection ended.
+    pub(crate) fn release_connection_slot(&self) {
+        let mut a = self.admission.borrow_mut();
+        a.established -= 1;
+    }
+}
+
+/// Per-core admission counters (see the module header).
+#[derive(Debug, Default)]
+struct Admission {
+    /// Connections in the TLS handshake.
+    handshaking: usize,
+    /// The same, per source address (entries removed at zero, so at most
+    /// `max_handshakes_per_core` entries).
+    per_source: HashMap<IpAddr, usize>,
+    /// Authenticated connections (hold a connection slot).
+    established: usize,
+    /// The accept loop, waiting for handshake room.
+    accept_waker: Option<Waker>,
+    last_refusal_log: Option<Instant>,
+    refusals_unlogged: u64,
+}
+
+/// A connection's handshake slot; given back when the handshake ends
+/// (either way) or the task is dropped.
+#[derive(Debug)]
+pub struct HandshakeTicket {
+    core: Rc<CoreCtx>,
+    peer: IpAddr,
+    done: bool,
+}
+
+impl HandshakeTicket {
+    /// The handshake is over: free the slot.
+    pub fn finish(mut self) {
+        self.release();
+    }
+
+    fn release(&mut self) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let mut a = self.core.admission.borrow_mut();
+        a.handshaking -= 1;
+        self.core.stats.handshaking.sub(1);
+        if let Some(n) = a.per_source.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                a.per_source.remove(&self.peer);
+            }
+        }
+        if let Some(w) = a.accept_waker.take() {
+            w.wake();
+        }
+    }
+}
+
+impl Drop for HandshakeTicket {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -182,14 +394,46 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     /// Counters of every core, for scrapes and tests.
     pub registry: Arc<Registry>,
-    drain: Arc<AtomicBool>,
+    control: ServerControl,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+/// Drain controls of a running server, for another thread (signal handling)
+/// while the owner joins.
+#[derive(Debug, Clone, Default)]
+pub struct ServerControl {
+    drain: Arc<AtomicBool>,
+    hurry: Arc<AtomicBool>,
+}
+
+impl ServerControl {
+    /// Ask every core to drain and stop. Returns at once.
+    pub fn shutdown(&self) {
+        self.drain.store(true, Ordering::Release);
+    }
+
+    /// Shorten a drain (started or not yet): it ends at most
+    /// [`HURRY_GRACE`] after the cores see this.
+    pub fn hurry(&self) {
+        self.hurry.store(true, Ordering::Release);
+        self.drain.store(true, Ordering::Release);
+    }
 }
 
 impl ServerHandle {
     /// Ask every core to drain and stop. Returns at once; see [`Self::join`].
     pub fn shutdown(&self) {
-        self.drain.store(true, Ordering::Release);
+        self.control.shutdown();
+    }
+
+    /// Shorten the drain (a second signal); see [`ServerControl::hurry`].
+    pub fn hurry(&self) {
+        self.control.hurry();
+    }
+
+    /// The drain controls, usable from another thread.
+    pub fn control(&self) -> ServerControl {
+        self.control.clone()
     }
 
     /// Wait for every core to exit.
@@ -245,7 +489,7 @@ pub fn start(
         .collect();
     registry.cores = stats.clone();
     let registry = Arc::new(registry);
-    let drain = Arc::new(AtomicBool::new(false));
+    let control = ServerControl::default();
     // Each core reports once: listening, or why not. A core whose thread
     // dies before reporting (a panic while building its context) drops its
     // sender, so the wait below ends instead of spinning forever.
@@ -257,7 +501,7 @@ pub fn start(
         let stats = stats[index].clone();
         let limits = settings.limits.clone();
         let tls = tls.clone();
-        let drain = drain.clone();
+        let control = control.clone();
         let ready = ready_tx.clone();
         let placement = if cpu == usize::MAX {
             Placement::Unbound
@@ -283,13 +527,16 @@ pub fn start(
                     limits,
                     acceptor: futures_rustls::TlsAcceptor::from(tls),
                     draining: Cell::new(false),
+                    drain_deadline: Cell::new(None),
+                    control_gen: Cell::new(0),
                     drain_wakers: RefCell::new(DrainWakers::default()),
+                    admission: RefCell::new(Admission::default()),
                     tls_out: RefCell::new(Vec::new()),
                 });
                 let _ = ready.send(Ok(()));
                 drop(ready);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
-                run_core(core, listener, drain).await;
+                run_core(core, listener, control).await;
                 tracing::info!(core = index, "reactor stopped");
             })
             .map_err(|e| anyhow::anyhow!("start reactor on cpu {cpu}: {e}"))?;
@@ -314,7 +561,7 @@ pub fn start(
         }
     }
     if let Some(e) = failed {
-        drain.store(true, Ordering::Release);
+        control.shutdown();
         for t in threads {
             let _ = t.join();
         }
@@ -323,18 +570,21 @@ pub fn start(
     Ok(ServerHandle {
         addr: listen,
         registry,
-        drain,
+        control,
         threads,
     })
 }
 
-async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain: Arc<AtomicBool>) {
+async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, control: ServerControl) {
     let open = Rc::new(Cell::new(0usize));
     let accept_loop = {
         let core = core.clone();
         let open = open.clone();
         async move {
             loop {
+                // Handshake budget: at the limit, leave new connections in
+                // the kernel's backlog until a handshake ends.
+                core.handshake_room().await;
                 let s = match listener.accept().await {
                     Ok(s) => s,
                     Err(e) => {
@@ -345,18 +595,18 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
                 };
                 core.stats.accepted.inc();
                 let peer = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
-                if open.get() >= core.limits.max_connections_per_core {
-                    core.stats.refused.inc();
-                    tracing::warn!(core = core.index, %peer, limit = core.limits.max_connections_per_core, "connection limit reached; closing new connection");
+                let Some(ticket) = core.begin_handshake(peer.ip()) else {
+                    core.stats.refused_source.inc();
+                    core.refusal(peer, "max_handshakes_per_source");
                     drop(s);
                     continue;
-                }
+                };
                 open.set(open.get() + 1);
                 core.stats.open.inc();
                 let core2 = core.clone();
                 let open2 = open.clone();
                 glommio::spawn_local(async move {
-                    conn::serve(core2.clone(), s, peer).await;
+                    conn::serve(core2.clone(), s, peer, ticket).await;
                     open2.set(open2.get() - 1);
                     core2.stats.open.sub(1);
                 })
@@ -368,7 +618,7 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
     // that stops turning stops beating).
     let watch_drain = async {
         core.stats.heartbeat.beat();
-        while !drain.load(Ordering::Acquire) {
+        while !control.drain.load(Ordering::Acquire) {
             glommio::timer::sleep(CONTROL_POLL).await;
             core.stats.heartbeat.beat();
         }
@@ -385,9 +635,21 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, drain:
     let accept_task = glommio::spawn_local(accept_loop);
     watch_drain.await;
     drop(accept_task);
-    core.start_drain();
-    let deadline = Instant::now() + core.limits.drain_timeout;
-    while open.get() > 0 && Instant::now() < deadline {
+    core.start_drain(Instant::now() + core.limits.drain_timeout);
+    let mut hurried = false;
+    loop {
+        let now = Instant::now();
+        if !hurried && control.hurry.load(Ordering::Acquire) {
+            hurried = true;
+            tracing::warn!(core = core.index, "drain hurried");
+            core.hurry(now + HURRY_GRACE);
+        }
+        let deadline = core.drain_deadline().unwrap_or(now);
+        // Connections close themselves by the deadline; the grace covers
+        // their bounded close_notify.
+        if open.get() == 0 || now >= deadline + CLOSE_GRACE {
+            break;
+        }
         glommio::timer::sleep(Duration::from_millis(5)).await;
         core.stats.heartbeat.beat();
     }

@@ -1,0 +1,53 @@
+//! Fairness (issue 12 item 11, issue 13): one connection's flood of
+//! expensive signatures does not hold up another connection's cheap
+//! requests for more than a turn.
+
+use crate::support::{request, ski, Client, Server, DIGEST};
+use keycore_engine::keys::KeyKind;
+use keycore_protocol::Op;
+use std::time::{Duration, Instant};
+
+#[test]
+fn an_rsa_4096_flood_does_not_starve_another_connections_ping() {
+    let srv = Server::start("");
+    let rsa = ski(KeyKind::Rsa { bits: 4096 });
+    let mut flood = Client::connect(srv.addr).unwrap();
+    let mut wire = Vec::new();
+    let n = 400u32;
+    for id in 1..=n {
+        wire.extend(request(id, Op::RSA_SIGN_SHA256, Some(&rsa), &DIGEST));
+    }
+    // One sign alone, to know what a turn costs on this machine now.
+    let t = Instant::now();
+    flood.send(&wire[..wire.len() / n as usize]).unwrap();
+    flood.recv().unwrap().unwrap();
+    let one_sign = t.elapsed();
+    let writer = std::thread::spawn(move || {
+        flood.send(&wire).unwrap();
+        let mut got = 0;
+        while got < n {
+            flood.recv().unwrap().expect("flood answers");
+            got += 1;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let mut c = Client::connect(srv.addr).unwrap();
+    let mut lat = Vec::new();
+    for _ in 0..15 {
+        let t = Instant::now();
+        c.ping(b"cheap").unwrap();
+        lat.push(t.elapsed());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    lat.sort();
+    let p50 = lat[lat.len() / 2];
+    // Before the fix a ping waited for the flood's whole pass (~64 signs).
+    // Limit: 8 signs' worth (one turn is one RSA-4096 sign) plus 20 ms of
+    // scheduling noise on a shared machine.
+    let limit = one_sign * 8 + Duration::from_millis(20);
+    assert!(
+        p50 <= limit,
+        "ping p50 {p50:?} under an RSA-4096 flood (one sign {one_sign:?}, limit {limit:?}); all {lat:?}"
+    );
+    writer.join().unwrap();
+}

@@ -1,0 +1,257 @@
+//! A `keycore serve` child process on loopback and a minimal blocking TLS
+//! client that does exactly what a test tells it (write without reading,
+//! read without writing), which a well-behaved client library won't.
+
+use keycore_engine::keys::KeyKind;
+use keycore_engine::pki::DemoPki;
+use keycore_protocol::frame::{self, FrameStatus};
+use keycore_protocol::{Message, Op, Ski};
+use rustls::pki_types::ServerName;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The shared throwaway PKI and the SKIs of its keys.
+pub struct Pki {
+    pub pki: DemoPki,
+    pub keys: Vec<(KeyKind, Ski)>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = keycore_engine::pki::generate(dir.path()).expect("PKI");
+        let keys = keycore_engine::keys::software::load_dir(&pki.keys_dir)
+            .into_iter()
+            .map(|r| {
+                let e = r.expect("key");
+                (e.kind, e.ski)
+            })
+            .collect();
+        Pki {
+            pki,
+            keys,
+            _dir: dir,
+        }
+    })
+}
+
+pub fn ski(kind: KeyKind) -> Ski {
+    pki()
+        .keys
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map(|(_, s)| *s)
+        .unwrap_or_else(|| panic!("no {kind:?} key"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `keycore serve` with `cores: 1` and extra YAML lines.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub metrics: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub fn start(extra_yaml: &str) -> Server {
+        let p = &pki().pki;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mport = free_port();
+        let yaml = format!(
+            "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n{extra_yaml}",
+            p.server_cert.display(),
+            p.server_key.display(),
+            p.ca_cert.display(),
+            p.keys_dir.display()
+        );
+        let cfg = dir.path().join("gokeyless.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        // KEYCORE_HOSTILE_BIN runs the suite against another build (e.g. an
+        // older release, to check that each test fails before its fix).
+        let bin = std::env::var_os("KEYCORE_HOSTILE_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_keycore").into());
+        let child = Command::new(bin)
+            .args(["serve", "-c"])
+            .arg(&cfg)
+            .env("KEYCORE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let s = Server {
+            child,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            metrics: format!("127.0.0.1:{mport}").parse().unwrap(),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match Client::connect(s.addr) {
+                Ok(mut c) => {
+                    c.ping(b"up").expect("first ping");
+                    break;
+                }
+                Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+        s
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait for the process to exit, at most `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+
+    /// One per-core series summed, from `/metrics`.
+    pub fn metric(&self, name: &str) -> u64 {
+        let mut s = TcpStream::connect(self.metrics).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_config() -> Arc<rustls::ClientConfig> {
+    let p = &pki().pki;
+    keycore_loadgen::tls::ClientTls::from_paths(
+        &keycore_loadgen::tls::ClientTlsPaths {
+            ca: p.ca_cert.clone(),
+            cert: p.client_cert.clone(),
+            key: p.client_key.clone(),
+        },
+        &keycore_loadgen::tls::TlsOptions {
+            tls12_only: false,
+            server_name: Some("localhost".into()),
+        },
+    )
+    .unwrap()
+    .config
+}
+
+/// A blocking mutual-TLS keyless client.
+pub struct Client {
+    pub tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Self::over(tcp)
+    }
+
+    /// Finish a TLS handshake over an already connected socket.
+    pub fn over(tcp: TcpStream) -> std::io::Result<Client> {
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+        let conn = rustls::ClientConnection::new(
+            client_config(),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(Client {
+            tls,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn send(&mut self, msgs: &[u8]) -> std::io::Result<()> {
+        self.tls.write_all(msgs)?;
+        self.tls.flush()
+    }
+
+    /// Read one response: (id, opcode, payload). `Ok(None)` on a clean EOF.
+    pub fn recv(&mut self) -> std::io::Result<Option<(u32, Op, Vec<u8>)>> {
+        loop {
+            if let Ok(FrameStatus::Complete { len, .. }) =
+                frame::check(&self.buf, keycore_protocol::MAX_BODY_LEN)
+            {
+                let m = Message::decode(&self.buf[..len])
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let r = (
+                    m.id,
+                    m.opcode.unwrap_or(Op(0)),
+                    m.payload.unwrap_or(&[]).to_vec(),
+                );
+                self.buf.drain(..len);
+                return Ok(Some(r));
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.tls.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn ping(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        self.send(&request(0x5eed, Op::PING, None, payload))?;
+        match self.recv()? {
+            Some((0x5eed, Op::PONG, p)) if p == payload => Ok(()),
+            other => Err(std::io::Error::other(format!("bad pong: {other:?}"))),
+        }
+    }
+}
+
+/// One encoded request.
+pub fn request(id: u32, op: Op, ski: Option<&Ski>, payload: &[u8]) -> Vec<u8> {
+    let m = Message {
+        id,
+        opcode: Some(op),
+        ski,
+        payload: Some(payload),
+        ..Default::default()
+    };
+    let mut v = Vec::new();
+    m.encode(&mut v).unwrap();
+    v
+}
+
+/// A SHA-256-sized digest to sign.
+pub const DIGEST: [u8; 32] = [7u8; 32];
