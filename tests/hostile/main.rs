@@ -10,4 +10,5 @@ mod admission;
 mod closing;
 mod drain;
 mod fairness;
+mod leak;
 mod support;

@@ -67,12 +67,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(extra_yaml: &str) -> Server {
+        Self::start_with(extra_yaml, "", &[])
+    }
+
+    /// With extra `private_key_stores` entries (YAML list lines) and
+    /// environment variables for the child.
+    pub fn start_with(
+        extra_yaml: &str,
+        extra_stores: &str,
+        env: &[(&str, &std::path::Path)],
+    ) -> Server {
         let p = &pki().pki;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mport = free_port();
         let yaml = format!(
-            "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n{extra_yaml}",
+            "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nlisten_address: 127.0.0.1\ncores: 1\n{extra_yaml}private_key_stores:\n  - dir: {}\n{extra_stores}",
             p.server_cert.display(),
             p.server_key.display(),
             p.ca_cert.display(),
@@ -84,7 +94,11 @@ impl Server {
         // older release, to check that each test fails before its fix).
         let bin = std::env::var_os("KEYCORE_HOSTILE_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_keycore").into());
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .args(["serve", "-c"])
             .arg(&cfg)
             .env("KEYCORE_LOG", "warn")

@@ -155,8 +155,9 @@ pub struct ConnState {
     rbuf: Vec<u8>,
     start: usize,
     end: usize,
-    /// Answers not yet handed to the writer.
+    /// Answers; `out[out_head..]` are not yet handed to the writer.
     out: Vec<u8>,
+    out_head: usize,
     /// Cumulative plaintext offset at which each unwritten answer ends.
     answer_ends: VecDeque<u64>,
     queued_total: u64,
@@ -186,6 +187,7 @@ impl ConnState {
             start: 0,
             end: 0,
             out: Vec::with_capacity(4 * 1024),
+            out_head: 0,
             answer_ends: VecDeque::new(),
             queued_total: 0,
             sent_total: 0,
@@ -405,15 +407,27 @@ impl ConnState {
 
     /// The next plaintext chunk to encrypt and send, if no send is under way.
     pub fn poll_output(&self) -> Option<&[u8]> {
-        if self.writing.is_some() || self.out.is_empty() || self.close_now.is_some() {
+        if self.writing.is_some() || self.out_head == self.out.len() || self.close_now.is_some() {
             return None;
         }
-        Some(&self.out[..self.out.len().min(self.lim.write_buffer_bytes)])
+        let end = self
+            .out
+            .len()
+            .min(self.out_head + self.lim.write_buffer_bytes);
+        Some(&self.out[self.out_head..end])
     }
 
     /// The first `n` bytes of [`Self::poll_output`] were handed to a send.
     pub fn output_taken(&mut self, n: usize, now: Instant) {
-        self.out.drain(..n);
+        self.out_head += n;
+        if self.out_head == self.out.len() {
+            self.out.clear();
+            self.out_head = 0;
+        } else if self.out_head >= self.out.len() / 2 {
+            // Amortised: each byte is moved at most once per halving.
+            self.out.drain(..self.out_head);
+            self.out_head = 0;
+        }
         self.writing = Some(Writing {
             plain: n,
             deadline: now + self.lim.idle_timeout,
@@ -446,7 +460,7 @@ impl ConnState {
     }
 
     fn quiet(&self) -> bool {
-        self.pending == 0 && self.writing.is_none() && self.out.is_empty()
+        self.pending == 0 && self.writing.is_none() && self.out_head == self.out.len()
     }
 
     /// The earliest deadline the wrapper must wake up for.
@@ -497,7 +511,7 @@ impl ConnState {
         if let Some(r) = self.close_now {
             return Some(r);
         }
-        let flushed = self.writing.is_none() && self.out.is_empty();
+        let flushed = self.writing.is_none() && self.out_head == self.out.len();
         if let Some(r) = self.fatal {
             return flushed.then_some(r);
         }
@@ -911,6 +925,37 @@ mod tests {
         s.process(t0, &mut d);
         assert_eq!(d.seen, [5]);
         assert_eq!(s.rbuf.len(), INITIAL_READ_BUFFER);
+    }
+
+    #[test]
+    fn chunks_split_answers_and_count_each_answer_once_fully_sent() {
+        let t0 = Instant::now();
+        let mut l = lim();
+        l.write_buffer_bytes = 1500; // answers are 1024 bytes: chunks cut them
+        let mut s = ConnState::new(l, t0);
+        let mut d = Fake::default();
+        let mut wire = Vec::new();
+        for id in 1..=3 {
+            wire.extend(request(id, Op::PING, 1));
+        }
+        feed(&mut s, &wire, t0);
+        s.process(t0, &mut d);
+        let mut sent = Vec::new();
+        let mut done = Vec::new();
+        while let Some(p) = s.poll_output() {
+            sent.extend_from_slice(p);
+            let n = p.len();
+            s.output_taken(n, t0);
+            done.push(s.on_write_done(t0));
+        }
+        assert_eq!(
+            done,
+            [1, 1, 1],
+            "1500, 1500, 72 bytes: one answer completes per chunk"
+        );
+        assert_eq!(ids_in(&sent), [1, 2, 3], "the byte stream is intact");
+        assert_eq!(s.in_flight(), 0);
+        assert!(s.out.is_empty(), "the queue is reset once drained");
     }
 
     #[test]
