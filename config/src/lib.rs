@@ -220,9 +220,9 @@ pub struct Limits {
     pub max_connections_per_core: usize,
     /// `max_in_flight_per_connection`.
     pub max_in_flight_per_connection: usize,
-    /// `max_handshakes_per_core` (not applied yet: issue 12).
+    /// `max_handshakes_per_core`.
     pub max_handshakes_per_core: usize,
-    /// `max_handshakes_per_source` (not applied yet: issue 12).
+    /// `max_handshakes_per_source`.
     pub max_handshakes_per_source: usize,
     /// `idle_timeout`.
     pub idle_timeout: Duration,

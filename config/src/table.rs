@@ -526,8 +526,9 @@ pub static SETTINGS: &[Setting] = &[
         "max_connections_per_core",
         "N",
         "4096",
-        "Connections one core serves, 1..=1000000; beyond it a new connection is accepted and \
-         closed at once (counted). Bounds per-core memory (each may hold both buffers).",
+        "Authenticated connections one core serves, 1..=1000000 (a connection takes a slot once \
+         its TLS handshake has finished); beyond it the connection is closed at once (counted). \
+         Bounds per-core memory (each may hold both buffers).",
         |c, t| {
             set!(
                 c.limits.max_connections_per_core,
@@ -541,8 +542,9 @@ pub static SETTINGS: &[Setting] = &[
         "max_in_flight_per_connection",
         "N",
         "1024",
-        "Outstanding requests per connection, 1..=65536 (as the reference); a connection at \
-         the limit is not read until answers go out.",
+        "Outstanding requests per connection (read and not yet written out), 1..=65536 (as the \
+         reference); reading continues while a send is blocked, and a connection at the limit \
+         is not read until answers go out.",
         |c, t| {
             set!(
                 c.limits.max_in_flight_per_connection,
@@ -556,10 +558,11 @@ pub static SETTINGS: &[Setting] = &[
         "max_handshakes_per_core",
         "N",
         "256",
-        "Connections one core holds in the TLS handshake, 1..=1000000. 256: a core finishes a \
-         handshake in about a millisecond, so a full set clears in well under handshake_timeout \
-         during a reconnect storm, while half-open or slow peers can pin only 256 handshake \
-         states. Not applied yet (issue 12).",
+        "Connections one core holds in the TLS handshake, 1..=1000000; at the limit the core \
+         stops accepting (new connections wait in the listen backlog) and handshakes never take \
+         max_connections_per_core slots. 256: a core finishes a handshake in about a \
+         millisecond, so a full set clears in well under handshake_timeout during a reconnect \
+         storm, while half-open or slow peers can pin only 256 handshake states.",
         |c, t| {
             set!(
                 c.limits.max_handshakes_per_core,
@@ -573,9 +576,9 @@ pub static SETTINGS: &[Setting] = &[
         "max_handshakes_per_source",
         "N",
         "64",
-        "Of those, how many one source IP may hold per core, 1..=1000000 (64: a quarter of the \
-         core's default, so one peer cannot take all handshake slots). Not applied yet (issue \
-         12).",
+        "Of those, how many one source IP may hold per core, 1..=1000000; further ones are \
+         closed at accept (counted, logged at most every 10 s). 64: a quarter of the core's \
+         default, so one peer cannot take all handshake slots.",
         |c, t| {
             set!(
                 c.limits.max_handshakes_per_source,

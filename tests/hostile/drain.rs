@@ -4,7 +4,7 @@
 //! a third exits at once; SIGHUP/USR1/USR2/QUIT never kill the server.
 
 use crate::support::{request, ski, Client, Server, DIGEST};
-use keycore_engine::keys::KeyKind;
+use keycore_keys::KeyKind;
 use keycore_protocol::Op;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

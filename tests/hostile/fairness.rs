@@ -3,7 +3,7 @@
 //! requests for more than a turn.
 
 use crate::support::{request, ski, Client, Server, DIGEST};
-use keycore_engine::keys::KeyKind;
+use keycore_keys::KeyKind;
 use keycore_protocol::Op;
 use std::time::{Duration, Instant};
 

@@ -72,7 +72,7 @@ fn in_flight_gauge_returns_to_zero_after_a_reset_with_offloaded_requests() {
         "  - uri: \"pkcs11:token=hostile;id=%01?module-path={MODULE}&pin-value=4321&x-dispatch=offload\"\n"
     );
     let srv = Server::start_with("", &store, &[("SOFTHSM2_CONF", &conf)]);
-    let ski = keycore_protocol::ski_from_spki(&spki).unwrap();
+    let ski = keycore_keys::ski_from_spki(&spki).unwrap();
     for round in 0..3 {
         let mut c = Client::connect(srv.addr).unwrap();
         let mut wire = Vec::new();

@@ -2,8 +2,8 @@
 //! client that does exactly what a test tells it (write without reading,
 //! read without writing), which a well-behaved client library won't.
 
-use keycore_engine::keys::KeyKind;
 use keycore_engine::pki::DemoPki;
+use keycore_keys::KeyKind;
 use keycore_protocol::frame::{self, FrameStatus};
 use keycore_protocol::{Message, Op, Ski};
 use rustls::pki_types::ServerName;
@@ -25,7 +25,7 @@ pub fn pki() -> &'static Pki {
     PKI.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let pki = keycore_engine::pki::generate(dir.path()).expect("PKI");
-        let keys = keycore_engine::keys::software::load_dir(&pki.keys_dir)
+        let keys = keycore_keys::software::load_dir(&pki.keys_dir)
             .into_iter()
             .map(|r| {
                 let e = r.expect("key");
