@@ -121,6 +121,11 @@ pub struct Lane {
     key_retry_at_ns: Vec<u64>,
     /// Whether a refused RSA decrypt was already explained in the log.
     decrypt_refusal_logged: bool,
+    /// Keys this lane had found on its last session (at most
+    /// [`EAGER_KEYS`]): after a rebuild, these are found again in the
+    /// background; the others on first use. `None` before the first
+    /// session: then the first [`EAGER_KEYS`] keys.
+    in_use: Option<Vec<usize>>,
 }
 
 /// How long a lane waits before searching again for a key that is missing
@@ -128,7 +133,8 @@ pub struct Lane {
 /// back in use within this time).
 pub const KEY_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// Keys whose handles a lane finds as soon as its session opens (off the
-/// request path); the others are found on first use.
+/// request path): the first ones at start-up, the ones it was using after
+/// a rebuild; the others are found on first use.
 const EAGER_KEYS: usize = 16;
 
 /// What `run_op` failed on inside the token.
@@ -250,6 +256,7 @@ impl Lane {
             open: None,
             quarantined: false,
             decrypt_refusal_logged: false,
+            in_use: None,
         }
     }
 
@@ -264,9 +271,13 @@ impl Lane {
     /// and after a session error: off the request path).
     pub fn warm_up(&mut self) -> Result<(), String> {
         let part = self.part.clone();
+        let keys = match self.in_use.take() {
+            Some(v) => v,
+            None => (0..part.keys.len().min(EAGER_KEYS)).collect(),
+        };
         let o = self.ensure_open()?;
         let _g = part.module.enter();
-        for k in 0..part.keys.len().min(EAGER_KEYS) {
+        for k in keys {
             if o.handles[k].is_none() {
                 if let Ok(Some(h)) = part.find_key(&o.session, k) {
                     o.handles[k] = Some(h);
@@ -280,6 +291,17 @@ impl Lane {
     /// forgotten, not closed: its handle number may belong to a new session.
     pub fn reset(&mut self) {
         if let Some(o) = self.open.take() {
+            // Remember which keys were in use, to find them again eagerly
+            // (a rebuild costs a lookup per key: only the ones served here).
+            self.in_use = Some(
+                o.handles
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, h)| h.is_some())
+                    .map(|(k, _)| k)
+                    .take(EAGER_KEYS)
+                    .collect(),
+            );
             if o.generation == self.part.module.generation() {
                 let _g = self.part.module.enter();
                 drop(o.session);
