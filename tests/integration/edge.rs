@@ -500,14 +500,19 @@ fn a_black_hole_key_server_fails_only_its_visitors_within_the_deadline() {
 
 /// `keycore serve` on the demo keys, as a child process (positive control).
 fn start_serve(pki: &DemoPki) -> Proc {
+    start_serve_on(pki, 0)
+}
+
+/// `keycore serve` on the demo keys on `port` (0: any).
+fn start_serve_on(pki: &DemoPki, port: u16) -> Proc {
     let yaml = format!(
-        "loglevel: 1\nport: 0\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n",
+        "loglevel: 1\nport: {port}\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n",
         pki.server_cert.display(),
         pki.server_key.display(),
         pki.ca_cert.display(),
         pki.keys_dir.display(),
     );
-    let cfg = pki.dir.join("serve-control.yaml");
+    let cfg = pki.dir.join(format!("serve-control-{port}.yaml"));
     std::fs::write(&cfg, yaml).unwrap();
     let mut child = Command::new(bin())
         .args(["serve", "--config-file"])
@@ -763,4 +768,34 @@ fn tls12_only_edge_talks_to_a_tls12_only_key_server() {
     assert!(out.contains("Signature:    ECDSA_NISTP256_SHA256"), "{out}");
     let m = scrape(edge.metrics);
     assert_eq!(metric(&m, "keycore_edge_handshakes_total"), 1, "{m}");
+}
+
+#[test]
+fn the_edge_reconnects_when_its_key_server_comes_back() {
+    let srv = TestServer::start();
+    let certs = site_certs(&srv.pki);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let ks = format!("127.0.0.1:{port}");
+    let first = start_serve_on(&srv.pki, port);
+    let edge = start_edge(&srv.pki, &[&certs[0].1], &[ks.clone()], &[]);
+    let (ok, out) = curl(&srv.pki, edge.addr, &[]);
+    assert!(ok, "{out}");
+    drop(first);
+    let (ok, out) = curl(&srv.pki, edge.addr, &[]);
+    assert!(!ok, "no key server, no handshake: {out}");
+    let _second = start_serve_on(&srv.pki, port);
+    // The pool redials with backoff (at most 2 s between attempts).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let up = format!("keycore_edge_keyserver_up{{keyserver=\"{ks}\"}}");
+    while metric(&scrape(edge.metrics), &up) == 0 {
+        assert!(Instant::now() < deadline, "the edge did not reconnect");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (ok, out) = curl(&srv.pki, edge.addr, &[]);
+    assert!(ok, "{out}");
+    let m = scrape(edge.metrics);
+    assert_eq!(metric(&m, "keycore_edge_handshakes_total"), 2, "{m}");
 }
