@@ -780,7 +780,7 @@ fn the_edge_reconnects_when_its_key_server_comes_back() {
     };
     let ks = format!("127.0.0.1:{port}");
     let first = start_serve_on(&srv.pki, port);
-    let edge = start_edge(&srv.pki, &[&certs[0].1], &[ks.clone()], &[]);
+    let edge = start_edge(&srv.pki, &[&certs[0].1], std::slice::from_ref(&ks), &[]);
     let (ok, out) = curl(&srv.pki, edge.addr, &[]);
     assert!(ok, "{out}");
     drop(first);
