@@ -83,7 +83,9 @@ IFS=: read -r _ _ uid _ _ home shell < <(getent passwd keyless) || fail "no keyl
 [ "$shell" = /usr/sbin/nologin ] || fail "keyless has a shell: $shell"
 [ "$home" = /nonexistent ] || fail "keyless home: $home"
 getent group keyless >/dev/null || fail "no keyless group"
-dpkg-query -W -f='${Conffiles}\n' keycore | grep -q '/etc/keyless/gokeyless.yaml' ||
+# (Outputs captured first: grep -q closing a pipe early would fail it under pipefail.)
+conffiles=$(dpkg-query -W -f='${Conffiles}\n' keycore)
+grep -q '/etc/keyless/gokeyless.yaml' <<<"$conffiles" ||
   fail "gokeyless.yaml is not a conffile"
 # Nothing enabled or started on install.
 [ ! -e /etc/systemd/system/multi-user.target.wants/keycore.service ] || fail "unit was enabled"
@@ -145,7 +147,8 @@ step "dpkg -r keeps the conffile, dpkg -P removes it"
 dpkg -r keycore
 [ ! -e /usr/bin/keycore ] || fail "binary left after dpkg -r"
 [ -f /etc/keyless/gokeyless.yaml ] || fail "dpkg -r removed the conffile"
-dpkg -s keycore | grep -q 'Status: deinstall ok config-files' || fail "unexpected status after dpkg -r"
+status=$(dpkg -s keycore)
+grep -q 'Status: deinstall ok config-files' <<<"$status" || fail "unexpected status after dpkg -r"
 dpkg -P keycore
 [ ! -e /etc/keyless/gokeyless.yaml ] || fail "dpkg -P kept the conffile"
 [ ! -e /etc/keyless ] || fail "/etc/keyless left after purge (it was empty)"
@@ -170,7 +173,8 @@ bash packaging/container/rootfs.sh "$bin" "$work/ctx/rootfs"
 $B build --quiet --format docker --target runtime --build-context "build=$work/ctx" \
   -t localhost/keycore:ci -f Containerfile "$work/ctx" >/dev/null
 $B inspect --type image --format 'user={{.Docker.Config.User}} entrypoint={{.Docker.Config.Entrypoint}} cmd={{.Docker.Config.Cmd}} healthcheck={{.Docker.Config.Healthcheck.Test}}' localhost/keycore:ci
-$B inspect --type image localhost/keycore:ci | grep -q '"healthcheck",' || fail "image has no HEALTHCHECK"
+image_json=$($B inspect --type image localhost/keycore:ci)
+grep -q '"healthcheck",' <<<"$image_json" || fail "image has no HEALTHCHECK"
 $P images localhost/keycore:ci
 
 step "container run"
@@ -230,7 +234,8 @@ fi
 
 step "kubernetes manifests (kustomize + kubernetes-validate $KUBERNETES_VALIDATE, Kubernetes $K8S_VERSION)"
 venv=target/ci-venv
-if ! "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx "$KUBERNETES_VALIDATE"; then
+kv_version=$("$venv/bin/kubernetes-validate" --version 2>/dev/null || true)
+if [ "$kv_version" != "$KUBERNETES_VALIDATE" ]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE"
 fi
