@@ -38,6 +38,8 @@ done | sort -u | awk '$1 != $3' > /tmp/keycore-edges.$$
 # A two-module circle shows as both "a -> b" and "b -> a".
 while read -r a _ b; do
   if grep -qx "$b -> $a" /tmp/keycore-edges.$$; then echo "CIRCLE: $a <-> $b"; fi
-done < /tmp/keycore-edges.$$ | sort -u
-rm -f /tmp/keycore-edges.$$
+done < /tmp/keycore-edges.$$ | sort -u > /tmp/keycore-circles.$$
+cat /tmp/keycore-circles.$$
+if [ -s /tmp/keycore-circles.$$ ]; then fail=1; fi
+rm -f /tmp/keycore-edges.$$ /tmp/keycore-circles.$$
 exit $fail

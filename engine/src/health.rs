@@ -1,8 +1,9 @@
 //! Liveness and readiness: what `GET /healthz` and `GET /readyz` answer.
 //!
-//! Owns: the per-core [`Heartbeat`] (a single-writer atomic each reactor's
-//! existing control task stores every `CONTROL_POLL`), the process-wide
-//! monotonic millisecond clock those heartbeats use, and [`Health`], which
+//! Owns: [`Health`], which judges the per-core [`Heartbeat`]s (single-writer
+//! atomics in each core's `CoreStats`, stored by the reactor's control task
+//! every `CONTROL_POLL`; they live in `metrics.rs` with the other per-core
+//! atomics so that module does not import this one), and
 //! judges them (liveness) and runs the start-up readiness checks (keys
 //! loaded, every PKCS#11 key with a healthy partition, not draining).
 //!
@@ -15,11 +16,13 @@
 //! Must not: take a lock or allocate on a reactor (a reactor only stores its
 //! own atomic); probes run on the metrics endpoint's threads and read.
 
-use crate::metrics::CoreStats;
+#[cfg(doc)]
+use crate::metrics::Heartbeat;
+use crate::metrics::{now_ms, CoreStats, STOPPED};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// A core whose control task has not run for this long is reported stuck.
 /// The control task ticks every 20 ms; 5 s leaves room for a reactor that is
@@ -27,43 +30,6 @@ use std::time::{Duration, Instant};
 /// under overload) without calling it dead, and is still well inside what an
 /// orchestrator's liveness probe (period × failure threshold) waits.
 pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
-
-/// Heartbeat value of a core that exited normally (after a drain).
-const STOPPED: u64 = u64::MAX;
-
-static EPOCH: OnceLock<Instant> = OnceLock::new();
-
-/// Milliseconds on the process's monotonic clock, starting at 1 (0 means
-/// "never beat").
-pub fn now_ms() -> u64 {
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// One core's heartbeat. Written only by its reactor.
-#[derive(Debug, Default)]
-pub struct Heartbeat(AtomicU64);
-
-impl Heartbeat {
-    /// Record that the reactor's control task ran now.
-    #[inline]
-    pub fn beat(&self) {
-        self.0.store(now_ms(), Relaxed);
-    }
-
-    /// Record that the reactor exited normally (drain finished).
-    pub fn stop(&self) {
-        self.0.store(STOPPED, Relaxed);
-    }
-
-    /// Store a raw clock value (tests: a heartbeat in the past).
-    pub fn set_ms(&self, ms: u64) {
-        self.0.store(ms, Relaxed);
-    }
-
-    fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
-}
 
 /// A readiness check: `Err(reason)` while the process should not get traffic.
 pub type ReadyCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;

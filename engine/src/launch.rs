@@ -11,8 +11,9 @@
 //! SKI from two sources) is always logged and the first one kept.
 
 use crate::config::{Config, KeyLoadErrors, KeyStore};
+use crate::endpoint::MetricsServer;
 use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
-use crate::metrics::{MetricsServer, Registry, StaticGauge};
+use crate::metrics::{Registry, StaticGauge};
 use crate::ops::{self, PidFile};
 use crate::registry;
 use crate::server::{self, tls, ServerHandle, ServerSettings, Stores};

@@ -21,11 +21,48 @@ use keycore_keys::{KeyStore, PromWriter};
 use keycore_protocol::{ErrorCode, Op, OpClass};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-/// The HTTP endpoint that serves [`Registry::render`] lives in
-/// [`crate::endpoint`]; re-exported here for existing callers.
-pub use crate::endpoint::MetricsServer;
+// The HTTP endpoint that serves `Registry::render` is endpoint.rs (it imports
+// this module, never the other way round).
+
+/// Heartbeat value of a core that exited normally (after a drain).
+pub(crate) const STOPPED: u64 = u64::MAX;
+
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+/// Milliseconds on the process's monotonic clock, starting at 1 (0 means
+/// "never beat").
+pub fn now_ms() -> u64 {
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// One core's heartbeat. Written only by its reactor.
+#[derive(Debug, Default)]
+pub struct Heartbeat(AtomicU64);
+
+impl Heartbeat {
+    /// Record that the reactor's control task ran now.
+    #[inline]
+    pub fn beat(&self) {
+        self.0.store(now_ms(), Relaxed);
+    }
+
+    /// Record that the reactor exited normally (drain finished).
+    pub fn stop(&self) {
+        self.0.store(STOPPED, Relaxed);
+    }
+
+    /// Store a raw clock value (tests: a heartbeat in the past).
+    pub fn set_ms(&self, ms: u64) {
+        self.0.store(ms, Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
 
 /// A counter with exactly one writer (its core).
 #[derive(Debug, Default)]
@@ -154,7 +191,7 @@ pub struct CoreStats {
     /// Bytes written to the network (TLS plaintext).
     pub bytes_out: Counter,
     /// Stored by the core's control task each tick; read by `/healthz`.
-    pub heartbeat: crate::health::Heartbeat,
+    pub heartbeat: Heartbeat,
     /// Connections still in the TLS handshake (gauge).
     pub handshaking: Counter,
     /// Connections closed at accept: their source address already had
@@ -185,7 +222,7 @@ impl CoreStats {
             in_flight: Counter::default(),
             responses: Counter::default(),
             bytes_out: Counter::default(),
-            heartbeat: crate::health::Heartbeat::default(),
+            heartbeat: Heartbeat::default(),
             handshaking: Counter::default(),
             refused_source: Counter::default(),
             write_stalls: Counter::default(),

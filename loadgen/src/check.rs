@@ -98,7 +98,7 @@ impl OpKind {
     /// Whether a key of this kind can serve this operation (`Ping` needs none).
     pub fn accepts(self, kind: KeyKind) -> bool {
         match self {
-            OpKind::EcdsaP256Sha256 => kind == KeyKind::EcP256,
+            OpKind::EcdsaP256Sha256 => kind == KeyKind::EcdsaP256,
             OpKind::RsaPkcs1Sha256 | OpKind::RsaPssSha256 | OpKind::RsaDecrypt => {
                 matches!(kind, KeyKind::Rsa { bits } if bits >= 2048)
             }
@@ -212,11 +212,11 @@ impl KeyCtx {
                     });
                 }
             }
-            KeyKind::EcP256 => {
+            KeyKind::EcdsaP256 => {
                 k.ecdsa = Some(parse(&signature::ECDSA_P256_SHA256_ASN1, &bits).map_err(ctx)?)
             }
             KeyKind::Ed25519 => k.ed25519 = Some(parse(&signature::ED25519, &bits).map_err(ctx)?),
-            KeyKind::EcP384 => {}
+            KeyKind::EcdsaP384 | KeyKind::EcdsaP521 => {}
         }
         Ok(k)
     }

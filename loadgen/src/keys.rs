@@ -16,39 +16,15 @@ use keycore_keys::ski_from_spki;
 use keycore_protocol::Ski;
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use std::collections::HashSet;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
 /// Largest key file read (a certificate chain or key is a few KiB; this
 /// stops a mistaken path to a large file from being read whole).
 const MAX_KEY_FILE_LEN: u64 = 1024 * 1024;
 
-/// What kind of key, as far as choosing operations goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-pub enum KeyKind {
-    /// RSA with this modulus size in bits.
-    Rsa {
-        /// Modulus size.
-        bits: usize,
-    },
-    /// ECDSA on P-256.
-    EcP256,
-    /// ECDSA on P-384.
-    EcP384,
-    /// Ed25519.
-    Ed25519,
-}
-
-impl fmt::Display for KeyKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyKind::Rsa { bits } => write!(f, "RSA-{bits}"),
-            KeyKind::EcP256 => f.write_str("ECDSA P-256"),
-            KeyKind::EcP384 => f.write_str("ECDSA P-384"),
-            KeyKind::Ed25519 => f.write_str("Ed25519"),
-        }
-    }
-}
+/// The one key kind of the workspace (RSA of any size, ECDSA P-256/P-384/P-521,
+/// Ed25519); which operations the generator sends a key is `check::OpKind::accepts`.
+pub use keycore_keys::KeyKind;
 
 /// One public key, ready to be named on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -242,41 +218,13 @@ fn spki_from_private(path: &Path, der: &[u8]) -> Result<Vec<u8>, KeyLoadError> {
     ))
 }
 
-const OID_RSA: &str = "1.2.840.113549.1.1.1";
-const OID_EC: &str = "1.2.840.10045.2.1";
-const OID_ED25519: &str = "1.3.101.112";
-/// Uncompressed point lengths: 1 + 2 × field size.
-const P256_POINT_LEN: usize = 65;
-const P384_POINT_LEN: usize = 97;
-
-/// Classify a DER SPKI and compute its SKI.
+/// Classify a DER SPKI (with the one classifier, `keycore_keys::classify_spki`)
+/// and compute its SKI.
 pub fn info_from_spki(path: &Path, spki_der: Vec<u8>) -> Result<PublicKeyInfo, KeyLoadError> {
-    use x509_parser::prelude::FromDer;
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki_der)
-        .map_err(|e| unusable(path, format!("bad SubjectPublicKeyInfo: {e}")))?;
-    let oid = spki.algorithm.algorithm.to_id_string();
-    let key_bits = spki.subject_public_key.data.to_vec();
-    let kind = match oid.as_str() {
-        OID_RSA => {
-            let k = aws_lc_rs::rsa::PublicEncryptingKey::from_der(&spki_der)
-                .map_err(|e| unusable(path, format!("RSA public key rejected: {e}")))?;
-            KeyKind::Rsa {
-                bits: k.key_size_bits(),
-            }
-        }
-        OID_EC => match key_bits.len() {
-            P256_POINT_LEN => KeyKind::EcP256,
-            P384_POINT_LEN => KeyKind::EcP384,
-            n => {
-                return Err(unusable(
-                    path,
-                    format!("EC key with a {n}-byte point: only P-256 and P-384 are supported"),
-                ))
-            }
-        },
-        OID_ED25519 => KeyKind::Ed25519,
-        other => return Err(unusable(path, format!("unsupported key algorithm {other}"))),
-    };
+    let kind = keycore_keys::classify_spki(&spki_der).map_err(|e| unusable(path, e.to_string()))?;
+    let key_bits = keycore_keys::spki_key_bits(&spki_der)
+        .map_err(|e| unusable(path, e.to_string()))?
+        .to_vec();
     let ski = ski_from_spki(&spki_der).map_err(|e| unusable(path, e.to_string()))?;
     Ok(PublicKeyInfo {
         source: path.to_path_buf(),
@@ -356,7 +304,7 @@ mod tests {
         assert_eq!(
             kinds,
             vec![
-                KeyKind::EcP256,
+                KeyKind::EcdsaP256,
                 KeyKind::Ed25519,
                 KeyKind::Rsa { bits: 2048 }
             ]
@@ -382,7 +330,7 @@ mod tests {
             keys[0].spki_der,
             rcgen::PublicKeyData::subject_public_key_info(&kp)
         );
-        assert_eq!(keys[0].kind, KeyKind::EcP256);
+        assert_eq!(keys[0].kind, KeyKind::EcdsaP256);
     }
 
     #[test]

@@ -572,7 +572,7 @@ mod tests {
 
     #[test]
     fn default_mix_drops_ops_without_keys_but_explicit_mix_fails() {
-        let keys = vec![key(KeyKind::EcP256, 1), key(KeyKind::EcP256, 2)];
+        let keys = vec![key(KeyKind::EcdsaP256, 1), key(KeyKind::EcdsaP256, 2)];
         let plan = Plan::new(Profile::default(), keys.clone()).unwrap();
         assert_eq!(plan.ops.len(), 1);
         assert_eq!(plan.ops[0].0, OpKind::EcdsaP256Sha256);
@@ -590,7 +590,10 @@ mod tests {
 
     #[test]
     fn mix_weights_pick_ops_in_proportion() {
-        let keys = vec![key(KeyKind::EcP256, 1), key(KeyKind::Rsa { bits: 2048 }, 2)];
+        let keys = vec![
+            key(KeyKind::EcdsaP256, 1),
+            key(KeyKind::Rsa { bits: 2048 }, 2),
+        ];
         let p = Profile {
             mix: Profile::parse_mix("ecdsa-p256-sha256=3,rsa-pkcs1-sha256=1,ping=0").unwrap(),
             ..Profile::default()

@@ -831,7 +831,7 @@ mod tests {
             spki_der: vec![],
             key_bits: vec![],
             ski: [1; 20],
-            kind: KeyKind::EcP256,
+            kind: KeyKind::EcdsaP256,
         }];
         let profile = Profile {
             duration_s: 2.0,

@@ -2,7 +2,7 @@
 //! counters summed, counts that agree with what was sent.
 
 use crate::harness::{req, TestServer};
-use keycore_engine::metrics::MetricsServer;
+use keycore_engine::endpoint::MetricsServer;
 use keycore_keys::KeyKind;
 use keycore_protocol::Op;
 use std::io::{Read, Write};
