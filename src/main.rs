@@ -305,7 +305,7 @@ fn watch_signals(
                             _ => {
                                 tracing::error!(signal = sig, "third stop signal: exiting now");
                                 if let Some(p) = &pid_file {
-                                    let _ = std::fs::remove_file(p);
+                                    keycore_engine::ops::remove_pid_file_if(p, std::process::id());
                                 }
                                 std::process::exit(1);
                             }

@@ -73,15 +73,21 @@ impl PidFile {
     /// Remove the file if it still holds this process's id (another
     /// instance may have replaced it; never delete theirs).
     pub fn remove(&self) {
-        let ours = std::fs::symlink_metadata(&self.path)
-            .map(|m| m.file_type().is_file())
-            .unwrap_or(false)
-            && std::fs::read_to_string(&self.path)
-                .map(|s| s.trim() == self.pid.to_string())
-                .unwrap_or(false);
-        if ours {
-            let _ = std::fs::remove_file(&self.path);
-        }
+        remove_pid_file_if(&self.path, self.pid);
+    }
+}
+
+/// Remove the pid file at `path` if it is a regular file holding `pid`
+/// (for exits that do not own a [`PidFile`], e.g. the third signal).
+pub fn remove_pid_file_if(path: &Path, pid: u32) {
+    let ours = std::fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_file())
+        .unwrap_or(false)
+        && std::fs::read_to_string(path)
+            .map(|s| s.trim() == pid.to_string())
+            .unwrap_or(false);
+    if ours {
+        let _ = std::fs::remove_file(path);
     }
 }
 
