@@ -52,20 +52,10 @@ struct Env {
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The simulator cdylib cargo built for this run (next to the test
-/// executable; the copy in target/<profile>/ only if deps/ has none).
+/// The hsmsim cdylib cargo built for this run (found through cargo's
+/// layout, not a fixed path).
 fn sim_path() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let deps = exe.parent().unwrap();
-    let candidates = [
-        deps.join("libkeycore_hsmsim.so"),
-        deps.parent().unwrap().join("libkeycore_hsmsim.so"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("libkeycore_hsmsim.so not found at {candidates:?}"))
-        .clone()
+    keycore_testsupport::hsmsim_module()
 }
 
 fn run(cmd: &mut Command) {

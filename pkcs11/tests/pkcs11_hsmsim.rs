@@ -1,11 +1,11 @@
-//! The PKCS#11 backend against a network-HSM-like token: keycore-hsmsim
-//! (`target/debug/libkeycore_hsmsim.so`, built by `cargo build -p
-//! keycore-hsmsim`) in front of SoftHSM2, adding latency and faults.
+//! The PKCS#11 backend against a network-HSM-like token: keycore-hsmsim (the
+//! cdylib cargo builds as this crate's dev-dependency, found by
+//! `keycore_testsupport::hsmsim_module`) in front of SoftHSM2, adding
+//! latency and faults.
 //!
 //! A separate test binary from `pkcs11_softhsm.rs` because hsmsim loads
 //! SoftHSM itself: a process must not also initialise SoftHSM directly.
-//! Tests are ignored by default (they need the simulator's shared library)
-//! and each must run alone (they share one hsmsim config file):
+//! Tests are ignored by default (slow) and each must run alone (they share one hsmsim config file):
 //! `cargo test -p keycore-pkcs11 --test pkcs11_hsmsim -- --ignored --exact <name> --nocapture`
 
 use keycore_keys::{Backend, StoreId};
@@ -21,14 +21,10 @@ use std::time::{Duration, Instant};
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "2222";
 
+/// The hsmsim cdylib cargo built for this run (found through cargo's
+/// layout, not a fixed path).
 fn sim_path() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/libkeycore_hsmsim.so");
-    assert!(
-        p.is_file(),
-        "{} missing: run `cargo build -p keycore-hsmsim` first",
-        p.display()
-    );
-    p
+    keycore_testsupport::hsmsim_module()
 }
 
 fn run(cmd: &mut Command) {
@@ -170,7 +166,7 @@ fn inline_rate(store: &Pkcs11Store, k: KeyRef, op: OpClass, secs: f64) -> f64 {
 
 /// Inline vs offload on a token with 2 ms added to every C_Sign.
 #[test]
-#[ignore = "needs target/debug/libkeycore_hsmsim.so; benchmark"]
+#[ignore = "benchmark; run alone (shares one hsmsim config file)"]
 fn bench_2ms_token_inline_vs_offload() {
     let dir = tempfile::tempdir().unwrap();
     setup(
@@ -203,7 +199,7 @@ fn bench_2ms_token_inline_vs_offload() {
 /// when the HSM returns; the session is quarantined, a fresh worker takes
 /// over, and later requests succeed.
 #[test]
-#[ignore = "needs target/debug/libkeycore_hsmsim.so"]
+#[ignore = "run alone (shares one hsmsim config file)"]
 fn stuck_call_times_out_and_service_continues() {
     let dir = tempfile::tempdir().unwrap();
     setup(
@@ -260,7 +256,7 @@ fn stuck_call_times_out_and_service_continues() {
 /// retry on a rebuilt session; a token removed for 300 ms costs only the
 /// requests made while it is out; no request waits longer than 3 s.
 #[test]
-#[ignore = "needs target/debug/libkeycore_hsmsim.so"]
+#[ignore = "run alone (shares one hsmsim config file)"]
 fn recovers_from_each_injected_fault() {
     let dir = tempfile::tempdir().unwrap();
     let base = r#""module": "/usr/lib/softhsm/libsofthsm2.so", "reload_interval_ms": 10"#;
