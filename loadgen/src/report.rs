@@ -102,6 +102,12 @@ pub struct ErrorRow {
 pub struct IntervalRow {
     /// End of the interval, seconds from the start of the run.
     pub t_s: f64,
+    /// Seconds the interval covered: one interval, except the last one
+    /// (the run ended inside it).
+    pub len_s: f64,
+    /// Only the drain after the last scheduled request: no offered load,
+    /// so its rate is left out of the throughput plot.
+    pub drain: bool,
     /// In the warm-up.
     pub warmup: bool,
     /// OK responses per second.
@@ -122,10 +128,20 @@ impl IntervalRow {
     /// Summarise one merged interval.
     pub fn of(i: &IntervalStats) -> IntervalRow {
         let all = i.stats.all();
+        let full = crate::runner::INTERVAL.as_secs_f64();
+        // A zero length would divide by zero; an interval that covered
+        // nothing has nothing to rate.
+        let len_s = i.len.as_secs_f64().min(full);
         IntervalRow {
-            t_s: (i.index + 1) as f64 * crate::runner::INTERVAL.as_secs_f64(),
+            t_s: i.index as f64 * full + len_s,
+            len_s,
+            drain: i.drain,
             warmup: i.warmup,
-            rate_per_s: all.ok as f64 / crate::runner::INTERVAL.as_secs_f64(),
+            rate_per_s: if len_s > 0.0 {
+                all.ok as f64 / len_s
+            } else {
+                0.0
+            },
             errors: all.error_count(),
             latency: Percentiles::of(&all.hist),
             lag_p99_us: i
@@ -416,6 +432,18 @@ impl Report {
         Ok(())
     }
 
+    /// The throughput plot's points: each interval's rate over the time it
+    /// covered (the last one is partial), without the drain after the last
+    /// scheduled request, which has no offered load and would plot as a
+    /// drop to zero at the end of every run.
+    pub fn rate_series(&self) -> Vec<(f64, f64)> {
+        self.timeline
+            .iter()
+            .filter(|r| !r.drain && r.len_s > 0.0)
+            .map(|r| (r.t_s, r.rate_per_s))
+            .collect()
+    }
+
     /// A self-contained HTML page with latency-over-time and
     /// percentile-distribution plots (inline SVG).
     pub fn to_html(&self) -> String {
@@ -455,13 +483,7 @@ impl Report {
             log_y: false,
             x_ticks: None,
             shade_until: Some(warmup_end),
-            series: vec![(
-                "rate".into(),
-                self.timeline
-                    .iter()
-                    .map(|r| (r.t_s, r.rate_per_s))
-                    .collect(),
-            )],
+            series: vec![("rate".into(), self.rate_series())],
         });
         // Percentile distribution, x = log10(1 / (1 - q)): 0 = p0, 1 = p90, 2 = p99...
         let nines = 5.0;
@@ -855,6 +877,8 @@ mod tests {
             }
             timeline.push(IntervalRow::of(&IntervalStats {
                 index: i,
+                len: crate::runner::INTERVAL,
+                drain: false,
                 warmup: i == 0,
                 stats: set,
                 in_flight: 1,
@@ -925,6 +949,75 @@ mod tests {
         assert!(line.contains("[warm-up]") && line.contains("p99"), "{line}");
     }
 
+    /// Issue 13: a run's last interval is cut short by the end of the run,
+    /// and the one after the last request only drains answers in flight;
+    /// neither may plot as a drop in throughput.
+    #[test]
+    fn partial_last_interval_and_drain_do_not_plot_as_a_drop() {
+        let interval = |index: u64, len_ms: u64, ok: u64, drain: bool| {
+            let mut set = OpSet::new(true);
+            for _ in 0..ok {
+                set.op(OpKind::EcdsaP256Sha256).ok(700, true);
+            }
+            IntervalRow::of(&IntervalStats {
+                index,
+                len: Duration::from_millis(len_ms),
+                drain,
+                warmup: false,
+                stats: set,
+                in_flight: 0,
+                cpu_pct: 10.0,
+            })
+        };
+        let mut r = sample_report();
+        // Steady 2,000/s; the run ends 250 ms into interval 3 (500 answers,
+        // still 2,000/s); interval 4 drains 30 late answers in 40 ms.
+        r.timeline = vec![
+            interval(0, 1000, 2000, false),
+            interval(1, 1000, 2000, false),
+            interval(2, 1000, 2000, false),
+            interval(3, 250, 500, false),
+            interval(4, 40, 30, true),
+        ];
+        let last = &r.timeline[3];
+        assert!((last.t_s - 3.25).abs() < 1e-9, "{}", last.t_s);
+        assert!(
+            (last.rate_per_s - 2000.0).abs() < 1e-6,
+            "{}",
+            last.rate_per_s
+        );
+        let pts = r.rate_series();
+        assert_eq!(
+            pts.len(),
+            4,
+            "the drain interval is not a throughput: {pts:?}"
+        );
+        for (t, rate) in &pts {
+            assert!((rate - 2000.0).abs() < 1e-6, "rate {rate} at {t} s");
+        }
+        // The plotted polyline: every point of the rate series at the same
+        // height (no point falls towards the x axis).
+        let html = r.to_html();
+        let chart = html
+            .split("<svg")
+            .find(|c| c.contains("Throughput over time"))
+            .unwrap();
+        let line = chart.split("points=\"").nth(1).unwrap();
+        let line = &line[..line.find('"').unwrap()];
+        let ys: Vec<&str> = line
+            .split(' ')
+            .map(|p| p.split(',').nth(1).unwrap())
+            .collect();
+        assert_eq!(ys.len(), 4, "{line}");
+        assert!(ys.iter().all(|y| *y == ys[0]), "{line}");
+        // A zero-length interval (the run ended exactly on a boundary) has
+        // no rate to plot rather than a division by zero.
+        let empty = interval(5, 0, 0, false);
+        assert_eq!(empty.rate_per_s, 0.0);
+        r.timeline.push(empty);
+        assert_eq!(r.rate_series().len(), 4);
+    }
+
     #[test]
     fn hdr_interval_log_reads_back_with_the_hdrhistogram_reader() {
         use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
@@ -940,6 +1033,8 @@ mod tests {
             set.op(OpKind::Ping).ok(5, false);
             log.write_interval(&IntervalStats {
                 index: i,
+                len: crate::runner::INTERVAL,
+                drain: false,
                 warmup: false,
                 stats: set,
                 in_flight: 0,

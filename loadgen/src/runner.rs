@@ -62,6 +62,15 @@ const EXECUTOR_IO_MEMORY: usize = 512 * 1024;
 pub struct IntervalStats {
     /// Interval number from the start of the run (interval i covers [i, i+1) s).
     pub index: u64,
+    /// How much of the interval was covered: [`INTERVAL`], except for the
+    /// last one, which ends when the run does (a partial interval's counts
+    /// are divided by this, not by a whole interval, or its rate would plot
+    /// as a drop).
+    pub len: Duration,
+    /// Whether the interval starts after the last scheduled request: only
+    /// the drain of answers still in flight, no offered load (so its rate
+    /// is not a throughput).
+    pub drain: bool,
     /// Whether the interval lies in the warm-up.
     pub warmup: bool,
     /// Completions in this interval.
@@ -97,6 +106,7 @@ enum ShardMsg {
     Failed(String),
     Interval {
         index: u64,
+        len: Duration,
         stats: Box<OpSet>,
         in_flight: usize,
     },
@@ -209,7 +219,10 @@ pub fn run_plan(
         let _ = s.send(Some(start));
     }
     let warmup_intervals = (p.warmup_s / INTERVAL.as_secs_f64()).ceil() as u64;
-    let mut pending: std::collections::BTreeMap<u64, (usize, OpSet, usize)> = Default::default();
+    let load_end_s = p.warmup_s + p.duration_s;
+    // Per interval: executors reported, merged stats, in flight, covered length.
+    let mut pending: std::collections::BTreeMap<u64, (usize, OpSet, usize, Duration)> =
+        Default::default();
     let mut next_emit = 0u64;
     let mut done = 0;
     let mut totals = OpSet::new(p.mode == LoopMode::Open);
@@ -219,43 +232,51 @@ pub fn run_plan(
     let mut measured_cpu = (Duration::ZERO, Duration::ZERO);
     let mut warnings: Vec<String> = Vec::new();
     let mut last_loss: Option<String> = None;
-    let mut emit = |index: u64, set: OpSet, in_flight: usize, sink: &mut IntervalSink<'_>| {
-        let now = (Instant::now(), generator_cpu());
-        let wall = now.0.duration_since(cpu_mark.0);
-        let cpu = now.1.saturating_sub(cpu_mark.1);
-        cpu_mark = now;
-        let cpu_pct = 100.0 * cpu.as_secs_f64() / (wall.as_secs_f64() * n as f64).max(1e-9);
-        let warmup = index < warmup_intervals;
-        if !warmup {
-            measured_cpu.0 += cpu;
-            measured_cpu.1 += wall;
-        }
-        sink(&IntervalStats {
-            index,
-            warmup,
-            stats: set,
-            in_flight,
-            cpu_pct,
-        });
-    };
+    let mut emit =
+        |index: u64, set: OpSet, in_flight: usize, len: Duration, sink: &mut IntervalSink<'_>| {
+            let now = (Instant::now(), generator_cpu());
+            let wall = now.0.duration_since(cpu_mark.0);
+            let cpu = now.1.saturating_sub(cpu_mark.1);
+            cpu_mark = now;
+            let cpu_pct = 100.0 * cpu.as_secs_f64() / (wall.as_secs_f64() * n as f64).max(1e-9);
+            let warmup = index < warmup_intervals;
+            let drain = (INTERVAL * index as u32).as_secs_f64() >= load_end_s - END_EPSILON_S;
+            if !warmup {
+                measured_cpu.0 += cpu;
+                measured_cpu.1 += wall;
+            }
+            sink(&IntervalStats {
+                index,
+                len,
+                drain,
+                warmup,
+                stats: set,
+                in_flight,
+                cpu_pct,
+            });
+        };
     while done < n {
         let Ok((_, msg)) = rx.recv() else { break };
         match msg {
             ShardMsg::Interval {
                 index,
+                len,
                 stats,
                 in_flight,
             } => {
-                let e = pending
-                    .entry(index)
-                    .or_insert_with(|| (0, OpSet::new(p.mode == LoopMode::Open), 0));
+                let e = pending.entry(index).or_insert_with(|| {
+                    (0, OpSet::new(p.mode == LoopMode::Open), 0, Duration::ZERO)
+                });
                 e.0 += 1;
                 e.1.merge(&stats);
                 e.2 += in_flight;
+                // Executors end at slightly different times: the interval
+                // lasted as long as the longest of them.
+                e.3 = e.3.max(len);
                 // Emit every interval all executors have reported, in order.
                 while pending.get(&next_emit).is_some_and(|e| e.0 == n) {
-                    if let Some((_, set, inf)) = pending.remove(&next_emit) {
-                        emit(next_emit, set, inf, sink);
+                    if let Some((_, set, inf, len)) = pending.remove(&next_emit) {
+                        emit(next_emit, set, inf, len, sink);
                     }
                     next_emit += 1;
                 }
@@ -283,8 +304,8 @@ pub fn run_plan(
         }
     }
     // Partial last intervals (executors end at slightly different times).
-    for (index, (_, set, inf)) in std::mem::take(&mut pending) {
-        emit(index, set, inf, sink);
+    for (index, (_, set, inf, len)) in std::mem::take(&mut pending) {
+        emit(index, set, inf, len, sink);
     }
     for (id, h) in handles.into_iter().enumerate() {
         if let Err(e) = h.join() {
@@ -408,6 +429,10 @@ async fn shard_main(ctx: ShardCtx) {
                     )
                     .await;
                 }
+                // Cut short when the run finished before `due`.
+                let len = Instant::now()
+                    .min(due)
+                    .saturating_duration_since(start + INTERVAL * index as u32);
                 let set = {
                     let mut cur = st.cur.borrow_mut();
                     let fresh = OpSet::new(st.open);
@@ -417,6 +442,7 @@ async fn shard_main(ctx: ShardCtx) {
                     id,
                     ShardMsg::Interval {
                         index,
+                        len,
                         stats: set,
                         in_flight: st.outstanding.get(),
                     },
