@@ -961,7 +961,7 @@ mod tests {
             }
             IntervalRow::of(&IntervalStats {
                 index,
-                len: Duration::from_millis(len_ms),
+                len: std::time::Duration::from_millis(len_ms),
                 drain,
                 warmup: false,
                 stats: set,
