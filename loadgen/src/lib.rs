@@ -21,6 +21,7 @@
 
 pub mod check;
 pub mod client;
+pub mod floor;
 pub mod handshake;
 pub mod keys;
 pub mod merge;
@@ -29,7 +30,6 @@ pub mod report;
 pub mod runner;
 pub mod stats;
 mod sys;
-#[cfg(test)]
 mod testsrv;
 pub mod tls;
 
@@ -496,6 +496,11 @@ pub struct LoadgenArgs {
     /// Also write the HTML report to this file.
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
+    /// After the run, measure the generator's own latency floor: the same
+    /// shape, pings only, against a do-nothing responder in this process
+    /// (at most 5 s), and print it under the report.
+    #[arg(long)]
+    pub floor: bool,
     /// Write an HdrHistogram interval log (one tag per operation) to this file.
     #[arg(long, value_name = "FILE")]
     pub hdr_log: Option<PathBuf>,
@@ -693,11 +698,33 @@ pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let r = run(&spec)?;
+    // After the run, not before, so that the floor does not load the
+    // machine while the server is measured.
+    let fl = if args.floor {
+        Some(floor::floor(&spec)?)
+    } else {
+        None
+    };
     if args.json {
-        serde_json::to_writer_pretty(&mut out, &r.to_json())?;
+        let mut v = r.to_json();
+        if let (Some(f), Some(o)) = (&fl, v.as_object_mut()) {
+            o.insert(
+                "generator_floor".into(),
+                f.total
+                    .latency
+                    .as_ref()
+                    .map_or(serde_json::Value::Null, |p| {
+                        serde_json::to_value(p).unwrap_or_default()
+                    }),
+            );
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
     } else {
         r.print_text(&mut out)?;
+        if let Some(f) = &fl {
+            writeln!(out, "{}", floor::floor_line(f))?;
+        }
     }
     if let Some(h) = &args.html {
         std::fs::write(h, r.to_html()).with_context(|| format!("writing {}", h.display()))?;

@@ -1,8 +1,11 @@
-//! A tiny keyless server for this crate's unit tests only (compiled under
-//! `cfg(test)`): std threads, real rustls with a mandatory client
-//! certificate, real aws-lc-rs signatures. It exists so the client and the
-//! generator can be tested end to end without `keycore-engine`; the
-//! integration tests under `tests/` use the real server.
+//! A tiny keyless server for this crate's unit tests and for the
+//! generator's latency floor ([`crate::floor`], pings only): std threads,
+//! real rustls with a mandatory client certificate, real aws-lc-rs
+//! signatures. It exists so the client and the generator can be tested end
+//! to end without `keycore-engine`; the integration tests under `tests/` use
+//! the real server. It is not a key server: it panics on set-up failure
+//! (the floor turns that into an error) and serves one thread per
+//! connection.
 //!
 //! Knobs: `delay_ms` holds every batch of responses (a slow server),
 //! `stall_once_ms` pauses once (a stalled server),
@@ -47,6 +50,8 @@ pub struct TestServer {
     pub tls: ClientTlsPaths,
     /// Public key files (one per key), for `load_public_keys`.
     pub key_dir: PathBuf,
+    // Read by the unit tests only.
+    #[cfg_attr(not(test), allow(dead_code))]
     pub knobs: Arc<Knobs>,
     _dir: tempfile::TempDir,
 }
