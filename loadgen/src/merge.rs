@@ -308,6 +308,8 @@ mod tests {
             }
             log.write_interval(&IntervalStats {
                 index: i as u64,
+                len: crate::runner::INTERVAL,
+                drain: false,
                 warmup: false,
                 stats: set,
                 in_flight: 0,
