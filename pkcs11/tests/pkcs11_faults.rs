@@ -19,6 +19,7 @@ use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use keycore_keys::{Backend, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, PartitionHealth, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{Hash, OpClass};
+use keycore_testsupport::run_ok as run;
 use std::cell::RefCell;
 use std::path::PathBuf;
 use std::process::Command;
@@ -58,31 +59,12 @@ fn sim_path() -> PathBuf {
     keycore_testsupport::hsmsim_module()
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn env() -> (MutexGuard<'static, ()>, &'static Env) {
     static E: OnceLock<Env> = OnceLock::new();
     let guard = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let e = E.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        let conf = keycore_testsupport::softhsm_conf(dir.path());
         std::env::set_var("SOFTHSM2_CONF", &conf);
         let sim_conf = dir.path().join("hsmsim.json");
         std::fs::write(&sim_conf, format!("{{{BASE}}}")).unwrap();

@@ -11,6 +11,7 @@
 use keycore_keys::{Backend, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{Hash, OpClass};
+use keycore_testsupport::run_ok as run;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -27,30 +28,11 @@ fn sim_path() -> PathBuf {
     keycore_testsupport::hsmsim_module()
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A SoftHSM token with an RSA key (id 01) and a P-256 key (id 02), and an
 /// hsmsim config file written from `sim_json`. Sets the environment for both
 /// before anything is initialised.
 fn setup(dir: &Path, sim_json: &str) -> PathBuf {
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
+    let conf = keycore_testsupport::softhsm_conf(dir);
     std::env::set_var("SOFTHSM2_CONF", &conf);
     let sim_conf = dir.join("hsmsim.json");
     std::fs::write(&sim_conf, sim_json).unwrap();

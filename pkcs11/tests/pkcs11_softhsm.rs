@@ -13,6 +13,7 @@ use aws_lc_rs::signature::{self, UnparsedPublicKey};
 use keycore_keys::{Backend, KeyEntry, KeyKind, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{ErrorCode, Hash, OpClass};
+use keycore_testsupport::run_ok as run;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -34,37 +35,16 @@ fn env() -> &'static Env {
     E.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let tokens = root.join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = root.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        let conf = keycore_testsupport::softhsm_conf(&root);
         // Set before the first C_Initialize in this process (tests are
         // serialised by LOCK, so no other thread reads the environment now).
         std::env::set_var("SOFTHSM2_CONF", &conf);
         Env {
             _dir: dir,
+            tokens: root.join("tokens"),
             root,
-            tokens,
         }
     })
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Create a token; returns its directory under the token dir.

@@ -17,13 +17,14 @@ use aws_lc_rs::signature::{
 use keycore_keys::{Backend, KeyEntry, KeyKind, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{ErrorCode, Hash, OpClass};
+use keycore_testsupport::run_ok as run;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 const PIN: &str = "3333";
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use keycore_testsupport::SOFTHSM_MODULE as SOFTHSM;
 const MSG: &[u8] = b"keycore vendor behaviour";
 
 struct Env {
@@ -40,15 +41,6 @@ fn sim_path() -> PathBuf {
     keycore_testsupport::hsmsim_module()
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// One token "vend" with: RSA-2048 (id 01, label rsa), P-256 (id 02, label
 /// ec), Ed25519 (id 03, label ed) key pairs, made directly in SoftHSM.
 fn env() -> (MutexGuard<'static, ()>, &'static Env) {
@@ -56,17 +48,7 @@ fn env() -> (MutexGuard<'static, ()>, &'static Env) {
     let g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let e = E.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        let conf = keycore_testsupport::softhsm_conf(dir.path());
         std::env::set_var("SOFTHSM2_CONF", &conf);
         let sim_conf = dir.path().join("hsmsim.json");
         std::fs::write(&sim_conf, "{}").unwrap();

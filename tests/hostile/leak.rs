@@ -4,37 +4,19 @@
 
 use crate::support::{request, Client, Server, DIGEST};
 use keycore_protocol::Op;
+use keycore_testsupport::run_ok as run;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use keycore_testsupport::SOFTHSM_MODULE as MODULE;
 
 /// A fresh SoftHSM2 token with one P-256 key; returns (conf, SPKI DER).
 fn token(root: &Path) -> Option<(PathBuf, Vec<u8>)> {
     if !Path::new(MODULE).exists() || Command::new("pkcs11-tool").arg("--help").output().is_err() {
         return None;
     }
-    let tokens = root.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = root.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
+    let conf = keycore_testsupport::softhsm_conf(root);
     run(Command::new("softhsm2-util")
         .env("SOFTHSM2_CONF", &conf)
         .args(["--init-token", "--free", "--label", "hostile"])

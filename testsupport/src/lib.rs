@@ -3,15 +3,52 @@
 //! Dev-only fixtures shared by the test suites of several crates, so each
 //! lives once. Only a `[dev-dependencies]` entry may name this crate.
 //!
-//! Public surface: [`SOFTHSM_MODULE`], [`hsmsim_module`].
+//! Public surface: [`SOFTHSM_MODULE`], [`softhsm_conf`], [`run_ok`],
+//! [`hsmsim_module`].
 //!
-//! Not here yet (still per test file): SoftHSM token setup, the throwaway
+//! Not here yet (still per test file): token and key creation, the throwaway
 //! PKI and a running server; they move here next.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The SoftHSM2 PKCS#11 module as Debian installs it (`softhsm2` package).
 pub const SOFTHSM_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// A SoftHSM2 configuration of the test's own: writes `root/softhsm2.conf`
+/// whose token directory is a fresh `root/tokens`, and returns the file's
+/// path. The caller points SoftHSM2 at it (`SOFTHSM2_CONF`, in the process
+/// environment before the first `C_Initialize`, or per child command).
+pub fn softhsm_conf(root: &Path) -> PathBuf {
+    let tokens = root.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("create the token directory");
+    let conf = root.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+            tokens.display()
+        ),
+    )
+    .expect("write softhsm2.conf");
+    conf
+}
+
+/// Run a set-up command (`softhsm2-util`, `pkcs11-tool`, `openssl`) and
+/// return its standard output; panics with the command and everything it
+/// printed when it cannot start or exits non-zero.
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: cannot start: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
 
 /// The hsmsim cdylib cargo built for this test run: next to the running test
 /// executable (`<target>/<profile>/deps/`), else its copy one level up. Found
