@@ -347,7 +347,7 @@ async fn run(
             }
             Some(Ev::Read(n)) => st.on_read(n, now),
             Some(Ev::IoError) => st.on_io_error(),
-            Some(Ev::SocketEmpty) => st.on_socket_empty(),
+            Some(Ev::SocketEmpty) => st.on_socket_empty(now),
             Some(Ev::Other) => {}
         }
         if waited {
@@ -388,7 +388,8 @@ fn poll_events(
     if slot.poll_changed(cx, seen_gen).is_ready() {
         return Poll::Ready(Ev::Other);
     }
-    let draining = st.is_draining();
+    // Probe the socket once per quiet period; after that the timer ends it.
+    let probe_empty = st.is_draining() && !st.drain_quiet_started();
     if let Some(buf) = st.read_buf() {
         match Pin::new(&mut *tls).poll_read(cx, buf) {
             Poll::Ready(Ok(n)) => return Poll::Ready(Ev::Read(n)),
@@ -397,7 +398,7 @@ fn poll_events(
                 // Draining: stop reading once the kernel holds nothing more
                 // (glommio may report Pending while a readiness poll is
                 // outstanding, so ask the socket itself).
-                if draining && socket_is_empty(tls) {
+                if probe_empty && socket_is_empty(tls) {
                     return Poll::Ready(Ev::SocketEmpty);
                 }
             }

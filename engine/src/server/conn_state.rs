@@ -133,11 +133,32 @@ impl CloseReason {
     }
 }
 
+/// How long a draining connection's socket must stay empty before reading
+/// stops. One empty read is not proof that the peer's requests have all
+/// arrived: a receive already submitted to io_uring may hold the next bytes,
+/// and the peer's kernel may still be moving queued data as our window
+/// opens. 50 ms covers both on loopback and a LAN; a drain never waits past
+/// its own deadline for it.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(50);
+
 #[derive(Debug)]
 struct Drain {
     deadline: Instant,
-    /// A read found the socket empty: stop reading, answer, close.
+    /// When a read last found the socket empty with nothing read since.
+    empty_since: Option<Instant>,
+    /// The socket stayed empty for [`DRAIN_QUIET`]: stop reading, answer,
+    /// close.
     socket_empty: bool,
+}
+
+impl Drain {
+    /// When the quiet period that would end reading is over.
+    fn quiet_until(&self) -> Option<Instant> {
+        match self.empty_since {
+            Some(t) if !self.socket_empty => Some(t + DRAIN_QUIET),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -283,14 +304,29 @@ impl ConnState {
         } else {
             self.end += n;
             debug_assert!(self.end <= self.rbuf.len());
+            if let Some(d) = &mut self.drain {
+                d.empty_since = None;
+            }
         }
     }
 
-    /// While draining, a read found nothing more in the socket.
-    pub fn on_socket_empty(&mut self) {
+    /// While draining, a read found nothing more in the socket. Reading
+    /// stops once it has stayed empty for [`DRAIN_QUIET`] (checked here and
+    /// by [`Self::handle_timeout`]); bytes read meanwhile start it again.
+    pub fn on_socket_empty(&mut self, now: Instant) {
         if let Some(d) = &mut self.drain {
-            d.socket_empty = true;
+            let since = *d.empty_since.get_or_insert(now);
+            if now >= since + DRAIN_QUIET {
+                d.socket_empty = true;
+            }
         }
+    }
+
+    /// Whether a draining connection already found its socket empty and is
+    /// waiting out [`DRAIN_QUIET`] (the shell then waits for bytes or the
+    /// timer instead of probing the socket again).
+    pub fn drain_quiet_started(&self) -> bool {
+        self.drain.as_ref().is_some_and(|d| d.empty_since.is_some())
     }
 
     /// A read or write failed.
@@ -305,6 +341,7 @@ impl ConnState {
             None => {
                 self.drain = Some(Drain {
                     deadline,
+                    empty_since: None,
                     socket_empty: false,
                 })
             }
@@ -478,6 +515,9 @@ impl ConnState {
         }
         if let Some(d) = &self.drain {
             at(d.deadline);
+            if let Some(q) = d.quiet_until() {
+                at(q);
+            }
         }
         t
     }
@@ -487,10 +527,13 @@ impl ConnState {
         if self.close_now.is_some() {
             return;
         }
-        if let Some(d) = &self.drain {
+        if let Some(d) = &mut self.drain {
             if now >= d.deadline {
                 self.close_now = Some(CloseReason::DrainTimeout);
                 return;
+            }
+            if d.quiet_until().is_some_and(|q| now >= q) {
+                d.socket_empty = true;
             }
         }
         if self.writing.as_ref().is_some_and(|w| now >= w.deadline) {
@@ -870,13 +913,28 @@ mod tests {
         s.process(t0, &mut d);
         feed(&mut s, &wire[3000..], t0);
         s.process(t0, &mut d);
-        s.on_socket_empty();
+        s.on_socket_empty(t0);
+        assert!(
+            s.wants_read(),
+            "one empty read does not end reading: bytes may still be arriving"
+        );
+        assert_eq!(s.next_timeout(), Some(t0 + DRAIN_QUIET));
+        feed(&mut s, &request(6, Op::PING, 1), t0 + DRAIN_QUIET / 2);
+        s.on_socket_empty(t0 + DRAIN_QUIET / 2);
+        s.handle_timeout(t0 + DRAIN_QUIET);
+        s.process(t0, &mut d);
+        assert!(
+            s.wants_read(),
+            "bytes read during the quiet period restart it"
+        );
+        let t1 = t0 + DRAIN_QUIET / 2 + DRAIN_QUIET;
+        s.handle_timeout(t1);
         assert_eq!(s.poll_close(), None, "answers not written yet");
         assert!(
             !s.wants_read(),
-            "nothing more is read once the socket is empty"
+            "nothing more is read once the socket stayed empty"
         );
-        assert_eq!(flush(&mut s, t0), 5);
+        assert_eq!(flush(&mut s, t1), 6);
         assert_eq!(s.poll_close(), Some(CloseReason::Drain));
         assert_eq!(s.next_timeout(), Some(deadline));
     }
