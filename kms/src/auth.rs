@@ -5,7 +5,8 @@
 //! ECS/EKS container endpoint, IMDSv2); each cached and refreshed before it
 //! expires.
 //!
-//! Owns: [`TokenSource`], [`TokenCache`], [`AwsCredSource`], [`AwsCredCache`],
+//! Owns: [`TokenSource`], [`TokenCache`], [`AwsCredSource`], [`AwsCredCache`]
+//! (both over one single-flight lease cache),
 //! the JWT assertions.
 //! Must not: run off the KMS runtime thread, log a secret, or block: a
 //! refresh is one HTTP exchange awaited by the requests that need it (one
@@ -181,11 +182,82 @@ pub enum TokenSource {
     },
 }
 
+/// A cached credential with its two moments: refresh from `refresh_at`,
+/// unusable from `expires_at`.
 #[derive(Debug, Clone)]
-struct Token {
-    value: String,
+struct Lease<T> {
+    value: T,
     refresh_at: Instant,
     expires_at: Instant,
+}
+
+/// One credential (a bearer token, AWS temporary keys) shared by every call
+/// of a service: fetched by one caller at a time (single flight: callers
+/// that find it due wait for that one fetch instead of each fetching), and
+/// kept serving while a refresh fails and it has not yet expired.
+#[derive(Debug)]
+struct SingleFlight<T> {
+    cached: RefCell<Option<Lease<T>>>,
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl<T: Clone> SingleFlight<T> {
+    fn new() -> Self {
+        SingleFlight {
+            cached: RefCell::new(None),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn invalidate(&self) {
+        self.cached.borrow_mut().take();
+    }
+
+    fn fresh(&self) -> Option<T> {
+        let c = self.cached.borrow();
+        let t = c.as_ref()?;
+        (Instant::now() < t.refresh_at).then(|| t.value.clone())
+    }
+
+    /// The cached value, or one from `fetch` (value and remaining lifetime)
+    /// when it is due; `refreshes` counts the fetches.
+    async fn get<F>(
+        &self,
+        refreshes: &std::sync::atomic::AtomicU64,
+        fetch: F,
+    ) -> Result<T, CallError>
+    where
+        F: std::future::Future<Output = Result<(T, Duration), CallError>>,
+    {
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        let _g = self.refreshing.lock().await;
+        if let Some(v) = self.fresh() {
+            return Ok(v);
+        }
+        super::http::bump(refreshes);
+        match fetch.await {
+            Ok((value, life)) => {
+                let (refresh_at, expires_at) = lease_times(life);
+                *self.cached.borrow_mut() = Some(Lease {
+                    value: value.clone(),
+                    refresh_at,
+                    expires_at,
+                });
+                Ok(value)
+            }
+            Err(e) => {
+                // A refresh that fails while the old value still has time
+                // left keeps serving with the old one.
+                let c = self.cached.borrow();
+                match c.as_ref() {
+                    Some(t) if Instant::now() < t.expires_at => Ok(t.value.clone()),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
 }
 
 /// A token source for one audience, with its cached token.
@@ -194,14 +266,19 @@ pub struct TokenCache {
     source: TokenSource,
     /// Azure resource (`https://vault.azure.net`) or Google scope.
     audience: String,
-    cached: RefCell<Option<Token>>,
-    refreshing: tokio::sync::Mutex<()>,
+    cache: SingleFlight<String>,
 }
 
-fn token_lifetimes(expires_in: u64) -> (Instant, Instant) {
+/// A token's lifetime from its `expires_in` seconds, clamped so that a bogus
+/// value cannot overflow `Instant`.
+fn token_life(expires_in: u64) -> Duration {
+    Duration::from_secs(expires_in.min(7 * 86_400))
+}
+
+/// When a credential living `life` from now is refreshed and when it expires:
+/// refreshed `REFRESH_MARGIN_MAX` early, or at half its life if shorter.
+fn lease_times(life: Duration) -> (Instant, Instant) {
     let now = Instant::now();
-    // Clamped: a bogus expires_in must not overflow Instant.
-    let life = Duration::from_secs(expires_in.min(7 * 86_400));
     let margin = REFRESH_MARGIN_MAX.min(life / 2);
     (now + life - margin, now + life)
 }
@@ -216,20 +293,13 @@ impl TokenCache {
         TokenCache {
             source,
             audience,
-            cached: RefCell::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
+            cache: SingleFlight::new(),
         }
     }
 
     /// Forget the cached token (the service refused it).
     pub fn invalidate(&self) {
-        self.cached.borrow_mut().take();
-    }
-
-    fn fresh(&self) -> Option<String> {
-        let c = self.cached.borrow();
-        let t = c.as_ref()?;
-        (Instant::now() < t.refresh_at).then(|| t.value.clone())
+        self.cache.invalidate();
     }
 
     /// A valid token, fetching a new one when the cached one is due.
@@ -239,34 +309,12 @@ impl TokenCache {
         deadline: Instant,
         refreshes: &std::sync::atomic::AtomicU64,
     ) -> Result<String, CallError> {
-        if let Some(v) = self.fresh() {
-            return Ok(v);
-        }
-        let _g = self.refreshing.lock().await;
-        if let Some(v) = self.fresh() {
-            return Ok(v);
-        }
-        super::http::bump(refreshes);
-        match self.fetch(http, deadline).await {
-            Ok((value, expires_in)) => {
-                let (refresh_at, expires_at) = token_lifetimes(expires_in);
-                *self.cached.borrow_mut() = Some(Token {
-                    value: value.clone(),
-                    refresh_at,
-                    expires_at,
-                });
-                Ok(value)
-            }
-            Err(e) => {
-                // A refresh that fails while the old token still has time
-                // left keeps serving with the old one.
-                let c = self.cached.borrow();
-                match c.as_ref() {
-                    Some(t) if Instant::now() < t.expires_at => Ok(t.value.clone()),
-                    _ => Err(e),
-                }
-            }
-        }
+        self.cache
+            .get(refreshes, async {
+                let (value, expires_in) = self.fetch(http, deadline).await?;
+                Ok((value, token_life(expires_in)))
+            })
+            .await
     }
 
     async fn fetch(&self, http: &Http, deadline: Instant) -> Result<(String, u64), CallError> {
@@ -670,19 +718,11 @@ pub fn aws_profile(path: &Path, profile: &str) -> Result<AwsCreds, String> {
     }
 }
 
-#[derive(Debug, Clone)]
-struct CachedCreds {
-    creds: AwsCreds,
-    refresh_at: Instant,
-    expires_at: Instant,
-}
-
 /// AWS credentials with refresh for the IMDS source.
 #[derive(Debug)]
 pub struct AwsCredCache {
     source: AwsCredSource,
-    cached: RefCell<Option<CachedCreds>>,
-    refreshing: tokio::sync::Mutex<()>,
+    cache: SingleFlight<AwsCreds>,
 }
 
 impl AwsCredCache {
@@ -690,20 +730,13 @@ impl AwsCredCache {
     pub fn new(source: AwsCredSource) -> AwsCredCache {
         AwsCredCache {
             source,
-            cached: RefCell::new(None),
-            refreshing: tokio::sync::Mutex::new(()),
+            cache: SingleFlight::new(),
         }
     }
 
     /// Drop cached temporary credentials (refused by the service).
     pub fn invalidate(&self) {
-        self.cached.borrow_mut().take();
-    }
-
-    fn fresh(&self) -> Option<AwsCreds> {
-        let c = self.cached.borrow();
-        let t = c.as_ref()?;
-        (Instant::now() < t.refresh_at).then(|| t.creds.clone())
+        self.cache.invalidate();
     }
 
     /// Valid credentials.
@@ -716,15 +749,20 @@ impl AwsCredCache {
         if let AwsCredSource::Static(c) = &self.source {
             return Ok(c.clone());
         }
-        if let Some(c) = self.fresh() {
-            return Ok(c);
-        }
-        let _g = self.refreshing.lock().await;
-        if let Some(c) = self.fresh() {
-            return Ok(c);
-        }
-        super::http::bump(refreshes);
-        let fetched = match &self.source {
+        self.cache
+            .get(refreshes, async {
+                let (creds, expires_unix) = self.fetch(http, deadline).await?;
+                // Clamped: a far-future or bogus Expiration must not overflow Instant.
+                let left = Duration::from_secs(
+                    expires_unix.saturating_sub(unix_now()).clamp(1, 7 * 86_400),
+                );
+                Ok((creds, left))
+            })
+            .await
+    }
+
+    async fn fetch(&self, http: &Http, deadline: Instant) -> Result<(AwsCreds, u64), CallError> {
+        match &self.source {
             AwsCredSource::Imds { endpoint } => imds_credentials(http, endpoint, deadline).await,
             AwsCredSource::Container { url, auth } => {
                 container_credentials(http, url, auth.as_ref(), deadline).await
@@ -746,25 +784,6 @@ impl AwsCredCache {
                 .await
             }
             AwsCredSource::Static(c) => Ok((c.clone(), u64::MAX)),
-        };
-        match fetched {
-            Ok((creds, expires_unix)) => {
-                // Clamped: a far-future or bogus Expiration must not overflow Instant.
-                let left = Duration::from_secs(
-                    expires_unix.saturating_sub(unix_now()).clamp(1, 7 * 86_400),
-                );
-                let now = Instant::now();
-                *self.cached.borrow_mut() = Some(CachedCreds {
-                    creds: creds.clone(),
-                    refresh_at: now + left - REFRESH_MARGIN_MAX.min(left / 2),
-                    expires_at: now + left,
-                });
-                Ok(creds)
-            }
-            Err(e) => match self.cached.borrow().as_ref() {
-                Some(t) if Instant::now() < t.expires_at => Ok(t.creds.clone()),
-                _ => Err(e),
-            },
         }
     }
 }
@@ -1201,13 +1220,13 @@ mod tests {
 
     #[test]
     fn refresh_margin_is_at_most_half_the_lifetime() {
-        let (refresh, expiry) = token_lifetimes(2);
+        let (refresh, expiry) = lease_times(token_life(2));
         let d = expiry - refresh;
         assert_eq!(d, Duration::from_secs(1));
-        let (refresh, expiry) = token_lifetimes(3600);
+        let (refresh, expiry) = lease_times(token_life(3600));
         assert_eq!(expiry - refresh, REFRESH_MARGIN_MAX);
         // A bogus lifetime does not overflow.
-        let (_, expiry) = token_lifetimes(u64::MAX);
+        let (_, expiry) = lease_times(token_life(u64::MAX));
         assert!(expiry > Instant::now());
     }
 
