@@ -21,6 +21,7 @@ use rustls_pki_types::pem::{PemObject, SectionKind};
 use std::collections::HashSet;
 use std::fmt;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 /// Smallest RSA modulus served. Below 2048 bits a key is considered broken
@@ -65,6 +66,10 @@ pub enum KeyLoadReason {
     /// Zero bytes.
     #[error("file is empty")]
     Empty,
+    /// A FIFO, socket or device named like a key file: reading it could
+    /// block start-up forever (a FIFO with no writer) or never end.
+    #[error("not a regular file (a {0}); a key must be a regular file")]
+    NotRegular(&'static str),
     /// PEM with no private key section.
     #[error(
         "no private key found (expected a PEM \"RSA PRIVATE KEY\", \"PRIVATE KEY\" or \
@@ -368,8 +373,19 @@ pub fn from_der_or_pem(bytes: &[u8], source: &str) -> Result<KeyEntry, KeyLoadEr
 pub fn load_file(path: &Path) -> Result<KeyEntry, KeyLoadError> {
     let source = path.display().to_string();
     let err = |reason| KeyLoadError::new(&source, reason);
-    let file = std::fs::File::open(path).map_err(|e| err(e.into()))?;
-    let len = file.metadata().map_err(|e| err(e.into()))?.len();
+    // O_NONBLOCK: opening a FIFO for reading blocks until a writer comes
+    // (forever, at start-up); non-blocking, the open returns and the type
+    // check below refuses it. No effect on a regular file's reads.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| err(e.into()))?;
+    let meta = file.metadata().map_err(|e| err(e.into()))?;
+    if !meta.is_file() {
+        return Err(err(KeyLoadReason::NotRegular(file_type_name(&meta))));
+    }
+    let len = meta.len();
     if len > MAX_KEY_FILE_LEN {
         return Err(err(KeyLoadReason::TooLarge {
             len,
@@ -391,6 +407,25 @@ pub fn load_file(path: &Path) -> Result<KeyEntry, KeyLoadError> {
     let result = from_der_or_pem(&bytes, &source);
     sys::cleanse(&mut bytes);
     result
+}
+
+/// What kind of non-regular file this is, for the error.
+fn file_type_name(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    let t = m.file_type();
+    if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else if t.is_dir() {
+        "directory"
+    } else {
+        "special file"
+    }
 }
 
 /// Whether a file name is a key file: at least one character, then ".key".
@@ -467,6 +502,10 @@ impl Walk {
             // is named like a key file.
             match std::fs::metadata(&child) {
                 Ok(m) if m.is_dir() => self.dir(&child, depth + 1),
+                // Refused here, before any open: a FIFO would block it.
+                Ok(m) if is_key && !m.is_file() => {
+                    self.problem(&child, KeyLoadReason::NotRegular(file_type_name(&m)))
+                }
                 Ok(_) if is_key => {
                     let canonical = std::fs::canonicalize(&child).unwrap_or_else(|_| child.clone());
                     if self.seen_files.insert(canonical) {

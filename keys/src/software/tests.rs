@@ -957,6 +957,62 @@ fn load_dir_recurses_in_sorted_order_and_survives_symlink_loops() {
 }
 
 #[test]
+fn fifos_and_sockets_named_like_keys_are_refused_without_blocking() {
+    // Regression (issue 12 item 9): a FIFO named *.key hung start-up forever
+    // in open(2), even with key_load_errors: skip. The whole walk runs on a
+    // thread with a limit so a hang fails the test instead of the run.
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().to_path_buf();
+    openssl(
+        &d,
+        &["genpkey", "-algorithm", "ed25519", "-out", "good.key"],
+    );
+    let status = std::process::Command::new("mkfifo")
+        .arg(d.join("fifo.key"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _sock = std::os::unix::net::UnixListener::bind(d.join("sock.key")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dd = d.clone();
+    std::thread::spawn(move || {
+        let dir: Vec<_> = load_dir(&dd)
+            .into_iter()
+            .map(|r| r.map(|e| e.source).map_err(|e| e.to_string()))
+            .collect();
+        // A `file:` store naming the FIFO directly goes through load_file.
+        let file = load_file(&dd.join("fifo.key")).map(|e| e.source);
+        let _ = tx.send((dir, file.map_err(|e| e.to_string())));
+    });
+    let (dir, file) = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("loading a directory with a FIFO returned");
+    assert_eq!(dir.len(), 3, "{dir:?}");
+    assert!(dir[0].as_ref().unwrap_err().contains("fifo.key"), "{dir:?}");
+    assert!(
+        dir[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("not a regular file (a FIFO)"),
+        "{dir:?}"
+    );
+    assert!(dir[1].as_ref().unwrap().ends_with("good.key"), "{dir:?}");
+    assert!(
+        dir[2]
+            .as_ref()
+            .unwrap_err()
+            .contains("not a regular file (a socket)"),
+        "{dir:?}"
+    );
+    assert!(
+        file.as_ref()
+            .unwrap_err()
+            .contains("not a regular file (a FIFO)"),
+        "{file:?}"
+    );
+}
+
+#[test]
 fn key_file_names_need_a_stem() {
     use std::ffi::OsStr;
     assert!(is_key_file_name(OsStr::new("a.key")));
