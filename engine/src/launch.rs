@@ -106,6 +106,13 @@ pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
 /// `keyless_key_load_duration`). `uri:` entries go to the backend registry,
 /// which routes each to the backend that claims it.
 pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>)> {
+    load_keys_counted(cfg).map(|(i, s, t, _)| (i, s, t))
+}
+
+/// [`load_keys`], also returning how many key files failed and were skipped
+/// (`key_load_errors: skip`; each is logged with its path and reason).
+pub fn load_keys_counted(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>, u64)> {
+    let mut skipped = 0u64;
     let mut index = KeyIndex::default();
     let mut seconds = Vec::new();
     let mut uris = Vec::new();
@@ -131,6 +138,7 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>)> {
             match r {
                 Ok(e) => add(&mut index, e),
                 Err(e) if cfg.key_load_errors == KeyLoadErrors::Skip => {
+                    skipped += 1;
                     tracing::error!(error = %e, "skipping key that failed to load (key_load_errors: skip)");
                 }
                 Err(e) => {
@@ -150,7 +158,7 @@ pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>)> {
         seconds.push(opened.seconds);
         stores.push(opened.store);
     }
-    Ok((index, stores, seconds))
+    Ok((index, stores, seconds, skipped))
 }
 
 fn add(index: &mut KeyIndex, e: KeyEntry) {
@@ -203,8 +211,26 @@ pub fn launch(cfg: &Config) -> Result<Running> {
             "sign_retry_count: not applied; PKCS#11 keys retry by their failure policy (another session, after a login or a busy answer; docs/pkcs11/README.md), software keys cannot fail transiently"
         );
     }
+    if let Some(t) = cfg.current_time {
+        // A fixed clock turns off real-time certificate checks: expired or
+        // not-yet-valid client certificates are accepted. Testing only.
+        let at = crate::config::format_rfc3339(t);
+        tracing::warn!(
+            current_time = %at,
+            "current_time is set: client and server certificates are checked against this fixed time, not the clock (real-time expiry checks are off; for tests only)"
+        );
+    }
     check_nofile_limit(cfg);
-    let (index, stores, key_load_seconds) = load_keys(cfg)?;
+    // Fail before loading keys (a PKCS#11 login or a cloud fetch can take a
+    // while) when another process has the address; `server::start` claims
+    // it for good (see `server::port`).
+    if cfg.listen_addr().port() != 0 {
+        drop(
+            server::port::PortClaim::take(cfg.listen_addr())
+                .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?,
+        );
+    }
+    let (index, stores, key_load_seconds, skipped) = load_keys_counted(cfg)?;
     let key_count = index.len();
     if index.is_empty() {
         tracing::warn!(
@@ -225,6 +251,12 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         stores: stores.clone(),
         ..Default::default()
     };
+    registry.gauges.push(StaticGauge {
+        name: "keycore_keys_skipped".into(),
+        help: "Key files that failed to load at start-up and were skipped (key_load_errors: skip); each is logged with its path and reason.".into(),
+        labels: String::new(),
+        value: skipped as f64,
+    });
     for (which, p) in [
         ("auth_cert", &cfg.auth_cert),
         ("cloudflare_ca_cert", &cfg.cloudflare_ca_cert),

@@ -26,5 +26,6 @@ pub mod launch;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
+pub mod refusals;
 pub mod registry;
 pub mod server;

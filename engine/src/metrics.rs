@@ -17,6 +17,7 @@
 //! This module must not: allocate or format on the data path, or hold a lock
 //! that a reactor could contend on.
 
+use crate::refusals::Refusal;
 use keycore_keys::{KeyStore, PromWriter};
 use keycore_protocol::{ErrorCode, Op, OpClass};
 use std::fmt::Write as _;
@@ -176,8 +177,13 @@ pub struct CoreStats {
     pub open: Counter,
     /// Connections closed at once because the core was at its limit.
     pub refused: Counter,
-    /// TLS handshakes that failed (bad, missing, expired or foreign client certificate...).
+    /// TLS handshakes that failed (bad, missing, expired or foreign client
+    /// certificate...), all reasons.
     pub tls_failures: Counter,
+    /// The same by reason, in the order of `Refusal::TLS`.
+    pub tls_failure_reasons: [Counter; Refusal::TLS.len()],
+    /// Failed accept(2) calls by reason, in the order of `Refusal::ACCEPT`.
+    pub accept_errors: [Counter; Refusal::ACCEPT.len()],
     /// Handshakes that did not finish within the handshake timeout.
     pub handshake_timeouts: Counter,
     /// Connections closed for a framing error.
@@ -216,6 +222,8 @@ impl CoreStats {
             open: Counter::default(),
             refused: Counter::default(),
             tls_failures: Counter::default(),
+            tls_failure_reasons: Default::default(),
+            accept_errors: Default::default(),
             handshake_timeouts: Counter::default(),
             framing_errors: Counter::default(),
             idle_timeouts: Counter::default(),
@@ -339,15 +347,18 @@ impl Registry {
                 let _ = writeln!(s, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
                 last = &g.name;
             }
-            let _ = writeln!(s, "{}{{{}}} {}", g.name, g.labels, g.value);
+            if g.labels.is_empty() {
+                let _ = writeln!(s, "{} {}", g.name, g.value);
+            } else {
+                let _ = writeln!(s, "{}{{{}}} {}", g.name, g.labels, g.value);
+            }
         }
 
         type Get = fn(&CoreStats) -> u64;
-        let per_core: [(&str, &str, &str, Get); 15] = [
+        let per_core: [(&str, &str, &str, Get); 14] = [
             ("keycore_connections_open", "gauge", "Open connections.", |c| c.open.get()),
             ("keycore_connections_accepted_total", "counter", "Connections accepted.", |c| c.accepted.get()),
             ("keycore_connections_refused_total", "counter", "Connections closed at once: core at max_connections_per_core.", |c| c.refused.get()),
-            ("keycore_tls_failures_total", "counter", "TLS handshakes refused (client certificate missing, expired, foreign CA; protocol errors).", |c| c.tls_failures.get()),
             ("keycore_handshake_timeouts_total", "counter", "TLS handshakes not finished within handshake_timeout.", |c| c.handshake_timeouts.get()),
             ("keycore_framing_errors_total", "counter", "Connections closed for a malformed message.", |c| c.framing_errors.get()),
             ("keycore_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", |c| c.idle_timeouts.get()),
@@ -364,6 +375,26 @@ impl Registry {
             let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for c in &self.cores {
                 let _ = writeln!(s, "{name}{{core=\"{}\"}} {}", c.core, get(c));
+            }
+        }
+        // Per core and reason: connections dropped before they were served.
+        type ByReason = fn(&CoreStats) -> &[Counter];
+        let by_reason: [(&str, &str, &[Refusal], ByReason); 2] = [
+            ("keycore_tls_failures_total", "TLS handshakes refused, by reason (bad_cert: client certificate did not verify; no_cert; peer_alert; protocol: not TLS or a violation; peer_closed; tls_other).", &Refusal::TLS, |c| &c.tls_failure_reasons),
+            ("keycore_accept_errors_total", "accept(2) failures, by reason (accept_fd_limit: EMFILE/ENFILE; accept_other).", &Refusal::ACCEPT, |c| &c.accept_errors),
+        ];
+        for (name, help, reasons, get) in by_reason {
+            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            for c in &self.cores {
+                for (r, n) in reasons.iter().zip(get(c)) {
+                    let _ = writeln!(
+                        s,
+                        "{name}{{core=\"{}\",reason=\"{}\"}} {}",
+                        c.core,
+                        r.label(),
+                        n.get()
+                    );
+                }
             }
         }
         let mut w = PromWriter::new(&mut s);

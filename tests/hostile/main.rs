@@ -11,4 +11,6 @@ mod closing;
 mod drain;
 mod fairness;
 mod leak;
+mod logs;
+mod operator;
 mod support;

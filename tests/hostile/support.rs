@@ -49,7 +49,7 @@ pub fn ski(kind: KeyKind) -> Ski {
         .unwrap_or_else(|| panic!("no {kind:?} key"))
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -77,9 +77,30 @@ impl Server {
         extra_stores: &str,
         env: &[(&str, &std::path::Path)],
     ) -> Server {
+        let s = Self::spawn(free_port(), extra_yaml, extra_stores, env, false);
+        s.wait_up();
+        s
+    }
+
+    /// Like [`Server::start`], with the child's stderr (its log) kept in a
+    /// file for [`Server::log`].
+    pub fn start_logged(extra_yaml: &str, extra_stores: &str) -> Server {
+        let s = Self::spawn(free_port(), extra_yaml, extra_stores, &[], true);
+        s.wait_up();
+        s
+    }
+
+    /// Start `keycore serve` on `port` without waiting for it to come up;
+    /// with `log`, stderr goes to a file read by [`Server::log`].
+    pub fn spawn(
+        port: u16,
+        extra_yaml: &str,
+        extra_stores: &str,
+        env: &[(&str, &std::path::Path)],
+        log: bool,
+    ) -> Server {
         let p = &pki().pki;
         let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
         let mport = free_port();
         let yaml = format!(
             "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nlisten_address: 127.0.0.1\ncores: 1\n{extra_yaml}private_key_stores:\n  - dir: {}\n{extra_stores}",
@@ -98,23 +119,32 @@ impl Server {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let stderr = if log {
+            Stdio::from(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
+        } else {
+            Stdio::inherit()
+        };
         let child = cmd
             .args(["serve", "-c"])
             .arg(&cfg)
             .env("KEYCORE_LOG", "warn")
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
-        let s = Server {
+        Server {
             child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             metrics: format!("127.0.0.1:{mport}").parse().unwrap(),
             _dir: dir,
-        };
+        }
+    }
+
+    /// Wait (at most 20 s) until the server answers a ping.
+    pub fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            match Client::connect(s.addr) {
+            match Client::connect(self.addr) {
                 Ok(mut c) => {
                     c.ping(b"up").expect("first ping");
                     break;
@@ -123,7 +153,11 @@ impl Server {
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
         }
-        s
+    }
+
+    /// What the child wrote to stderr so far (servers started with a log).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
     }
 
     pub fn signal(&self, sig: i32) {
@@ -145,6 +179,12 @@ impl Server {
 
     /// One per-core series summed, from `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
+        self.metric_where(name, "")
+    }
+
+    /// One series summed over the lines whose labels contain `label`
+    /// (e.g. `reason="bad_cert"`), from `/metrics`.
+    pub fn metric_where(&self, name: &str, label: &str) -> u64 {
         let mut s = TcpStream::connect(self.metrics).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -153,6 +193,7 @@ impl Server {
         let _ = s.read_to_string(&mut body);
         body.lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
     }
@@ -167,11 +208,20 @@ impl Drop for Server {
 
 fn client_config() -> Arc<rustls::ClientConfig> {
     let p = &pki().pki;
+    client_config_with(&p.client_cert, &p.client_key)
+}
+
+/// A client configuration trusting the server, presenting `cert`/`key`.
+pub fn client_config_with(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Arc<rustls::ClientConfig> {
+    let p = &pki().pki;
     keycore_loadgen::tls::ClientTls::from_paths(
         &keycore_loadgen::tls::ClientTlsPaths {
             ca: p.ca_cert.clone(),
-            cert: p.client_cert.clone(),
-            key: p.client_key.clone(),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
         },
         &keycore_loadgen::tls::TlsOptions {
             tls12_only: false,

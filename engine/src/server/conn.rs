@@ -18,6 +18,7 @@
 use super::conn_state::{CloseReason, ConnState, Dispatched, Dispatcher};
 use super::dispatch::{self, DispatchCtx, Pending};
 use super::{CoreCtx, DrainSlot, HandshakeTicket, CLOSE_GRACE};
+use crate::refusals::Refusal;
 use futures_lite::future::{self, FutureExt as _};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use glommio::net::TcpStream;
@@ -134,20 +135,20 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
     ticket.finish();
     let mut tls = match r {
         Ok(s) => s,
+        // Unauthenticated peers choose how often these happen: counted by
+        // reason and summarised (`refusals`), never a line each.
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            stats.handshake_timeouts.inc();
-            tracing::debug!(%peer, core = core.index, "TLS handshake timed out");
+            core.refused(Refusal::HandshakeTimeout, Some(peer), None);
             return;
         }
         Err(e) => {
-            stats.tls_failures.inc();
-            tracing::warn!(%peer, core = core.index, error = %e, "TLS handshake refused");
+            tracing::debug!(%peer, core = core.index, error = %e, "TLS handshake refused");
+            core.refused(Refusal::of_handshake(&e), Some(peer), Some(&e));
             return;
         }
     };
     if !core.take_connection_slot() {
-        stats.refused.inc();
-        core.refusal(peer, "max_connections_per_core");
+        core.refused(Refusal::ConnectionLimit, Some(peer), None);
         return;
     }
     tracing::debug!(%peer, core = core.index, "connection established");

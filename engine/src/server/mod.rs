@@ -15,7 +15,8 @@
 //! rather than being refused), and at most `max_handshakes_per_source` from
 //! one IP address (further ones are accepted and closed at once, counted in
 //! `keycore_connections_refused_source_total`, logged at most once per
-//! `REFUSAL_LOG_INTERVAL`). A handshake slot is held for at most
+//! `refusals::LOG_INTERVAL`, with failed and
+//! timed-out handshakes and accept errors, counted per reason). A handshake slot is held for at most
 //! `handshake_timeout` (or until the drain deadline). Only a finished
 //! handshake takes a connection slot; beyond `max_connections_per_core` it is
 //! closed and counted in `keycore_connections_refused_total`.
@@ -35,10 +36,12 @@
 pub mod conn;
 pub mod conn_state;
 pub mod dispatch;
+pub mod port;
 pub mod tls;
 
 use crate::metrics::{CoreStats, Registry};
-use anyhow::{bail, Context, Result};
+use crate::refusals::{Refusal, RefusalLog};
+use anyhow::{bail, Result};
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use keycore_keys::{CoreStore, KeyIndex, KeyStore};
@@ -67,10 +70,6 @@ pub const HURRY_GRACE: Duration = Duration::from_millis(500);
 /// Longest a graceful close (close_notify) may take; a peer whose socket is
 /// full is dropped without it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(1);
-
-/// At most one log line per this interval for refused unauthenticated
-/// connections (with the count since the last line).
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The sans-IO connection core's limits from the configured ones. The
 /// answer queue holds up to one padded answer per in-flight request (1 MiB
@@ -125,6 +124,8 @@ pub struct CoreCtx {
     drain_wakers: RefCell<DrainWakers>,
     /// Admission state (accept loop and handshake tickets).
     admission: RefCell<Admission>,
+    /// Connections dropped before they were served, since the last log line.
+    refusals: RefCell<RefusalLog>,
     /// Ciphertext of one connection's coalesced write (all its TLS records,
     /// sent with one `send`), reused by every connection of the core: taken
     /// for the write and put back after, so a connection that finds it
@@ -257,24 +258,43 @@ impl CoreCtx {
         }
     }
 
-    /// Count a refused unauthenticated connection and log at most once per
-    /// interval.
-    fn refusal(&self, peer: SocketAddr, why: &'static str) {
-        let mut a = self.admission.borrow_mut();
-        a.refusals_unlogged += 1;
-        let now = Instant::now();
-        if a.last_refusal_log
-            .is_none_or(|t| now >= t + REFUSAL_LOG_INTERVAL)
-        {
-            tracing::warn!(
-                core = self.index,
-                %peer,
-                why,
-                refused_since_last_log = a.refusals_unlogged,
-                "refusing connections"
-            );
-            a.last_refusal_log = Some(now);
-            a.refusals_unlogged = 0;
+    /// Count a connection dropped before it was served, by reason (its
+    /// metric), and log the per-core summary at most once per
+    /// [`crate::refusals::LOG_INTERVAL`] (see `refusals`).
+    pub fn refused(
+        &self,
+        r: Refusal,
+        peer: Option<SocketAddr>,
+        error: Option<&dyn std::fmt::Display>,
+    ) {
+        let s = &self.stats;
+        match r {
+            Refusal::HandshakeTimeout => s.handshake_timeouts.inc(),
+            Refusal::SourceLimit => s.refused_source.inc(),
+            Refusal::ConnectionLimit => s.refused.inc(),
+            _ => {}
+        }
+        if let Some(i) = r.tls_index() {
+            s.tls_failures.inc();
+            s.tls_failure_reasons[i].inc();
+        }
+        if let Some(i) = r.accept_index() {
+            s.accept_errors[i].inc();
+        }
+        let line = self
+            .refusals
+            .borrow_mut()
+            .note(r, peer, error, Instant::now());
+        if let Some(line) = line {
+            tracing::warn!(core = self.index, "{line}");
+        }
+    }
+
+    /// Log the refusal summary if one is due (the control task, each tick).
+    fn flush_refusals(&self) {
+        let line = self.refusals.borrow_mut().flush(Instant::now());
+        if let Some(line) = line {
+            tracing::warn!(core = self.index, "{line}");
         }
     }
 
@@ -343,8 +363,6 @@ struct Admission {
     established: usize,
     /// The accept loop, waiting for handshake room.
     accept_waker: Option<Waker>,
-    last_refusal_log: Option<Instant>,
-    refusals_unlogged: u64,
 }
 
 /// A connection's handshake slot; given back when the handshake ends
@@ -396,6 +414,9 @@ pub struct ServerHandle {
     pub registry: Arc<Registry>,
     control: ServerControl,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
+    /// The exclusive claim on `addr`, released when the handle goes (after
+    /// the cores have dropped their listeners in `join`).
+    _claim: port::PortClaim,
 }
 
 /// Drain controls of a running server, for another thread (signal handling)
@@ -462,27 +483,10 @@ pub fn start(
     if settings.cpus.is_empty() {
         bail!("no cores selected");
     }
-    // Port 0: reserve one free port with a bound-but-not-listening socket
-    // (SO_REUSEPORT) so every core can bind the same port; it receives no
-    // connections because it never listens.
-    let (listen, _reservation) = if settings.listen.port() == 0 {
-        let s = socket2::Socket::new(
-            socket2::Domain::for_address(settings.listen),
-            socket2::Type::STREAM,
-            None,
-        )?;
-        s.set_reuse_port(true)?;
-        s.set_reuse_address(true)?;
-        s.bind(&settings.listen.into())
-            .with_context(|| format!("bind {}", settings.listen))?;
-        let a = s
-            .local_addr()?
-            .as_socket()
-            .context("reserved address is not an IP socket")?;
-        (a, Some(s))
-    } else {
-        (settings.listen, None)
-    };
+    // The exclusive claim on the address (see `port`): a second process on
+    // it fails here; port 0 picks one free port for every core.
+    let claim = port::PortClaim::take(settings.listen)?;
+    let listen = claim.addr();
 
     let stats: Vec<Arc<CoreStats>> = (0..settings.cpus.len())
         .map(|i| Arc::new(CoreStats::new(i)))
@@ -493,7 +497,7 @@ pub fn start(
     // Each core reports once: listening, or why not. A core whose thread
     // dies before reporting (a panic while building its context) drops its
     // sender, so the wait below ends instead of spinning forever.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, String>>();
     let mut threads = Vec::new();
     for (index, &cpu) in settings.cpus.iter().enumerate() {
         let keys = keys.clone();
@@ -503,6 +507,11 @@ pub fn start(
         let tls = tls.clone();
         let control = control.clone();
         let ready = ready_tx.clone();
+        // Bound here, on the starting thread, so a failure is reported
+        // with the claim's context; the reactor adopts the socket.
+        let bound = claim
+            .listener()
+            .map_err(|e| format!("core {index}: bind {listen}: {e:#}"));
         let placement = if cpu == usize::MAX {
             Placement::Unbound
         } else {
@@ -511,10 +520,18 @@ pub fn start(
         let t = LocalExecutorBuilder::new(placement)
             .name(&format!("keycore-core{index}"))
             .spawn(move || async move {
-                let listener = match glommio::net::TcpListener::bind(listen) {
-                    Ok(l) => l,
+                let (listener, inode) = match bound {
+                    // SAFETY: a bound, listening socket, owned by nothing else.
+                    Ok((l, inode)) => (
+                        unsafe {
+                            <glommio::net::TcpListener as std::os::fd::FromRawFd>::from_raw_fd(
+                                std::os::fd::IntoRawFd::into_raw_fd(l),
+                            )
+                        },
+                        inode,
+                    ),
                     Err(e) => {
-                        let _ = ready.send(Err(format!("core {index}: bind {listen}: {e}")));
+                        let _ = ready.send(Err(e));
                         return;
                     }
                 };
@@ -531,9 +548,10 @@ pub fn start(
                     control_gen: Cell::new(0),
                     drain_wakers: RefCell::new(DrainWakers::default()),
                     admission: RefCell::new(Admission::default()),
+                    refusals: RefCell::new(RefusalLog::default()),
                     tls_out: RefCell::new(Vec::new()),
                 });
-                let _ = ready.send(Ok(()));
+                let _ = ready.send(Ok(inode));
                 drop(ready);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
                 run_core(core, listener, control).await;
@@ -544,9 +562,12 @@ pub fn start(
     }
     drop(ready_tx);
     let mut failed = None;
+    let mut ours = std::collections::HashSet::new();
     for _ in 0..settings.cpus.len() {
         match ready_rx.recv() {
-            Ok(Ok(())) => {}
+            Ok(Ok(inode)) => {
+                ours.insert(inode);
+            }
             Ok(Err(e)) => {
                 failed.get_or_insert(e);
             }
@@ -558,6 +579,11 @@ pub fn start(
                 });
                 break;
             }
+        }
+    }
+    if failed.is_none() {
+        if let Err(e) = claim.check_sole_owner(&ours) {
+            failed = Some(format!("{e:#}"));
         }
     }
     if let Some(e) = failed {
@@ -572,6 +598,7 @@ pub fn start(
         registry,
         control,
         threads,
+        _claim: claim,
     })
 }
 
@@ -588,7 +615,13 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, contro
                 let s = match listener.accept().await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(core = core.index, error = %e, "accept failed");
+                        // Out of descriptors (or memory): counted and
+                        // summarised, not a line per retry.
+                        let errno = match &e {
+                            glommio::GlommioError::IoError(io) => io.raw_os_error(),
+                            _ => None,
+                        };
+                        core.refused(Refusal::of_accept(errno), None, Some(&e));
                         glommio::timer::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -596,8 +629,7 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, contro
                 core.stats.accepted.inc();
                 let peer = s.peer_addr().unwrap_or_else(|_| ([0, 0, 0, 0], 0).into());
                 let Some(ticket) = core.begin_handshake(peer.ip()) else {
-                    core.stats.refused_source.inc();
-                    core.refusal(peer, "max_handshakes_per_source");
+                    core.refused(Refusal::SourceLimit, Some(peer), None);
                     drop(s);
                     continue;
                 };
@@ -621,6 +653,7 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, contro
         while !control.drain.load(Ordering::Acquire) {
             glommio::timer::sleep(CONTROL_POLL).await;
             core.stats.heartbeat.beat();
+            core.flush_refusals();
         }
     };
     // The accept loop runs as its own task, not raced with `watch_drain` in

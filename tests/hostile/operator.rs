@@ -1,0 +1,73 @@
+//! Operator mistakes at start-up (issue 12 items 4, 9, 13): a second
+//! instance on the same address, a FIFO named like a key, a fixed
+//! `current_time`.
+
+use crate::support::{free_port, Client, Server};
+use std::time::{Duration, SystemTime};
+
+#[test]
+fn a_second_server_on_the_same_address_fails_at_start_up_naming_the_owner() {
+    // Before: glommio's SO_REUSEPORT let the second one start, and the
+    // kernel split connections between the two (27 of 40 got 0x02).
+    let first = Server::start("");
+    let mut second = Server::spawn(first.addr.port(), "", "", &[], true);
+    let status = second
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the second server is still running:\n{}", second.log()));
+    assert!(!status.success(), "{status:?}");
+    let log = second.log();
+    assert!(log.contains("address in use"), "{log}");
+    assert!(
+        log.contains(&format!("pid {} (keycore)", first.child.id())),
+        "the owner's pid is named: {log}"
+    );
+    // Every new connection still reaches the first server.
+    for i in 0..40 {
+        let mut c = Client::connect(first.addr).unwrap_or_else(|e| panic!("conn {i}: {e}"));
+        c.ping(b"first").unwrap_or_else(|e| panic!("conn {i}: {e}"));
+    }
+}
+
+#[test]
+fn a_fifo_named_like_a_key_does_not_hang_start_up() {
+    // Before: open(2) on the FIFO blocked start-up forever, even with
+    // `key_load_errors: skip`.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("evil.key");
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let store = format!("  - dir: {}\n", dir.path().display());
+
+    // skip: serves the other keys; the FIFO is logged and counted.
+    let srv = Server::start_logged("key_load_errors: skip\n", &store);
+    let log = srv.log();
+    assert!(log.contains("evil.key"), "{log}");
+    assert!(log.contains("not a regular file (a FIFO)"), "{log}");
+    assert_eq!(srv.metric("keycore_keys_skipped"), 1);
+    drop(srv);
+
+    // fail (the default): start-up stops at once, naming the file.
+    let mut strict = Server::spawn(free_port(), "", &store, &[], true);
+    let status = strict
+        .wait_exit(Duration::from_secs(30))
+        .expect("start-up ended instead of hanging on the FIFO");
+    assert!(!status.success());
+    let log = strict.log();
+    assert!(
+        log.contains("evil.key") && log.contains("not a regular file"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_fixed_current_time_is_warned_about_at_start_up() {
+    // A day ahead: the test PKI (made now) is valid then.
+    let at = keycore_config::format_rfc3339(SystemTime::now() + Duration::from_secs(86_400));
+    let srv = Server::start_logged(&format!("current_time: \"{at}\"\n"), "");
+    let log = srv.log();
+    assert!(log.contains("current_time is set"), "{log}");
+    assert!(log.contains("real-time expiry checks are off"), "{log}");
+}
