@@ -1,6 +1,7 @@
 //! `keycore`: the one CLI binary.
 //!
 //! Subcommands: `serve` (the key server, reading an unchanged gokeyless.yaml),
+//! `reload` (SIGHUP to the running server named by `pid_file`, then its result),
 //! `edge` (HTTPS with certificates only; signatures from key servers),
 //! `loadgen` (edge-traffic load generator), `demo` (throwaway PKI + server +
 //! load on loopback, the README's first command), `tune` (not built yet).
@@ -32,6 +33,10 @@ struct Cli {
 enum Cmd {
     /// Run the key server (reads gokeyless.yaml; see README "Configuration").
     Serve(Box<ServeCmd>),
+    /// Reload a running `keycore serve`: signal the process in `pid_file`
+    /// (SIGHUP) and wait for the outcome on its metrics listener. Takes the
+    /// same -c/flags/environment as serve, to find pid_file and metrics.
+    Reload(Box<ReloadCmd>),
     /// HTTPS terminator with certificates but no private keys: every
     /// handshake signature comes from a key server (keyless).
     Edge(Box<keycore_edge::EdgeArgs>),
@@ -97,6 +102,17 @@ struct ServeCmd {
     args: keycore_engine::config::ServeArgs,
 }
 
+/// `keycore reload`.
+#[derive(clap::Args, Debug)]
+struct ReloadCmd {
+    /// Wait at most this long for the server's answer (its reload may wait on
+    /// an HSM login or a cloud key fetch).
+    #[arg(long, default_value_t = 90)]
+    timeout_secs: u64,
+    #[command(flatten)]
+    args: keycore_engine::config::ServeArgs,
+}
+
 fn main() {
     let cli = Cli::parse();
     if cli.version {
@@ -105,6 +121,7 @@ fn main() {
     }
     let r = match cli.cmd {
         Some(Cmd::Serve(cmd)) => serve(cmd.args, cmd.check),
+        Some(Cmd::Reload(cmd)) => reload(&cmd),
         Some(Cmd::Edge(args)) => edge(&args),
         Some(Cmd::Loadgen(cmd)) => {
             init_logging(2, LogFormat::Text);
@@ -228,12 +245,18 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
     tracing::info!(addr = %running.server.addr, "serving");
     // systemd Type=notify: ready only once every core listens and the
     // metrics endpoint is up (a no-op without $NOTIFY_SOCKET).
-    notify(&format!(
+    let ready = format!(
         "READY=1\nMAINPID={}\nSTATUS=serving on {}",
         std::process::id(),
         running.server.addr
-    ));
-    let first = watch_signals(running.server.control(), loaded.config.pid_file.clone())?;
+    );
+    notify(&ready);
+    let reloads = reload_thread(running.reloader.clone(), args, ready)?;
+    let first = watch_signals(
+        running.server.control(),
+        loaded.config.pid_file.clone(),
+        reloads,
+    )?;
     let _ = first.recv();
     tracing::info!(
         "signal received; draining (a second SIGTERM/SIGINT shortens the drain, a third exits at once)"
@@ -242,6 +265,98 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
     running.stop()?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The thread that runs reloads, off the signal thread (a reload may wait
+/// on an HSM or a cloud service; a stop signal must still be handled
+/// meanwhile). The returned sender holds at most one pending request:
+/// SIGHUPs arriving while one is queued are folded into it (the queued
+/// reload reads the files as they are when it runs).
+fn reload_thread(
+    reloader: std::sync::Arc<keycore_engine::reload::Reloader>,
+    args: keycore_engine::config::ServeArgs,
+    ready: String,
+) -> Result<std::sync::mpsc::SyncSender<()>> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+    std::thread::Builder::new()
+        .name("keycore-reload".into())
+        .spawn(move || {
+            for () in rx {
+                notify("RELOADING=1\nSTATUS=reloading");
+                let _ = reloader.reload(|| {
+                    let loaded = keycore_engine::config::load(&args)?;
+                    for w in &loaded.warnings {
+                        tracing::warn!("{w}");
+                    }
+                    Ok(loaded.config)
+                });
+                notify(&ready);
+            }
+        })
+        .context("start reload thread")?;
+    Ok(tx)
+}
+
+/// `keycore reload`: signal the server in `pid_file`, then watch
+/// `keycore_reload_total` on its metrics listener for the outcome.
+fn reload(cmd: &ReloadCmd) -> Result<()> {
+    use keycore_engine::endpoint::probe;
+    use std::time::{Duration, Instant};
+    init_logging(2, LogFormat::Text);
+    let cfg = keycore_engine::config::load(&cmd.args)?.config;
+    // The metrics listener as a local client reaches it (0.0.0.0 / :: mean
+    // "every interface", so loopback).
+    let metrics = cfg.metrics_addr().map(|mut a| {
+        if a.ip().is_unspecified() {
+            a.set_ip(if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        a
+    });
+    let timeout = Duration::from_secs(cmd.timeout_secs.max(1));
+    let counts = |a| -> Option<(u64, u64)> {
+        let (code, body) = probe(a, "/metrics", Duration::from_secs(5)).ok()?;
+        if code != 200 {
+            return None;
+        }
+        reload_counts(&body)
+    };
+    let before = metrics.and_then(counts);
+    let pid =
+        keycore_engine::ops::signal_pid_file(cfg.pid_file.as_deref(), signal_hook::consts::SIGHUP)?;
+    let (Some(addr), Some(before)) = (metrics, before) else {
+        println!("sent SIGHUP to keycore (pid {pid}); its metrics listener is not reachable, so see its log for the result");
+        return Ok(());
+    };
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        match counts(addr) {
+            Some((ok, _)) if ok > before.0 => {
+                println!("reload applied (pid {pid}); what changed is in the server's log");
+                return Ok(());
+            }
+            Some((_, err)) if err > before.1 => {
+                anyhow::bail!("reload refused by pid {pid}: the previous configuration keeps serving; the reason is in the server's log (check first with `keycore serve --check`)");
+            }
+            _ => {}
+        }
+    }
+    anyhow::bail!("sent SIGHUP to pid {pid} but saw no reload result on {addr} within {timeout:?}")
+}
+
+/// `keycore_reload_total` {ok, error} from a scrape.
+fn reload_counts(body: &str) -> Option<(u64, u64)> {
+    let get = |result: &str| -> Option<u64> {
+        let prefix = format!("keycore_reload_total{{result=\"{result}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((get("ok")?, get("error")?))
 }
 
 fn notify(state: &str) {
@@ -271,12 +386,13 @@ fn wait_for_signal() -> Result<()> {
 /// Handle signals on their own thread for the life of the process:
 /// the first SIGTERM/SIGINT starts the drain (the returned receiver gets
 /// it), the second hurries it, the third exits at once (status 1, pid file
-/// removed). SIGHUP is reserved for reload, SIGUSR1/SIGUSR2/SIGQUIT have no
-/// job yet: each is logged and ignored, so no operator signal kills a
-/// serving process silently.
+/// removed). SIGHUP asks the reload thread for a reload (`reloads`);
+/// SIGUSR1/SIGUSR2/SIGQUIT have no job: each is logged and ignored, so no
+/// operator signal kills a serving process silently.
 fn watch_signals(
     control: keycore_engine::server::ServerControl,
     pid_file: Option<std::path::PathBuf>,
+    reloads: std::sync::mpsc::SyncSender<()>,
 ) -> Result<std::sync::mpsc::Receiver<()>> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
     let mut signals =
@@ -311,9 +427,18 @@ fn watch_signals(
                             }
                         }
                     }
-                    SIGHUP => {
-                        tracing::warn!("SIGHUP received: reload is not implemented yet; ignored")
+                    SIGHUP if stops > 0 => {
+                        tracing::warn!("SIGHUP received while draining; no reload")
                     }
+                    SIGHUP => match reloads.try_send(()) {
+                        Ok(()) => tracing::info!("SIGHUP received: reloading"),
+                        Err(std::sync::mpsc::TrySendError::Full(())) => tracing::info!(
+                            "SIGHUP received: a reload is already queued; it will read the files as they are then"
+                        ),
+                        Err(std::sync::mpsc::TrySendError::Disconnected(())) => {
+                            tracing::error!("SIGHUP received but the reload thread is gone; not reloaded")
+                        }
+                    },
                     other => {
                         tracing::warn!(signal = other, "signal has no job in keycore; ignored")
                     }

@@ -27,7 +27,8 @@
 //! [`from_yaml_str`], [`ServeArgs`], [`Loaded`], [`Origin`],
 //! [`ConfigError`], [`Limits::validate`] and [`LimitsError`]); the table
 //! ([`SETTINGS`], [`Setting`], [`Section`], [`Alias`], [`Secret`],
-//! [`readme_table`], [`env_var_name`], [`flag_name`]); the bounds
+//! [`readme_table`], [`env_var_name`], [`flag_name`]); what a reload
+//! applies ([`changed_settings`], [`APPLIED_BY_RELOAD`]); the bounds
 //! (`MAX_*`, `MIN_BUFFER_BYTES`, `DEFAULT_CONFIG_PATHS`,
 //! [`PKCS11_OP_TIMEOUT_FALLBACK`]); the parsers ([`parse_duration`],
 //! [`format_duration`], [`parse_rfc3339`], [`format_rfc3339`] and their
@@ -41,6 +42,7 @@ mod duration;
 mod load;
 mod output;
 mod parse;
+mod reload;
 mod rfc3339;
 mod table;
 mod yaml;
@@ -50,6 +52,7 @@ pub use duration::{format_duration, parse_duration, DurationError};
 pub use load::{from_yaml_str, load, resolve};
 pub use output::readme_table;
 pub use parse::{CpuListError, ValueError};
+pub use reload::{changed_settings, APPLIED_BY_RELOAD};
 pub use rfc3339::{format_rfc3339, parse_rfc3339, TimeError};
 pub use table::{Alias, Secret, Section, Setting, SETTINGS};
 

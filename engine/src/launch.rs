@@ -5,6 +5,10 @@
 //! register the start-up gauges, start the reactors and the metrics endpoint,
 //! write the pid file. Errors name the file, key or URI involved.
 //!
+//! What start-up loads (keys, stores, TLS, certificate gauges) is built by
+//! [`crate::reload::build`], the same function a reload runs, so start-up
+//! and reload cannot load differently.
+//!
 //! Key-load policy: `key_load_errors: fail` (default, as the reference)
 //! stops start-up at the first key that can't be read or parsed;
 //! `skip` logs it with its path and reason and goes on. A duplicate key (same
@@ -15,8 +19,10 @@ use crate::endpoint::MetricsServer;
 use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
 use crate::metrics::{Registry, StaticGauge};
 use crate::ops::{self, PidFile};
-use crate::registry;
-use crate::server::{self, tls, ServerHandle, ServerSettings, Stores};
+use crate::registry::{self, StoreRecord};
+use crate::reload::{self, Reloader};
+use crate::server::{self, Served, ServerHandle, ServerSettings, Stores};
+use crate::swap::Swap;
 use anyhow::{bail, Context, Result};
 use keycore_keys::{software, KeyEntry, KeyIndex};
 use std::path::Path;
@@ -32,6 +38,8 @@ pub struct Running {
     pub metrics: Option<MetricsServer>,
     /// What `/healthz` and `/readyz` answer.
     pub health: Arc<Health>,
+    /// Reloads the configuration, keys and TLS material (SIGHUP).
+    pub reloader: Arc<Reloader>,
     pid_file: Option<PidFile>,
 }
 
@@ -54,20 +62,19 @@ impl Running {
 /// The readiness checks of a launched server (issue 14): keys loaded, and
 /// every key store ready by its own account (`KeyStore::readiness`: for
 /// PKCS#11, every key with at least one partition up; cloud keys are ready
-/// once `launch` returns, after their start-up fetch answered).
-fn readiness_checks(keys: usize, stores: &Stores) -> Vec<ReadyCheck> {
-    let mut checks: Vec<ReadyCheck> = vec![Box::new(move || {
-        if keys == 0 {
-            Err("no private keys loaded".into())
-        } else {
-            Ok(())
+/// once `launch` returns, after their start-up fetch answered). Both read
+/// the served state in force at probe time (a reload changes them).
+fn readiness_checks(served: Arc<Swap<Served>>) -> Vec<ReadyCheck> {
+    vec![Box::new(move || {
+        let s = served.get();
+        if s.keys.is_empty() {
+            return Err("no private keys loaded".into());
         }
-    })];
-    for store in stores {
-        let store = store.clone();
-        checks.push(Box::new(move || store.readiness()));
-    }
-    checks
+        for store in &s.stores {
+            store.readiness()?;
+        }
+        Ok(())
+    })]
 }
 
 /// Raise the open-file limit and warn when it cannot cover the
@@ -106,12 +113,30 @@ pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
 /// `keyless_key_load_duration`). `uri:` entries go to the backend registry,
 /// which routes each to the backend that claims it.
 pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>)> {
-    load_keys_counted(cfg).map(|(i, s, t, _)| (i, s, t))
+    let k = load_keys_reusing(cfg, &[])?;
+    Ok((k.index, k.stores, k.seconds))
 }
 
-/// [`load_keys`], also returning how many key files failed and were skipped
-/// (`key_load_errors: skip`; each is logged with its path and reason).
-pub fn load_keys_counted(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>, u64)> {
+/// What [`load_keys_reusing`] loaded.
+#[derive(Debug)]
+pub struct LoadedKeys {
+    /// Every key.
+    pub index: KeyIndex,
+    /// The opened backend stores, in `StoreId` order.
+    pub stores: Stores,
+    /// Each store's record for the next reload, in `StoreId` order.
+    pub records: Vec<StoreRecord>,
+    /// Seconds each store took (`keyless_key_load_duration`).
+    pub seconds: Vec<f64>,
+    /// Key files that failed and were skipped (`key_load_errors: skip`;
+    /// each is logged with its path and reason).
+    pub skipped: u64,
+}
+
+/// [`load_keys`] for start-up and reload: every software key is read; a
+/// backend store whose URIs and settings are unchanged since `previous` is
+/// kept open (see `registry::open_all_reusing`).
+pub fn load_keys_reusing(cfg: &Config, previous: &[StoreRecord]) -> Result<LoadedKeys> {
     let mut skipped = 0u64;
     let mut index = KeyIndex::default();
     let mut seconds = Vec::new();
@@ -151,14 +176,22 @@ pub fn load_keys_counted(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>, u6
         seconds.push(t0.elapsed().as_secs_f64());
     }
     let mut stores = Stores::new();
-    for opened in registry::open_all(&uris, cfg)? {
+    let mut records = Vec::new();
+    for opened in registry::open_all_reusing(&uris, cfg, previous)? {
         for e in opened.keys {
             add(&mut index, e);
         }
         seconds.push(opened.seconds);
         stores.push(opened.store);
+        records.push(opened.record);
     }
-    Ok((index, stores, seconds, skipped))
+    Ok(LoadedKeys {
+        index,
+        stores,
+        records,
+        seconds,
+        skipped,
+    })
 }
 
 fn add(index: &mut KeyIndex, e: KeyEntry) {
@@ -177,6 +210,34 @@ fn add(index: &mut KeyIndex, e: KeyEntry) {
 /// Expiry of the first certificate in a PEM file, as a Unix timestamp.
 pub fn cert_expiry(path: &Path) -> Option<f64> {
     cert_expiry_gauge("", path).map(|g| g.value)
+}
+
+/// The control-plane gauges of one load (start-up or reload): key files
+/// skipped, and the certificate expiry of `auth_cert` and
+/// `cloudflare_ca_cert` (warning about a certificate that expired or
+/// expires within 30 days).
+pub(crate) fn gauges(cfg: &Config, skipped: u64) -> Vec<StaticGauge> {
+    let mut gauges = vec![StaticGauge {
+        name: "keycore_keys_skipped".into(),
+        help: "Key files that failed to load at start-up (or the last reload) and were skipped (key_load_errors: skip); each is logged with its path and reason.".into(),
+        labels: String::new(),
+        value: skipped as f64,
+    }];
+    for (which, p) in [
+        ("auth_cert", &cfg.auth_cert),
+        ("cloudflare_ca_cert", &cfg.cloudflare_ca_cert),
+    ] {
+        if let Some(g) = cert_expiry_gauge(which, p) {
+            let left = g.value - UNIX_EPOCH.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            if left < 0.0 {
+                tracing::error!(file = %p.display(), "{which} has expired");
+            } else if left < 30.0 * 86400.0 {
+                tracing::warn!(file = %p.display(), days = (left / 86400.0) as u64, "{which} expires soon");
+            }
+            gauges.push(g);
+        }
+    }
+    gauges
 }
 
 /// Expiry gauge for a certificate file (`certificate_expiration_timestamp_seconds`).
@@ -230,64 +291,40 @@ pub fn launch(cfg: &Config) -> Result<Running> {
                 .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?,
         );
     }
-    let (index, stores, key_load_seconds, skipped) = load_keys_counted(cfg)?;
-    let key_count = index.len();
-    if index.is_empty() {
+    let built = reload::build(cfg, &[])?;
+    if built.served.keys.is_empty() {
         tracing::warn!(
             "no private keys loaded: every key operation will be answered 'key not found'"
         );
     } else {
-        tracing::info!(keys = index.len(), "private keys loaded");
+        tracing::info!(keys = built.served.keys.len(), "private keys loaded");
     }
-    let tls = tls::server_config(&tls::TlsSettings {
-        cert: &cfg.auth_cert,
-        key: &cfg.auth_key,
-        client_ca: &cfg.cloudflare_ca_cert,
-        tls12_only: cfg.tls12_only,
-        current_time: cfg.current_time,
-    })?;
-    let mut registry = Registry {
-        key_load_seconds,
-        stores: stores.clone(),
+    let registry = Registry {
+        loaded: Swap::new(Arc::new(built.loaded)),
         ..Default::default()
     };
-    registry.gauges.push(StaticGauge {
-        name: "keycore_keys_skipped".into(),
-        help: "Key files that failed to load at start-up and were skipped (key_load_errors: skip); each is logged with its path and reason.".into(),
-        labels: String::new(),
-        value: skipped as f64,
-    });
-    for (which, p) in [
-        ("auth_cert", &cfg.auth_cert),
-        ("cloudflare_ca_cert", &cfg.cloudflare_ca_cert),
-    ] {
-        if let Some(g) = cert_expiry_gauge(which, p) {
-            let left = g.value - UNIX_EPOCH.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            if left < 0.0 {
-                tracing::error!(file = %p.display(), "{which} has expired");
-            } else if left < 30.0 * 86400.0 {
-                tracing::warn!(file = %p.display(), days = (left / 86400.0) as u64, "{which} expires soon");
-            }
-            registry.gauges.push(g);
-        }
-    }
-    let stores_for_health = stores.clone();
+    reload::record_success(&registry);
+    let served = Arc::new(Swap::new(Arc::new(built.served)));
     let cpus = cfg.core_ids(&server::available_cpus());
-    let server = server::start(
+    let server = server::start_served(
         ServerSettings {
             listen: cfg.listen_addr(),
             cpus,
             limits: cfg.limits.clone(),
         },
-        tls,
-        Arc::new(index),
-        stores,
+        served.clone(),
         registry,
     )
     .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;
     let health = Arc::new(Health::new(
-        readiness_checks(key_count, &stores_for_health),
+        readiness_checks(served.clone()),
         HEARTBEAT_DEADLINE,
+    ));
+    let reloader = Arc::new(Reloader::new(
+        cfg.clone(),
+        built.records,
+        served,
+        server.registry.clone(),
     ));
     let metrics = match cfg.metrics_addr() {
         Some(a) => Some(
@@ -307,6 +344,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         server,
         metrics,
         health,
+        reloader,
         pid_file,
     })
 }

@@ -12,7 +12,8 @@
 //!
 //! Data path (see `DESIGN.md`): accept on this core's SO_REUSEPORT listener →
 //! rustls → read buffer → `keycore_protocol::frame::check` → `Message::decode`
-//! → [`keys::KeyIndex`] lookup (built at start-up, read-only) → signer →
+//! → `KeyIndex` lookup (built at start-up or by a reload, read-only; see
+//! `server::served`) → signer →
 //! response encoded into the connection's write buffer → flushed with
 //! whatever else completed in the same turn.
 
@@ -28,4 +29,6 @@ pub mod ops;
 pub mod pki;
 pub mod refusals;
 pub mod registry;
+pub mod reload;
 pub mod server;
+pub mod swap;

@@ -18,7 +18,8 @@
 //! that a reactor could contend on.
 
 use crate::refusals::Refusal;
-use keycore_keys::{KeyStore, PromWriter};
+use crate::swap::Swap;
+use keycore_keys::{KeyStore, MetricKind, PromWriter};
 use keycore_protocol::{ErrorCode, Op, OpClass};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -253,24 +254,46 @@ pub struct StaticGauge {
     pub value: f64,
 }
 
+/// The part of a scrape that start-up builds and a reload replaces as a
+/// whole (with the served state): certificate gauges, key-load times, the
+/// key stores.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// Control-plane gauges (certificate expiry).
+    pub gauges: Vec<StaticGauge>,
+    /// Seconds each key store took to load (at start-up or the last
+    /// reload; a store a reload kept counts its original time).
+    pub key_load_seconds: Vec<f64>,
+    /// The key stores, each rendering its own families at scrape time.
+    pub stores: Vec<Arc<dyn KeyStore>>,
+}
+
+/// Reload outcomes (issue 14), written by the reload path (control plane).
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// Reloads that were applied.
+    pub ok: AtomicU64,
+    /// Reloads refused (the old state kept serving).
+    pub error: AtomicU64,
+    /// Unix time of the last successful load (start-up counts), in ms.
+    pub last_success_unix_ms: AtomicU64,
+}
+
 /// Everything a scrape reads.
 #[derive(Default)]
 pub struct Registry {
     /// One per core.
     pub cores: Vec<Arc<CoreStats>>,
-    /// Control-plane gauges, fixed at start-up.
-    pub gauges: Vec<StaticGauge>,
-    /// Seconds each key store took to load at start-up.
-    pub key_load_seconds: Vec<f64>,
-    /// The key stores, each rendering its own families at scrape time.
-    pub stores: Vec<Arc<dyn KeyStore>>,
+    /// What start-up and reloads loaded.
+    pub loaded: Swap<Loaded>,
+    /// Reload outcomes.
+    pub reload: ReloadStats,
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("cores", &self.cores.len())
-            .field("gauges", &self.gauges.len())
             .finish()
     }
 }
@@ -314,11 +337,12 @@ impl Registry {
         s.push_str("# TYPE keyless_failed_connection counter\n");
         let _ = writeln!(s, "keyless_failed_connection {failed}");
 
+        let loaded = self.loaded.get();
         s.push_str("# HELP keyless_key_load_duration Time to load each key store at start-up, in seconds.\n");
         s.push_str("# TYPE keyless_key_load_duration histogram\n");
         let mut cum = 0u64;
         let mut counts = [0u64; BUCKETS + 1];
-        for &sec in &self.key_load_seconds {
+        for &sec in &loaded.key_load_seconds {
             counts[bucket_of((sec * 1e9) as u64)] += 1;
         }
         for (k, c) in counts.iter().take(BUCKETS).enumerate() {
@@ -332,17 +356,17 @@ impl Registry {
         let _ = writeln!(
             s,
             "keyless_key_load_duration_bucket{{le=\"+Inf\"}} {}",
-            self.key_load_seconds.len()
+            loaded.key_load_seconds.len()
         );
         let _ = writeln!(
             s,
             "keyless_key_load_duration_sum {}\nkeyless_key_load_duration_count {}",
-            self.key_load_seconds.iter().sum::<f64>(),
-            self.key_load_seconds.len()
+            loaded.key_load_seconds.iter().sum::<f64>(),
+            loaded.key_load_seconds.len()
         );
 
         let mut last = "";
-        for g in &self.gauges {
+        for g in &loaded.gauges {
             if g.name != last {
                 let _ = writeln!(s, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
                 last = &g.name;
@@ -398,10 +422,39 @@ impl Registry {
             }
         }
         let mut w = PromWriter::new(&mut s);
-        for store in &self.stores {
+        self.render_reload(&mut w);
+        for store in &loaded.stores {
             store.render_metrics(&mut w);
         }
         s
+    }
+
+    fn render_reload(&self, w: &mut PromWriter<'_>) {
+        w.family(
+            "keycore_reload_total",
+            MetricKind::Counter,
+            "Reloads (SIGHUP, keycore reload) by result: ok (applied) or error (refused; the previous state kept serving).",
+        );
+        w.sample(
+            "keycore_reload_total",
+            &[("result", "ok")],
+            self.reload.ok.load(Relaxed),
+        );
+        w.sample(
+            "keycore_reload_total",
+            &[("result", "error")],
+            self.reload.error.load(Relaxed),
+        );
+        w.family(
+            "keycore_config_last_reload_success_timestamp_seconds",
+            MetricKind::Gauge,
+            "Unix time of the last successful configuration load (start-up or reload).",
+        );
+        w.sample(
+            "keycore_config_last_reload_success_timestamp_seconds",
+            &[],
+            self.reload.last_success_unix_ms.load(Relaxed) as f64 / 1e3,
+        );
     }
 
     fn render_hist(

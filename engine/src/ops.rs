@@ -2,7 +2,8 @@
 //! limit, and systemd's readiness notification.
 //!
 //! Owns: [`PidFile`] (written without following symlinks, removed on exit
-//! only if it still names this process), [`raise_nofile_limit`] (soft limit
+//! only if it still names this process), [`signal_pid_file`] (what
+//! `keycore reload` signals, refusing stale files), [`raise_nofile_limit`] (soft limit
 //! up to the hard one, with the figure the config needs), and
 //! [`sd_notify`] (`READY=1` / `STOPPING=1` / `STATUS=` datagrams to
 //! `$NOTIFY_SOCKET`, the whole protocol `Type=notify` needs — no libsystemd).
@@ -95,6 +96,113 @@ impl Drop for PidFile {
     fn drop(&mut self) {
         self.remove();
     }
+}
+
+/// Why [`signal_pid_file`] could not signal the server.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalError {
+    /// No pid file configured.
+    #[error("pid_file is not set in the configuration, so there is no process to signal; set pid_file (or --pid-file) for keycore serve and keycore reload")]
+    NoPidFile,
+    /// The file is missing or unreadable.
+    #[error("pid_file {path}: cannot read it ({source}); is keycore serve running with this configuration?")]
+    Unreadable {
+        /// The pid file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds no process id.
+    #[error("pid_file {path}: does not hold a process id")]
+    NotAPid {
+        /// The pid file.
+        path: PathBuf,
+    },
+    /// No such process.
+    #[error("pid_file {path}: process {pid} is not running (a stale pid file from a server that did not exit cleanly)")]
+    Stale {
+        /// The pid file.
+        path: PathBuf,
+        /// The pid it names.
+        pid: u32,
+    },
+    /// The process is not keycore (the pid was reused).
+    #[error("pid_file {path}: process {pid} is {comm:?}, not keycore (a stale pid file whose pid was reused); not signalled")]
+    NotKeycore {
+        /// The pid file.
+        path: PathBuf,
+        /// The pid it names.
+        pid: u32,
+        /// What runs under that pid.
+        comm: String,
+    },
+    /// kill(2) failed (permissions).
+    #[error("cannot signal process {pid} from pid_file {path}: {source}")]
+    Kill {
+        /// The pid file.
+        path: PathBuf,
+        /// The pid it names.
+        pid: u32,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Largest pid file read (a pid is at most 7 digits and a newline).
+const MAX_PID_FILE_BYTES: u64 = 64;
+
+/// Send `signal` to the keycore process named by the pid file at `path`
+/// (`keycore reload`). Refuses a missing, malformed or stale file, and a
+/// pid that now belongs to a process that is not keycore (checked through
+/// `/proc/PID/comm` where it is readable). Returns the pid signalled.
+pub fn signal_pid_file(path: Option<&Path>, signal: i32) -> Result<u32, SignalError> {
+    use std::io::Read as _;
+    let path = path.ok_or(SignalError::NoPidFile)?;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PID_FILE_BYTES).read_to_string(&mut text))
+        .map_err(|source| SignalError::Unreadable {
+            path: path.to_owned(),
+            source,
+        })?;
+    let pid: u32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&p| p > 1 && p <= i32::MAX as u32)
+        .ok_or_else(|| SignalError::NotAPid {
+            path: path.to_owned(),
+        })?;
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(pid as i32, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return Err(SignalError::Stale {
+            path: path.to_owned(),
+            pid,
+        });
+    }
+    if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+        let comm = comm.trim().to_owned();
+        // comm is the executable's name cut to 15 bytes; reactor threads
+        // rename themselves, the process (main thread) keeps it.
+        if !comm.starts_with("keycore") {
+            return Err(SignalError::NotKeycore {
+                path: path.to_owned(),
+                pid,
+                comm,
+            });
+        }
+    }
+    // SAFETY: kill(2) on a pid read from the server's pid file, checked above.
+    if unsafe { libc::kill(pid as i32, signal) } != 0 {
+        return Err(SignalError::Kill {
+            path: path.to_owned(),
+            pid,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(pid)
 }
 
 /// The open-file limit before and after [`raise_nofile_limit`].
@@ -197,6 +305,43 @@ pub fn notify_to(socket: &OsStr, state: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn signal_pid_file_refuses_missing_malformed_stale_and_foreign_pids() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k.pid");
+        let e = signal_pid_file(None, 0).unwrap_err();
+        assert!(matches!(e, SignalError::NoPidFile), "{e}");
+        let e = signal_pid_file(Some(&p), 0).unwrap_err().to_string();
+        assert!(e.contains("k.pid") && e.contains("cannot read"), "{e}");
+        std::fs::write(&p, "banana\n").unwrap();
+        let e = signal_pid_file(Some(&p), 0).unwrap_err();
+        assert!(matches!(e, SignalError::NotAPid { .. }), "{e}");
+        // A child that has exited and been reaped: its pid names no process
+        // (until the kernel reuses it, which takes a full pid cycle).
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let dead = c.id();
+        c.wait().unwrap();
+        std::fs::write(&p, format!("{dead}\n")).unwrap();
+        let e = signal_pid_file(Some(&p), 0).unwrap_err();
+        assert!(
+            matches!(e, SignalError::Stale { pid, .. } if pid == dead),
+            "{e}"
+        );
+        // A live process that is not keycore (this test binary).
+        let mut sleeper = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&p, format!("{}\n", sleeper.id())).unwrap();
+        let e = signal_pid_file(Some(&p), libc::SIGTERM).unwrap_err();
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert!(
+            matches!(&e, SignalError::NotKeycore { comm, .. } if comm == "sleep"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn pid_file_replaces_a_planted_symlink_instead_of_following_it() {

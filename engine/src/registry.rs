@@ -13,11 +13,17 @@
 //! (its `open` turns the `Config` into the backend's own options) and its
 //! line in [`BACKENDS`]. See docs/CONTRIBUTING.md "Add a backend".
 //!
+//! Reload: [`open_all_reusing`] keeps a previously opened store (same
+//! `Arc`, so its sessions and connections stay) when its backend gets the
+//! same URIs (PINs included) and the same settings (`Registration::settings`)
+//! as before, and opens the rest afresh. Reuse is per backend store: a
+//! change to any one PKCS#11 URI reopens the PKCS#11 store (all its tokens).
+//!
 //! Must not: be consulted on the data path (dispatch goes by `StoreId`), or
 //! know a backend's internals beyond its options struct.
 
 use crate::config::{Config, Pkcs11Dispatch};
-use keycore_keys::{KeyEntry, KeyStore, StoreId};
+use keycore_keys::{Backend, KeyEntry, KeyStore, StoreId, StoreKey};
 use std::sync::Arc;
 
 /// What a backend's `open` yields: the shared store and its keys.
@@ -32,6 +38,70 @@ pub struct OpenedStore {
     pub keys: Vec<KeyEntry>,
     /// How long opening took (for `keyless_key_load_duration`).
     pub seconds: f64,
+    /// Whether [`open_all_reusing`] kept it from a previous load.
+    pub reused: bool,
+    /// What it was opened from, for reuse by a later reload.
+    pub record: StoreRecord,
+}
+
+/// What a later reload needs to reuse an opened store: the backend, what
+/// it was opened with (URIs with their PINs, and its settings: kept in
+/// memory only, never logged), the store and its keys' identities.
+#[derive(Debug, Clone)]
+pub struct StoreRecord {
+    backend: &'static str,
+    opened_with: String,
+    store: Arc<dyn KeyStore>,
+    keys: Vec<KeyCopy>,
+    seconds: f64,
+}
+
+impl StoreRecord {
+    /// Whether this record is of `store` (the same open store).
+    pub fn is(&self, store: &Arc<dyn KeyStore>) -> bool {
+        Arc::ptr_eq(&self.store, store)
+    }
+}
+
+/// A store key's identity, enough to put it in a new index again.
+#[derive(Debug, Clone)]
+struct KeyCopy {
+    ski: keycore_keys::Ski,
+    legacy_digest: Option<[u8; keycore_protocol::CERT_DIGEST_LEN]>,
+    kind: keycore_keys::KeyKind,
+    spki_der: Vec<u8>,
+    source: String,
+    key: u32,
+}
+
+impl KeyCopy {
+    fn of(e: &KeyEntry) -> Option<KeyCopy> {
+        let Backend::Store(sk) = e.backend else {
+            return None;
+        };
+        Some(KeyCopy {
+            ski: e.ski,
+            legacy_digest: e.legacy_digest,
+            kind: e.kind,
+            spki_der: e.spki_der.clone(),
+            source: e.source.clone(),
+            key: sk.key,
+        })
+    }
+
+    fn entry(&self, store: StoreId) -> KeyEntry {
+        KeyEntry {
+            ski: self.ski,
+            legacy_digest: self.legacy_digest,
+            kind: self.kind,
+            spki_der: self.spki_der.clone(),
+            source: self.source.clone(),
+            backend: Backend::Store(StoreKey {
+                store,
+                key: self.key,
+            }),
+        }
+    }
 }
 
 /// A backend failed to open: which one, what it was doing, and why.
@@ -69,6 +139,9 @@ pub struct Registration {
     pub claims: fn(&str) -> bool,
     /// Open every claimed URI as one store with this id.
     pub open: fn(&[String], &Config, StoreId) -> Result<Opened, OpenError>,
+    /// The settings `open` reads from the `Config`, as text: a reload
+    /// reuses the open store only when these and the URIs are unchanged.
+    pub settings: fn(&Config) -> String,
 }
 
 /// Every backend compiled in. Order is routing priority (first claim wins).
@@ -86,6 +159,17 @@ pub fn claim(uri: &str) -> Option<&'static Registration> {
 /// Route `uris` to their backends and open each backend that got any, in
 /// registration order. The n-th opened store gets `StoreId(n)`.
 pub fn open_all(uris: &[String], cfg: &Config) -> Result<Vec<OpenedStore>, OpenError> {
+    open_all_reusing(uris, cfg, &[])
+}
+
+/// [`open_all`], keeping each store of `previous` whose backend gets the
+/// same URIs and settings again (its keys are re-numbered to the store's new
+/// `StoreId`; nothing is asked of the backend).
+pub fn open_all_reusing(
+    uris: &[String],
+    cfg: &Config,
+    previous: &[StoreRecord],
+) -> Result<Vec<OpenedStore>, OpenError> {
     let mut routed: Vec<Vec<String>> = vec![Vec::new(); BACKENDS.len()];
     for u in uris {
         let Some(i) = BACKENDS.iter().position(|b| (b.claims)(u)) else {
@@ -106,13 +190,38 @@ pub fn open_all(uris: &[String], cfg: &Config) -> Result<Vec<OpenedStore>, OpenE
             continue;
         }
         let id = StoreId(u16::try_from(out.len()).expect("fewer than 65536 backends"));
+        let opened_with = format!("{uris:?}\n{}", (b.settings)(cfg));
+        if let Some(r) = previous
+            .iter()
+            .find(|r| r.backend == b.name && r.opened_with == opened_with)
+        {
+            tracing::debug!(backend = b.name, "key backend unchanged; keeping it open");
+            out.push(OpenedStore {
+                store: r.store.clone(),
+                keys: r.keys.iter().map(|k| k.entry(id)).collect(),
+                seconds: r.seconds,
+                reused: true,
+                record: r.clone(),
+            });
+            continue;
+        }
         tracing::debug!(backend = b.name, stores = uris.len(), "opening key backend");
         let t0 = std::time::Instant::now();
         let (store, keys) = (b.open)(uris, cfg, id)?;
+        let seconds = t0.elapsed().as_secs_f64();
+        let record = StoreRecord {
+            backend: b.name,
+            opened_with,
+            store: store.clone(),
+            keys: keys.iter().filter_map(KeyCopy::of).collect(),
+            seconds,
+        };
         out.push(OpenedStore {
             store,
             keys,
-            seconds: t0.elapsed().as_secs_f64(),
+            seconds,
+            reused: false,
+            record,
         });
     }
     Ok(out)
@@ -134,6 +243,15 @@ const PKCS11: Registration = Registration {
     accepts: "a PKCS#11 URI",
     claims: |u| u.starts_with("pkcs11:"),
     open: open_pkcs11,
+    settings: |c| {
+        format!(
+            "{:?} {:?} {:?} {:?}",
+            c.core_ids(&crate::server::available_cpus()).len(),
+            c.pkcs11,
+            c.pkcs11_op_timeout(),
+            c.key_load_errors
+        )
+    },
 };
 
 fn open_pkcs11(uris: &[String], cfg: &Config, id: StoreId) -> Result<Opened, OpenError> {
@@ -161,6 +279,7 @@ const KMS: Registration = Registration {
         "an Azure Key Vault / Managed HSM key URL, Google Cloud KMS key version or AWS KMS key ARN",
     claims: keycore_kms::KmsStore::handles,
     open: open_kms,
+    settings: |c| format!("{:?} {:?}", c.kms, c.key_load_errors),
 };
 
 #[cfg(feature = "kms")]

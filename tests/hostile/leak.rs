@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use keycore_testsupport::SOFTHSM_MODULE as MODULE;
 
 /// A fresh SoftHSM2 token with one P-256 key; returns (conf, SPKI DER).
-fn token(root: &Path) -> Option<(PathBuf, Vec<u8>)> {
+pub(crate) fn token(root: &Path) -> Option<(PathBuf, Vec<u8>)> {
     if !Path::new(MODULE).exists() || Command::new("pkcs11-tool").arg("--help").output().is_err() {
         return None;
     }

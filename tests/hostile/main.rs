@@ -13,4 +13,5 @@ mod fairness;
 mod leak;
 mod logs;
 mod operator;
+mod reload;
 mod support;

@@ -62,6 +62,9 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
+    /// The config file the server was started with (tests rewrite it before
+    /// a reload).
+    pub config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -100,22 +103,37 @@ impl Server {
         log: bool,
     ) -> Server {
         let p = &pki().pki;
-        let dir = tempfile::tempdir().unwrap();
-        let mport = free_port();
-        let yaml = format!(
+        let yaml = |port: u16, mport: u16| {
+            format!(
             "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nlisten_address: 127.0.0.1\ncores: 1\n{extra_yaml}private_key_stores:\n  - dir: {}\n{extra_stores}",
             p.server_cert.display(),
             p.server_key.display(),
             p.ca_cert.display(),
             p.keys_dir.display()
-        );
+        )
+        };
+        Self::spawn_config(port, yaml, env, log)
+    }
+
+    /// A server whose whole config file the test writes: `yaml(port,
+    /// metrics_port)` gives its text. Started on `port`, not waited for.
+    /// `KEYCORE_LOG` in `env` replaces the default (warn).
+    pub fn spawn_config(
+        port: u16,
+        yaml: impl FnOnce(u16, u16) -> String,
+        env: &[(&str, &std::path::Path)],
+        log: bool,
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let mport = free_port();
         let cfg = dir.path().join("gokeyless.yaml");
-        std::fs::write(&cfg, yaml).unwrap();
+        std::fs::write(&cfg, yaml(port, mport)).unwrap();
         // KEYCORE_HOSTILE_BIN runs the suite against another build (e.g. an
         // older release, to check that each test fails before its fix).
         let bin = std::env::var_os("KEYCORE_HOSTILE_BIN")
             .unwrap_or_else(|| env!("CARGO_BIN_EXE_keycore").into());
         let mut cmd = Command::new(bin);
+        cmd.env("KEYCORE_LOG", "warn");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -127,7 +145,6 @@ impl Server {
         let child = cmd
             .args(["serve", "-c"])
             .arg(&cfg)
-            .env("KEYCORE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
@@ -136,6 +153,7 @@ impl Server {
             child,
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             metrics: format!("127.0.0.1:{mport}").parse().unwrap(),
+            config: cfg,
             _dir: dir,
         }
     }

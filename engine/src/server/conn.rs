@@ -17,7 +17,7 @@
 
 use super::conn_state::{CloseReason, ConnState, Dispatched, Dispatcher};
 use super::dispatch::{self, DispatchCtx, Pending};
-use super::{CoreCtx, DrainSlot, HandshakeTicket, CLOSE_GRACE};
+use super::{CoreCtx, CoreServed, DrainSlot, HandshakeTicket, CLOSE_GRACE};
 use crate::refusals::Refusal;
 use futures_lite::future::{self, FutureExt as _};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -122,7 +122,9 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
     }
     let slot = core.drain_slot();
     let hs_deadline = Instant::now() + core.limits.handshake_timeout;
-    let handshake = core.acceptor.accept(tcp);
+    // The TLS configuration in force when the connection arrived (a reload
+    // applies to connections accepted after it).
+    let handshake = core.served().acceptor.accept(tcp);
     let r = handshake
         .or(async {
             until(&core, &slot, hs_deadline).await;
@@ -202,7 +204,11 @@ async fn until(core: &CoreCtx, slot: &DrainSlot<'_>, base: Instant) {
 
 /// The core's dispatch, behind the sans-IO core's one call.
 struct CoreDispatch<'a> {
-    ctx: DispatchCtx<'a>,
+    /// The served generation this connection uses (see `served.rs`),
+    /// refreshed at the start of every turn.
+    served: Rc<CoreServed>,
+    served_gen: u64,
+    stats: &'a crate::metrics::CoreStats,
     scratch: Vec<u8>,
     completions: &'a Rc<Completions>,
     /// Something was handed to an off-reactor backend since the last flush.
@@ -212,13 +218,20 @@ struct CoreDispatch<'a> {
 impl Dispatcher for CoreDispatch<'_> {
     #[inline]
     fn dispatch(&mut self, msg: &Message<'_>, read_at: Instant, out: &mut Vec<u8>) -> Dispatched {
-        let h = dispatch::handle(&self.ctx, msg, read_at, &mut self.scratch, out);
+        let ctx = DispatchCtx {
+            keys: &self.served.served.keys,
+            stores: &self.served.stores,
+            stats: self.stats,
+        };
+        let h = dispatch::handle(&ctx, msg, read_at, &mut self.scratch, out);
         match h.pending {
             None => Dispatched::Answered { cost: h.cost },
             Some(p) => {
                 self.submitted = true;
-                self.ctx.stats.in_flight.inc();
-                spawn_pending(p, self.completions.clone());
+                self.stats.in_flight.inc();
+                // The operation keeps its generation's stores alive until it
+                // completes, even if a reload removes them meanwhile.
+                spawn_pending(p, self.completions.clone(), self.served.clone());
                 Dispatched::Pending { cost: h.cost }
             }
         }
@@ -248,11 +261,9 @@ async fn run(
 ) -> CloseReason {
     let stats = &core.stats;
     let mut disp = CoreDispatch {
-        ctx: DispatchCtx {
-            keys: &core.keys,
-            stores: &core.stores,
-            stats,
-        },
+        served: core.served(),
+        served_gen: core.served_generation(),
+        stats,
         scratch: Vec::with_capacity(1024),
         completions,
         submitted: false,
@@ -262,6 +273,11 @@ async fn run(
     let mut seen_gen = u64::MAX;
     loop {
         let now = Instant::now();
+        if disp.served_gen != core.served_generation() {
+            // A reload was taken up by the core: this turn's requests use it.
+            disp.served = core.served();
+            disp.served_gen = core.served_generation();
+        }
         if seen_gen != core.control_gen() {
             seen_gen = core.control_gen();
             if let Some(d) = core.drain_deadline() {
@@ -281,7 +297,7 @@ async fn run(
         st.process(now, &mut disp);
         if std::mem::take(&mut disp.submitted) {
             // This turn's off-reactor requests go out now, as one batch.
-            dispatch::flush(&disp.ctx);
+            dispatch::flush(&disp.served.stores);
         }
         if chunk.is_none() {
             if let Some(plain) = st.poll_output() {
@@ -489,9 +505,10 @@ fn encrypt(core: &CoreCtx, tls: &mut Tls, plain: &[u8]) -> std::io::Result<Vec<u
     Ok(net)
 }
 
-fn spawn_pending(p: Pending, completions: Rc<Completions>) {
+fn spawn_pending(p: Pending, completions: Rc<Completions>, served: Rc<CoreServed>) {
     glommio::spawn_local(async move {
         let r = p.fut.await;
+        drop(served);
         completions.push((p.id, p.op, p.read_at, r));
     })
     .detach();

@@ -18,6 +18,7 @@ use crate::metrics::CoreStats;
 use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, KeyKind, Outcome, PendingOp};
 use keycore_protocol::codec::{encode_error, encode_response};
 use keycore_protocol::{ErrorCode, Message, Op, OpClass};
+use std::rc::Rc;
 use std::time::Instant;
 
 /// A request whose operation runs off the reactor.
@@ -44,10 +45,10 @@ impl std::fmt::Debug for Pending {
 /// What the core shares with its connections' dispatch.
 #[derive(Debug)]
 pub struct DispatchCtx<'a> {
-    /// The start-up key index.
+    /// The key index of the served generation the connection holds.
     pub keys: &'a KeyIndex,
     /// This core's part of every key store, indexed by `StoreId`.
-    pub stores: &'a [Box<dyn CoreStore>],
+    pub stores: &'a [Rc<dyn CoreStore>],
     /// This core's counters.
     pub stats: &'a CoreStats,
 }
@@ -175,8 +176,8 @@ pub fn handle(
 /// store instead of one per request). Called by the connection after it has
 /// dispatched every complete request it read.
 #[inline]
-pub fn flush(ctx: &DispatchCtx<'_>) {
-    for s in ctx.stores {
+pub fn flush(stores: &[Rc<dyn CoreStore>]) {
+    for s in stores {
         s.flush();
     }
 }

@@ -2,10 +2,13 @@
 //! own SO_REUSEPORT listener, connections, buffers, per-core part of each
 //! key store (PKCS#11 sessions, ...) and counters.
 //!
-//! What cores share is built before they start and is read-only: the key
-//! index (`Arc<KeyIndex>`), the TLS configuration, the limits. Cores talk to
-//! the outside only through control-plane atomics (drain request) polled by a
-//! per-core task, and through their metrics (single-writer atomics).
+//! What cores share is read-only: the limits (fixed at start-up) and the
+//! served state (key index, key stores, TLS configuration; [`Served`]),
+//! which a reload replaces as a whole through a [`Swap`] cell that each
+//! core's control task polls (see `served.rs` for the design: no lock on the
+//! data path). Cores talk to the outside only through control-plane atomics
+//! (drain request, served generation) polled by a per-core task, and
+//! through their metrics (single-writer atomics).
 //!
 //! Admission (issue 12): a connection still in the TLS handshake is not
 //! authenticated, so it never takes one of the `max_connections_per_core`
@@ -37,14 +40,18 @@ pub mod conn;
 pub mod conn_state;
 pub mod dispatch;
 pub mod port;
+pub mod served;
 pub mod tls;
+
+pub use served::{CoreServed, Served, Stores};
 
 use crate::metrics::{CoreStats, Registry};
 use crate::refusals::{Refusal, RefusalLog};
+use crate::swap::Swap;
 use anyhow::{bail, Result};
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
-use keycore_keys::{CoreStore, KeyIndex, KeyStore};
+use keycore_keys::KeyIndex;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -102,16 +109,16 @@ pub struct ServerSettings {
 pub struct CoreCtx {
     /// Index of this core in the configured list.
     pub index: usize,
-    /// The start-up key index.
-    pub keys: Arc<KeyIndex>,
-    /// This core's part of every key store, indexed by `StoreId`.
-    pub stores: Vec<Box<dyn CoreStore>>,
+    /// What this core serves (keys, its part of every store, TLS
+    /// acceptor); replaced by the control task when a reload publishes a
+    /// new generation. Read by connections once per turn.
+    served: RefCell<Rc<CoreServed>>,
+    /// The [`Swap`] generation `served` was built from.
+    served_gen: Cell<u64>,
     /// This core's counters.
     pub stats: Arc<CoreStats>,
     /// Limits.
     pub limits: Limits,
-    /// TLS acceptor (shared read-only config).
-    pub acceptor: futures_rustls::TlsAcceptor,
     /// Set once the core drains.
     pub draining: Cell<bool>,
     /// When the drain must be over (set with `draining`, moved earlier by a hurry).
@@ -224,6 +231,32 @@ impl CoreCtx {
     pub fn drain_slot(&self) -> DrainSlot<'_> {
         let index = self.drain_wakers.borrow_mut().take();
         DrainSlot { core: self, index }
+    }
+
+    /// What this core serves now (see [`Self::served_generation`]).
+    pub fn served(&self) -> Rc<CoreServed> {
+        self.served.borrow().clone()
+    }
+
+    /// Generation of [`Self::served`]; a connection compares it once per
+    /// turn with the one it holds.
+    #[inline]
+    pub fn served_generation(&self) -> u64 {
+        self.served_gen.get()
+    }
+
+    /// Control task: take up a newly published served state, keeping this
+    /// core's part of every store that did not change, then wake every
+    /// connection so idle ones let go of the old generation too.
+    fn take_up(&self, cell: &Swap<Served>) {
+        let (next, generation) = cell.load();
+        let prev = self.served();
+        let built = CoreServed::build(next, self.index, Some(&prev));
+        drop(prev);
+        *self.served.borrow_mut() = Rc::new(built);
+        self.served_gen.set(generation);
+        tracing::debug!(core = self.index, generation, "reloaded state taken up");
+        self.control_event();
     }
 
     /// The control generation (see [`DrainSlot::poll_changed`]).
@@ -412,6 +445,8 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     /// Counters of every core, for scrapes and tests.
     pub registry: Arc<Registry>,
+    /// What the cores serve; a reload stores a new value here.
+    pub served: Arc<Swap<Served>>,
     control: ServerControl,
     threads: Vec<glommio::ExecutorJoinHandle<()>>,
     /// The exclusive claim on `addr`, released when the handle goes (after
@@ -467,16 +502,24 @@ impl ServerHandle {
     }
 }
 
-/// The opened key stores, shared by every core, in `StoreId` order (the
-/// registry's `OpenedStores::stores`). Each core takes its own part.
-pub type Stores = Vec<Arc<dyn KeyStore>>;
-
-/// Start the reactors. Returns once every core listens.
+/// Start the reactors serving a fixed key index, stores and TLS
+/// configuration (tests, benches; `launch` uses [`start_served`]).
 pub fn start(
     settings: ServerSettings,
     tls: Arc<rustls::ServerConfig>,
     keys: Arc<KeyIndex>,
     stores: Stores,
+    registry: Registry,
+) -> Result<ServerHandle> {
+    let served = Served { keys, stores, tls };
+    start_served(settings, Arc::new(Swap::new(Arc::new(served))), registry)
+}
+
+/// Start the reactors serving what `served` holds (and whatever a reload
+/// stores there later). Returns once every core listens.
+pub fn start_served(
+    settings: ServerSettings,
+    served: Arc<Swap<Served>>,
     mut registry: Registry,
 ) -> Result<ServerHandle> {
     settings.limits.validate()?;
@@ -500,11 +543,9 @@ pub fn start(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, String>>();
     let mut threads = Vec::new();
     for (index, &cpu) in settings.cpus.iter().enumerate() {
-        let keys = keys.clone();
-        let stores = stores.clone();
+        let cell = served.clone();
         let stats = stats[index].clone();
         let limits = settings.limits.clone();
-        let tls = tls.clone();
         let control = control.clone();
         let ready = ready_tx.clone();
         // Bound here, on the starting thread, so a failure is reported
@@ -535,14 +576,13 @@ pub fn start(
                         return;
                     }
                 };
-                let stores = stores.into_iter().map(|s| s.core(index)).collect();
+                let (first, generation) = cell.load();
                 let core = Rc::new(CoreCtx {
                     index,
-                    stores,
-                    keys,
+                    served: RefCell::new(Rc::new(CoreServed::build(first, index, None))),
+                    served_gen: Cell::new(generation),
                     stats,
                     limits,
-                    acceptor: futures_rustls::TlsAcceptor::from(tls),
                     draining: Cell::new(false),
                     drain_deadline: Cell::new(None),
                     control_gen: Cell::new(0),
@@ -554,7 +594,7 @@ pub fn start(
                 let _ = ready.send(Ok(inode));
                 drop(ready);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
-                run_core(core, listener, control).await;
+                run_core(core, listener, control, cell).await;
                 tracing::info!(core = index, "reactor stopped");
             })
             .map_err(|e| anyhow::anyhow!("start reactor on cpu {cpu}: {e}"))?;
@@ -596,13 +636,19 @@ pub fn start(
     Ok(ServerHandle {
         addr: listen,
         registry,
+        served,
         control,
         threads,
         _claim: claim,
     })
 }
 
-async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, control: ServerControl) {
+async fn run_core(
+    core: Rc<CoreCtx>,
+    listener: glommio::net::TcpListener,
+    control: ServerControl,
+    served: Arc<Swap<Served>>,
+) {
     let open = Rc::new(Cell::new(0usize));
     let accept_loop = {
         let core = core.clone();
@@ -647,13 +693,17 @@ async fn run_core(core: Rc<CoreCtx>, listener: glommio::net::TcpListener, contro
         }
     };
     // The control task: also the core's heartbeat for `/healthz` (a core
-    // that stops turning stops beating).
+    // that stops turning stops beating), and where a reload's new served
+    // state is taken up (one atomic load per tick when nothing changed).
     let watch_drain = async {
         core.stats.heartbeat.beat();
         while !control.drain.load(Ordering::Acquire) {
             glommio::timer::sleep(CONTROL_POLL).await;
             core.stats.heartbeat.beat();
             core.flush_refusals();
+            if served.generation() != core.served_generation() {
+                core.take_up(&served);
+            }
         }
     };
     // The accept loop runs as its own task, not raced with `watch_drain` in
@@ -707,7 +757,7 @@ pub fn available_cpus() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use keycore_keys::PromWriter;
+    use keycore_keys::{CoreStore, KeyStore, PromWriter};
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
 

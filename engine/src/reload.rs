@@ -1,0 +1,284 @@
+//! Reload (issue 14): re-read the configuration, every key store and the TLS
+//! material, and swap them in without a restart (SIGHUP, `keycore reload`).
+//!
+//! Owns: [`build`] (turn a `Config` into the served state, the scrape's
+//! loaded part and the store records; start-up runs the same function, so
+//! start-up and reload cannot load differently), [`Reloader`] (one reload at
+//! a time: read, compare, build, publish or refuse, count) and the
+//! [`ReloadReport`] an operator sees.
+//!
+//! Design:
+//! - **All or nothing.** Everything is built before anything is published:
+//!   the config file, every software key, every backend store (a PKCS#11
+//!   login, a cloud key fetch), the TLS configuration. Any error (bad YAML,
+//!   unreadable key, wrong PIN, unreachable KMS) leaves the running state
+//!   untouched, is logged with its reason (which names the file or URI;
+//!   PINs are never printed) and counted in
+//!   `keycore_reload_total{result="error"}`.
+//! - **Publish.** A built state is stored in the process's
+//!   [`Swap<Served>`](crate::swap::Swap); each core's control task takes it
+//!   up within `CONTROL_POLL` (20 ms) and wakes its connections (see
+//!   `server/served.rs`: no lock on the data path, in-flight operations keep
+//!   the generation they started on, TLS changes apply to new connections).
+//!   The scrape's part ([`Loaded`]) is swapped the same way.
+//! - **Kept stores.** A backend store whose URIs (PINs included) and
+//!   settings are unchanged is kept open, the same `Arc`; each core keeps
+//!   its part of it (PKCS#11 sessions, worker threads). Software keys are
+//!   always read again (cheap; a replaced file takes effect).
+//! - **Restart-only settings** (port, cores, limits, metrics address, log
+//!   settings, ...: everything not in `keycore_config::APPLIED_BY_RELOAD`
+//!   or the `pkcs11_*`/`kms_*` tunables) keep their running values; a
+//!   change to one is logged as needing a restart and listed in the report,
+//!   never silently dropped.
+//!
+//! Must not: run on a reactor (it reads files and may wait on an HSM or a
+//! cloud service), or publish a partly built state.
+
+use crate::config::Config;
+use crate::launch;
+use crate::metrics::{Loaded, Registry};
+use crate::registry::StoreRecord;
+use crate::server::{tls, Served};
+use crate::swap::Swap;
+use anyhow::Result;
+use keycore_keys::Ski;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, UNIX_EPOCH};
+
+/// Everything loaded from one configuration.
+#[derive(Debug)]
+pub struct Built {
+    /// What the cores serve.
+    pub served: Served,
+    /// What the scrape shows of it.
+    pub loaded: Loaded,
+    /// Each backend store's record, for the next reload's reuse.
+    pub records: Vec<StoreRecord>,
+    /// Backends kept open from `previous`.
+    pub kept: Vec<&'static str>,
+    /// Backends opened afresh.
+    pub opened: Vec<&'static str>,
+}
+
+/// Load keys, stores and TLS material for `cfg`, keeping each store of
+/// `previous` whose URIs and settings are unchanged. Publishes nothing.
+pub fn build(cfg: &Config, previous: &[StoreRecord]) -> Result<Built> {
+    let launch::LoadedKeys {
+        index: keys,
+        stores,
+        records,
+        seconds: key_load_seconds,
+        skipped,
+    } = launch::load_keys_reusing(cfg, previous)?;
+    let tls = tls::server_config(&tls::TlsSettings {
+        cert: &cfg.auth_cert,
+        key: &cfg.auth_key,
+        client_ca: &cfg.cloudflare_ca_cert,
+        tls12_only: cfg.tls12_only,
+        current_time: cfg.current_time,
+    })?;
+    let mut kept = Vec::new();
+    let mut opened = Vec::new();
+    for s in &stores {
+        if previous.iter().any(|r| r.is(s)) {
+            kept.push(s.name());
+        } else {
+            opened.push(s.name());
+        }
+    }
+    Ok(Built {
+        loaded: Loaded {
+            gauges: launch::gauges(cfg, skipped),
+            key_load_seconds,
+            stores: stores.clone(),
+        },
+        served: Served {
+            keys: Arc::new(keys),
+            stores,
+            tls,
+        },
+        records,
+        kept,
+        opened,
+    })
+}
+
+/// Count a successful load (start-up or reload) in the registry.
+pub fn record_success(registry: &Registry) {
+    let ms = UNIX_EPOCH
+        .elapsed()
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    registry.reload.last_success_unix_ms.store(ms, Relaxed);
+}
+
+/// What an applied reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Keys served now.
+    pub keys: usize,
+    /// Sources (path or URI) of keys that were not served before.
+    pub added: Vec<String>,
+    /// Sources of keys no longer served (answered `0x02` from now on).
+    pub removed: Vec<String>,
+    /// Backend stores kept open (unchanged URIs and settings).
+    pub stores_kept: Vec<&'static str>,
+    /// Backend stores opened afresh.
+    pub stores_opened: Vec<&'static str>,
+    /// Applied settings that changed (besides key material in files).
+    pub applied: Vec<&'static str>,
+    /// Settings that changed in the configuration but need a restart; their
+    /// running values stay.
+    pub restart_needed: Vec<&'static str>,
+    /// How long the reload took, in milliseconds.
+    pub millis: u64,
+}
+
+impl fmt::Display for ReloadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} keys ({} added, {} removed)",
+            self.keys,
+            self.added.len(),
+            self.removed.len()
+        )?;
+        if !self.stores_kept.is_empty() {
+            write!(f, "; kept open: {}", self.stores_kept.join(", "))?;
+        }
+        if !self.stores_opened.is_empty() {
+            write!(f, "; opened: {}", self.stores_opened.join(", "))?;
+        }
+        if !self.applied.is_empty() {
+            write!(f, "; changed settings applied: {}", self.applied.join(", "))?;
+        }
+        if !self.restart_needed.is_empty() {
+            write!(
+                f,
+                "; NOT applied, need a restart: {}",
+                self.restart_needed.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Reloads the running server. One reload runs at a time (a second caller
+/// waits for the first to finish, then reloads again: the file may have
+/// changed meanwhile).
+pub struct Reloader {
+    state: Mutex<InForce>,
+    served: Arc<Swap<Served>>,
+    registry: Arc<Registry>,
+}
+
+/// The configuration in force and the stores it opened.
+struct InForce {
+    config: Config,
+    records: Vec<StoreRecord>,
+}
+
+impl fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloader").finish_non_exhaustive()
+    }
+}
+
+impl Reloader {
+    /// A reloader for a server started from `config` (with the stores it
+    /// opened), serving through `served` and scraped through `registry`.
+    pub fn new(
+        config: Config,
+        records: Vec<StoreRecord>,
+        served: Arc<Swap<Served>>,
+        registry: Arc<Registry>,
+    ) -> Reloader {
+        Reloader {
+            state: Mutex::new(InForce { config, records }),
+            served,
+            registry,
+        }
+    }
+
+    /// Reload: `read` gives the configuration as it is now (file,
+    /// environment and the original flags); then every key store and the
+    /// TLS material are loaded and, if all of it succeeded, published. On
+    /// error the running state is untouched; the error says why.
+    /// Logged and counted either way.
+    pub fn reload(&self, read: impl FnOnce() -> Result<Config>) -> Result<ReloadReport> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let t0 = Instant::now();
+        tracing::info!("reload: reading the configuration, key stores and TLS material");
+        let r = read().and_then(|new| self.apply(&mut state, &new, t0));
+        match &r {
+            Ok(report) => {
+                self.registry.reload.ok.fetch_add(1, Relaxed);
+                record_success(&self.registry);
+                for s in &report.added {
+                    tracing::info!(source = %s, "reload: key added");
+                }
+                for s in &report.removed {
+                    tracing::info!(source = %s, "reload: key removed");
+                }
+                for s in &report.restart_needed {
+                    tracing::warn!(
+                        setting = s,
+                        "reload: setting changed but needs a restart; the running value stays"
+                    );
+                }
+                tracing::info!("reload applied: {report}");
+            }
+            Err(e) => {
+                self.registry.reload.error.fetch_add(1, Relaxed);
+                tracing::error!("reload refused, the previous configuration keeps serving: {e:#}");
+            }
+        }
+        r
+    }
+
+    fn apply(&self, state: &mut InForce, new: &Config, t0: Instant) -> Result<ReloadReport> {
+        let changed = keycore_config::changed_settings(&state.config, new);
+        let effective = state.config.with_reloaded(new);
+        let built = build(&effective, &state.records)?;
+        let old = self.served.get();
+        let report = ReloadReport {
+            keys: built.served.keys.len(),
+            added: sources_not_in(&built.served, &old),
+            removed: sources_not_in(&old, &built.served),
+            stores_kept: built.kept.clone(),
+            stores_opened: built.opened.clone(),
+            applied: changed
+                .iter()
+                .filter(|s| s.applied_by_reload())
+                .map(|s| s.name)
+                .collect(),
+            restart_needed: changed
+                .iter()
+                .filter(|s| !s.applied_by_reload())
+                .map(|s| s.name)
+                .collect(),
+            millis: t0.elapsed().as_millis() as u64,
+        };
+        // Scrape first, then the cores: a scrape never shows fewer stores
+        // than the cores use.
+        self.registry.loaded.store(Arc::new(built.loaded));
+        self.served.store(Arc::new(built.served));
+        state.config = effective;
+        state.records = built.records;
+        Ok(report)
+    }
+}
+
+/// Sources of the keys of `a` whose SKI `b` does not serve.
+fn sources_not_in(a: &Served, b: &Served) -> Vec<String> {
+    let have: HashSet<&Ski> = b.keys.entries().iter().map(|e| &e.ski).collect();
+    a.keys
+        .entries()
+        .iter()
+        .filter(|e| !have.contains(&e.ski))
+        .map(|e| e.source.clone())
+        .collect()
+}
