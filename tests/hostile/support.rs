@@ -158,7 +158,9 @@ impl Server {
         }
     }
 
-    /// Wait (at most 20 s) until the server answers a ping.
+    /// Wait (at most 20 s) until the server answers a ping and its metrics
+    /// listener accepts (it starts after the reactors: a scrape right after
+    /// the first ping was refused now and then).
     pub fn wait_up(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -170,6 +172,13 @@ impl Server {
                 Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
                 Err(_) => std::thread::sleep(Duration::from_millis(50)),
             }
+        }
+        while let Err(e) = TcpStream::connect(self.metrics) {
+            assert!(
+                Instant::now() < deadline,
+                "metrics listener never came up: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
