@@ -4,7 +4,8 @@
 //! `reload` (SIGHUP to the running server named by `pid_file`, then its result),
 //! `edge` (HTTPS with certificates only; signatures from key servers),
 //! `loadgen` (edge-traffic load generator), `demo` (throwaway PKI + server +
-//! load on loopback, the README's first command), `tune` (not built yet).
+//! load on loopback, the README's first command), `tune` (client- and
+//! server-side sweeps), `plan` (capacity planner).
 //! This file only parses arguments, sets up logging and hands over to the
 //! library crates; it holds no logic of its own.
 
@@ -52,9 +53,15 @@ enum Cmd {
         #[arg(long)]
         dir: std::path::PathBuf,
     },
-    /// Capacity planning: sweep client concurrency against a server and
-    /// recommend the setting with the most throughput within the SLO.
+    /// Sweep client concurrency against a running server, or (with
+    /// --serve-config and --set) launch `keycore serve` per point with one
+    /// setting changed, and recommend the config with the most throughput
+    /// within the p99 SLO.
     Tune(Box<keycore_tuning::TuneArgs>),
+    /// Capacity plan: key-server cores/instances and HSMs (or cloud quota)
+    /// per vendor profile for a peak of new TLS handshakes, with the
+    /// arithmetic and every figure's source.
+    Plan(Box<keycore_tuning::plan::PlanArgs>),
     /// Probe a running server's metrics listener (container HEALTHCHECK,
     /// exec probes): exit 0 on HTTP 200, 1 otherwise, printing the answer.
     Healthcheck {
@@ -128,6 +135,7 @@ fn main() {
             match &cmd.sub {
                 Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m),
                 None => match &cmd.args {
+                    Some(a) if a.compare_report.is_some() => keycore_tuning::compare::run_cli(a),
                     Some(a) => keycore_loadgen::run_cli(a),
                     None => Err(anyhow::anyhow!(
                         "keycore loadgen: give --server ... or `merge LOG...`"
@@ -162,6 +170,7 @@ fn main() {
             init_logging(2, LogFormat::Text);
             keycore_tuning::run_cli(&args)
         }
+        Some(Cmd::Plan(args)) => keycore_tuning::plan::run_cli(&args),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

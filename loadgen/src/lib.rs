@@ -162,6 +162,9 @@ pub struct CapacitySpec {
     pub slo_p99_ms: f64,
     /// ...and its failed fraction at most this. Default 0 (any error fails).
     pub max_error_ratio: f64,
+    /// Most steps (a sweep of many points bounds each point's search with
+    /// it). Default and ceiling [`MAX_CAPACITY_STEPS`].
+    pub max_steps: usize,
 }
 
 impl Default for CapacitySpec {
@@ -173,6 +176,7 @@ impl Default for CapacitySpec {
             step_warmup_s: 2.0,
             slo_p99_ms: 10.0,
             max_error_ratio: 0.0,
+            max_steps: MAX_CAPACITY_STEPS,
         }
     }
 }
@@ -286,7 +290,7 @@ pub fn capacity(
     let mut highest = None;
     let mut generator_bound = false;
     let mut rate = cap.start_rate;
-    for _ in 0..MAX_CAPACITY_STEPS {
+    for _ in 0..cap.max_steps.min(MAX_CAPACITY_STEPS) {
         if rate > profile::MAX_RATE {
             break;
         }
@@ -544,9 +548,26 @@ pub struct LoadgenArgs {
     /// Capacity: tolerated failed fraction per step. Default 0.
     #[arg(long)]
     pub max_error_ratio: Option<f64>,
+
+    /// Comparison report: a capacity search against each --server in turn
+    /// and one HTML page side by side (curves, knees, errors, operation
+    /// latency, published ceilings), written to FILE. Run by the `keycore`
+    /// binary (keycore-tuning owns the report).
+    #[arg(long, value_name = "FILE")]
+    pub compare_report: Option<PathBuf>,
+    /// Comparison report: SERVER=NAME names a backend; an hsmsim profile name
+    /// or aws-kms / azure-key-vault-premium / gcp-kms overlays its published
+    /// ceiling.
+    #[arg(long, value_name = "SERVER=NAME")]
+    pub label: Vec<String>,
+    /// Comparison report: SERVER=PATH uses these keys (public halves) for
+    /// that server instead of --keys (a cloud stand-in holds its own keys).
+    #[arg(long, value_name = "SERVER=PATH")]
+    pub backend_keys: Vec<String>,
 }
 
-fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
+/// `host:port` to its first address.
+pub fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
     s.to_socket_addrs()
         .with_context(|| format!("server address {s:?}"))?
         .next()
@@ -624,7 +645,8 @@ impl LoadgenArgs {
         })
     }
 
-    fn capacity_spec(&self) -> CapacitySpec {
+    /// The capacity search the flags describe.
+    pub fn capacity_spec(&self) -> CapacitySpec {
         let d = CapacitySpec::default();
         CapacitySpec {
             start_rate: self.start_rate.unwrap_or(d.start_rate),
@@ -633,6 +655,7 @@ impl LoadgenArgs {
             step_warmup_s: self.warmup.unwrap_or(d.step_warmup_s),
             slo_p99_ms: self.slo_p99_ms.unwrap_or(d.slo_p99_ms),
             max_error_ratio: self.max_error_ratio.unwrap_or(d.max_error_ratio),
+            max_steps: d.max_steps,
         }
     }
 }
@@ -642,6 +665,10 @@ pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
     if args.handshakes {
         return handshake::run_cli(args);
     }
+    anyhow::ensure!(
+        args.compare_report.is_none(),
+        "--compare-report is run by the keycore binary (keycore_tuning::compare::run_cli)"
+    );
     let spec = args.to_spec()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
@@ -862,6 +889,7 @@ mod tests {
             step_warmup_s: 0.0,
             slo_p99_ms: 35.0,
             max_error_ratio: 0.0,
+            max_steps: 10,
         };
         let mut seen = 0;
         let rep = capacity(&spec, &cap, &mut |_| seen += 1).unwrap();

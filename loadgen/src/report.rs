@@ -528,21 +528,30 @@ impl Report {
     }
 }
 
-pub(crate) fn html_escape(s: &str) -> String {
+/// Escape text for HTML element content (also used by the planner's page).
+pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
 
-pub(crate) struct Chart<'a> {
-    pub(crate) title: &'a str,
-    pub(crate) x_label: &'a str,
-    pub(crate) y_label: &'a str,
-    pub(crate) log_y: bool,
-    pub(crate) x_ticks: Option<Vec<(f64, String)>>,
-    pub(crate) series: Vec<(String, Vec<(f64, f64)>)>,
+/// A line chart (also drawn by the backend comparison report in keycore-tuning).
+#[derive(Debug)]
+pub struct Chart<'a> {
+    /// Title above the plot.
+    pub title: &'a str,
+    /// X axis label.
+    pub x_label: &'a str,
+    /// Y axis label.
+    pub y_label: &'a str,
+    /// Logarithmic y axis.
+    pub log_y: bool,
+    /// Explicit x ticks (value, label); None: six even ticks.
+    pub x_ticks: Option<Vec<(f64, String)>>,
+    /// Named lines.
+    pub series: Vec<(String, Vec<(f64, f64)>)>,
     /// Shade x below this (the warm-up on time axes).
-    pub(crate) shade_until: Option<f64>,
+    pub shade_until: Option<f64>,
 }
 
 const COLORS: [&str; 8] = [
@@ -550,7 +559,7 @@ const COLORS: [&str; 8] = [
 ];
 
 /// A line chart as inline SVG.
-pub(crate) fn svg_chart(c: &Chart<'_>) -> String {
+pub fn svg_chart(c: &Chart<'_>) -> String {
     let (w, h, ml, mr, mt, mb) = (960.0, 360.0, 80.0, 190.0, 40.0, 50.0);
     let pts: Vec<(f64, f64)> = c
         .series

@@ -144,7 +144,7 @@ fn output_config_shows_every_source_and_hides_secrets() {
     assert!(shown.contains("pin-value=98765") && shown.contains("v1.0-very-secret"));
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

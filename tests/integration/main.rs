@@ -12,3 +12,4 @@ mod ops;
 mod pkcs11;
 mod protocol_errors;
 mod tls;
+mod tune;

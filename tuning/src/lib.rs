@@ -1,20 +1,22 @@
 //! # keycore-tuning
 //!
-//! Parameter sweeps on top of `keycore-loadgen`: run the same traffic against
-//! a server while varying one setting at a time, tabulate throughput and tail
-//! latency for each value, and recommend the setting that gives the most
-//! throughput within a latency SLO.
-//!
-//! What it sweeps today: the *client-side* concurrency the edge would use,
-//! i.e. connections × requests in flight (closed loop). That finds the knee
-//! of a server's throughput/latency curve and the pipelining depth an edge
-//! should be configured with. What it does not do yet: restart the server
-//! with different server-side settings (PKCS#11 sessions, batch size,
-//! in-flight limit) — that needs a launch-per-point harness. The open-loop
-//! question "what rate holds the SLO" is `keycore_loadgen::capacity`.
+//! Answers for planners, on top of `keycore-loadgen`:
+//! - [`sweep`]: the *client-side* concurrency an edge should use
+//!   (connections x requests in flight, closed loop) against a running server:
+//!   the knee of its throughput/latency curve;
+//! - [`server`]: the *server-side* settings (`keycore tune --serve-config`):
+//!   launches `keycore serve` once per point with one setting changed, finds
+//!   each point's open-loop capacity within a p99 SLO, recommends the config;
+//! - [`plan`]: `keycore plan`, key servers and HSMs (or cloud quota) for a
+//!   peak of new handshakes, per vendor profile.
 //!
 //! It is a separate crate because it orchestrates many runs and owns no
-//! measurement code: every number comes from `keycore_loadgen::run`.
+//! measurement code: every number comes from `keycore_loadgen::run` or
+//! `keycore_loadgen::capacity` (or, for the planner, a cited figure).
+
+pub mod compare;
+pub mod plan;
+pub mod server;
 
 use keycore_loadgen::{run, LoadSpec, LoopMode};
 use std::io::Write;
@@ -266,10 +268,86 @@ pub struct TuneArgs {
     /// Requests-in-flight values to sweep, comma-separated. Default 1,8,64,512.
     #[arg(long, value_delimiter = ',')]
     pub sweep_concurrency: Vec<usize>,
+    /// Server-side sweep: launch `keycore serve -c FILE` per point (listening
+    /// on --server's address) instead of sweeping client concurrency.
+    #[arg(long, value_name = "FILE")]
+    pub serve_config: Option<std::path::PathBuf>,
+    /// Server-side sweep: a config key and its values, KEY=V1,V2 (repeat for
+    /// more keys; each point changes one setting from the file).
+    #[arg(long = "set", value_name = "KEY=V1,V2")]
+    pub set: Vec<String>,
+    /// Server-side sweep: the keycore binary to launch. Default: this one.
+    #[arg(long, value_name = "PATH")]
+    pub keycore_bin: Option<std::path::PathBuf>,
+    /// Server-side sweep: most capacity steps per point. Default 8.
+    #[arg(long)]
+    pub max_steps: Option<usize>,
+    /// Server-side sweep: longest wait for a launched server, seconds. Default 30.
+    #[arg(long, value_name = "SECONDS")]
+    pub startup_timeout: Option<f64>,
+    /// Server-side sweep: afterwards, launch the recommended config and run
+    /// one open-loop load at the predicted capacity (within 10% = confirmed).
+    #[arg(long)]
+    pub confirm: bool,
+    /// Server-side sweep: measured seconds of the confirmation run. Default 2x --step-duration.
+    #[arg(long, value_name = "SECONDS")]
+    pub confirm_duration: Option<f64>,
+}
+
+/// `keycore tune --serve-config`: the server-side sweep from the flags.
+fn run_server_cli(args: &TuneArgs, config: &std::path::Path) -> anyhow::Result<()> {
+    let load = args.load.to_spec()?;
+    let settings = args
+        .set
+        .iter()
+        .map(|s| server::Setting::parse(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut cap = args.load.capacity_spec();
+    // Shorter defaults than a lone capacity search: a sweep runs many.
+    cap.step_duration_s = args.load.step_duration.unwrap_or(3.0);
+    cap.step_warmup_s = args.load.warmup.unwrap_or(1.0);
+    cap.step_factor = args.load.step_factor.unwrap_or(1.25);
+    cap.max_steps = args.max_steps.unwrap_or(8);
+    let spec = server::ServerSweepSpec {
+        keycore_bin: match &args.keycore_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        },
+        config: config.to_path_buf(),
+        settings,
+        confirm_duration_s: args.confirm_duration.unwrap_or(2.0 * cap.step_duration_s),
+        cap,
+        startup_timeout_s: args.startup_timeout.unwrap_or(30.0),
+        confirm: args.confirm,
+    };
+    let quiet = args.load.quiet;
+    let mut load = load;
+    load.live = false;
+    let rep = server::sweep(&load, &spec, &mut |l| {
+        if !quiet {
+            eprintln!("{l}");
+        }
+    })?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if args.load.json {
+        serde_json::to_writer_pretty(&mut out, &rep)?;
+        writeln!(out)?;
+    } else {
+        rep.print_text(&mut out)?;
+    }
+    Ok(())
 }
 
 /// Run a sweep from the command line and print the table (or JSON).
 pub fn run_cli(args: &TuneArgs) -> anyhow::Result<()> {
+    if let Some(c) = &args.serve_config {
+        return run_server_cli(args, c);
+    }
+    anyhow::ensure!(
+        args.set.is_empty() && !args.confirm,
+        "--set and --confirm need --serve-config (the server-side sweep)"
+    );
     let spec = args.load.to_spec()?;
     let d = SweepSpec::default();
     let s = SweepSpec {

@@ -15,7 +15,8 @@ struct Args {
     /// Plain HTTP port for the metadata services (0 = any free port).
     #[arg(long, default_value_t = 0)]
     http_port: u16,
-    /// Directory to write the CA bundle and the Google key file into.
+    /// Directory to write the CA bundle, the Google key file and the keys'
+    /// public halves (`pub/<service>/{rsa2048,p256}.pem`) into.
     #[arg(long, default_value = ".")]
     dir: std::path::PathBuf,
 }
@@ -35,16 +36,31 @@ fn main() -> Result<()> {
     .with_context(|| format!("writing {}", sa.display()))?;
     sim.azure_client_secret("kmssim-tenant", "kmssim-client", "kmssim-secret");
     sim.aws_access_key("AKIDKMSSIM", "kmssim-secret-key");
-    let (azure_rsa, _) = sim.azure_key("kv-kmssim", false, "tls-rsa", KeyType::Rsa2048)?;
-    let (azure_ec, _) = sim.azure_key("kv-kmssim", false, "tls-ec", KeyType::EcP256)?;
+    let (azure_rsa, azure_rsa_key) =
+        sim.azure_key("kv-kmssim", false, "tls-rsa", KeyType::Rsa2048)?;
+    let (azure_ec, azure_ec_key) = sim.azure_key("kv-kmssim", false, "tls-ec", KeyType::EcP256)?;
     let gcp_rsa =
         "projects/kmssim/locations/global/keyRings/ring/cryptoKeys/tls-pss/cryptoKeyVersions/1";
-    sim.gcp_key(gcp_rsa, "RSA_SIGN_PSS_2048_SHA256", KeyType::Rsa2048)?;
     let gcp_ec =
         "projects/kmssim/locations/global/keyRings/ring/cryptoKeys/tls-ec/cryptoKeyVersions/1";
-    sim.gcp_key(gcp_ec, "EC_SIGN_P256_SHA256", KeyType::EcP256)?;
-    let (aws_rsa, _) = sim.aws_key("us-east-1", KeyType::Rsa2048)?;
-    let (aws_ec, _) = sim.aws_key("us-east-1", KeyType::EcP256)?;
+    let gcp_rsa_key = sim.gcp_key(gcp_rsa, "RSA_SIGN_PSS_2048_SHA256", KeyType::Rsa2048)?;
+    let gcp_ec_key = sim.gcp_key(gcp_ec, "EC_SIGN_P256_SHA256", KeyType::EcP256)?;
+    let (aws_rsa, aws_rsa_key) = sim.aws_key("us-east-1", KeyType::Rsa2048)?;
+    let (aws_ec, aws_ec_key) = sim.aws_key("us-east-1", KeyType::EcP256)?;
+    // Public halves, one directory per service, for `keycore loadgen --keys`
+    // (it names keys on the wire by their SKI and checks every signature).
+    for (service, keys) in [
+        ("azure", [&azure_rsa_key, &azure_ec_key]),
+        ("gcp", [&gcp_rsa_key, &gcp_ec_key]),
+        ("aws", [&aws_rsa_key, &aws_ec_key]),
+    ] {
+        let d = args.dir.join("pub").join(service);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        for (k, name) in keys.iter().zip(["rsa2048.pem", "p256.pem"]) {
+            std::fs::write(d.join(name), k.spki_pem())
+                .with_context(|| format!("writing {}", d.join(name).display()))?;
+        }
+    }
     println!("# environment for keycore serve");
     println!("export KEYCORE_KMS_CA_FILE={}", ca.display());
     println!(
