@@ -19,7 +19,7 @@
 
 use crate::health::Health;
 use crate::metrics::Registry;
-use std::fmt::Write as _;
+use keycore_keys::{MetricKind, PromWriter};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
@@ -365,12 +365,10 @@ fn render_endpoint_stats(sh: &Shared, s: &mut String) {
             &sh.stats.too_large,
         ),
     ];
+    let mut w = PromWriter::new(s);
     for (name, help, v) in series {
-        let _ = writeln!(
-            s,
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-            v.load(Relaxed)
-        );
+        w.family(name, MetricKind::Counter, help);
+        w.sample(name, &[], v.load(Relaxed));
     }
 }
 

@@ -220,7 +220,7 @@ pub(crate) fn gauges(cfg: &Config, skipped: u64) -> Vec<StaticGauge> {
     let mut gauges = vec![StaticGauge {
         name: "keycore_keys_skipped".into(),
         help: "Key files that failed to load at start-up (or the last reload) and were skipped (key_load_errors: skip); each is logged with its path and reason.".into(),
-        labels: String::new(),
+        labels: Vec::new(),
         value: skipped as f64,
     }];
     for (which, p) in [
@@ -245,15 +245,17 @@ fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
     use rustls_pki_types::pem::PemObject;
     let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    let subject = cert.subject().to_string().replace('"', "'");
+    // Label values are escaped by the metrics writer (a quote in a subject
+    // or a path no longer needs replacing here).
     Some(StaticGauge {
         name: "certificate_expiration_timestamp_seconds".into(),
         help: "Expiry of the server's certificates, as a Unix timestamp.".into(),
-        labels: format!(
-            "source=\"{which}\",path=\"{}\",subject=\"{subject}\",serial_number=\"{}\"",
-            path.display(),
-            cert.raw_serial_as_string()
-        ),
+        labels: vec![
+            ("source", which.to_owned()),
+            ("path", path.display().to_string()),
+            ("subject", cert.subject().to_string()),
+            ("serial_number", cert.raw_serial_as_string()),
+        ],
         value: cert.validity().not_after.timestamp() as f64,
     })
 }

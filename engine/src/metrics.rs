@@ -21,7 +21,6 @@ use crate::refusals::Refusal;
 use crate::swap::Swap;
 use keycore_keys::{KeyStore, MetricKind, PromWriter};
 use keycore_protocol::{ErrorCode, Op, OpClass};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -248,8 +247,9 @@ pub struct StaticGauge {
     pub name: String,
     /// Help text.
     pub help: String,
-    /// Label set, e.g. `cert="auth_cert"`.
-    pub labels: String,
+    /// Label names and values, e.g. `("source", "auth_cert")`; values are
+    /// escaped by the writer.
+    pub labels: Vec<(&'static str, String)>,
     /// Value.
     pub value: f64,
 }
@@ -309,37 +309,57 @@ impl Registry {
         self.sum(|c| c.requests_by_op.iter().map(Counter::get).sum())
     }
 
-    /// Render the Prometheus text exposition format.
+    /// Render the Prometheus text exposition format: the server's own
+    /// families, then each key store's, all through the one writer
+    /// (`keycore_keys::PromWriter`, which owns the syntax and label escaping).
     pub fn render(&self) -> String {
         let mut s = String::with_capacity(64 * 1024);
-        s.push_str("# HELP keyless_requests Number of requests received, by opcode.\n");
-        s.push_str("# TYPE keyless_requests counter\n");
+        let mut w = PromWriter::new(&mut s);
+        self.render_into(&mut w);
+        for store in &self.loaded.get().stores {
+            store.render_metrics(&mut w);
+        }
+        s
+    }
+
+    fn render_into(&self, w: &mut PromWriter<'_>) {
+        w.family(
+            "keyless_requests",
+            MetricKind::Counter,
+            "Number of requests received, by opcode.",
+        );
         for v in 0..=255u8 {
             let n = self.sum(|c| c.requests_by_op[v as usize].get());
             if n > 0 || Op(v).is_known() {
-                let _ = writeln!(s, "keyless_requests{{opcode=\"{}\"}} {n}", op_label(Op(v)));
+                w.sample("keyless_requests", &[("opcode", &op_label(Op(v)))], n);
             }
         }
         self.render_hist(
-            &mut s,
+            w,
             "keyless_request_exec_duration_per_opcode",
             "Time to perform the key operation, in seconds.",
             |c| &c.exec,
         );
         self.render_hist(
-            &mut s,
+            w,
             "keyless_request_total_duration_per_opcode",
             "Time from request read to response queued, in seconds.",
             |c| &c.total,
         );
         let failed = self.sum(|c| c.tls_failures.get() + c.handshake_timeouts.get());
-        s.push_str("# HELP keyless_failed_connection Connections that failed the TLS handshake.\n");
-        s.push_str("# TYPE keyless_failed_connection counter\n");
-        let _ = writeln!(s, "keyless_failed_connection {failed}");
+        w.family(
+            "keyless_failed_connection",
+            MetricKind::Counter,
+            "Connections that failed the TLS handshake.",
+        );
+        w.sample("keyless_failed_connection", &[], failed);
 
         let loaded = self.loaded.get();
-        s.push_str("# HELP keyless_key_load_duration Time to load each key store at start-up, in seconds.\n");
-        s.push_str("# TYPE keyless_key_load_duration histogram\n");
+        w.family(
+            "keyless_key_load_duration",
+            MetricKind::Histogram,
+            "Time to load each key store at start-up, in seconds.",
+        );
         let mut cum = 0u64;
         let mut counts = [0u64; BUCKETS + 1];
         for &sec in &loaded.key_load_seconds {
@@ -347,58 +367,54 @@ impl Registry {
         }
         for (k, c) in counts.iter().take(BUCKETS).enumerate() {
             cum += c;
-            let _ = writeln!(
-                s,
-                "keyless_key_load_duration_bucket{{le=\"{}\"}} {cum}",
-                le(k)
+            w.sample(
+                "keyless_key_load_duration_bucket",
+                &[("le", &le(k).to_string())],
+                cum,
             );
         }
-        let _ = writeln!(
-            s,
-            "keyless_key_load_duration_bucket{{le=\"+Inf\"}} {}",
-            loaded.key_load_seconds.len()
-        );
-        let _ = writeln!(
-            s,
-            "keyless_key_load_duration_sum {}\nkeyless_key_load_duration_count {}",
+        let loads = loaded.key_load_seconds.len();
+        w.sample("keyless_key_load_duration_bucket", &[("le", "+Inf")], loads);
+        w.sample(
+            "keyless_key_load_duration_sum",
+            &[],
             loaded.key_load_seconds.iter().sum::<f64>(),
-            loaded.key_load_seconds.len()
         );
+        w.sample("keyless_key_load_duration_count", &[], loads);
 
         let mut last = "";
         for g in &loaded.gauges {
             if g.name != last {
-                let _ = writeln!(s, "# HELP {} {}\n# TYPE {} gauge", g.name, g.help, g.name);
+                w.family(&g.name, MetricKind::Gauge, &g.help);
                 last = &g.name;
             }
-            if g.labels.is_empty() {
-                let _ = writeln!(s, "{} {}", g.name, g.value);
-            } else {
-                let _ = writeln!(s, "{}{{{}}} {}", g.name, g.labels, g.value);
-            }
+            let labels: Vec<(&str, &str)> =
+                g.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            w.sample(&g.name, &labels, g.value);
         }
 
         type Get = fn(&CoreStats) -> u64;
-        let per_core: [(&str, &str, &str, Get); 14] = [
-            ("keycore_connections_open", "gauge", "Open connections.", |c| c.open.get()),
-            ("keycore_connections_accepted_total", "counter", "Connections accepted.", |c| c.accepted.get()),
-            ("keycore_connections_refused_total", "counter", "Connections closed at once: core at max_connections_per_core.", |c| c.refused.get()),
-            ("keycore_handshake_timeouts_total", "counter", "TLS handshakes not finished within handshake_timeout.", |c| c.handshake_timeouts.get()),
-            ("keycore_framing_errors_total", "counter", "Connections closed for a malformed message.", |c| c.framing_errors.get()),
-            ("keycore_idle_timeouts_total", "counter", "Connections closed by idle_timeout.", |c| c.idle_timeouts.get()),
-            ("keycore_in_flight", "gauge", "Requests being performed off the reactor (queue depth to HSM workers).", |c| c.in_flight.get()),
-            ("keycore_responses_total", "counter", "Responses written.", |c| c.responses.get()),
-            ("keycore_bytes_out_total", "counter", "Plaintext bytes written to connections.", |c| c.bytes_out.get()),
-            ("keycore_requests_total", "counter", "Requests received.", |c| c.requests_by_op.iter().map(Counter::get).sum()),
-            ("keycore_handshakes_in_progress", "gauge", "Connections in the TLS handshake (bounded by max_handshakes_per_core).", |c| c.handshaking.get()),
-            ("keycore_connections_refused_source_total", "counter", "Connections closed at accept: their source had max_handshakes_per_source handshakes in progress.", |c| c.refused_source.get()),
-            ("keycore_write_stalls_total", "counter", "Connections aborted: a write made no progress within idle_timeout (peer not reading).", |c| c.write_stalls.get()),
-            ("keycore_requests_unanswered_total", "counter", "Requests received but closed unanswered (drain deadline, stalled or failed connection).", |c| c.unanswered.get()),
+        use MetricKind::{Counter as C, Gauge as G};
+        let per_core: [(&str, MetricKind, &str, Get); 14] = [
+            ("keycore_connections_open", G, "Open connections.", |c| c.open.get()),
+            ("keycore_connections_accepted_total", C, "Connections accepted.", |c| c.accepted.get()),
+            ("keycore_connections_refused_total", C, "Connections closed at once: core at max_connections_per_core.", |c| c.refused.get()),
+            ("keycore_handshake_timeouts_total", C, "TLS handshakes not finished within handshake_timeout.", |c| c.handshake_timeouts.get()),
+            ("keycore_framing_errors_total", C, "Connections closed for a malformed message.", |c| c.framing_errors.get()),
+            ("keycore_idle_timeouts_total", C, "Connections closed by idle_timeout.", |c| c.idle_timeouts.get()),
+            ("keycore_in_flight", G, "Requests being performed off the reactor (queue depth to HSM workers).", |c| c.in_flight.get()),
+            ("keycore_responses_total", C, "Responses written.", |c| c.responses.get()),
+            ("keycore_bytes_out_total", C, "Plaintext bytes written to connections.", |c| c.bytes_out.get()),
+            ("keycore_requests_total", C, "Requests received.", |c| c.requests_by_op.iter().map(Counter::get).sum()),
+            ("keycore_handshakes_in_progress", G, "Connections in the TLS handshake (bounded by max_handshakes_per_core).", |c| c.handshaking.get()),
+            ("keycore_connections_refused_source_total", C, "Connections closed at accept: their source had max_handshakes_per_source handshakes in progress.", |c| c.refused_source.get()),
+            ("keycore_write_stalls_total", C, "Connections aborted: a write made no progress within idle_timeout (peer not reading).", |c| c.write_stalls.get()),
+            ("keycore_requests_unanswered_total", C, "Requests received but closed unanswered (drain deadline, stalled or failed connection).", |c| c.unanswered.get()),
         ];
         for (name, kind, help, get) in per_core {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            w.family(name, kind, help);
             for c in &self.cores {
-                let _ = writeln!(s, "{name}{{core=\"{}\"}} {}", c.core, get(c));
+                w.sample(name, &[("core", &c.core.to_string())], get(c));
             }
         }
         // Per core and reason: connections dropped before they were served.
@@ -408,25 +424,15 @@ impl Registry {
             ("keycore_accept_errors_total", "accept(2) failures, by reason (accept_fd_limit: EMFILE/ENFILE; accept_other).", &Refusal::ACCEPT, |c| &c.accept_errors),
         ];
         for (name, help, reasons, get) in by_reason {
-            let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} counter");
+            w.family(name, MetricKind::Counter, help);
             for c in &self.cores {
+                let core = c.core.to_string();
                 for (r, n) in reasons.iter().zip(get(c)) {
-                    let _ = writeln!(
-                        s,
-                        "{name}{{core=\"{}\",reason=\"{}\"}} {}",
-                        c.core,
-                        r.label(),
-                        n.get()
-                    );
+                    w.sample(name, &[("core", &core), ("reason", r.label())], n.get());
                 }
             }
         }
-        let mut w = PromWriter::new(&mut s);
-        self.render_reload(&mut w);
-        for store in &loaded.stores {
-            store.render_metrics(&mut w);
-        }
-        s
+        self.render_reload(w);
     }
 
     fn render_reload(&self, w: &mut PromWriter<'_>) {
@@ -459,45 +465,49 @@ impl Registry {
 
     fn render_hist(
         &self,
-        s: &mut String,
+        w: &mut PromWriter<'_>,
         name: &str,
         help: &str,
         h: fn(&CoreStats) -> &Histograms,
     ) {
-        let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} histogram");
+        w.family(name, MetricKind::Histogram, help);
+        let (bucket, sum, count) = (
+            format!("{name}_bucket"),
+            format!("{name}_sum"),
+            format!("{name}_count"),
+        );
         for (t, tname) in OP_TYPES.iter().enumerate() {
             for e in 0..ERROR_LABELS {
                 let cell = t * ERROR_LABELS + e;
-                let count: u64 = (0..=BUCKETS)
+                let total: u64 = (0..=BUCKETS)
                     .map(|b| self.sum(|c| h(c).buckets[cell * (BUCKETS + 1) + b].get()))
                     .sum();
-                if count == 0 {
+                if total == 0 {
                     continue;
                 }
                 let ename = ErrorCode(e as u8).name().unwrap_or("unknown");
                 let mut cum = 0;
                 for b in 0..BUCKETS {
                     cum += self.sum(|c| h(c).buckets[cell * (BUCKETS + 1) + b].get());
-                    let _ = writeln!(
-                        s,
-                        "{name}_bucket{{type=\"{tname}\",error=\"{ename}\",le=\"{}\"}} {cum}",
-                        le(b)
+                    let le = le(b).to_string();
+                    w.sample(
+                        &bucket,
+                        &[("type", tname), ("error", ename), ("le", &le)],
+                        cum,
                     );
                 }
-                let _ = writeln!(
-                    s,
-                    "{name}_bucket{{type=\"{tname}\",error=\"{ename}\",le=\"+Inf\"}} {count}"
+                w.sample(
+                    &bucket,
+                    &[("type", tname), ("error", ename), ("le", "+Inf")],
+                    total,
                 );
                 let sum_ns = self.sum(|c| h(c).sum_ns[cell].get());
-                let _ = writeln!(
-                    s,
-                    "{name}_sum{{type=\"{tname}\",error=\"{ename}\"}} {}",
-                    sum_ns as f64 / 1e9
+                w.sample(
+                    &sum,
+                    &[("type", tname), ("error", ename)],
+                    sum_ns as f64 / 1e9,
                 );
-                let _ = writeln!(
-                    s,
-                    "{name}_count{{type=\"{tname}\",error=\"{ename}\"}} {count}"
-                );
+                w.sample(&count, &[("type", tname), ("error", ename)], total);
             }
         }
     }
@@ -561,5 +571,46 @@ mod tests {
         ));
         assert!(text.contains("keycore_requests_total{core=\"1\"} 4\n"));
         assert_eq!(r.total_requests(), 7);
+    }
+
+    /// Control-plane gauges go through the one writer: a certificate subject
+    /// or path with a quote, backslash or newline stays one valid sample
+    /// (before, the subject's quotes were swapped for `'` and the path was
+    /// written raw).
+    #[test]
+    fn gauge_labels_are_escaped_by_the_shared_writer() {
+        let r = Registry {
+            loaded: Swap::new(Arc::new(Loaded {
+                gauges: vec![StaticGauge {
+                    name: "certificate_expiration_timestamp_seconds".into(),
+                    help: "Expiry.".into(),
+                    labels: vec![
+                        ("source", "auth_cert".into()),
+                        ("path", "/etc/a\"b\\c\nd.pem".into()),
+                    ],
+                    value: 1.5e9,
+                }],
+                key_load_seconds: vec![0.25],
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let text = r.render();
+        assert!(
+            text.contains(
+                "certificate_expiration_timestamp_seconds{source=\"auth_cert\",path=\"/etc/a\\\"b\\\\c\\nd.pem\"} 1500000000\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE certificate_expiration_timestamp_seconds gauge\n"));
+        assert!(text.contains("keyless_key_load_duration_bucket{le=\"0.2048\"} 0\n"));
+        assert!(text.contains("keyless_key_load_duration_bucket{le=\"0.4096\"} 1\n"));
+        assert!(text.contains("keyless_key_load_duration_count 1\n"));
+        // Every line is a comment or `name{labels} value` / `name value`.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(!series.contains('\n'));
+        }
     }
 }
