@@ -254,32 +254,27 @@ impl PrivateKeyOps for SoftwareKey {
     #[inline]
     fn perform(&self, op: OpClass, input: &[u8], out: &mut Vec<u8>) -> Result<(), ErrorCode> {
         match (op, &self.secret) {
+            // Input lengths were checked once, by dispatch, with
+            // `crate::check_input` (the one rule). What is left here keeps an
+            // unchecked caller from panicking or reading out of bounds; it is
+            // not a second copy of the rule.
             (OpClass::RsaPkcs1(hash), Secret::Rsa(rsa)) => {
-                if input.len() != hash.len() {
-                    return Err(ErrorCode::CRYPTO);
-                }
                 // DigestInfo‖digest on the stack (bare digest for MD5‖SHA1).
                 let prefix = hash.digest_info_prefix();
                 let n = prefix.len() + input.len();
-                let mut encoded = [0u8; MAX_DIGEST_INFO_LEN];
+                let mut buf = [0u8; MAX_DIGEST_INFO_LEN];
+                let encoded = buf.get_mut(..n).ok_or(ErrorCode::CRYPTO)?;
                 encoded[..prefix.len()].copy_from_slice(prefix);
-                encoded[prefix.len()..n].copy_from_slice(input);
-                append(out, rsa.size(), |dst| rsa.sign_pkcs1(&encoded[..n], dst))
+                encoded[prefix.len()..].copy_from_slice(input);
+                append(out, rsa.size(), |dst| rsa.sign_pkcs1(encoded, dst))
             }
             (OpClass::RsaPss(hash), Secret::Rsa(rsa)) => {
-                if input.len() != hash.len() {
-                    return Err(ErrorCode::CRYPTO);
-                }
                 append(out, rsa.size(), |dst| rsa.sign_pss(hash, input, dst))
             }
             (OpClass::RsaDecrypt, Secret::Rsa(rsa)) => {
-                // aws-lc also refuses these; checked here so the rule is
-                // visible where the policy lives. aws-lc further refuses
-                // input >= n and the trivial values 0, 1 and n-1 (whose
-                // result is the input); no real ciphertext is one of those.
-                if input.len() != rsa.size() {
-                    return Err(ErrorCode::CRYPTO);
-                }
+                // aws-lc refuses input that is not the modulus length or not
+                // below n, and the trivial values 0, 1 and n-1 (whose result
+                // is the input); no real ciphertext is one of those.
                 append(out, rsa.size(), |dst| rsa.decrypt_raw(input, dst))
             }
             // The hash only names what the edge hashed with; ECDSA signs the

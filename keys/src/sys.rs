@@ -350,9 +350,14 @@ impl Rsa {
         out: &mut [u8],
     ) -> Result<usize, Failed> {
         let md = evp_md(hash).ok_or(Failed)?;
+        // A safety precondition, not request policy (that is check_input):
+        // the PSS encoder reads the hash's length of digest.
+        if digest.len() != hash.len() {
+            return Err(Failed);
+        }
         let mut n = 0usize;
         // SAFETY: as sign_pkcs1; `md` is a static table; a NULL mgf1_md means
-        // "same as md".
+        // "same as md"; `digest` holds the hash's length (checked above).
         check(unsafe {
             ffi::RSA_sign_pss_mgf1(
                 self.0.as_ptr(),

@@ -527,7 +527,7 @@ pub fn imds_transient(status: StatusCode) -> bool {
 
 /// `{"access_token": ..., "expires_in": N}` (N a number, or a string as
 /// Azure IMDS sends it).
-fn parse_token_reply(r: &Reply) -> Result<(String, u64), CallError> {
+pub(crate) fn parse_token_reply(r: &Reply) -> Result<(String, u64), CallError> {
     if r.status != StatusCode::OK {
         let why = format!(
             "token endpoint: HTTP {}: {}",

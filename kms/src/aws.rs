@@ -142,9 +142,6 @@ pub fn plan(
                 (true, Hash::Sha512) => "RSASSA_PSS_SHA_512",
                 (_, other) => return Err(format!("AWS KMS has no RSA signing algorithm for {other:?}")),
             };
-            if input.len() != h.len() {
-                return Err(format!("{h:?} digest of {} bytes (expected {})", input.len(), h.len()));
-            }
             (alg, input.to_vec())
         }
         (KeyKind::EcdsaP256, OpClass::Ecdsa(_)) => ("ECDSA_SHA_256", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
@@ -200,7 +197,7 @@ pub struct AwsKeyInfo {
     pub algorithms: Vec<String>,
 }
 
-fn error_type(r: &Reply) -> String {
+pub(crate) fn error_type(r: &Reply) -> String {
     let from_header = r
         .headers
         .get("x-amzn-errortype")

@@ -91,48 +91,24 @@ pub fn plan(kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, String> {
         })
     };
     match (kind, op) {
-        (KeyKind::Rsa { .. }, OpClass::RsaPkcs1(h)) => {
-            if input.len() != h.len() {
-                return Err(format!(
-                    "{h:?} digest of {} bytes (expected {})",
-                    input.len(),
-                    h.len()
-                ));
+        (KeyKind::Rsa { .. }, OpClass::RsaPkcs1(h)) => match h {
+            Hash::Sha256 => sign("RS256", input.to_vec(), Post::AsIs),
+            Hash::Sha384 => sign("RS384", input.to_vec(), Post::AsIs),
+            Hash::Sha512 => sign("RS512", input.to_vec(), Post::AsIs),
+            Hash::Md5Sha1 | Hash::Sha1 | Hash::Sha224 => {
+                let mut v = h.digest_info_prefix().to_vec();
+                v.extend_from_slice(input);
+                sign("RSNULL", v, Post::AsIs)
             }
-            match h {
-                Hash::Sha256 => sign("RS256", input.to_vec(), Post::AsIs),
-                Hash::Sha384 => sign("RS384", input.to_vec(), Post::AsIs),
-                Hash::Sha512 => sign("RS512", input.to_vec(), Post::AsIs),
-                Hash::Md5Sha1 | Hash::Sha1 | Hash::Sha224 => {
-                    let mut v = h.digest_info_prefix().to_vec();
-                    v.extend_from_slice(input);
-                    sign("RSNULL", v, Post::AsIs)
-                }
-            }
-        }
-        (KeyKind::Rsa { .. }, OpClass::RsaPss(h)) => {
-            if input.len() != h.len() {
-                return Err(format!(
-                    "{h:?} digest of {} bytes (expected {})",
-                    input.len(),
-                    h.len()
-                ));
-            }
-            match h {
-                Hash::Sha256 => sign("PS256", input.to_vec(), Post::AsIs),
-                Hash::Sha384 => sign("PS384", input.to_vec(), Post::AsIs),
-                Hash::Sha512 => sign("PS512", input.to_vec(), Post::AsIs),
-                other => Err(format!("RSA-PSS with {other:?} has no Key Vault algorithm")),
-            }
-        }
+        },
+        (KeyKind::Rsa { .. }, OpClass::RsaPss(h)) => match h {
+            Hash::Sha256 => sign("PS256", input.to_vec(), Post::AsIs),
+            Hash::Sha384 => sign("PS384", input.to_vec(), Post::AsIs),
+            Hash::Sha512 => sign("PS512", input.to_vec(), Post::AsIs),
+            other => Err(format!("RSA-PSS with {other:?} has no Key Vault algorithm")),
+        },
         (KeyKind::Rsa { bits }, OpClass::RsaDecrypt) => {
             let k = bits.div_ceil(8);
-            if input.len() != k {
-                return Err(format!(
-                    "ciphertext of {} bytes for a {k}-byte modulus",
-                    input.len()
-                ));
-            }
             Ok(Plan {
                 action: "decrypt",
                 alg: "RSA1_5",
@@ -472,14 +448,16 @@ mod tests {
         assert_eq!((p.alg, p.value.len()), ("RSNULL", 36));
         let p = plan(rsa, OpClass::RsaPkcs1(Hash::Sha1), &[7; 20]).unwrap();
         assert_eq!((p.alg, p.value.len()), ("RSNULL", 35));
-        assert!(plan(rsa, OpClass::RsaPkcs1(Hash::Sha256), &[1; 31]).is_err());
+        // Digest and ciphertext lengths are not re-checked here: dispatch
+        // ran the one rule (`check_input`) before this backend saw the op.
+        assert!(keycore_keys::check_input(rsa, OpClass::RsaPkcs1(Hash::Sha256), &[1; 31]).is_err());
         assert!(plan(rsa, OpClass::RsaPss(Hash::Sha1), &[1; 20]).is_err());
         let p = plan(rsa, OpClass::RsaDecrypt, &[1; 256]).unwrap();
         assert_eq!(
             (p.action, p.alg, p.post),
             ("decrypt", "RSA1_5", Post::Repad(256))
         );
-        assert!(plan(rsa, OpClass::RsaDecrypt, &[1; 255]).is_err());
+        assert!(keycore_keys::check_input(rsa, OpClass::RsaDecrypt, &[1; 255]).is_err());
         let p = plan(KeyKind::EcdsaP384, OpClass::Ecdsa(Hash::Sha256), &[1; 32]).unwrap();
         assert_eq!(
             (p.alg, p.value.len(), p.post),

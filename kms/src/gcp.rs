@@ -103,13 +103,6 @@ pub fn plan(alg: Alg, kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, 
                 "key version signs {what} with {want:?} only; asked for {h:?}"
             ));
         }
-        if input.len() != h.len() {
-            return Err(format!(
-                "{h:?} digest of {} bytes (expected {})",
-                input.len(),
-                h.len()
-            ));
-        }
         Ok(Plan::Digest(
             digest_field(h).ok_or("no digest field")?,
             input.to_vec(),
@@ -119,13 +112,6 @@ pub fn plan(alg: Alg, kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, 
         (Alg::Pkcs1(want), OpClass::RsaPkcs1(h)) => exact(want, h, "PKCS#1 v1.5"),
         (Alg::Pss(want), OpClass::RsaPss(h)) => exact(want, h, "RSA-PSS"),
         (Alg::RawPkcs1, OpClass::RsaPkcs1(h)) => {
-            if input.len() != h.len() {
-                return Err(format!(
-                    "{h:?} digest of {} bytes (expected {})",
-                    input.len(),
-                    h.len()
-                ));
-            }
             let mut v = h.digest_info_prefix().to_vec();
             v.extend_from_slice(input);
             Ok(Plan::Data(v))

@@ -178,24 +178,21 @@ fn run_op(
     input: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), OpFail> {
+    // Input lengths were checked once, by dispatch (`keycore_keys::check_input`);
+    // the stack buffer below only refuses what would not fit it.
     match (op, kind) {
         (OpClass::RsaPkcs1(hash), KeyKind::Rsa { .. }) => {
-            if input.len() != hash.len() {
-                return Err(OpFail::Input);
-            }
             // DigestInfo prefix (none for MD5‖SHA1) + digest, on the stack.
             let prefix = hash.digest_info_prefix();
             let mut buf = [0u8; 19 + 64];
             let n = prefix.len() + input.len();
-            buf[..prefix.len()].copy_from_slice(prefix);
-            buf[prefix.len()..n].copy_from_slice(input);
-            out.extend_from_slice(&s.sign(&Mechanism::RsaPkcs, h, &buf[..n])?);
+            let encoded = buf.get_mut(..n).ok_or(OpFail::Input)?;
+            encoded[..prefix.len()].copy_from_slice(prefix);
+            encoded[prefix.len()..].copy_from_slice(input);
+            out.extend_from_slice(&s.sign(&Mechanism::RsaPkcs, h, encoded)?);
         }
         (OpClass::RsaPss(hash), KeyKind::Rsa { .. }) => {
             let (hash_alg, mgf) = hash_mech(hash).ok_or(OpFail::Input)?;
-            if input.len() != hash.len() {
-                return Err(OpFail::Input);
-            }
             let params = PkcsPssParams {
                 hash_alg,
                 mgf,
@@ -205,7 +202,7 @@ fn run_op(
         }
         (OpClass::RsaDecrypt, KeyKind::Rsa { bits }) => {
             let k = bits.div_ceil(8);
-            if input.len() != k || !part.rsa_decrypt {
+            if !part.rsa_decrypt {
                 return Err(OpFail::Input);
             }
             // CKM_RSA_X_509: the raw c^d mod n, left-padded to k bytes, the

@@ -832,25 +832,41 @@ fn ops_that_do_not_fit_the_key_are_crypto_errors_and_leave_out_alone() {
     }
 }
 
+/// The digest-length rule is `check_input`'s (run once by dispatch; the
+/// server-level test is tests/integration/ops.rs
+/// `rsa_digest_of_wrong_length_is_a_crypto_error`). The signer itself must
+/// still never panic or read past its input when a caller skips that check:
+/// PSS and over-long PKCS#1 input are refused, a short PKCS#1 digest is
+/// whatever the raw RSA operation makes of it.
 #[test]
-fn rsa_digest_of_the_wrong_length_is_a_crypto_error() {
+fn rsa_digest_of_the_wrong_length_is_refused_by_check_input_and_never_panics_the_signer() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     make_keys(d);
     let e = load(d, "rsa2048.pem");
     for hash in ALL_HASHES {
         for len in [0, hash.len() - 1, hash.len() + 1, 300] {
-            assert_eq!(
-                run(&e, OpClass::RsaPkcs1(hash), &random(len)),
-                Err(ErrorCode::CRYPTO),
-                "{hash:?} {len}"
-            );
+            for op in [OpClass::RsaPkcs1(hash), OpClass::RsaPss(hash)] {
+                assert_eq!(
+                    crate::check_input(e.kind, op, &random(len)),
+                    Err(ErrorCode::CRYPTO),
+                    "{op:?} {len}"
+                );
+            }
             assert_eq!(
                 run(&e, OpClass::RsaPss(hash), &random(len)),
                 Err(ErrorCode::CRYPTO),
                 "{hash:?} {len}"
             );
+            let pkcs1 = run(&e, OpClass::RsaPkcs1(hash), &random(len));
+            if len > 64 {
+                assert_eq!(pkcs1, Err(ErrorCode::CRYPTO), "{hash:?} {len}");
+            }
         }
+    }
+    let decrypt = |len| run(&e, OpClass::RsaDecrypt, &random(len));
+    for len in [0, 255, 257, 600] {
+        assert_eq!(decrypt(len), Err(ErrorCode::CRYPTO), "decrypt {len}");
     }
 }
 
