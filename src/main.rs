@@ -260,6 +260,16 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
         running.server.addr
     );
     notify(&ready);
+    if let Some(every) = loaded.config.reload_watch {
+        let args = args.clone();
+        keycore_engine::reload::watch(
+            running.reloader.clone(),
+            every,
+            loaded.source.clone(),
+            move || read_config(&args),
+        )
+        .context("start the reload_watch thread")?;
+    }
     let reloads = reload_thread(running.reloader.clone(), args, ready)?;
     let first = watch_signals(
         running.server.control(),
@@ -292,18 +302,22 @@ fn reload_thread(
         .spawn(move || {
             for () in rx {
                 notify("RELOADING=1\nSTATUS=reloading");
-                let _ = reloader.reload(|| {
-                    let loaded = keycore_engine::config::load(&args)?;
-                    for w in &loaded.warnings {
-                        tracing::warn!("{w}");
-                    }
-                    Ok(loaded.config)
-                });
+                let _ = reloader.reload(|| read_config(&args));
                 notify(&ready);
             }
         })
         .context("start reload thread")?;
     Ok(tx)
+}
+
+/// The configuration as `serve` reads it (file, environment, `args`), its
+/// warnings logged: what every reload starts from.
+fn read_config(args: &keycore_engine::config::ServeArgs) -> Result<keycore_engine::config::Config> {
+    let loaded = keycore_engine::config::load(args)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(loaded.config)
 }
 
 /// `keycore reload`: signal the server in `pid_file`, then watch

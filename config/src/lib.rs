@@ -432,6 +432,8 @@ pub struct Config {
     pub tls12_only: bool,
     /// `key_load_errors`.
     pub key_load_errors: KeyLoadErrors,
+    /// `reload_watch`: how often to look for changed files; `None` = off.
+    pub reload_watch: Option<Duration>,
     /// The server's limits (`max_*`, `*_timeout`, `*_buffer_bytes`).
     pub limits: Limits,
     /// The PKCS#11 backend's tunables (`pkcs11_*`).
@@ -488,6 +490,7 @@ impl Config {
             cores: Cores::default(),
             tls12_only: false,
             key_load_errors: KeyLoadErrors::default(),
+            reload_watch: None,
             limits: Limits {
                 max_connections_per_core: 0,
                 max_in_flight_per_connection: 0,

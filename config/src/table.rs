@@ -520,6 +520,18 @@ pub static SETTINGS: &[Setting] = &[
         |c, t| set!(c.log_format, parse::one_of(t, LOG_FORMATS)?),
         |c| parse::word_of(c.log_format, LOG_FORMATS).to_owned(),
     ),
+    Setting::new(
+        Server,
+        "reload_watch",
+        "DURATION",
+        "",
+        "Look at the config file, the key directories and files and the TLS files this often \
+         and reload when they changed and then stayed unchanged for one more look (debounce); \
+         empty = reload only on SIGHUP / keycore reload. Each look is a stat of every key file \
+         (at most 100000).",
+        |c, t| set!(c.reload_watch, parse::optional_duration(t)?),
+        |c| yaml_quote(&c.reload_watch.map_or(String::new(), format_duration)),
+    ),
     // ----- limits ---------------------------------------------------------
     Setting::new(
         Limits,

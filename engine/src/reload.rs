@@ -30,6 +30,10 @@
 //!   or the `pkcs11_*`/`kms_*` tunables) keep their running values; a
 //!   change to one is logged as needing a restart and listed in the report,
 //!   never silently dropped.
+//! - **Watching** (`reload_watch`, off by default): a thread stats the
+//!   files a reload reads every interval and reloads once a change has
+//!   held still for one more interval ([`watch`]); the same reload as
+//!   SIGHUP, serialised with it.
 //!
 //! Must not: run on a reactor (it reads files and may wait on an HSM or a
 //! cloud service), or publish a partly built state.
@@ -141,10 +145,11 @@ impl fmt::Display for ReloadReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} keys ({} added, {} removed)",
+            "{} keys ({} added, {} removed) in {} ms",
             self.keys,
             self.added.len(),
-            self.removed.len()
+            self.removed.len(),
+            self.millis
         )?;
         if !self.stores_kept.is_empty() {
             write!(f, "; kept open: {}", self.stores_kept.join(", "))?;
@@ -272,6 +277,140 @@ impl Reloader {
     }
 }
 
+impl Reloader {
+    /// The configuration in force (after the last applied reload). Waits
+    /// while a reload runs.
+    pub fn config(&self) -> Config {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .clone()
+    }
+}
+
+/// Most files a watch look stats; beyond it the rest is not watched (and
+/// the look says so once).
+pub const WATCH_MAX_FILES: usize = 100_000;
+
+/// Shortest `reload_watch` interval used (a smaller one would only burn
+/// CPU on stat calls).
+pub const WATCH_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A digest of everything a reload reads from files: the config file, the
+/// TLS files, every `file:` key and every `*.key` under a `dir:` store
+/// (path, size, modification time, inode), so a change, an addition, a
+/// removal or a rename shows. Missing files count as such. Stats at most
+/// [`WATCH_MAX_FILES`] files; the bool says whether it had to stop early.
+pub fn watch_digest(cfg: &Config, config_file: Option<&std::path::Path>) -> (u64, bool) {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let seen = std::cell::Cell::new(0usize);
+    let stat = |p: &std::path::Path, h: &mut std::collections::hash_map::DefaultHasher| {
+        seen.set(seen.get() + 1);
+        p.hash(h);
+        match std::fs::metadata(p) {
+            Ok(m) => (m.len(), m.mtime(), m.mtime_nsec(), m.ino()).hash(h),
+            Err(e) => e.kind().hash(h),
+        }
+    };
+    for p in config_file.into_iter().chain([
+        cfg.auth_cert.as_path(),
+        cfg.auth_key.as_path(),
+        cfg.cloudflare_ca_cert.as_path(),
+    ]) {
+        stat(p, &mut h);
+    }
+    let mut full = false;
+    for store in &cfg.private_key_stores {
+        match store {
+            crate::config::KeyStore::File(f) => stat(f, &mut h),
+            crate::config::KeyStore::Dir(d) => {
+                // Iterative walk, sorted per directory so the digest does not
+                // depend on readdir order; symlinked directories are not
+                // followed (as the key loader's walk).
+                let mut stack = vec![d.clone()];
+                while let Some(dir) = stack.pop() {
+                    // Not the directory's own mtime: any file written there
+                    // (an editor's backup, a note) would change it.
+                    dir.hash(&mut h);
+                    let rd = match std::fs::read_dir(&dir) {
+                        Ok(rd) => rd,
+                        Err(e) => {
+                            e.kind().hash(&mut h);
+                            continue;
+                        }
+                    };
+                    let mut names: Vec<_> = rd.filter_map(|e| e.ok()).collect();
+                    names.sort_by_key(|e| e.file_name());
+                    for e in names {
+                        if seen.get() >= WATCH_MAX_FILES {
+                            full = true;
+                            break;
+                        }
+                        let p = e.path();
+                        match e.file_type() {
+                            Ok(t) if t.is_dir() => stack.push(p),
+                            _ if p.extension().is_some_and(|x| x == "key") => stat(&p, &mut h),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            crate::config::KeyStore::Uri(u) => u.hash(&mut h),
+        }
+    }
+    (h.finish(), full)
+}
+
+/// Watch what a reload reads (see [`watch_digest`]) every `interval` and
+/// reload through `reloader` with `read` once a change has stayed unchanged
+/// for one more look (so a key file being copied, or a certificate and its
+/// key replaced one after the other, is taken as one change). A reload that
+/// fails is not retried until the files change again. Runs until the
+/// process exits (its own thread).
+pub fn watch(
+    reloader: Arc<Reloader>,
+    interval: std::time::Duration,
+    config_file: Option<std::path::PathBuf>,
+    read: impl Fn() -> Result<Config> + Send + 'static,
+) -> std::io::Result<()> {
+    let interval = interval.max(WATCH_MIN_INTERVAL);
+    std::thread::Builder::new()
+        .name("keycore-watch".into())
+        .spawn(move || {
+            let look = |r: &Reloader| {
+                let (d, full) = watch_digest(&r.config(), config_file.as_deref());
+                if full {
+                    tracing::warn!(
+                        max = WATCH_MAX_FILES,
+                        "reload_watch: more key files than it looks at; changes beyond them need SIGHUP"
+                    );
+                }
+                d
+            };
+            let mut applied = look(&reloader);
+            let mut pending = None;
+            loop {
+                std::thread::sleep(interval);
+                let now = look(&reloader);
+                if now == applied {
+                    pending = None;
+                } else if pending == Some(now) {
+                    tracing::info!("reload_watch: files changed; reloading");
+                    let _ = reloader.reload(&read);
+                    // The config in force may name other paths now.
+                    applied = look(&reloader);
+                    pending = None;
+                } else {
+                    pending = Some(now);
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 /// Sources of the keys of `a` whose SKI `b` does not serve.
 fn sources_not_in(a: &Served, b: &Served) -> Vec<String> {
     let have: HashSet<&Ski> = b.keys.entries().iter().map(|e| &e.ski).collect();
@@ -281,4 +420,39 @@ fn sources_not_in(a: &Served, b: &Served) -> Vec<String> {
         .filter(|e| !have.contains(&e.ski))
         .map(|e| e.source.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeyStore;
+
+    #[test]
+    fn the_watch_digest_sees_added_removed_and_replaced_key_files_only() {
+        let d = tempfile::tempdir().unwrap();
+        let keys = d.path().join("keys");
+        std::fs::create_dir_all(keys.join("sub")).unwrap();
+        std::fs::write(keys.join("a.key"), "a").unwrap();
+        let cfg = Config {
+            private_key_stores: vec![KeyStore::Dir(keys.clone())],
+            auth_cert: d.path().join("cert.pem"),
+            ..Config::default()
+        };
+        let digest = || watch_digest(&cfg, None).0;
+        let d0 = digest();
+        assert_eq!(digest(), d0, "nothing changed");
+        std::fs::write(keys.join("notes.txt"), "x").unwrap();
+        assert_eq!(digest(), d0, "only *.key files count");
+        std::fs::write(keys.join("sub/b.key"), "b").unwrap();
+        let d1 = digest();
+        assert_ne!(d1, d0, "a key added in a subdirectory");
+        std::fs::write(keys.join("a.key"), "aa").unwrap();
+        let d2 = digest();
+        assert_ne!(d2, d1, "a key rewritten");
+        std::fs::remove_file(keys.join("sub/b.key")).unwrap();
+        assert_ne!(digest(), d2, "a key removed");
+        let before = digest();
+        std::fs::write(d.path().join("cert.pem"), "c").unwrap();
+        assert_ne!(digest(), before, "the certificate appeared");
+    }
 }

@@ -460,3 +460,35 @@ fn keycore_reload_signals_the_pid_file_and_reports_restart_only_changes() {
     assert!(!out.status.success());
     assert!(stderr.contains("stale pid file"), "{stderr}");
 }
+
+#[test]
+fn reload_watch_picks_up_an_added_and_a_removed_key_without_a_signal() {
+    let s = setup(&[KeyKind::EcdsaP256]);
+    let info = PathBuf::from("info");
+    let srv = Server::spawn_config(
+        crate::support::free_port(),
+        |p, m| s.yaml(p, m, "reload_watch: 100ms\n", ""),
+        &[("KEYCORE_LOG", &info)],
+        true,
+    );
+    srv.wait_up();
+    let mut c = Client::connect(srv.addr).unwrap();
+    assert!(!served(&mut c, 1, KeyKind::EcdsaP384));
+    put(&key_file(KeyKind::EcdsaP384), &s.keys.join("p384.key"));
+    // Two looks (debounce) plus the reload and a control tick: well under 5 s.
+    wait_served(&mut c, KeyKind::EcdsaP384, true, Duration::from_secs(5));
+    std::fs::remove_file(s.keys.join("p384.key")).unwrap();
+    wait_served(&mut c, KeyKind::EcdsaP384, false, Duration::from_secs(5));
+    assert!(served(&mut c, 2, KeyKind::EcdsaP256));
+    assert_eq!(srv.metric(RELOAD_ERROR), 0, "{}", srv.log());
+    let ok = srv.metric(RELOAD_OK);
+    assert!(
+        (2..=4).contains(&ok),
+        "one reload per change, give or take: {ok}"
+    );
+    assert!(
+        srv.log().contains("reload_watch: files changed"),
+        "{}",
+        srv.log()
+    );
+}
