@@ -250,6 +250,10 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
         Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),
         None => tracing::info!("no configuration file found; using defaults and environment"),
     }
+    // Handlers first: a signal that arrives while keys load (or between the
+    // listener coming up and the signal thread starting) waits in the
+    // queue instead of taking the default action (SIGHUP's is to die).
+    let signals = operator_signals()?;
     let running = keycore_engine::launch::launch(&loaded.config)?;
     tracing::info!(addr = %running.server.addr, "serving");
     // systemd Type=notify: ready only once every core listens and the
@@ -272,6 +276,7 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
     }
     let reloads = reload_thread(running.reloader.clone(), args, ready)?;
     let first = watch_signals(
+        signals,
         running.server.control(),
         loaded.config.pid_file.clone(),
         reloads,
@@ -406,6 +411,14 @@ fn wait_for_signal() -> Result<()> {
     Ok(())
 }
 
+/// The signals `serve` handles, caught from now on (queued until
+/// [`watch_signals`] reads them).
+fn operator_signals() -> Result<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+    signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT])
+        .context("install signal handlers")
+}
+
 /// Handle signals on their own thread for the life of the process:
 /// the first SIGTERM/SIGINT starts the drain (the returned receiver gets
 /// it), the second hurries it, the third exits at once (status 1, pid file
@@ -413,14 +426,12 @@ fn wait_for_signal() -> Result<()> {
 /// SIGUSR1/SIGUSR2/SIGQUIT have no job: each is logged and ignored, so no
 /// operator signal kills a serving process silently.
 fn watch_signals(
+    mut signals: signal_hook::iterator::Signals,
     control: keycore_engine::server::ServerControl,
     pid_file: Option<std::path::PathBuf>,
     reloads: std::sync::mpsc::SyncSender<()>,
 ) -> Result<std::sync::mpsc::Receiver<()>> {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT])
-            .context("install signal handlers")?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("keycore-signals".into())

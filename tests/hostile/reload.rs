@@ -119,6 +119,12 @@ impl Setup {
 fn wait_metric(srv: &Server, series: &str, want: u64, limit: Duration) {
     let t = Instant::now();
     loop {
+        if let Err(e) = std::net::TcpStream::connect(srv.metrics) {
+            panic!(
+                "metrics listener gone ({e}); the server's log:\n{}",
+                srv.log()
+            );
+        }
         let v = srv.metric(series);
         if v >= want {
             return;
@@ -490,5 +496,87 @@ fn reload_watch_picks_up_an_added_and_a_removed_key_without_a_signal() {
         srv.log().contains("reload_watch: files changed"),
         "{}",
         srv.log()
+    );
+}
+
+/// Cloud keys through the local AWS KMS stand-in: a reload that adds a key
+/// reopens the KMS store and serves it; a reload whose KMS endpoint cannot
+/// be reached (here: the endpoint setting pointed at a closed port) fails
+/// within `kms_startup_timeout` and the keys keep being served by the store
+/// that was open.
+#[test]
+fn an_unreachable_kms_on_reload_keeps_the_cloud_keys_serving() {
+    use keycore_kmssim::{KeyType, Sim};
+    let sim = Sim::start().unwrap();
+    sim.aws_access_key("AKIDRELOAD", "reload-secret");
+    let (uri_a, key_a) = sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
+    let (uri_b, key_b) = sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
+    let s = setup(&[KeyKind::EcdsaP256]);
+    let ca = sim.write_ca(s.root()).unwrap();
+    let kms = |endpoint: &str| {
+        format!("kms_aws_endpoint: {endpoint}\nkms_startup_timeout: 3s\nkms_attempt_timeout: 1s\n")
+    };
+    let live = kms(&sim.https_url);
+    let dead = kms(&format!(
+        "https://127.0.0.1:{}",
+        crate::support::free_port()
+    ));
+    let info = PathBuf::from("info");
+    let (id, secret) = (PathBuf::from("AKIDRELOAD"), PathBuf::from("reload-secret"));
+    let env: [(&str, &Path); 4] = [
+        ("KEYCORE_LOG", &info),
+        ("KEYCORE_KMS_CA_FILE", &ca),
+        ("AWS_ACCESS_KEY_ID", &id),
+        ("AWS_SECRET_ACCESS_KEY", &secret),
+    ];
+    let store =
+        |uris: &[&str]| -> String { uris.iter().map(|u| format!("  - uri: {u}\n")).collect() };
+    let srv = Server::spawn_config(
+        crate::support::free_port(),
+        |p, m| s.yaml(p, m, &live, &store(&[&uri_a])),
+        &env,
+        true,
+    );
+    srv.wait_up();
+    let sign = |c: &mut Client, id: u32, spki: &[u8]| -> Op {
+        let ski = keycore_keys::ski_from_spki(spki).unwrap();
+        c.send(&request(id, Op::ECDSA_SIGN_SHA256, Some(&ski), &DIGEST))
+            .unwrap();
+        let r = c.recv().unwrap().unwrap();
+        assert_eq!(r.0, id);
+        r.1
+    };
+    let mut c = Client::connect(srv.addr).unwrap();
+    assert_eq!(sign(&mut c, 1, &key_a.spki), Op::RESPONSE);
+    assert_eq!(sign(&mut c, 2, &key_b.spki), Op::ERROR);
+
+    // Add key B: the KMS store is reopened with both and B serves.
+    s.write_config(&srv, &live, &store(&[&uri_a, &uri_b]));
+    srv.signal(libc::SIGHUP);
+    wait_metric(&srv, RELOAD_OK, 1, Duration::from_secs(20));
+    let t = Instant::now();
+    while sign(&mut c, 3, &key_b.spki) != Op::RESPONSE {
+        assert!(t.elapsed() < Duration::from_secs(2), "key B never served");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(srv.log().contains("opened: kms"), "{}", srv.log());
+
+    // The service cannot be reached: refused, within the start-up timeout
+    // (3 s) plus slack, and both keys keep serving from the open store.
+    s.write_config(&srv, &dead, &store(&[&uri_a, &uri_b]));
+    let t = Instant::now();
+    srv.signal(libc::SIGHUP);
+    wait_metric(&srv, RELOAD_ERROR, 1, Duration::from_secs(15));
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(srv.metric(RELOAD_OK), 1);
+    std::thread::sleep(Duration::from_millis(100)); // > 2 control ticks
+    for (i, spki) in [&key_a.spki, &key_b.spki].into_iter().enumerate() {
+        assert_eq!(sign(&mut c, 10 + i as u32, spki), Op::RESPONSE);
+    }
+    let log = srv.log();
+    assert!(log.contains("reload refused"), "{log}");
+    assert!(
+        !log.contains("reload-secret"),
+        "a credential reached the log: {log}"
     );
 }
