@@ -365,6 +365,13 @@ fn reload(cmd: &ReloadCmd) -> Result<()> {
         match counts(addr) {
             Some((ok, _)) if ok > before.0 => {
                 println!("reload applied (pid {pid}); what changed is in the server's log");
+                let pending = restart_needed(addr);
+                if !pending.is_empty() {
+                    println!(
+                        "changed in the config but NOT applied, need a restart: {}",
+                        pending.join(", ")
+                    );
+                }
                 return Ok(());
             }
             Some((_, err)) if err > before.1 => {
@@ -374,6 +381,20 @@ fn reload(cmd: &ReloadCmd) -> Result<()> {
         }
     }
     anyhow::bail!("sent SIGHUP to pid {pid} but saw no reload result on {addr} within {timeout:?}")
+}
+
+/// The settings `keycore_config_restart_needed` lists on a scrape.
+fn restart_needed(addr: std::net::SocketAddr) -> Vec<String> {
+    let Ok((200, body)) =
+        keycore_engine::endpoint::probe(addr, "/metrics", std::time::Duration::from_secs(5))
+    else {
+        return Vec::new();
+    };
+    body.lines()
+        .filter_map(|l| l.strip_prefix("keycore_config_restart_needed{setting=\""))
+        .filter_map(|l| l.split('"').next())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// `keycore_reload_total` {ok, error} from a scrape.

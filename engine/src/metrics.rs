@@ -277,6 +277,10 @@ pub struct ReloadStats {
     pub error: AtomicU64,
     /// Unix time of the last successful load (start-up counts), in ms.
     pub last_success_unix_ms: AtomicU64,
+    /// Settings the config file changed that the running process has not
+    /// applied (they need a restart), as of the last successful reload.
+    /// Control plane only (reload thread, scrapes).
+    pub restart_needed: std::sync::Mutex<Vec<&'static str>>,
 }
 
 /// Everything a scrape reads.
@@ -461,6 +465,20 @@ impl Registry {
             &[],
             self.reload.last_success_unix_ms.load(Relaxed) as f64 / 1e3,
         );
+        w.family(
+            "keycore_config_restart_needed",
+            MetricKind::Gauge,
+            "1 for each setting the config file changed that needs a restart to apply (as of the last successful reload); none after a restart.",
+        );
+        let pending = self
+            .reload
+            .restart_needed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for setting in pending {
+            w.sample("keycore_config_restart_needed", &[("setting", setting)], 1);
+        }
     }
 
     fn render_hist(

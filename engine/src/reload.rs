@@ -220,6 +220,12 @@ impl Reloader {
         let r = read().and_then(|new| self.apply(&mut state, &new, t0));
         match &r {
             Ok(report) => {
+                *self
+                    .registry
+                    .reload
+                    .restart_needed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = report.restart_needed.clone();
                 self.registry.reload.ok.fetch_add(1, Relaxed);
                 record_success(&self.registry);
                 for s in &report.added {

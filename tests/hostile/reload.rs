@@ -436,6 +436,14 @@ fn keycore_reload_signals_the_pid_file_and_reports_restart_only_changes() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("reload applied"), "{stdout}");
+    assert!(
+        stdout.contains("NOT applied, need a restart: idle_timeout"),
+        "{stdout}"
+    );
+    assert_eq!(
+        srv.metric("keycore_config_restart_needed{setting=\"idle_timeout\"}"),
+        1
+    );
     let mut c = Client::connect(srv.addr).unwrap();
     wait_served(&mut c, KeyKind::EcdsaP384, true, Duration::from_secs(2));
     let log = srv.log();
