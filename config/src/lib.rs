@@ -22,7 +22,8 @@
 //! [`Config`]: once [`load`] returns, no value needs re-checking.
 //!
 //! Public surface: [`Config`] and its parts ([`Limits`], [`Pkcs11Settings`],
-//! [`KmsSettings`], [`KeyStore`], [`LogLevel`], [`LogFormat`], [`Cores`],
+//! [`KmsSettings`], [`Security`] with [`ClientIdentity`], [`KeyPolicy`] and
+//! [`OpFilter`], [`KeyStore`], [`LogLevel`], [`LogFormat`], [`Cores`],
 //! [`KeyLoadErrors`], [`Pkcs11Dispatch`]); loading ([`load`], [`resolve`],
 //! [`from_yaml_str`], [`ServeArgs`], [`Loaded`], [`Origin`],
 //! [`ConfigError`], [`Limits::validate`] and [`LimitsError`]); the table
@@ -44,16 +45,21 @@ mod output;
 mod parse;
 mod reload;
 mod rfc3339;
+mod security;
 mod table;
 mod yaml;
 
 pub use args::ServeArgs;
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use load::{from_yaml_str, load, resolve};
-pub use output::readme_table;
+pub use output::{readme_table, redact_uri_pins};
 pub use parse::{CpuListError, ValueError};
 pub use reload::{changed_settings, APPLIED_BY_RELOAD};
 pub use rfc3339::{format_rfc3339, parse_rfc3339, TimeError};
+pub use security::{
+    ClientIdentity, KeyPolicy, OpFilter, Security, MAX_CLIENT_IDENTITIES, MAX_CONNECTIONS,
+    MAX_KEY_POLICIES, MAX_MATCHERS, MAX_RPS, OP_FILTERS,
+};
 pub use table::{Alias, Secret, Section, Setting, SETTINGS};
 
 use std::collections::BTreeMap;
@@ -440,6 +446,9 @@ pub struct Config {
     pub pkcs11: Pkcs11Settings,
     /// The cloud KMS backend's tunables (`kms_*`).
     pub kms: KmsSettings,
+    /// Client identities, key policies, per-identity limits and the audit
+    /// trail (`client_*`, `key_policies`, `audit_*`; issue 18).
+    pub security: Security,
 }
 
 /// The defaults, built once from the table's default texts through the same
@@ -505,6 +514,7 @@ impl Config {
             },
             pkcs11: Pkcs11Settings::default(),
             kms: KmsSettings::default(),
+            security: Security::default(),
         }
     }
 

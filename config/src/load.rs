@@ -368,9 +368,59 @@ impl<'a> Layers<'a> {
                         origins.insert(s.name, o);
                     }
                 }
+                Input::Identities | Input::KeyPolicies => {
+                    let Some((node, origin)) = self.file_list(s, warnings) else {
+                        continue;
+                    };
+                    let file = self.file.as_ref().expect("file_list found a file");
+                    let at = |line: usize| Origin::File {
+                        path: file.path.to_owned(),
+                        line,
+                    };
+                    if matches!(s.input, Input::Identities) {
+                        c.security.client_identities =
+                            crate::security::parse_identities(node, &at, warnings)?;
+                    } else {
+                        // Table order puts client_identities first, so the
+                        // names a policy's `clients:` refers to are known.
+                        c.security.key_policies = crate::security::parse_policies(
+                            node,
+                            &at,
+                            &c.security.client_identities,
+                            warnings,
+                        )?;
+                    }
+                    origins.insert(s.name, origin);
+                }
             }
         }
         Ok((c, origins))
+    }
+
+    /// A file-only list key's node and origin (`None`: not in the file).
+    /// Its `KEYLESS_*` variable cannot carry a list: warned about.
+    fn file_list(&self, s: &Setting, warnings: &mut Vec<String>) -> Option<(&'a Node, Origin)> {
+        let var = env_var_name(s.name);
+        if (self.env)(&var).is_some_and(|v| !v.is_empty()) {
+            warnings.push(format!(
+                "environment variable {var} is ignored: {} is a list of entries, set only in \
+                 the config file",
+                s.name
+            ));
+        }
+        let file = self.file.as_ref()?;
+        let node = *file.keys.get(s.name)?;
+        if node.kind == Kind::Null {
+            return None;
+        }
+        let line = file.key_lines.get(s.name).copied().unwrap_or(node.line);
+        Some((
+            node,
+            Origin::File {
+                path: file.path.to_owned(),
+                line,
+            },
+        ))
     }
 
     /// `cores`: `all`, a count, a comma/range string, or a YAML list of ids.

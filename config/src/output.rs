@@ -47,7 +47,7 @@ pub(crate) fn yaml_quote_path(p: &Path) -> String {
 
 /// `uri` with the value of every `pin-value` attribute replaced (PKCS#11
 /// URIs carry the user PIN there, RFC 7512 section 2.4).
-pub(crate) fn redact_uri_pins(uri: &str) -> String {
+pub fn redact_uri_pins(uri: &str) -> String {
     if !uri
         .get(..7)
         .is_some_and(|p| p.eq_ignore_ascii_case("pkcs11:"))
@@ -171,7 +171,10 @@ pub fn readme_table() -> String {
             } else {
                 format!("`{}`", s.default)
             };
-            let env: Vec<String> = s.env_names().iter().map(|e| format!("`{e}`")).collect();
+            let mut env: Vec<String> = s.env_names().iter().map(|e| format!("`{e}`")).collect();
+            if s.file_only() {
+                env.push("file only".to_owned());
+            }
             let _ = writeln!(
                 out,
                 "| `{}` | {} | {} | {} |",

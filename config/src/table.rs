@@ -42,16 +42,20 @@ pub enum Section {
     Pkcs11,
     /// Cloud KMS backend tunables (`Config::kms`).
     Kms,
+    /// Client identities, key policies, per-identity limits, audit trail
+    /// (`Config::security`).
+    Security,
 }
 
 impl Section {
     /// Every section, in order.
-    pub const ALL: [Section; 5] = [
+    pub const ALL: [Section; 6] = [
         Section::Reference,
         Section::Server,
         Section::Limits,
         Section::Pkcs11,
         Section::Kms,
+        Section::Security,
     ];
 
     /// Heading used in the README and `-o`.
@@ -62,6 +66,7 @@ impl Section {
             Section::Limits => "Limits",
             Section::Pkcs11 => "PKCS#11 backend",
             Section::Kms => "Cloud KMS backend (credentials stay in the environment)",
+            Section::Security => "Client identities, key policies, audit trail (SECURITY.md)",
         }
     }
 }
@@ -98,6 +103,10 @@ pub(crate) enum Input {
     /// `private_key_stores`: a list of entries, replaced by the
     /// `--private-key-dirs/--private-key-files` flags (load.rs).
     KeyStores,
+    /// `client_identities`: a list of entries, file only (security.rs).
+    Identities,
+    /// `key_policies`: a list of entries, file only (security.rs).
+    KeyPolicies,
 }
 
 /// One config key.
@@ -170,10 +179,21 @@ impl Setting {
         self
     }
 
-    /// Whether the key has a `--flag` (every key but `private_key_stores`,
-    /// whose flags are `--private-key-dirs/--private-key-files`).
+    /// Whether the key has a `--flag` (every key but the lists:
+    /// `private_key_stores`, whose flags are
+    /// `--private-key-dirs/--private-key-files`, and the file-only
+    /// `client_identities` and `key_policies`).
     pub fn has_flag(&self) -> bool {
-        !matches!(self.input, Input::KeyStores)
+        !matches!(
+            self.input,
+            Input::KeyStores | Input::Identities | Input::KeyPolicies
+        )
+    }
+
+    /// Whether the key can be set only in the config file (a list of
+    /// entries that has no one-line form).
+    pub fn file_only(&self) -> bool {
+        matches!(self.input, Input::Identities | Input::KeyPolicies)
     }
 
     /// The environment variables that set this key, in precedence order.
@@ -183,6 +203,9 @@ impl Setting {
                 crate::ENV_PRIVATE_KEY_DIRS.to_owned(),
                 crate::ENV_PRIVATE_KEY_FILES.to_owned(),
             ];
+        }
+        if self.file_only() {
+            return Vec::new();
         }
         std::iter::once(crate::env_var_name(self.name))
             .chain(self.aliases.iter().map(|a| a.name.to_owned()))
@@ -197,6 +220,14 @@ impl Setting {
             Input::Cores => crate::load::parse_cores_text(self.default).map(|v| c.cores = v),
             Input::KeyStores => {
                 c.private_key_stores.clear();
+                Ok(())
+            }
+            Input::Identities => {
+                c.security.client_identities.clear();
+                Ok(())
+            }
+            Input::KeyPolicies => {
+                c.security.key_policies.clear();
                 Ok(())
             }
         };
@@ -262,7 +293,7 @@ const PKCS11_DISPATCH: &[(&str, Pkcs11Dispatch)] = &[
     ("offload", Pkcs11Dispatch::Offload),
 ];
 
-use Section::{Kms, Limits, Pkcs11, Reference, Server};
+use Section::{Kms, Limits, Pkcs11, Reference, Security, Server};
 
 /// Every config key, in the order of the README and `-o`: the reference's
 /// keys first (their names, defaults and meaning are the reference's), then
@@ -895,5 +926,114 @@ pub static SETTINGS: &[Setting] = &[
         |c| c.kms.verify.to_string(),
     )
     .aliases(&[alias("KEYCORE_KMS_VERIFY")])
+    .switch(),
+    // ----- security (issue 18) -------------------------------------------
+    Setting::new(
+        Security,
+        "client_identities",
+        "LIST",
+        "",
+        "File only. Allow-list of client certificates, each entry named: `- name: edge-a` with \
+         `names:` (patterns, `*` = any text, matched against the subject CN and DNS/URI SANs) \
+         and/or `spki_sha256:` (hex SHA-256 of the DER public key; several at once for \
+         rotation), optional `max_rps:`/`max_connections:`. Empty: every certificate chaining \
+         to cloudflare_ca_cert is accepted under its CN. Set: any other certificate is refused \
+         in the TLS handshake (counted by reason). At most 64.",
+        |_, _| Ok(()),
+        |c| crate::security::identities_yaml(&c.security.client_identities),
+    )
+    .input(Input::Identities),
+    Setting::new(
+        Security,
+        "key_policies",
+        "LIST",
+        "",
+        "File only. Per key or key store: `- ski: HEX` and/or `store: PREFIX` (key file path or \
+         URI prefix; neither = every key), `deny_ops: [rsa_decrypt, rsa_pkcs1, rsa_pss, ecdsa, \
+         ed25519, md5sha1, sha1, sha224, sha256, sha384, sha512]`, `clients: [identity names]`. \
+         First match per key wins; a refused request is answered 0x08 (internal) and counted \
+         per key and reason. One bit test per request.",
+        |_, _| Ok(()),
+        |c| crate::security::policies_yaml(&c.security.key_policies),
+    )
+    .input(Input::KeyPolicies),
+    Setting::new(
+        Security,
+        "client_max_rps",
+        "N",
+        "0",
+        "Key operations per second per client identity (an identity's max_rps overrides it), \
+         0..=100000000; 0 = no limit. Each core enforces rate/cores with a burst of the same \
+         (SECURITY.md: how the split stays fair); beyond it answered 0x08 and counted.",
+        |c, t| set!(c.security.client_max_rps, parse::int_in(t, 0, crate::MAX_RPS)? as u32),
+        |c| c.security.client_max_rps.to_string(),
+    ),
+    Setting::new(
+        Security,
+        "client_max_connections",
+        "N",
+        "0",
+        "Concurrent connections per client identity across all cores (an identity's \
+         max_connections overrides it), 0..=100000000; 0 = no limit. Beyond it a connection is \
+         closed right after its handshake, before any request is read (counted).",
+        |c, t| {
+            set!(
+                c.security.client_max_connections,
+                parse::int_in(t, 0, crate::MAX_CONNECTIONS)? as u32
+            )
+        },
+        |c| c.security.client_max_connections.to_string(),
+    ),
+    Setting::new(
+        Security,
+        "audit_file",
+        "FILE",
+        "",
+        "Append-only JSON-lines audit trail: per key and client identity, counts of operations \
+         by opcode and result every audit_interval, plus key loads, policy refusals and HSM \
+         logins as single records; never payloads, digests or PINs. Empty = no audit trail.",
+        |c, t| set!(c.security.audit_file, opt_path(t)),
+        |c| show_opt_path(&c.security.audit_file),
+    ),
+    Setting::new(
+        Security,
+        "audit_interval",
+        "DURATION",
+        "10s",
+        "How often each core hands its counts to the audit writer, which appends them (> 0). \
+         Shorter: fresher file and metrics, more lines.",
+        |c, t| set!(c.security.audit_interval, parse::positive_duration(t)?),
+        |c| yaml_quote(&format_duration(c.security.audit_interval)),
+    ),
+    Setting::new(
+        Security,
+        "audit_max_bytes",
+        "BYTES",
+        "67108864",
+        "Rotate the audit file once it reaches this size, 4096..=1099511627776; the disk used \
+         is at most (audit_keep + 1) x this.",
+        |c, t| set!(c.security.audit_max_bytes, parse::int_in(t, 4096, 1 << 40)?),
+        |c| c.security.audit_max_bytes.to_string(),
+    ),
+    Setting::new(
+        Security,
+        "audit_keep",
+        "N",
+        "5",
+        "Rotated audit files kept (FILE.1 newest .. FILE.N oldest), 1..=1000.",
+        |c, t| set!(c.security.audit_keep, parse::int_in(t, 1, 1000)? as u32),
+        |c| c.security.audit_keep.to_string(),
+    ),
+    Setting::new(
+        Security,
+        "audit_fail_closed",
+        "BOOL",
+        "false",
+        "false: a lost audit file (directory removed, disk full) is counted and logged and \
+         signing goes on. true: while the audit file cannot be written, key operations are \
+         refused (0x08), trading availability for a complete trail.",
+        |c, t| set!(c.security.audit_fail_closed, parse::boolean(t)?),
+        |c| c.security.audit_fail_closed.to_string(),
+    )
     .switch(),
 ];
