@@ -26,6 +26,7 @@ pub const APPLIED_BY_RELOAD: &[&str] = &[
     "current_time",
     "key_load_errors",
     "sign_timeout",
+    "key_policies",
 ];
 
 impl Setting {
@@ -52,6 +53,9 @@ impl Config {
         c.current_time = new.current_time;
         c.key_load_errors = new.key_load_errors;
         c.sign_timeout = new.sign_timeout;
+        // Policies whose `clients:` name identities are compiled against
+        // the identities in force (client_identities needs a restart).
+        c.security.key_policies = new.security.key_policies.clone();
         c.pkcs11 = new.pkcs11.clone();
         c.kms = new.kms.clone();
         c
@@ -69,7 +73,9 @@ pub fn changed_settings(old: &Config, new: &Config) -> Vec<&'static Setting> {
             // showers.
             Input::KeyStores => old.private_key_stores != new.private_key_stores,
             Input::Cores => old.cores != new.cores,
-            Input::Scalar(_) => (s.show)(old) != (s.show)(new),
+            Input::Scalar(_) | Input::Identities | Input::KeyPolicies => {
+                (s.show)(old) != (s.show)(new)
+            }
         })
         .collect()
 }

@@ -14,6 +14,7 @@
 //! `skip` logs it with its path and reason and goes on. A duplicate key (same
 //! SKI from two sources) is always logged and the first one kept.
 
+use crate::audit::{self, AuditWriter};
 use crate::config::{Config, KeyLoadErrors, KeyStore};
 use crate::endpoint::MetricsServer;
 use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
@@ -21,7 +22,8 @@ use crate::metrics::{Registry, StaticGauge};
 use crate::ops::{self, PidFile};
 use crate::registry::{self, StoreRecord};
 use crate::reload::{self, Reloader};
-use crate::server::{self, Served, ServerHandle, ServerSettings, Stores};
+use crate::security::{AuditMsg, Identities};
+use crate::server::{self, SecurityParts, Served, ServerHandle, ServerSettings, Stores};
 use crate::swap::Swap;
 use anyhow::{bail, Context, Result};
 use keycore_keys::{software, KeyEntry, KeyIndex};
@@ -41,6 +43,11 @@ pub struct Running {
     /// Reloads the configuration, keys and TLS material (SIGHUP).
     pub reloader: Arc<Reloader>,
     pid_file: Option<PidFile>,
+    /// The audit writer (always running: it also merges the per-identity
+    /// metrics; it writes a file only with `audit_file`).
+    audit: AuditWriter,
+    /// The served state in force (for the unload records at stop).
+    served: Arc<Swap<Served>>,
 }
 
 impl Running {
@@ -51,6 +58,13 @@ impl Running {
         self.health.set_draining();
         self.server.shutdown();
         let r = self.server.join();
+        // The cores sent their last counts before exiting; the keys are
+        // unloaded with the process.
+        let tx = self.audit.tx();
+        audit::key_records(&tx, "key_unload", &self.served.get().keys);
+        tx.event("server_stopped", &[]);
+        keycore_keys::set_event_sink(None);
+        self.audit.stop();
         drop(self.metrics);
         if let Some(p) = &self.pid_file {
             p.remove();
@@ -293,7 +307,27 @@ pub fn launch(cfg: &Config) -> Result<Running> {
                 .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?,
         );
     }
-    let built = reload::build(cfg, &[])?;
+    // Issue 18: the audit writer starts before the keys load, so the
+    // backends' start-up events (HSM logins) are recorded; it also owns the
+    // client identities (labels for its records and metrics, kept for the
+    // process's life; a reload rebuilds the key policies).
+    let audit = AuditWriter::start(
+        &cfg.security,
+        |tx| Arc::new(Identities::new(&cfg.security, Some(tx))),
+        Vec::new(),
+    )
+    .context("audit_file: cannot open (does its directory exist?)")?;
+    let identities = audit.shared().identities();
+    // Backends' control-plane events (HSM logins) go to the same writer.
+    {
+        let tx = audit.tx();
+        keycore_keys::set_event_sink(Some(Arc::new(move |kind, fields| tx.event(kind, fields))));
+    }
+    let built = reload::build(cfg, &[], &identities);
+    if built.is_err() {
+        keycore_keys::set_event_sink(None);
+    }
+    let built = built?;
     if built.served.keys.is_empty() {
         tracing::warn!(
             "no private keys loaded: every key operation will be answered 'key not found'"
@@ -301,13 +335,51 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     } else {
         tracing::info!(keys = built.served.keys.len(), "private keys loaded");
     }
-    let registry = Registry {
+    let key_labels = audit::key_labels(&built.served.keys);
+    // Blocking: the writer must know the keys before the first counts.
+    let _ = audit.tx().send_blocking(AuditMsg::Keys(key_labels.clone()));
+    {
+        let tx = audit.tx();
+        tx.event(
+            "server_started",
+            &[
+                ("listen", &cfg.listen_addr().to_string()),
+                ("keys", &built.served.keys.len().to_string()),
+                (
+                    "client_identities",
+                    &cfg.security.client_identities.len().to_string(),
+                ),
+                ("key_policies", &cfg.security.key_policies.len().to_string()),
+            ],
+        );
+        audit::key_records(&tx, "key_load", &built.served.keys);
+    }
+    if !cfg.security.client_identities.is_empty() {
+        tracing::info!(
+            identities = cfg.security.client_identities.len(),
+            "client certificate allow-list on: certificates matching no client_identities entry are refused in the handshake"
+        );
+    }
+    if !cfg.security.key_policies.is_empty() {
+        tracing::info!(
+            restricted_keys = built.served.policy.restricted(),
+            "key policies compiled"
+        );
+    }
+    let mut registry = Registry {
         loaded: Swap::new(Arc::new(built.loaded)),
         ..Default::default()
     };
+    registry.renderers.push(audit.shared());
     reload::record_success(&registry);
     let served = Arc::new(Swap::new(Arc::new(built.served)));
     let cpus = cfg.core_ids(&server::available_cpus());
+    let security = SecurityParts {
+        identities: identities.clone(),
+        audit: Some(audit.tx()),
+        audit_ok: audit.shared().fail_closed_flag(),
+        audit_interval: cfg.security.audit_interval,
+    };
     let server = server::start_served(
         ServerSettings {
             listen: cfg.listen_addr(),
@@ -316,6 +388,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         },
         served.clone(),
         registry,
+        security,
     )
     .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;
     let health = Arc::new(Health::new(
@@ -325,8 +398,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     let reloader = Arc::new(Reloader::new(
         cfg.clone(),
         built.records,
-        served,
+        served.clone(),
         server.registry.clone(),
+        identities,
+        Some(audit.tx()),
     ));
     let metrics = match cfg.metrics_addr() {
         Some(a) => Some(
@@ -348,5 +423,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         health,
         reloader,
         pid_file,
+        audit,
+        served,
     })
 }

@@ -17,6 +17,7 @@
 //! response encoded into the connection's write buffer → flushed with
 //! whatever else completed in the same turn.
 
+pub mod audit;
 pub mod check;
 /// The configuration (its own crate, keycore-config; re-exported so the
 /// server's types and its config read as one API).
@@ -30,5 +31,6 @@ pub mod pki;
 pub mod refusals;
 pub mod registry;
 pub mod reload;
+pub mod security;
 pub mod server;
 pub mod swap;

@@ -208,6 +208,9 @@ pub struct CoreStats {
     /// Requests received but never answered (drain deadline, stalled or
     /// failed connection).
     pub unanswered: Counter,
+    /// Key operations refused before any backend, by
+    /// `security::Refusal` (policy, rate limit, fail-closed audit).
+    pub requests_refused: [Counter; 4],
 }
 
 impl CoreStats {
@@ -235,6 +238,7 @@ impl CoreStats {
             refused_source: Counter::default(),
             write_stalls: Counter::default(),
             unanswered: Counter::default(),
+            requests_refused: Default::default(),
         }
     }
 }
@@ -283,9 +287,18 @@ pub struct ReloadStats {
     pub restart_needed: std::sync::Mutex<Vec<&'static str>>,
 }
 
+/// A part of the server that renders its own families at scrape time
+/// (control plane; e.g. the audit totals and the client identities).
+pub trait Render: Send + Sync {
+    /// Append Prometheus text.
+    fn render(&self, s: &mut String);
+}
+
 /// Everything a scrape reads.
 #[derive(Default)]
 pub struct Registry {
+    /// Other renderers (audit totals, client identities).
+    pub renderers: Vec<Arc<dyn Render>>,
     /// One per core.
     pub cores: Vec<Arc<CoreStats>>,
     /// What start-up and reloads loaded.
@@ -322,6 +335,9 @@ impl Registry {
         self.render_into(&mut w);
         for store in &self.loaded.get().stores {
             store.render_metrics(&mut w);
+        }
+        for r in &self.renderers {
+            r.render(&mut s);
         }
         s
     }
@@ -436,6 +452,18 @@ impl Registry {
                 }
             }
         }
+        w.family(
+            "keycore_requests_refused_total",
+            MetricKind::Counter,
+            "Key operations refused before any backend (answered 0x08), by reason: key policy (op_denied, client_denied), per-identity rate (rate_limited), audit_fail_closed (audit_unavailable).",
+        );
+        for why in crate::security::Refusal::ALL {
+            w.sample(
+                "keycore_requests_refused_total",
+                &[("reason", why.label())],
+                self.sum(|c| c.requests_refused[why as usize].get()),
+            );
+        }
         self.render_reload(w);
     }
 
@@ -535,7 +563,8 @@ fn le(bucket: usize) -> f64 {
     (BUCKET0_NS << bucket) as f64 / 1e9
 }
 
-fn op_label(op: Op) -> String {
+/// The reference's label for an opcode (`OpECDSASignSHA256`, or hex).
+pub fn op_label(op: Op) -> String {
     match op.name() {
         Some(n) => n.to_string(),
         None => format!("0x{:02x}", op.0),

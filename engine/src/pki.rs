@@ -37,6 +37,12 @@ pub struct DemoPki {
     pub client_cert: PathBuf,
     /// Its private key.
     pub client_key: PathBuf,
+    /// A second client certificate signed by the CA, with another CN
+    /// ("keycore second client") and a DNS SAN ("edge2.keycore.test"): a
+    /// second edge identity for the client-identity tests (issue 18).
+    pub second_client_cert: PathBuf,
+    /// Its private key.
+    pub second_client_key: PathBuf,
     /// Directory holding one key file per kind (`*.key`, PKCS#8 PEM).
     pub keys_dir: PathBuf,
     /// The key files in `keys_dir`, with their kind.
@@ -204,6 +210,17 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
         )?;
         let client = |cn| leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, 3);
         let (client_cert, client_key) = issue(dir, "client", client("keycore demo client")?, &ca)?;
+        let (second_client_cert, second_client_key) = issue(
+            dir,
+            "second-client",
+            leaf_params(
+                "keycore second client",
+                &["edge2.keycore.test"],
+                ExtendedKeyUsagePurpose::ClientAuth,
+                5,
+            )?,
+            &ca,
+        )?;
         let mut expired = client("keycore expired client")?;
         expired.not_before = date_time_ymd(2000, 1, 1);
         expired.not_after = date_time_ymd(2000, 12, 31);
@@ -255,6 +272,8 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
             server_key,
             client_cert,
             client_key,
+            second_client_cert,
+            second_client_key,
             keys_dir: keys_dir.clone(),
             key_files,
             foreign_ca_cert,

@@ -42,6 +42,7 @@ use crate::config::Config;
 use crate::launch;
 use crate::metrics::{Loaded, Registry};
 use crate::registry::StoreRecord;
+use crate::security::{AuditMsg, AuditTx, Identities, Policy};
 use crate::server::{tls, Served};
 use crate::swap::Swap;
 use anyhow::Result;
@@ -69,7 +70,11 @@ pub struct Built {
 
 /// Load keys, stores and TLS material for `cfg`, keeping each store of
 /// `previous` whose URIs and settings are unchanged. Publishes nothing.
-pub fn build(cfg: &Config, previous: &[StoreRecord]) -> Result<Built> {
+pub fn build(
+    cfg: &Config,
+    previous: &[StoreRecord],
+    identities: &Arc<Identities>,
+) -> Result<Built> {
     let launch::LoadedKeys {
         index: keys,
         stores,
@@ -77,13 +82,19 @@ pub fn build(cfg: &Config, previous: &[StoreRecord]) -> Result<Built> {
         seconds: key_load_seconds,
         skipped,
     } = launch::load_keys_reusing(cfg, previous)?;
-    let tls = tls::server_config(&tls::TlsSettings {
-        cert: &cfg.auth_cert,
-        key: &cfg.auth_key,
-        client_ca: &cfg.cloudflare_ca_cert,
-        tls12_only: cfg.tls12_only,
-        current_time: cfg.current_time,
-    })?;
+    // The client allow-list (issue 18) stays in the verifier of every TLS
+    // configuration a reload builds.
+    let tls = tls::server_config_with(
+        &tls::TlsSettings {
+            cert: &cfg.auth_cert,
+            key: &cfg.auth_key,
+            client_ca: &cfg.cloudflare_ca_cert,
+            tls12_only: cfg.tls12_only,
+            current_time: cfg.current_time,
+        },
+        Some(identities.clone()),
+    )?;
+    let policy = Arc::new(Policy::build(&cfg.security, &keys));
     let mut kept = Vec::new();
     let mut opened = Vec::new();
     for s in &stores {
@@ -103,6 +114,7 @@ pub fn build(cfg: &Config, previous: &[StoreRecord]) -> Result<Built> {
             keys: Arc::new(keys),
             stores,
             tls,
+            policy,
         },
         records,
         kept,
@@ -178,6 +190,12 @@ pub struct Reloader {
     state: Mutex<InForce>,
     served: Arc<Swap<Served>>,
     registry: Arc<Registry>,
+    /// The client identities (kept for the process's life; a change to
+    /// `client_identities` needs a restart).
+    identities: Arc<Identities>,
+    /// The audit writer: a reload is recorded, with its key loads and
+    /// unloads.
+    audit: Option<AuditTx>,
 }
 
 /// The configuration in force and the stores it opened.
@@ -200,11 +218,15 @@ impl Reloader {
         records: Vec<StoreRecord>,
         served: Arc<Swap<Served>>,
         registry: Arc<Registry>,
+        identities: Arc<Identities>,
+        audit: Option<AuditTx>,
     ) -> Reloader {
         Reloader {
             state: Mutex::new(InForce { config, records }),
             served,
             registry,
+            identities,
+            audit,
         }
     }
 
@@ -253,7 +275,7 @@ impl Reloader {
     fn apply(&self, state: &mut InForce, new: &Config, t0: Instant) -> Result<ReloadReport> {
         let changed = keycore_config::changed_settings(&state.config, new);
         let effective = state.config.with_reloaded(new);
-        let built = build(&effective, &state.records)?;
+        let built = build(&effective, &state.records, &self.identities)?;
         let old = self.served.get();
         let report = ReloadReport {
             keys: built.served.keys.len(),
@@ -276,6 +298,32 @@ impl Reloader {
         // Scrape first, then the cores: a scrape never shows fewer stores
         // than the cores use.
         self.registry.loaded.store(Arc::new(built.loaded));
+        if let Some(tx) = &self.audit {
+            // The writer learns the new key labels before the cores serve
+            // the new index (counts of the interval that spans the swap may
+            // still carry the old index: SECURITY.md, "Not done").
+            let _ = tx.send_blocking(AuditMsg::Keys(crate::audit::key_labels(&built.served.keys)));
+            tx.event(
+                "reload",
+                &[
+                    ("keys", &report.keys.to_string()),
+                    ("added", &report.added.len().to_string()),
+                    ("removed", &report.removed.len().to_string()),
+                ],
+            );
+            for src in &report.added {
+                tx.event(
+                    "key_load",
+                    &[("source", &keycore_config::redact_uri_pins(src))],
+                );
+            }
+            for src in &report.removed {
+                tx.event(
+                    "key_unload",
+                    &[("source", &keycore_config::redact_uri_pins(src))],
+                );
+            }
+        }
         self.served.store(Arc::new(built.served));
         state.config = effective;
         state.records = built.records;

@@ -86,12 +86,23 @@ impl KeyIndex {
         ski: Option<&Ski>,
         digest: Option<&[u8; CERT_DIGEST_LEN]>,
     ) -> Result<&KeyEntry, ErrorCode> {
+        self.lookup_at(ski, digest).map(|(_, e)| e)
+    }
+
+    /// [`KeyIndex::lookup`] with the key's position in [`KeyIndex::entries`]
+    /// (per-key tables such as policies and audit counts are indexed by it).
+    #[inline]
+    pub fn lookup_at(
+        &self,
+        ski: Option<&Ski>,
+        digest: Option<&[u8; CERT_DIGEST_LEN]>,
+    ) -> Result<(u32, &KeyEntry), ErrorCode> {
         let i = match (ski, digest) {
             (Some(s), _) => self.by_ski.get(s),
             (None, Some(d)) => self.by_digest.get(d),
             (None, None) => return Err(ErrorCode::INTERNAL),
         };
-        i.map(|&i| &self.entries[i as usize])
+        i.map(|&i| (i, &self.entries[i as usize]))
             .ok_or(ErrorCode::KEY_NOT_FOUND)
     }
 

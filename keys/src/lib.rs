@@ -24,12 +24,14 @@
 //! - the backend seam: [`KeyStore`], [`CoreStore`], [`Outcome`],
 //!   [`PendingOp`], [`StoreId`], [`StoreKey`], [`StoreStatus`];
 //! - metrics text: [`PromWriter`], [`MetricKind`];
+//! - audit events from backends: [`emit_event`], [`set_event_sink`];
 //! - the software signer: module [`software`] (files and directories of
 //!   PEM/DER keys signed with aws-lc on the calling thread).
 //!
 //! Must not: do I/O other than reading key files, spawn threads, or know
 //! which backends exist.
 
+mod events;
 mod index;
 mod kind;
 mod prom;
@@ -39,6 +41,7 @@ mod spki;
 mod store;
 mod sys;
 
+pub use events::{emit_event, set_event_sink, EventSink};
 pub use index::{Backend, KeyEntry, KeyIndex, PrivateKeyOps};
 pub use keycore_protocol::Ski;
 pub use kind::{check_input, op_fits, KeyKind};

@@ -563,11 +563,15 @@ impl Partition {
                 match self.login_with(&s, force) {
                     Ok(()) => {
                         *c = Some((s, g));
+                        if force {
+                            self.login_event(None);
+                        }
                         return Ok(());
                     }
                     // Wrong PIN and friends: a new session will not help.
                     Err(e @ CkError::Pkcs11(RvError::PinIncorrect | RvError::PinLocked, _)) => {
                         *c = Some((s, g));
+                        self.login_event(Some(&e));
                         return Err(e);
                     }
                     Err(_) => drop(s),
@@ -577,9 +581,24 @@ impl Partition {
             }
         }
         let s = self.open_session(slot)?;
-        self.login_with(&s, force)?;
+        let r = self.login_with(&s, force);
+        self.login_event(r.as_ref().err());
+        r?;
         *c = Some((s, gen));
         Ok(())
+    }
+
+    /// An audit record of a `C_Login` on the control path (issue 18): the
+    /// partition's name and the result, never the PIN.
+    fn login_event(&self, err: Option<&CkError>) {
+        if self.pin.is_none() {
+            return;
+        }
+        let result = err.map_or_else(|| "ok".to_owned(), |e| e.to_string());
+        keycore_keys::emit_event(
+            "hsm_login",
+            &[("partition", &self.name), ("result", &result)],
+        );
     }
 
     /// Log in again on the control path after the token logged the

@@ -271,16 +271,30 @@ impl Client {
         Self::over(tcp)
     }
 
+    /// Connect presenting `cert`/`key` instead of the demo client's (the
+    /// security suite includes this file).
+    #[allow(dead_code)]
+    pub fn connect_as(
+        addr: SocketAddr,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> std::io::Result<Client> {
+        let tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        Self::over_with(tcp, client_config_with(cert, key))
+    }
+
     /// Finish a TLS handshake over an already connected socket.
     pub fn over(tcp: TcpStream) -> std::io::Result<Client> {
+        Self::over_with(tcp, client_config())
+    }
+
+    fn over_with(tcp: TcpStream, config: Arc<rustls::ClientConfig>) -> std::io::Result<Client> {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
-        let conn = rustls::ClientConnection::new(
-            client_config(),
-            ServerName::try_from("localhost").unwrap(),
-        )
-        .map_err(std::io::Error::other)?;
+        let conn =
+            rustls::ClientConnection::new(config, ServerName::try_from("localhost").unwrap())
+                .map_err(std::io::Error::other)?;
         let mut tls = rustls::StreamOwned::new(conn, tcp);
         while tls.conn.is_handshaking() {
             tls.conn.complete_io(&mut tls.sock)?;

@@ -19,6 +19,7 @@ use super::conn_state::{CloseReason, ConnState, Dispatched, Dispatcher};
 use super::dispatch::{self, DispatchCtx, Pending};
 use super::{CoreCtx, CoreServed, DrainSlot, HandshakeTicket, CLOSE_GRACE};
 use crate::refusals::Refusal;
+use crate::security::{ClientId, CoreSecurity};
 use futures_lite::future::{self, FutureExt as _};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use glommio::net::TcpStream;
@@ -42,8 +43,9 @@ pub use super::conn_state::INITIAL_READ_BUFFER;
 /// goes through the reactor (which also reaps other sockets' readiness).
 const YIELD: Duration = Duration::from_micros(1);
 
-/// One finished off-reactor operation: ID, opcode, read time, result.
-type Completion = (u32, Op, Instant, Result<Vec<u8>, ErrorCode>);
+/// One finished off-reactor operation: ID, opcode, read time, key index,
+/// result.
+type Completion = (u32, Op, Instant, u32, Result<Vec<u8>, ErrorCode>);
 
 /// Completions of offloaded operations, pushed by their tasks and drained by
 /// the connection loop. Bounded by `max_in_flight` (one entry per request).
@@ -149,6 +151,28 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
             return;
         }
     };
+    // Issue 18: who is this? (The allow-list, if any, already refused a
+    // foreign identity inside the handshake; this names the connection and
+    // takes its identity's connection slot before any request is read.)
+    let der = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref());
+    let client = match core.identities.identify(der) {
+        Ok(id) => id,
+        Err(why) => {
+            core.identities.refuse(why, "", None);
+            tracing::warn!(%peer, core = core.index, reason = why.label(), "client certificate refused after the handshake");
+            return;
+        }
+    };
+    let Some(_identity_slot) = core.identities.connect(client) else {
+        // Counted (keycore_client_refused_total) and recorded by connect().
+        tracing::debug!(%peer, core = core.index, "client identity at max_connections; closed");
+        return;
+    };
     if !core.take_connection_slot() {
         core.refused(Refusal::ConnectionLimit, Some(peer), None);
         return;
@@ -156,7 +180,7 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
     tracing::debug!(%peer, core = core.index, "connection established");
     let completions = Rc::new(Completions::default());
     let mut st = ConnState::new(super::conn_limits(&core.limits), Instant::now());
-    let reason = run(&core, &mut tls, &mut st, &completions, &slot).await;
+    let reason = run(&core, &mut tls, &mut st, &completions, &slot, client).await;
     core.release_connection_slot();
     // Whatever is still with a backend will never be written: its gauge
     // entry goes now (the task's late completion lands in a dropped queue).
@@ -209,6 +233,10 @@ struct CoreDispatch<'a> {
     served: Rc<CoreServed>,
     served_gen: u64,
     stats: &'a crate::metrics::CoreStats,
+    /// This core's limiter and audit counts.
+    sec: &'a CoreSecurity,
+    /// The connection's client identity.
+    client: ClientId,
     scratch: Vec<u8>,
     completions: &'a Rc<Completions>,
     /// Something was handed to an off-reactor backend since the last flush.
@@ -222,6 +250,9 @@ impl Dispatcher for CoreDispatch<'_> {
             keys: &self.served.served.keys,
             stores: &self.served.stores,
             stats: self.stats,
+            sec: self.sec,
+            policy: &self.served.served.policy,
+            client: self.client,
         };
         let h = dispatch::handle(&ctx, msg, read_at, &mut self.scratch, out);
         match h.pending {
@@ -258,12 +289,15 @@ async fn run(
     st: &mut ConnState,
     completions: &Rc<Completions>,
     slot: &DrainSlot<'_>,
+    client: ClientId,
 ) -> CloseReason {
     let stats = &core.stats;
     let mut disp = CoreDispatch {
         served: core.served(),
         served_gen: core.served_generation(),
         stats,
+        sec: &core.sec,
+        client,
         scratch: Vec::with_capacity(1024),
         completions,
         submitted: false,
@@ -286,13 +320,15 @@ async fn run(
         }
         // Answers that came back from off-reactor backends.
         loop {
-            let Some((id, op, read_at, r)) = completions.done.borrow_mut().pop_front() else {
+            let Some((id, op, read_at, key, r)) = completions.done.borrow_mut().pop_front() else {
                 break;
             };
             stats.in_flight.sub(1);
+            let mut code = ErrorCode::NONE;
             st.on_completion(now, |out| {
-                dispatch::finish(stats, out, id, op, read_at, r.as_deref().map_err(|e| *e))
+                code = dispatch::finish(stats, out, id, op, read_at, r.as_deref().map_err(|e| *e))
             });
+            core.sec.count(key, client, op, code.0);
         }
         st.process(now, &mut disp);
         if std::mem::take(&mut disp.submitted) {
@@ -509,7 +545,7 @@ fn spawn_pending(p: Pending, completions: Rc<Completions>, served: Rc<CoreServed
     glommio::spawn_local(async move {
         let r = p.fut.await;
         drop(served);
-        completions.push((p.id, p.op, p.read_at, r));
+        completions.push((p.id, p.op, p.read_at, p.key, r));
     })
     .detach();
 }

@@ -9,12 +9,21 @@
 //! and run it: a software key inline, a store's key through this core's
 //! `CoreStore::perform`, which answers now or returns a pending completion.
 //!
+//! Security (issue 18), checked here once per key operation, before any
+//! backend and next to `check_input`: the identity's rate and the
+//! fail-closed audit switch (`CoreSecurity::admit`), then the key's policy
+//! (`Policy::check`: two bit tests). A refusal is answered
+//! `security::REFUSAL_CODE` and counted by reason (and per key in the audit
+//! counts); every key operation's result is counted per key, identity,
+//! opcode and result for the audit trail (core-local, no lock).
+//!
 //! Must not: allocate for a synchronous operation (the result goes to a
 //! reused scratch buffer, then straight into the connection's write buffer),
 //! log per request, block the reactor (slow backends return a future), or
 //! name any particular backend.
 
 use crate::metrics::CoreStats;
+use crate::security::{ClientId, CoreSecurity, Policy, Refusal, NO_KEY, REFUSAL_CODE};
 use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, KeyKind, Outcome, PendingOp};
 use keycore_protocol::codec::{encode_error, encode_response};
 use keycore_protocol::{ErrorCode, Message, Op, OpClass};
@@ -29,6 +38,8 @@ pub struct Pending {
     pub op: Op,
     /// When the request was read (for the total-duration histogram).
     pub read_at: Instant,
+    /// The key's index (for the audit counts).
+    pub key: u32,
     /// The operation.
     pub fut: PendingOp,
 }
@@ -51,6 +62,12 @@ pub struct DispatchCtx<'a> {
     pub stores: &'a [Rc<dyn CoreStore>],
     /// This core's counters.
     pub stats: &'a CoreStats,
+    /// This core's limiter and audit counts.
+    pub sec: &'a CoreSecurity,
+    /// The key policies.
+    pub policy: &'a Policy,
+    /// The connection's client identity.
+    pub client: ClientId,
 }
 
 /// What [`handle`] did with one request.
@@ -120,42 +137,55 @@ pub fn handle(
         (_, OpClass::ResponseClass) => Err(ErrorCode::UNEXPECTED_OPCODE),
         (_, OpClass::Unknown) | (_, OpClass::Custom) => Err(ErrorCode::BAD_OPCODE),
         (_, OpClass::Seal) | (_, OpClass::Unseal) | (_, OpClass::Rpc) => Err(ErrorCode::INTERNAL),
-        (_, class) => match ctx.keys.lookup(msg.ski, msg.cert_digest) {
-            Err(e) => Err(e),
-            Ok(entry) => {
-                let input = msg.payload.unwrap_or(&[]);
-                let started = Instant::now();
-                scratch.clear();
-                cost_units = cost(entry.kind);
-                let r = match check_input(entry.kind, class, input) {
-                    Err(e) => Err(e),
-                    Ok(()) => match &entry.backend {
-                        Backend::Inline(k) => k.perform(class, input, scratch),
-                        Backend::Store(sk) => match ctx.stores.get(sk.store.0 as usize) {
-                            // A key of a store this core does not have: a
-                            // start-up bug, never a client's doing.
-                            None => Err(ErrorCode::INTERNAL),
-                            Some(store) => match store.perform(sk.key, class, input, scratch) {
-                                Outcome::Done(r) => r,
-                                Outcome::Pending(fut) => {
-                                    return Handled {
-                                        pending: Some(Pending {
-                                            id,
-                                            op,
-                                            read_at,
-                                            fut,
-                                        }),
-                                        cost: SUBMIT,
+        (_, class) => match ctx.sec.admit(ctx.client, read_at) {
+            Err(why) => refuse(ctx, NO_KEY, op, why),
+            Ok(()) => match ctx.keys.lookup_at(msg.ski, msg.cert_digest) {
+                Err(e) => {
+                    ctx.sec.count(NO_KEY, ctx.client, op, e.0);
+                    Err(e)
+                }
+                Ok((key, entry)) => match ctx.policy.check(key, op, ctx.client) {
+                    Err(why) => refuse(ctx, key, op, why),
+                    Ok(()) => {
+                        let input = msg.payload.unwrap_or(&[]);
+                        let started = Instant::now();
+                        scratch.clear();
+                        cost_units = cost(entry.kind);
+                        let r = match check_input(entry.kind, class, input) {
+                            Err(e) => Err(e),
+                            Ok(()) => match &entry.backend {
+                                Backend::Inline(k) => k.perform(class, input, scratch),
+                                Backend::Store(sk) => match ctx.stores.get(sk.store.0 as usize) {
+                                    // A key of a store this core does not have: a
+                                    // start-up bug, never a client's doing.
+                                    None => Err(ErrorCode::INTERNAL),
+                                    Some(store) => {
+                                        match store.perform(sk.key, class, input, scratch) {
+                                            Outcome::Done(r) => r,
+                                            Outcome::Pending(fut) => {
+                                                return Handled {
+                                                    pending: Some(Pending {
+                                                        id,
+                                                        op,
+                                                        read_at,
+                                                        key,
+                                                        fut,
+                                                    }),
+                                                    cost: SUBMIT,
+                                                }
+                                            }
+                                        }
                                     }
-                                }
+                                },
                             },
-                        },
-                    },
-                };
-                let code = r.err().unwrap_or(ErrorCode::NONE);
-                ctx.stats.exec.record(op, code, elapsed_ns(started));
-                r
-            }
+                        };
+                        let code = r.err().unwrap_or(ErrorCode::NONE);
+                        ctx.stats.exec.record(op, code, elapsed_ns(started));
+                        ctx.sec.count(key, ctx.client, op, code.0);
+                        r
+                    }
+                },
+            },
         },
     };
     finish(
@@ -172,6 +202,16 @@ pub fn handle(
     }
 }
 
+/// Count and answer a refused key operation (cold: refusals are the
+/// exception, and their sample record allocates).
+#[cold]
+fn refuse(ctx: &DispatchCtx<'_>, key: u32, op: Op, why: Refusal) -> Result<(), ErrorCode> {
+    ctx.stats.requests_refused[why as usize].inc();
+    ctx.sec.count(key, ctx.client, op, why.result_byte());
+    ctx.sec.sample_refusal(key, ctx.client, op, why);
+    Err(REFUSAL_CODE)
+}
+
 /// Send what this core's stores queued during a read pass (one batch per
 /// store instead of one per request). Called by the connection after it has
 /// dispatched every complete request it read.
@@ -182,7 +222,8 @@ pub fn flush(stores: &[Rc<dyn CoreStore>]) {
     }
 }
 
-/// Encode the answer to a request and record its total duration.
+/// Encode the answer to a request and record its total duration; returns
+/// the error code answered (`NONE` for a result).
 #[inline]
 pub fn finish(
     stats: &CoreStats,
@@ -191,7 +232,7 @@ pub fn finish(
     op: Op,
     read_at: Instant,
     result: Result<&[u8], ErrorCode>,
-) {
+) -> ErrorCode {
     let code = match result {
         Ok(payload) => match encode_response(out, id, Op::RESPONSE, payload) {
             Ok(()) => ErrorCode::NONE,
@@ -206,6 +247,7 @@ pub fn finish(
         }
     };
     stats.total.record(op, code, elapsed_ns(read_at));
+    code
 }
 
 #[inline]

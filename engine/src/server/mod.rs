@@ -47,6 +47,7 @@ pub use served::{CoreServed, Served, Stores};
 
 use crate::metrics::{CoreStats, Registry};
 use crate::refusals::{Refusal, RefusalLog};
+use crate::security::{AuditTx, CoreSecurity, Identities, Policy};
 use crate::swap::Swap;
 use anyhow::{bail, Result};
 use futures_lite::future;
@@ -105,6 +106,34 @@ pub struct ServerSettings {
     pub limits: Limits,
 }
 
+/// The issue-18 parts the cores share for the process's life: client
+/// identities and the audit writer's sender (the key policies are reloaded
+/// with the key index, in `Served`).
+#[derive(Debug, Clone)]
+pub struct SecurityParts {
+    /// Client identities (allow-list, labels, connection counts). The key
+    /// policies are part of the reloaded state (`Served::policy`).
+    pub identities: Arc<Identities>,
+    /// The audit writer; `None`: nothing is counted or recorded.
+    pub audit: Option<AuditTx>,
+    /// With `audit_fail_closed`: false while the audit file is down.
+    pub audit_ok: Option<Arc<AtomicBool>>,
+    /// How often each core hands its counts to the writer.
+    pub audit_interval: Duration,
+}
+
+impl Default for SecurityParts {
+    /// No identities, no policy, no audit: the server as before issue 18.
+    fn default() -> Self {
+        SecurityParts {
+            identities: Arc::new(Identities::new(&Default::default(), None)),
+            audit: None,
+            audit_ok: None,
+            audit_interval: Duration::from_secs(10),
+        }
+    }
+}
+
 /// What one core owns. Lives in an `Rc` on its reactor thread.
 pub struct CoreCtx {
     /// Index of this core in the configured list.
@@ -117,6 +146,10 @@ pub struct CoreCtx {
     served_gen: Cell<u64>,
     /// This core's counters.
     pub stats: Arc<CoreStats>,
+    /// Client identities (shared).
+    pub identities: Arc<Identities>,
+    /// This core's rate limiters and audit counts.
+    pub sec: CoreSecurity,
     /// Limits.
     pub limits: Limits,
     /// Set once the core drains.
@@ -511,16 +544,28 @@ pub fn start(
     stores: Stores,
     registry: Registry,
 ) -> Result<ServerHandle> {
-    let served = Served { keys, stores, tls };
-    start_served(settings, Arc::new(Swap::new(Arc::new(served))), registry)
+    let served = Served {
+        keys,
+        stores,
+        tls,
+        policy: Arc::new(Policy::default()),
+    };
+    start_served(
+        settings,
+        Arc::new(Swap::new(Arc::new(served))),
+        registry,
+        SecurityParts::default(),
+    )
 }
 
 /// Start the reactors serving what `served` holds (and whatever a reload
-/// stores there later). Returns once every core listens.
+/// stores there later), with client identities and an audit writer.
+/// Returns once every core listens.
 pub fn start_served(
     settings: ServerSettings,
     served: Arc<Swap<Served>>,
     mut registry: Registry,
+    security: SecurityParts,
 ) -> Result<ServerHandle> {
     settings.limits.validate()?;
     if settings.cpus.is_empty() {
@@ -553,6 +598,8 @@ pub fn start_served(
         let bound = claim
             .listener()
             .map_err(|e| format!("core {index}: bind {listen}: {e:#}"));
+        let security = security.clone();
+        let cores = settings.cpus.len();
         let placement = if cpu == usize::MAX {
             Placement::Unbound
         } else {
@@ -577,11 +624,20 @@ pub fn start_served(
                     }
                 };
                 let (first, generation) = cell.load();
+                let sec = CoreSecurity::new(
+                    index,
+                    cores,
+                    &security.identities,
+                    security.audit.clone(),
+                    security.audit_ok.clone(),
+                );
                 let core = Rc::new(CoreCtx {
                     index,
                     served: RefCell::new(Rc::new(CoreServed::build(first, index, None))),
                     served_gen: Cell::new(generation),
                     stats,
+                    identities: security.identities.clone(),
+                    sec,
                     limits,
                     draining: Cell::new(false),
                     drain_deadline: Cell::new(None),
@@ -594,7 +650,7 @@ pub fn start_served(
                 let _ = ready.send(Ok(inode));
                 drop(ready);
                 tracing::info!(core = index, cpu, %listen, "reactor listening");
-                run_core(core, listener, control, cell).await;
+                run_core(core, listener, control, cell, security.audit_interval).await;
                 tracing::info!(core = index, "reactor stopped");
             })
             .map_err(|e| anyhow::anyhow!("start reactor on cpu {cpu}: {e}"))?;
@@ -648,6 +704,7 @@ async fn run_core(
     listener: glommio::net::TcpListener,
     control: ServerControl,
     served: Arc<Swap<Served>>,
+    audit_interval: Duration,
 ) {
     let open = Rc::new(Cell::new(0usize));
     let accept_loop = {
@@ -716,6 +773,17 @@ async fn run_core(
     // when a connection arrives. Cancelling the task (drop) drops the
     // listener, so no new connection lands on this core.
     let accept_task = glommio::spawn_local(accept_loop);
+    // Hand this core's audit counts to the writer every interval (a message,
+    // never a lock the data path could meet).
+    let audit_task = {
+        let core = core.clone();
+        glommio::spawn_local(async move {
+            loop {
+                glommio::timer::sleep(audit_interval).await;
+                core.sec.flush();
+            }
+        })
+    };
     watch_drain.await;
     drop(accept_task);
     core.start_drain(Instant::now() + core.limits.drain_timeout);
@@ -743,6 +811,9 @@ async fn run_core(
             "drain timeout; closing remaining connections"
         );
     }
+    drop(audit_task);
+    // The last counts (requests answered during the drain).
+    core.sec.flush();
     core.stats.heartbeat.stop();
 }
 

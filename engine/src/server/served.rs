@@ -18,9 +18,9 @@
 //! established connections keep their TLS session, and a request already
 //! with a backend holds the generation it started on until it completes.
 //!
-//! Adding reloadable state (per-key policies, client allow-lists): add a
-//! field to [`Served`], build it in `crate::reload::build`, and read it on
-//! the data path through the connection's `CoreServed::served`.
+//! Adding reloadable state: add a field to [`Served`], build it in
+//! `crate::reload::build`, and read it on the data path through the
+//! connection's `CoreServed::served` (as the key policies are).
 //!
 //! Must not: read files or the configuration (building is `reload`'s job),
 //! or be looked up through the [`Swap`] on the data path.
@@ -42,8 +42,12 @@ pub struct Served {
     pub keys: Arc<KeyIndex>,
     /// The opened key stores, in `StoreId` order.
     pub stores: Stores,
-    /// The server's TLS configuration (certificate, key, client CA).
+    /// The server's TLS configuration (certificate, key, client CA, and
+    /// the client-identity allow-list's verifier).
     pub tls: Arc<rustls::ServerConfig>,
+    /// The key policies compiled against `keys` (issue 18): reloaded with
+    /// the keys, since a policy is indexed by key.
+    pub policy: Arc<crate::security::Policy>,
 }
 
 /// One core's view of a [`Served`]: its part of every store and its

@@ -5,9 +5,14 @@
 //! TLS 1.2 keeps the two suites the edge offers
 //! (ECDHE-ECDSA/RSA-AES256-GCM-SHA384) among the provider's defaults; TLS 1.3
 //! is on unless `tls12_only` pins the reference's behaviour.
+//!
+//! With `client_identities` configured, the verifier is wrapped by
+//! `security::AllowListVerifier` (chain first, then the allow-list).
 
+use crate::security::{AllowListVerifier, Identities};
 use anyhow::{bail, Context, Result};
 use rustls::crypto::aws_lc_rs;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
@@ -43,6 +48,16 @@ impl rustls::time_provider::TimeProvider for FixedTime {
 
 /// Build the server's rustls configuration. Every error names the file.
 pub fn server_config(s: &TlsSettings<'_>) -> Result<Arc<ServerConfig>> {
+    server_config_with(s, None)
+}
+
+/// [`server_config`] with the client-identity allow-list (issue 18): when
+/// `identities` has one, a certificate that chains but matches no
+/// configured identity is refused inside the handshake.
+pub fn server_config_with(
+    s: &TlsSettings<'_>,
+    identities: Option<Arc<Identities>>,
+) -> Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(s.cert)
         .with_context(|| format!("auth_cert {}: cannot read", s.cert.display()))?
         .collect::<Result<_, _>>()
@@ -84,9 +99,13 @@ pub fn server_config(s: &TlsSettings<'_>) -> Result<Arc<ServerConfig>> {
     }
 
     let provider = Arc::new(aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("client certificate verifier")?;
+    let mut verifier: Arc<dyn ClientCertVerifier> =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .context("client certificate verifier")?;
+    if let Some(ids) = identities.filter(|i| i.has_allow_list()) {
+        verifier = Arc::new(AllowListVerifier::new(verifier, ids));
+    }
     let versions: &[&rustls::SupportedProtocolVersion] = if s.tls12_only {
         &[&rustls::version::TLS12]
     } else {
