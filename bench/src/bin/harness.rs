@@ -118,6 +118,13 @@ struct Args {
     /// Soak offered rate; default 60% of the measured closed-loop maximum.
     #[arg(long)]
     soak_rate: Option<f64>,
+    /// Instead of the table: the data-path cost of issue 18's security
+    /// (client allow-list, key policy, per-identity rate limit, audit file)
+    /// on ECDSA P-256 throughput, as this many before/after pairs of
+    /// closed-loop runs in one process (alternating, each on a fresh
+    /// server).
+    #[arg(long, value_name = "PAIRS")]
+    security_cost: Option<usize>,
 }
 
 /// Durations of one mode.
@@ -426,13 +433,23 @@ fn strip_ansi(s: &str) -> String {
 
 impl Server {
     fn start(bin: &Path, pki: &keycore_engine::pki::DemoPki, cpu: usize) -> Result<Server> {
+        Self::start_with(bin, pki, cpu, "")
+    }
+
+    /// With extra YAML lines in the config.
+    fn start_with(
+        bin: &Path,
+        pki: &keycore_engine::pki::DemoPki,
+        cpu: usize,
+        extra_yaml: &str,
+    ) -> Result<Server> {
         let cfg = pki.dir.join("harness.yaml");
         std::fs::write(
             &cfg,
             format!(
                 "loglevel: 1\nport: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\n\
                  auth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\n\
-                 private_key_stores:\n  - dir: {}\ncores: [{cpu}]\n",
+                 private_key_stores:\n  - dir: {}\ncores: [{cpu}]\n{extra_yaml}",
                 pki.server_cert.display(),
                 pki.server_key.display(),
                 pki.ca_cert.display(),
@@ -674,6 +691,81 @@ fn yes(b: bool) -> &'static str {
 
 // ---------------------------------------------------------------------- main
 
+/// `--security-cost`: ECDSA P-256 closed-loop throughput without and with
+/// issue 18's data-path checks, in alternating pairs on fresh servers, so
+/// both sides see the same machine. "After" turns on everything a request
+/// meets: the allow-list (handshake only), a policy on every key (deny
+/// mask + clients mask checked per request), a per-identity rate limit far
+/// above the load (the bucket step runs, never refuses), and the audit
+/// trail (per-request count, 1 s flushes to a file).
+fn security_cost(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan, pairs: usize) -> Result<()> {
+    let op = OPS
+        .iter()
+        .find(|o| o.mix == "ecdsa-p256-sha256")
+        .context("the ECDSA operation")?;
+    let audit = ctx.pki.dir.join("audit.jsonl");
+    let secured = format!(
+        "client_identities:\n  - name: edge\n    names: [\"keycore demo client\"]\n    \
+         max_rps: 100000000\nkey_policies:\n  - deny_ops: [rsa_decrypt, sha1, md5sha1]\n    \
+         clients: [edge]\naudit_file: {}\naudit_interval: 1s\n",
+        audit.display()
+    );
+    let mut rows: Vec<(f64, f64, f64, f64)> = Vec::new();
+    for pair in 0..pairs {
+        let mut side = |extra: &str| -> Result<Tput> {
+            let server = Server::start_with(bin, &ctx.pki, args.server_cpu, extra)?;
+            let mut spec = ctx.spec(&server, op.key, op.mix)?;
+            spec.profile.duration_s = plan.tput_s;
+            spec.profile.warmup_s = plan.warmup_s;
+            run_measured(&server, &spec, None)
+        };
+        let before = side("")?;
+        let after = side(&secured)?;
+        let b = before.report.total.throughput_per_s;
+        let a = after.report.total.throughput_per_s;
+        eprintln!(
+            "  pair {pair}: before {b:.0} ops/s ({:.2} µs CPU/op, share {:.0}%), after {a:.0} ops/s ({:.2} µs CPU/op, share {:.0}%){}{}",
+            before.cpu_ns_per_op / 1000.0,
+            before.cpu_share * 100.0,
+            after.cpu_ns_per_op / 1000.0,
+            after.cpu_share * 100.0,
+            warnings(&before.report),
+            warnings(&after.report)
+        );
+        rows.push((b, a, before.cpu_ns_per_op, after.cpu_ns_per_op));
+    }
+    let records = std::fs::read_to_string(&audit)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    println!("\n| pair | before ops/s | after ops/s | after/before (wall) | CPU µs/op before | after | after/before (per CPU-s) |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut wall = Vec::new();
+    let mut cpu = Vec::new();
+    for (i, (b, a, cb, ca)) in rows.iter().enumerate() {
+        wall.push(a / b);
+        cpu.push(cb / ca);
+        println!(
+            "| {i} | {b:.0} | {a:.0} | {:.3} | {:.2} | {:.2} | {:.3} |",
+            a / b,
+            cb / 1000.0,
+            ca / 1000.0,
+            cb / ca
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\nmedian after/before: wall {:.3}, per CPU-s {:.3}; audit file lines (all 'after' \
+         servers): {records}; load avg at end {}",
+        median(&mut wall),
+        median(&mut cpu),
+        load_avg()
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let plan = Plan::of(args.quick);
@@ -703,6 +795,9 @@ fn main() -> Result<()> {
     );
     if let Some(secs) = args.soak {
         return soak(&args, &bin, &ctx, secs);
+    }
+    if let Some(pairs) = args.security_cost {
+        return security_cost(&args, &bin, &ctx, &plan, pairs);
     }
 
     if args.only.as_deref() == Some("memory") {
