@@ -712,7 +712,7 @@ fn security_cost(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan, pairs: usize) 
     );
     let mut rows: Vec<(f64, f64, f64, f64)> = Vec::new();
     for pair in 0..pairs {
-        let mut side = |extra: &str| -> Result<Tput> {
+        let side = |extra: &str| -> Result<Tput> {
             let server = Server::start_with(bin, &ctx.pki, args.server_cpu, extra)?;
             let mut spec = ctx.spec(&server, op.key, op.mix)?;
             spec.profile.duration_s = plan.tput_s;
