@@ -87,6 +87,10 @@ for row in "${ROWS[@]}"; do
     --duration "${DURATION}s" --warmup 0s --verify-every 1 >"$W/kload-$row.json" 2>"$W/kload-$row.err" || true
   M=$(curl -s "http://127.0.0.1:$MPORT/metrics" | grep -E '^keycore_pkcs11_' | sed -E 's/\{[^}]*\}//' |
     awk '{sub("keycore_pkcs11_", "", $1); printf "%s=%s ", $1, $2}')
+  # The server's CPU time (reactor, workers and the simulator inside it, all on CPU 0): on a
+  # shared machine a row can be CPU-bound, and then the cost per signature decides its rate.
+  CPU=$(awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' /proc/$SERVER/stat)
+  M="cpu_s=$CPU $M"
   kill -TERM $SERVER 2>/dev/null || true
   wait $SERVER 2>/dev/null || true
   python3 - "$row" "$W/kload-$row.json" "$M" <<'PY'
@@ -100,7 +104,9 @@ done, err = j["completed"], j["errors"]
 ps = j.get("per_second") or [0]
 pct = 100.0 * err / max(1, done + err)
 bad = j.get("verify_failures", 0) + j.get("protocol_errors", 0) + j.get("conn_errors", 0)
-print(f"{row:<11} {done:9d} {err:8d} {pct:7.2f}% {min(ps):8d} {max(ps):7d}  {m}" + (f" BAD={bad}" if bad else ""))
+cpu = float(m.split()[0].split("=")[1]) if m.startswith("cpu_s=") else 0.0
+per = f"{1e6 * cpu / max(1, done):.0f} us/op" if cpu else ""
+print(f"{row:<11} {done:9d} {err:8d} {pct:7.2f}% {min(ps):8d} {max(ps):7d}  {per} {m}" + (f" BAD={bad}" if bad else ""))
 PY
 done
 echo "== $(date -u +%FT%TZ) uptime: $(uptime)"

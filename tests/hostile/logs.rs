@@ -93,3 +93,62 @@ fn five_hundred_bad_handshakes_give_a_few_lines_and_exact_counters() {
     assert!(lines.iter().any(|l| l.contains("protocol ")), "{log}");
     assert!(lines.iter().any(|l| l.contains("bad_cert ")), "{log}");
 }
+
+#[test]
+fn out_of_descriptors_accept_errors_are_counted_and_summarised() {
+    // Before: a WARN every 10 ms while accept(2) failed with EMFILE.
+    use std::os::unix::process::CommandExt as _;
+    let port = crate::support::free_port();
+    let mut srv = Server::spawn_with(port, "", "", &[], true, &mut |cmd| {
+        // SAFETY: setrlimit in the child between fork and exec; async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                let l = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    srv.wait_up();
+    // Far more connections than descriptors: the server runs out and its
+    // accept loop keeps failing while they wait in the backlog.
+    let mut held = Vec::new();
+    for _ in 0..150 {
+        match TcpStream::connect_timeout(&srv.addr, Duration::from_secs(2)) {
+            Ok(t) => held.push(t),
+            Err(_) => break,
+        }
+    }
+    assert!(held.len() >= 80, "opened only {}", held.len());
+    std::thread::sleep(Duration::from_secs(3));
+    drop(held);
+    // Descriptors come back as the held connections close (handshake
+    // failures); then the metrics endpoint can accept a scrape again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let errors = loop {
+        match srv.try_metric_where("keycore_accept_errors_total", "reason=\"accept_fd_limit\"") {
+            Ok(n) => break n,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!("no scrape within 20 s: {e}"),
+        }
+    };
+    // 3 s at one retry per 10 ms: a few hundred failures, all counted...
+    assert!(errors >= 20, "{errors} accept errors counted");
+    // ...and at most a line per 10 s (plus the first at once), not one each.
+    let log = srv.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("accept_fd_limit"))
+        .count();
+    assert!((1..=2).contains(&lines), "{lines} lines:\n{log}");
+    assert!(!log.contains("accept failed"), "{log}");
+    assert!(
+        srv.child.try_wait().unwrap().is_none(),
+        "the server kept running"
+    );
+}

@@ -102,6 +102,19 @@ impl Server {
         env: &[(&str, &std::path::Path)],
         log: bool,
     ) -> Server {
+        Self::spawn_with(port, extra_yaml, extra_stores, env, log, &mut |_| {})
+    }
+
+    /// [`Server::spawn`], with `tweak` applied to the command before it runs
+    /// (e.g. a resource limit for the child).
+    pub fn spawn_with(
+        port: u16,
+        extra_yaml: &str,
+        extra_stores: &str,
+        env: &[(&str, &std::path::Path)],
+        log: bool,
+        tweak: &mut dyn FnMut(&mut Command),
+    ) -> Server {
         let p = &pki().pki;
         let yaml = |port: u16, mport: u16| {
             format!(
@@ -142,6 +155,7 @@ impl Server {
         } else {
             Stdio::inherit()
         };
+        tweak(&mut cmd);
         let child = cmd
             .args(["serve", "-c"])
             .arg(&cfg)
@@ -212,17 +226,29 @@ impl Server {
     /// One series summed over the lines whose labels contain `label`
     /// (e.g. `reason="bad_cert"`), from `/metrics`.
     pub fn metric_where(&self, name: &str, label: &str) -> u64 {
-        let mut s = TcpStream::connect(self.metrics).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-            .unwrap();
+        self.try_metric_where(name, label).expect("scrape /metrics")
+    }
+
+    /// [`Server::metric_where`], or why the scrape failed (no complete
+    /// answer: e.g. the server is out of descriptors).
+    pub fn try_metric_where(&self, name: &str, label: &str) -> std::io::Result<u64> {
+        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
         let mut body = String::new();
-        let _ = s.read_to_string(&mut body);
-        body.lines()
+        s.read_to_string(&mut body)?;
+        if !body.starts_with("HTTP/1.1 200") && !body.starts_with("HTTP/1.0 200") {
+            return Err(std::io::Error::other(format!(
+                "scrape answered: {:.80}",
+                body
+            )));
+        }
+        Ok(body
+            .lines()
             .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
             .filter(|l| l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+            .sum::<f64>() as u64)
     }
 }
 
