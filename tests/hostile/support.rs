@@ -125,7 +125,7 @@ impl Server {
             p.keys_dir.display()
         )
         };
-        Self::spawn_config(port, yaml, env, log)
+        Self::spawn_config_with(port, yaml, env, log, tweak)
     }
 
     /// A server whose whole config file the test writes: `yaml(port,
@@ -136,6 +136,18 @@ impl Server {
         yaml: impl FnOnce(u16, u16) -> String,
         env: &[(&str, &std::path::Path)],
         log: bool,
+    ) -> Server {
+        Self::spawn_config_with(port, yaml, env, log, &mut |_| {})
+    }
+
+    /// [`Server::spawn_config`], with `tweak` applied to the command before
+    /// it runs (e.g. a resource limit for the child).
+    pub fn spawn_config_with(
+        port: u16,
+        yaml: impl FnOnce(u16, u16) -> String,
+        env: &[(&str, &std::path::Path)],
+        log: bool,
+        tweak: &mut dyn FnMut(&mut Command),
     ) -> Server {
         let dir = tempfile::tempdir().unwrap();
         let mport = free_port();
