@@ -264,6 +264,13 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
         running.server.addr
     );
     notify(&ready);
+    match std::env::current_exe() {
+        Ok(exe) => running.reloader.check_logins_with(exe),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "cannot find this executable: a reload cannot check a changed PIN of a PKCS#11 token that is already open"
+        ),
+    }
     if let Some(every) = loaded.config.reload_watch {
         let args = args.clone();
         keycore_engine::reload::watch(

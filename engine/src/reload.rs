@@ -24,7 +24,11 @@
 //! - **Kept stores.** A backend store whose URIs (PINs included) and
 //!   settings are unchanged is kept open, the same `Arc`; each core keeps
 //!   its part of it (PKCS#11 sessions, worker threads). Software keys are
-//!   always read again (cheap; a replaced file takes effect).
+//!   always read again (cheap; a replaced file takes effect). Changed
+//!   PKCS#11 URIs while a PKCS#11 store is open are first checked in a
+//!   child `keycore serve --check` ([`Reloader::check_logins_with`]): this
+//!   process's tokens are logged in, so its own `C_Login` cannot tell a
+//!   wrong new PIN.
 //! - **Restart-only settings** (port, cores, limits, metrics address, log
 //!   settings, ...: everything not in `keycore_config::APPLIED_BY_RELOAD`
 //!   or the `pkcs11_*`/`kms_*` tunables) keep their running values; a
@@ -196,6 +200,9 @@ pub struct Reloader {
     /// The audit writer: a reload is recorded, with its key loads and
     /// unloads.
     audit: Option<AuditTx>,
+    /// The `keycore` executable that checks PKCS#11 logins in a fresh
+    /// process (see [`Reloader::check_logins_with`]).
+    login_check: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// The configuration in force and the stores it opened.
@@ -227,7 +234,20 @@ impl Reloader {
             registry,
             identities,
             audit,
+            login_check: Mutex::new(None),
         }
+    }
+
+    /// Check the PINs of a reload's PKCS#11 URIs with `keycore serve
+    /// --check` run as `exe` in a child process before reopening the
+    /// PKCS#11 store, whenever one is open already.
+    ///
+    /// Why a child: PKCS#11 logins are per process. While this process has
+    /// a token open and logged in, `C_Login` with any PIN (a wrong new one
+    /// too) answers "already logged in", so a reload could never find out
+    /// that a changed PIN is wrong. A fresh process has no login yet.
+    pub fn check_logins_with(&self, exe: std::path::PathBuf) {
+        *self.login_check.lock().unwrap_or_else(|p| p.into_inner()) = Some(exe);
     }
 
     /// Reload: `read` gives the configuration as it is now (file,
@@ -275,6 +295,14 @@ impl Reloader {
     fn apply(&self, state: &mut InForce, new: &Config, t0: Instant) -> Result<ReloadReport> {
         let changed = keycore_config::changed_settings(&state.config, new);
         let effective = state.config.with_reloaded(new);
+        let exe = self
+            .login_check
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(exe) = exe {
+            check_changed_logins(&exe, &state.config, &effective)?;
+        }
         let built = build(&effective, &state.records, &self.identities)?;
         let old = self.served.get();
         let report = ReloadReport {
@@ -463,6 +491,95 @@ pub fn watch(
             }
         })
         .map(|_| ())
+}
+
+/// The PKCS#11 URIs of a configuration, in order.
+fn pkcs11_uris(cfg: &Config) -> Vec<&str> {
+    cfg.private_key_stores
+        .iter()
+        .filter_map(|s| match s {
+            crate::config::KeyStore::Uri(u)
+                if crate::registry::claim(u).is_some_and(|b| b.name == "pkcs11") =>
+            {
+                Some(u.as_str())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Longest a login check child may take (module load, login, key lookup).
+const LOGIN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// When the reload would reopen the PKCS#11 store while one is open (its
+/// URIs changed, so a PIN may have), check the new URIs' logins in a child
+/// `exe serve --check` reading a config of those URIs alone on its stdin
+/// (never a file: it holds the PINs). `KEYLESS_*` variables are not passed
+/// on (they would replace the key stores); everything else is (module
+/// settings such as `SOFTHSM2_CONF`).
+fn check_changed_logins(exe: &std::path::Path, old: &Config, new: &Config) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let (was, now) = (pkcs11_uris(old), pkcs11_uris(new));
+    if was.is_empty() || now.is_empty() || was == now {
+        return Ok(());
+    }
+    let mut only = new.clone();
+    only.private_key_stores = now
+        .iter()
+        .map(|u| crate::config::KeyStore::Uri(u.to_string()))
+        .collect();
+    let mut cmd = std::process::Command::new(exe);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("KEYLESS_")) {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .args(["serve", "--check", "-c", "/dev/stdin"])
+        .env("KEYCORE_LOG", "error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("PKCS#11 login check: cannot run {}: {e}", exe.display()))?;
+    let yaml = only.to_yaml();
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(yaml.as_bytes());
+    }
+    let deadline = Instant::now() + LOGIN_CHECK_TIMEOUT;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            anyhow::bail!(
+                "PKCS#11 login check of the changed URIs did not finish within {LOGIN_CHECK_TIMEOUT:?}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    if status.success() {
+        return Ok(());
+    }
+    let fails: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("FAIL "))
+        .map(str::trim)
+        .collect();
+    anyhow::bail!(
+        "PKCS#11 login check of the changed URIs (in a fresh process, as this one's tokens are logged in already) failed: {}",
+        if fails.is_empty() {
+            format!("{status}")
+        } else {
+            fails.join("; ")
+        }
+    )
 }
 
 /// Sources of the keys of `a` whose SKI `b` does not serve.

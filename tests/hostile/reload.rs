@@ -406,6 +406,28 @@ fn failed_reloads_keep_the_old_state_serving_and_are_counted() {
         wait_metric(&srv, RELOAD_OK, 2, Duration::from_secs(30));
         let log = srv.log();
         assert!(log.contains("kept open: pkcs11"), "{log}");
+        // 6. A wrong new PIN for the token that is open and logged in: this
+        // process's C_Login would answer "already logged in" to any PIN, so
+        // the reload checks it in a fresh process and refuses it.
+        paths.write_config(&srv, "", &uri("0000"));
+        srv.signal(libc::SIGHUP);
+        errors += 1;
+        wait_metric(&srv, RELOAD_ERROR, errors, Duration::from_secs(60));
+        assert_eq!(srv.metric(RELOAD_OK), 2);
+        c.send(&request(51, Op::ECDSA_SIGN_SHA256, Some(&ski), &DIGEST))
+            .unwrap();
+        let r = c.recv().unwrap().unwrap();
+        assert_eq!(
+            (r.0, r.1),
+            (51, Op::RESPONSE),
+            "the open token keeps serving"
+        );
+        let log = srv.log();
+        assert!(log.contains("wrong PIN"), "{log}");
+        assert!(
+            !log.contains("pin-value=0000"),
+            "a PIN reached the log: {log}"
+        );
     }
 }
 
