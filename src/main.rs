@@ -254,6 +254,12 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
     // listener coming up and the signal thread starting) waits in the
     // queue instead of taking the default action (SIGHUP's is to die).
     let signals = operator_signals()?;
+    // What reload_watch compares with: the files as they were before
+    // start-up read them.
+    let watched = loaded
+        .config
+        .reload_watch
+        .map(|_| keycore_engine::reload::watch_digest(&loaded.config, loaded.source.as_deref()).0);
     let running = keycore_engine::launch::launch(&loaded.config)?;
     tracing::info!(addr = %running.server.addr, "serving");
     // systemd Type=notify: ready only once every core listens and the
@@ -271,12 +277,13 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
             "cannot find this executable: a reload cannot check a changed PIN of a PKCS#11 token that is already open"
         ),
     }
-    if let Some(every) = loaded.config.reload_watch {
+    if let (Some(every), Some(initial)) = (loaded.config.reload_watch, watched) {
         let args = args.clone();
         keycore_engine::reload::watch(
             running.reloader.clone(),
             every,
             loaded.source.clone(),
+            initial,
             move || read_config(&args),
         )
         .context("start the reload_watch thread")?;

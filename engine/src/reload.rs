@@ -451,11 +451,14 @@ pub fn watch_digest(cfg: &Config, config_file: Option<&std::path::Path>) -> (u64
 /// for one more look (so a key file being copied, or a certificate and its
 /// key replaced one after the other, is taken as one change). A reload that
 /// fails is not retried until the files change again. Runs until the
-/// process exits (its own thread).
+/// process exits (its own thread). `initial` is the digest taken before
+/// start-up read the files (so a change made while the server was starting
+/// is seen, at the cost of one reload that finds nothing new).
 pub fn watch(
     reloader: Arc<Reloader>,
     interval: std::time::Duration,
     config_file: Option<std::path::PathBuf>,
+    initial: u64,
     read: impl Fn() -> Result<Config> + Send + 'static,
 ) -> std::io::Result<()> {
     let interval = interval.max(WATCH_MIN_INTERVAL);
@@ -472,7 +475,7 @@ pub fn watch(
                 }
                 d
             };
-            let mut applied = look(&reloader);
+            let mut applied = initial;
             let mut pending = None;
             loop {
                 std::thread::sleep(interval);
