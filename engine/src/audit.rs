@@ -30,8 +30,8 @@ use crate::config::Security as SecurityConfig;
 use crate::metrics::{op_label, op_type, Render, OP_TYPES};
 pub use crate::security::KeyLabel;
 use crate::security::{
-    hex, prom_escape, unpack, AuditMsg, AuditTx, ClientId, Identities, Refusal, RefusalSample,
-    AUDIT_QUEUE, NO_KEY, OVERFLOW_KEY,
+    hex, prom_escape, split_key_ref, unpack, AuditMsg, AuditTx, ClientId, Identities, Refusal,
+    RefusalSample, AUDIT_EPOCHS, AUDIT_QUEUE, NO_KEY, OVERFLOW_KEY,
 };
 use keycore_keys::KeyIndex;
 use keycore_protocol::{ErrorCode, Op};
@@ -209,13 +209,13 @@ pub fn key_records(tx: &AuditTx, kind: &str, index: &KeyIndex) {
 }
 
 impl AuditWriter {
-    /// Start the writer thread. `ids` gives identity labels; `keys` the
-    /// key labels by index. The dropped-message counter is shared with the
-    /// senders ([`AuditWriter::tx`]).
+    /// Start the writer thread. `ids_for` builds the client identities
+    /// (labels for records and metrics) around the writer's sender; the key
+    /// labels come by [`AuditMsg::Keys`]. The dropped-message counter is
+    /// shared with the senders ([`AuditWriter::tx`]).
     pub fn start(
         cfg: &SecurityConfig,
         ids_for: impl FnOnce(AuditTx) -> Arc<Identities>,
-        keys: Vec<KeyLabel>,
     ) -> std::io::Result<AuditWriter> {
         let (tx, rx) = sync_channel(AUDIT_QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
@@ -238,7 +238,7 @@ impl AuditWriter {
             max_bytes: cfg.audit_max_bytes,
             keep: cfg.audit_keep,
             interval: cfg.audit_interval,
-            keys,
+            keys: HashMap::new(),
             file: None,
             pending: String::new(),
             merged: HashMap::new(),
@@ -305,7 +305,8 @@ struct Writer {
     max_bytes: u64,
     keep: u32,
     interval: Duration,
-    keys: Vec<KeyLabel>,
+    /// Key labels by epoch (the last [`AUDIT_EPOCHS`] generations).
+    keys: HashMap<u8, Vec<KeyLabel>>,
     file: Option<File>,
     /// Records not yet written (bounded by [`MAX_PENDING_BYTES`]).
     pending: String,
@@ -361,10 +362,13 @@ impl Writer {
         match key {
             NO_KEY => ("unknown", ""),
             OVERFLOW_KEY => ("overflow", ""),
-            k => self
-                .keys
-                .get(k as usize)
-                .map_or(("unknown", ""), |l| (l.ski.as_str(), l.source.as_str())),
+            k => {
+                let (epoch, index) = split_key_ref(k);
+                self.keys
+                    .get(&epoch)
+                    .and_then(|l| l.get(index as usize))
+                    .map_or(("unknown", ""), |l| (l.ski.as_str(), l.source.as_str()))
+            }
         }
     }
 
@@ -398,7 +402,10 @@ impl Writer {
                     .collect();
                 self.record(at, &kind, &f);
             }
-            AuditMsg::Keys(k) => self.keys = k,
+            AuditMsg::Keys { epoch, labels } => {
+                self.keys.insert(epoch, labels);
+                self.keys.remove(&epoch.wrapping_sub(AUDIT_EPOCHS));
+            }
             AuditMsg::Stop => {}
         }
     }
@@ -466,7 +473,7 @@ impl Writer {
                     let label = match key {
                         NO_KEY => "none".to_owned(),
                         k => {
-                            let l = self.keys.get(k as usize).map_or("other", |l| &l.ski);
+                            let l = self.key_label(k).0;
                             let known = t.refused.keys().any(|(x, _)| x == l);
                             let distinct = t
                                 .refused
@@ -609,7 +616,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::security::{pack, CoreSecurity};
+    use crate::security::CoreSecurity;
 
     fn lines(p: &Path) -> Vec<String> {
         std::fs::read_to_string(p)
@@ -634,25 +641,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("audit.jsonl");
         let c = cfg(&file);
-        let w = AuditWriter::start(
-            &c,
-            |tx| Arc::new(Identities::new(&c, Some(tx))),
-            vec![KeyLabel {
-                ski: "ab".repeat(20),
-                source: "/k/p256.key".into(),
-            }],
-        )
-        .unwrap();
+        let w = AuditWriter::start(&c, |tx| Arc::new(Identities::new(&c, Some(tx)))).unwrap();
+        // Two generations: epoch 1's key 0 and epoch 2's key 0 are
+        // different keys (a reload between the counts).
+        for (epoch, ski) in [(1u8, "ab"), (2, "cd")] {
+            w.tx()
+                .send_blocking(AuditMsg::Keys {
+                    epoch,
+                    labels: vec![KeyLabel {
+                        ski: ski.repeat(20),
+                        source: format!("/k/{ski}.key"),
+                    }],
+                })
+                .unwrap();
+        }
+        let k1 = crate::security::key_ref(1, 0);
+        let k2 = crate::security::key_ref(2, 0);
         let ids = w.shared().ids.clone();
         let a = ids.identify(None);
         assert!(a.is_err());
         for core in 0..2 {
             let cs = CoreSecurity::new(core, 2, &ids, Some(w.tx()), None);
             for _ in 0..5 {
-                cs.count(0, 0, Op::ECDSA_SIGN_SHA256, 0);
+                cs.count(k1, 0, Op::ECDSA_SIGN_SHA256, 0);
             }
-            cs.count(0, 0, Op::RSA_DECRYPT, Refusal::OpDenied.result_byte());
-            cs.sample_refusal(0, 0, Op::RSA_DECRYPT, Refusal::OpDenied);
+            cs.count(k2, 0, Op::ECDSA_SIGN_SHA256, 0);
+            cs.count(k1, 0, Op::RSA_DECRYPT, Refusal::OpDenied.result_byte());
+            cs.sample_refusal(k1, 0, Op::RSA_DECRYPT, Refusal::OpDenied);
             cs.flush();
         }
         let shared = w.shared();
@@ -670,6 +685,12 @@ mod tests {
                     && l.contains(&"ab".repeat(20))),
             "{text:#?}"
         );
+        assert!(
+            ops.iter().any(|l| l.contains(&"cd".repeat(20))
+                && l.contains("\"count\":\"2\"")
+                && l.contains("/k/cd.key")),
+            "{text:#?}"
+        );
         assert_eq!(
             text.iter()
                 .filter(|l| l.contains("\"type\":\"policy_refusal\""))
@@ -682,7 +703,7 @@ mod tests {
         shared.render(&mut m);
         assert!(
             m.contains(
-                "keycore_client_requests_total{identity=\"other\",type=\"ecdsa\",result=\"ok\"} 10"
+                "keycore_client_requests_total{identity=\"other\",type=\"ecdsa\",result=\"ok\"} 12"
             ),
             "{m}"
         );
@@ -691,7 +712,6 @@ mod tests {
             "ab".repeat(20)
         )));
         assert_eq!(shared.records(), text.len() as u64);
-        let _ = pack(0, 0, Op(0), 0);
     }
 
     #[test]
@@ -699,8 +719,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("audit.jsonl");
         let c = cfg(&file);
-        let w =
-            AuditWriter::start(&c, |tx| Arc::new(Identities::new(&c, Some(tx))), vec![]).unwrap();
+        let w = AuditWriter::start(&c, |tx| Arc::new(Identities::new(&c, Some(tx)))).unwrap();
         let tx = w.tx();
         // ~100 bytes per record, 4 KiB per file: ~40 records per file.
         for i in 0..400 {
@@ -756,8 +775,7 @@ mod tests {
         let file = sub.join("audit.jsonl");
         let mut c = cfg(&file);
         c.audit_fail_closed = true;
-        let w =
-            AuditWriter::start(&c, |tx| Arc::new(Identities::new(&c, Some(tx))), vec![]).unwrap();
+        let w = AuditWriter::start(&c, |tx| Arc::new(Identities::new(&c, Some(tx)))).unwrap();
         let shared = w.shared();
         let flag = shared.fail_closed_flag().unwrap();
         std::fs::remove_dir_all(&sub).unwrap();

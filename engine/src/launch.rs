@@ -311,11 +311,9 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     // backends' start-up events (HSM logins) are recorded; it also owns the
     // client identities (labels for its records and metrics, kept for the
     // process's life; a reload rebuilds the key policies).
-    let audit = AuditWriter::start(
-        &cfg.security,
-        |tx| Arc::new(Identities::new(&cfg.security, Some(tx))),
-        Vec::new(),
-    )
+    let audit = AuditWriter::start(&cfg.security, |tx| {
+        Arc::new(Identities::new(&cfg.security, Some(tx)))
+    })
     .context("audit_file: cannot open (does its directory exist?)")?;
     let identities = audit.shared().identities();
     // Backends' control-plane events (HSM logins) go to the same writer.
@@ -335,9 +333,12 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     } else {
         tracing::info!(keys = built.served.keys.len(), "private keys loaded");
     }
-    let key_labels = audit::key_labels(&built.served.keys);
-    // Blocking: the writer must know the keys before the first counts.
-    let _ = audit.tx().send_blocking(AuditMsg::Keys(key_labels.clone()));
+    // Blocking: the writer must know the keys before the first counts. The
+    // first served generation is 1 (`Swap::new`), so its epoch is 1.
+    let _ = audit.tx().send_blocking(AuditMsg::Keys {
+        epoch: 1,
+        labels: audit::key_labels(&built.served.keys),
+    });
     {
         let tx = audit.tx();
         tx.event(

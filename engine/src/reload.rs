@@ -327,10 +327,15 @@ impl Reloader {
         // than the cores use.
         self.registry.loaded.store(Arc::new(built.loaded));
         if let Some(tx) = &self.audit {
-            // The writer learns the new key labels before the cores serve
-            // the new index (counts of the interval that spans the swap may
-            // still carry the old index: SECURITY.md, "Not done").
-            let _ = tx.send_blocking(AuditMsg::Keys(crate::audit::key_labels(&built.served.keys)));
+            // The writer learns the new generation's key labels before the
+            // cores serve it; counts name keys by (epoch, index), so those
+            // of the old generation keep their labels.
+            // Reloads are serialised (the state lock), so the generation
+            // the store below creates is the next one.
+            let _ = tx.send_blocking(AuditMsg::Keys {
+                epoch: (self.served.generation() + 1) as u8,
+                labels: crate::audit::key_labels(&built.served.keys),
+            });
             tx.event(
                 "reload",
                 &[

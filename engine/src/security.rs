@@ -64,8 +64,33 @@ pub const OTHER: ClientId = 0;
 const SLOTS: usize = MAX_CLIENT_IDENTITIES + 1;
 const _: () = assert!(SLOTS <= 128, "identity masks are u128");
 
-/// Audit key index for a request whose key was not found.
+/// Audit key reference for a request whose key was not found.
 pub const NO_KEY: u32 = u32::MAX;
+
+/// How the audit counts name a key: the served generation's epoch (its
+/// generation's low 8 bits) in the top byte, the key's index in that
+/// generation's key index below. Cells counted before and after a reload
+/// stay apart, and the writer keeps the labels of the last
+/// [`AUDIT_EPOCHS`] generations, so a count is never given another key's
+/// label. An index too large for 24 bits (16 million keys) counts as
+/// [`OVERFLOW_KEY`].
+#[inline]
+pub fn key_ref(epoch: u8, index: u32) -> u32 {
+    if index >= 0x00FF_FFFE {
+        OVERFLOW_KEY
+    } else {
+        (epoch as u32) << 24 | index
+    }
+}
+
+/// Back from [`key_ref`]: (epoch, index).
+pub fn split_key_ref(r: u32) -> (u8, u32) {
+    ((r >> 24) as u8, r & 0x00FF_FFFF)
+}
+
+/// Generations whose key labels the audit writer keeps (more reloads
+/// within one `audit_interval` label the oldest counts `unknown`).
+pub const AUDIT_EPOCHS: u8 = 8;
 
 /// Most distinct (key, identity, opcode, result) cells one core keeps per
 /// interval; beyond it counts go to the key [`OVERFLOW_KEY`]. Bounds a
@@ -180,7 +205,7 @@ pub const REFUSAL_CODE: ErrorCode = ErrorCode::INTERNAL;
 pub struct RefusalSample {
     /// Wall-clock time of the refusal.
     pub at: SystemTime,
-    /// Index in the key index, or [`NO_KEY`] (rate limit before lookup).
+    /// The key's [`key_ref`], or [`NO_KEY`] (rate limit before lookup).
     pub key: u32,
     /// Who asked.
     pub client: ClientId,
@@ -202,9 +227,15 @@ pub struct KeyLabel {
 /// A message to the audit writer.
 #[derive(Debug)]
 pub enum AuditMsg {
-    /// The loaded keys' labels, by key index (sent once the keys are
-    /// loaded, and again by a reload).
-    Keys(Vec<KeyLabel>),
+    /// The loaded keys' labels, by key index, for one served generation
+    /// (its [`key_ref`] epoch): sent at start-up and by each reload before
+    /// the cores serve it.
+    Keys {
+        /// The generation's epoch.
+        epoch: u8,
+        /// Labels by key index.
+        labels: Vec<KeyLabel>,
+    },
     /// One core's counts since its last flush: packed cells (see
     /// [`pack`]) with their counts, a sample of refusals and how many
     /// refusals were not sampled.
@@ -1148,6 +1179,10 @@ mod tests {
     fn cells_pack_and_overflow_is_bounded() {
         let c = pack(12345, 7, Op::ECDSA_SIGN_SHA256, 0x82);
         assert_eq!(unpack(c), (12345, 7, Op::ECDSA_SIGN_SHA256, 0x82));
+        let r = key_ref(3, 12345);
+        assert_eq!(split_key_ref(r), (3, 12345));
+        assert_eq!(key_ref(255, 0x00FF_FFFE), OVERFLOW_KEY);
+        assert_ne!(key_ref(255, 0x00FF_FFFD), NO_KEY);
         assert_eq!(Refusal::from_result_byte(0x82), Some(Refusal::RateLimited));
         assert_eq!(Refusal::from_result_byte(0x08), None);
         let ids = Identities::new(&SecurityConfig::default(), None);

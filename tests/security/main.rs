@@ -587,3 +587,93 @@ fn fail_closed_audit_refuses_key_operations_until_the_file_is_back() {
     }
     assert!(text.contains("\"reason\":\"audit_unavailable\""), "{text}");
 }
+
+#[test]
+fn key_policies_reload_and_audit_counts_keep_their_key_across_the_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let p256 = hex(&ski(KeyKind::EcdsaP256));
+    // A long interval: the counts from before the reload reach the writer
+    // after it (at SIGTERM), when the key indices have moved.
+    let yaml = format!(
+        "key_policies:\n  - ski: {p256}\n    deny_ops: [ecdsa]\naudit_file: {}\naudit_interval: 30s\n",
+        file.display()
+    );
+    let mut s = Server::start(&yaml);
+    let mut a = Client::connect(s.addr).unwrap();
+    for id in 0..3 {
+        assert!(refused(&call(
+            &mut a,
+            id,
+            Op::ECDSA_SIGN_SHA256,
+            KeyKind::EcdsaP256,
+            &DIGEST
+        )));
+    }
+    assert!(ok(&call(
+        &mut a,
+        3,
+        Op::ED25519_SIGN,
+        KeyKind::Ed25519,
+        b"m"
+    )));
+    // The reload: the policy now denies only SHA-384, and a copy of the
+    // RSA-4096 key loaded first shifts every other key's index by one.
+    let extra = dir.path().join("first.key");
+    std::fs::copy(pki().pki.keys_dir.join("rsa4096.key"), &extra).unwrap();
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("deny_ops: [ecdsa]", "deny_ops: [sha384]")
+        .replace(
+            "private_key_stores:\n",
+            &format!("private_key_stores:\n  - file: {}\n", extra.display()),
+        );
+    std::fs::write(&s.config, text).unwrap();
+    s.signal(libc::SIGHUP);
+    wait_metric(&s, "keycore_reload_total{result=\"ok\"}", |v| v >= 1);
+    let t = Instant::now();
+    let mut id = 10;
+    while !ok(&call(
+        &mut a,
+        id,
+        Op::ECDSA_SIGN_SHA256,
+        KeyKind::EcdsaP256,
+        &DIGEST,
+    )) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the new policy never applied"
+        );
+        id += 1;
+    }
+    assert!(refused(&call(
+        &mut a,
+        99,
+        Op::ECDSA_SIGN_SHA384,
+        KeyKind::EcdsaP256,
+        &[7u8; 48]
+    )));
+    s.signal(libc::SIGTERM);
+    assert!(s
+        .wait_exit(Duration::from_secs(30))
+        .is_some_and(|e| e.success()));
+    let (records, _) = audit_records(&file, 5);
+    assert_eq!(records.iter().filter(|r| r["type"] == "reload").count(), 1);
+    let ecdsa: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r["type"] == "ops" && r["op"].as_str().unwrap().starts_with("OpECDSA"))
+        .collect();
+    let refused_before: u64 = ecdsa
+        .iter()
+        .filter(|r| r["result"] == "refused:op_denied" && r["op"] == "OpECDSASignSHA256")
+        .map(|r| r["count"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(refused_before >= 3, "{ecdsa:#?}");
+    for r in &ecdsa {
+        assert_eq!(
+            r["key"],
+            p256.as_str(),
+            "every ECDSA count is the P-256 key's: {r}"
+        );
+    }
+}

@@ -253,6 +253,7 @@ impl Dispatcher for CoreDispatch<'_> {
             sec: self.sec,
             policy: &self.served.served.policy,
             client: self.client,
+            epoch: self.served_gen as u8,
         };
         let h = dispatch::handle(&ctx, msg, read_at, &mut self.scratch, out);
         match h.pending {

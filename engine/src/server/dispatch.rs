@@ -23,7 +23,7 @@
 //! name any particular backend.
 
 use crate::metrics::CoreStats;
-use crate::security::{ClientId, CoreSecurity, Policy, Refusal, NO_KEY, REFUSAL_CODE};
+use crate::security::{key_ref, ClientId, CoreSecurity, Policy, Refusal, NO_KEY, REFUSAL_CODE};
 use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, KeyKind, Outcome, PendingOp};
 use keycore_protocol::codec::{encode_error, encode_response};
 use keycore_protocol::{ErrorCode, Message, Op, OpClass};
@@ -38,7 +38,7 @@ pub struct Pending {
     pub op: Op,
     /// When the request was read (for the total-duration histogram).
     pub read_at: Instant,
-    /// The key's index (for the audit counts).
+    /// The key's audit reference (`security::key_ref`).
     pub key: u32,
     /// The operation.
     pub fut: PendingOp,
@@ -68,6 +68,8 @@ pub struct DispatchCtx<'a> {
     pub policy: &'a Policy,
     /// The connection's client identity.
     pub client: ClientId,
+    /// The served generation's epoch (`security::key_ref`).
+    pub epoch: u8,
 }
 
 /// What [`handle`] did with one request.
@@ -144,9 +146,10 @@ pub fn handle(
                     ctx.sec.count(NO_KEY, ctx.client, op, e.0);
                     Err(e)
                 }
-                Ok((key, entry)) => match ctx.policy.check(key, op, ctx.client) {
-                    Err(why) => refuse(ctx, key, op, why),
+                Ok((index, entry)) => match ctx.policy.check(index, op, ctx.client) {
+                    Err(why) => refuse(ctx, key_ref(ctx.epoch, index), op, why),
                     Ok(()) => {
+                        let key = key_ref(ctx.epoch, index);
                         let input = msg.payload.unwrap_or(&[]);
                         let started = Instant::now();
                         scratch.clear();
