@@ -610,3 +610,92 @@ fn an_unreachable_kms_on_reload_keeps_the_cloud_keys_serving() {
         "a credential reached the log: {log}"
     );
 }
+
+/// Requests already with an off-reactor backend when a reload removes that
+/// backend's store finish on the store they started on: a PKCS#11 token in
+/// offload mode works through a pipelined batch while the reload drops its
+/// URI. Every request is answered, each with a signature (read before the
+/// swap) or `0x02` (read after it); none is lost or answered with a
+/// backend error, and the in-flight gauge goes back to 0.
+#[test]
+fn in_flight_operations_finish_on_the_store_a_reload_removes() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let Some((conf, spki)) = crate::leak::token(token_dir.path()) else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    let s = setup(&[KeyKind::EcdsaP256]);
+    let uri = format!(
+        "  - uri: \"pkcs11:token=hostile;id=%01?module-path={}&pin-value=4321&x-dispatch=offload\"\n",
+        keycore_testsupport::SOFTHSM_MODULE
+    );
+    let srv = Server::spawn_config(
+        crate::support::free_port(),
+        |p, m| s.yaml(p, m, "", &uri),
+        &[("SOFTHSM2_CONF", conf.as_path())],
+        true,
+    );
+    srv.wait_up();
+    let ski = keycore_keys::ski_from_spki(&spki).unwrap();
+    let mut c = Client::connect(srv.addr).unwrap();
+    let n = 3000u32;
+    let mut wire = Vec::new();
+    for id in 1..=n {
+        wire.extend(request(id, Op::ECDSA_SIGN_SHA256, Some(&ski), &DIGEST));
+    }
+    let sender = std::thread::spawn(move || {
+        c.send(&wire).unwrap();
+        c
+    });
+    // Reload as soon as the token has work in flight.
+    let t = Instant::now();
+    while srv.metric("keycore_in_flight") == 0 && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    s.write_config(&srv, "", "");
+    srv.signal(libc::SIGHUP);
+    let mut c = sender.join().unwrap();
+    let (mut signed, mut gone) = (0u32, 0u32);
+    let mut seen = vec![false; n as usize + 1];
+    for _ in 0..n {
+        let (id, op, payload) = c.recv().unwrap().expect("an answer for every request");
+        assert!(
+            !std::mem::replace(&mut seen[id as usize], true),
+            "answered twice: {id}"
+        );
+        match op {
+            Op::RESPONSE if !payload.is_empty() => signed += 1,
+            Op::ERROR if payload == [ErrorCode::KEY_NOT_FOUND.0] => gone += 1,
+            other => panic!("request {id}: {other:?} {payload:?}"),
+        }
+    }
+    eprintln!("signed {signed}, key not found {gone}");
+    assert!(signed > 0);
+    wait_metric(&srv, RELOAD_OK, 1, Duration::from_secs(20));
+    // After the reload the token's key is gone for good.
+    wait_served_ski(&mut c, &ski);
+    let t = Instant::now();
+    while srv.metric("keycore_in_flight") != 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "in-flight gauge stuck"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Wait (at most 2 s) until `ski` answers `0x02`.
+fn wait_served_ski(c: &mut Client, ski: &Ski) {
+    let t = Instant::now();
+    let mut id = 90_000;
+    loop {
+        c.send(&request(id, Op::ECDSA_SIGN_SHA256, Some(ski), &DIGEST))
+            .unwrap();
+        let (_, op, p) = c.recv().unwrap().unwrap();
+        if op == Op::ERROR && p == [ErrorCode::KEY_NOT_FOUND.0] {
+            return;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "key still served");
+        id += 1;
+    }
+}
