@@ -9,7 +9,6 @@
 //! fast, since the demo runs it at every start: the slow part, RSA prime
 //! generation, runs on threads alongside the rest.
 
-use anyhow::Context;
 use keycore_keys::KeyKind;
 use rcgen::{
     date_time_ymd, BasicConstraints, CertificateParams, DistinguishedName, DnType,
@@ -17,6 +16,44 @@ use rcgen::{
     SignatureAlgorithm,
 };
 use std::path::{Path, PathBuf};
+
+/// Why the demo PKI could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file or directory could not be created, written or read.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done ("creating", "writing", "reading").
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// rcgen could not generate, parse or sign.
+    #[error("{what}")]
+    Cert {
+        /// What was being made ("generating the CA key", ...).
+        what: String,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// A key-generation thread panicked.
+    #[error("generating {0}: thread panicked")]
+    Panicked(&'static str),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PkiError {
+    let path = path.to_owned();
+    move |source| PkiError::Io { what, path, source }
+}
+
+fn cert_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
+    let what = what.into();
+    move |source| PkiError::Cert { what, source }
+}
 
 /// The generated files. Every path is inside `dir`.
 #[derive(Debug, Clone)]
@@ -90,7 +127,7 @@ fn generate_key(kind: KeyKind) -> Result<KeyPair, rcgen::Error> {
 }
 
 /// Write a file; private keys are made owner-only on Unix.
-fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), PkiError> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -101,11 +138,9 @@ fn write(path: &Path, contents: &str, secret: bool) -> anyhow::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = secret;
-    let mut f = opts
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
+    let mut f = opts.open(path).map_err(io_err("creating", path))?;
     f.write_all(contents.as_bytes())
-        .with_context(|| format!("writing {}", path.display()))
+        .map_err(io_err("writing", path))
 }
 
 fn dn(cn: &str) -> DistinguishedName {
@@ -135,9 +170,9 @@ fn leaf_params(
     sans: &[&str],
     eku: ExtendedKeyUsagePurpose,
     serial: u8,
-) -> anyhow::Result<CertificateParams> {
+) -> Result<CertificateParams, PkiError> {
     let mut p = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-        .context("certificate names")?;
+        .map_err(cert_err("certificate names"))?;
     p.distinguished_name = dn(cn);
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -157,12 +192,12 @@ fn issue(
     name: &str,
     params: CertificateParams,
     issuer: &Issuer<'_, KeyPair>,
-) -> anyhow::Result<(PathBuf, PathBuf)> {
+) -> Result<(PathBuf, PathBuf), PkiError> {
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .with_context(|| format!("generating the {name} key"))?;
+        .map_err(cert_err(format!("generating the {name} key")))?;
     let cert = params
         .signed_by(&key, issuer)
-        .with_context(|| format!("signing the {name} certificate"))?;
+        .map_err(cert_err(format!("signing the {name} certificate")))?;
     let cert_path = dir.join(format!("{name}.pem"));
     let key_path = dir.join(format!("{name}.key.pem"));
     write(&cert_path, &cert.pem(), false)?;
@@ -172,11 +207,10 @@ fn issue(
 
 /// Generate the demo PKI into `dir` (created if missing; existing files with
 /// the same names are overwritten).
-pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
+    std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
     let keys_dir = dir.join("keys");
-    std::fs::create_dir_all(&keys_dir)
-        .with_context(|| format!("creating {}", keys_dir.display()))?;
+    std::fs::create_dir_all(&keys_dir).map_err(io_err("creating", &keys_dir))?;
 
     std::thread::scope(|s| {
         // RSA prime generation dominates (4096 bits: up to seconds); run
@@ -188,9 +222,11 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
             .collect();
 
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating the CA key")?;
+            .map_err(cert_err("generating the CA key"))?;
         let ca_p = ca_params("keycore demo CA");
-        let ca_cert = ca_p.self_signed(&ca_key).context("self-signing the CA")?;
+        let ca_cert = ca_p
+            .self_signed(&ca_key)
+            .map_err(cert_err("self-signing the CA"))?;
         let ca_cert_path = dir.join("ca.pem");
         let ca_key_path = dir.join("ca.key.pem");
         write(&ca_cert_path, &ca_cert.pem(), false)?;
@@ -228,11 +264,11 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
         let (expired_client_cert, expired_client_key) = issue(dir, "expired-client", expired, &ca)?;
 
         let foreign_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-            .context("generating the foreign CA key")?;
+            .map_err(cert_err("generating the foreign CA key"))?;
         let foreign_p = ca_params("keycore foreign CA (not trusted)");
         let foreign_cert = foreign_p
             .self_signed(&foreign_key)
-            .context("self-signing the foreign CA")?;
+            .map_err(cert_err("self-signing the foreign CA"))?;
         let foreign_ca_cert = dir.join("foreign-ca.pem");
         write(&foreign_ca_cert, &foreign_cert.pem(), false)?;
         let foreign = Issuer::new(foreign_p, foreign_key);
@@ -248,7 +284,7 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
             .iter()
             .filter(|(_, k)| !matches!(k, KeyKind::Rsa { .. }))
         {
-            let key = generate_key(kind).with_context(|| format!("generating {name}"))?;
+            let key = generate_key(kind).map_err(cert_err(format!("generating {name}")))?;
             let path = keys_dir.join(name);
             write(&path, &key.serialize_pem(), true)?;
             key_files.push((kind, path));
@@ -256,8 +292,8 @@ pub fn generate(dir: &Path) -> anyhow::Result<DemoPki> {
         for (name, kind, job) in rsa_jobs {
             let key = job
                 .join()
-                .map_err(|_| anyhow::anyhow!("generating {name}: thread panicked"))?
-                .with_context(|| format!("generating {name}"))?;
+                .map_err(|_| PkiError::Panicked(name))?
+                .map_err(cert_err(format!("generating {name}")))?;
             let path = keys_dir.join(name);
             write(&path, &key.serialize_pem(), true)?;
             key_files.push((kind, path));
@@ -296,14 +332,13 @@ pub fn issue_site_cert(
     cn: &str,
     serial: u8,
     out: &Path,
-) -> anyhow::Result<()> {
-    let read =
-        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let ca_key = KeyPair::from_pem(&read(&pki.ca_key)?).context("the demo CA key")?;
+) -> Result<(), PkiError> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err("reading", p));
+    let ca_key = KeyPair::from_pem(&read(&pki.ca_key)?).map_err(cert_err("the demo CA key"))?;
     // Same parameters as `generate`, so issuer name and key identifier match.
     let ca = Issuer::new(ca_params("keycore demo CA"), ca_key);
     let key = KeyPair::from_pem(&read(key_file)?)
-        .with_context(|| format!("site key {}", key_file.display()))?;
+        .map_err(cert_err(format!("site key {}", key_file.display())))?;
     // Key usage digitalSignature only: the edge offers ECDHE suites, so
     // even an RSA site key only ever signs.
     let params = leaf_params(
@@ -314,7 +349,7 @@ pub fn issue_site_cert(
     )?;
     let cert = params
         .signed_by(&key, &ca)
-        .with_context(|| format!("signing the site certificate {cn}"))?;
+        .map_err(cert_err(format!("signing the site certificate {cn}")))?;
     write(out, &cert.pem(), false)
 }
 
