@@ -1,21 +1,47 @@
 //! # keycore-engine
 //!
-//! The key server itself: configuration, key backends (software keys,
-//! PKCS#11), the per-core glommio reactors with their TLS listeners and
-//! connections, and metrics.
+//! The key server: the per-core glommio reactors with their TLS listeners
+//! and sans-IO connection core, request dispatch, the key-backend registry
+//! (which backends exist and which store URI each claims), start-up and
+//! reload, the metrics and health endpoint, and the demo PKI. Key identity,
+//! the software signer and the backend seam are `keycore-keys`; the config
+//! is `keycore-config`; the PKCS#11 and cloud KMS backends are their own
+//! crates, reached only through the registry.
 //!
-//! What it is not: it does not parse the wire format (that is
-//! `keycore-protocol`, which has no I/O) and it does not generate load
-//! (`keycore-loadgen`). It is one crate because the reactors, the key index
-//! and the backends share one start-up path and one set of per-core types;
-//! splitting them would only move `pub` boundaries around.
+//! What it is not: it does not parse the wire format (`keycore-protocol`,
+//! no I/O) and it does not generate load (`keycore-loadgen`).
 //!
 //! Data path (see `DESIGN.md`): accept on this core's SO_REUSEPORT listener →
 //! rustls → read buffer → `keycore_protocol::frame::check` → `Message::decode`
 //! → `KeyIndex` lookup (built at start-up or by a reload, read-only; see
-//! `server::served`) → signer →
-//! response encoded into the connection's write buffer → flushed with
-//! whatever else completed in the same turn.
+//! `server::served`) → `keycore_keys::check_input` (once, before any
+//! backend) → signer → response encoded into the connection's write buffer
+//! → flushed with whatever else completed in the same turn.
+//!
+//! Public surface (modules; each module header says what it owns):
+//! - [`launch`]: start everything a `Config` describes (`launch`, `Running`,
+//!   `load_keys`, `LoadedKeys`, `cert_expiry`, `check_nofile_limit`);
+//! - [`server`]: reactors and their handle (`start`, `start_served`,
+//!   `ServerSettings`, `ServerHandle`, `ServerControl`, `conn_limits`,
+//!   `available_cpus`) and `server::conn_state`, the sans-IO connection core;
+//! - [`registry`]: the backends (`BACKENDS`, `claim`, `open_all`,
+//!   `open_all_reusing`, `Opened`, `OpenedStore`, `OpenError`,
+//!   `Registration`, `StoreRecord`);
+//! - [`reload`]: SIGHUP / `keycore reload` (`Reloader`, `build`, `Built`,
+//!   `ReloadReport`, `record_success`); [`swap`]: the `Swap` cell it uses;
+//! - [`metrics`]: per-core counters and the scrape (`Registry`, `CoreStats`,
+//!   `Counter`, `Histograms`, `Heartbeat`, `Loaded`, `StaticGauge`,
+//!   `ReloadStats`, bucket helpers); [`endpoint`]: the HTTP listener
+//!   (`MetricsServer`, `probe`); [`health`]: `/healthz` and `/readyz`;
+//!   [`refusals`]: refusal reasons and their rate-limited log;
+//! - [`check`]: `keycore serve --check`; [`ops`]: pid file, signals,
+//!   `RLIMIT_NOFILE`, sd_notify; [`pki`]: the demo PKI;
+//! - [`config`]: `keycore-config`, re-exported.
+//!
+//! Errors: `pki` returns `PkiError`; the start-up paths (`launch`,
+//! `server::start`, `server::tls`) still return `anyhow::Result` with
+//! context; turning them into enum errors is open (README, "Not finished
+//! yet").
 
 pub mod audit;
 pub mod check;
