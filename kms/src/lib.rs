@@ -42,6 +42,9 @@
 mod auth;
 mod aws;
 mod azure;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gcp;
 mod http;
 mod uri;
