@@ -51,10 +51,16 @@ pub enum DurationError {
 /// gokeyless setting either (~292 years).
 const MAX_DURATION_NS: u128 = i64::MAX as u128;
 
-/// Fraction digits kept per component. 10^30 still fits a `u128` with room
-/// for the multiplication by the largest unit (3.6e12 ns), and no unit needs
-/// more than 9 digits to reach whole nanoseconds anyway.
-const MAX_FRACTION_DIGITS: u32 = 30;
+/// Fraction digits kept per component. The fraction is multiplied by the
+/// unit before dividing: 10^20 times the largest unit (3.6e12 ns) is 3.6e32,
+/// well inside a `u128` (3.4e38). The 30 digits kept before overflowed it
+/// (found by the `pkcs11_uri` fuzz target: `x-op-timeout=500ms.1127...4m`
+/// panicked in a debug build and would have wrapped to a wrong timeout in a
+/// release build). 20 digits lose nothing: for `ns`..`s` (powers of ten)
+/// 20 digits are exact to the nanosecond, and for `m` and `h` (a factor of
+/// 3 in the unit) no finite decimal lands on a whole nanosecond beyond them,
+/// so the truncated result is the same as Go's.
+const MAX_FRACTION_DIGITS: u32 = 20;
 
 /// Parse a Go duration string: an optional `+`, then one or more
 /// `<number>[.<fraction>]<unit>` with units `ns`, `us` (`µs`, `μs`), `ms`,
@@ -128,7 +134,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
         }
         total_ns = int
             .checked_mul(unit_ns)
-            .and_then(|v| v.checked_add(frac * unit_ns / scale))
+            .and_then(|v| v.checked_add(frac.checked_mul(unit_ns)? / scale))
             .and_then(|v| v.checked_add(total_ns))
             .filter(|v| *v <= MAX_DURATION_NS)
             .ok_or_else(out_of_range)?;
@@ -221,6 +227,34 @@ mod tests {
             let err = parse_duration(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    /// Regression (fuzz, `pkcs11_uri`): a long fraction on a large unit
+    /// overflowed the fraction × unit product.
+    #[test]
+    fn long_fractions_on_every_unit_neither_overflow_nor_change_the_value() {
+        let digits = "1127777777777777777777777777777777777777";
+        for (unit, ns) in [
+            ("ns", 1u128),
+            ("us", 1_000),
+            ("ms", 1_000_000),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+        ] {
+            let d = parse_duration(&format!("500ms.{digits}{unit}")).unwrap();
+            // 0.1127777... of the unit, truncated to whole nanoseconds.
+            let frac_ns = 1127777777777777777777u128 * ns / 10u128.pow(22);
+            assert_eq!(d.as_nanos(), 500_000_000 + frac_ns, "{unit}");
+        }
+        assert_eq!(
+            parse_duration("0.99999999999999999999999999999999h").unwrap(),
+            Duration::from_nanos(3_599_999_999_999)
+        );
+        assert_eq!(
+            parse_duration("1.000000000000000000000000000001s").unwrap(),
+            Duration::from_secs(1)
+        );
     }
 
     #[test]
