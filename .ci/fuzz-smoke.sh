@@ -46,4 +46,34 @@ cargo fuzz run --fuzz-dir fuzz -s none decode "$corpus" -- \
   -timeout=10 \
   -rss_limit_mb=2048 \
   -print_final_stats=1
-stamp "no crash in ${FUZZ_SECONDS}s of fuzzing"
+stamp "no crash in ${FUZZ_SECONDS}s of fuzzing decode"
+
+# The parser and state-machine targets (fuzz/README.md): one build with their
+# features, then a short run of each from its seed corpus (fuzz/corpus-seed).
+# This is a smoke (does each target still build, run and hold its asserts on
+# the seeds and a few seconds of mutation), not the campaign: that is
+# fuzz/campaign.sh, with its results in fuzz/README.md.
+FUZZ_TARGETS="${FUZZ_TARGETS:-config_yaml pkcs11_uri kms_uri kms_answer conn_state}"
+FUZZ_SECONDS_EACH="${FUZZ_SECONDS_EACH:-15}"
+if [ -n "$FUZZ_TARGETS" ]; then
+  cargo fuzz build --fuzz-dir fuzz -s none --features config,pkcs11,kms,engine
+  stamp "built the feature targets"
+  for t in $FUZZ_TARGETS; do
+    mkdir -p "fuzz/corpus/$t"
+    cp fuzz/corpus-seed/"$t"/* "fuzz/corpus/$t"/
+    log="fuzz/artifacts/smoke-$t.log"
+    mkdir -p fuzz/artifacts
+    if ! cargo fuzz run --fuzz-dir fuzz -s none --features config,pkcs11,kms,engine "$t" "fuzz/corpus/$t" -- \
+      -max_total_time="${FUZZ_SECONDS_EACH}" \
+      -max_len=8192 \
+      -timeout=10 \
+      -rss_limit_mb=2048 \
+      -print_final_stats=1 >"$log" 2>&1; then
+      tail -n 60 "$log"
+      echo "fuzz target $t failed (crash input under fuzz/artifacts/$t/)" >&2
+      exit 1
+    fi
+    grep -E '^stat::(number_of_executed_units|peak_rss_mb)' "$log" || true
+    stamp "no crash in ${FUZZ_SECONDS_EACH}s of $t"
+  done
+fi
