@@ -2,6 +2,7 @@
 //!
 //! Subcommands: `serve` (the key server, reading an unchanged gokeyless.yaml),
 //! `reload` (SIGHUP to the running server named by `pid_file`, then its result),
+//! `enroll` (the server's own certificate from the CDN API, or a CSR for the dashboard),
 //! `edge` (HTTPS with certificates only; signatures from key servers),
 //! `loadgen` (edge-traffic load generator), `demo` (throwaway PKI + server +
 //! load on loopback, the README's first command), `tune` (client- and
@@ -38,6 +39,10 @@ enum Cmd {
     /// (SIGHUP) and wait for the outcome on its metrics listener. Takes the
     /// same -c/flags/environment as serve, to find pid_file and metrics.
     Reload(Box<ReloadCmd>),
+    /// Obtain the server's own certificate from the CDN's certificates API
+    /// (hostname, zone_id, enroll_api_token from the config), or with
+    /// --manual write a key and CSR for the dashboard.
+    Enroll(Box<EnrollCmd>),
     /// HTTPS terminator with certificates but no private keys: every
     /// handshake signature comes from a key server (keyless).
     Edge(Box<keycore_edge::EdgeArgs>),
@@ -120,6 +125,20 @@ struct ReloadCmd {
     args: keycore_engine::config::ServeArgs,
 }
 
+/// `keycore enroll`: the config flags plus the command's own.
+#[derive(clap::Args, Debug)]
+struct EnrollCmd {
+    /// Manual activation: write the key (auth_key) and CSR (auth_csr) and
+    /// print the CSR for the dashboard; no API call. Needs only hostname.
+    #[arg(long)]
+    manual: bool,
+    /// Replace an existing auth_cert/auth_key (default: refuse).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    args: keycore_engine::config::ServeArgs,
+}
+
 fn main() {
     let cli = Cli::parse();
     if cli.version {
@@ -129,6 +148,7 @@ fn main() {
     let r = match cli.cmd {
         Some(Cmd::Serve(cmd)) => serve(cmd.args, cmd.check),
         Some(Cmd::Reload(cmd)) => reload(&cmd),
+        Some(Cmd::Enroll(cmd)) => enroll(&cmd),
         Some(Cmd::Edge(args)) => edge(&args),
         Some(Cmd::Loadgen(cmd)) => {
             init_logging(2, LogFormat::Text);
@@ -240,10 +260,20 @@ fn serve(args: keycore_engine::config::ServeArgs, check: bool) -> Result<()> {
         print!("{}", loaded.effective_yaml(args.show_secrets));
         return Ok(());
     }
+    // As the reference: enroll first when the registration keys are set
+    // and there is no certificate yet; `--config-only` stops after that.
+    match keycore_engine::enroll::decide(&loaded.config) {
+        keycore_engine::enroll::Decision::Nothing => {
+            if args.config_only {
+                println!("configuration is valid; nothing to enroll (auth_cert and auth_key exist, or no hostname/zone_id/credential set)");
+            }
+        }
+        keycore_engine::enroll::Decision::Enroll => {
+            keycore_engine::enroll::enroll(&loaded.config, false)?;
+        }
+        keycore_engine::enroll::Decision::Incomplete(why) => anyhow::bail!(why),
+    }
     if args.config_only {
-        // The reference registers its certificate and exits; keycore has no
-        // registration yet, so this validates the configuration and exits.
-        println!("configuration is valid (keycore does not implement certificate registration)");
         return Ok(());
     }
     match &loaded.source {
@@ -420,6 +450,35 @@ fn reload_counts(body: &str) -> Option<(u64, u64)> {
             .and_then(|v| v.trim().parse().ok())
     };
     Some((get("ok")?, get("error")?))
+}
+
+fn enroll(cmd: &EnrollCmd) -> Result<()> {
+    let loaded = keycore_engine::config::load(&cmd.args)?;
+    init_logging(loaded.config.loglevel.number(), loaded.config.log_format);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let cfg = &loaded.config;
+    if cmd.manual {
+        let csr = keycore_engine::enroll::manual(cfg, cmd.force)?;
+        eprintln!(
+            "key written to {} and CSR to {}; submit this CSR in the dashboard and save the \
+             certificate it returns as {}:",
+            cfg.auth_key.display(),
+            cfg.auth_csr.display(),
+            cfg.auth_cert.display()
+        );
+        print!("{csr}");
+        return Ok(());
+    }
+    let done = keycore_engine::enroll::enroll(cfg, cmd.force)?;
+    println!(
+        "enrolled: certificate {}, key {}, CSR {}",
+        done.cert.display(),
+        done.key.display(),
+        done.csr.display()
+    );
+    Ok(())
 }
 
 fn notify(state: &str) {

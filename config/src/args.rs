@@ -99,7 +99,8 @@ impl Args for ServeArgs {
                     .long("show-secrets")
                     .action(ArgAction::SetTrue)
                     .help(
-                        "With -o, print secrets (origin_ca_api_key, PINs in PKCS#11 URIs) \
+                        "With -o, print secrets (origin_ca_api_key, enroll_api_token, PINs in \
+                         PKCS#11 URIs) \
                          instead of <redacted>. Default: off.",
                     ),
             )
@@ -108,10 +109,9 @@ impl Args for ServeArgs {
                     .long("config-only")
                     .action(ArgAction::SetTrue)
                     .help(
-                        "Accepted for compatibility. The reference server uses it to run \
-                         certificate registration only; keycore does not implement \
-                         registration, so with this flag it validates the configuration and \
-                         exits. Default: off.",
+                        "As the reference: run certificate enrollment only (when hostname, \
+                         zone_id and a credential are set and auth_cert/auth_key are missing), \
+                         then exit without serving. Default: off.",
                     ),
             )
             .arg(

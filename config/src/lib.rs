@@ -45,6 +45,7 @@ mod output;
 mod parse;
 mod reload;
 mod rfc3339;
+mod secret;
 mod security;
 mod table;
 mod yaml;
@@ -56,6 +57,7 @@ pub use output::{readme_table, redact_uri_pins};
 pub use parse::{CpuListError, ValueError};
 pub use reload::{changed_settings, APPLIED_BY_RELOAD};
 pub use rfc3339::{format_rfc3339, parse_rfc3339, TimeError};
+pub use secret::SecretString;
 pub use security::{
     ClientIdentity, KeyPolicy, OpFilter, Security, MAX_CLIENT_IDENTITIES, MAX_CONNECTIONS,
     MAX_KEY_POLICIES, MAX_MATCHERS, MAX_RPS, OP_FILTERS,
@@ -337,6 +339,23 @@ pub struct Pkcs11Settings {
     pub op_timeout: Option<Duration>,
 }
 
+/// Enrollment settings (the `enroll_*` keys): the API token, the
+/// certificates endpoint, an extra CA for it and the time limit. With
+/// `hostname`, `zone_id` and a credential (`enroll_api_token`, else the
+/// legacy `origin_ca_api_key`) they let `keycore enroll` and `serve` obtain
+/// the server's own certificate.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EnrollSettings {
+    /// `enroll_api_token` (a secret; sent as `Authorization: Bearer`).
+    pub api_token: SecretString,
+    /// `enroll_endpoint`.
+    pub endpoint: String,
+    /// `enroll_ca_file`; `None`: the system roots only.
+    pub ca_file: Option<PathBuf>,
+    /// `enroll_timeout`: the whole exchange, connect included.
+    pub timeout: Duration,
+}
+
 /// Cloud KMS tunables (the `kms_*` keys): endpoints, rates, timeouts, the
 /// extra CA file and the signature check. Credentials are not here: they
 /// stay environment-only, read by the KMS backend under the providers' SDK
@@ -397,8 +416,9 @@ pub struct Config {
     pub hostname: String,
     /// `zone_id` (registration only).
     pub zone_id: String,
-    /// `origin_ca_api_key` (registration only; a secret).
-    pub origin_ca_api_key: String,
+    /// `origin_ca_api_key`: the legacy Origin CA service key for
+    /// enrollment (a secret; retired by the API on 2026-09-30).
+    pub origin_ca_api_key: SecretString,
     /// `auth_cert`: the server certificate chain, relative to the working
     /// directory as in the reference.
     pub auth_cert: PathBuf,
@@ -449,6 +469,8 @@ pub struct Config {
     /// Client identities, key policies, per-identity limits and the audit
     /// trail (`client_*`, `key_policies`, `audit_*`; issue 18).
     pub security: Security,
+    /// Enrollment with the CDN's certificates API (`enroll_*`).
+    pub enroll: EnrollSettings,
 }
 
 /// The defaults, built once from the table's default texts through the same
@@ -479,7 +501,7 @@ impl Config {
             log_format: LogFormat::default(),
             hostname: String::new(),
             zone_id: String::new(),
-            origin_ca_api_key: String::new(),
+            origin_ca_api_key: SecretString::default(),
             auth_cert: PathBuf::new(),
             auth_key: PathBuf::new(),
             auth_csr: PathBuf::new(),
@@ -515,6 +537,7 @@ impl Config {
             pkcs11: Pkcs11Settings::default(),
             kms: KmsSettings::default(),
             security: Security::default(),
+            enroll: EnrollSettings::default(),
         }
     }
 
@@ -642,25 +665,6 @@ pub enum ConfigError {
         /// What was expected and what was found.
         message: String,
     },
-    /// Registration keys are set but the certificate it would produce is
-    /// missing; keycore cannot register.
-    #[error(
-        "{origin}: key \"{key}\" is set and {what} {} does not exist: the reference server would \
-         now register a certificate with Cloudflare, but registration is not supported by keycore \
-         yet; obtain the certificate and key (e.g. with gokeyless once) and point auth_cert and \
-         auth_key at them",
-        path.display()
-    )]
-    RegistrationUnsupported {
-        /// Where the registration key was set.
-        origin: Origin,
-        /// Which registration key (`hostname`, `zone_id`, `origin_ca_api_key`).
-        key: String,
-        /// `auth_cert` or `auth_key`.
-        what: &'static str,
-        /// The missing file.
-        path: PathBuf,
-    },
 }
 
 /// A loaded configuration and what the operator should be told about it.
@@ -681,7 +685,7 @@ impl Loaded {
     /// The effective configuration for `-o/--output-config`: every key
     /// (PKCS#11 and KMS tunables included), each with its source as a
     /// trailing comment (`# default`, `# g.yaml:3`, `# env KEYLESS_PORT`,
-    /// `# flag --port`). Secrets (`origin_ca_api_key`, `pin-value` in
+    /// `# flag --port`). Secrets (`origin_ca_api_key`, `enroll_api_token`, `pin-value` in
     /// PKCS#11 URIs) are replaced by `<redacted>` unless `show_secrets`.
     pub fn effective_yaml(&self, show_secrets: bool) -> String {
         output::yaml(&self.config, Some(&self.origins), show_secrets)

@@ -41,7 +41,7 @@ pub fn load(args: &ServeArgs) -> Result<Loaded, ConfigError> {
         (Some(t), Some(p)) => Some((t.as_str(), p.as_path())),
         _ => None,
     };
-    let mut loaded = resolve(file, &env, args, &|p: &Path| p.exists())?;
+    let mut loaded = resolve(file, &env, args)?;
     loaded.warnings.extend(unknown_env_warnings(
         std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
     ));
@@ -55,22 +55,17 @@ pub fn from_yaml_str(
     origin: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Loaded, ConfigError> {
-    resolve(
-        Some((text, origin)),
-        env,
-        &ServeArgs::default(),
-        &|p: &Path| p.exists(),
-    )
+    resolve(Some((text, origin)), env, &ServeArgs::default())
 }
 
 /// Layer all sources: `file` (text and the name used in messages), `env`
-/// (variable lookup), `args` (flags). `exists` answers whether a file is
-/// present (only used for the registration check; injectable for tests).
+/// (variable lookup), `args` (flags). Whether enrollment must run (the
+/// registration keys set and no certificate yet) is decided by the caller
+/// that can act on it (`keycore serve`, `keycore enroll`), not here.
 pub fn resolve(
     file: Option<(&str, &Path)>,
     env: &dyn Fn(&str) -> Option<String>,
     args: &ServeArgs,
-    exists: &dyn Fn(&Path) -> bool,
 ) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
     let root = match file {
@@ -92,7 +87,6 @@ pub fn resolve(
         args,
     };
     let (config, origins) = layers.build(&mut warnings)?;
-    check_registration(&origins, &config, exists)?;
     Ok(Loaded {
         config,
         warnings,
@@ -146,43 +140,6 @@ pub(crate) fn unknown_env_warnings(names: impl Iterator<Item = String>) -> Vec<S
         .collect();
     out.sort();
     out
-}
-
-/// The registration keys are kept but keycore cannot register: if any is
-/// set and the certificate or key it would produce is missing, say so
-/// instead of failing later with a bare "file not found".
-fn check_registration(
-    origins: &BTreeMap<&'static str, Origin>,
-    config: &Config,
-    exists: &dyn Fn(&Path) -> bool,
-) -> Result<(), ConfigError> {
-    let set = [
-        ("hostname", &config.hostname),
-        ("zone_id", &config.zone_id),
-        ("origin_ca_api_key", &config.origin_ca_api_key),
-    ]
-    .into_iter()
-    .find(|(_, v)| !v.is_empty());
-    let Some((key, _)) = set else {
-        return Ok(());
-    };
-    for (what, path) in [
-        ("auth_cert", &config.auth_cert),
-        ("auth_key", &config.auth_key),
-    ] {
-        if !exists(path) {
-            let origin = origins.get(key).cloned().unwrap_or_else(|| Origin::Flag {
-                flag: flag_name(key),
-            });
-            return Err(ConfigError::RegistrationUnsupported {
-                origin,
-                key: key.to_owned(),
-                what,
-                path: path.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// The top-level keys of a config file, lower-cased (viper, which the

@@ -74,6 +74,12 @@ pub enum ValueError {
         /// As written.
         text: String,
     },
+    /// Not an `https://` URL where a credential is sent.
+    #[error("expected an https:// URL (the request carries a credential), got {text:?}")]
+    HttpsUrl {
+        /// As written.
+        text: String,
+    },
     /// A CPU list that does not describe a set of CPUs.
     #[error("{0}")]
     Cpus(CpuListError),
@@ -192,6 +198,17 @@ pub fn url(text: &str) -> Result<String, ValueError> {
     match rest {
         Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(t.to_owned()),
         _ => Err(ValueError::Url {
+            text: text.to_owned(),
+        }),
+    }
+}
+
+/// An `https://` URL (an endpoint a credential is sent to).
+pub fn https_url(text: &str) -> Result<String, ValueError> {
+    let t = text.trim();
+    match t.strip_prefix("https://") {
+        Some(r) if !r.is_empty() && !r.contains(char::is_whitespace) => Ok(t.to_owned()),
+        _ => Err(ValueError::HttpsUrl {
             text: text.to_owned(),
         }),
     }

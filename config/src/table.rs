@@ -15,7 +15,7 @@ use crate::output::{yaml_quote, yaml_quote_path};
 use crate::parse::{self, ValueError};
 use crate::rfc3339::{format_rfc3339, parse_rfc3339};
 use crate::{
-    Config, KeyLoadErrors, LogFormat, LogLevel, Pkcs11Dispatch, MAX_BUFFER_BYTES,
+    Config, KeyLoadErrors, LogFormat, LogLevel, Pkcs11Dispatch, SecretString, MAX_BUFFER_BYTES,
     MAX_CONNECTIONS_PER_CORE_LIMIT, MAX_IN_FLIGHT_PER_CONNECTION_LIMIT, MAX_SIGN_RETRY_COUNT,
     MIN_BUFFER_BYTES,
 };
@@ -45,17 +45,20 @@ pub enum Section {
     /// Client identities, key policies, per-identity limits, audit trail
     /// (`Config::security`).
     Security,
+    /// Enrollment with the CDN's certificates API (`Config::enroll`).
+    Enroll,
 }
 
 impl Section {
     /// Every section, in order.
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Reference,
         Section::Server,
         Section::Limits,
         Section::Pkcs11,
         Section::Kms,
         Section::Security,
+        Section::Enroll,
     ];
 
     /// Heading used in the README and `-o`.
@@ -67,6 +70,7 @@ impl Section {
             Section::Pkcs11 => "PKCS#11 backend",
             Section::Kms => "Cloud KMS backend (credentials stay in the environment)",
             Section::Security => "Client identities, key policies, audit trail (SECURITY.md)",
+            Section::Enroll => "Enrollment (the server's own certificate from the CDN API)",
         }
     }
 }
@@ -293,7 +297,7 @@ const PKCS11_DISPATCH: &[(&str, Pkcs11Dispatch)] = &[
     ("offload", Pkcs11Dispatch::Offload),
 ];
 
-use Section::{Kms, Limits, Pkcs11, Reference, Security, Server};
+use Section::{Enroll, Kms, Limits, Pkcs11, Reference, Security, Server};
 
 /// Every config key, in the order of the README and `-o`: the reference's
 /// keys first (their names, defaults and meaning are the reference's), then
@@ -314,8 +318,9 @@ pub static SETTINGS: &[Setting] = &[
         "hostname",
         "NAME",
         "",
-        "Registration only; keycore can't register yet: if set and auth_cert/auth_key are \
-         missing, start-up stops with a clear error.",
+        "Enrollment: the name the server's certificate is issued for (CSR SAN). With zone_id \
+         and a credential (enroll_api_token or origin_ca_api_key) set and no auth_cert/auth_key \
+         yet, serve enrolls first; `keycore enroll` runs it explicitly.",
         |c, t| set!(c.hostname, t.to_owned()),
         |c| yaml_quote(&c.hostname),
     ),
@@ -324,7 +329,7 @@ pub static SETTINGS: &[Setting] = &[
         "zone_id",
         "ID",
         "",
-        "Registration only (see hostname).",
+        "Enrollment: the zone the certificate belongs to (see hostname).",
         |c, t| set!(c.zone_id, t.to_owned()),
         |c| yaml_quote(&c.zone_id),
     ),
@@ -333,9 +338,11 @@ pub static SETTINGS: &[Setting] = &[
         "origin_ca_api_key",
         "KEY",
         "",
-        "Registration only (see hostname). A secret: -o prints it only with --show-secrets.",
-        |c, t| set!(c.origin_ca_api_key, t.to_owned()),
-        |c| yaml_quote(&c.origin_ca_api_key),
+        "Enrollment: the legacy Origin CA service key, sent as X-Auth-User-Service-Key (retired \
+         by the API on 2026-09-30: warned; enroll_api_token is preferred when both are set). A \
+         secret: -o prints it only with --show-secrets.",
+        |c, t| set!(c.origin_ca_api_key, SecretString::new(t.trim())),
+        |c| yaml_quote(c.origin_ca_api_key.expose()),
     )
     .secret(Secret::Whole),
     Setting::new(
@@ -361,7 +368,7 @@ pub static SETTINGS: &[Setting] = &[
         "auth_csr",
         "FILE",
         "server.csr",
-        "Registration only; kept, unused.",
+        "Enrollment writes the certificate signing request here (PEM, mode 0600).",
         |c, t| set!(c.auth_csr, parse::non_empty(t)?.into()),
         |c| yaml_quote_path(&c.auth_csr),
     ),
@@ -434,7 +441,8 @@ pub static SETTINGS: &[Setting] = &[
         "tracing_enabled",
         "BOOL",
         "false",
-        "Jaeger tracing: parsed, not implemented yet (warned at start-up).",
+        "The reference's Jaeger switch, mapped onto OpenTelemetry: export one span per sampled \
+         request over OTLP/HTTP (JSON) to tracing_address. Off costs nothing on the data path.",
         |c, t| set!(c.tracing_enabled, parse::boolean(t)?),
         |c| c.tracing_enabled.to_string(),
     )
@@ -444,7 +452,9 @@ pub static SETTINGS: &[Setting] = &[
         "tracing_address",
         "ADDR",
         "",
-        "Jaeger agent address (host:port, UDP); not used yet.",
+        "OTLP/HTTP receiver: host:port (spans go to http://host:port/v1/traces) or a full \
+         http:// URL; empty = 127.0.0.1:4318. A Jaeger agent's UDP port (6831) does not speak \
+         OTLP: use the collector's OTLP/HTTP port (4318).",
         |c, t| set!(c.tracing_address, t.to_owned()),
         |c| yaml_quote(&c.tracing_address),
     ),
@@ -453,7 +463,8 @@ pub static SETTINGS: &[Setting] = &[
         "tracing_sample_rate",
         "RATE",
         "0",
-        "Fraction of requests traced, 0..=1; not used yet.",
+        "Fraction of requests traced, 0..=1 (sampled on the reactor without a lock); a request \
+         whose span context (tag 0x15) says sampled is traced whatever the rate.",
         |c, t| set!(c.tracing_sample_rate, parse::float_in(t, 0.0, 1.0)?),
         |c| format!("{:?}", c.tracing_sample_rate),
     ),
@@ -1036,4 +1047,45 @@ pub static SETTINGS: &[Setting] = &[
         |c| c.security.audit_fail_closed.to_string(),
     )
     .switch(),
+    // ----- enrollment -----------------------------------------------------
+    Setting::new(
+        Enroll,
+        "enroll_api_token",
+        "TOKEN",
+        "",
+        "API token for enrollment, sent as Authorization: Bearer (preferred over \
+         origin_ca_api_key). A secret: -o prints it only with --show-secrets; never logged.",
+        |c, t| set!(c.enroll.api_token, SecretString::new(t.trim())),
+        |c| yaml_quote(c.enroll.api_token.expose()),
+    )
+    .secret(Secret::Whole),
+    Setting::new(
+        Enroll,
+        "enroll_endpoint",
+        "URL",
+        "https://api.cloudflare.com/client/v4/certificates/",
+        "The certificates API enrollment POSTs to (https only: the request carries the \
+         credential); change it for a stand-in or a proxy.",
+        |c, t| set!(c.enroll.endpoint, parse::https_url(t)?),
+        |c| yaml_quote(&c.enroll.endpoint),
+    ),
+    Setting::new(
+        Enroll,
+        "enroll_ca_file",
+        "FILE",
+        "",
+        "PEM bundle trusted for enroll_endpoint besides the system roots (TLS-inspecting proxy, \
+         stand-ins); empty = none.",
+        |c, t| set!(c.enroll.ca_file, opt_path(t)),
+        |c| show_opt_path(&c.enroll.ca_file),
+    ),
+    Setting::new(
+        Enroll,
+        "enroll_timeout",
+        "DURATION",
+        "30s",
+        "Longest the whole enrollment exchange may take (connect, TLS, request, answer), > 0.",
+        |c, t| set!(c.enroll.timeout, parse::positive_duration(t)?),
+        |c| yaml_quote(&format_duration(c.enroll.timeout)),
+    ),
 ];

@@ -21,14 +21,14 @@ fn read(name: &str) -> String {
     fs::read_to_string(testdata(name)).unwrap()
 }
 
-/// Resolve with every file "present", so the registration check passes.
+/// Resolve a file's text with `env` and `args`.
 fn resolve_all_present(
     text: &str,
     name: &str,
     env: &dyn Fn(&str) -> Option<String>,
     args: &ServeArgs,
 ) -> Result<Loaded, ConfigError> {
-    resolve(Some((text, Path::new(name))), env, args, &|_: &Path| true)
+    resolve(Some((text, Path::new(name))), env, args)
 }
 
 fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
@@ -61,7 +61,7 @@ fn operator_gokeyless_yaml_loads_unchanged() {
     assert_eq!(c.loglevel, LogLevel::Warning);
     assert_eq!(c.hostname, "keyless.example.com");
     assert_eq!(c.zone_id, "023e105f4ecef8ad9ca31a8372d0c353");
-    assert!(c.origin_ca_api_key.starts_with("v1.0-e24fd"));
+    assert!(c.origin_ca_api_key.expose().starts_with("v1.0-e24fd"));
     assert_eq!(c.auth_cert, Path::new("/etc/keyless/server.pem"));
     assert_eq!(c.auth_key, Path::new("/etc/keyless/server-key.pem"));
     assert_eq!(c.auth_csr, Path::new("/etc/keyless/server.csr"));
@@ -162,7 +162,7 @@ fn empty_file_and_no_file_give_defaults() {
     }
     let empty = from_yaml_str(&read("empty.yaml"), Path::new("empty.yaml"), &no_env).unwrap();
     assert_eq!(empty.config, Config::default());
-    let none = resolve(None, &no_env, &ServeArgs::default(), &|_: &Path| true).unwrap();
+    let none = resolve(None, &no_env, &ServeArgs::default()).unwrap();
     assert_eq!(none.config, Config::default());
     assert_eq!(none.source, None);
 }
@@ -486,32 +486,41 @@ fn private_key_dirs_and_files_replace_stores() {
 }
 
 #[test]
-fn registration_keys_without_certificate_are_a_clear_error() {
-    let text = "auth_cert: /nonexistent/server.pem\nhostname: keyless.example.com\n";
-    let err = from_yaml_str(text, Path::new("g.yaml"), &no_env).unwrap_err();
-    let msg = err.to_string();
-    assert!(matches!(err, ConfigError::RegistrationUnsupported { .. }));
+fn enrollment_keys_load_and_secrets_stay_out_of_debug() {
+    // Registration keys with no certificate yet are not a config error any
+    // more: serve / enroll decide (and enroll) with them.
+    let text = "auth_cert: /nonexistent/server.pem\nhostname: keyless.example.com\nzone_id: z1\n\
+                enroll_api_token: tok-secret-1\nenroll_endpoint: https://127.0.0.1:9/v4/certificates/\n\
+                enroll_timeout: 5s\n";
+    let l = from_yaml_str(text, Path::new("g.yaml"), &no_env).unwrap();
+    let c = &l.config;
+    assert_eq!(c.hostname, "keyless.example.com");
+    assert_eq!(c.enroll.api_token.expose(), "tok-secret-1");
+    assert_eq!(c.enroll.endpoint, "https://127.0.0.1:9/v4/certificates/");
+    assert_eq!(c.enroll.timeout, Duration::from_secs(5));
+    assert!(!format!("{c:?}").contains("tok-secret-1"));
+    let out = l.effective_yaml(false);
+    assert!(!out.contains("tok-secret-1"), "{out}");
     assert!(
-        msg.starts_with("g.yaml:2: key \"hostname\" is set and auth_cert /nonexistent/server.pem")
-            && msg.contains("registration is not supported by keycore yet"),
-        "{msg}"
+        out.contains("enroll_api_token: \"<redacted>\"  # g.yaml:4"),
+        "{out}"
     );
-    // With the certificate and key present, registration keys are just kept.
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-    fs::write(&cert, "x").unwrap();
-    fs::write(&key, "x").unwrap();
-    let text = format!(
-        "auth_cert: {}\nauth_key: {}\nhostname: h\nzone_id: z\norigin_ca_api_key: k\n",
-        cert.display(),
-        key.display()
-    );
-    let c = from_yaml_str(&text, Path::new("g.yaml"), &no_env)
-        .unwrap()
-        .config;
-    assert_eq!((c.hostname.as_str(), c.zone_id.as_str()), ("h", "z"));
-    // No registration keys: missing files are the TLS loader's business.
-    assert!(from_yaml_str("auth_cert: /nonexistent/x.pem\n", Path::new("g"), &no_env).is_ok());
+    assert!(l
+        .effective_yaml(true)
+        .contains("enroll_api_token: \"tok-secret-1\""));
+    // The token is sent only over https.
+    let err = from_yaml_str(
+        "enroll_endpoint: http://api.example.com/\n",
+        Path::new("g.yaml"),
+        &no_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("expected an https:// URL"), "{err}");
+    // KEYLESS_* works as for every key.
+    let env = env_of(&[("KEYLESS_ENROLL_API_TOKEN", "from-env")]);
+    let c = from_yaml_str("", Path::new("g.yaml"), &env).unwrap().config;
+    assert_eq!(c.enroll.api_token.expose(), "from-env");
 }
 
 #[test]
@@ -706,7 +715,7 @@ fn flags_parse_with_reference_spellings() {
     assert_eq!(a.flag_for("metrics_port"), Some("0"));
     assert_eq!(a.flag_for("tracing_enabled"), Some("true"));
     assert_eq!(a.flag_for("tls12_only"), Some("false"));
-    let c = resolve(None, &no_env, &a, &|_: &Path| true).unwrap().config;
+    let c = resolve(None, &no_env, &a).unwrap().config;
     assert_eq!(c.metrics_port, 0);
     assert!(c.tracing_enabled && !c.tls12_only);
     assert_eq!(c.sign_timeout, Some(Duration::from_secs(2)));
@@ -796,11 +805,23 @@ fn every_field_comes_from_the_table() {
     assert!(names.len() > 40, "{names:?}");
     let known = |k: &str| SETTINGS.iter().any(|s| s.name == k);
     for f in names {
-        if ["limits", "pkcs11", "kms", "security", "max_body_len"].contains(&f) {
+        if [
+            "limits",
+            "pkcs11",
+            "kms",
+            "security",
+            "enroll",
+            "max_body_len",
+        ]
+        .contains(&f)
+        {
             continue;
         }
         assert!(
-            known(f) || known(&format!("pkcs11_{f}")) || known(&format!("kms_{f}")),
+            known(f)
+                || known(&format!("pkcs11_{f}"))
+                || known(&format!("kms_{f}"))
+                || known(&format!("enroll_{f}")),
             "Config field {f} has no table entry"
         );
     }
@@ -937,13 +958,7 @@ fn effective_yaml_names_each_source_and_hides_secrets() {
     let args = ServeArgs::default()
         .with("port", "3000")
         .with("kms_verify", "false");
-    let loaded = resolve(
-        Some((&text, Path::new("g.yaml"))),
-        &env_of(ENV),
-        &args,
-        &|p: &Path| p.exists(),
-    )
-    .unwrap();
+    let loaded = resolve(Some((&text, Path::new("g.yaml"))), &env_of(ENV), &args).unwrap();
     let c = &loaded.config;
     assert_eq!(c.kms.azure_max_rps, 50);
     assert_eq!(c.kms.op_timeout, Duration::from_millis(1500));
@@ -985,7 +1000,6 @@ fn effective_yaml_names_each_source_and_hides_secrets() {
         Some((&shown, Path::new("o.yaml"))),
         &no_env,
         &ServeArgs::default(),
-        &|_: &Path| true,
     )
     .unwrap();
     assert_eq!(&back.config, c);
@@ -999,7 +1013,7 @@ fn kms_aliases_rank_below_keyless_names_and_name_themselves_in_errors() {
         ("AZURE_AUTHORITY_HOST", "https://login.example"),
         ("KEYCORE_AWS_STS_ENDPOINT", "http://127.0.0.1:9"),
     ];
-    let l = resolve(None, &env_of(ENV), &ServeArgs::default(), &|_: &Path| true).unwrap();
+    let l = resolve(None, &env_of(ENV), &ServeArgs::default()).unwrap();
     assert_eq!(l.config.kms.gcp_max_rps, 7);
     assert_eq!(
         l.config.kms.azure_authority.as_deref(),
@@ -1010,24 +1024,14 @@ fn kms_aliases_rank_below_keyless_names_and_name_themselves_in_errors() {
         Some("http://127.0.0.1:9")
     );
     static BAD: &[(&str, &str)] = &[("KEYCORE_GCP_MAX_RPS", "fast")];
-    let msg = err_text(resolve(
-        None,
-        &env_of(BAD),
-        &ServeArgs::default(),
-        &|_: &Path| true,
-    ));
+    let msg = err_text(resolve(None, &env_of(BAD), &ServeArgs::default()));
     assert_eq!(
         msg,
         "environment variable KEYCORE_GCP_MAX_RPS: key \"kms_gcp_max_rps\": expected an integer \
          1..=1000000, got \"fast\""
     );
     static URL: &[(&str, &str)] = &[("KEYCORE_AZURE_ENDPOINT", "vault.local")];
-    let msg = err_text(resolve(
-        None,
-        &env_of(URL),
-        &ServeArgs::default(),
-        &|_: &Path| true,
-    ));
+    let msg = err_text(resolve(None, &env_of(URL), &ServeArgs::default()));
     assert!(msg.contains("expected an http:// or https:// URL"), "{msg}");
     let msg = err_text(from_yaml_str(
         "log_format: xml\n",

@@ -130,6 +130,32 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
     if let Err(e) = cfg.limits.validate() {
         r.push(Status::Fail, "limits", format!("{e:#}"));
     }
+    match crate::enroll::decide(cfg) {
+        crate::enroll::Decision::Nothing => {}
+        crate::enroll::Decision::Enroll => r.push(
+            Status::Warn,
+            "enroll",
+            format!(
+                "auth_cert {} or auth_key {} missing: serve will first enroll with {}",
+                cfg.auth_cert.display(),
+                cfg.auth_key.display(),
+                cfg.enroll.endpoint
+            ),
+        ),
+        crate::enroll::Decision::Incomplete(why) => r.push(Status::Fail, "enroll", why),
+    }
+    match crate::trace::TraceSettings::from_config(cfg) {
+        Ok(None) => {}
+        Ok(Some(t)) => r.push(
+            Status::Ok,
+            "tracing",
+            format!(
+                "spans to {} (OTLP/HTTP), sample rate {}",
+                t.url_text, t.sample_rate
+            ),
+        ),
+        Err(e) => r.push(Status::Fail, "tracing", e),
+    }
 
     // TLS material, exactly as the listener would load it.
     match tls::server_config(&tls::TlsSettings {
@@ -370,5 +396,42 @@ mod tests {
             .unwrap();
         assert_eq!(row.status, Status::Fail);
         assert!(row.detail.contains("bad.key"), "{}", row.detail);
+    }
+
+    #[test]
+    fn enrollment_and_tracing_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let base = Config {
+            auth_cert: d.path().join("server.pem"),
+            auth_key: d.path().join("server-key.pem"),
+            hostname: "k.example".into(),
+            zone_id: "z".into(),
+            tracing_enabled: true,
+            tracing_address: "127.0.0.1:4318".into(),
+            ..Config::default()
+        };
+        let text = run(&base, None, &[]).render();
+        assert!(
+            text.contains("FAIL   enroll") && text.contains("enroll_api_token"),
+            "{text}"
+        );
+        assert!(
+            text.contains("OK     tracing") && text.contains("http://127.0.0.1:4318/v1/traces"),
+            "{text}"
+        );
+        let cfg = Config {
+            enroll: crate::config::EnrollSettings {
+                api_token: crate::config::SecretString::new("t"),
+                ..base.enroll.clone()
+            },
+            tracing_address: "https://collector:4318".into(),
+            ..base
+        };
+        let text = run(&cfg, None, &[]).render();
+        assert!(
+            text.contains("WARN   enroll") && text.contains("serve will first enroll"),
+            "{text}"
+        );
+        assert!(text.contains("FAIL   tracing"), "{text}");
     }
 }

@@ -25,6 +25,7 @@ use crate::reload::{self, Reloader};
 use crate::security::{AuditMsg, Identities};
 use crate::server::{self, SecurityParts, Served, ServerHandle, ServerSettings, Stores};
 use crate::swap::Swap;
+use crate::trace::{TraceSettings, Tracer};
 use anyhow::{bail, Context, Result};
 use keycore_keys::{software, KeyEntry, KeyIndex};
 use std::path::Path;
@@ -42,6 +43,8 @@ pub struct Running {
     pub health: Arc<Health>,
     /// Reloads the configuration, keys and TLS material (SIGHUP).
     pub reloader: Arc<Reloader>,
+    /// The request tracer, when `tracing_enabled`.
+    pub tracer: Option<Arc<Tracer>>,
     pid_file: Option<PidFile>,
     /// The audit writer (always running: it also merges the per-identity
     /// metrics; it writes a file only with `audit_file`).
@@ -58,6 +61,10 @@ impl Running {
         self.health.set_draining();
         self.server.shutdown();
         let r = self.server.join();
+        // The cores are gone: export what they traced, then stop.
+        if let Some(t) = &self.tracer {
+            t.shutdown();
+        }
         // The cores sent their last counts before exiting; the keys are
         // unloaded with the process.
         let tx = self.audit.tx();
@@ -278,11 +285,6 @@ fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
 pub fn launch(cfg: &Config) -> Result<Running> {
     // Keys the reference has that keycore parses but does not act on yet:
     // say so once instead of silently ignoring them.
-    if cfg.tracing_enabled {
-        tracing::warn!(
-            "tracing_enabled: Jaeger tracing is not implemented by keycore yet; ignored"
-        );
-    }
     if cfg.sign_retry_count > 0 {
         tracing::warn!(
             "sign_retry_count: not applied; PKCS#11 keys retry by their failure policy (another session, after a login or a busy answer; docs/pkcs11/README.md), software keys cannot fail transiently"
@@ -333,6 +335,11 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     } else {
         tracing::info!(keys = built.served.keys.len(), "private keys loaded");
     }
+    let trace_settings = TraceSettings::from_config(cfg).map_err(anyhow::Error::msg)?;
+    let tracer = match trace_settings {
+        None => None,
+        Some(t) => Some(Tracer::start(t).context("start the span exporter thread")?),
+    };
     // Blocking: the writer must know the keys before the first counts. The
     // first served generation is 1 (`Swap::new`), so its epoch is 1.
     let _ = audit.tx().send_blocking(AuditMsg::Keys {
@@ -369,6 +376,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     }
     let mut registry = Registry {
         loaded: Swap::new(Arc::new(built.loaded)),
+        tracer: tracer.clone(),
         ..Default::default()
     };
     registry.renderers.push(audit.shared());
@@ -423,6 +431,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         metrics,
         health,
         reloader,
+        tracer,
         pid_file,
         audit,
         served,

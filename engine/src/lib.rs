@@ -49,7 +49,9 @@ pub mod check;
 /// server's types and its config read as one API).
 pub use keycore_config as config;
 pub mod endpoint;
+pub mod enroll;
 pub mod health;
+pub mod http1;
 pub mod launch;
 pub mod metrics;
 pub mod ops;
@@ -60,3 +62,4 @@ pub mod reload;
 pub mod security;
 pub mod server;
 pub mod swap;
+pub mod trace;

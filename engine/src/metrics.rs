@@ -211,6 +211,10 @@ pub struct CoreStats {
     /// Key operations refused before any backend, by
     /// `security::Refusal` (policy, rate limit, fail-closed audit).
     pub requests_refused: [Counter; 4],
+    /// Sampled request spans handed to the trace exporter.
+    pub trace_spans_sampled: Counter,
+    /// Sampled request spans dropped: the exporter's queue was full.
+    pub trace_spans_dropped: Counter,
 }
 
 impl CoreStats {
@@ -239,6 +243,8 @@ impl CoreStats {
             write_stalls: Counter::default(),
             unanswered: Counter::default(),
             requests_refused: Default::default(),
+            trace_spans_sampled: Counter::default(),
+            trace_spans_dropped: Counter::default(),
         }
     }
 }
@@ -305,6 +311,9 @@ pub struct Registry {
     pub loaded: Swap<Loaded>,
     /// Reload outcomes.
     pub reload: ReloadStats,
+    /// The request tracer when `tracing_enabled`: cores take their span
+    /// sender from it at start, and a scrape renders its exporter counters.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -415,7 +424,7 @@ impl Registry {
 
         type Get = fn(&CoreStats) -> u64;
         use MetricKind::{Counter as C, Gauge as G};
-        let per_core: [(&str, MetricKind, &str, Get); 14] = [
+        let per_core: [(&str, MetricKind, &str, Get); 16] = [
             ("keycore_connections_open", G, "Open connections.", |c| c.open.get()),
             ("keycore_connections_accepted_total", C, "Connections accepted.", |c| c.accepted.get()),
             ("keycore_connections_refused_total", C, "Connections closed at once: core at max_connections_per_core.", |c| c.refused.get()),
@@ -430,6 +439,8 @@ impl Registry {
             ("keycore_connections_refused_source_total", C, "Connections closed at accept: their source had max_handshakes_per_source handshakes in progress.", |c| c.refused_source.get()),
             ("keycore_write_stalls_total", C, "Connections aborted: a write made no progress within idle_timeout (peer not reading).", |c| c.write_stalls.get()),
             ("keycore_requests_unanswered_total", C, "Requests received but closed unanswered (drain deadline, stalled or failed connection).", |c| c.unanswered.get()),
+            ("keycore_trace_spans_sampled_total", C, "Request spans sampled and queued for export (tracing_enabled).", |c| c.trace_spans_sampled.get()),
+            ("keycore_trace_spans_dropped_total", C, "Sampled request spans dropped because the exporter's queue was full.", |c| c.trace_spans_dropped.get()),
         ];
         for (name, kind, help, get) in per_core {
             w.family(name, kind, help);
@@ -465,6 +476,33 @@ impl Registry {
             );
         }
         self.render_reload(w);
+        self.render_tracing(w);
+    }
+
+    /// The span exporter's counters, when tracing is on.
+    fn render_tracing(&self, w: &mut PromWriter<'_>) {
+        let Some(t) = &self.tracer else { return };
+        let st = &t.stats;
+        for (name, help, v) in [
+            (
+                "keycore_trace_spans_exported_total",
+                "Spans the OTLP receiver accepted.",
+                &st.exported,
+            ),
+            (
+                "keycore_trace_export_failures_total",
+                "Span export requests that failed (their spans are dropped, not retried).",
+                &st.failed_batches,
+            ),
+            (
+                "keycore_trace_spans_export_failed_total",
+                "Spans lost with failed export requests.",
+                &st.failed_spans,
+            ),
+        ] {
+            w.family(name, MetricKind::Counter, help);
+            w.sample(name, &[], v.load(Relaxed));
+        }
     }
 
     fn render_reload(&self, w: &mut PromWriter<'_>) {

@@ -35,31 +35,7 @@ impl PidFile {
     /// crash is simply replaced.
     pub fn create(path: &Path) -> std::io::Result<PidFile> {
         let pid = std::process::id();
-        let name = path.file_name().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "pid_file has no file name",
-            )
-        })?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(name);
-        tmp_name.push(format!(".{pid}.tmp"));
-        let tmp = path.with_file_name(tmp_name);
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)?;
-            writeln!(f, "{pid}")?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        if let Err(e) = write() {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
+        write_file_atomic(path, format!("{pid}\n").as_bytes(), 0o644)?;
         Ok(PidFile {
             path: path.to_owned(),
             pid,
@@ -76,6 +52,48 @@ impl PidFile {
     pub fn remove(&self) {
         remove_pid_file_if(&self.path, self.pid);
     }
+}
+
+/// Write `contents` to `path` as a new file with exactly `mode`, atomically
+/// and without following a symlink (the pid file, enrollment's key, CSR and
+/// certificate).
+///
+/// The bytes go to a fresh temporary file in the same directory (created
+/// with `O_CREAT|O_EXCL|O_NOFOLLOW`, so an attacker's symlink or pre-created
+/// file there is refused; mode set with `fchmod`, so the umask cannot widen
+/// or narrow it), are synced, and the file is renamed over `path`.
+/// `rename(2)` replaces a symlink at `path` instead of following it, so a
+/// link planted at the name never makes keycore overwrite its target; a
+/// reader sees the old file or the whole new one, never a part.
+pub fn write_file_atomic(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} has no file name", path.display()),
+        )
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(tmp_name);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    if let Err(e) = write() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 /// Remove the pid file at `path` if it is a regular file holding `pid`

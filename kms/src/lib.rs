@@ -354,7 +354,6 @@ impl KmsOptions {
             None,
             &|k: &str| get(k),
             &keycore_config::ServeArgs::default(),
-            &|_: &std::path::Path| true,
         )?;
         Self::new(&loaded.config.kms, get)
     }

@@ -25,6 +25,9 @@
 //! own SigV4-verifying AWS stand-in; its verifier is cross-checked against
 //! curl's independent SigV4 signer (tests/standin_checks.rs).
 //!
+//! Also the CDN's certificates API for keyless enrollment (`cfapi`): checks
+//! the JSON and the credential header and signs the CSR with a test CA.
+//!
 //! What it is not: a complete emulator. Only the calls keycore makes exist
 //! (get-key / sign / decrypt, getPublicKey / asymmetricSign, GetPublicKey /
 //! Sign, the token and metadata endpoints), and it binds 127.0.0.1 only.
@@ -32,6 +35,7 @@
 
 pub mod aws;
 pub mod azure;
+pub mod cfapi;
 pub mod gcp;
 pub mod keys;
 pub mod proxy;
@@ -252,6 +256,8 @@ pub struct State {
     container_token: Mutex<Option<String>>,
     /// `https://127.0.0.1:<port>`, for token audiences.
     https_url: Mutex<String>,
+    /// The certificates API stand-in (enrollment): accounts, zones, CA.
+    pub cfapi: cfapi::CfApi,
     /// Key states other than enabled, by key ID (Azure `/keys/<n>/<v>`,
     /// Google version name, AWS key ARN).
     key_states: Mutex<HashMap<String, KeyState>>,
@@ -895,7 +901,9 @@ async fn route(st: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> 
         }
     };
     let path = parts.uri.path().to_owned();
-    let r = if path.starts_with("/keys/") {
+    let r = if path.trim_end_matches('/') == cfapi::PATH {
+        cfapi::certificates(&st, &parts, &body)
+    } else if path.starts_with("/keys/") {
         azure::keys(&st, &parts, &body).await
     } else if path.ends_with("/oauth2/v2.0/token") {
         azure::token(&st, &parts, &body)

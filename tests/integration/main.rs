@@ -5,10 +5,12 @@
 mod cli;
 mod connections;
 mod edge;
+mod enroll;
 mod harness;
 mod metrics;
 mod operate;
 mod ops;
+mod otlp;
 mod pkcs11;
 mod protocol_errors;
 mod tls;

@@ -20,6 +20,7 @@ use super::dispatch::{self, DispatchCtx, Pending};
 use super::{CoreCtx, CoreServed, DrainSlot, HandshakeTicket, CLOSE_GRACE};
 use crate::refusals::Refusal;
 use crate::security::{ClientId, CoreSecurity};
+use crate::trace::SpanRecord;
 use futures_lite::future::{self, FutureExt as _};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use glommio::net::TcpStream;
@@ -44,8 +45,15 @@ pub use super::conn_state::INITIAL_READ_BUFFER;
 const YIELD: Duration = Duration::from_micros(1);
 
 /// One finished off-reactor operation: ID, opcode, read time, key index,
-/// result.
-type Completion = (u32, Op, Instant, u32, Result<Vec<u8>, ErrorCode>);
+/// result, and its span when sampled.
+type Completion = (
+    u32,
+    Op,
+    Instant,
+    u32,
+    Result<Vec<u8>, ErrorCode>,
+    Option<Box<SpanRecord>>,
+);
 
 /// Completions of offloaded operations, pushed by their tasks and drained by
 /// the connection loop. Bounded by `max_in_flight` (one entry per request).
@@ -120,7 +128,7 @@ type Tls = futures_rustls::server::TlsStream<TcpStream>;
 pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: HandshakeTicket) {
     let stats = &core.stats;
     if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(%peer, error = %e, "set TCP_NODELAY failed");
+        tracing::debug!(%peer, core = core.index, error = %e, "set TCP_NODELAY failed");
     }
     let slot = core.drain_slot();
     let hs_deadline = Instant::now() + core.limits.handshake_timeout;
@@ -237,6 +245,8 @@ struct CoreDispatch<'a> {
     sec: &'a CoreSecurity,
     /// The connection's client identity.
     client: ClientId,
+    /// This core's tracer, when `tracing_enabled`.
+    tracer: Option<&'a crate::trace::CoreTracer>,
     scratch: Vec<u8>,
     completions: &'a Rc<Completions>,
     /// Something was handed to an off-reactor backend since the last flush.
@@ -254,6 +264,7 @@ impl Dispatcher for CoreDispatch<'_> {
             policy: &self.served.served.policy,
             client: self.client,
             epoch: self.served_gen as u8,
+            tracer: self.tracer,
         };
         let h = dispatch::handle(&ctx, msg, read_at, &mut self.scratch, out);
         match h.pending {
@@ -299,6 +310,7 @@ async fn run(
         stats,
         sec: &core.sec,
         client,
+        tracer: core.tracer.as_ref(),
         scratch: Vec::with_capacity(1024),
         completions,
         submitted: false,
@@ -321,7 +333,8 @@ async fn run(
         }
         // Answers that came back from off-reactor backends.
         loop {
-            let Some((id, op, read_at, key, r)) = completions.done.borrow_mut().pop_front() else {
+            let Some((id, op, read_at, key, r, span)) = completions.done.borrow_mut().pop_front()
+            else {
                 break;
             };
             stats.in_flight.sub(1);
@@ -330,6 +343,9 @@ async fn run(
                 code = dispatch::finish(stats, out, id, op, read_at, r.as_deref().map_err(|e| *e))
             });
             core.sec.count(key, client, op, code.0);
+            if let (Some(t), Some(rec)) = (&core.tracer, span) {
+                t.submit(*rec, op, code, stats);
+            }
         }
         st.process(now, &mut disp);
         if std::mem::take(&mut disp.submitted) {
@@ -546,7 +562,7 @@ fn spawn_pending(p: Pending, completions: Rc<Completions>, served: Rc<CoreServed
     glommio::spawn_local(async move {
         let r = p.fut.await;
         drop(served);
-        completions.push((p.id, p.op, p.read_at, p.key, r));
+        completions.push((p.id, p.op, p.read_at, p.key, r, p.trace));
     })
     .detach();
 }

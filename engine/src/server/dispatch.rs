@@ -24,6 +24,7 @@
 
 use crate::metrics::CoreStats;
 use crate::security::{key_ref, ClientId, CoreSecurity, Policy, Refusal, NO_KEY, REFUSAL_CODE};
+use crate::trace::{CoreTracer, SpanRecord};
 use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, KeyKind, Outcome, PendingOp};
 use keycore_protocol::codec::{encode_error, encode_response};
 use keycore_protocol::{ErrorCode, Message, Op, OpClass};
@@ -42,6 +43,9 @@ pub struct Pending {
     pub key: u32,
     /// The operation.
     pub fut: PendingOp,
+    /// Its span, when the request is sampled for tracing (finished and
+    /// handed to the exporter with the answer).
+    pub trace: Option<Box<SpanRecord>>,
 }
 
 impl std::fmt::Debug for Pending {
@@ -70,6 +74,8 @@ pub struct DispatchCtx<'a> {
     pub client: ClientId,
     /// The served generation's epoch (`security::key_ref`).
     pub epoch: u8,
+    /// This core's tracer, when `tracing_enabled`.
+    pub tracer: Option<&'a CoreTracer>,
 }
 
 /// What [`handle`] did with one request.
@@ -123,6 +129,11 @@ pub fn handle(
     let op = msg.opcode.unwrap_or(Op(0));
     let mut cost_units = CHEAP;
     ctx.stats.requests_by_op[op.0 as usize].inc();
+    // Tracing off: one branch. On: the sampler, then a span for the few.
+    let mut span = match ctx.tracer {
+        None => None,
+        Some(t) => t.sample(msg.span_context).map(|ids| t.record(ids, read_at)),
+    };
     let result: Result<(), ErrorCode> = match (msg.opcode, op.class()) {
         (None, _) => Err(ErrorCode::BAD_OPCODE),
         (_, OpClass::Ping) => {
@@ -131,6 +142,9 @@ pub fn handle(
             ctx.stats
                 .total
                 .record(op, ErrorCode::NONE, elapsed_ns(read_at));
+            if let (Some(t), Some(rec)) = (ctx.tracer, span) {
+                t.submit(rec, op, ErrorCode::NONE, ctx.stats);
+            }
             return Handled {
                 pending: None,
                 cost: CHEAP,
@@ -152,6 +166,9 @@ pub fn handle(
                         let key = key_ref(ctx.epoch, index);
                         let input = msg.payload.unwrap_or(&[]);
                         let started = Instant::now();
+                        if let Some(rec) = &mut span {
+                            rec.key(entry, started);
+                        }
                         scratch.clear();
                         cost_units = cost(entry.kind);
                         let r = match check_input(entry.kind, class, input) {
@@ -173,6 +190,7 @@ pub fn handle(
                                                         read_at,
                                                         key,
                                                         fut,
+                                                        trace: span.map(Box::new),
                                                     }),
                                                     cost: SUBMIT,
                                                 }
@@ -191,7 +209,7 @@ pub fn handle(
             },
         },
     };
-    finish(
+    let code = finish(
         ctx.stats,
         out,
         id,
@@ -199,6 +217,9 @@ pub fn handle(
         read_at,
         result.map(|()| &scratch[..]),
     );
+    if let (Some(t), Some(rec)) = (ctx.tracer, span) {
+        t.submit(rec, op, code, ctx.stats);
+    }
     Handled {
         pending: None,
         cost: cost_units,

@@ -150,6 +150,8 @@ pub struct CoreCtx {
     pub identities: Arc<Identities>,
     /// This core's rate limiters and audit counts.
     pub sec: CoreSecurity,
+    /// This core's request tracer, when `tracing_enabled`.
+    pub tracer: Option<crate::trace::CoreTracer>,
     /// Limits.
     pub limits: Limits,
     /// Set once the core drains.
@@ -590,6 +592,7 @@ pub fn start_served(
     for (index, &cpu) in settings.cpus.iter().enumerate() {
         let cell = served.clone();
         let stats = stats[index].clone();
+        let tracer = registry.tracer.as_ref().map(|t| t.core(index));
         let limits = settings.limits.clone();
         let control = control.clone();
         let ready = ready_tx.clone();
@@ -638,6 +641,7 @@ pub fn start_served(
                     stats,
                     identities: security.identities.clone(),
                     sec,
+                    tracer,
                     limits,
                     draining: Cell::new(false),
                     drain_deadline: Cell::new(None),
