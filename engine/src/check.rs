@@ -251,17 +251,32 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
     }
 
     // Listeners are not bound (a running server may hold them); say what
-    // serve would bind.
-    r.push(
-        Status::Ok,
-        "listen",
-        format!(
-            "{} (not bound by --check); metrics {}",
-            cfg.listen_addr(),
-            cfg.metrics_addr()
-                .map_or("disabled".into(), |a| a.to_string())
+    // serve would bind, and whether another process has the address now
+    // (the exclusive claim serve takes; a warning, since --check is often
+    // run beside the instance it will replace).
+    let metrics = cfg
+        .metrics_addr()
+        .map_or("disabled".into(), |a| a.to_string());
+    let claim = if cfg.listen_addr().port() == 0 {
+        Ok(())
+    } else {
+        server::port::PortClaim::take(cfg.listen_addr()).map(drop)
+    };
+    match claim {
+        Ok(()) => r.push(
+            Status::Ok,
+            "listen",
+            format!(
+                "{} (not bound by --check); metrics {metrics}",
+                cfg.listen_addr()
+            ),
         ),
-    );
+        Err(e) => r.push(
+            Status::Warn,
+            "listen",
+            format!("{e:#}; serve would refuse to start while it runs"),
+        ),
+    }
     let cores = cfg.core_ids(&server::available_cpus()).len();
     match launch::check_nofile_limit(cfg) {
         Some(l) if l.enough() => r.push(

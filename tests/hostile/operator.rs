@@ -21,6 +21,23 @@ fn a_second_server_on_the_same_address_fails_at_start_up_naming_the_owner() {
         log.contains(&format!("pid {} (keycore)", first.child.id())),
         "the owner's pid is named: {log}"
     );
+    // `serve --check` on the second config says so too (a warning: --check
+    // is often run beside the instance it will replace).
+    let bin = std::env::var_os("KEYCORE_HOSTILE_BIN")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_keycore").into());
+    let out = std::process::Command::new(bin)
+        .args(["serve", "--check", "-c"])
+        .arg(second.config_path())
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.lines().any(|l| l.contains("listen")
+            && l.contains("address in use")
+            && l.contains(&format!("pid {}", first.child.id()))),
+        "{text}"
+    );
     // Every new connection still reaches the first server.
     for i in 0..40 {
         let mut c = Client::connect(first.addr).unwrap_or_else(|e| panic!("conn {i}: {e}"));

@@ -208,6 +208,11 @@ impl Server {
         }
     }
 
+    /// The config file the child was started with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("gokeyless.yaml")
+    }
+
     /// What the child wrote to stderr so far (servers started with a log).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
