@@ -460,6 +460,8 @@ pub struct Config {
     pub key_load_errors: KeyLoadErrors,
     /// `reload_watch`: how often to look for changed files; `None` = off.
     pub reload_watch: Option<Duration>,
+    /// `reload_timeout`: longest a reload may take.
+    pub reload_timeout: Duration,
     /// The server's limits (`max_*`, `*_timeout`, `*_buffer_bytes`).
     pub limits: Limits,
     /// The PKCS#11 backend's tunables (`pkcs11_*`).
@@ -522,6 +524,7 @@ impl Config {
             tls12_only: false,
             key_load_errors: KeyLoadErrors::default(),
             reload_watch: None,
+            reload_timeout: Duration::ZERO,
             limits: Limits {
                 max_connections_per_core: 0,
                 max_in_flight_per_connection: 0,

@@ -26,6 +26,7 @@ pub const APPLIED_BY_RELOAD: &[&str] = &[
     "current_time",
     "key_load_errors",
     "sign_timeout",
+    "reload_timeout",
     "key_policies",
 ];
 
@@ -53,6 +54,7 @@ impl Config {
         c.current_time = new.current_time;
         c.key_load_errors = new.key_load_errors;
         c.sign_timeout = new.sign_timeout;
+        c.reload_timeout = new.reload_timeout;
         // Policies whose `clients:` name identities are compiled against
         // the identities in force (client_identities needs a restart).
         c.security.key_policies = new.security.key_policies.clone();

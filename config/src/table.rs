@@ -574,6 +574,17 @@ pub static SETTINGS: &[Setting] = &[
         |c, t| set!(c.reload_watch, parse::optional_duration(t)?),
         |c| yaml_quote(&c.reload_watch.map_or(String::new(), format_duration)),
     ),
+    Setting::new(
+        Server,
+        "reload_timeout",
+        "DURATION",
+        "90s",
+        "Longest a reload may take to load everything (> 0); past it the reload is refused and \
+         the old state keeps serving. A key store still hung in a call then (an HSM login that \
+         never returns) refuses further reloads until it returns; a restart clears it.",
+        |c, t| set!(c.reload_timeout, parse::positive_duration(t)?),
+        |c| format_duration(c.reload_timeout),
+    ),
     // ----- limits ---------------------------------------------------------
     Setting::new(
         Limits,

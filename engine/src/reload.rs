@@ -203,6 +203,9 @@ pub struct Reloader {
     /// The `keycore` executable that checks PKCS#11 logins in a fresh
     /// process (see [`Reloader::check_logins_with`]).
     login_check: Mutex<Option<std::path::PathBuf>>,
+    /// Set while a build that overran `reload_timeout` still runs (hung in
+    /// a key store call); cleared when it returns.
+    stuck: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The configuration in force and the stores it opened.
@@ -235,6 +238,50 @@ impl Reloader {
             identities,
             audit,
             login_check: Mutex::new(None),
+            stuck: Arc::default(),
+        }
+    }
+
+    /// [`build`] on a helper thread, waited for at most `reload_timeout`.
+    /// A build past it is refused and left to finish on its own (a call
+    /// into an HSM module cannot be cancelled); its result is dropped when
+    /// it does, and until then every reload is refused, so at most one such
+    /// thread exists.
+    fn build_within(&self, cfg: &Config, previous: &[StoreRecord]) -> Result<Built> {
+        use std::sync::atomic::Ordering;
+        if self.stuck.load(Ordering::Acquire) {
+            anyhow::bail!(
+                "a previous reload is still waiting on a key store call (it overran reload_timeout); restart keycore if it never returns"
+            );
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (cfg2, previous2, identities) =
+            (cfg.clone(), previous.to_vec(), self.identities.clone());
+        let stuck = self.stuck.clone();
+        std::thread::Builder::new()
+            .name("keycore-reload-build".into())
+            .spawn(move || {
+                let r = build(&cfg2, &previous2, &identities);
+                // A receiver that gave up drops the result (and with it any
+                // store it opened).
+                let _ = tx.send(r);
+                stuck.store(false, Ordering::Release);
+            })?;
+        match rx.recv_timeout(cfg.reload_timeout) {
+            Ok(r) => r,
+            Err(_) => {
+                self.stuck.store(true, Ordering::Release);
+                // The builder may have finished between the timeout and the
+                // store above; its late clear must not be lost.
+                if let Ok(r) = rx.try_recv() {
+                    self.stuck.store(false, Ordering::Release);
+                    return r;
+                }
+                anyhow::bail!(
+                    "loading the key stores and TLS material did not finish within reload_timeout ({:?}); a key store call is hung (an HSM login, a module load)",
+                    cfg.reload_timeout
+                )
+            }
         }
     }
 
@@ -303,7 +350,7 @@ impl Reloader {
         if let Some(exe) = exe {
             check_changed_logins(&exe, &state.config, &effective)?;
         }
-        let built = build(&effective, &state.records, &self.identities)?;
+        let built = self.build_within(&effective, &state.records)?;
         let old = self.served.get();
         let report = ReloadReport {
             keys: built.served.keys.len(),

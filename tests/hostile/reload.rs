@@ -699,3 +699,59 @@ fn wait_served_ski(c: &mut Client, ski: &Ski) {
         id += 1;
     }
 }
+
+/// An HSM whose login never comes back (the simulator delays `C_Login` by
+/// 15 s) must not hang reload: the reload is refused at `reload_timeout`
+/// (1 s here), the old keys keep serving, and while the hung call is still
+/// out the next reload is refused at once with that reason.
+#[test]
+fn a_reload_hung_in_an_hsm_login_is_refused_at_reload_timeout() {
+    let token_dir = tempfile::tempdir().unwrap();
+    let Some((conf, _)) = crate::leak::token(token_dir.path()) else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    let sim = token_dir.path().join("hsmsim.json");
+    std::fs::write(
+        &sim,
+        format!(
+            r#"{{"module": "{}", "latency": {{"functions": {{"C_Login": {{"fixed_us": 15000000}}}}}}}}"#,
+            keycore_testsupport::SOFTHSM_MODULE
+        ),
+    )
+    .unwrap();
+    let s = setup(&[KeyKind::EcdsaP256]);
+    let info = PathBuf::from("info");
+    let srv = Server::spawn_config(
+        crate::support::free_port(),
+        |p, m| s.yaml(p, m, "reload_timeout: 1s\n", ""),
+        &[
+            ("SOFTHSM2_CONF", conf.as_path()),
+            ("KEYCORE_HSMSIM_CONFIG", sim.as_path()),
+            ("KEYCORE_LOG", &info),
+        ],
+        true,
+    );
+    srv.wait_up();
+    let uri = format!(
+        "  - uri: \"pkcs11:token=hostile;id=%01?module-path={}&pin-value=4321\"\n",
+        keycore_testsupport::hsmsim_module().display()
+    );
+    s.write_config(&srv, "reload_timeout: 1s\n", &uri);
+    let t = Instant::now();
+    srv.signal(libc::SIGHUP);
+    wait_metric(&srv, RELOAD_ERROR, 1, Duration::from_secs(10));
+    assert!(t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    let mut c = Client::connect(srv.addr).unwrap();
+    assert!(served(&mut c, 1, KeyKind::EcdsaP256));
+    // The login is still hung (15 s): the next reload is refused at once.
+    srv.signal(libc::SIGHUP);
+    wait_metric(&srv, RELOAD_ERROR, 2, Duration::from_secs(5));
+    assert_eq!(srv.metric(RELOAD_OK), 0);
+    let log = srv.log();
+    assert!(
+        log.contains("did not finish within reload_timeout"),
+        "{log}"
+    );
+    assert!(log.contains("still waiting on a key store call"), "{log}");
+}
