@@ -30,6 +30,8 @@ for t in "${targets[@]}"; do
     cp protocol/testdata/*.bin "fuzz/corpus/$t"/
   else
     cp fuzz/corpus-seed/"$t"/* "fuzz/corpus/$t"/
+    # The previous campaign's minimized corpus (fuzz/README.md), if kept.
+    if [ -f "fuzz/corpus-min/$t.tar.xz" ]; then tar -C "fuzz/corpus/$t" -xJf "fuzz/corpus-min/$t.tar.xz"; fi
   fi
   log="fuzz/artifacts/campaign-$t.log"
   start=$(date +%s)
