@@ -33,22 +33,15 @@ fuzz_target!(|data: &[u8]| {
             .map(|(_, v)| (*v).to_owned())
     };
     let path = Path::new("fuzz.yaml");
-    let no_files = |_: &Path| false;
-    let Ok(loaded) = resolve(
-        Some((yaml, path)),
-        &lookup,
-        &ServeArgs::default(),
-        &no_files,
-    ) else {
+    let Ok(loaded) = resolve(Some((yaml, path)), &lookup, &ServeArgs::default()) else {
         return;
     };
     let _ = loaded.effective_yaml(false);
     let text = loaded.config.to_yaml();
     let none = |_: &str| None;
-    let back = resolve(Some((&text, path)), &none, &ServeArgs::default(), &no_files)
-        .unwrap_or_else(|e| {
-            panic!("to_yaml output refused: {e}\n--- input\n{yaml}\n--- to_yaml\n{text}")
-        });
+    let back = resolve(Some((&text, path)), &none, &ServeArgs::default()).unwrap_or_else(|e| {
+        panic!("to_yaml output refused: {e}\n--- input\n{yaml}\n--- to_yaml\n{text}")
+    });
     assert!(
         back.config == loaded.config,
         "to_yaml did not round-trip\n--- input\n{yaml}\n--- to_yaml\n{text}\n--- first\n{:?}\n--- back\n{:?}",

@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets (`fuzz/fuzz_targets/kms_uri.rs`,
 //! `kms_answer.rs`). Compiled only with the `fuzzing` feature, which only the
-//! fuzz crate turns on, so a normal build's public surface is unchanged.
+//! fuzz crate turns on (and in this crate's unit tests, which run each entry
+//! point once), so a normal build's public surface is unchanged.
 //!
 //! Owns: nothing but the glue from bytes to this crate's private parsers.
 //! Must not: do I/O or keep state between calls.
@@ -108,4 +109,25 @@ pub fn answer(status: u8, headers: u8, body: &[u8]) {
         &[7; 32],
         body,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The entry points the fuzz targets call work on the seeds' shapes (so
+    /// a change that breaks them fails here, not only in the fuzz build).
+    #[test]
+    fn entry_points_run_on_seed_shapes() {
+        let uri = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab";
+        assert_eq!(parse_key_uri(uri).as_deref(), Ok(uri));
+        assert!(parse_key_uri("ftp://x").is_err());
+        answer(0, 0, br#"{"access_token":"t","expires_in":"60"}"#);
+        answer(
+            3,
+            0,
+            br#"{"error":{"code":403,"status":"PERMISSION_DENIED"}}"#,
+        );
+        answer(6, 3, b"120\n{\"__type\":\"ThrottlingException\"}");
+    }
 }
