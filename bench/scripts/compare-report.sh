@@ -44,6 +44,7 @@ for prof in aws-cloudhsm-hsm2m.medium thales-luna7-a700; do
 done
 export KEYCORE_HSMSIM_CONFIG="$W/{module}.json"
 # The AWS KMS stand-in, with its keys' public halves.
+mkdir -p "$W/kms"
 "$PWD/$T/keycore-kmssim" --dir "$W/kms" > "$W/kms.env" 2>"$W/kms.log" & PIDS+=($!)
 for _ in $(seq 50); do grep -q '^# serving' "$W/kms.env" 2>/dev/null && break; sleep 0.2; done
 AWS_EC=$(grep -o 'arn:aws:kms:[^ ]*' "$W/kms.env" | tail -1)
@@ -62,13 +63,14 @@ serve 24101 "dir: $W/sw"
 serve 24102 "uri: \"pkcs11:token=cmp;object=site?module-path=$MODULE&pin-value=$PIN\""
 serve 24103 "uri: \"pkcs11:token=cmp;object=site?module-path=$W/aws-cloudhsm-hsm2m.medium.so&pin-value=$PIN&x-dispatch=offload&x-sessions-per-core=8\""
 serve 24104 "uri: \"pkcs11:token=cmp;object=site?module-path=$W/thales-luna7-a700.so&pin-value=$PIN&x-dispatch=offload&x-sessions-per-core=32\""
-(
-  # shellcheck disable=SC1090
-  . <(grep '^export' "$W/kms.env")
-  serve 24105 "uri: $AWS_EC"
-  wait
-) & PIDS+=($!)
-sleep 3
+# The stand-in's endpoint and credentials (the other servers ignore them).
+# shellcheck disable=SC1090
+. <(grep '^export' "$W/kms.env")
+serve 24105 "uri: $AWS_EC"
+# Every server accepting (a cloud-backed one fetches its key first), at most 60 s.
+for port in 24101 24102 24103 24104 24105; do
+  for _ in $(seq 300); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.2; done
+done
 
 echo "== $(date -u +%FT%TZ) $(nproc) CPUs; uptime: $(uptime)"
 echo "== git $(git rev-parse --short HEAD), profile $PROF; servers on CPU 0, generator on CPU 1"
@@ -80,7 +82,7 @@ echo "== git $(git rev-parse --short HEAD), profile $PROF; servers on CPU 0, gen
   --server 127.0.0.1:24104 --label 127.0.0.1:24104=thales-luna7-a700 \
   --server 127.0.0.1:24105 --label 127.0.0.1:24105=aws-kms \
   --backend-keys "127.0.0.1:24105=$W/kms/pub/aws/p256.pem" \
-  --mix ecdsa-p256-sha256=1 --first-cpu 1 --connections 4 --slo-p99-ms 20 \
+  --mix ecdsa-p256-sha256=1 --first-cpu 1 --connections 4 --slo-p99-ms "${SLO:-100}" \
   --start-rate 100 --step-factor 1.5 --step-duration ${STEP:-2} --warmup 0.5
 echo "== uptime: $(uptime)"
 if command -v chromium >/dev/null; then

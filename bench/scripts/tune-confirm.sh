@@ -5,7 +5,10 @@
 # The URIs set neither x-dispatch nor x-sessions-per-core, so the swept config keys apply.
 # Server (`cores: [0]`) on CPU 0, generator on CPU 1. Loopback only; every point is bounded
 # (--max-steps x (--step-duration + --warmup) + start-up).
-# Usage: bash bench/scripts/tune-confirm.sh [dev|release] [PROFILE...]
+# SLO (env, default 100 ms): p99 limit per step. 100 ms rather than a tighter one because on the
+# shared 2-core VM single stalls from other processes break a 20 ms p99 at any rate; saturation
+# (an open-loop queue growing for seconds) still breaks 100 ms within one step.
+# Usage: [SLO=MS] bash bench/scripts/tune-confirm.sh [dev|release] [PROFILE...]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PROF=${1:-dev}; shift || true
@@ -50,7 +53,7 @@ config() { # $1: module path
 tune() { # extra flags...
   "$KC" tune --serve-config "$W/gokeyless.yaml" --server 127.0.0.1:24090 --server-name localhost \
     --ca "$P/ca.pem" --cert "$P/client.pem" --key "$P/client.key.pem" --keys "$W/pub" \
-    --mix ecdsa-p256-sha256=1 --first-cpu 1 --connections 4 --slo-p99-ms 20 \
+    --mix ecdsa-p256-sha256=1 --first-cpu 1 --connections 4 --slo-p99-ms "${SLO:-100}" \
     --step-duration 2 --warmup 0.5 --step-factor 1.25 --confirm --confirm-duration 5 "$@"
 }
 

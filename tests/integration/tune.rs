@@ -158,8 +158,12 @@ fn tune_launches_a_server_per_point_recommends_and_confirms() {
         );
     }
     let c = &v["confirmation"];
-    assert_eq!(c["offered_per_s"], rec["capacity_per_s"]);
-    assert!(c["achieved_per_s"].as_f64().unwrap() > 0.0);
+    assert_eq!(c["predicted_per_s"], rec["capacity_per_s"]);
+    let steps = c["steps"].as_array().unwrap();
+    assert!((1..=3).contains(&steps.len()), "{c}");
+    let first = steps[0]["offered_per_s"].as_f64().unwrap();
+    let predicted = rec["capacity_per_s"].as_f64().unwrap();
+    assert!((first - 0.9 * predicted).abs() < 1e-6, "{c}");
     // Every launched server was stopped.
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }

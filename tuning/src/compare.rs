@@ -12,6 +12,7 @@
 //! `keycore_loadgen::MAX_COMPARE_SERVERS` backends, each search at most `max_steps` steps).
 
 use crate::plan;
+use keycore_hsmsim::profiles;
 use keycore_loadgen::report::{html_escape, svg_chart, Chart};
 use keycore_loadgen::{capacity, CapacitySpec, LoadSpec};
 use serde::Serialize;
@@ -104,17 +105,19 @@ pub fn ceiling(label: &str, mix: &std::collections::BTreeMap<String, f64>) -> Op
     if total <= 0.0 {
         return None;
     }
+    // `+ 0.0`: an empty f64 sum is -0.0, which would print as "-0.00".
     let share = |pred: &dyn Fn(&str) -> bool| {
         mix.iter()
             .filter(|(k, _)| pred(k))
             .map(|(_, w)| w / total)
             .sum::<f64>()
+            + 0.0
     };
     let ec = share(&|k| k.starts_with("ecdsa"));
     let ed = share(&|k| k.starts_with("ed25519"));
     let rsa = share(&|k| k.starts_with("rsa"));
     let assumed = "ASSUMED: RSA keys are RSA-2048 and EC keys P-256 (the figures' reference sizes)";
-    if let Some(f) = keycore_hsmsim::profiles::figures(label) {
+    if let Some(f) = profiles::figures(label) {
         let get = |k: &str| f.iter().find(|(n, _)| *n == k).map(|(_, x)| *x);
         let (r, e, d) = (
             get("rsa2048_sign_per_sec")?,
@@ -126,9 +129,24 @@ pub fn ceiling(label: &str, mix: &std::collections::BTreeMap<String, f64>) -> Op
             return None;
         }
         let mut per_s = 1.0 / time;
+        // Only the algorithms the mix uses, each with its figure's source.
+        let used: Vec<(f64, &str, profiles::Figure)> =
+            [(rsa, "RSA", r), (ec, "EC", e), (ed, "Ed25519", d)]
+                .into_iter()
+                .filter(|(share, _, _)| *share > 0.0)
+                .collect();
+        let terms: Vec<String> = used
+            .iter()
+            .map(|(share, n, f)| format!("{share:.2} / {:.0} {n}", f.value))
+            .collect();
+        let sources: Vec<String> = used
+            .iter()
+            .map(|(_, n, f)| format!("{n}: {}", f.source))
+            .collect();
         let mut source = format!(
-            "1 / ({rsa:.2} / {:.0} RSA + {ec:.2} / {:.0} EC + {ed:.2} / {:.0} Ed25519) for one HSM; RSA: {}; EC: {}; Ed25519: {}; {assumed}",
-            r.value, e.value, d.value, r.source, e.source, d.source
+            "1 / ({}) for one HSM; {}; {assumed}",
+            terms.join(" + "),
+            sources.join("; ")
         );
         if let Some(cap) = get("licence_cap_per_sec") {
             if cap.value < per_s {
@@ -273,6 +291,10 @@ impl CompareReport {
         );
         for b in &self.backends {
             let first = b.steps.first();
+            if let Some(e) = &b.error {
+                let _ = writeln!(s, "{:<28} error: {e}", b.backend.label);
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "{:<28} {:>10} {:>12} {:>12} {:>12}  {}",
@@ -379,7 +401,11 @@ impl CompareReport {
                 "<tr><td><b>{}</b><br><small>{}</small></td><td>{}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><small>{}</small></td></tr>",
                 html_escape(&b.backend.label),
                 b.backend.server,
-                b.knee_per_s.map_or("none held".into(), |k| format!("{k:.0}/s")),
+                match (&b.error, b.knee_per_s) {
+                    (Some(e), _) => format!("error: {}", html_escape(e)),
+                    (None, Some(k)) => format!("{k:.0}/s"),
+                    (None, None) => "none held".into(),
+                },
                 if b.generator_bound { " (lower bound: generator-bound)" } else { "" },
                 html_escape(&costs.join("<br>")).replace("&lt;br&gt;", "<br>"),
                 if sent_err == 0 {
@@ -398,11 +424,7 @@ impl CompareReport {
                     (Some(k), Some(c)) => format!("{:.0}%", 100.0 * k / c.per_s),
                     _ => "-".into(),
                 },
-                html_escape(
-                    &b.ceiling
-                        .as_ref()
-                        .map_or(b.error.clone().unwrap_or_default(), |c| c.source.clone())
-                )
+                html_escape(&b.ceiling.as_ref().map_or(String::new(), |c| c.source.clone()))
             );
         }
         let steps: String = self
@@ -442,7 +464,8 @@ impl CompareReport {
         format!(
             "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>keycore backend comparison</title>\
 <style>body{{font-family:sans-serif;margin:2em;}} table{{border-collapse:collapse;margin:1em 0;}} \
-td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;}} svg{{display:block;margin:1em 0;}}</style>\
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere;}} \
+td:last-child{{max-width:28em;}} svg{{display:block;margin:1em 0;}}</style>\
 </head><body>\n<h1>keycore backend comparison</h1>\n<p>{} &mdash; capacity search from {} req/s, x{} per step, {} s per step; \
 the knee is the highest offered rate whose p99 stayed within {} ms with no more than {} errors and at least 95% of it achieved.</p>\n\
 <table><tr><th>backend</th><th>knee</th><th>operation latency at the lowest rate</th><th>errors</th>\

@@ -12,7 +12,7 @@
 //! SIGTERM, then SIGKILL after a bounded wait, also on error paths), or run unbounded (points,
 //! steps per point and every wait are capped).
 
-use keycore_loadgen::{capacity, CapacitySpec, LoadSpec, LoopMode};
+use keycore_loadgen::{capacity, CapacitySpec, LoadSpec};
 use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ pub const MAX_SERVER_POINTS: usize = 32;
 /// A change must beat the baseline by this fraction to be recommended over it (run-to-run
 /// noise of capacity searches on a shared machine is of this order).
 pub const MIN_GAIN: f64 = 0.05;
-/// The confirm run must achieve at least this fraction of the predicted rate.
+/// The confirmation run must hold a rate at least this fraction below the prediction.
 pub const CONFIRM_TOLERANCE: f64 = 0.10;
 /// A stopped server gets this long to drain before SIGKILL.
 const STOP_WAIT: Duration = Duration::from_secs(15);
@@ -106,6 +106,8 @@ pub struct ServerPoint {
     pub steps: usize,
     /// The generator, not the server, ran out (capacity is a lower bound).
     pub generator_bound: bool,
+    /// The search reached its step limit still holding (capacity is a lower bound).
+    pub capped: bool,
     /// Launch or run failure.
     pub error: Option<String>,
     /// Wall time of the point, seconds.
@@ -123,19 +125,31 @@ pub struct Recommended {
     pub yaml: Vec<String>,
 }
 
-/// The separate confirmation run.
+/// The separate confirmation run: a fresh server at the recommended config and a short capacity
+/// search of its own, from 90% of the prediction up in steps of 10%.
 #[derive(Clone, Debug, Serialize)]
 pub struct Confirmation {
-    /// Offered rate (= the prediction), req/s.
+    /// The prediction, req/s.
+    pub predicted_per_s: f64,
+    /// Its steps: offered, achieved, p99 (ms), held.
+    pub steps: Vec<ConfirmStep>,
+    /// Highest rate that held in this run.
+    pub measured_per_s: Option<f64>,
+    /// The separate run held at least 90% of the prediction.
+    pub confirmed: bool,
+}
+
+/// One step of the confirmation run.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfirmStep {
+    /// Offered, req/s.
     pub offered_per_s: f64,
-    /// Achieved OK responses per second.
+    /// Achieved OK/s.
     pub achieved_per_s: f64,
     /// p99, ms.
     pub p99_ms: Option<f64>,
-    /// Failed requests.
-    pub errors: u64,
-    /// achieved >= 90% of predicted, p99 within the SLO, errors within the ratio.
-    pub confirmed: bool,
+    /// Held the SLO.
+    pub held: bool,
 }
 
 /// Sweep result.
@@ -361,8 +375,9 @@ pub fn sweep(
         bound * pts.len() as f64,
         if spec.confirm {
             format!(
-                " plus a confirmation run of {} s",
-                spec.confirm_duration_s + spec.startup_timeout_s
+                " plus a confirmation run of at most {:.0} s",
+                3.0 * (spec.confirm_duration_s + spec.cap.step_warmup_s + 0.5)
+                    + spec.startup_timeout_s
             )
         } else {
             String::new()
@@ -403,6 +418,8 @@ pub fn sweep(
                     p99_ms: held,
                     steps: c.steps.len(),
                     generator_bound: c.generator_bound,
+                    capped: c.steps.len() >= spec.cap.max_steps
+                        && c.steps.last().is_some_and(|s| s.held),
                     error: None,
                     seconds: t.elapsed().as_secs_f64(),
                 }
@@ -413,6 +430,7 @@ pub fn sweep(
                 p99_ms: None,
                 steps: 0,
                 generator_bound: false,
+                capped: false,
                 error: Some(format!("{e:#}")),
                 seconds: t.elapsed().as_secs_f64(),
             },
@@ -482,32 +500,38 @@ pub fn sweep(
     })
 }
 
-/// One open-loop run at `rate` against a running server; judged against the prediction.
-pub fn confirm(load: &LoadSpec, spec: &ServerSweepSpec, rate: f64) -> anyhow::Result<Confirmation> {
-    let mut s = load.clone();
-    s.profile.mode = LoopMode::Open;
-    s.profile.rate = rate;
-    s.profile.duration_s = spec.confirm_duration_s;
-    s.profile.warmup_s = spec.cap.step_warmup_s;
-    s.profile.ramp_s = 0.0;
-    let r = keycore_loadgen::run(&s)?;
-    let p99_ms = r.total.latency.as_ref().map(|p| p.p99_us as f64 / 1000.0);
-    let sent = (r.total.ok + r.total.errors).max(1);
-    let achieved = r.total.throughput_per_s;
+/// Confirmation search against a running server: rates 0.9, 0.99 and 1.09 x the prediction
+/// (the same SLO rules as the sweep, `confirm_duration_s` each). Confirmed when the separate run
+/// holds a rate within [`CONFIRM_TOLERANCE`] of the prediction or above it.
+pub fn confirm(
+    load: &LoadSpec,
+    spec: &ServerSweepSpec,
+    predicted: f64,
+) -> anyhow::Result<Confirmation> {
+    let cap = CapacitySpec {
+        start_rate: predicted * (1.0 - CONFIRM_TOLERANCE),
+        step_factor: 1.0 + CONFIRM_TOLERANCE,
+        step_duration_s: spec.confirm_duration_s,
+        max_steps: 3,
+        ..spec.cap.clone()
+    };
+    let c = capacity(load, &cap, &mut |_| {})?;
+    let measured = c.highest_held_per_s;
     Ok(Confirmation {
-        offered_per_s: rate,
-        achieved_per_s: achieved,
-        p99_ms,
-        errors: r.total.errors,
-        confirmed: within(rate, achieved)
-            && p99_ms.is_some_and(|p| p <= spec.cap.slo_p99_ms)
-            && r.total.errors as f64 / sent as f64 <= spec.cap.max_error_ratio,
+        predicted_per_s: predicted,
+        steps: c
+            .steps
+            .iter()
+            .map(|s| ConfirmStep {
+                offered_per_s: s.offered_per_s,
+                achieved_per_s: s.achieved_per_s,
+                p99_ms: s.p99_ms,
+                held: s.held,
+            })
+            .collect(),
+        measured_per_s: measured,
+        confirmed: measured.is_some_and(|m| m >= predicted * (1.0 - CONFIRM_TOLERANCE) - 1e-9),
     })
-}
-
-/// Is `achieved` within [`CONFIRM_TOLERANCE`] of `predicted`?
-pub fn within(predicted: f64, achieved: f64) -> bool {
-    (achieved - predicted).abs() <= CONFIRM_TOLERANCE * predicted
 }
 
 fn describe(change: &Option<(String, String)>) -> String {
@@ -542,9 +566,10 @@ impl ServerSweepReport {
                 p.p99_ms.map_or("-".into(), |v| format!("{v:.3}ms")),
                 p.steps,
                 p.seconds,
-                match (&p.error, p.generator_bound) {
-                    (Some(e), _) => format!("error: {e}"),
-                    (None, true) => "generator-bound (lower bound)".into(),
+                match (&p.error, p.generator_bound, p.capped) {
+                    (Some(e), _, _) => format!("error: {e}"),
+                    (None, true, _) => "generator-bound (lower bound)".into(),
+                    (None, false, true) => "still holding at --max-steps (lower bound)".into(),
                     _ => String::new(),
                 }
             )?;
@@ -564,14 +589,28 @@ impl ServerSweepReport {
             None => writeln!(w, "no recommendation (no point held a rate)")?,
         }
         if let Some(c) = &self.confirmation {
+            let steps: Vec<String> = c
+                .steps
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{:.0}/s -> {:.0}/s p99 {} {}",
+                        s.offered_per_s,
+                        s.achieved_per_s,
+                        s.p99_ms.map_or("-".into(), |v| format!("{v:.3}ms")),
+                        if s.held { "held" } else { "failed" }
+                    )
+                })
+                .collect();
             writeln!(
                 w,
-                "confirmation run at {:.0} req/s: achieved {:.0}/s ({:+.1}%), p99 {}, errors {}: {}",
-                c.offered_per_s,
-                c.achieved_per_s,
-                100.0 * (c.achieved_per_s - c.offered_per_s) / c.offered_per_s,
-                c.p99_ms.map_or("-".into(), |v| format!("{v:.3}ms")),
-                c.errors,
+                "confirmation (fresh server, separate run from 90% of {:.0} req/s in 10% steps): {}; highest held {}: {}",
+                c.predicted_per_s,
+                steps.join(", "),
+                c.measured_per_s.map_or("none".into(), |m| format!(
+                    "{m:.0} req/s ({:+.1}% of the prediction)",
+                    100.0 * (m - c.predicted_per_s) / c.predicted_per_s
+                )),
                 if c.confirmed {
                     "CONFIRMED within 10%"
                 } else {
@@ -597,6 +636,7 @@ mod tests {
             p99_ms: cap.map(|_| 1.0),
             steps: 3,
             generator_bound: false,
+            capped: false,
             error: None,
             seconds: 1.0,
         }
@@ -639,7 +679,6 @@ mod tests {
         let r = recommend(&[pt(None, None), pt(Some(("cores", "1")), Some(10.0))]).unwrap();
         assert_eq!(r.0, 1);
         assert!(recommend(&[pt(None, None)]).is_none());
-        assert!(within(1000.0, 905.0) && !within(1000.0, 890.0));
     }
 
     #[test]
