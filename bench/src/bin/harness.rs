@@ -1362,7 +1362,13 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
 
     // The same with kload, the independent client.
     if let Some(kload) = &args.kload {
-        let row = kload_row(kload, &server, ctx, args.loadgen_cpu, sat.profile.duration_s)?;
+        let row = kload_row(
+            kload,
+            &server,
+            ctx,
+            args.loadgen_cpu,
+            sat.profile.duration_s,
+        )?;
         rows.push(row);
     }
 
@@ -1388,7 +1394,11 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
             "| {} | {} | {} | {} |",
             r.what,
             r.figures,
-            if r.bound.is_empty() { "reported" } else { &r.bound },
+            if r.bound.is_empty() {
+                "reported"
+            } else {
+                &r.bound
+            },
             match r.held {
                 Some(true) => "**yes**",
                 Some(false) => "**no**",
@@ -1400,7 +1410,11 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
     println!(
         "\nload avg at end {}; {}",
         load_avg(),
-        if all { "every target holds" } else { "a target does NOT hold" }
+        if all {
+            "every target holds"
+        } else {
+            "a target does NOT hold"
+        }
     );
     Ok(all)
 }
@@ -1451,8 +1465,15 @@ fn kload_row(kload: &Path, server: &Server, ctx: &Ctx, cpu: usize, secs: f64) ->
     })?;
     let get = |k: &str| json.get(k).and_then(|v| v.as_u64()).unwrap_or(u64::MAX);
     let (p50, p99, p999, max) = (get("p50_us"), get("p99_us"), get("p999_us"), get("max_us"));
-    let rate = json.get("rate_per_s").and_then(|v| v.as_f64()).unwrap_or(0.0);
-    let bad = get("verify_failures") + get("protocol_errors") + get("conn_errors");
+    let rate = json
+        .get("rate_per_s")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    // Missing counters count as failures (a kload that changed its output
+    // must not pass silently); saturating so the sum cannot wrap.
+    let bad = get("verify_failures")
+        .saturating_add(get("protocol_errors"))
+        .saturating_add(get("conn_errors"));
     let held = out.status.success() && bad == 0 && p999 <= SAT_P999_US && max <= SAT_MAX_US;
     eprintln!("  {}", stderr.trim());
     Ok(TargetRow {
