@@ -11,7 +11,8 @@
 #   network-less namespace, read-only, as uid 65532 — see docs/install.md
 #   for why podman cannot run here); 8. every Kubernetes manifest rendered
 #   with kustomize and validated offline against the Kubernetes OpenAPI
-#   schemas. Prints the time of each step.
+#   schemas; and the release build's SBOM (scripts/sbom.sh). Prints the
+#   time of each step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -69,6 +70,11 @@ deb=$(ls target/debian/keycore_*_amd64.deb)
 echo "built $deb ($(stat -c %s "$deb") bytes)"
 dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
 dpkg-deb --contents "$deb"
+
+step "SBOM of this release build (CycloneDX, scripts/sbom.sh)"
+# Beside the .deb: keycore-<version>.cdx.json, checked to list every crate
+# the binary links.
+bash scripts/sbom.sh target/debian
 
 step "dpkg -i"
 if dpkg -s keycore >/dev/null 2>&1; then dpkg -P keycore; fi
