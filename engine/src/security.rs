@@ -42,7 +42,7 @@
 
 use crate::config::{ClientIdentity, Security as SecurityConfig, MAX_CLIENT_IDENTITIES};
 use keycore_keys::KeyIndex;
-use keycore_protocol::{ErrorCode, Op, OpClass};
+use keycore_protocol::{ErrorCode, Op};
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -978,27 +978,6 @@ impl CoreSecurity {
             suppressed,
         });
     }
-}
-
-/// What a request's check decided and what to record.
-#[inline]
-pub fn result_byte(r: Result<(), ErrorCode>) -> u8 {
-    match r {
-        Ok(()) => ErrorCode::NONE.0,
-        Err(e) => e.0,
-    }
-}
-
-/// Whether an op class is a key operation (audited and policed).
-pub fn is_key_op(class: OpClass) -> bool {
-    matches!(
-        class,
-        OpClass::RsaDecrypt
-            | OpClass::RsaPkcs1(_)
-            | OpClass::RsaPss(_)
-            | OpClass::Ecdsa(_)
-            | OpClass::Ed25519
-    )
 }
 
 #[cfg(test)]
