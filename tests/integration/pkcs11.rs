@@ -142,11 +142,16 @@ fn serve(hsm: &Hsm, extra: &str) -> Served {
 }
 
 fn serve_on(hsm: &Hsm, extra: &str, cores: usize) -> Served {
+    serve_with(hsm, extra, cores, "")
+}
+
+/// [`serve_on`] with extra top-level YAML lines.
+fn serve_with(hsm: &Hsm, extra: &str, cores: usize, more_yaml: &str) -> Served {
     let dir = tempfile::tempdir().unwrap();
     let pki = keycore_engine::pki::generate(dir.path()).unwrap();
     let label = &hsm.token.0;
     let yaml = format!(
-        "port: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: {cores}\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n  - uri: \"pkcs11:token={label};id=%01?module-path={MODULE}&pin-value={PIN}{extra}\"\n  - uri: \"pkcs11:token={label};object=ec?module-path={MODULE}&pin-value={PIN}{extra}\"\n",
+        "{more_yaml}port: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: {cores}\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n  - uri: \"pkcs11:token={label};id=%01?module-path={MODULE}&pin-value={PIN}{extra}\"\n  - uri: \"pkcs11:token={label};object=ec?module-path={MODULE}&pin-value={PIN}{extra}\"\n",
         pki.server_cert.display(),
         pki.server_key.display(),
         pki.ca_cert.display(),
@@ -183,6 +188,36 @@ fn sha256(b: &[u8]) -> Vec<u8> {
     aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b)
         .as_ref()
         .to_vec()
+}
+
+#[test]
+fn hsm_logins_are_audit_records_without_the_pin() {
+    // Issue 18: the token's C_Login at start-up is an audit record (the
+    // partition and the result); the PIN appears nowhere in the trail.
+    let _g = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(h) = hsm() else {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("audit.jsonl");
+    let s = serve_with(h, "", 1, &format!("audit_file: {}\n", file.display()));
+    drop(s);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let logins: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"hsm_login\""))
+        .collect();
+    assert!(!logins.is_empty(), "{text}");
+    assert!(
+        logins.iter().all(|l| l.contains("\"result\":\"ok\"")),
+        "{text}"
+    );
+    assert!(
+        text.contains("pin-value=<redacted>"),
+        "key sources are redacted: {text}"
+    );
+    assert!(!text.contains(&format!("pin-value={PIN}")), "{text}");
 }
 
 #[test]
