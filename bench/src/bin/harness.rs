@@ -858,6 +858,7 @@ fn dispatch_cost(cpu: usize, keys_dir: &Path) -> Result<(f64, f64, f64)> {
             policy: &plain_policy,
             client: 1,
             epoch: 1,
+            tracer: None,
         },
         DispatchCtx {
             keys: &index,
@@ -867,6 +868,7 @@ fn dispatch_cost(cpu: usize, keys_dir: &Path) -> Result<(f64, f64, f64)> {
             policy: &policy,
             client: 1,
             epoch: 1,
+            tracer: None,
         },
     ];
     let digest = [7u8; 32];
