@@ -230,10 +230,8 @@ fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Parse a duration such as `500ms`, `2s`, `1500us`: the workspace's one
-/// duration parser (Go syntax), with its message as text for [`UriError`].
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    keycore_config::parse_duration(s).map_err(|e| e.to_string())
-}
+/// duration parser (Go syntax), re-exported with its typed error.
+pub use keycore_config::parse_duration;
 
 impl Pkcs11Uri {
     /// Parse and validate one `pkcs11:` URI.
@@ -414,7 +412,7 @@ impl Pkcs11Uri {
                     });
                 }
                 "x-op-timeout" => {
-                    let d = parse_duration(&text()?).map_err(|r| err(&name, r))?;
+                    let d = parse_duration(&text()?).map_err(|e| err(&name, e.to_string()))?;
                     if d.is_zero() || d > MAX_OP_TIMEOUT {
                         return Err(err(
                             &name,
