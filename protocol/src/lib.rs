@@ -18,6 +18,13 @@
 //!    from the input (no payload copy).
 //! 3. [`Message::encode`] / [`encode_response`] append one padded message to a
 //!    caller-owned `Vec<u8>` that the caller clears and reuses.
+//!
+//! Public surface: modules [`codec`] ([`Message`], [`encode_response`] and
+//! the other encoders), [`frame`] ([`FrameStatus`], [`Header`],
+//! [`FrameError`]) and [`types`] ([`Op`], [`OpClass`], [`enum@Hash`],
+//! [`ErrorCode`], [`Tag`]); the size constants (`HEADER_LEN`,
+//! `MAX_BODY_LEN`, `MAX_MESSAGE_LEN`, `PADDED_LEN`, `ITEM_HEADER_LEN`,
+//! `SKI_LEN`, `CERT_DIGEST_LEN`), [`Ski`] and the version bytes.
 #![forbid(unsafe_code)]
 
 pub mod codec;

@@ -13,6 +13,11 @@
 //! It is a separate crate because it orchestrates many runs and owns no
 //! measurement code: every number comes from `keycore_loadgen::run` or
 //! `keycore_loadgen::capacity` (or, for the planner, a cited figure).
+//!
+//! Public surface: [`sweep`] with [`SweepSpec`], [`SweepPoint`],
+//! [`SweepReport`] and [`recommend`]; `keycore tune` through [`TuneArgs`]
+//! and [`run_cli`]; modules [`server`], [`plan`] and [`compare`];
+//! [`MAX_POINTS`].
 
 pub mod compare;
 pub mod plan;
