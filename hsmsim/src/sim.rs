@@ -439,14 +439,18 @@ impl Sim {
         self.real
     }
 
-    /// Forget all device state (C_Initialize / C_Finalize).
+    /// Forget the library's state (C_Initialize / C_Finalize): sessions,
+    /// handles, the login. A removed token stays removed: it is the device,
+    /// not the library, and re-initialising the library does not plug it
+    /// back in. (Clearing it here let a client's module re-initialisation
+    /// "repair" the token, so keycore's partition probe passed while every
+    /// signature failed and `/readyz` never went to 503.) The removal still
+    /// ends by its own rule, its duration or its fault leaving the config.
     pub fn reset(&self) {
         *lock(&self.sessions) = Sessions::default();
         lock(&self.handles).clear();
         lock(&self.key_classes).clear();
         self.forced_logout.store(false, Ordering::Relaxed);
-        *lock(&self.removal) = None;
-        self.removed.store(false, Ordering::Relaxed);
         self.last_call_ns.store(0, Ordering::Relaxed);
     }
 

@@ -13,5 +13,6 @@ mod fairness;
 mod leak;
 mod logs;
 mod operator;
+mod readiness;
 mod reload;
 mod support;
