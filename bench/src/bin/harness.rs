@@ -1490,6 +1490,22 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
             bound: String::new(),
             held: None,
         });
+        if fraction == 0.5 {
+            // What part of that p99 is the tool: the same open-loop shape,
+            // pings to a do-nothing responder in this process.
+            match keycore_loadgen::floor::floor(&s) {
+                Ok(f) => rows.push(TargetRow {
+                    what: format!(
+                        "generator floor, same shape ({:.0}/s pings to an in-process do-nothing responder)",
+                        f.total.throughput_per_s
+                    ),
+                    figures: pct_line(f.total.latency.as_ref()),
+                    bound: String::new(),
+                    held: None,
+                }),
+                Err(e) => eprintln!("  generator floor not measured: {e:#}"),
+            }
+        }
     }
 
     // Closed loop 4 × 64 ECDSA at saturation: keycore loadgen.
