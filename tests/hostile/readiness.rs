@@ -9,24 +9,8 @@
 
 use crate::support::{request, Client, Server, DIGEST};
 use keycore_protocol::Op;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-/// One bounded HTTP/1.0 GET; (status, body). `None` if the endpoint did not
-/// answer within 2 s.
-fn get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.set_write_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    Some((status, body))
-}
 
 /// One ECDSA sign on a fresh connection: did it come back signed? (Any
 /// failure, including a refused connection, is "no".)
@@ -48,7 +32,7 @@ fn wait_ready(srv: &Server, ski: &keycore_protocol::Ski, want: u16, limit: Durat
     let t = Instant::now();
     loop {
         let _ = signs(srv, ski);
-        if let Some((status, body)) = get(srv.metrics, "/readyz") {
+        if let Ok((status, body)) = srv.get("/readyz") {
             if status == want {
                 return body;
             }
@@ -109,7 +93,7 @@ fn readyz_follows_an_hsm_token_that_disappears_and_comes_back() {
         why.contains("pkcs11"),
         "503 names the PKCS#11 store: {why:?}"
     );
-    let health = get(srv.metrics, "/healthz").expect("/healthz answers");
+    let health = srv.get("/healthz").expect("/healthz answers");
     assert_eq!(
         health.0, 200,
         "a missing token is not a stuck core: {health:?}"

@@ -235,6 +235,26 @@ impl Server {
         None
     }
 
+    /// One bounded HTTP/1.0 GET on the metrics listener (5 s to connect and
+    /// to read): the status code and the body.
+    pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text
+            .strip_prefix("HTTP/1.")
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("no status line: {:.80}", text)))?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Ok((status, body))
+    }
+
     /// One per-core series summed, from `/metrics`.
     pub fn metric(&self, name: &str) -> u64 {
         self.metric_where(name, "")
@@ -249,14 +269,10 @@ impl Server {
     /// [`Server::metric_where`], or why the scrape failed (no complete
     /// answer: e.g. the server is out of descriptors).
     pub fn try_metric_where(&self, name: &str, label: &str) -> std::io::Result<u64> {
-        let mut s = TcpStream::connect_timeout(&self.metrics, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        if !body.starts_with("HTTP/1.1 200") && !body.starts_with("HTTP/1.0 200") {
+        let (status, body) = self.get("/metrics")?;
+        if status != 200 {
             return Err(std::io::Error::other(format!(
-                "scrape answered: {:.80}",
+                "scrape answered: {status} {:.80}",
                 body
             )));
         }
