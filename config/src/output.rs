@@ -62,7 +62,12 @@ pub fn redact_uri_pins(uri: &str) -> String {
         let (head, tail) = rest.split_at(i + 1);
         out.push_str(head);
         rest = tail;
-        if rest.len() >= 10 && rest[..10].eq_ignore_ascii_case("pin-value=") {
+        // `get`, not `[..10]`: the tenth byte may fall inside a multi-byte
+        // character (found by the config_yaml fuzz target).
+        if rest
+            .get(..10)
+            .is_some_and(|p| p.eq_ignore_ascii_case("pin-value="))
+        {
             out.push_str(&rest[..10]);
             out.push_str(REDACTED);
             let end = rest[10..].find([';', '&']).map_or(rest.len(), |j| j + 10);
@@ -215,5 +220,19 @@ mod tests {
         );
         let azure = "https://v.vault.azure.net/keys/k/1";
         assert_eq!(redact_uri_pins(azure), azure);
+    }
+
+    /// A multi-byte character within ten bytes after a separator used to
+    /// panic (byte slice inside a character); the fuzz target found it.
+    #[test]
+    fn multibyte_text_after_a_separator_is_left_alone() {
+        // Three 4-byte characters: byte 10 after the `;` is inside the third.
+        let uri = "pkcs11:token=t;\u{10ffff}\u{10ffff}\u{10ffff}&pin-value=7";
+        assert_eq!(
+            redact_uri_pins(uri),
+            "pkcs11:token=t;\u{10ffff}\u{10ffff}\u{10ffff}&pin-value=<redacted>"
+        );
+        let uri = "pkcs11:token=t?port: 2407\u{5a8b}V&x=1";
+        assert_eq!(redact_uri_pins(uri), uri);
     }
 }
