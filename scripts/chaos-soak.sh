@@ -54,7 +54,7 @@ cat >"$W/hsmsim.json" <<'JSON'
   {"kind": "error", "rv": "CKR_DEVICE_ERROR", "rate": 0.02, "functions": ["C_Sign"]},
   {"kind": "logout", "rate": 0.0005},
   {"kind": "invalidate_sessions", "scope": "all", "after_ops": 3000, "max_fires": 3},
-  {"kind": "hang", "duration_ms": 1500, "then_rv": "CKR_DEVICE_ERROR", "rate": 0.001, "functions": ["C_Sign"]}]}
+  {"kind": "hang", "at": "network", "duration_ms": 1500, "then_rv": "CKR_DEVICE_ERROR", "rate": 0.001, "functions": ["C_Sign"]}]}
 JSON
 cat >"$W/gokeyless.yaml" <<YAML
 port: $PORT

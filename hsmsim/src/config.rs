@@ -198,6 +198,10 @@ pub enum FaultKind {
         duration: Duration,
         /// Return value after the stall (None = do the call normally).
         then_rv: Option<CK_RV>,
+        /// Where the call is stuck (`"at"`): in the device, holding a crypto
+        /// core (true, the default), or on the way (network, HA client,
+        /// failover), holding nothing the device needs (false).
+        holds_core: bool,
     },
     /// Invalidate sessions: later calls on them get `CKR_SESSION_HANDLE_INVALID`.
     InvalidateSessions {
@@ -602,6 +606,8 @@ struct RawFault {
     duration_ms: Option<u64>,
     idle_ms: Option<u64>,
     scope: Option<String>,
+    /// Hang only: "device" (default) or "network".
+    at: Option<String>,
     /// Free text for the reader; ignored.
     #[serde(default, rename = "comment")]
     _comment: Option<Value>,
@@ -896,7 +902,19 @@ impl RawFault {
                 if self.rv.is_some() {
                     return Err(unexpected("rv"));
                 }
+                let holds_core = match self.at.as_deref() {
+                    None | Some("device") => true,
+                    Some("network") => false,
+                    Some(other) => {
+                        return Err(invalid(
+                            origin,
+                            &format!("{key}.at"),
+                            format!("{other:?}; expected \"device\" or \"network\""),
+                        ))
+                    }
+                };
                 FaultKind::Hang {
+                    holds_core,
                     duration: duration.ok_or_else(|| {
                         invalid(
                             origin,
@@ -965,6 +983,9 @@ impl RawFault {
         };
         if self.scope.is_some() && !matches!(kind, FaultKind::InvalidateSessions { .. }) {
             return Err(unexpected("scope"));
+        }
+        if self.at.is_some() && !matches!(kind, FaultKind::Hang { .. }) {
+            return Err(unexpected("at"));
         }
         let rate = self.rate.unwrap_or(1.0);
         if !(0.0..=1.0).contains(&rate) {
@@ -1068,7 +1089,8 @@ mod tests {
             c.faults[1].kind,
             FaultKind::Hang {
                 duration: Duration::from_millis(20),
-                then_rv: Some(5)
+                then_rv: Some(5),
+                holds_core: true,
             }
         );
         assert_eq!(
@@ -1105,6 +1127,14 @@ mod tests {
                 "faults[0].rate",
             ),
             (r#"{"faults": [{"kind": "hang"}]}"#, "faults[0].duration_ms"),
+            (
+                r#"{"faults": [{"kind": "hang", "duration_ms": 5, "at": "disk"}]}"#,
+                "faults[0].at",
+            ),
+            (
+                r#"{"faults": [{"kind": "logout", "at": "network"}]}"#,
+                "faults[0].at",
+            ),
             (r#"{"rtt": {"sigma": 9}}"#, "rtt.sigma"),
             (r#"{"profile": "nope"}"#, "profile"),
             (r#"{"reload_interval_ms": 1}"#, "reload_interval_ms"),

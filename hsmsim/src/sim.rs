@@ -392,8 +392,11 @@ enum Answer {
 /// The combined effect of every fault that fired on one call (see `check_faults`).
 #[derive(Default)]
 struct Outcome {
-    /// Total stall: the hangs of every fault that fired, added up.
+    /// Stall on the way to the device (hangs `"at": "network"`), added up.
     hang: Duration,
+    /// Stall inside the device, holding a crypto core (hangs `"at":
+    /// "device"`), added up.
+    core_hang: Duration,
     /// The first failure in file order, if any; None = the call proceeds.
     answer: Option<Answer>,
     /// That first failure is a throttle (a retrying client library may try again).
@@ -523,7 +526,7 @@ impl Sim {
             if !o.throttled || tries >= b.client_retries {
                 break o;
             }
-            ready += o.hang + b.retry_backoff(tries) + leg * 2;
+            ready += o.hang + o.core_hang + b.retry_backoff(tries) + leg * 2;
             sleep_until(ready);
             tries += 1;
         };
@@ -540,16 +543,24 @@ impl Sim {
             .capacity
             .max_concurrent
             .filter(|_| call.func.is_crypto());
-        let hang_in_core = cores.is_some() && !outcome.hang.is_zero();
-        if !outcome.hang.is_zero() && !hang_in_core {
-            ready += outcome.hang;
+        // Without a core limit there is no core to hold: a device stall is
+        // then spent like a network one.
+        let core_hang = if cores.is_some() {
+            outcome.core_hang
+        } else {
+            Duration::ZERO
+        };
+        let outside = outcome.hang + (outcome.core_hang - core_hang);
+        let hang_in_core = !core_hang.is_zero();
+        if !outside.is_zero() {
+            ready += outside;
             sleep_until(ready);
         }
         match answer {
             None => {}
             Some(Answer::FailDead(rv)) => {
                 if hang_in_core {
-                    ready += outcome.hang;
+                    ready += core_hang;
                     sleep_until(ready);
                 }
                 return rv;
@@ -557,7 +568,7 @@ impl Sim {
             Some(Answer::Fail(rv)) => {
                 if let (true, Some(max)) = (hang_in_core, cores) {
                     let mut core = self.cores.acquire(max, ready);
-                    core.end = core.start + outcome.hang;
+                    core.end = core.start + core_hang;
                     sleep_until(core.end);
                     ready = core.end;
                 }
@@ -605,7 +616,7 @@ impl Sim {
                         tries += 1;
                     };
                     let start = if hang_in_core {
-                        core.start + outcome.hang
+                        core.start + core_hang
                     } else {
                         core.start
                     };
@@ -840,7 +851,7 @@ impl Sim {
                     continue;
                 }
             }
-            let answer = self.fire(fault.kind, call, &active.cfg.behaviour, &mut out.hang);
+            let answer = self.fire(fault.kind, call, &active.cfg.behaviour, &mut out);
             if out.answer.is_none() && answer.is_some() {
                 out.answer = answer;
                 out.throttled = matches!(fault.kind, FaultKind::Throttle { .. });
@@ -855,7 +866,7 @@ impl Sim {
         kind: FaultKind,
         call: &Call,
         b: &Behaviour,
-        hang: &mut Duration,
+        out: &mut Outcome,
     ) -> Option<Answer> {
         let own_session_dead = |sim: &Sim| {
             call.session
@@ -866,8 +877,16 @@ impl Sim {
             FaultKind::Throttle { rv } => Some(Answer::Fail(
                 b.fault_rv(rv.unwrap_or_else(|| b.throttle_rv(call.func))),
             )),
-            FaultKind::Hang { duration, then_rv } => {
-                *hang += duration;
+            FaultKind::Hang {
+                duration,
+                then_rv,
+                holds_core,
+            } => {
+                if holds_core {
+                    out.core_hang += duration;
+                } else {
+                    out.hang += duration;
+                }
                 then_rv.map(|rv| Answer::Fail(b.fault_rv(rv)))
             }
             FaultKind::InvalidateSessions { all } => {

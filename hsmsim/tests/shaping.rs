@@ -191,15 +191,15 @@ fn a_profile_applies_its_round_trip_and_service_time() {
     );
 }
 
-#[test]
-fn a_hung_crypto_call_holds_its_core() {
-    let (_g, h) = lock();
-    // One core; the first C_Sign hangs 400 ms. A second signer must wait for that core.
-    h.set_config(&config_with(
-        r#""capacity": {"max_concurrent": 1},
-           "latency": {"mechanisms": {"CKM_ECDSA": {"fixed_us": 1000}}},
-           "faults": [{"kind": "hang", "duration_ms": 400, "max_fires": 1, "functions": ["C_Sign"]}]"#,
-    ));
+/// One crypto core; the first `C_Sign` hangs 400 ms `at` the device or the
+/// network while a second signer starts 100 ms later. Returns when each
+/// finished (from the start) and how long the second one took.
+fn hang_beside_a_signer(h: &Harness, at: &str) -> (Duration, (Duration, Duration)) {
+    h.set_config(&config_with(&format!(
+        r#""capacity": {{"max_concurrent": 1}},
+           "latency": {{"mechanisms": {{"CKM_ECDSA": {{"fixed_us": 1000}}}}}},
+           "faults": [{{"kind": "hang", "duration_ms": 400, "at": "{at}", "max_fires": 1, "functions": ["C_Sign"]}}]"#
+    )));
     let start = Instant::now();
     let (hung, waiter) = std::thread::scope(|scope| {
         let hung = scope.spawn(|| {
@@ -219,14 +219,33 @@ fn a_hung_crypto_call_holds_its_core() {
         (hung.join().unwrap(), waiter.join().unwrap())
     });
     eprintln!(
-        "hung call done at {hung:?}; queued call done at {:?}",
+        "{at} hang: hung call done at {hung:?}; other call done at {:?}",
         waiter.0
     );
     assert!(hung >= Duration::from_millis(400));
+    (hung, waiter)
+}
+
+#[test]
+fn a_hung_crypto_call_holds_its_core() {
+    let (_g, h) = lock();
+    let (_, waiter) = hang_beside_a_signer(h, "device");
     // The queued call could only start when the hung one released the core.
     assert!(
         waiter.0 >= Duration::from_millis(395),
         "the second call did not wait for the hung core: {waiter:?}"
+    );
+}
+
+/// A stall on the way (`"at": "network"`: an HA client failing over, a lost
+/// packet) holds no core: the other signer is served meanwhile.
+#[test]
+fn a_network_hang_leaves_the_core_free() {
+    let (_g, h) = lock();
+    let (hung, waiter) = hang_beside_a_signer(h, "network");
+    assert!(
+        waiter.0 < hung && waiter.1 < Duration::from_millis(200),
+        "the second call waited for a network stall: {waiter:?}, hung call {hung:?}"
     );
 }
 
