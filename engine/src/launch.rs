@@ -92,7 +92,7 @@ fn readiness_checks(served: Arc<Swap<Served>>) -> Vec<ReadyCheck> {
             return Err("no private keys loaded".into());
         }
         for store in &s.stores {
-            store.readiness()?;
+            store.readiness().map_err(|e| e.to_string())?;
         }
         Ok(())
     })]

@@ -21,16 +21,18 @@
 //!   [`legacy_digest_from_spki`], [`legacy_digest_from_modulus`] (and the
 //!   wire type [`Ski`], re-exported from the protocol);
 //! - the index: [`KeyEntry`], [`KeyIndex`], [`Backend`], [`PrivateKeyOps`];
-//! - the backend seam: [`KeyStore`], [`CoreStore`], [`Outcome`],
+//! - the backend seam: [`KeyStore`], [`CoreStore`], [`NotReady`], [`Outcome`],
 //!   [`PendingOp`], [`StoreId`], [`StoreKey`], [`StoreStatus`];
 //! - metrics text: [`PromWriter`], [`MetricKind`];
 //! - audit events from backends: [`emit_event`], [`set_event_sink`];
+//! - errors kept as text: [`error_chain`] (an error and its causes on one line);
 //! - the software signer: module [`software`] (files and directories of
 //!   PEM/DER keys signed with aws-lc on the calling thread).
 //!
 //! Must not: do I/O other than reading key files, spawn threads, or know
 //! which backends exist.
 
+mod chain;
 mod events;
 mod index;
 mod kind;
@@ -41,6 +43,7 @@ mod spki;
 mod store;
 mod sys;
 
+pub use chain::error_chain;
 pub use events::{emit_event, set_event_sink, EventSink};
 pub use index::{Backend, KeyEntry, KeyIndex, PrivateKeyOps};
 pub use keycore_protocol::Ski;
@@ -53,4 +56,6 @@ pub use spki::{
     classify_spki, ec_spki, ecdsa_der_from_raw, ed25519_spki, read_tlv, rsa_spki, spki_from_info,
     spki_key_bits, SpkiError,
 };
-pub use store::{CoreStore, KeyStore, Outcome, PendingOp, StoreId, StoreKey, StoreStatus};
+pub use store::{
+    CoreStore, KeyStore, NotReady, Outcome, PendingOp, StoreId, StoreKey, StoreStatus,
+};

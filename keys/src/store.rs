@@ -73,7 +73,7 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
 
     /// Whether the store can serve its keys now (`/readyz`); `Err` says
     /// why not. Called at probe time on a control-plane thread.
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), NotReady> {
         Ok(())
     }
 
@@ -82,6 +82,16 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     fn status(&self) -> Vec<StoreStatus> {
         Vec::new()
     }
+}
+
+/// Why a store cannot serve its keys now: `/readyz`'s reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{store}: {detail}")]
+pub struct NotReady {
+    /// The store's [`KeyStore::name`].
+    pub store: &'static str,
+    /// What is missing (which keys, which partitions).
+    pub detail: String,
 }
 
 /// One line of `keycore check` about a store.

@@ -414,9 +414,10 @@ fn reopen(g: &GroupShared, lane: &mut Lane) {
         waited += w;
     }
     if let Err(e) = lane.warm_up() {
-        g.part
-            .health
-            .note_error(&format!("re-opening a session: {e}"));
+        g.part.health.note_error(&format!(
+            "re-opening a session: {}",
+            keycore_keys::error_chain(&e)
+        ));
         if g.part.health.error(Action::Session) {
             recovery::want(&g.part, Want::Probe);
         }
@@ -428,7 +429,7 @@ fn worker_main(g: Arc<GroupShared>, slot: Arc<WorkerSlot>) {
     // Open the session before the first request; a failure is evidence
     // against the partition and retried on use.
     if let Err(e) = lane.warm_up() {
-        g.part.health.note_error(&e);
+        g.part.health.note_error(&keycore_keys::error_chain(&e));
         if g.part.health.error(Action::Session) {
             recovery::want(&g.part, Want::Probe);
         }

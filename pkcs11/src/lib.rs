@@ -41,8 +41,8 @@ pub use uri::{DispatchMode, Pkcs11Uri, UriError};
 
 use dispatch::{Completion, Job, Pending, Watchdog, Workers};
 use keycore_keys::{
-    op_fits, Backend, CoreStore, KeyEntry, KeyKind, KeyStore, MetricKind, Outcome, PromWriter,
-    StoreId, StoreKey, StoreStatus,
+    op_fits, Backend, CoreStore, KeyEntry, KeyKind, KeyStore, MetricKind, NotReady, Outcome,
+    PromWriter, StoreId, StoreKey, StoreStatus,
 };
 use keycore_protocol::{ErrorCode, OpClass, Ski};
 use session::{Lane, LaneError};
@@ -255,7 +255,7 @@ impl Pkcs11Store {
                 DispatchMode::Inline => {
                     let mut lane = Lane::new(p.clone());
                     if let Err(e) = lane.warm_up() {
-                        p.health.note_error(&e);
+                        p.health.note_error(&keycore_keys::error_chain(&e));
                         recovery::want(p, recovery::Want::Probe);
                     }
                     CoreLane::Inline(RefCell::new(lane))
@@ -450,18 +450,21 @@ impl KeyStore for Pkcs11Store {
     }
 
     /// Ready while every key has at least one partition up.
-    fn readiness(&self) -> Result<(), String> {
+    fn readiness(&self) -> Result<(), NotReady> {
         let down = self.keys_without_healthy_partition();
         if down.is_empty() {
             return Ok(());
         }
         let mut names: Vec<&str> = down.iter().map(String::as_str).collect();
         names.dedup();
-        Err(format!(
-            "pkcs11: {} key(s) with no healthy partition ({})",
-            down.len(),
-            names.join(", ")
-        ))
+        Err(NotReady {
+            store: "pkcs11",
+            detail: format!(
+                "{} key(s) with no healthy partition ({})",
+                down.len(),
+                names.join(", ")
+            ),
+        })
     }
 }
 

@@ -52,6 +52,51 @@ pub struct Module {
     reinit_lock: Mutex<()>,
 }
 
+/// Why a module could not be found, loaded or (re-)initialised. Names the
+/// file or name involved; the library's own error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// `module-path` names no file.
+    #[error("module {} does not exist", .0.display())]
+    Missing(PathBuf),
+    /// Neither `module-path` nor `module-name` was given.
+    #[error("no module-path or module-name")]
+    Unnamed,
+    /// `module-name` with a `/` (a path in disguise).
+    #[error("module-name {0:?} must be a bare name")]
+    NotBare(String),
+    /// `module-name` is in none of the searched directories.
+    #[error("module-name {name:?} not found in {}", MODULE_DIRS.join(", "))]
+    NotFound {
+        /// The name as written.
+        name: String,
+    },
+    /// The file is not a loadable PKCS#11 library.
+    #[error("cannot load {}", path.display())]
+    Load {
+        /// The file.
+        path: PathBuf,
+        /// What the loader said.
+        #[source]
+        source: CkError,
+    },
+    /// `C_Initialize` failed at first load.
+    #[error("C_Initialize of {} failed", path.display())]
+    Initialize {
+        /// The file.
+        path: PathBuf,
+        /// The library's answer.
+        #[source]
+        source: CkError,
+    },
+    /// A re-initialisation gave up waiting for calls in flight.
+    #[error("calls still in flight; re-initialisation postponed")]
+    Busy,
+    /// `C_Initialize` failed on a re-initialisation.
+    #[error("C_Initialize failed")]
+    Reinitialize(#[source] CkError),
+}
+
 fn registry() -> &'static Mutex<Vec<Arc<Module>>> {
     static R: OnceLock<Mutex<Vec<Arc<Module>>>> = OnceLock::new();
     R.get_or_init(|| Mutex::new(Vec::new()))
@@ -69,17 +114,17 @@ fn initialize(ctx: &Pkcs11) -> Result<(), CkError> {
 }
 
 /// Resolve `module-path` / `module-name` to a file.
-pub fn resolve(path: Option<&str>, name: Option<&str>) -> Result<PathBuf, String> {
+pub fn resolve(path: Option<&str>, name: Option<&str>) -> Result<PathBuf, ModuleError> {
     if let Some(p) = path {
         let p = Path::new(p);
         if !p.is_file() {
-            return Err(format!("module {} does not exist", p.display()));
+            return Err(ModuleError::Missing(p.to_path_buf()));
         }
         return Ok(p.to_path_buf());
     }
-    let name = name.ok_or("no module-path or module-name")?;
+    let name = name.ok_or(ModuleError::Unnamed)?;
     if name.contains('/') {
-        return Err(format!("module-name {name:?} must be a bare name"));
+        return Err(ModuleError::NotBare(name.to_string()));
     }
     for dir in MODULE_DIRS {
         for file in [
@@ -93,21 +138,26 @@ pub fn resolve(path: Option<&str>, name: Option<&str>) -> Result<PathBuf, String
             }
         }
     }
-    Err(format!(
-        "module-name {name:?} not found in {}",
-        MODULE_DIRS.join(", ")
-    ))
+    Err(ModuleError::NotFound {
+        name: name.to_string(),
+    })
 }
 
 /// The loaded module for `path`, loading and initialising it the first time.
-pub fn load(path: &Path) -> Result<Arc<Module>, String> {
+pub fn load(path: &Path) -> Result<Arc<Module>, ModuleError> {
     let canon = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut reg = registry().lock().unwrap_or_else(|p| p.into_inner());
     if let Some(m) = reg.iter().find(|m| m.path == canon) {
         return Ok(m.clone());
     }
-    let ctx = Pkcs11::new(&canon).map_err(|e| format!("cannot load {}: {e}", canon.display()))?;
-    initialize(&ctx).map_err(|e| format!("C_Initialize of {} failed: {e}", canon.display()))?;
+    let ctx = Pkcs11::new(&canon).map_err(|source| ModuleError::Load {
+        path: canon.clone(),
+        source,
+    })?;
+    initialize(&ctx).map_err(|source| ModuleError::Initialize {
+        path: canon.clone(),
+        source,
+    })?;
     let m = Arc::new(Module {
         path: canon,
         ctx,
@@ -135,7 +185,7 @@ impl Module {
     /// `C_Finalize` + `C_Initialize`, unless someone already did it since
     /// `seen` (then just `Ok`). Fails rather than wait more than
     /// [`REINIT_WAIT`] for calls in flight.
-    pub fn reinit(&self, seen: u64) -> Result<(), String> {
+    pub fn reinit(&self, seen: u64) -> Result<(), ModuleError> {
         let _serial = self.reinit_lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.generation() != seen {
             return Ok(());
@@ -148,14 +198,14 @@ impl Module {
                 Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1))
                 }
-                Err(_) => return Err("calls still in flight; re-initialisation postponed".into()),
+                Err(_) => return Err(ModuleError::Busy),
             }
         };
         // A failed C_Finalize (e.g. already finalised) does not stop us from
         // initialising again.
         let _ = self.ctx.clone().finalize();
         self.generation.fetch_add(1, Ordering::AcqRel);
-        let r = initialize(&self.ctx).map_err(|e| format!("C_Initialize failed: {e}"));
+        let r = initialize(&self.ctx).map_err(ModuleError::Reinitialize);
         drop(guard);
         r
     }
@@ -167,9 +217,13 @@ mod tests {
 
     #[test]
     fn missing_module_is_a_clear_error() {
-        let e = resolve(Some("/nonexistent/libnothing.so"), None).unwrap_err();
+        let e = resolve(Some("/nonexistent/libnothing.so"), None)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/libnothing.so"), "{e}");
-        let e = resolve(None, Some("no-such-module-xyz")).unwrap_err();
+        let e = resolve(None, Some("no-such-module-xyz"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no-such-module-xyz"), "{e}");
         assert!(resolve(None, Some("../evil")).is_err());
     }
@@ -179,7 +233,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("fake.so");
         std::fs::write(&p, b"not an ELF").unwrap();
-        let e = load(&p).unwrap_err();
+        let e = keycore_keys::error_chain(&load(&p).unwrap_err());
         assert!(e.contains("fake.so"), "{e}");
+        assert!(e.starts_with("cannot load "), "{e}");
     }
 }

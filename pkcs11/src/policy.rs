@@ -301,31 +301,49 @@ impl ErrorPolicy {
     /// Parse an `x-on-error` value: comma-separated `CODE:action`, where CODE
     /// is a `CKR_*` name keycore knows or a number (`0x80000041`), and action
     /// one of `fail`, `busy`, `session`, `handle`, `login`, `device`.
-    pub fn parse_overrides(s: &str) -> Result<Vec<(u64, Action)>, String> {
+    pub fn parse_overrides(s: &str) -> Result<Vec<(u64, Action)>, OverrideError> {
         let mut out = Vec::new();
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (code, action) = item.split_once(':').ok_or_else(|| {
-                format!("{item:?}: expected CODE:action, e.g. CKR_DEVICE_ERROR:busy")
-            })?;
-            let rv = rv_from_name(code.trim()).ok_or_else(|| {
-                format!("{code:?}: not a CKR_* name keycore knows nor a number like 0x80000041")
-            })?;
-            let a = Action::parse(action.trim()).ok_or_else(|| {
-                format!(
-                    "{action:?}: action must be one of {}",
-                    Action::ALL.map(Action::name).join(", ")
-                )
-            })?;
+            let (code, action) = item
+                .split_once(':')
+                .ok_or_else(|| OverrideError::NotAPair(item.to_string()))?;
+            let rv = rv_from_name(code.trim())
+                .ok_or_else(|| OverrideError::UnknownCode(code.to_string()))?;
+            let a = Action::parse(action.trim())
+                .ok_or_else(|| OverrideError::UnknownAction(action.to_string()))?;
             if out.iter().any(|(r, _)| *r == rv) {
-                return Err(format!("{code:?} given more than once"));
+                return Err(OverrideError::Duplicate(code.to_string()));
             }
             out.push((rv, a));
         }
-        if out.len() > 64 {
-            return Err("more than 64 overrides".into());
+        if out.len() > MAX_OVERRIDES {
+            return Err(OverrideError::TooMany);
         }
         Ok(out)
     }
+}
+
+/// Most `x-on-error` entries one URI may carry.
+const MAX_OVERRIDES: usize = 64;
+
+/// Why an `x-on-error` value was refused; names the entry at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverrideError {
+    /// An entry without `:`.
+    #[error("{0:?}: expected CODE:action, e.g. CKR_DEVICE_ERROR:busy")]
+    NotAPair(String),
+    /// A code that is neither a known `CKR_*` name nor a number.
+    #[error("{0:?}: not a CKR_* name keycore knows nor a number like 0x80000041")]
+    UnknownCode(String),
+    /// An action keycore does not have.
+    #[error("{0:?}: action must be one of {all}", all = Action::ALL.map(Action::name).join(", "))]
+    UnknownAction(String),
+    /// The same code twice.
+    #[error("{0:?} given more than once")]
+    Duplicate(String),
+    /// More than [`MAX_OVERRIDES`] entries.
+    #[error("more than {MAX_OVERRIDES} overrides")]
+    TooMany,
 }
 
 /// The numeric value of a cryptoki error.

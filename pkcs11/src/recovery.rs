@@ -20,7 +20,8 @@
 //!   failed probe takes the partition out; while out, the thread probes again
 //!   with the partition's backoff (20 ms doubling to 2 s) and brings it back.
 
-use super::token::{now_ns, Partition};
+use super::token::{now_ns, Partition, TokenError};
+use keycore_keys::error_chain;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -169,7 +170,9 @@ fn run(rec: Arc<Recovery>, weak: Weak<Partition>) {
                 p.recovery.lock().last_reinit_ns = now_ns();
                 match p.module.reinit(gen) {
                     Ok(()) => p.health.reinitialised(),
-                    Err(e) => p.health.note_error(&format!("re-initialisation: {e}")),
+                    Err(e) => p
+                        .health
+                        .note_error(&format!("re-initialisation: {}", error_chain(&e))),
                 }
             }
             // After a re-initialisation the token and login must be found again.
@@ -180,7 +183,8 @@ fn run(rec: Arc<Recovery>, weak: Weak<Partition>) {
                 match p.relogin() {
                     Ok(()) => p.health.relogged(),
                     Err(e) => {
-                        p.health.note_error(&format!("login again: {e}"));
+                        p.health
+                            .note_error(&format!("login again: {}", error_chain(&e)));
                         probe = true;
                     }
                 }
@@ -199,12 +203,16 @@ fn run(rec: Arc<Recovery>, weak: Weak<Partition>) {
                     let r = if now_ns() >= last + REINIT_MIN_INTERVAL.as_nanos() as u64 {
                         p.recovery.lock().last_reinit_ns = now_ns();
                         let gen = p.module.generation();
-                        p.module.reinit(gen).and_then(|()| {
-                            p.health.reinitialised();
-                            p.probe()
-                        })
+                        p.module
+                            .reinit(gen)
+                            .map_err(TokenError::from)
+                            .and_then(|()| {
+                                p.health.reinitialised();
+                                p.probe()
+                            })
+                            .map_err(|e| error_chain(&e))
                     } else {
-                        Err(first.clone())
+                        Err(error_chain(&first))
                     };
                     match r {
                         Ok(()) => {
@@ -213,7 +221,8 @@ fn run(rec: Arc<Recovery>, weak: Weak<Partition>) {
                         }
                         Err(e) => {
                             p.health.probed(false);
-                            p.health.fail(&format!("probe failed: {first}; {e}"));
+                            p.health
+                                .fail(&format!("probe failed: {}; {e}", error_chain(&first)));
                         }
                     }
                 }

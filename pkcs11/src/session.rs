@@ -11,7 +11,7 @@
 //! `Sync`, and nothing here locks.
 
 use super::policy::{rv_code, Action};
-use super::token::{now_ns, rv_of, Partition};
+use super::token::{now_ns, rv_of, Partition, TokenError};
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
@@ -38,7 +38,7 @@ pub enum LaneError {
 }
 
 /// Why one attempt failed, for the caller's retry policy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Fail {
     /// Not the token's problem: bad input length, wrong key kind, an
     /// operation the token cannot do. Answer `CRYPTO`.
@@ -46,7 +46,7 @@ pub enum Fail {
     /// The key is missing from a token that still shows other private keys.
     KeyGone,
     /// No session could be opened.
-    Open(String),
+    Open(TokenError),
     /// The token answered an error; the policy says what it means.
     Token {
         /// What to do about it.
@@ -85,7 +85,7 @@ impl Fail {
         match self {
             Fail::Input => "input does not fit the key".into(),
             Fail::KeyGone => "key not found on the token".into(),
-            Fail::Open(e) => format!("opening a session: {e}"),
+            Fail::Open(e) => format!("opening a session: {}", keycore_keys::error_chain(e)),
             Fail::Token { action, rv } => {
                 format!("{} ({})", super::policy::rv_name(*rv), action.name())
             }
@@ -266,7 +266,7 @@ impl Lane {
 
     /// Open the session now and find the first keys' handles on it (start-up
     /// and after a session error: off the request path).
-    pub fn warm_up(&mut self) -> Result<(), String> {
+    pub fn warm_up(&mut self) -> Result<(), TokenError> {
         let part = self.part.clone();
         let keys = match self.in_use.take() {
             Some(v) => v,
@@ -308,7 +308,7 @@ impl Lane {
         }
     }
 
-    fn ensure_open(&mut self) -> Result<&mut Open, String> {
+    fn ensure_open(&mut self) -> Result<&mut Open, TokenError> {
         if self.open.is_some() && !self.is_open() {
             self.reset();
         }
@@ -320,8 +320,7 @@ impl Lane {
             // control path, not per session.
             let session = {
                 let _g = p.module.enter();
-                p.open_session(p.slot())
-                    .map_err(|e| format!("C_OpenSession: {e}"))?
+                p.open_session(p.slot()).map_err(TokenError::OpenSession)?
             };
             self.open = Some(Open {
                 session,
@@ -523,7 +522,7 @@ impl Lane {
                     if part.health.login_epoch() == login_seen {
                         match part.relogin() {
                             Ok(()) => part.health.relogged(),
-                            Err(e) => part.health.note_error(&e),
+                            Err(e) => part.health.note_error(&keycore_keys::error_chain(&e)),
                         }
                     }
                 }
@@ -534,7 +533,7 @@ impl Lane {
                         // The session would not even open: find the token
                         // again, re-initialising the module if needed.
                         if let Err(e) = self.recover_sync() {
-                            part.health.fail(&e);
+                            part.health.fail(&keycore_keys::error_chain(&e));
                             return Err(LaneError::Down);
                         }
                     }
@@ -543,7 +542,7 @@ impl Lane {
                     part.health.reopened();
                     self.reset();
                     if let Err(e) = self.reinit_sync() {
-                        part.health.fail(&e);
+                        part.health.fail(&keycore_keys::error_chain(&e));
                         return Err(LaneError::Down);
                     }
                 }
@@ -555,26 +554,27 @@ impl Lane {
 
     /// Find the token again and make sure the login holds; re-initialise the
     /// module once if that fails (inline recovery).
-    fn recover_sync(&mut self) -> Result<(), String> {
+    fn recover_sync(&mut self) -> Result<(), TokenError> {
         let p = self.part.clone();
         let found = p
             .find_slot()
-            .and_then(|s| p.ensure_control(s).map_err(|e| format!("login: {e}")));
+            .and_then(|s| p.ensure_control(s).map_err(TokenError::Login));
         match found {
             Ok(()) => Ok(()),
-            Err(first) => self
-                .reinit_sync()
-                .map_err(|e| format!("{first}; after C_Initialize: {e}")),
+            Err(first) => self.reinit_sync().map_err(|after| TokenError::AfterReinit {
+                first: Box::new(first),
+                after: Box::new(after),
+            }),
         }
     }
 
-    fn reinit_sync(&mut self) -> Result<(), String> {
+    fn reinit_sync(&mut self) -> Result<(), TokenError> {
         let p = self.part.clone();
         p.module.reinit(p.module.generation())?;
         p.health.reinitialised();
         self.reset();
         let slot = p.find_slot()?;
-        p.ensure_control(slot).map_err(|e| format!("login: {e}"))
+        p.ensure_control(slot).map_err(TokenError::Login)
     }
 }
 

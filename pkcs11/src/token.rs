@@ -7,7 +7,7 @@
 //! Must not: perform key operations (that is `session.rs`), or keep
 //! per-core state.
 
-use super::module::Module;
+use super::module::{Module, ModuleError};
 use super::policy::{ErrorPolicy, Vendor};
 use super::recovery::Recovery;
 use super::uri::{DispatchMode, Pkcs11Uri};
@@ -35,6 +35,59 @@ pub const MAX_KEYS_PER_URI: usize = 4096;
 pub fn now_ns() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Why a partition's token could not be found, logged in to or checked (the
+/// control path: start-up, recovery, probes). The library's error is the
+/// source; the partition is named by whoever keeps the error.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// `C_GetSlotList` failed.
+    #[error("C_GetSlotList")]
+    SlotList(#[source] CkError),
+    /// Reading one slot's or token's information failed.
+    #[error("slot {slot}")]
+    SlotInfo {
+        /// The slot ID.
+        slot: u64,
+        /// The library's answer.
+        #[source]
+        source: CkError,
+    },
+    /// More than one token matches the URI.
+    #[error("{} tokens match (slots {slots:?}); add serial= or slot-id=", slots.len())]
+    Ambiguous {
+        /// The matching slot IDs.
+        slots: Vec<u64>,
+    },
+    /// No token matches (any more).
+    #[error("token not present")]
+    NotPresent,
+    /// `C_Login` again after the token logged the application out.
+    #[error("C_Login")]
+    Relogin(#[source] CkError),
+    /// Opening or logging in the control session failed.
+    #[error("login")]
+    Login(#[source] CkError),
+    /// `C_OpenSession` failed.
+    #[error("C_OpenSession")]
+    OpenSession(#[source] CkError),
+    /// The token answers but shows none of its private keys.
+    #[error("the token shows no private key")]
+    NoPrivateKey,
+    /// Re-initialising the module failed.
+    #[error(transparent)]
+    Module(#[from] ModuleError),
+    /// Inline recovery: finding the token failed, and so did a
+    /// re-initialisation after it.
+    #[error("{}; after C_Initialize", keycore_keys::error_chain(.first))]
+    AfterReinit {
+        /// The first failure.
+        first: Box<TokenError>,
+        /// The failure after re-initialising.
+        #[source]
+        after: Box<TokenError>,
+    },
 }
 
 /// Which token a URI names (the token and slot attributes).
@@ -87,17 +140,20 @@ impl TokenSelector {
     }
 
     /// The one slot whose token matches. `Ok(None)` when none does.
-    pub fn find(&self, module: &Module) -> Result<Option<Slot>, String> {
+    pub fn find(&self, module: &Module) -> Result<Option<Slot>, TokenError> {
         let _g = module.enter();
         let slots = module
             .ctx
             .get_slots_with_token()
-            .map_err(|e| format!("C_GetSlotList: {e}"))?;
+            .map_err(TokenError::SlotList)?;
         let mut found = Vec::new();
         for s in slots {
             if self
                 .matches(&module.ctx, s)
-                .map_err(|e| format!("slot {}: {e}", s.id()))?
+                .map_err(|source| TokenError::SlotInfo {
+                    slot: s.id(),
+                    source,
+                })?
             {
                 found.push(s);
             }
@@ -105,10 +161,9 @@ impl TokenSelector {
         match found.len() {
             0 => Ok(None),
             1 => Ok(Some(found[0])),
-            n => Err(format!(
-                "{n} tokens match (slots {:?}); add serial= or slot-id=",
-                found.iter().map(|s| s.id()).collect::<Vec<_>>()
-            )),
+            _ => Err(TokenError::Ambiguous {
+                slots: found.iter().map(|s| s.id()).collect(),
+            }),
         }
     }
 }
@@ -497,13 +552,13 @@ impl Partition {
     }
 
     /// Find the token again (after re-initialisation) and remember its slot.
-    pub fn find_slot(&self) -> Result<Slot, String> {
+    pub fn find_slot(&self) -> Result<Slot, TokenError> {
         match self.selector.find(&self.module)? {
             Some(s) => {
                 self.slot.store(s.id(), Ordering::Relaxed);
                 Ok(s)
             }
-            None => Err("token not present".into()),
+            None => Err(TokenError::NotPresent),
         }
     }
 
@@ -605,26 +660,22 @@ impl Partition {
     /// application out (`CKR_USER_NOT_LOGGED_IN` on a key operation). One
     /// `C_Login` serves every session of the application (PKCS#11 v2.40
     /// section 5.6: the login state is shared by all sessions).
-    pub fn relogin(&self) -> Result<(), String> {
+    pub fn relogin(&self) -> Result<(), TokenError> {
         let slot = self.slot();
-        self.control_login(slot, true)
-            .map_err(|e| format!("C_Login: {e}"))
+        self.control_login(slot, true).map_err(TokenError::Relogin)
     }
 
     /// Check the partition end to end: the token is there, a session opens,
     /// the login holds, the keys are visible. Control path only.
-    pub fn probe(&self) -> Result<(), String> {
+    pub fn probe(&self) -> Result<(), TokenError> {
         let slot = self.find_slot()?;
-        self.ensure_control(slot)
-            .map_err(|e| format!("login: {e}"))?;
+        self.ensure_control(slot).map_err(TokenError::Login)?;
         let _g = self.module.enter();
-        let s = self
-            .open_session(slot)
-            .map_err(|e| format!("C_OpenSession: {e}"))?;
+        let s = self.open_session(slot).map_err(TokenError::OpenSession)?;
         if self.keys.is_empty() || self.has_private_keys(&s) {
             Ok(())
         } else {
-            Err("the token shows no private key".into())
+            Err(TokenError::NoPrivateKey)
         }
     }
 
@@ -918,10 +969,11 @@ pub fn open_uri(
                 } else {
                     "module-name"
                 },
-                r,
+                keycore_keys::error_chain(&r),
             )
         })?;
-    let module = super::module::load(&path).map_err(|r| uri.error("module-path", r))?;
+    let module = super::module::load(&path)
+        .map_err(|r| uri.error("module-path", keycore_keys::error_chain(&r)))?;
     if let Some((maj, min)) = uri.library_version {
         let info = module
             .ctx
@@ -969,15 +1021,16 @@ pub fn open_uri(
     } else {
         "slot-id"
     };
-    let mut slot = selector.find(&module).map_err(|r| uri.error(tok_attr, r))?;
+    let uri_err = |r: &dyn std::error::Error| uri.error(tok_attr, keycore_keys::error_chain(r));
+    let mut slot = selector.find(&module).map_err(|r| uri_err(&r))?;
     if slot.is_none() {
         // Many modules (SoftHSM among them) fix their slot list at
         // C_Initialize: a token created since then appears only after a
         // re-initialisation. Start-up is the control plane; one is cheap.
         module
             .reinit(module.generation())
-            .map_err(|r| uri.error(tok_attr, r))?;
-        slot = selector.find(&module).map_err(|r| uri.error(tok_attr, r))?;
+            .map_err(|r| uri_err(&r))?;
+        slot = selector.find(&module).map_err(|r| uri_err(&r))?;
     }
     let slot = slot.ok_or_else(|| {
         uri.error(

@@ -197,10 +197,15 @@ fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// A `%` not followed by two hex digits (the text from the `%`).
+#[derive(Debug, thiserror::Error)]
+#[error("bad percent-encoding {0:?} (need % and two hex digits)")]
+struct BadPercent(String);
+
 /// Percent-decode `s` to bytes. `%` must be followed by two hex digits;
 /// other characters are taken as their UTF-8 bytes (lenient about
 /// characters RFC 3986 would want escaped, as the reference was).
-fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
+fn pct_decode(s: &str) -> Result<Vec<u8>, BadPercent> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -214,10 +219,7 @@ fn pct_decode(s: &str) -> Result<Vec<u8>, String> {
                 (Some(h), Some(l)) => out.push(h << 4 | l),
                 _ => {
                     let end = (i + 3).min(b.len());
-                    return Err(format!(
-                        "bad percent-encoding {:?} (need % and two hex digits)",
-                        String::from_utf8_lossy(&b[i..end])
-                    ));
+                    return Err(BadPercent(String::from_utf8_lossy(&b[i..end]).into_owned()));
                 }
             }
             i += 3;
@@ -301,7 +303,7 @@ impl Pkcs11Uri {
                 .ok_or_else(|| err(part, "path attribute without `=value`".into()))?;
             let name = name.to_ascii_lowercase();
             check_dup(&name)?;
-            let bytes = pct_decode(raw).map_err(|r| err(&name, r))?;
+            let bytes = pct_decode(raw).map_err(|r| err(&name, r.to_string()))?;
             let text = || {
                 String::from_utf8(bytes.clone())
                     .map_err(|_| err(&name, "value is not UTF-8 text".into()))
@@ -362,7 +364,7 @@ impl Pkcs11Uri {
                 .ok_or_else(|| err(part, "query attribute without `=value`".into()))?;
             let name = name.to_ascii_lowercase();
             check_dup(&name)?;
-            let bytes = pct_decode(raw).map_err(|r| err(&name, r))?;
+            let bytes = pct_decode(raw).map_err(|r| err(&name, r.to_string()))?;
             let text = || {
                 String::from_utf8(bytes.clone())
                     .map_err(|_| err(&name, "value is not UTF-8 text".into()))
@@ -431,8 +433,8 @@ impl Pkcs11Uri {
                     })?);
                 }
                 "x-on-error" => {
-                    u.on_error =
-                        ErrorPolicy::parse_overrides(&text()?).map_err(|r| err(&name, r))?;
+                    u.on_error = ErrorPolicy::parse_overrides(&text()?)
+                        .map_err(|r| err(&name, r.to_string()))?;
                 }
                 _ => return Err(err(&name, "unknown query attribute".into())),
             }
