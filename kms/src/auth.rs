@@ -39,6 +39,114 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Why a credential (key file, certificate, profile, token request) could
+/// not be read or used. `what` names the file or endpoint ("service-account
+/// key file /etc/..."); the underlying error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The file could not be read.
+    #[error("{what}")]
+    Read {
+        /// The file, described.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A PEM section that does not parse.
+    #[error("{what}: PEM")]
+    Pem {
+        /// The file, described.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A private key aws-lc refuses (not RSA, too small, malformed).
+    #[error("{what}: not a usable RSA private key")]
+    BadKey {
+        /// The file, described.
+        what: String,
+        /// aws-lc's reason.
+        #[source]
+        source: aws_lc_rs::error::KeyRejected,
+    },
+    /// No RSA private key in the PEM.
+    #[error("{what}: no RSA private key in the PEM")]
+    NoKey {
+        /// The file, described.
+        what: String,
+    },
+    /// No certificate in the PEM.
+    #[error("{what}: no certificate")]
+    NoCertificate {
+        /// The file, described.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A service-account file that is not JSON.
+    #[error("{what}: not JSON")]
+    NotJson {
+        /// The file, described.
+        what: String,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A JSON key file of another type.
+    #[error("{what}: \"type\" is {found}, expected \"service_account\"")]
+    NotServiceAccount {
+        /// The file, described.
+        what: String,
+        /// The `type` found (JSON text).
+        found: String,
+    },
+    /// A required field missing from a key file.
+    #[error("{what}: missing \"{field}\"")]
+    MissingField {
+        /// The file, described.
+        what: String,
+        /// The field.
+        field: &'static str,
+    },
+    /// The profile is not in the credentials file or lacks a key.
+    #[error("{what}: profile [{profile}] has no aws_access_key_id / aws_secret_access_key")]
+    NoProfile {
+        /// The file, described.
+        what: String,
+        /// The profile asked for.
+        profile: String,
+    },
+    /// Signing a JWT assertion failed.
+    #[error("JWT signing failed")]
+    JwtSigning,
+    /// A token request that cannot be built (bad URL).
+    #[error("{what} {url}")]
+    Request {
+        /// "token request to", "IMDS request", ...
+        what: &'static str,
+        /// The URL.
+        url: String,
+        /// The HTTP library's error.
+        #[source]
+        source: hyper::http::Error,
+    },
+    /// A container credentials URL that does not parse.
+    #[error("container credentials URL {url:?}")]
+    ContainerUrl {
+        /// The URL.
+        url: String,
+        /// The parser's error.
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// A container credentials URL the AWS SDKs would refuse.
+    #[error("container credentials URL {0:?} refused: over http only loopback, 169.254.170.2 (ECS), 169.254.170.23 or fd00:ec2::23 (EKS Pod Identity) are allowed, as in the AWS SDKs; use https for any other host")]
+    ContainerUrlRefused(String),
+}
+
 /// An RSA signing key for JWT assertions (service account, client cert).
 pub struct JwtKey(RsaKeyPair);
 
@@ -50,20 +158,26 @@ impl fmt::Debug for JwtKey {
 
 impl JwtKey {
     /// From a PEM holding a PKCS#8 "PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY".
-    pub fn from_pem(pem: &[u8], what: &str) -> Result<JwtKey, String> {
+    pub fn from_pem(pem: &[u8], what: &str) -> Result<JwtKey, CredentialError> {
         use rustls_pki_types::pem::{PemObject, SectionKind};
         for sec in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem) {
-            let (kind, der) = sec.map_err(|e| format!("{what}: PEM: {e}"))?;
+            let (kind, der) = sec.map_err(|source| CredentialError::Pem {
+                what: what.to_owned(),
+                source,
+            })?;
             let kp = match kind {
                 SectionKind::PrivateKey => RsaKeyPair::from_pkcs8(&der),
                 SectionKind::RsaPrivateKey => RsaKeyPair::from_der(&der),
                 _ => continue,
             };
-            return kp
-                .map(JwtKey)
-                .map_err(|e| format!("{what}: not a usable RSA private key: {e}"));
+            return kp.map(JwtKey).map_err(|source| CredentialError::BadKey {
+                what: what.to_owned(),
+                source,
+            });
         }
-        Err(format!("{what}: no RSA private key in the PEM"))
+        Err(CredentialError::NoKey {
+            what: what.to_owned(),
+        })
     }
 
     /// `header.claims.signature` with RS256 (Google's JWT bearer grant).
@@ -71,7 +185,7 @@ impl JwtKey {
         &self,
         header: &serde_json::Value,
         claims: &serde_json::Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, CredentialError> {
         self.sign_jwt_with(&RSA_PKCS1_SHA256, header, claims)
     }
 
@@ -82,7 +196,7 @@ impl JwtKey {
         &self,
         header: &serde_json::Value,
         claims: &serde_json::Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, CredentialError> {
         self.sign_jwt_with(&RSA_PSS_SHA256, header, claims)
     }
 
@@ -91,7 +205,7 @@ impl JwtKey {
         alg: &'static dyn RsaEncoding,
         header: &serde_json::Value,
         claims: &serde_json::Value,
-    ) -> Result<String, String> {
+    ) -> Result<String, CredentialError> {
         let mut msg = b64url(header.to_string().as_bytes());
         msg.push('.');
         msg.push_str(&b64url(claims.to_string().as_bytes()));
@@ -103,7 +217,7 @@ impl JwtKey {
                 msg.as_bytes(),
                 &mut sig,
             )
-            .map_err(|_| "JWT signing failed".to_string())?;
+            .map_err(|_| CredentialError::JwtSigning)?;
         msg.push('.');
         msg.push_str(&b64url(&sig));
         Ok(msg)
@@ -323,7 +437,9 @@ impl TokenCache {
         let mut tries = 0u32;
         let mut last: Option<StatusCode> = None;
         loop {
-            let req = self.request().map_err(CallError::Service)?;
+            let req = self
+                .request()
+                .map_err(|e| CallError::Service(keycore_keys::error_chain(&e)))?;
             let r = match http.send(req, deadline).await {
                 Ok(r) => r,
                 // After transient answers, say so rather than only "timeout".
@@ -359,7 +475,7 @@ impl TokenCache {
         }
     }
 
-    fn request(&self) -> Result<Request<Full<Bytes>>, String> {
+    fn request(&self) -> Result<Request<Full<Bytes>>, CredentialError> {
         let post = |url: &str, body: String| {
             Request::builder()
                 .method(Method::POST)
@@ -367,7 +483,11 @@ impl TokenCache {
                 .header("content-type", "application/x-www-form-urlencoded")
                 .header("accept", "application/json")
                 .body(Full::new(Bytes::from(body)))
-                .map_err(|e| format!("token request to {url}: {e}"))
+                .map_err(|source| CredentialError::Request {
+                    what: "token request to",
+                    url: url.to_owned(),
+                    source,
+                })
         };
         match &self.source {
             TokenSource::AzureSecret {
@@ -391,8 +511,12 @@ impl TokenCache {
                 client_id,
                 token_file,
             } => {
-                let assertion = std::fs::read_to_string(token_file)
-                    .map_err(|e| format!("federated token file {}: {e}", token_file.display()))?;
+                let assertion = std::fs::read_to_string(token_file).map_err(|source| {
+                    CredentialError::Read {
+                        what: format!("federated token file {}", token_file.display()),
+                        source,
+                    }
+                })?;
                 let scope = format!("{}/.default", self.audience);
                 post(
                     token_url,
@@ -454,7 +578,11 @@ impl TokenCache {
                     .uri(&url)
                     .header("Metadata", "true")
                     .body(Full::new(Bytes::new()))
-                    .map_err(|e| format!("IMDS request {url}: {e}"))
+                    .map_err(|source| CredentialError::Request {
+                        what: "IMDS request",
+                        url: url.clone(),
+                        source,
+                    })
             }
             TokenSource::AzureAppService {
                 endpoint,
@@ -473,7 +601,11 @@ impl TokenCache {
                     .uri(&url)
                     .header("X-IDENTITY-HEADER", header.as_str())
                     .body(Full::new(Bytes::new()))
-                    .map_err(|e| format!("identity endpoint request {url}: {e}"))
+                    .map_err(|source| CredentialError::Request {
+                        what: "identity endpoint request",
+                        url: url.clone(),
+                        source,
+                    })
             }
             TokenSource::GcpServiceAccount {
                 token_url,
@@ -505,7 +637,11 @@ impl TokenCache {
                     .uri(&url)
                     .header("Metadata-Flavor", "Google")
                     .body(Full::new(Bytes::new()))
-                    .map_err(|e| format!("metadata request {url}: {e}"))
+                    .map_err(|source| CredentialError::Request {
+                        what: "metadata request",
+                        url: url.clone(),
+                        source,
+                    })
             }
         }
     }
@@ -570,21 +706,31 @@ pub fn rand_u128() -> u128 {
 pub fn gcp_service_account(
     path: &Path,
     token_url_override: Option<&str>,
-) -> Result<TokenSource, String> {
+) -> Result<TokenSource, CredentialError> {
     let what = format!("service-account key file {}", path.display());
-    let text = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+    let text = std::fs::read(path).map_err(|source| CredentialError::Read {
+        what: what.clone(),
+        source,
+    })?;
     let v: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|e| format!("{what}: not JSON: {e}"))?;
+        serde_json::from_slice(&text).map_err(|source| CredentialError::NotJson {
+            what: what.clone(),
+            source,
+        })?;
     if v["type"] != "service_account" {
-        return Err(format!(
-            "{what}: \"type\" is {}, expected \"service_account\"",
-            v["type"]
-        ));
+        return Err(CredentialError::NotServiceAccount {
+            what,
+            found: v["type"].to_string(),
+        });
     }
-    let field = |k: &str| -> Result<String, String> {
-        v[k].as_str()
+    let field = |field: &'static str| -> Result<String, CredentialError> {
+        v[field]
+            .as_str()
             .map(str::to_owned)
-            .ok_or_else(|| format!("{what}: missing \"{k}\""))
+            .ok_or_else(|| CredentialError::MissingField {
+                what: what.clone(),
+                field,
+            })
     };
     let key = JwtKey::from_pem(field("private_key")?.as_bytes(), &what)?;
     let token_url = match token_url_override {
@@ -604,12 +750,19 @@ pub fn gcp_service_account(
 
 /// Load an Azure client certificate PEM (certificate + private key in one
 /// file, as `AZURE_CLIENT_CERTIFICATE_PATH` holds): the key and `x5t#S256`.
-pub fn azure_certificate(path: &Path) -> Result<(JwtKey, String), String> {
+pub fn azure_certificate(path: &Path) -> Result<(JwtKey, String), CredentialError> {
     use rustls_pki_types::pem::PemObject;
     let what = format!("client certificate {}", path.display());
-    let pem = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
-    let cert = rustls_pki_types::CertificateDer::from_pem_slice(&pem)
-        .map_err(|e| format!("{what}: no certificate: {e}"))?;
+    let pem = std::fs::read(path).map_err(|source| CredentialError::Read {
+        what: what.clone(),
+        source,
+    })?;
+    let cert = rustls_pki_types::CertificateDer::from_pem_slice(&pem).map_err(|source| {
+        CredentialError::NoCertificate {
+            what: what.clone(),
+            source,
+        }
+    })?;
     let key = JwtKey::from_pem(&pem, &what)?;
     let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &cert);
     Ok((key, b64url(thumb.as_ref())))
@@ -677,9 +830,12 @@ pub enum ContainerAuth {
 }
 
 /// Read `[profile]` from a shared credentials file.
-pub fn aws_profile(path: &Path, profile: &str) -> Result<AwsCreds, String> {
+pub fn aws_profile(path: &Path, profile: &str) -> Result<AwsCreds, CredentialError> {
     let what = format!("AWS credentials file {}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{what}: {e}"))?;
+    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
+        what: what.clone(),
+        source,
+    })?;
     let mut in_section = false;
     let (mut ak, mut sk, mut st) = (None, None, None);
     for line in text.lines() {
@@ -712,9 +868,10 @@ pub fn aws_profile(path: &Path, profile: &str) -> Result<AwsCreds, String> {
             secret_key,
             session_token: st,
         }),
-        _ => Err(format!(
-            "{what}: profile [{profile}] has no aws_access_key_id / aws_secret_access_key"
-        )),
+        _ => Err(CredentialError::NoProfile {
+            what,
+            profile: profile.to_owned(),
+        }),
     }
 }
 
@@ -968,10 +1125,13 @@ pub fn sts_endpoint_for_key(configured: &str, key_region: &str) -> String {
 /// from anywhere else. The SDKs resolve a host name and check every
 /// address; keycore does not resolve here and refuses other names over
 /// http.
-pub fn container_url_allowed(url: &str) -> Result<(), String> {
+pub fn container_url_allowed(url: &str) -> Result<(), CredentialError> {
     let uri: hyper::Uri = url
         .parse()
-        .map_err(|e| format!("container credentials URL {url:?}: {e}"))?;
+        .map_err(|source| CredentialError::ContainerUrl {
+            url: url.to_owned(),
+            source,
+        })?;
     let host = uri.host().unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let ok = match uri.scheme_str() {
@@ -993,9 +1153,7 @@ pub fn container_url_allowed(url: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "container credentials URL {url:?} refused: over http only loopback, 169.254.170.2 (ECS), 169.254.170.23 or fd00:ec2::23 (EKS Pod Identity) are allowed, as in the AWS SDKs; use https for any other host"
-        ))
+        Err(CredentialError::ContainerUrlRefused(url.to_owned()))
     }
 }
 
@@ -1006,7 +1164,7 @@ async fn container_credentials(
     auth: Option<&ContainerAuth>,
     deadline: Instant,
 ) -> Result<(AwsCreds, u64), CallError> {
-    container_url_allowed(url).map_err(CallError::Service)?;
+    container_url_allowed(url).map_err(|e| CallError::Service(keycore_keys::error_chain(&e)))?;
     let mut b = Request::builder().method(Method::GET).uri(url);
     match auth {
         None => {}
@@ -1104,7 +1262,7 @@ mod tests {
         let e = aws_profile(&p, "edge").unwrap();
         assert_eq!(e.secret_key, "s2");
         assert_eq!(e.session_token.as_deref(), Some("tok"));
-        let err = aws_profile(&p, "empty").unwrap_err();
+        let err = aws_profile(&p, "empty").unwrap_err().to_string();
         assert!(
             err.contains("[empty]") && err.contains("credentials"),
             "{err}"
@@ -1165,7 +1323,7 @@ mod tests {
             "http://creds.example.com/x",
             "ftp://127.0.0.1/x",
         ] {
-            let e = container_url_allowed(bad).unwrap_err();
+            let e = keycore_keys::error_chain(&container_url_allowed(bad).unwrap_err());
             assert!(e.contains("refused") || e.contains("URL"), "{bad}: {e}");
         }
     }

@@ -31,7 +31,7 @@
 use super::auth::{unix_now, AwsCredCache, AwsCreds};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::AwsKey;
-use super::util::{amz_date, b64, fit_ecdsa_digest, kind_from_spki, unb64};
+use super::util::{amz_date, b64, fit_ecdsa_digest, unb64, PlanError};
 use super::OpError;
 use aws_lc_rs::{digest, hmac};
 use bytes::Bytes;
@@ -128,7 +128,7 @@ pub fn plan(
     offered: &[String],
     op: OpClass,
     input: &[u8],
-) -> Result<SignPlan, String> {
+) -> Result<SignPlan, PlanError> {
     let mut message_type = "DIGEST";
     let (alg, msg) = match (kind, op) {
         (KeyKind::Rsa { .. }, OpClass::RsaPkcs1(h) | OpClass::RsaPss(h)) => {
@@ -140,33 +140,54 @@ pub fn plan(
                 (true, Hash::Sha256) => "RSASSA_PSS_SHA_256",
                 (true, Hash::Sha384) => "RSASSA_PSS_SHA_384",
                 (true, Hash::Sha512) => "RSASSA_PSS_SHA_512",
-                (_, other) => return Err(format!("AWS KMS has no RSA signing algorithm for {other:?}")),
+                _ => {
+                    return Err(PlanError::NoAlgorithm {
+                        service: "AWS KMS",
+                        op,
+                    })
+                }
             };
             (alg, input.to_vec())
         }
-        (KeyKind::EcdsaP256, OpClass::Ecdsa(_)) => ("ECDSA_SHA_256", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
-        (KeyKind::EcdsaP384, OpClass::Ecdsa(_)) => ("ECDSA_SHA_384", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
-        (KeyKind::EcdsaP521, OpClass::Ecdsa(_)) => ("ECDSA_SHA_512", fit_ecdsa_digest(kind, input).ok_or("empty digest")?),
+        (KeyKind::EcdsaP256, OpClass::Ecdsa(_)) => (
+            "ECDSA_SHA_256",
+            fit_ecdsa_digest(kind, input).ok_or(PlanError::EmptyDigest)?,
+        ),
+        (KeyKind::EcdsaP384, OpClass::Ecdsa(_)) => (
+            "ECDSA_SHA_384",
+            fit_ecdsa_digest(kind, input).ok_or(PlanError::EmptyDigest)?,
+        ),
+        (KeyKind::EcdsaP521, OpClass::Ecdsa(_)) => (
+            "ECDSA_SHA_512",
+            fit_ecdsa_digest(kind, input).ok_or(PlanError::EmptyDigest)?,
+        ),
         (KeyKind::Ed25519, OpClass::Ed25519) => {
             if input.is_empty() || input.len() > MAX_RAW_MESSAGE {
-                return Err(format!(
-                    "Ed25519 message of {} bytes (AWS KMS signs 1 to {MAX_RAW_MESSAGE})",
-                    input.len()
-                ));
+                return Err(PlanError::MessageSize {
+                    service: "AWS KMS",
+                    len: input.len(),
+                    max: MAX_RAW_MESSAGE,
+                });
             }
             message_type = "RAW";
             ("ED25519_SHA_512", input.to_vec())
         }
         (KeyKind::Rsa { .. }, OpClass::RsaDecrypt) => {
-            return Err("AWS KMS decrypts RSA only with OAEP; the raw PKCS#1 block the edge needs is not available".into())
+            return Err(PlanError::NoRawDecrypt { service: "AWS KMS" })
         }
-        (kind, op) => return Err(format!("a {kind:?} key in AWS KMS cannot do {op:?}")),
+        (kind, op) => {
+            return Err(PlanError::Unsupported {
+                service: "AWS KMS",
+                kind,
+                op,
+            })
+        }
     };
     if !offered.iter().any(|a| a == alg) {
-        return Err(format!(
-            "the key does not offer {alg} (it offers {})",
-            offered.join(", ")
-        ));
+        return Err(PlanError::NotOffered {
+            alg,
+            offered: offered.join(", "),
+        });
     }
     Ok(SignPlan {
         alg,
@@ -251,7 +272,11 @@ impl Aws {
                 unix_now(),
             ) {
                 Ok(r) => r,
-                Err(e) => return Attempt::Fail(CallError::Service(e)),
+                Err(e) => {
+                    return Attempt::Fail(CallError::Service(format!(
+                        "request to {endpoint}: {e}"
+                    )))
+                }
             };
             let r = match http.send(req, deadline).await {
                 Ok(r) => r,
@@ -323,7 +348,8 @@ impl Aws {
             .as_str()
             .and_then(unb64)
             .ok_or_else(|| CallError::Service("answer has no base64 PublicKey".into()))?;
-        let kind = kind_from_spki(&spki).map_err(CallError::Service)?;
+        let kind =
+            keycore_keys::classify_spki(&spki).map_err(|e| CallError::Service(e.to_string()))?;
         let algorithms = v["SigningAlgorithms"]
             .as_array()
             .map(|a| {
@@ -383,7 +409,7 @@ pub fn signed_request(
     body: &str,
     creds: &AwsCreds,
     now_unix: u64,
-) -> Result<Request<Full<Bytes>>, String> {
+) -> Result<Request<Full<Bytes>>, hyper::http::Error> {
     let date = amz_date(now_unix);
     let mut headers = vec![
         (
@@ -419,7 +445,6 @@ pub fn signed_request(
     }
     b.header("authorization", auth)
         .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| format!("request to {endpoint}: {e}"))
 }
 
 #[cfg(test)]
@@ -487,10 +512,12 @@ mod tests {
         assert!(plan(rsa, &all, OpClass::RsaPkcs1(Hash::Sha1), &[0; 20]).is_err());
         assert!(plan(rsa, &all, OpClass::RsaDecrypt, &[0; 256])
             .unwrap_err()
+            .to_string()
             .contains("OAEP"));
         assert!(
             plan(rsa, &all[..3], OpClass::RsaPkcs1(Hash::Sha256), &[0; 32])
                 .unwrap_err()
+                .to_string()
                 .contains("does not offer")
         );
         let ec = vec!["ECDSA_SHA_256".to_string()];
@@ -519,10 +546,12 @@ mod tests {
         // AWS's message limit, and a key that offers only the pre-hashed variant.
         assert!(plan(KeyKind::Ed25519, &ed, OpClass::Ed25519, &[1; 4097])
             .unwrap_err()
+            .to_string()
             .contains("4096"));
         assert!(plan(KeyKind::Ed25519, &ed, OpClass::Ed25519, &[]).is_err());
         assert!(plan(KeyKind::Ed25519, &ed[1..], OpClass::Ed25519, msg)
             .unwrap_err()
+            .to_string()
             .contains("does not offer"));
         assert!(plan(
             KeyKind::Ed25519,

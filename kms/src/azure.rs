@@ -31,7 +31,7 @@
 use super::auth::{judge_bearer, TokenCache};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::{AzureKey, AzureKind};
-use super::util::{b64url, fit_ecdsa_digest, pkcs1_type2_block, unb64url};
+use super::util::{b64url, fit_ecdsa_digest, pkcs1_type2_block, unb64url, PlanError};
 use super::OpError;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -81,7 +81,7 @@ pub struct Plan {
 }
 
 /// Map an op on a key of `kind` to a Key Vault call, or say why not.
-pub fn plan(kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, String> {
+pub fn plan(kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, PlanError> {
     let sign = |alg, value: Vec<u8>, post| {
         Ok(Plan {
             action: "sign",
@@ -105,7 +105,10 @@ pub fn plan(kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, String> {
             Hash::Sha256 => sign("PS256", input.to_vec(), Post::AsIs),
             Hash::Sha384 => sign("PS384", input.to_vec(), Post::AsIs),
             Hash::Sha512 => sign("PS512", input.to_vec(), Post::AsIs),
-            other => Err(format!("RSA-PSS with {other:?} has no Key Vault algorithm")),
+            _ => Err(PlanError::NoAlgorithm {
+                service: "Key Vault",
+                op,
+            }),
         },
         (KeyKind::Rsa { bits }, OpClass::RsaDecrypt) => {
             let k = bits.div_ceil(8);
@@ -122,10 +125,14 @@ pub fn plan(kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, String> {
                 KeyKind::EcdsaP384 => "ES384",
                 _ => "ES512",
             };
-            let d = fit_ecdsa_digest(kind, input).ok_or("empty ECDSA digest")?;
+            let d = fit_ecdsa_digest(kind, input).ok_or(PlanError::EmptyDigest)?;
             sign(alg, d, Post::RawToDer)
         }
-        (kind, op) => Err(format!("a {kind:?} key in Key Vault cannot do {op:?}")),
+        (kind, op) => Err(PlanError::Unsupported {
+            service: "Key Vault",
+            kind,
+            op,
+        }),
     }
 }
 
@@ -158,18 +165,40 @@ pub fn decrypt_block(k: usize, plaintext: &[u8]) -> Option<Vec<u8>> {
     })
 }
 
+/// Why a Key Vault JWK is not a key keycore can serve.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JwkError {
+    /// A field missing or not base64url.
+    #[error("JWK field {0:?} missing or not base64url")]
+    Field(&'static str),
+    /// An EC curve keycore does not serve.
+    #[error("EC curve {0:?} is not served (P-256, P-384, P-521 are)")]
+    Curve(String),
+    /// Coordinates too long for the curve.
+    #[error("JWK coordinates longer than {len} bytes for {curve}")]
+    Coordinates {
+        /// The curve's coordinate length.
+        len: usize,
+        /// The curve.
+        curve: String,
+    },
+    /// A symmetric or unknown key type.
+    #[error("key type {0:?} is not an asymmetric signing key")]
+    KeyType(String),
+    /// The key's numbers do not make a SubjectPublicKeyInfo.
+    #[error(transparent)]
+    Spki(#[from] keycore_keys::SpkiError),
+}
+
 /// SPKI and kind from a Key Vault JWK.
-pub fn jwk_to_spki(jwk: &serde_json::Value) -> Result<(Vec<u8>, KeyKind), String> {
-    let field = |k: &str| -> Result<Vec<u8>, String> {
-        jwk[k]
-            .as_str()
-            .and_then(unb64url)
-            .ok_or_else(|| format!("JWK field {k:?} missing or not base64url"))
+pub fn jwk_to_spki(jwk: &serde_json::Value) -> Result<(Vec<u8>, KeyKind), JwkError> {
+    let field = |k: &'static str| -> Result<Vec<u8>, JwkError> {
+        jwk[k].as_str().and_then(unb64url).ok_or(JwkError::Field(k))
     };
     let kty = jwk["kty"].as_str().unwrap_or_default();
     match kty {
         "RSA" | "RSA-HSM" => {
-            let (spki, bits) = rsa_spki(&field("n")?, &field("e")?).map_err(|e| e.to_string())?;
+            let (spki, bits) = rsa_spki(&field("n")?, &field("e")?)?;
             Ok((spki, KeyKind::Rsa { bits }))
         }
         "EC" | "EC-HSM" => {
@@ -178,28 +207,23 @@ pub fn jwk_to_spki(jwk: &serde_json::Value) -> Result<(Vec<u8>, KeyKind), String
                 "P-256" => (P256_PARAMS, 32),
                 "P-384" => (P384_PARAMS, 48),
                 "P-521" => (P521_PARAMS, 66),
-                other => {
-                    return Err(format!(
-                        "EC curve {other:?} is not served (P-256, P-384, P-521 are)"
-                    ))
-                }
+                other => return Err(JwkError::Curve(other.to_owned())),
             };
             let (x, y) = (field("x")?, field("y")?);
             if x.len() > coord || y.len() > coord {
-                return Err(format!(
-                    "JWK coordinates longer than {coord} bytes for {crv}"
-                ));
+                return Err(JwkError::Coordinates {
+                    len: coord,
+                    curve: crv.to_owned(),
+                });
             }
             let mut point = vec![0x04];
             for c in [&x, &y] {
                 point.extend(std::iter::repeat_n(0u8, coord - c.len()));
                 point.extend_from_slice(c);
             }
-            ec_spki(params, &point).map_err(|e| e.to_string())
+            Ok(ec_spki(params, &point)?)
         }
-        other => Err(format!(
-            "key type {other:?} is not an asymmetric signing key"
-        )),
+        other => Err(JwkError::KeyType(other.to_owned())),
     }
 }
 
@@ -327,7 +351,7 @@ impl Azure {
         if v["attributes"]["enabled"] == serde_json::Value::Bool(false) {
             return Err(CallError::Service("the key is disabled".into()));
         }
-        jwk_to_spki(&v["key"]).map_err(CallError::Service)
+        jwk_to_spki(&v["key"]).map_err(|e| CallError::Service(e.to_string()))
     }
 
     /// Carry out one operation.
@@ -484,7 +508,7 @@ mod tests {
         let (spki, kind) = jwk_to_spki(&jwk).unwrap();
         assert_eq!(kind, KeyKind::EcdsaP256);
         assert_eq!(
-            super::super::util::kind_from_spki(&spki).unwrap(),
+            keycore_keys::classify_spki(&spki).unwrap(),
             KeyKind::EcdsaP256
         );
         assert!(jwk_to_spki(&serde_json::json!({"kty": "oct"})).is_err());

@@ -8,7 +8,7 @@
 
 use crate::http::Reply;
 use crate::uri::KeyUri;
-use crate::{auth, aws, azure, gcp, util, verify};
+use crate::{auth, aws, azure, gcp, verify};
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use hyper::StatusCode;
@@ -21,10 +21,8 @@ const MAX_MESSAGE: usize = 4096;
 
 /// Parse a key URI; on success its canonical text (what logs and metric
 /// labels show).
-pub fn parse_key_uri(uri: &str) -> Result<String, String> {
-    KeyUri::parse(uri)
-        .map(|k| k.to_string())
-        .map_err(|e| e.to_string())
+pub fn parse_key_uri(uri: &str) -> Result<String, super::uri::UriError> {
+    KeyUri::parse(uri).map(|k| k.to_string())
 }
 
 /// Run every answer parser on one answer: status from `status` (one of the
@@ -84,7 +82,7 @@ pub fn answer(status: u8, headers: u8, body: &[u8]) {
         // Azure: a key's JWK, as GET /keys/<name>/<version> answers it.
         if let Ok((spki, kind)) = azure::jwk_to_spki(&v["key"]) {
             assert_eq!(
-                util::kind_from_spki(&spki).ok(),
+                keycore_keys::classify_spki(&spki).ok(),
                 Some(kind),
                 "JWK SPKI disagrees"
             );
@@ -92,7 +90,7 @@ pub fn answer(status: u8, headers: u8, body: &[u8]) {
     }
     // AWS GetPublicKey / Google getPublicKey answers carry an SPKI; the
     // body stands in for it here, and for a returned signature.
-    if let Ok(kind) = util::kind_from_spki(body) {
+    if let Ok(kind) = keycore_keys::classify_spki(body) {
         if let Some(public) = verify::public_bits(body) {
             let op = match kind {
                 KeyKind::Rsa { .. } => OpClass::RsaPkcs1(Hash::Sha256),

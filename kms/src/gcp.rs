@@ -25,7 +25,7 @@
 use super::auth::{judge_bearer, TokenCache};
 use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::GcpKey;
-use super::util::{b64, fit_ecdsa_digest, kind_from_spki, unb64};
+use super::util::{b64, fit_ecdsa_digest, unb64, PlanError};
 use super::OpError;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -53,7 +53,7 @@ pub enum Alg {
 }
 
 /// Parse the `algorithm` of getPublicKey.
-pub fn parse_alg(s: &str) -> Result<Alg, String> {
+pub fn parse_alg(s: &str) -> Result<Alg, PlanError> {
     let hash = |t: &str| match t {
         "SHA256" => Some(Hash::Sha256),
         "SHA384" => Some(Hash::Sha384),
@@ -67,14 +67,10 @@ pub fn parse_alg(s: &str) -> Result<Alg, String> {
         ["RSA", "SIGN", "RAW", "PKCS1", _bits] => Some(Alg::RawPkcs1),
         ["EC", "SIGN", "P256" | "P384", h] => hash(h).map(Alg::Ec),
         ["EC", "SIGN", "ED25519"] => Some(Alg::Ed25519),
-        ["RSA", "DECRYPT", ..] => {
-            return Err(format!(
-                "algorithm {s}: Cloud KMS decrypts only with OAEP; the edge's RSA decrypt needs the raw PKCS#1 block, so decryption keys are not served"
-            ))
-        }
+        ["RSA", "DECRYPT", ..] => return Err(PlanError::DecryptKey(s.to_string())),
         _ => None,
     };
-    a.ok_or_else(|| format!("algorithm {s} is not a signing algorithm keycore serves"))
+    a.ok_or_else(|| PlanError::NotSigning(s.to_string()))
 }
 
 fn digest_field(h: Hash) -> Option<&'static str> {
@@ -96,15 +92,17 @@ pub enum Plan {
 }
 
 /// Map an op to a request for a key version with algorithm `alg`.
-pub fn plan(alg: Alg, kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, String> {
-    let exact = |want: Hash, h: Hash, what: &str| -> Result<Plan, String> {
-        if h != want {
-            return Err(format!(
-                "key version signs {what} with {want:?} only; asked for {h:?}"
-            ));
+pub fn plan(alg: Alg, kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, PlanError> {
+    let exact = |want: Hash, asked: Hash, scheme: &'static str| -> Result<Plan, PlanError> {
+        if asked != want {
+            return Err(PlanError::WrongHash {
+                scheme,
+                want,
+                asked,
+            });
         }
         Ok(Plan::Digest(
-            digest_field(h).ok_or("no digest field")?,
+            digest_field(asked).ok_or(PlanError::NoDigestField(asked))?,
             input.to_vec(),
         ))
     };
@@ -117,11 +115,14 @@ pub fn plan(alg: Alg, kind: KeyKind, op: OpClass, input: &[u8]) -> Result<Plan, 
             Ok(Plan::Data(v))
         }
         (Alg::Ec(h), OpClass::Ecdsa(_)) => Ok(Plan::Digest(
-            digest_field(h).ok_or("no digest field")?,
-            fit_ecdsa_digest(kind, input).ok_or("empty ECDSA digest")?,
+            digest_field(h).ok_or(PlanError::NoDigestField(h))?,
+            fit_ecdsa_digest(kind, input).ok_or(PlanError::EmptyDigest)?,
         )),
         (Alg::Ed25519, OpClass::Ed25519) => Ok(Plan::Data(input.to_vec())),
-        (alg, op) => Err(format!("key version algorithm {alg:?} cannot do {op:?}")),
+        (alg, op) => Err(PlanError::WrongAlgorithm {
+            alg: format!("{alg:?}"),
+            op,
+        }),
     }
 }
 
@@ -222,13 +223,14 @@ impl Gcp {
             )));
         }
         let alg_s = v["algorithm"].as_str().unwrap_or_default();
-        let alg = parse_alg(alg_s).map_err(CallError::Service)?;
+        let alg = parse_alg(alg_s).map_err(|e| CallError::Service(e.to_string()))?;
         use rustls_pki_types::pem::PemObject;
         let spki = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(
             v["pem"].as_str().unwrap_or_default().as_bytes(),
         )
         .map_err(|e| CallError::Service(format!("public key PEM: {e}")))?;
-        let kind = kind_from_spki(&spki).map_err(CallError::Service)?;
+        let kind =
+            keycore_keys::classify_spki(&spki).map_err(|e| CallError::Service(e.to_string()))?;
         let consistent = matches!(
             (alg, kind),
             (
@@ -417,6 +419,7 @@ mod tests {
         assert_eq!(parse_alg("EC_SIGN_ED25519").unwrap(), Alg::Ed25519);
         assert!(parse_alg("RSA_DECRYPT_OAEP_2048_SHA256")
             .unwrap_err()
+            .to_string()
             .contains("OAEP"));
         assert!(parse_alg("EC_SIGN_SECP256K1_SHA256").is_err());
         assert!(parse_alg("GOOGLE_SYMMETRIC_ENCRYPTION").is_err());

@@ -18,6 +18,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use keycore_keys::error_chain;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use std::cell::RefCell;
@@ -133,23 +134,78 @@ pub fn bypasses_proxy(host: &str, entries: &[String]) -> bool {
     })
 }
 
+/// Why the HTTPS client could not be set up: the proxy URL, the CA bundle
+/// or TLS. Names the URL or file; the library's error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A proxy URL that is not `http://`.
+    #[error("proxy {0:?}: only http:// proxies (HTTP CONNECT) are supported")]
+    ProxyScheme(String),
+    /// A proxy URL without a host.
+    #[error("proxy {0:?}: no host")]
+    ProxyNoHost(String),
+    /// A proxy URL that does not parse.
+    #[error("proxy {url:?}")]
+    ProxyUrl {
+        /// The proxy URL as configured.
+        url: String,
+        /// The parser's error.
+        #[source]
+        source: hyper::http::uri::InvalidUri,
+    },
+    /// Proxy user info that is not a valid header value.
+    #[error("proxy {0:?}: bad user info")]
+    ProxyUserInfo(String),
+    /// The CA bundle cannot be read or holds a bad PEM section.
+    #[error("CA bundle {}", path.display())]
+    CaRead {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The reader's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The CA bundle holds no certificate.
+    #[error("CA bundle {}: no certificates", .0.display())]
+    CaEmpty(std::path::PathBuf),
+    /// A certificate in the CA bundle rustls refuses.
+    #[error("CA bundle {}", path.display())]
+    CaCertificate {
+        /// The file.
+        path: std::path::PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// Neither the system store nor a bundle gave a root.
+    #[error("no trusted CA certificates (system store empty and no CA bundle)")]
+    NoRoots,
+    /// rustls refused the protocol versions.
+    #[error("TLS")]
+    Tls(#[source] rustls::Error),
+}
+
 /// Split a proxy URL into the proxy's own URI and an optional
 /// `Proxy-Authorization: Basic` value from its user info.
-fn parse_proxy(url: &str) -> Result<(hyper::Uri, Option<hyper::header::HeaderValue>), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| {
-        format!("proxy {url:?}: only http:// proxies (HTTP CONNECT) are supported")
-    })?;
+fn parse_proxy(url: &str) -> Result<(hyper::Uri, Option<hyper::header::HeaderValue>), SetupError> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| SetupError::ProxyScheme(url.to_owned()))?;
     let authority = rest.split('/').next().unwrap_or_default();
     let (userinfo, hostport) = match authority.rsplit_once('@') {
         Some((u, h)) => (Some(u), h),
         None => (None, authority),
     };
     if hostport.is_empty() {
-        return Err(format!("proxy {url:?}: no host"));
+        return Err(SetupError::ProxyNoHost(url.to_owned()));
     }
-    let uri: hyper::Uri = format!("http://{hostport}")
-        .parse()
-        .map_err(|e| format!("proxy {url:?}: {e}"))?;
+    let uri: hyper::Uri =
+        format!("http://{hostport}")
+            .parse()
+            .map_err(|source| SetupError::ProxyUrl {
+                url: url.to_owned(),
+                source,
+            })?;
     let auth = match userinfo {
         None => None,
         Some(u) => {
@@ -160,7 +216,7 @@ fn parse_proxy(url: &str) -> Result<(hyper::Uri, Option<hyper::header::HeaderVal
             );
             Some(
                 v.parse()
-                    .map_err(|_| format!("proxy {url:?}: bad user info"))?,
+                    .map_err(|_| SetupError::ProxyUserInfo(url.to_owned()))?,
             )
         }
     };
@@ -169,31 +225,36 @@ fn parse_proxy(url: &str) -> Result<(hyper::Uri, Option<hyper::header::HeaderVal
 
 /// Build the rustls client config: the system's roots plus an optional PEM
 /// bundle (private endpoints, the stand-ins' CA).
-pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     roots.add_parsable_certificates(native.certs);
     if let Some(p) = ca_file {
+        let read = |source| SetupError::CaRead {
+            path: p.to_path_buf(),
+            source,
+        };
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
-            .map_err(|e| format!("CA bundle {}: {e}", p.display()))?
+            .map_err(read)?
             .collect::<Result<_, _>>()
-            .map_err(|e| format!("CA bundle {}: {e}", p.display()))?;
+            .map_err(read)?;
         if certs.is_empty() {
-            return Err(format!("CA bundle {}: no certificates", p.display()));
+            return Err(SetupError::CaEmpty(p.to_path_buf()));
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| format!("CA bundle {}: {e}", p.display()))?;
+            roots.add(c).map_err(|source| SetupError::CaCertificate {
+                path: p.to_path_buf(),
+                source,
+            })?;
         }
     }
     if roots.is_empty() {
-        return Err("no trusted CA certificates (system store empty and no CA bundle)".into());
+        return Err(SetupError::NoRoots);
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS: {e}"))?
+        .map_err(SetupError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(cfg)
@@ -207,7 +268,7 @@ impl Http {
         tls: rustls::ClientConfig,
         attempt_timeout: Duration,
         proxy: Option<&ProxySettings>,
-    ) -> Result<Http, String> {
+    ) -> Result<Http, SetupError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -288,17 +349,6 @@ impl Http {
             Err(_) => Err(CallError::Timeout),
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(x) = src {
-        s.push_str(": ");
-        s.push_str(&x.to_string());
-        src = x.source();
-    }
-    s
 }
 
 /// Limits of one service (one per provider in use).

@@ -98,6 +98,24 @@ pub enum KmsError {
         /// What is wrong.
         reason: String,
     },
+    /// A credential file or certificate that cannot be read or used.
+    #[error("{service} credentials")]
+    CredentialFile {
+        /// "Azure", "Google Cloud", "AWS".
+        service: &'static str,
+        /// Which file and what is wrong with it.
+        #[source]
+        source: auth::CredentialError,
+    },
+    /// The HTTPS client could not be set up (proxy, CA bundle, TLS).
+    #[error("{what}")]
+    HttpClient {
+        /// "setting HTTPS_PROXY" or "KMS runtime".
+        what: &'static str,
+        /// Which URL or file and what is wrong with it.
+        #[source]
+        source: http::SetupError,
+    },
     /// A key whose public half could not be fetched or is not served.
     #[error("key {uri}: {reason}")]
     Key {
@@ -585,7 +603,7 @@ const FAIL_LOG_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum OpError {
     /// The key cannot do this op (logged once per key and op).
-    Refused(String),
+    Refused(util::PlanError),
     /// The service call failed.
     Call(CallError),
 }
@@ -625,7 +643,11 @@ impl KmsStore {
             .iter()
             .map(|u| KeyUri::parse(u))
             .collect::<Result<_, _>>()?;
-        let tls = http::tls_config(opts.ca_file.as_deref()).map_err(KmsError::Runtime)?;
+        let tls =
+            http::tls_config(opts.ca_file.as_deref()).map_err(|source| KmsError::HttpClient {
+                what: "KMS runtime",
+                source,
+            })?;
         let (tx, rx) = mpsc::channel::<Job>(opts.queue_depth.max(1));
         type Setup = Result<(Vec<Fetched>, Vec<StatsRef>), KmsError>;
         let (setup_tx, setup_rx) = std::sync::mpsc::channel::<Setup>();
@@ -900,10 +922,10 @@ fn build_runtime(
         url: url.clone(),
         no_proxy: opts.no_proxy.clone(),
     });
-    let http = Http::new(tls, opts.attempt_timeout, proxy.as_ref()).map_err(|reason| {
-        KmsError::Setting {
-            name: "HTTPS_PROXY",
-            reason,
+    let http = Http::new(tls, opts.attempt_timeout, proxy.as_ref()).map_err(|source| {
+        KmsError::HttpClient {
+            what: "setting HTTPS_PROXY",
+            source,
         }
     })?;
     let mut azure = None;
@@ -938,8 +960,12 @@ fn build_runtime(
                             .into(),
                     )),
                     Some(GcpCredential::ServiceAccountFile(p)) => {
-                        auth::gcp_service_account(p, opts.gcp_token_endpoint.as_deref())
-                            .map_err(fail)?
+                        auth::gcp_service_account(p, opts.gcp_token_endpoint.as_deref()).map_err(
+                            |source| KmsError::CredentialFile {
+                                service: "Google Cloud",
+                                source,
+                            },
+                        )?
                     }
                     Some(GcpCredential::Metadata) => auth::TokenSource::GcpMetadata {
                         endpoint: opts.gcp_metadata_endpoint.trim_end_matches('/').to_owned(),
@@ -971,9 +997,14 @@ fn build_runtime(
                             secret_key: secret_key.clone(),
                             session_token: session_token.clone(),
                         }),
-                        Some(AwsCredential::Profile { file, name }) => auth::AwsCredSource::Static(
-                            auth::aws_profile(file, name).map_err(fail)?,
-                        ),
+                        Some(AwsCredential::Profile { file, name }) => {
+                            auth::AwsCredSource::Static(auth::aws_profile(file, name).map_err(
+                                |source| KmsError::CredentialFile {
+                                    service: "AWS",
+                                    source,
+                                },
+                            )?)
+                        }
                         Some(AwsCredential::InstanceMetadata) => auth::AwsCredSource::Imds {
                             endpoint: opts.aws_imds_endpoint.trim_end_matches('/').to_owned(),
                         },
@@ -1048,7 +1079,11 @@ fn azure_source(key: &uri::AzureKey, opts: &KmsOptions) -> Result<auth::TokenSou
             secret: secret.clone(),
         },
         Some(AzureCredential::ClientCertificate { tenant, client_id, pem }) => {
-            let (key, x5t_s256) = auth::azure_certificate(pem).map_err(fail)?;
+            let (key, x5t_s256) =
+                auth::azure_certificate(pem).map_err(|source| KmsError::CredentialFile {
+                    service: "Azure",
+                    source,
+                })?;
             auth::TokenSource::AzureCertificate {
                 token_url: token_url(tenant),
                 client_id: client_id.clone(),

@@ -8,6 +8,7 @@
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use keycore_keys::KeyKind;
+use keycore_protocol::{Hash, OpClass};
 
 /// Standard base64 with padding (Google and AWS JSON bytes).
 pub fn b64(b: &[u8]) -> String {
@@ -73,12 +74,84 @@ pub fn parse_rfc3339(s: &str) -> Option<u64> {
         .map(|d| d.as_secs())
 }
 
-/// Kind of a key from its DER SubjectPublicKeyInfo (RSA, P-256/384/521,
-/// Ed25519); `Err` names what it is instead. The one classifier is
-/// `keycore_keys::classify_spki`; this only turns its error into the
-/// service-error text the callers log.
-pub fn kind_from_spki(spki: &[u8]) -> Result<KeyKind, String> {
-    keycore_keys::classify_spki(spki).map_err(|e| e.to_string())
+/// Why a cloud key, or one operation on it, cannot be served: the key's
+/// algorithm or the service has no way to do what the edge asked. Shared by
+/// the three providers' `plan` functions (and Google's algorithm check at
+/// load); each variant names the service, algorithm or hash involved.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The key's kind cannot do the operation at all on this service.
+    #[error("a {kind:?} key in {service} cannot do {op:?}")]
+    Unsupported {
+        /// "Key Vault", "AWS KMS".
+        service: &'static str,
+        /// The key.
+        kind: KeyKind,
+        /// What was asked.
+        op: OpClass,
+    },
+    /// The service has no algorithm for this hash and padding.
+    #[error("{service} has no algorithm for {op:?}")]
+    NoAlgorithm {
+        /// The service.
+        service: &'static str,
+        /// What was asked.
+        op: OpClass,
+    },
+    /// A key version bound to one algorithm asked for another.
+    #[error("key version algorithm {alg} cannot do {op:?}")]
+    WrongAlgorithm {
+        /// The key version's algorithm.
+        alg: String,
+        /// What was asked.
+        op: OpClass,
+    },
+    /// A key version bound to one hash asked for another.
+    #[error("key version signs {scheme} with {want:?} only; asked for {asked:?}")]
+    WrongHash {
+        /// "PKCS#1 v1.5", "RSA-PSS".
+        scheme: &'static str,
+        /// The key version's hash.
+        want: Hash,
+        /// The request's hash.
+        asked: Hash,
+    },
+    /// The service has no digest field for this hash.
+    #[error("no digest field for {0:?}")]
+    NoDigestField(Hash),
+    /// An ECDSA request with an empty digest.
+    #[error("empty ECDSA digest")]
+    EmptyDigest,
+    /// A message outside the service's size limits.
+    #[error("Ed25519 message of {len} bytes ({service} signs 1 to {max})")]
+    MessageSize {
+        /// The service.
+        service: &'static str,
+        /// The message length.
+        len: usize,
+        /// The service's limit.
+        max: usize,
+    },
+    /// RSA decryption: the service strips the padding the edge needs.
+    #[error("{service} decrypts RSA only with OAEP; the raw PKCS#1 block the edge needs is not available")]
+    NoRawDecrypt {
+        /// The service.
+        service: &'static str,
+    },
+    /// A decryption key version (Cloud KMS decrypts with OAEP only).
+    #[error("algorithm {0}: Cloud KMS decrypts only with OAEP; the edge's RSA decrypt needs the raw PKCS#1 block, so decryption keys are not served")]
+    DecryptKey(String),
+    /// A key version whose algorithm keycore does not serve.
+    #[error("algorithm {0} is not a signing algorithm keycore serves")]
+    NotSigning(String),
+    /// The key does not offer the algorithm the operation needs.
+    #[error("the key does not offer {alg} (it offers {offered})")]
+    NotOffered {
+        /// The algorithm needed.
+        alg: &'static str,
+        /// The key's algorithms, comma-separated.
+        offered: String,
+    },
 }
 
 /// The digest an ECDSA service wants for this curve (32 / 48 / 64 bytes),

@@ -822,9 +822,10 @@ fn startup_errors_name_the_key() {
     let e = env();
     // A key the vault does not have.
     let uri = "https://kv-test.vault.azure.net/keys/missing/0123456789abcdef";
-    let err = KmsStore::open(&[uri.to_string()], &e.opts, StoreId(0))
-        .unwrap_err()
-        .to_string();
+    let err = KmsStore::open(&[uri.to_string()], &e.opts, StoreId(0)).unwrap_err();
+    // The whole chain, as the binary prints it (`{:#}`): the variant names
+    // the service, its source the file or the answer.
+    let err = keycore_keys::error_chain(&err);
     assert!(err.contains(uri) && err.contains("KeyNotFound"), "{err}");
     // A refused client secret.
     let mut o = e.opts.clone();
@@ -837,18 +838,16 @@ fn startup_errors_name_the_key() {
         .sim
         .azure_key("kv-test", false, "k", KeyType::EcP256)
         .unwrap();
-    let err = KmsStore::open(std::slice::from_ref(&u), &o, StoreId(0))
-        .unwrap_err()
-        .to_string();
+    let err = KmsStore::open(std::slice::from_ref(&u), &o, StoreId(0)).unwrap_err();
+    let err = keycore_keys::error_chain(&err);
     assert!(err.contains(&u) && err.contains("invalid_client"), "{err}");
     // An unreadable service-account file.
     o.gcp_credential = Some(GcpCredential::ServiceAccountFile(
         e.dir.path().join("nope.json"),
     ));
     let name = "projects/p/locations/global/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1";
-    let err = KmsStore::open(&[name.to_string()], &o, StoreId(0))
-        .unwrap_err()
-        .to_string();
+    let err = KmsStore::open(&[name.to_string()], &o, StoreId(0)).unwrap_err();
+    let err = keycore_keys::error_chain(&err);
     assert!(
         err.contains("Google Cloud credentials") && err.contains("nope.json"),
         "{err}"
