@@ -462,6 +462,14 @@ pub struct Config {
     pub reload_watch: Option<Duration>,
     /// `reload_timeout`: longest a reload may take.
     pub reload_timeout: Duration,
+    /// `record_file`: where the traffic recording goes; `None` = off.
+    pub record_file: Option<PathBuf>,
+    /// `record_max_bytes`: rotate the recording at this size.
+    pub record_max_bytes: u64,
+    /// `record_files`: rotated recording files kept.
+    pub record_files: u32,
+    /// `record_buffer`: records each core buffers for the writer.
+    pub record_buffer: usize,
     /// The server's limits (`max_*`, `*_timeout`, `*_buffer_bytes`).
     pub limits: Limits,
     /// The PKCS#11 backend's tunables (`pkcs11_*`).
@@ -525,6 +533,10 @@ impl Config {
             key_load_errors: KeyLoadErrors::default(),
             reload_watch: None,
             reload_timeout: Duration::ZERO,
+            record_file: None,
+            record_max_bytes: 0,
+            record_files: 0,
+            record_buffer: 0,
             limits: Limits {
                 max_connections_per_core: 0,
                 max_in_flight_per_connection: 0,

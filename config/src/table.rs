@@ -585,6 +585,51 @@ pub static SETTINGS: &[Setting] = &[
         |c, t| set!(c.reload_timeout, parse::positive_duration(t)?),
         |c| format_duration(c.reload_timeout),
     ),
+    Setting::new(
+        Server,
+        "record_file",
+        "FILE",
+        "",
+        "Record the shape of the traffic (per request: arrival time, opcode, key SKI, \
+         connection id, core; never payloads, digests, names or PINs) to this file, rotated by \
+         record_max_bytes, for `keycore loadgen --replay` (docs/record-format.md). Empty = off. \
+         Read at start-up (a change needs a restart). Costs one 36-byte copy per request; when \
+         the writer falls behind records are dropped and counted \
+         (keycore_record_dropped_total), signing never waits.",
+        |c, t| set!(c.record_file, opt_path(t)),
+        |c| show_opt_path(&c.record_file),
+    ),
+    Setting::new(
+        Server,
+        "record_max_bytes",
+        "BYTES",
+        "67108864",
+        "Rotate the recording once the file reaches this size, 4096..=1099511627776 (36 bytes \
+         per request: 64 MiB holds ~1.9 million requests); the disk used is at most \
+         (record_files + 1) x this.",
+        |c, t| set!(c.record_max_bytes, parse::int_in(t, 4096, 1 << 40)?),
+        |c| c.record_max_bytes.to_string(),
+    ),
+    Setting::new(
+        Server,
+        "record_files",
+        "N",
+        "4",
+        "Rotated recording files kept (FILE.1 newest .. FILE.N oldest), 1..=1000.",
+        |c, t| set!(c.record_files, parse::int_in(t, 1, 1000)? as u32),
+        |c| c.record_files.to_string(),
+    ),
+    Setting::new(
+        Server,
+        "record_buffer",
+        "RECORDS",
+        "65536",
+        "Records each core buffers for the recording writer, 16..=16777216 (36 bytes each); a \
+         core whose buffer is full drops further records (counted) until the writer takes it \
+         (every 50 ms).",
+        |c, t| set!(c.record_buffer, parse::int_in(t, 16, 1 << 24)? as usize),
+        |c| c.record_buffer.to_string(),
+    ),
     // ----- limits ---------------------------------------------------------
     Setting::new(
         Limits,

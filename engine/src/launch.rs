@@ -28,6 +28,7 @@ use crate::swap::Swap;
 use crate::trace::{TraceSettings, Tracer};
 use anyhow::{bail, Context, Result};
 use keycore_keys::{software, KeyEntry, KeyIndex};
+use crate::record::{RecordSettings, Recorder};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
@@ -45,6 +46,8 @@ pub struct Running {
     pub reloader: Arc<Reloader>,
     /// The request tracer, when `tracing_enabled`.
     pub tracer: Option<Arc<Tracer>>,
+    /// The traffic recorder, when `record_file` is set.
+    pub recorder: Option<Arc<Recorder>>,
     pid_file: Option<PidFile>,
     /// The audit writer (always running: it also merges the per-identity
     /// metrics; it writes a file only with `audit_file`).
@@ -64,6 +67,10 @@ impl Running {
         // The cores are gone: export what they traced, then stop.
         if let Some(t) = &self.tracer {
             t.shutdown();
+        }
+        // The cores are gone: their last records go to the file.
+        if let Some(r) = &self.recorder {
+            r.stop();
         }
         // The cores sent their last counts before exiting; the keys are
         // unloaded with the process.
@@ -374,15 +381,32 @@ pub fn launch(cfg: &Config) -> Result<Running> {
             "key policies compiled"
         );
     }
+    let cpus = cfg.core_ids(&server::available_cpus());
+    let recorder = match RecordSettings::from_config(cfg) {
+        None => None,
+        Some(s) => {
+            let r = Recorder::start(&s, cpus.len()).with_context(|| {
+                format!(
+                    "record_file {}: cannot create (does its directory exist?)",
+                    s.path.display()
+                )
+            })?;
+            tracing::info!(file = %s.path.display(), max_bytes = s.max_bytes, files = s.files, "recording traffic shape (no payloads)");
+            Some(r)
+        }
+    };
     let mut registry = Registry {
         loaded: Swap::new(Arc::new(built.loaded)),
         tracer: tracer.clone(),
+        recorder: recorder.clone(),
         ..Default::default()
     };
     registry.renderers.push(audit.shared());
+    if let Some(r) = &recorder {
+        registry.renderers.push(r.clone());
+    }
     reload::record_success(&registry);
     let served = Arc::new(Swap::new(Arc::new(built.served)));
-    let cpus = cfg.core_ids(&server::available_cpus());
     let security = SecurityParts {
         identities: identities.clone(),
         audit: Some(audit.tx()),
@@ -432,6 +456,7 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         health,
         reloader,
         tracer,
+        recorder,
         pid_file,
         audit,
         served,

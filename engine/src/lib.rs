@@ -56,6 +56,7 @@ pub mod launch;
 pub mod metrics;
 pub mod ops;
 pub mod pki;
+pub mod record;
 pub mod refusals;
 pub mod registry;
 pub mod reload;

@@ -314,6 +314,9 @@ pub struct Registry {
     /// The request tracer when `tracing_enabled`: cores take their span
     /// sender from it at start, and a scrape renders its exporter counters.
     pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// The traffic recorder when `record_file` is set: cores take their
+    /// buffer from it at start (its metrics are one of `renderers`).
+    pub recorder: Option<Arc<crate::record::Recorder>>,
 }
 
 impl std::fmt::Debug for Registry {

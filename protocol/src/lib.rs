@@ -19,7 +19,8 @@
 //! 3. [`Message::encode`] / [`encode_response`] append one padded message to a
 //!    caller-owned `Vec<u8>` that the caller clears and reuses.
 //!
-//! Public surface: modules [`codec`] ([`Message`], [`encode_response`] and
+//! Public surface: modules [`record`] (the traffic-recording file format),
+//! [`codec`] ([`Message`], [`encode_response`] and
 //! the other encoders), [`frame`] ([`FrameStatus`], [`Header`],
 //! [`FrameError`]) and [`types`] ([`Op`], [`OpClass`], [`enum@Hash`],
 //! [`ErrorCode`], [`Tag`]); the size constants (`HEADER_LEN`,
@@ -29,6 +30,7 @@
 
 pub mod codec;
 pub mod frame;
+pub mod record;
 pub mod types;
 
 pub use codec::{

@@ -859,6 +859,8 @@ fn dispatch_cost(cpu: usize, keys_dir: &Path) -> Result<(f64, f64, f64)> {
             client: 1,
             epoch: 1,
             tracer: None,
+            recorder: None,
+            conn: 0,
         },
         DispatchCtx {
             keys: &index,
@@ -869,6 +871,8 @@ fn dispatch_cost(cpu: usize, keys_dir: &Path) -> Result<(f64, f64, f64)> {
             client: 1,
             epoch: 1,
             tracer: None,
+            recorder: None,
+            conn: 0,
         },
     ];
     let digest = [7u8; 32];

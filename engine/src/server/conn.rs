@@ -247,6 +247,10 @@ struct CoreDispatch<'a> {
     client: ClientId,
     /// This core's tracer, when `tracing_enabled`.
     tracer: Option<&'a crate::trace::CoreTracer>,
+    /// This core's traffic recorder, when `record_file` is set.
+    recorder: Option<&'a crate::record::CoreRecorder>,
+    /// The connection's id in the recording.
+    conn: u32,
     scratch: Vec<u8>,
     completions: &'a Rc<Completions>,
     /// Something was handed to an off-reactor backend since the last flush.
@@ -265,6 +269,8 @@ impl Dispatcher for CoreDispatch<'_> {
             client: self.client,
             epoch: self.served_gen as u8,
             tracer: self.tracer,
+            recorder: self.recorder,
+            conn: self.conn,
         };
         let h = dispatch::handle(&ctx, msg, read_at, &mut self.scratch, out);
         match h.pending {
@@ -311,6 +317,8 @@ async fn run(
         sec: &core.sec,
         client,
         tracer: core.tracer.as_ref(),
+        recorder: core.recorder.as_ref(),
+        conn: core.recorder.as_ref().map_or(0, |r| r.next_conn()),
         scratch: Vec::with_capacity(1024),
         completions,
         submitted: false,

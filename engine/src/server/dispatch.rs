@@ -23,6 +23,7 @@
 //! name any particular backend.
 
 use crate::metrics::CoreStats;
+use crate::record::CoreRecorder;
 use crate::security::{key_ref, ClientId, CoreSecurity, Policy, Refusal, NO_KEY, REFUSAL_CODE};
 use crate::trace::{CoreTracer, SpanRecord};
 use keycore_keys::{check_input, Backend, CoreStore, KeyIndex, KeyKind, Outcome, PendingOp};
@@ -76,6 +77,10 @@ pub struct DispatchCtx<'a> {
     pub epoch: u8,
     /// This core's tracer, when `tracing_enabled`.
     pub tracer: Option<&'a CoreTracer>,
+    /// This core's traffic recorder, when `record_file` is set.
+    pub recorder: Option<&'a CoreRecorder>,
+    /// The connection's id for the recording (unique within the core).
+    pub conn: u32,
 }
 
 /// What [`handle`] did with one request.
@@ -129,6 +134,10 @@ pub fn handle(
     let op = msg.opcode.unwrap_or(Op(0));
     let mut cost_units = CHEAP;
     ctx.stats.requests_by_op[op.0 as usize].inc();
+    // Recording off: one branch. On: a 36-byte copy (no payload, ever).
+    if let Some(r) = ctx.recorder {
+        r.record(read_at, op.0, msg.ski, ctx.conn);
+    }
     // Tracing off: one branch. On: the sampler, then a span for the few.
     let mut span = match ctx.tracer {
         None => None,

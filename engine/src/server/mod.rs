@@ -152,6 +152,8 @@ pub struct CoreCtx {
     pub sec: CoreSecurity,
     /// This core's request tracer, when `tracing_enabled`.
     pub tracer: Option<crate::trace::CoreTracer>,
+    /// This core's traffic-recording buffer, when `record_file` is set.
+    pub recorder: Option<crate::record::CoreRecorder>,
     /// Limits.
     pub limits: Limits,
     /// Set once the core drains.
@@ -593,6 +595,7 @@ pub fn start_served(
         let cell = served.clone();
         let stats = stats[index].clone();
         let tracer = registry.tracer.as_ref().map(|t| t.core(index));
+        let recorder = registry.recorder.clone();
         let limits = settings.limits.clone();
         let control = control.clone();
         let ready = ready_tx.clone();
@@ -642,6 +645,7 @@ pub fn start_served(
                     identities: security.identities.clone(),
                     sec,
                     tracer,
+                    recorder: recorder.and_then(|r| r.core(index)),
                     limits,
                     draining: Cell::new(false),
                     drain_deadline: Cell::new(None),
