@@ -167,10 +167,8 @@ impl Recorder {
         let thread = std::thread::Builder::new()
             .name("keycore-record".into())
             .spawn(move || loop {
-                let stop = match rx.recv_timeout(TAKE_EVERY) {
-                    Err(RecvTimeoutError::Timeout) => false,
-                    _ => true,
-                };
+                // A message or a dropped sender: stop after this take.
+                let stop = !matches!(rx.recv_timeout(TAKE_EVERY), Err(RecvTimeoutError::Timeout));
                 w.take_and_write();
                 if stop {
                     w.flush();
@@ -386,7 +384,10 @@ impl Writer {
                 continue;
             }
             let n = room.min(recs.len() / RECORD_LEN) * RECORD_LEN;
-            let f = self.file.as_mut().ok_or_else(|| std::io::Error::other("no file"))?;
+            let f = self
+                .file
+                .as_mut()
+                .ok_or_else(|| std::io::Error::other("no file"))?;
             f.write_all(&recs[..n])?;
             self.size += n as u64;
             self.stats
@@ -447,7 +448,10 @@ mod tests {
         let recs = &files[0].1;
         assert_eq!(recs.len(), 2);
         assert_eq!((recs[0].op, recs[0].core, recs[0].ski), (0xF1, 0, None));
-        assert_eq!((recs[1].op, recs[1].core, recs[1].ski), (0x15, 1, Some([7; 20])));
+        assert_eq!(
+            (recs[1].op, recs[1].core, recs[1].ski),
+            (0x15, 1, Some([7; 20]))
+        );
         assert!(recs[0].t_ns < recs[1].t_ns, "ordered by time across cores");
         assert_eq!(r.written(), 2);
         assert_eq!(r.dropped(), 0);
@@ -511,10 +515,7 @@ mod tests {
         std::fs::write(dir.path().join("rec"), b"old run").unwrap();
         let r = Recorder::start(&settings(dir.path(), 1 << 20, 3, 64), 1).unwrap();
         r.stop();
-        assert_eq!(
-            std::fs::read(dir.path().join("rec.1")).unwrap(),
-            b"old run"
-        );
+        assert_eq!(std::fs::read(dir.path().join("rec.1")).unwrap(), b"old run");
         let (h, recs) = parse(&std::fs::read(dir.path().join("rec")).unwrap()).unwrap();
         assert_eq!((h.seq, recs.len()), (0, 0));
     }

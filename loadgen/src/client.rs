@@ -389,17 +389,30 @@ impl Pool {
         msg: &Message<'_>,
         deadline: Instant,
     ) -> Result<OwnedResponse, ClientError> {
+        self.call_on_until(msg, deadline, None).await
+    }
+
+    /// Like [`Pool::call_until`], on connection `prefer` (modulo the pool's
+    /// size) when it is up and has room, else on the next one that has
+    /// (replay maps each recorded connection onto one client connection).
+    pub async fn call_on_until(
+        &self,
+        msg: &Message<'_>,
+        deadline: Instant,
+        prefer: Option<usize>,
+    ) -> Result<OwnedResponse, ClientError> {
         let timer = async {
             Timer::new(deadline.saturating_duration_since(Instant::now())).await;
             Err(ClientError::Timeout)
         };
-        futures_lite::future::or(self.call_inner(msg, deadline), timer).await
+        futures_lite::future::or(self.call_inner(msg, deadline, prefer), timer).await
     }
 
     async fn call_inner(
         &self,
         msg: &Message<'_>,
         deadline: Instant,
+        prefer: Option<usize>,
     ) -> Result<OwnedResponse, ClientError> {
         let inner = &self.inner;
         // Total in flight is capped at connections × per-connection cap, so
@@ -410,7 +423,7 @@ impl Pool {
             .await
             .map_err(|_| ClientError::ConnectionLost)?;
         let conn = loop {
-            if let Some(c) = self.pick() {
+            if let Some(c) = self.pick(prefer) {
                 break c;
             }
             if Instant::now() >= deadline || inner.stop.get() {
@@ -438,9 +451,20 @@ impl Pool {
         ResponseFuture { conn, id }.await
     }
 
-    /// Round-robin over connections that are up, not draining and not full.
-    fn pick(&self) -> Option<Rc<RefCell<ConnShared>>> {
+    /// Round-robin over connections that are up, not draining and not full
+    /// (from `prefer`, when given, without moving the round-robin).
+    fn pick(&self, prefer: Option<usize>) -> Option<Rc<RefCell<ConnShared>>> {
         let n = self.inner.conns.len();
+        if let Some(p) = prefer {
+            for k in 0..n {
+                let c = &self.inner.conns[(p + k) % n];
+                let s = c.borrow();
+                if s.up && !s.draining && s.waiters.len() < self.inner.cfg.max_in_flight_per_conn {
+                    return Some(c.clone());
+                }
+            }
+            return None;
+        }
         let start = self.inner.rr.get();
         for k in 0..n {
             let i = (start + k) % n;

@@ -17,7 +17,9 @@
 //!
 //! Entry points: [`run_cli`] for `keycore loadgen`, [`run`] with a
 //! [`LoadSpec`] for programs (`keycore demo`, tests), [`capacity`] and
-//! [`compare`] for the two multi-run modes.
+//! [`compare`] for the two multi-run modes; [`replay`] turns a recording
+//! of `keycore serve` (`record_file`) into the arrivals of an open-loop run
+//! (`--replay`).
 
 pub mod check;
 pub mod client;
@@ -26,6 +28,7 @@ pub mod handshake;
 pub mod keys;
 pub mod merge;
 pub mod profile;
+pub mod replay;
 pub mod report;
 pub mod runner;
 pub mod stats;
@@ -70,6 +73,9 @@ pub struct LoadSpec {
     pub live: bool,
     /// Write an HdrHistogram interval log here.
     pub hdr_log: Option<PathBuf>,
+    /// Replay these recordings instead of generating arrivals (the
+    /// profile's connections, cores, timeout and verification still apply).
+    pub replay: Option<replay::ReplayOptions>,
 }
 
 impl LoadSpec {
@@ -83,6 +89,7 @@ impl LoadSpec {
             profile: Profile::default(),
             live: false,
             hdr_log: None,
+            replay: None,
         }
     }
 }
@@ -97,8 +104,40 @@ pub fn run(spec: &LoadSpec) -> anyhow::Result<Report> {
         },
     )?;
     let keys = keys::load_public_keys(&spec.keys)?;
-    let plan = Arc::new(profile::Plan::new(spec.profile.clone(), keys)?);
-    run_with(spec, &tls, plan)
+    let plan = match &spec.replay {
+        None => profile::Plan::new(spec.profile.clone(), keys)?,
+        Some(o) => replay_plan(&spec.profile, keys, o)?,
+    };
+    run_with(spec, &tls, Arc::new(plan))
+}
+
+/// The plan of a replay: the recording's arrivals, mix (as counts) and
+/// span; open loop, no warm-up (every recorded request is measured), one
+/// client connection per recorded connection (at most
+/// [`replay::MAX_CONNECTIONS`]) unless `o.connections` says otherwise.
+pub fn replay_plan(
+    profile: &Profile,
+    keys: Vec<keys::PublicKeyInfo>,
+    o: &replay::ReplayOptions,
+) -> anyhow::Result<profile::Plan> {
+    let recs = replay::read(&o.files)?;
+    let keys: Vec<_> = keys.into_iter().take(profile::MAX_KEYS).collect();
+    let r = replay::build(&recs, &keys, o)?;
+    let mut p = profile.clone();
+    p.mode = LoopMode::Open;
+    p.warmup_s = 0.0;
+    p.ramp_s = 0.0;
+    p.keys = None;
+    // The last arrival lies inside the measured window.
+    p.duration_s = r.span_s + 0.001;
+    p.rate = (r.arrivals.len() as f64 / p.duration_s).min(profile::MAX_RATE);
+    p.mix = r.counts.clone();
+    p.connections = o
+        .connections
+        .unwrap_or(r.recorded_connections.clamp(1, replay::MAX_CONNECTIONS));
+    let mut plan = profile::Plan::new(p, keys)?;
+    plan.replay = Some(Arc::new(r));
+    Ok(plan)
 }
 
 fn run_with(spec: &LoadSpec, tls: &ClientTls, plan: Arc<profile::Plan>) -> anyhow::Result<Report> {
@@ -518,6 +557,28 @@ pub struct LoadgenArgs {
     #[arg(long)]
     pub quiet: bool,
 
+    /// Replay recordings of `keycore serve` (record_file; rotated files of
+    /// one recording, or several servers' recordings, merge on the clock)
+    /// in open loop: the recorded opcodes, keys (by SKI, among --keys) and
+    /// connections at the recorded times. --connections, --cores,
+    /// --timeout-ms, --verify-fraction still apply; --rate, --mix,
+    /// --duration and --warmup come from the recording.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    pub replay: Vec<PathBuf>,
+    /// Replay: rate multiplier K (recorded inter-arrival gaps divided by K). Default 1.
+    #[arg(long, value_name = "K")]
+    pub scale: Option<f64>,
+    /// Replay: use target key NEW for requests recorded with key OLD
+    /// ("OLD_SKI=NEW_SKI", hex; repeat or comma-separate). A recorded SKI
+    /// neither among --keys nor mapped is refused.
+    #[arg(long = "replay-map", value_name = "OLD=NEW")]
+    pub replay_map: Vec<String>,
+    /// Replay: skip (and count) recorded requests the generator cannot send
+    /// (opcodes other than the six it knows, keys named by digest) instead
+    /// of refusing the recording.
+    #[arg(long)]
+    pub replay_skip_unsupported: bool,
+
     /// Handshake mode: new TLS connections at --rate per second to an HTTPS
     /// edge (`keycore edge`), one `GET /` each; measures connect, handshake
     /// and first byte. Uses --server (the edge), --ca, --server-name (SNI,
@@ -648,7 +709,30 @@ impl LoadgenArgs {
             profile: self.to_profile()?,
             live: !self.quiet,
             hdr_log: self.hdr_log.clone(),
+            replay: self.replay_options()?,
         })
+    }
+
+    /// The replay the flags describe, if `--replay` is given.
+    pub fn replay_options(&self) -> anyhow::Result<Option<replay::ReplayOptions>> {
+        if self.replay.is_empty() {
+            anyhow::ensure!(
+                self.scale.is_none() && self.replay_map.is_empty() && !self.replay_skip_unsupported,
+                "--scale, --replay-map and --replay-skip-unsupported go with --replay"
+            );
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.servers.len() == 1 && !self.capacity && self.compare_report.is_none(),
+            "--replay takes one --server and no --capacity/--compare-report"
+        );
+        Ok(Some(replay::ReplayOptions {
+            files: self.replay.clone(),
+            scale: self.scale.unwrap_or(1.0),
+            map: replay::parse_map(&self.replay_map)?,
+            skip_unsupported: self.replay_skip_unsupported,
+            connections: self.connections,
+        }))
     }
 
     /// The capacity search the flags describe.

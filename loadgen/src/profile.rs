@@ -339,6 +339,9 @@ pub struct Plan {
     pub keys: Vec<PublicKeyInfo>,
     /// Operations of the default mix dropped for lack of a key.
     pub dropped_ops: Vec<OpKind>,
+    /// Recorded arrivals to replay instead of the generated schedule
+    /// (`--replay`; open loop).
+    pub replay: Option<std::sync::Arc<crate::replay::Replay>>,
 }
 
 impl Plan {
@@ -417,6 +420,7 @@ impl Plan {
             op_zipf,
             keys,
             dropped_ops,
+            replay: None,
         })
     }
 

@@ -261,6 +261,12 @@ impl Report {
         }
         let total = OpReport::new("all", &run.totals.all(), secs);
         let mut warnings = run.warnings.clone();
+        if let Some(r) = plan.replay.as_ref().filter(|r| r.skipped > 0) {
+            warnings.push(format!(
+                "replay: {} recorded request(s) the generator cannot send were skipped (--replay-skip-unsupported)",
+                r.skipped
+            ));
+        }
         for op in &plan.dropped_ops {
             warnings.push(format!(
                 "{op} is in the default mix but no suitable key was given; it was left out"

@@ -455,7 +455,9 @@ async fn shard_main(ctx: ShardCtx) {
         })
     };
     Timer::new(start.saturating_duration_since(Instant::now())).await;
-    if open {
+    if let Some(r) = ctx.plan.replay.clone() {
+        replay_loop(&st, start, ctx.id, ctx.n, &r, cfg.connections).await;
+    } else if open {
         open_loop(&st, start, ctx.id, ctx.n).await;
     } else {
         closed_loop(&st, ctx.id, ctx.n).await;
@@ -509,7 +511,51 @@ async fn open_loop(st: &Rc<Shard>, start: Instant, id: usize, n: usize) {
             not_sent(st, at);
             continue;
         }
-        glommio::spawn_local(request(st.clone(), at)).detach();
+        glommio::spawn_local(request(st.clone(), at, None)).detach();
+    }
+}
+
+/// Open loop over recorded arrivals (`--replay`): this executor's share
+/// (the recorded connections [`replay::place`] gives it), each at its
+/// recorded time from `start`, on its mapped connection; same spawning,
+/// lag and not-sent accounting as [`open_loop`].
+async fn replay_loop(
+    st: &Rc<Shard>,
+    start: Instant,
+    id: usize,
+    n: usize,
+    r: &crate::replay::Replay,
+    local_conns: usize,
+) {
+    let p = &st.plan.profile;
+    let total = p.connections.max(1);
+    let mut spawned = 0u32;
+    for a in &r.arrivals {
+        let (exec, conn) = crate::replay::place(a.conn, total, n);
+        if exec != id {
+            continue;
+        }
+        let at = start + Duration::from_secs_f64(a.t_s);
+        let now = Instant::now();
+        if at > now + SLEEP_GRANULARITY {
+            Timer::new(at - now).await;
+            spawned = 0;
+        } else {
+            spawned += 1;
+            if spawned >= SPAWNS_PER_YIELD {
+                spawned = 0;
+                futures_lite::future::yield_now().await;
+            }
+        }
+        if st.outstanding.get() >= p.max_outstanding_per_core {
+            st.cur.borrow_mut().op(a.op).error(ErrorKind::NotSent);
+            if at >= st.measure_from && at < st.measure_to {
+                st.total.borrow_mut().op(a.op).error(ErrorKind::NotSent);
+            }
+            continue;
+        }
+        let fixed = (a.op, a.key, conn % local_conns.max(1));
+        glommio::spawn_local(request(st.clone(), at, Some(fixed))).detach();
     }
 }
 
@@ -532,7 +578,7 @@ async fn closed_loop(st: &Rc<Shard>, id: usize, n: usize) {
             let st = st.clone();
             glommio::spawn_local(async move {
                 while Instant::now() < st.measure_to {
-                    request(st.clone(), Instant::now()).await;
+                    request(st.clone(), Instant::now(), None).await;
                 }
             })
         })
@@ -542,14 +588,19 @@ async fn closed_loop(st: &Rc<Shard>, id: usize, n: usize) {
     }
 }
 
-/// Send one request scheduled at `at`, check the answer, record the outcome.
-async fn request(st: Rc<Shard>, at: Instant) {
+/// Send one request scheduled at `at`, check the answer, record the
+/// outcome. `fixed`: a replayed request's operation, key and connection
+/// (else drawn from the mix, on any connection).
+async fn request(st: Rc<Shard>, at: Instant, fixed: Option<(OpKind, usize, usize)>) {
     st.outstanding.set(st.outstanding.get() + 1);
     st.sent.set(st.sent.get() + 1);
     let p = &st.plan.profile;
     let (prep, client_ip, verify) = {
         let mut rng = st.rng.borrow_mut();
-        let (op, key) = st.plan.pick(rng.random(), rng.random());
+        let (op, key) = match fixed {
+            Some((op, key, _)) => (op, key),
+            None => st.plan.pick(rng.random(), rng.random()),
+        };
         let prep = check::prepare(op, key, &st.keys, &mut *rng);
         let ip = p.client_ip.then(|| {
             let r: u32 = rng.random_range(0..1 << 17);
@@ -580,7 +631,10 @@ async fn request(st: Rc<Shard>, at: Instant) {
         server_ip: p.server_ip,
     };
     let msg = check::message(&prep, &st.keys, &extras);
-    let r = st.pool.call_until(&msg, at + st.timeout).await;
+    let r = st
+        .pool
+        .call_on_until(&msg, at + st.timeout, fixed.map(|f| f.2))
+        .await;
     let lat_us = at.elapsed().as_micros() as u64;
     let outcome = match r {
         Ok(resp) => check::check(&prep, &st.keys, resp.opcode, &resp.payload, verify)

@@ -5,6 +5,9 @@
 //! (c01084d) and pass after. Timings are limits ("slot freed within
 //! idle_timeout + 2 s"), never benchmarks. The PKI (with its slow RSA-4096
 //! key) is generated once per process and shared read-only.
+//!
+//! `record_replay` (issue 17) lives here for this suite's `keycore serve`
+//! process fixture: a recording replayed against a second server.
 
 mod admission;
 mod closing;
@@ -14,5 +17,6 @@ mod leak;
 mod logs;
 mod operator;
 mod readiness;
+mod record_replay;
 mod reload;
 mod support;
