@@ -37,34 +37,15 @@ fn open(lib: &Path) -> (Pkcs11, cryptoki::slot::Slot) {
 fn two_simulator_copies_in_one_process_are_independent_hsms() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    std::fs::create_dir(d.join("tokens")).unwrap();
-    let softhsm_conf = d.join("softhsm2.conf");
-    std::fs::write(
-        &softhsm_conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            d.join("tokens").display()
-        ),
-    )
-    .unwrap();
+    let softhsm_conf = keycore_testsupport::softhsm_conf(d);
     std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
     std::env::set_var("KEYCORE_HSMSIM_CONFIG", d.join("{module}.json"));
-    let ok = std::process::Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            TOKEN_LABEL,
-            "--so-pin",
-            SO_PIN,
-            "--pin",
-            USER_PIN,
-        ])
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
+    keycore_testsupport::softhsm::Token::init_with_so_pin(
+        &softhsm_conf,
+        TOKEN_LABEL,
+        SO_PIN,
+        USER_PIN,
+    );
 
     // Two HSMs: hsm-a.so and hsm-b.so, each with its own SoftHSM2 copy (one copy per device,
     // or the second C_Initialize would find the shared module already initialised).

@@ -19,10 +19,9 @@ use aws_lc_rs::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_ASN1};
 use keycore_keys::{Backend, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, PartitionHealth, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{Hash, OpClass};
-use keycore_testsupport::run_ok as run;
+use keycore_testsupport::softhsm::Token;
 use std::cell::RefCell;
 use std::path::PathBuf;
-use std::process::Command;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -75,25 +74,7 @@ fn env() -> (MutexGuard<'static, ()>, &'static Env) {
         let sim_conf = dir.path().join("hsmsim.json");
         std::fs::write(&sim_conf, format!("{{{BASE}}}")).unwrap();
         std::env::set_var("KEYCORE_HSMSIM_CONFIG", &sim_conf);
-        run(Command::new("softhsm2-util").args([
-            "--init-token", "--free", "--label", "faults", "--so-pin", "1111", "--pin", PIN,
-        ]));
-        run(Command::new("pkcs11-tool").args([
-            "--module",
-            "/usr/lib/softhsm/libsofthsm2.so",
-            "--token-label",
-            "faults",
-            "--login",
-            "--pin",
-            PIN,
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--id",
-            "02",
-            "--label",
-            "ec",
-        ]));
+        Token::init(&conf, "faults", PIN).keypair("EC:prime256v1", "02", "ec");
         let uri = format!(
             "pkcs11:token=faults;id=%02?module-path={}&pin-value={PIN}&x-sessions-per-core=16&x-op-timeout=500ms",
             sim_path().display()

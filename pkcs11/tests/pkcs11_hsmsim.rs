@@ -11,15 +11,13 @@
 use keycore_keys::{Backend, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{Hash, OpClass};
-use keycore_testsupport::run_ok as run;
+use keycore_testsupport::softhsm::Token;
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "2222";
 
 /// The hsmsim cdylib cargo built for this run (found through cargo's
@@ -37,33 +35,9 @@ fn setup(dir: &Path, sim_json: &str) -> PathBuf {
     let sim_conf = dir.join("hsmsim.json");
     std::fs::write(&sim_conf, sim_json).unwrap();
     std::env::set_var("KEYCORE_HSMSIM_CONFIG", &sim_conf);
-    run(Command::new("softhsm2-util").args([
-        "--init-token",
-        "--free",
-        "--label",
-        "sim",
-        "--so-pin",
-        "1111",
-        "--pin",
-        PIN,
-    ]));
+    let token = Token::init(&conf, "sim", PIN);
     for (id, ty) in [("01", "rsa:2048"), ("02", "EC:prime256v1")] {
-        run(Command::new("pkcs11-tool").args([
-            "--module",
-            SOFTHSM,
-            "--token-label",
-            "sim",
-            "--login",
-            "--pin",
-            PIN,
-            "--keypairgen",
-            "--key-type",
-            ty,
-            "--id",
-            id,
-            "--label",
-            id,
-        ]));
+        token.keypair(ty, id, id);
     }
     sim_conf
 }

@@ -14,12 +14,13 @@ use keycore_keys::{Backend, KeyEntry, KeyKind, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{ErrorCode, Hash, OpClass};
 use keycore_testsupport::run_ok as run;
+use keycore_testsupport::softhsm::{openssl_key, KeyFiles, Token};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use keycore_testsupport::SOFTHSM_MODULE as MODULE;
 const PIN: &str = "2222";
 
 static LOCK: Mutex<()> = Mutex::new(());
@@ -55,16 +56,7 @@ fn init_token(label: &str) -> PathBuf {
         .flatten()
         .map(|d| d.path())
         .collect();
-    run(Command::new("softhsm2-util").args([
-        "--init-token",
-        "--free",
-        "--label",
-        label,
-        "--so-pin",
-        "1111",
-        "--pin",
-        PIN,
-    ]));
+    Token::init(&e.root.join("softhsm2.conf"), label, PIN);
     std::fs::read_dir(&e.tokens)
         .unwrap()
         .flatten()
@@ -73,70 +65,18 @@ fn init_token(label: &str) -> PathBuf {
         .expect("new token directory")
 }
 
-struct KeyFiles {
-    private_der: PathBuf,
-    public_der: PathBuf,
+/// The token `label` in this binary's SoftHSM configuration (made or not).
+fn token(label: &str) -> Token {
+    Token {
+        conf: env().root.join("softhsm2.conf"),
+        label: label.into(),
+        pin: PIN.into(),
+    }
 }
 
 /// Make a key with openssl (`algo`: "rsa" or "ec").
 fn make_key(name: &str, algo: &str) -> KeyFiles {
-    let e = env();
-    let pem = e.root.join(format!("{name}.pem"));
-    let mut c = Command::new("openssl");
-    c.args(["genpkey", "-out"]).arg(&pem);
-    match algo {
-        "rsa" => c.args(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
-        "ec" => c.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-        _ => unreachable!(),
-    };
-    run(&mut c);
-    let private_der = e.root.join(format!("{name}.der"));
-    let public_der = e.root.join(format!("{name}.pub.der"));
-    run(Command::new("openssl")
-        .args(["pkey", "-outform", "DER", "-in"])
-        .arg(&pem)
-        .arg("-out")
-        .arg(&private_der));
-    run(Command::new("openssl")
-        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-        .arg(&pem)
-        .arg("-out")
-        .arg(&public_der));
-    KeyFiles {
-        private_der,
-        public_der,
-    }
-}
-
-fn tool(token: &str) -> Command {
-    let mut c = Command::new("pkcs11-tool");
-    c.args([
-        "--module",
-        MODULE,
-        "--token-label",
-        token,
-        "--login",
-        "--pin",
-        PIN,
-    ]);
-    c
-}
-
-fn import(token: &str, k: &KeyFiles, id: &str, label: &str) {
-    run(tool(token)
-        .arg("--write-object")
-        .arg(&k.private_der)
-        .args(["--type", "privkey", "--id", id, "--label", label]));
-    run(tool(token)
-        .arg("--write-object")
-        .arg(&k.public_der)
-        .args(["--type", "pubkey", "--id", id, "--label", label]));
-}
-
-fn delete(token: &str, id: &str) {
-    for ty in ["privkey", "pubkey"] {
-        run(tool(token).args(["--delete-object", "--type", ty, "--id", id]));
-    }
+    openssl_key(&env().root, name, algo)
 }
 
 fn uri(token: &str, id: &str, extra: &str) -> String {
@@ -324,8 +264,9 @@ fn fixture(token: &str) -> Fixture {
     let dir = init_token(token);
     let rsa = make_key(&format!("{token}-rsa"), "rsa");
     let ec = make_key(&format!("{token}-ec"), "ec");
-    import(token, &rsa, "01", "rsa-key");
-    import(token, &ec, "02", "ec-key");
+    let t = self::token(token);
+    t.import(&rsa, "01", "rsa-key");
+    t.import(&ec, "02", "ec-key");
     Fixture {
         token: token.into(),
         dir,
@@ -349,15 +290,7 @@ fn every_operation_inline_and_offload_verified() {
     let f = fixture("ops");
     // An Ed25519 key made on the token (SoftHSM's CKA_EC_PARAMS for it is the
     // PrintableString "edwards25519").
-    run(tool(&f.token).args([
-        "--keypairgen",
-        "--key-type",
-        "EC:edwards25519",
-        "--id",
-        "03",
-        "--label",
-        "ed-key",
-    ]));
+    token(&f.token).keypair("EC:edwards25519", "03", "ed-key");
     let (store, keys) = open(&[uri(&f.token, "03", "")], DispatchMode::Inline);
     assert_eq!(keys[0].kind, KeyKind::Ed25519);
     let core = store.core(0);
@@ -668,14 +601,14 @@ fn delete_and_recreate(
     mut other: impl FnMut() -> Result<Vec<u8>, ErrorCode>,
 ) {
     perform().unwrap();
-    delete(&f.token, "01");
+    token(&f.token).delete("01");
     for _ in 0..5 {
         let t = Instant::now();
         assert!(perform().is_err(), "signed with a deleted key");
         assert!(t.elapsed() < Duration::from_secs(3));
         other().expect("another key on the same token while one is deleted");
     }
-    import(&f.token, &f.rsa, "01", "rsa-key");
+    token(&f.token).import(&f.rsa, "01", "rsa-key");
     let took = until_ok(Duration::from_secs(10), &mut perform);
     eprintln!("token {}: key re-created, recovered in {took:?}", f.token);
     other().unwrap();
@@ -752,8 +685,8 @@ fn ha_group_spreads_and_survives_a_member_going_away() {
     let a = init_token("ha-a");
     let _b = init_token("ha-b");
     let k = make_key("ha-rsa", "rsa");
-    import("ha-a", &k, "01", "k");
-    import("ha-b", &k, "01", "k");
+    token("ha-a").import(&k, "01", "k");
+    token("ha-b").import(&k, "01", "k");
     let (store, keys) = open(
         &[uri("ha-a", "01", ""), uri("ha-b", "01", "")],
         DispatchMode::Inline,

@@ -18,6 +18,7 @@ use keycore_keys::{Backend, KeyEntry, KeyKind, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{ErrorCode, Hash, OpClass};
 use keycore_testsupport::run_ok as run;
+use keycore_testsupport::softhsm::Token;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -53,37 +54,13 @@ fn env() -> (MutexGuard<'static, ()>, &'static Env) {
         let sim_conf = dir.path().join("hsmsim.json");
         std::fs::write(&sim_conf, "{}").unwrap();
         std::env::set_var("KEYCORE_HSMSIM_CONFIG", &sim_conf);
-        run(Command::new("softhsm2-util").args([
-            "--init-token",
-            "--free",
-            "--label",
-            "vend",
-            "--so-pin",
-            "1111",
-            "--pin",
-            PIN,
-        ]));
+        let token = Token::init(&conf, "vend", PIN);
         for (id, label, ty) in [
             ("01", "rsa", "rsa:2048"),
             ("02", "ec", "EC:prime256v1"),
             ("03", "ed", "EC:edwards25519"),
         ] {
-            run(Command::new("pkcs11-tool").args([
-                "--module",
-                SOFTHSM,
-                "--token-label",
-                "vend",
-                "--login",
-                "--pin",
-                PIN,
-                "--keypairgen",
-                "--key-type",
-                ty,
-                "--id",
-                id,
-                "--label",
-                label,
-            ]));
+            token.keypair(ty, id, label);
         }
         Env {
             _dir: dir,

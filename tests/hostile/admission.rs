@@ -2,7 +2,7 @@
 //! their own budget, per core and per source address, and never take the
 //! connection slots of authenticated edges.
 
-use crate::support::{Client, Server};
+use crate::support::{start, Client};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ fn trickler(src: &str, to: SocketAddr) -> Option<TcpStream> {
 fn trickling_handshakes_never_take_an_edge_slot() {
     // 10 connection slots; the attacker opens 100 handshakes from one
     // address and keeps them open past the handshake timeout's reach.
-    let srv = Server::start("max_connections_per_core: 10\nhandshake_timeout: 30s\n");
+    let srv = start("max_connections_per_core: 10\nhandshake_timeout: 30s\n");
     let mut held = Vec::new();
     for _ in 0..100 {
         if let Some(t) = trickler("127.0.0.2", srv.addr) {

@@ -2,14 +2,14 @@
 //! never reads its answers loses its slot once its writes stall for
 //! `idle_timeout`; the server never waits on close_notify into a full socket.
 
-use crate::support::{request, Client, Server};
+use crate::support::{request, start, Client};
 use keycore_protocol::Op;
 use std::time::{Duration, Instant};
 
 #[test]
 fn clients_that_never_read_lose_their_slot_within_idle_timeout() {
     let idle = Duration::from_secs(1);
-    let srv = Server::start("idle_timeout: 1s\nmax_connections_per_core: 2\n");
+    let srv = start("idle_timeout: 1s\nmax_connections_per_core: 2\n");
     // Two clients take both slots, then flood large pings and never read.
     let big = vec![0xABu8; 60_000];
     let mut hogs = Vec::new();

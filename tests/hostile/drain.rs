@@ -3,7 +3,7 @@
 //! handshake finishes during the drain; a second signal shortens the drain,
 //! a third exits at once; SIGHUP/USR1/USR2/QUIT never kill the server.
 
-use crate::support::{request, ski, Client, Server, DIGEST};
+use crate::support::{request, ski, start, Client, DIGEST};
 use keycore_keys::KeyKind;
 use keycore_protocol::Op;
 use std::net::TcpStream;
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn sigterm_answers_every_request_already_sent() {
-    let mut srv = Server::start("drain_timeout: 20s\n");
+    let mut srv = start("drain_timeout: 20s\n");
     let rsa = ski(KeyKind::Rsa { bits: 2048 });
     let mut c = Client::connect(srv.addr).unwrap();
     // A second edge connects (TCP) but starts its TLS handshake only after
@@ -52,7 +52,7 @@ fn sigterm_answers_every_request_already_sent() {
 fn second_signal_shortens_the_drain_third_exits_at_once() {
     // A client that never reads holds the drain (its answers cannot be
     // written) until drain_timeout, far longer than this test allows.
-    let mut srv = Server::start("drain_timeout: 60s\nidle_timeout: 60s\n");
+    let mut srv = start("drain_timeout: 60s\nidle_timeout: 60s\n");
     let mut hog = Client::connect(srv.addr).unwrap();
     hog.tls
         .sock
@@ -73,7 +73,7 @@ fn second_signal_shortens_the_drain_third_exits_at_once() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
 
     // Third signal: exits at once even while a drain is stuck.
-    let mut srv = Server::start("drain_timeout: 60s\nidle_timeout: 60s\n");
+    let mut srv = start("drain_timeout: 60s\nidle_timeout: 60s\n");
     let mut hog = Client::connect(srv.addr).unwrap();
     hog.tls
         .sock
@@ -96,7 +96,7 @@ fn second_signal_shortens_the_drain_third_exits_at_once() {
 
 #[test]
 fn hup_usr1_usr2_quit_do_not_kill_a_serving_process() {
-    let mut srv = Server::start("");
+    let mut srv = start("");
     let mut c = Client::connect(srv.addr).unwrap();
     for sig in [libc::SIGHUP, libc::SIGUSR1, libc::SIGUSR2, libc::SIGQUIT] {
         srv.signal(sig);

@@ -2,14 +2,14 @@
 //! expensive signatures does not hold up another connection's cheap
 //! requests for more than a turn.
 
-use crate::support::{request, ski, Client, Server, DIGEST};
+use crate::support::{request, ski, start, Client, DIGEST};
 use keycore_keys::KeyKind;
 use keycore_protocol::Op;
 use std::time::{Duration, Instant};
 
 #[test]
 fn an_rsa_4096_flood_does_not_starve_another_connections_ping() {
-    let srv = Server::start("");
+    let srv = start("");
     let rsa = ski(KeyKind::Rsa { bits: 4096 });
     let mut flood = Client::connect(srv.addr).unwrap();
     let mut wire = Vec::new();

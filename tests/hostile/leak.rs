@@ -2,45 +2,23 @@
 //! while its requests are with an off-reactor backend (PKCS#11 offload on a
 //! SoftHSM2 token) gives its in-flight entries back.
 
-use crate::support::{request, Client, Server, DIGEST};
+use crate::support::{request, serve, Client, DIGEST};
 use keycore_protocol::Op;
-use keycore_testsupport::run_ok as run;
+use keycore_testsupport::softhsm::{softhsm_available, Token};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keycore_testsupport::SOFTHSM_MODULE as MODULE;
 
 /// A fresh SoftHSM2 token with one P-256 key; returns (conf, SPKI DER).
 pub(crate) fn token(root: &Path) -> Option<(PathBuf, Vec<u8>)> {
-    if !Path::new(MODULE).exists() || Command::new("pkcs11-tool").arg("--help").output().is_err() {
+    if !softhsm_available() {
         return None;
     }
     let conf = keycore_testsupport::softhsm_conf(root);
-    run(Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args(["--init-token", "--free", "--label", "hostile"])
-        .args(["--so-pin", "1111", "--pin", "4321"]));
-    let tool = |args: &[&str]| {
-        let mut c = Command::new("pkcs11-tool");
-        c.env("SOFTHSM2_CONF", &conf)
-            .args(["--module", MODULE, "--token-label", "hostile"])
-            .args(["--login", "--pin", "4321"])
-            .args(args);
-        c
-    };
-    run(&mut tool(&[
-        "--keypairgen",
-        "--key-type",
-        "EC:prime256v1",
-        "--id",
-        "01",
-        "--label",
-        "ec",
-    ]));
-    let pubder = root.join("ec.pub.der");
-    run(tool(&["--read-object", "--type", "pubkey", "--id", "01", "-o"]).arg(&pubder));
-    Some((conf, std::fs::read(&pubder).unwrap()))
+    let token = Token::init(&conf, "hostile", "4321");
+    token.keypair("EC:prime256v1", "01", "ec");
+    Some((conf, token.public_key(root, "01")))
 }
 
 #[test]
@@ -53,7 +31,7 @@ fn in_flight_gauge_returns_to_zero_after_a_reset_with_offloaded_requests() {
     let store = format!(
         "  - uri: \"pkcs11:token=hostile;id=%01?module-path={MODULE}&pin-value=4321&x-dispatch=offload\"\n"
     );
-    let srv = Server::start_with("", &store, &[("SOFTHSM2_CONF", &conf)]);
+    let srv = serve().stores(&store).env("SOFTHSM2_CONF", &conf).start();
     let ski = keycore_keys::ski_from_spki(&spki).unwrap();
     for round in 0..3 {
         let mut c = Client::connect(srv.addr).unwrap();

@@ -3,7 +3,7 @@
 //! per core, never a line each (before: a WARN per refused handshake, 4.7 MB
 //! of logs in 10 s).
 
-use crate::support::{client_config_with, pki, Server};
+use crate::support::{client_config_with, pki, serve, Server};
 use rustls::pki_types::ServerName;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -38,7 +38,7 @@ fn foreign_cert(srv: &Server, cfg: &std::sync::Arc<rustls::ClientConfig>) {
 
 #[test]
 fn five_hundred_bad_handshakes_give_a_few_lines_and_exact_counters() {
-    let srv = Server::start_logged("", "");
+    let srv = serve().start();
     let p = &pki().pki;
     let foreign = client_config_with(&p.foreign_client_cert, &p.foreign_client_key);
     let t0 = Instant::now();
@@ -98,22 +98,25 @@ fn five_hundred_bad_handshakes_give_a_few_lines_and_exact_counters() {
 fn out_of_descriptors_accept_errors_are_counted_and_summarised() {
     // Before: a WARN every 10 ms while accept(2) failed with EMFILE.
     use std::os::unix::process::CommandExt as _;
-    let port = crate::support::free_port();
-    let mut srv = Server::spawn_with(port, "", "", &[], true, &mut |cmd| {
-        // SAFETY: setrlimit in the child between fork and exec; async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                let l = libc::rlimit {
-                    rlim_cur: 64,
-                    rlim_max: 64,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let port = keycore_testsupport::server::free_port();
+    let mut srv = serve()
+        .port(port)
+        .tweak(|cmd| {
+            // SAFETY: setrlimit in the child between fork and exec; async-signal-safe.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let l = libc::rlimit {
+                        rlim_cur: 64,
+                        rlim_max: 64,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &l) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+        .spawn();
     srv.wait_up();
     // Far more connections than descriptors: the server runs out and its
     // accept loop keeps failing while they wait in the backlog.

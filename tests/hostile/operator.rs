@@ -2,15 +2,15 @@
 //! instance on the same address, a FIFO named like a key, a fixed
 //! `current_time`.
 
-use crate::support::{free_port, Client, Server};
+use crate::support::{serve, start, Client};
 use std::time::{Duration, SystemTime};
 
 #[test]
 fn a_second_server_on_the_same_address_fails_at_start_up_naming_the_owner() {
     // Before: glommio's SO_REUSEPORT let the second one start, and the
     // kernel split connections between the two (27 of 40 got 0x02).
-    let first = Server::start("");
-    let mut second = Server::spawn(first.addr.port(), "", "", &[], true);
+    let first = start("");
+    let mut second = serve().port(first.addr.port()).spawn();
     let status = second
         .wait_exit(Duration::from_secs(30))
         .unwrap_or_else(|| panic!("the second server is still running:\n{}", second.log()));
@@ -27,7 +27,7 @@ fn a_second_server_on_the_same_address_fails_at_start_up_naming_the_owner() {
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_keycore").into());
     let out = std::process::Command::new(bin)
         .args(["serve", "--check", "-c"])
-        .arg(second.config_path())
+        .arg(&second.config)
         .output()
         .unwrap();
     let text =
@@ -59,7 +59,10 @@ fn a_fifo_named_like_a_key_does_not_hang_start_up() {
     let store = format!("  - dir: {}\n", dir.path().display());
 
     // skip: serves the other keys; the FIFO is logged and counted.
-    let srv = Server::start_logged("key_load_errors: skip\n", &store);
+    let srv = serve()
+        .yaml("key_load_errors: skip\n")
+        .stores(&store)
+        .start();
     let log = srv.log();
     assert!(log.contains("evil.key"), "{log}");
     assert!(log.contains("not a regular file (a FIFO)"), "{log}");
@@ -67,7 +70,7 @@ fn a_fifo_named_like_a_key_does_not_hang_start_up() {
     drop(srv);
 
     // fail (the default): start-up stops at once, naming the file.
-    let mut strict = Server::spawn(free_port(), "", &store, &[], true);
+    let mut strict = serve().stores(&store).spawn();
     let status = strict
         .wait_exit(Duration::from_secs(30))
         .expect("start-up ended instead of hanging on the FIFO");
@@ -83,7 +86,7 @@ fn a_fifo_named_like_a_key_does_not_hang_start_up() {
 fn a_fixed_current_time_is_warned_about_at_start_up() {
     // A day ahead: the test PKI (made now) is valid then.
     let at = keycore_config::format_rfc3339(SystemTime::now() + Duration::from_secs(86_400));
-    let srv = Server::start_logged(&format!("current_time: \"{at}\"\n"), "");
+    let srv = serve().yaml(&format!("current_time: \"{at}\"\n")).start();
     let log = srv.log();
     assert!(log.contains("current_time is set"), "{log}");
     assert!(log.contains("real-time expiry checks are off"), "{log}");

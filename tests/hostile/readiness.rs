@@ -7,7 +7,7 @@
 //! makes every call answer `CKR_TOKEN_NOT_PRESENT` and drops the token from
 //! `C_GetSlotList(tokenPresent)`.
 
-use crate::support::{request, Client, Server, DIGEST};
+use crate::support::{request, serve, Client, Server, DIGEST};
 use keycore_protocol::Op;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,11 +77,11 @@ fn readyz_follows_an_hsm_token_that_disappears_and_comes_back() {
         "  - uri: \"pkcs11:token=hostile;id=%01?module-path={}&pin-value=4321\"\n",
         keycore_testsupport::hsmsim_module().display()
     );
-    let srv = Server::start_with(
-        "",
-        &store,
-        &[("SOFTHSM2_CONF", &conf), ("KEYCORE_HSMSIM_CONFIG", &sim)],
-    );
+    let srv = serve()
+        .stores(&store)
+        .env("SOFTHSM2_CONF", &conf)
+        .env("KEYCORE_HSMSIM_CONFIG", &sim)
+        .start();
     let ski = keycore_keys::ski_from_spki(&spki).unwrap();
     wait_ready(&srv, &ski, 200, Duration::from_secs(15));
     assert!(signs(&srv, &ski), "the token's key signs while ready");

@@ -6,7 +6,7 @@
 //! key file, a wrong PKCS#11 PIN) changes nothing, is counted and logged
 //! with the file or URI. Timings are limits, not benchmarks.
 
-use crate::support::{pki, request, Client, Server, DIGEST};
+use crate::support::{pki, request, serve, Client, Server, DIGEST};
 use keycore_keys::KeyKind;
 use keycore_protocol::{ErrorCode, Op, Ski};
 use std::path::{Path, PathBuf};
@@ -85,15 +85,14 @@ impl Setup {
     /// setup, holding the directory, must outlive it).
     fn start(self, env: &[(&str, &Path)]) -> (Server, Setup) {
         let info = PathBuf::from("info");
-        let mut env: Vec<(&str, &Path)> = env.to_vec();
-        env.push(("KEYCORE_LOG", &info));
-        let srv = Server::spawn_config(
-            crate::support::free_port(),
-            |p, m| self.yaml(p, m, "", ""),
-            &env,
-            true,
-        );
-        srv.wait_up();
+        let mut serve = serve();
+        for (k, v) in env {
+            serve = serve.env(k, v);
+        }
+        let srv = serve
+            .env("KEYCORE_LOG", &info)
+            .config(|p, m| self.yaml(p, m, "", ""))
+            .start();
         (srv, self)
     }
 
@@ -501,13 +500,10 @@ fn keycore_reload_signals_the_pid_file_and_reports_restart_only_changes() {
 fn reload_watch_picks_up_an_added_and_a_removed_key_without_a_signal() {
     let s = setup(&[KeyKind::EcdsaP256]);
     let info = PathBuf::from("info");
-    let srv = Server::spawn_config(
-        crate::support::free_port(),
-        |p, m| s.yaml(p, m, "reload_watch: 100ms\n", ""),
-        &[("KEYCORE_LOG", &info)],
-        true,
-    );
-    srv.wait_up();
+    let srv = serve()
+        .env("KEYCORE_LOG", &info)
+        .config(|p, m| s.yaml(p, m, "reload_watch: 100ms\n", ""))
+        .start();
     let mut c = Client::connect(srv.addr).unwrap();
     assert!(!served(&mut c, 1, KeyKind::EcdsaP384));
     put(&key_file(KeyKind::EcdsaP384), &s.keys.join("p384.key"));
@@ -549,7 +545,7 @@ fn an_unreachable_kms_on_reload_keeps_the_cloud_keys_serving() {
     let live = kms(&sim.https_url);
     let dead = kms(&format!(
         "https://127.0.0.1:{}",
-        crate::support::free_port()
+        keycore_testsupport::server::free_port()
     ));
     let info = PathBuf::from("info");
     let (id, secret) = (PathBuf::from("AKIDRELOAD"), PathBuf::from("reload-secret"));
@@ -561,13 +557,11 @@ fn an_unreachable_kms_on_reload_keeps_the_cloud_keys_serving() {
     ];
     let store =
         |uris: &[&str]| -> String { uris.iter().map(|u| format!("  - uri: {u}\n")).collect() };
-    let srv = Server::spawn_config(
-        crate::support::free_port(),
-        |p, m| s.yaml(p, m, &live, &store(&[&uri_a])),
-        &env,
-        true,
-    );
-    srv.wait_up();
+    let mut srv = serve().config(|p, m| s.yaml(p, m, &live, &store(&[&uri_a])));
+    for (k, v) in env {
+        srv = srv.env(k, v);
+    }
+    let srv = srv.start();
     let sign = |c: &mut Client, id: u32, spki: &[u8]| -> Op {
         let ski = keycore_keys::ski_from_spki(spki).unwrap();
         c.send(&request(id, Op::ECDSA_SIGN_SHA256, Some(&ski), &DIGEST))
@@ -629,13 +623,10 @@ fn in_flight_operations_finish_on_the_store_a_reload_removes() {
         "  - uri: \"pkcs11:token=hostile;id=%01?module-path={}&pin-value=4321&x-dispatch=offload\"\n",
         keycore_testsupport::SOFTHSM_MODULE
     );
-    let srv = Server::spawn_config(
-        crate::support::free_port(),
-        |p, m| s.yaml(p, m, "", &uri),
-        &[("SOFTHSM2_CONF", conf.as_path())],
-        true,
-    );
-    srv.wait_up();
+    let srv = serve()
+        .env("SOFTHSM2_CONF", &conf)
+        .config(|p, m| s.yaml(p, m, "", &uri))
+        .start();
     let ski = keycore_keys::ski_from_spki(&spki).unwrap();
     let mut c = Client::connect(srv.addr).unwrap();
     let n = 3000u32;
@@ -722,17 +713,12 @@ fn a_reload_hung_in_an_hsm_login_is_refused_at_reload_timeout() {
     .unwrap();
     let s = setup(&[KeyKind::EcdsaP256]);
     let info = PathBuf::from("info");
-    let srv = Server::spawn_config(
-        crate::support::free_port(),
-        |p, m| s.yaml(p, m, "reload_timeout: 1s\n", ""),
-        &[
-            ("SOFTHSM2_CONF", conf.as_path()),
-            ("KEYCORE_HSMSIM_CONFIG", sim.as_path()),
-            ("KEYCORE_LOG", &info),
-        ],
-        true,
-    );
-    srv.wait_up();
+    let srv = serve()
+        .env("SOFTHSM2_CONF", &conf)
+        .env("KEYCORE_HSMSIM_CONFIG", &sim)
+        .env("KEYCORE_LOG", &info)
+        .config(|p, m| s.yaml(p, m, "reload_timeout: 1s\n", ""))
+        .start();
     let uri = format!(
         "  - uri: \"pkcs11:token=hostile;id=%01?module-path={}&pin-value=4321\"\n",
         keycore_testsupport::hsmsim_module().display()

@@ -1,73 +1,19 @@
 //! The `keycore` binary: `serve` reads a gokeyless.yaml unchanged, drains
 //! and exits 0 on SIGTERM.
 
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use crate::harness::{client, req, serve};
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn serve_reads_gokeyless_yaml_and_exits_0_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
-    let port = free_port();
-    let yaml = format!(
-        "loglevel: 1\nport: {port}\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca_cert.display(),
-        pki.keys_dir.display()
-    );
-    let cfg = dir.path().join("gokeyless.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
-        .args(["serve", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let tls = keycore_loadgen::tls::ClientTls::from_paths(
-        &keycore_loadgen::tls::ClientTlsPaths {
-            ca: pki.ca_cert.clone(),
-            cert: pki.client_cert.clone(),
-            key: pki.client_key.clone(),
-        },
-        &keycore_loadgen::tls::TlsOptions {
-            tls12_only: false,
-            server_name: Some("localhost".into()),
-        },
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut c = loop {
-        match keycore_loadgen::client::BlockingClient::connect(addr, &tls) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
-    let r = c
-        .call(&crate::harness::req(
-            keycore_protocol::Op::PING,
-            None,
-            b"cli",
-        ))
+    let mut srv = serve().start();
+    let r = client(&srv)
+        .call(&req(keycore_protocol::Op::PING, None, b"cli"))
         .unwrap();
     assert_eq!(r.opcode, keycore_protocol::Op::PONG);
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "server did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(status.success(), "exit status {status:?}");
+    // Exits 0 within the limit, or `stop` panics with the log.
+    srv.stop(Duration::from_secs(15));
 }
 
 #[test]
@@ -144,14 +90,6 @@ fn output_config_shows_every_source_and_hides_secrets() {
     assert!(shown.contains("pin-value=98765") && shown.contains("v1.0-very-secret"));
 }
 
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `keycore serve` with cloud keys named in gokeyless.yaml (an Azure Key
 /// Vault key URL and an AWS KMS ARN), credentials and endpoints from the
 /// environment as an operator sets them, against the local stand-ins.
@@ -166,20 +104,18 @@ fn serve_with_cloud_keys_from_gokeyless_yaml() {
         .unwrap();
     let (aws_uri, aws_key) = sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let pki = &keycore_testsupport::pki::shared().pki;
     let ca = sim.write_ca(dir.path()).unwrap();
-    let port = free_port();
-    let yaml = format!(
-        "port: {port}\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: 1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - uri: {az_uri}\n  - uri: {aws_uri}\n",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca_cert.display(),
-    );
-    let cfg = dir.path().join("gokeyless.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
-        .args(["serve", "-c"])
-        .arg(&cfg)
+    let mut srv = serve()
+        .config(|port, _| {
+            format!(
+                "port: {port}\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: 1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - uri: {az_uri}\n  - uri: {aws_uri}\n",
+                pki.server_cert.display(),
+                pki.server_key.display(),
+                pki.ca_cert.display(),
+            )
+        })
+        .no_metrics_wait()
         .env("KEYCORE_KMS_CA_FILE", &ca)
         .env("KEYCORE_AZURE_ENDPOINT", &sim.https_url)
         .env("KEYCORE_AZURE_AUTHORITY", &sim.https_url)
@@ -189,36 +125,8 @@ fn serve_with_cloud_keys_from_gokeyless_yaml() {
         .env("AZURE_CLIENT_SECRET", "s3cret")
         .env("AWS_ACCESS_KEY_ID", "AKIDCLI")
         .env("AWS_SECRET_ACCESS_KEY", "cli-secret")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let tls = keycore_loadgen::tls::ClientTls::from_paths(
-        &keycore_loadgen::tls::ClientTlsPaths {
-            ca: pki.ca_cert.clone(),
-            cert: pki.client_cert.clone(),
-            key: pki.client_key.clone(),
-        },
-        &keycore_loadgen::tls::TlsOptions {
-            tls12_only: false,
-            server_name: Some("localhost".into()),
-        },
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut c = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("server exited with {s:?}: {err}");
-        }
-        match keycore_loadgen::client::BlockingClient::connect(addr, &tls) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("server never came up: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(50)),
-        }
-    };
+        .start();
+    let mut c = client(&srv);
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"cloud");
     for (op, spki, md, pss) in [
         (
@@ -241,9 +149,7 @@ fn serve_with_cloud_keys_from_gokeyless_yaml() {
         ),
     ] {
         let ski = keycore_keys::ski_from_spki(spki).unwrap();
-        let r = c
-            .call(&crate::harness::req(op, Some(&ski), d.as_ref()))
-            .unwrap();
+        let r = c.call(&req(op, Some(&ski), d.as_ref())).unwrap();
         assert_eq!(
             r.opcode,
             keycore_protocol::Op::RESPONSE,
@@ -255,7 +161,5 @@ fn serve_with_cloud_keys_from_gokeyless_yaml() {
             "{op:?}"
         );
     }
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    assert!(child.wait().unwrap().success());
+    srv.stop(Duration::from_secs(30));
 }

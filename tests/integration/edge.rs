@@ -13,8 +13,9 @@
 //! `keycore serve` process that loaded the same keys, so a scan that can't
 //! see keys can't pass.
 
-use crate::harness::TestServer;
+use crate::harness::{serve, TestServer};
 use keycore_engine::pki::{self, DemoPki};
+use keycore_testsupport::server::Server;
 use std::io::{BufRead, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -355,7 +356,7 @@ fn the_edge_process_holds_no_private_key_bytes() {
 
     // Positive control: a key server process that loaded the same keys.
     let ks = start_serve(&srv.pki);
-    let found = scan(ks.pid(), &secrets);
+    let found = scan(ks.child.id(), &secrets);
     let names: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
     assert!(
         ["p256", "rsa2048", "p384", "ed25519", "p521"]
@@ -498,40 +499,15 @@ fn a_black_hole_key_server_fails_only_its_visitors_within_the_deadline() {
     drop(hole);
 }
 
-/// `keycore serve` on the demo keys, as a child process (positive control).
-fn start_serve(pki: &DemoPki) -> Proc {
-    start_serve_on(pki, 0)
+/// `keycore serve` on `pki`'s demo keys, as a child process (positive
+/// control).
+fn start_serve(pki: &DemoPki) -> Server {
+    serve().pki(pki).start()
 }
 
-/// `keycore serve` on the demo keys on `port` (0: any).
-fn start_serve_on(pki: &DemoPki, port: u16) -> Proc {
-    let yaml = format!(
-        "loglevel: 1\nport: {port}\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\ncores: 1\n",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca_cert.display(),
-        pki.keys_dir.display(),
-    );
-    let cfg = pki.dir.join(format!("serve-control-{port}.yaml"));
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut child = Command::new(bin())
-        .args(["serve", "--config-file"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn keycore serve");
-    let lines = pump(child.stderr.take().unwrap());
-    let p = Proc { child, lines };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match p.lines.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) if l.contains("serving") => break,
-            Ok(_) => {}
-            Err(_) => assert!(Instant::now() < deadline, "keycore serve did not start"),
-        }
-    }
-    p
+/// `keycore serve` on `pki`'s demo keys on `port`.
+fn start_serve_on(pki: &DemoPki, port: u16) -> Server {
+    serve().pki(pki).port(port).start()
 }
 
 /// The byte strings that would betray a private key: its PKCS#8 DER, and
@@ -774,10 +750,7 @@ fn tls12_only_edge_talks_to_a_tls12_only_key_server() {
 fn the_edge_reconnects_when_its_key_server_comes_back() {
     let srv = TestServer::start();
     let certs = site_certs(&srv.pki);
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = keycore_testsupport::server::free_port();
     let ks = format!("127.0.0.1:{port}");
     let first = start_serve_on(&srv.pki, port);
     let edge = start_edge(&srv.pki, &[&certs[0].1], std::slice::from_ref(&ks), &[]);

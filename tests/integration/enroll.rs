@@ -5,38 +5,32 @@
 //! certificate is missing, then serves a real signature to a client that
 //! trusts only the stand-in's CA; manual activation writes key and CSR.
 
-use crate::harness::{openssl_verify, req};
+use crate::harness::{openssl_verify, req, serve};
 use keycore_keys::{software, KeyKind};
 use keycore_loadgen::client::BlockingClient;
 use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
 use keycore_protocol::Op;
-use std::io::Read as _;
+use keycore_testsupport::server::free_port;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 const HOST: &str = "keyless.enroll.test";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Setup {
     dir: tempfile::TempDir,
     pki: keycore_engine::pki::DemoPki,
     cfg: PathBuf,
+    /// The text of `cfg`.
+    yaml: String,
     port: u16,
 }
 
 impl Setup {
     fn new(sim: &keycore_kmssim::Sim) -> Setup {
         let dir = tempfile::tempdir().unwrap();
-        let pki = keycore_engine::pki::generate(&dir.path().join("pki")).unwrap();
+        let pki = keycore_testsupport::pki::shared().pki.clone();
         let sim_ca = sim.write_ca(dir.path()).unwrap();
         let port = free_port();
         let yaml = format!(
@@ -51,11 +45,12 @@ impl Setup {
             sim_ca = sim_ca.display(),
         );
         let cfg = dir.path().join("gokeyless.yaml");
-        std::fs::write(&cfg, yaml).unwrap();
+        std::fs::write(&cfg, &yaml).unwrap();
         Setup {
             dir,
             pki,
             cfg,
+            yaml,
             port,
         }
     }
@@ -104,28 +99,14 @@ fn enroll_against_the_stand_in_then_serve_signs_with_the_issued_certificate() {
 
     // `serve` with the right token and no certificate enrolls first, then
     // serves with what it wrote.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
-        .args(["serve", "-c"])
-        .arg(&s.cfg)
+    let yaml = s.yaml.clone();
+    let mut srv = serve()
+        .port(s.port)
+        .config(move |_, _| yaml)
+        .no_metrics_wait()
         .env("KEYLESS_ENROLL_API_TOKEN", "good-token-7f3a")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: std::net::SocketAddr = ([127, 0, 0, 1], s.port).into();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        if let Some(st) = child.try_wait().unwrap() {
-            let mut e = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-            panic!("serve exited {st:?}: {e}");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "serve never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        .deadline(Duration::from_secs(60))
+        .start();
     assert_eq!(keycore_kmssim::get(&api.issued), 1);
     assert_eq!(mode(&s.path("server-key.pem")), 0o600);
     assert_eq!(mode(&s.path("server.csr")), 0o600);
@@ -146,7 +127,7 @@ fn enroll_against_the_stand_in_then_serve_signs_with_the_issued_certificate() {
         },
     )
     .unwrap();
-    let mut c = BlockingClient::connect(addr, &tls).expect("TLS with the enrolled certificate");
+    let mut c = BlockingClient::connect(srv.addr, &tls).expect("TLS with the enrolled certificate");
     let key = software::load_dir(&s.pki.keys_dir)
         .into_iter()
         .flatten()
@@ -166,12 +147,7 @@ fn enroll_against_the_stand_in_then_serve_signs_with_the_issued_certificate() {
     ));
     drop(c);
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-    let mut e = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
+    let e = srv.stop(Duration::from_secs(30));
     assert!(
         e.contains("enrolled: certificate, key and CSR written"),
         "{e}"

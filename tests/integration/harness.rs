@@ -193,6 +193,19 @@ impl Drop for TestServer {
 }
 
 /// A request for `op` on `ski` with `payload`.
+/// A `keycore serve` child built from this package's binary (see
+/// [`keycore_testsupport::server::Serve`] for the options).
+pub fn serve<'a>() -> keycore_testsupport::server::Serve<'a> {
+    keycore_testsupport::server::Serve::new(env!("CARGO_BIN_EXE_keycore"))
+}
+
+/// A blocking keyless client of a server on the shared PKI, presenting the
+/// demo client certificate.
+pub fn client(srv: &keycore_testsupport::server::Server) -> BlockingClient {
+    BlockingClient::connect(srv.addr, &keycore_testsupport::pki::shared().client_tls())
+        .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", srv.addr, srv.log()))
+}
+
 pub fn req<'a>(op: Op, ski: Option<&'a Ski>, payload: &'a [u8]) -> Message<'a> {
     Message {
         opcode: Some(op),

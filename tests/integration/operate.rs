@@ -3,48 +3,18 @@
 //! listener, the pid file (never through a planted symlink), systemd's
 //! `READY=1`/`STOPPING=1`, and log lines without ANSI codes (text) or as JSON.
 
-use std::io::{Read, Write};
+use crate::harness::serve;
+use keycore_testsupport::server::{free_port, standard_config};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    Some(out)
-}
-
-fn config(dir: &Path, pki: &keycore_engine::pki::DemoPki, extra: &str) -> std::path::PathBuf {
-    let yaml = format!(
-        "auth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\nlisten_address: 127.0.0.1\nmetrics_address: 127.0.0.1\ncores: 1\n{extra}",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca_cert.display(),
-        pki.keys_dir.display()
-    );
-    let p = dir.join("gokeyless.yaml");
-    std::fs::write(&p, yaml).unwrap();
-    p
-}
+use std::process::Command;
+use std::time::Duration;
 
 #[test]
 fn serve_check_passes_a_complete_config_and_fails_an_empty_one() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
     let port = free_port();
-    let cfg = config(dir.path(), &pki, &format!("port: {port}\n"));
+    let cfg = dir.path().join("gokeyless.yaml");
+    std::fs::write(&cfg, standard_config(port, 0, "", "")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keycore"))
         .args(["serve", "--check", "-c"])
         .arg(&cfg)
@@ -84,51 +54,38 @@ fn serve_check_passes_a_complete_config_and_fails_an_empty_one() {
 #[test]
 fn probes_pid_file_notify_and_json_logs_of_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
-    let (port, mport) = (free_port(), free_port());
     // A planted symlink at the pid file's name must not be followed.
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
     let pid_file = dir.path().join("keycore.pid");
     std::os::unix::fs::symlink(&victim, &pid_file).unwrap();
-    let cfg = config(
-        dir.path(),
-        &pki,
-        &format!(
-            "port: {port}\nmetrics_port: {mport}\npid_file: {}\nlog_format: json\n",
-            pid_file.display()
-        ),
-    );
     let sock_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&sock_path).unwrap();
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
-        .args(["serve", "-c"])
-        .arg(&cfg)
+    // Not waited for by the fixture: READY=1 is the readiness signal here.
+    let mut srv = serve()
+        .yaml(&format!(
+            "pid_file: {}\nlog_format: json\n",
+            pid_file.display()
+        ))
         .env("NOTIFY_SOCKET", &sock_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .spawn();
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(msg.starts_with("READY=1\n"), "{msg}");
-    assert!(msg.contains(&format!("MAINPID={}", child.id())), "{msg}");
+    assert!(
+        msg.contains(&format!("MAINPID={}", srv.child.id())),
+        "{msg}"
+    );
 
     // Ready means listening: probes answer at once.
-    let h = get(mport, "/healthz").expect("metrics listener up at READY");
-    assert!(
-        h.starts_with("HTTP/1.1 200 OK") && h.contains("core 0: ok"),
-        "{h}"
-    );
-    let r = get(mport, "/readyz").unwrap();
-    assert!(
-        r.starts_with("HTTP/1.1 200 OK") && r.ends_with("ready\n"),
-        "{r}"
-    );
+    let (status, h) = srv.get("/healthz").expect("metrics listener up at READY");
+    assert!(status == 200 && h.contains("core 0: ok"), "{status} {h}");
+    let (status, r) = srv.get("/readyz").unwrap();
+    assert!(status == 200 && r.ends_with("ready\n"), "{status} {r}");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     assert!(std::fs::symlink_metadata(&pid_file)
         .unwrap()
@@ -136,33 +93,18 @@ fn probes_pid_file_notify_and_json_logs_of_a_running_server() {
         .is_file());
     assert_eq!(
         std::fs::read_to_string(&pid_file).unwrap().trim(),
-        child.id().to_string()
+        srv.child.id().to_string()
     );
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    srv.signal(libc::SIGTERM);
     let n = notify.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("STOPPING=1"));
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "no exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = srv
+        .wait_exit(Duration::from_secs(20))
+        .expect("no exit after SIGTERM");
     assert!(status.success(), "{status:?}");
     assert!(!pid_file.exists(), "pid file removed on exit");
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = srv.log();
     assert!(!err.contains('\u{1b}'), "ANSI escape in logs: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
     assert!(!lines.is_empty());

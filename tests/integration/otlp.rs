@@ -4,27 +4,18 @@
 //! context makes a child span; connection-scoped log lines carry core and
 //! peer in both log formats.
 
-use crate::harness::req;
+use crate::harness::{client, req, serve};
 use keycore_keys::{software, KeyKind};
 use keycore_loadgen::client::BlockingClient;
-use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
 use keycore_protocol::{ErrorCode, Message, Op};
+use keycore_testsupport::pki;
+use keycore_testsupport::server::Server;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// An OTLP/HTTP receiver: every POST body (JSON) to /v1/traces is kept;
 /// answers 200 `{}`. Each connection is read within 10 s, at most 8 MiB.
@@ -107,138 +98,24 @@ fn attrs(span: &Value) -> HashMap<String, Value> {
         .collect()
 }
 
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    mport: u16,
-    pki: keycore_engine::pki::DemoPki,
-    _dir: tempfile::TempDir,
-}
-
+/// `keycore serve` on the shared PKI with the `extra` YAML lines.
 fn start(extra: &str) -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
-    let (port, mport) = (free_port(), free_port());
-    let yaml = format!(
-        "auth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n\
-         listen_address: 127.0.0.1\nmetrics_address: 127.0.0.1\ncores: 1\nport: {port}\n\
-         metrics_port: {mport}\n{extra}",
-        pki.server_cert.display(),
-        pki.server_key.display(),
-        pki.ca_cert.display(),
-        pki.keys_dir.display()
-    );
-    let cfg = dir.path().join("gokeyless.yaml");
-    std::fs::write(&cfg, yaml).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keycore"))
-        .args(["serve", "-c"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(addr).is_err() {
-        if let Some(st) = child.try_wait().unwrap() {
-            let mut e = String::new();
-            child.stderr.take().unwrap().read_to_string(&mut e).unwrap();
-            panic!("serve exited {st:?}: {e}");
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "serve never listened"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server {
-        child,
-        addr,
-        mport,
-        pki,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    fn client(&self) -> BlockingClient {
-        self.client_with(&self.pki.client_cert, &self.pki.client_key)
-    }
-
-    fn client_with(&self, cert: &Path, key: &Path) -> BlockingClient {
-        let tls = ClientTls::from_paths(
-            &ClientTlsPaths {
-                ca: self.pki.ca_cert.clone(),
-                cert: cert.to_path_buf(),
-                key: key.to_path_buf(),
-            },
-            &TlsOptions {
-                tls12_only: false,
-                server_name: Some("localhost".into()),
-            },
-        )
-        .unwrap();
-        BlockingClient::connect(self.addr, &tls).unwrap()
-    }
-
-    /// `GET /metrics` (the listener may come up a moment after the keyless
-    /// port: retried for up to 20 s).
-    fn metrics(&self) -> String {
-        let t0 = Instant::now();
-        let mut s = loop {
-            match std::net::TcpStream::connect(("127.0.0.1", self.mport)) {
-                Ok(s) => break s,
-                Err(e) if t0.elapsed() > Duration::from_secs(20) => panic!("metrics listener: {e}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(50)),
-            }
-        };
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        out
-    }
-
-    /// SIGTERM, wait (bounded), return stderr.
-    fn stop(mut self) -> String {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t0 = Instant::now();
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut e = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut e)
-            .unwrap();
-        assert!(status.success(), "{status:?}: {e}");
-        e
-    }
+    serve().yaml(extra).start()
 }
 
 #[test]
 fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
     let rx = Receiver::start();
-    let srv = start(&format!(
+    let mut srv = start(&format!(
         "tracing_enabled: true\ntracing_address: {}\ntracing_sample_rate: 1.0\n",
         rx.addr
     ));
-    let key = software::load_dir(&srv.pki.keys_dir)
+    let key = software::load_dir(&pki::shared().pki.keys_dir)
         .into_iter()
         .flatten()
         .find(|k| k.kind == KeyKind::EcdsaP256)
         .unwrap();
-    let mut c = srv.client();
+    let mut c = client(&srv);
     let digest = [7u8; 32];
     let r = c
         .call(&req(Op::ECDSA_SIGN_SHA256, Some(&key.ski), &digest))
@@ -259,7 +136,7 @@ fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
     drop(c);
     let t0 = Instant::now();
     loop {
-        let m = srv.metrics();
+        let m = srv.scrape();
         if m.contains("keycore_trace_spans_exported_total 3") {
             assert!(
                 m.contains("keycore_trace_spans_sampled_total{core=\"0\"} 3"),
@@ -278,7 +155,7 @@ fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    srv.stop();
+    srv.stop(Duration::from_secs(30));
     let spans = rx.spans();
     assert_eq!(spans.len(), 3, "{spans:?}");
     let ski_hex: String = key.ski.iter().map(|b| format!("{b:02x}")).collect();
@@ -319,32 +196,20 @@ fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
 #[test]
 fn connection_log_lines_carry_core_and_peer_in_text_and_json() {
     for format in ["text", "json"] {
-        let srv = start(&format!("loglevel: 0\nlog_format: {format}\n"));
+        let mut srv = start(&format!("loglevel: 0\nlog_format: {format}\n"));
         // One good connection and one refused handshake (a client
         // certificate from another CA).
-        let mut c = srv.client();
+        let mut c = client(&srv);
         assert_eq!(c.call(&req(Op::PING, None, b"x")).unwrap().opcode, Op::PONG);
         drop(c);
-        let other = tempfile::tempdir().unwrap();
-        let foreign = keycore_engine::pki::generate(other.path()).unwrap();
-        let tls = ClientTls::from_paths(
-            &ClientTlsPaths {
-                ca: srv.pki.ca_cert.clone(),
-                cert: foreign.client_cert.clone(),
-                key: foreign.client_key.clone(),
-            },
-            &TlsOptions {
-                tls12_only: false,
-                server_name: Some("localhost".into()),
-            },
-        )
-        .unwrap();
+        let p = pki::shared();
+        let tls = p.client_tls_as(&p.pki.foreign_client_cert, &p.pki.foreign_client_key);
         if let Ok(mut bad) = BlockingClient::connect(srv.addr, &tls) {
             // TLS 1.3: the refusal shows at the first exchange.
             let _ = bad.call(&req(Op::PING, None, b"x"));
         }
         std::thread::sleep(Duration::from_millis(300));
-        let log = srv.stop();
+        let log = srv.stop(Duration::from_secs(30));
         let mut seen = Vec::new();
         for line in log.lines().filter(|l| !l.is_empty()) {
             let (msg, has_core, has_peer) = if format == "json" {

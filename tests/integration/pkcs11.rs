@@ -10,13 +10,13 @@
 use crate::harness::openssl_verify;
 use keycore_engine::config;
 use keycore_loadgen::client::BlockingClient;
-use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
+use keycore_loadgen::tls::ClientTls;
 use keycore_protocol::{Message, Op};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use keycore_testsupport::softhsm::{openssl_key, softhsm_available, Token};
+use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+use keycore_testsupport::SOFTHSM_MODULE as MODULE;
 const PIN: &str = "4321";
 static LOCK: Mutex<()> = Mutex::new(());
 
@@ -27,87 +27,24 @@ struct Hsm {
     token: (String, Vec<u8>, Vec<u8>),
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn hsm() -> Option<&'static Hsm> {
     static H: OnceLock<Option<Hsm>> = OnceLock::new();
     H.get_or_init(|| {
-        if !Path::new(MODULE).exists()
-            || Command::new("pkcs11-tool").arg("--help").output().is_err()
-        {
+        if !softhsm_available() {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
-        let tokens = root.join("tokens");
-        std::fs::create_dir_all(&tokens).unwrap();
-        let conf = root.join("softhsm2.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        let conf = keycore_testsupport::softhsm_conf(&root);
         // Before any C_Initialize in this process; nothing else reads it.
         std::env::set_var("SOFTHSM2_CONF", &conf);
         let label = "keycore-it";
-        run(Command::new("softhsm2-util").args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--so-pin",
-            "1111",
-            "--pin",
-            PIN,
-        ]));
+        let token = Token::init(&conf, label, PIN);
         let mut spkis = Vec::new();
         for (name, id, algo) in [("rsa", "01", "rsa"), ("ec", "02", "ec")] {
-            let pem = root.join(format!("{name}.pem"));
-            let mut c = Command::new("openssl");
-            c.args(["genpkey", "-out"]).arg(&pem);
-            match algo {
-                "rsa" => c.args(["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"]),
-                _ => c.args(["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"]),
-            };
-            run(&mut c);
-            let der = root.join(format!("{name}.der"));
-            let pubder = root.join(format!("{name}.pub.der"));
-            run(Command::new("openssl")
-                .args(["pkey", "-outform", "DER", "-in"])
-                .arg(&pem)
-                .arg("-out")
-                .arg(&der));
-            run(Command::new("openssl")
-                .args(["pkey", "-pubout", "-outform", "DER", "-in"])
-                .arg(&pem)
-                .arg("-out")
-                .arg(&pubder));
-            for (ty, f) in [("privkey", &der), ("pubkey", &pubder)] {
-                run(Command::new("pkcs11-tool")
-                    .args([
-                        "--module",
-                        MODULE,
-                        "--token-label",
-                        label,
-                        "--login",
-                        "--pin",
-                        PIN,
-                        "--write-object",
-                    ])
-                    .arg(f)
-                    .args(["--type", ty, "--id", id, "--label", name]));
-            }
-            spkis.push(std::fs::read(&pubder).unwrap());
+            let key = openssl_key(&root, name, algo);
+            token.import(&key, id, name);
+            spkis.push(std::fs::read(&key.public_der).unwrap());
         }
         let ec = spkis.pop().unwrap();
         let rsa = spkis.pop().unwrap();
@@ -124,7 +61,6 @@ struct Served {
     running: Option<keycore_engine::launch::Running>,
     tls: ClientTls,
     pki: keycore_engine::pki::DemoPki,
-    _dir: tempfile::TempDir,
 }
 
 impl Drop for Served {
@@ -147,8 +83,8 @@ fn serve_on(hsm: &Hsm, extra: &str, cores: usize) -> Served {
 
 /// [`serve_on`] with extra top-level YAML lines.
 fn serve_with(hsm: &Hsm, extra: &str, cores: usize, more_yaml: &str) -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let shared = keycore_testsupport::pki::shared();
+    let pki = shared.pki.clone();
     let label = &hsm.token.0;
     let yaml = format!(
         "{more_yaml}port: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\ncores: {cores}\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - dir: {}\n  - uri: \"pkcs11:token={label};id=%01?module-path={MODULE}&pin-value={PIN}{extra}\"\n  - uri: \"pkcs11:token={label};object=ec?module-path={MODULE}&pin-value={PIN}{extra}\"\n",
@@ -160,23 +96,10 @@ fn serve_with(hsm: &Hsm, extra: &str, cores: usize, more_yaml: &str) -> Served {
     let path = hsm.root.join("gokeyless.yaml");
     let loaded = config::from_yaml_str(&yaml, &path, &|_| None).unwrap();
     let running = keycore_engine::launch::launch(&loaded.config).expect("launch with PKCS#11 keys");
-    let tls = ClientTls::from_paths(
-        &ClientTlsPaths {
-            ca: pki.ca_cert.clone(),
-            cert: pki.client_cert.clone(),
-            key: pki.client_key.clone(),
-        },
-        &TlsOptions {
-            tls12_only: false,
-            server_name: Some("localhost".into()),
-        },
-    )
-    .unwrap();
     Served {
         running: Some(running),
-        tls,
+        tls: shared.client_tls(),
         pki,
-        _dir: dir,
     }
 }
 
@@ -329,7 +252,7 @@ fn wrong_pin_is_a_startup_error_naming_the_uri() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let pki = &keycore_testsupport::pki::shared().pki;
     let yaml = format!(
         "port: 0\nmetrics_port: 0\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nprivate_key_stores:\n  - uri: \"pkcs11:token={};id=%01?module-path={MODULE}&pin-value=0000\"\n",
         pki.server_cert.display(),

@@ -91,7 +91,7 @@ fn allow_list_refuses_unknown_names_and_unpinned_keys_in_the_handshake() {
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    spki_sha256: [{bogus}, {}]\n  - name: edge-b\n    names: [\"*.keycore.test\"]\n    spki_sha256: [{bogus}]\n",
         spki_pin(&p.client_cert)
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let mut a = Client::connect(s.addr).unwrap();
     assert!(ok(&call(
         &mut a,
@@ -126,7 +126,7 @@ fn allow_list_refuses_unknown_names_and_unpinned_keys_in_the_handshake() {
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n  - name: edge-b\n    names: [\"*.keycore.test\"]\n    spki_sha256: [{bogus}, {}]\n",
         spki_pin(&cert2)
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let mut b = Client::connect_as(s.addr, &cert2, &key2).unwrap();
     assert!(ok(&call(
         &mut b,
@@ -138,7 +138,7 @@ fn allow_list_refuses_unknown_names_and_unpinned_keys_in_the_handshake() {
     drop(s);
 
     // A certificate that chains but whose names match no identity.
-    let s = Server::start(
+    let s = support::start(
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n",
     );
     assert!(is_refused(&s, &cert2, &key2));
@@ -157,7 +157,7 @@ fn key_policies_refuse_denied_ops_and_clients_with_0x08_and_count_them() {
         rsa.display(),
         hex(&ski(KeyKind::EcdsaP256))
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let rsa2048 = KeyKind::Rsa { bits: 2048 };
     let mut a = Client::connect(s.addr).unwrap();
     let mut b = Client::connect_as(s.addr, &cert2, &key2).unwrap();
@@ -255,7 +255,7 @@ fn key_policies_refuse_denied_ops_and_clients_with_0x08_and_count_them() {
 fn per_identity_rate_limit_answers_0x08_and_spares_other_identities() {
     let (cert2, key2) = second();
     // One core: edge-a gets 20/s with a burst of 20; edge-b no limit.
-    let s = Server::start(
+    let s = support::start(
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    max_rps: 20\n  - name: edge-b\n    names: [\"edge2.keycore.test\"]\n",
     );
     let burst = |c: &mut Client, n: u32| -> (u32, u32) {
@@ -308,7 +308,7 @@ fn per_identity_rate_limit_answers_0x08_and_spares_other_identities() {
 #[test]
 fn connections_per_identity_are_capped_before_any_request_is_read() {
     let (cert2, key2) = second();
-    let s = Server::start(
+    let s = support::start(
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    max_connections: 2\n  - name: edge-b\n    names: [\"edge2.keycore.test\"]\n",
     );
     let open = "keycore_client_connections{identity=\"edge-a\"}";
@@ -365,7 +365,7 @@ fn audit_file_round_trips_counts_and_rotates_under_load() {
         hex(&ski(KeyKind::EcdsaP384)),
         file.display()
     );
-    let mut s = Server::start(&yaml);
+    let mut s = support::start(&yaml);
     let mut a = Client::connect(s.addr).unwrap();
     let mut b = Client::connect_as(s.addr, &cert2, &key2).unwrap();
     // Load in rounds spread over several intervals: what was sent, by
@@ -474,7 +474,7 @@ fn rotation_keeps_at_most_audit_keep_files() {
         "audit_file: {}\naudit_interval: 50ms\naudit_max_bytes: 4096\naudit_keep: 2\n",
         file.display()
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let mut a = Client::connect(s.addr).unwrap();
     let rot = "keycore_audit_rotations_total";
     // Many distinct cells per interval (every opcode of the ECDSA key).
@@ -509,7 +509,7 @@ fn losing_the_audit_directory_does_not_stop_signing() {
         "audit_file: {}\naudit_interval: 100ms\n",
         sub.join("audit.jsonl").display()
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let mut a = Client::connect(s.addr).unwrap();
     std::fs::remove_dir_all(&sub).unwrap();
     for id in 0..20 {
@@ -548,7 +548,7 @@ fn fail_closed_audit_refuses_key_operations_until_the_file_is_back() {
         "audit_file: {}\naudit_interval: 100ms\naudit_fail_closed: true\n",
         file.display()
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let mut a = Client::connect(s.addr).unwrap();
     assert!(ok(&call(
         &mut a,
@@ -599,7 +599,7 @@ fn key_policies_reload_and_audit_counts_keep_their_key_across_the_reload() {
         "key_policies:\n  - ski: {p256}\n    deny_ops: [ecdsa]\naudit_file: {}\naudit_interval: 30s\n",
         file.display()
     );
-    let mut s = Server::start(&yaml);
+    let mut s = support::start(&yaml);
     let mut a = Client::connect(s.addr).unwrap();
     for id in 0..3 {
         assert!(refused(&call(

@@ -4,10 +4,16 @@
 //! lives once. Only a `[dev-dependencies]` entry may name this crate.
 //!
 //! Public surface: [`SOFTHSM_MODULE`], [`softhsm_conf`], [`run_ok`],
-//! [`hsmsim_module`].
-//!
-//! Not here yet (still per test file): token and key creation, the throwaway
-//! PKI and a running server; they move here next.
+//! [`hsmsim_module`], [`softhsm`] (tokens and keys made with the real
+//! tools); with the `server` feature, [`pki`] (the shared
+//! throwaway PKI and client TLS) and [`server`] (a running `keycore serve`:
+//! [`server::Serve`] builds it, [`server::Server`] is it).
+
+#[cfg(feature = "server")]
+pub mod pki;
+#[cfg(feature = "server")]
+pub mod server;
+pub mod softhsm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -16,6 +16,7 @@ use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
+use keycore_testsupport::softhsm::Token;
 
 pub const TOKEN_LABEL: &str = "hsmsim-test";
 pub const USER_PIN: &str = "1234";
@@ -39,24 +40,10 @@ pub struct Harness {
 static HARNESS: OnceLock<Harness> = OnceLock::new();
 static SERIAL: Mutex<()> = Mutex::new(());
 
-/// The simulator cdylib built for this test run. `cargo test` builds the lib target (rlib AND
-/// cdylib) into target/<profile>/deps/, next to the test executable, but only `cargo build`
-/// copies it up to target/<profile>/libkeycore_hsmsim.so, which can therefore be stale: use the
-/// deps/ copy, and the one above only if deps/ has none.
+/// The simulator cdylib built for this test run (next to the test
+/// executable; see `keycore_testsupport::hsmsim_module`).
 pub fn module_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let deps = exe.parent().expect("target/<profile>/deps");
-    let candidates = [
-        deps.join("libkeycore_hsmsim.so"),
-        deps.parent()
-            .expect("target/<profile>")
-            .join("libkeycore_hsmsim.so"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .unwrap_or_else(|| panic!("libkeycore_hsmsim.so not found at {candidates:?}"))
-        .clone()
+    keycore_testsupport::hsmsim_module()
 }
 
 /// Serialises the tests of one file; returns the shared harness.
@@ -68,37 +55,13 @@ pub fn lock() -> (MutexGuard<'static, ()>, &'static Harness) {
 pub fn harness() -> &'static Harness {
     HARNESS.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let tokens = dir.path().join("tokens");
-        std::fs::create_dir(&tokens).unwrap();
-        let softhsm_conf = dir.path().join("softhsm2.conf");
-        std::fs::write(
-            &softhsm_conf,
-            format!(
-                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-                tokens.display()
-            ),
-        )
-        .unwrap();
+        let softhsm_conf = keycore_testsupport::softhsm_conf(dir.path());
         let config_path = dir.path().join("hsmsim.json");
         write_config(&config_path, "{}");
         // Set before the module is loaded; nothing else in this process reads them earlier.
         std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
         std::env::set_var("KEYCORE_HSMSIM_CONFIG", &config_path);
-        let status = std::process::Command::new("softhsm2-util")
-            .args([
-                "--init-token",
-                "--free",
-                "--label",
-                TOKEN_LABEL,
-                "--so-pin",
-                SO_PIN,
-                "--pin",
-                USER_PIN,
-            ])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("softhsm2-util");
-        assert!(status.success());
+        Token::init_with_so_pin(&softhsm_conf, TOKEN_LABEL, SO_PIN, USER_PIN);
 
         let pkcs11 = Pkcs11::new(module_path()).expect("load simulator");
         pkcs11
