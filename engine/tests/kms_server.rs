@@ -4,13 +4,10 @@
 
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
-use keycore_engine::pki;
-use keycore_engine::server::{self, tls, Limits, ServerSettings};
 use keycore_keys::{KeyIndex, StoreId};
 use keycore_kms::{AwsCredential, AzureCredential, GcpCredential, KmsOptions, KmsStore};
 use keycore_kmssim::{KeyType, Sim};
 use keycore_loadgen::client::BlockingClient;
-use keycore_loadgen::tls::{ClientTls, ClientTlsPaths, TlsOptions};
 use keycore_protocol::{ErrorCode, Message, Op, Ski};
 use std::sync::Arc;
 use x509_parser::prelude::FromDer;
@@ -76,39 +73,17 @@ fn edge_requests_are_served_by_cloud_keys() {
     for e in entries {
         index.insert(e).unwrap();
     }
-    let pki = pki::generate(dir.path()).unwrap();
-    let tls = tls::server_config(&tls::TlsSettings {
-        cert: &pki.server_cert,
-        key: &pki.server_key,
-        client_ca: &pki.ca_cert,
-        tls12_only: false,
-        current_time: None,
-    })
-    .unwrap();
-    let handle = server::start(
-        ServerSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cpus: vec![usize::MAX; 1],
-            limits: Limits::default(),
-        },
-        tls,
-        Arc::new(index),
+    let shared = keycore_testsupport::pki::shared();
+    let p = &shared.pki;
+    let handle = keycore_testsupport::inproc::start(
+        &Default::default(),
+        p,
+        &p.server_cert,
+        &p.server_key,
+        index,
         vec![Arc::new(store)],
-        Default::default(),
-    )
-    .unwrap();
-    let client_tls = ClientTls::from_paths(
-        &ClientTlsPaths {
-            ca: pki.ca_cert.clone(),
-            cert: pki.client_cert.clone(),
-            key: pki.client_key.clone(),
-        },
-        &TlsOptions {
-            tls12_only: false,
-            server_name: Some("localhost".into()),
-        },
-    )
-    .unwrap();
+    );
+    let client_tls = shared.client_tls();
     let mut c = BlockingClient::connect(handle.addr, &client_tls).unwrap();
     let msg = b"handshake transcript";
     let d256 = digest::digest(&digest::SHA256, msg);

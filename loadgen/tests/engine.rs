@@ -8,13 +8,11 @@
 //!   like a VM pause or a stop-the-world hiccup) shows in the open-loop tail.
 
 use keycore_engine::pki::{self, DemoPki};
-use keycore_engine::server::{self, tls, Limits, ServerHandle, ServerSettings};
-use keycore_keys::{software, KeyIndex};
+use keycore_engine::server::ServerHandle;
 use keycore_loadgen::check::OpKind;
 use keycore_loadgen::{run, Arrivals, ClientTlsPaths, LoadSpec, LoopMode, Profile};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 struct Server {
@@ -23,32 +21,17 @@ struct Server {
 }
 
 fn start_server(dir: &std::path::Path) -> Server {
+    // Generated into `dir`: the stall test's parent reads the files back.
     let pki = pki::generate(dir).expect("generate PKI");
-    let mut index = KeyIndex::default();
-    for r in software::load_dir(&pki.keys_dir) {
-        index.insert(r.expect("load key")).expect("unique SKI");
-    }
-    let tls = tls::server_config(&tls::TlsSettings {
-        cert: &pki.server_cert,
-        key: &pki.server_key,
-        client_ca: &pki.ca_cert,
-        tls12_only: false,
-        current_time: None,
-    })
-    .expect("server TLS config");
-    let handle = server::start(
-        ServerSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            // Unpinned: the test machine is small and shared.
-            cpus: vec![usize::MAX],
-            limits: Limits::default(),
-        },
-        tls,
-        Arc::new(index),
-        Default::default(),
-        Default::default(),
-    )
-    .expect("start server");
+    let (index, _) = keycore_testsupport::inproc::software_keys(&pki.keys_dir);
+    let handle = keycore_testsupport::inproc::start(
+        &Default::default(),
+        &pki,
+        &pki.server_cert,
+        &pki.server_key,
+        index,
+        Vec::new(),
+    );
     Server { pki, handle }
 }
 

@@ -131,13 +131,14 @@ fn metric(text: &str, series: &str) -> u64 {
 }
 
 /// Site certificates for localhost, one per key kind the key server holds.
-fn site_certs(pki: &DemoPki) -> Vec<(String, PathBuf)> {
+fn site_certs(srv: &TestServer) -> Vec<(String, PathBuf)> {
+    let pki = &srv.pki;
     let mut out = Vec::new();
     for (i, k) in ["p256", "rsa2048", "p384", "ed25519", "p521"]
         .iter()
         .enumerate()
     {
-        let path = pki.dir.join(format!("site-{k}.pem"));
+        let path = srv.dir().join(format!("site-{k}.pem"));
         pki::issue_site_cert(
             pki,
             &pki.keys_dir.join(format!("{k}.key")),
@@ -209,7 +210,7 @@ fn s_client(pki: &DemoPki, edge: SocketAddr, extra: &[&str]) -> String {
 #[test]
 fn curl_and_openssl_complete_handshakes_signed_by_the_key_server() {
     let srv = TestServer::start();
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     let paths: Vec<&Path> = certs.iter().map(|(_, p)| p.as_path()).collect();
     let edge = start_edge(&srv.pki, &paths, &[srv.addr.to_string()], &[]);
 
@@ -325,7 +326,7 @@ fn curl_and_openssl_complete_handshakes_signed_by_the_key_server() {
 #[test]
 fn the_edge_process_holds_no_private_key_bytes() {
     let srv = TestServer::start();
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     let paths: Vec<&Path> = certs.iter().map(|(_, p)| p.as_path()).collect();
     let edge = start_edge(&srv.pki, &paths, &[srv.addr.to_string()], &[]);
     // Make it sign with every key first, so whatever it touched is in memory.
@@ -369,7 +370,7 @@ fn the_edge_process_holds_no_private_key_bytes() {
 #[test]
 fn key_server_down_erroring_or_failing_over() {
     let srv = TestServer::start();
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     let p256 = certs[0].1.as_path();
     // A port with nothing listening.
     let dead = {
@@ -437,7 +438,7 @@ fn key_server_down_erroring_or_failing_over() {
     // Erroring: a certificate whose key the key server doesn't have (key not found).
     let other_dir = tempfile::tempdir().unwrap();
     let other = pki::generate(other_dir.path()).unwrap();
-    let foreign_site = srv.pki.dir.join("site-unknown-key.pem");
+    let foreign_site = srv.dir().join("site-unknown-key.pem");
     pki::issue_site_cert(
         &srv.pki,
         &other.keys_dir.join("p256.key"),
@@ -473,7 +474,7 @@ fn key_server_down_erroring_or_failing_over() {
 #[test]
 fn a_black_hole_key_server_fails_only_its_visitors_within_the_deadline() {
     let srv = TestServer::start();
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     // Accepts TCP and never says a word: connections to it never come up.
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hole_addr = hole.local_addr().unwrap();
@@ -636,10 +637,10 @@ fn scan(pid: u32, secrets: &[(String, Vec<Vec<u8>>)]) -> Vec<(String, usize)> {
 #[test]
 fn loadgen_handshakes_measures_full_and_resumed_handshakes_through_the_edge() {
     let srv = TestServer::start();
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     let edge = start_edge(&srv.pki, &[&certs[0].1], &[srv.addr.to_string()], &[]);
-    let html = srv.pki.dir.join("hs.html");
-    let hdr = srv.pki.dir.join("hs.hlog");
+    let html = srv.dir().join("hs.html");
+    let hdr = srv.dir().join("hs.hlog");
     let run = |extra: &[&str]| -> serde_json::Value {
         let o = Command::new(bin())
             .args([
@@ -732,7 +733,7 @@ fn tls12_only_edge_talks_to_a_tls12_only_key_server() {
         tls12_only: true,
         ..Default::default()
     });
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     let edge = start_edge(
         &srv.pki,
         &[&certs[0].1],
@@ -749,7 +750,7 @@ fn tls12_only_edge_talks_to_a_tls12_only_key_server() {
 #[test]
 fn the_edge_reconnects_when_its_key_server_comes_back() {
     let srv = TestServer::start();
-    let certs = site_certs(&srv.pki);
+    let certs = site_certs(&srv);
     let port = keycore_testsupport::server::free_port();
     let ks = format!("127.0.0.1:{port}");
     let first = start_serve_on(&srv.pki, port);

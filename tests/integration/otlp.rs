@@ -98,9 +98,10 @@ fn attrs(span: &Value) -> HashMap<String, Value> {
         .collect()
 }
 
-/// `keycore serve` on the shared PKI with the `extra` YAML lines.
+/// `keycore serve` on the shared PKI with the `extra` YAML lines; no
+/// readiness ping (it would be a traced request of its own).
 fn start(extra: &str) -> Server {
-    serve().yaml(extra).start()
+    serve().yaml(extra).ready_on_connect().start()
 }
 
 #[test]

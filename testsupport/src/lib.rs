@@ -6,9 +6,12 @@
 //! Public surface: [`SOFTHSM_MODULE`], [`softhsm_conf`], [`run_ok`],
 //! [`hsmsim_module`], [`softhsm`] (tokens and keys made with the real
 //! tools); with the `server` feature, [`pki`] (the shared
-//! throwaway PKI and client TLS) and [`server`] (a running `keycore serve`:
-//! [`server::Serve`] builds it, [`server::Server`] is it).
+//! throwaway PKI and client TLS), [`server`] (a running `keycore serve`:
+//! [`server::Serve`] builds it, [`server::Server`] is it) and [`inproc`]
+//! (the engine started in the test process: [`inproc::TestServer`]).
 
+#[cfg(feature = "server")]
+pub mod inproc;
 #[cfg(feature = "server")]
 pub mod pki;
 #[cfg(feature = "server")]

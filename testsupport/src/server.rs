@@ -66,6 +66,7 @@ pub struct Serve<'a> {
     args: Vec<OsString>,
     tweak: Option<Tweak<'a>>,
     probe: Option<Probe>,
+    no_ping: bool,
     wait_metrics: bool,
     deadline: Duration,
 }
@@ -98,6 +99,7 @@ impl<'a> Serve<'a> {
             args: Vec::new(),
             tweak: None,
             probe: None,
+            no_ping: false,
             wait_metrics: true,
             deadline: Duration::from_secs(30),
         }
@@ -166,6 +168,14 @@ impl<'a> Serve<'a> {
         self
     }
 
+    /// Ready when the keyless port accepts a TCP connection, without the
+    /// default ping (a test that counts every request, e.g. traced spans;
+    /// the bare connection counts as one failed handshake instead).
+    pub fn ready_on_connect(mut self) -> Serve<'a> {
+        self.no_ping = true;
+        self
+    }
+
     /// Do not wait for the metrics listener (a config without one).
     pub fn no_metrics_wait(mut self) -> Serve<'a> {
         self.wait_metrics = false;
@@ -198,7 +208,7 @@ impl<'a> Serve<'a> {
                 let p = self.pki.take().unwrap_or_else(|| pki::shared().pki.clone());
                 let yaml =
                     standard_config_on(&p, port, mport, &self.extra_yaml, &self.extra_stores);
-                if self.probe.is_none() {
+                if self.probe.is_none() && !self.no_ping {
                     self.probe = Some(ping_probe(p));
                 }
                 yaml

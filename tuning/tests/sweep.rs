@@ -1,39 +1,20 @@
 //! A concurrency sweep against the real key server on loopback.
 
-use keycore_engine::server::{self, tls, Limits, ServerSettings};
-use keycore_keys::{software, KeyIndex};
 use keycore_loadgen::{ClientTlsPaths, LoadSpec, Profile};
 use keycore_tuning::{sweep, SweepSpec};
-use std::sync::Arc;
 
 #[test]
 fn sweep_measures_every_point_and_recommends_one_within_the_slo() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
-    let mut index = KeyIndex::default();
-    for r in software::load_dir(&pki.keys_dir) {
-        index.insert(r.unwrap()).unwrap();
-    }
-    let tls = tls::server_config(&tls::TlsSettings {
-        cert: &pki.server_cert,
-        key: &pki.server_key,
-        client_ca: &pki.ca_cert,
-        tls12_only: false,
-        current_time: None,
-    })
-    .unwrap();
-    let handle = server::start(
-        ServerSettings {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            cpus: vec![usize::MAX],
-            limits: Limits::default(),
-        },
-        tls,
-        Arc::new(index),
-        Default::default(),
-        Default::default(),
-    )
-    .unwrap();
+    let pki = &keycore_testsupport::pki::shared().pki;
+    let (index, _) = keycore_testsupport::inproc::software_keys(&pki.keys_dir);
+    let handle = keycore_testsupport::inproc::start(
+        &Default::default(),
+        pki,
+        &pki.server_cert,
+        &pki.server_key,
+        index,
+        Vec::new(),
+    );
     let mut spec = LoadSpec::new(
         handle.addr,
         ClientTlsPaths {
