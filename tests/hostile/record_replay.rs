@@ -10,7 +10,7 @@
 //! Bounds are limits on a shared, loaded 2-core machine with a debug
 //! server; they are not benchmarks.
 
-use crate::support::{free_port, pki, Server};
+use crate::support::{pki, serve, start, Server};
 use keycore_keys::KeyKind;
 use keycore_loadgen::replay::ReplayOptions;
 use keycore_loadgen::{ClientTlsPaths, LoadSpec, LoopMode, Profile};
@@ -115,7 +115,7 @@ fn ks(a: &[f64], b: &[f64]) -> f64 {
 fn a_replayed_recording_reproduces_the_mix_and_the_arrival_distribution() {
     let dir = tempfile::tempdir().unwrap();
     let rec_a = dir.path().join("a.rec");
-    let a = Server::start(&format!("record_file: {}\n", rec_a.display()));
+    let a = start(&format!("record_file: {}\n", rec_a.display()));
     let mut s = spec(&a);
     s.profile = Profile {
         mode: LoopMode::Open,
@@ -145,9 +145,8 @@ fn a_replayed_recording_reproduces_the_mix_and_the_arrival_distribution() {
     }
     let rec_b = dir.path().join("b.rec");
     let p = &pki().pki;
-    let b = Server::spawn_config(
-        free_port(),
-        |port, mport| {
+    let b = serve()
+        .config(|port, mport| {
             format!(
                 "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\nlisten_address: 127.0.0.1\ncores: 1\nrecord_file: {}\nprivate_key_stores:\n  - dir: {}\n",
                 p.server_cert.display(),
@@ -156,11 +155,8 @@ fn a_replayed_recording_reproduces_the_mix_and_the_arrival_distribution() {
                 rec_b.display(),
                 keys_b.display()
             )
-        },
-        &[],
-        false,
-    );
-    b.wait_up();
+        })
+        .start();
     let mut s = spec(&b);
     s.replay = Some(ReplayOptions {
         files: vec![rec_a.clone()],
@@ -229,7 +225,7 @@ fn a_replayed_recording_reproduces_the_mix_and_the_arrival_distribution() {
     assert!((0.25..=2.0).contains(&p10), "{report}");
 
     // Scaled x2: the same requests in half the time.
-    let c = Server::start("");
+    let c = start("");
     let mut s = spec(&c);
     s.replay = Some(ReplayOptions {
         files: vec![rec_a.clone()],
@@ -250,7 +246,7 @@ fn rotation_bounds_the_disk_and_a_full_buffer_drops_and_counts() {
     let rec = dir.path().join("r.rec");
     // 4096-byte files (112 records each), two rotations kept, 16 records
     // buffered per core between the writer's 50 ms takes.
-    let srv = Server::start(&format!(
+    let srv = start(&format!(
         "record_file: {}\nrecord_max_bytes: 4096\nrecord_files: 2\nrecord_buffer: 16\n",
         rec.display()
     ));
