@@ -28,6 +28,9 @@ pub const APPLIED_BY_RELOAD: &[&str] = &[
     "sign_timeout",
     "reload_timeout",
     "key_policies",
+    "client_identities",
+    "client_max_rps",
+    "client_max_connections",
 ];
 
 impl Setting {
@@ -55,9 +58,12 @@ impl Config {
         c.key_load_errors = new.key_load_errors;
         c.sign_timeout = new.sign_timeout;
         c.reload_timeout = new.reload_timeout;
-        // Policies whose `clients:` name identities are compiled against
-        // the identities in force (client_identities needs a restart).
+        // The allow-list, the per-identity limits and the key policies
+        // (whose `clients:` name those identities) change together.
         c.security.key_policies = new.security.key_policies.clone();
+        c.security.client_identities = new.security.client_identities.clone();
+        c.security.client_max_rps = new.security.client_max_rps;
+        c.security.client_max_connections = new.security.client_max_connections;
         c.pkcs11 = new.pkcs11.clone();
         c.kms = new.kms.clone();
         c

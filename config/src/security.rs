@@ -236,36 +236,83 @@ fn to_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The entries of a list-of-mappings key (`None` node: empty list).
-fn entries<'n>(
+/// One entry of a list-of-mappings key (`client_identities`,
+/// `key_policies`): its name in messages (`key[i]`), its line and its
+/// `k: v` fields (merge keys resolved).
+struct Item<'n> {
+    key: String,
+    line: usize,
+    fields: Vec<(Option<&'n str>, usize, &'n Node)>,
+}
+
+impl Item<'_> {
+    /// The warning for a field this entry does not know (`known`: the
+    /// fields it does, for the message).
+    fn unknown(
+        &self,
+        at: &dyn Fn(usize) -> Origin,
+        k: Option<&str>,
+        line: usize,
+        known: &str,
+    ) -> String {
+        format!(
+            "{}: unknown key {} in {} ignored ({known})",
+            at(line),
+            k.map_or("(not text)".to_owned(), |k| format!("\"{k}\"")),
+            self.key
+        )
+    }
+}
+
+/// The entries of a list-of-mappings key, each checked to be a mapping
+/// (a null node: no entries), at most `max` of them; `shape` shows one
+/// entry in messages. The one opening both readers share.
+fn items<'n>(
     node: &'n Node,
     at: &dyn Fn(usize) -> Origin,
     key: &str,
-    what: &str,
+    shape: &str,
     max: usize,
-) -> Result<Vec<&'n Node>, ConfigError> {
-    let items = match &node.kind {
+) -> Result<Vec<Item<'n>>, ConfigError> {
+    let list = match &node.kind {
         Kind::Null => return Ok(Vec::new()),
-        Kind::Seq(items) => items,
+        Kind::Seq(list) => list,
         other => {
             return Err(err(
                 at(node.line),
                 key,
                 format!(
-                    "expected a list of entries ({what}), found {}",
+                    "expected a list of entries ({shape}), found {}",
                     other.describe()
                 ),
             ))
         }
     };
-    if items.len() > max {
+    if list.len() > max {
         return Err(err(
             at(node.line),
             key,
-            format!("{} entries; at most {max}", items.len()),
+            format!("{} entries; at most {max}", list.len()),
         ));
     }
-    Ok(items.iter().collect())
+    list.iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let ek = format!("{key}[{i}]");
+            match &n.kind {
+                Kind::Map(pairs) => Ok(Item {
+                    key: ek,
+                    line: n.line,
+                    fields: yaml::map_entries(pairs),
+                }),
+                other => Err(err(
+                    at(n.line),
+                    &ek,
+                    format!("expected a mapping ({shape}), found {}", other.describe()),
+                )),
+            }
+        })
+        .collect()
 }
 
 /// `client_identities` from its YAML node.
@@ -276,27 +323,14 @@ pub(crate) fn parse_identities(
 ) -> Result<Vec<ClientIdentity>, ConfigError> {
     const KEY: &str = "client_identities";
     let mut out: Vec<ClientIdentity> = Vec::new();
-    for (i, item) in entries(
+    for item in items(
         node,
         at,
         KEY,
         "`- name: ..., names: [...], spki_sha256: [...]`",
         MAX_CLIENT_IDENTITIES,
-    )?
-    .into_iter()
-    .enumerate()
-    {
-        let ek = format!("{KEY}[{i}]");
-        let Kind::Map(pairs) = &item.kind else {
-            return Err(err(
-                at(item.line),
-                &ek,
-                format!(
-                    "expected a mapping with name:, found {}",
-                    item.kind.describe()
-                ),
-            ));
-        };
+    )? {
+        let ek = &item.key;
         let mut id = ClientIdentity {
             name: String::new(),
             names: Vec::new(),
@@ -304,23 +338,23 @@ pub(crate) fn parse_identities(
             max_rps: None,
             max_connections: None,
         };
-        for (k, line, v) in yaml::map_entries(pairs) {
+        for &(k, line, v) in &item.fields {
             match k.map(str::to_ascii_lowercase).as_deref() {
-                Some("name") => id.name = scalar(v, at, &ek)?.trim().to_owned(),
+                Some("name") => id.name = scalar(v, at, ek)?.trim().to_owned(),
                 Some("names") => {
-                    for (p, l) in scalars(v, at, &ek)? {
+                    for (p, l) in scalars(v, at, ek)? {
                         if p.trim().is_empty() {
-                            return Err(err(at(l), &ek, "an empty name pattern"));
+                            return Err(err(at(l), ek, "an empty name pattern"));
                         }
                         id.names.push(p.trim().to_owned());
                     }
                 }
                 Some("spki_sha256") => {
-                    for (p, l) in scalars(v, at, &ek)? {
+                    for (p, l) in scalars(v, at, ek)? {
                         let pin = hex::<32>(p.trim()).ok_or_else(|| {
                             err(
                                 at(l),
-                                &ek,
+                                ek,
                                 format!(
                                     "spki_sha256: expected 64 hex digits (sha256 of the DER \
                                      public key), got {p:?}"
@@ -331,17 +365,17 @@ pub(crate) fn parse_identities(
                     }
                 }
                 Some("max_rps") => {
-                    id.max_rps = Some(int(scalar(v, at, &ek)?, MAX_RPS, at(v.line), &ek)?)
+                    id.max_rps = Some(int(scalar(v, at, ek)?, MAX_RPS, at(v.line), ek)?)
                 }
                 Some("max_connections") => {
                     id.max_connections =
-                        Some(int(scalar(v, at, &ek)?, MAX_CONNECTIONS, at(v.line), &ek)?)
+                        Some(int(scalar(v, at, ek)?, MAX_CONNECTIONS, at(v.line), ek)?)
                 }
-                _ => warnings.push(format!(
-                    "{}: unknown key {} in {ek} ignored (name, names, spki_sha256, max_rps, \
-                     max_connections)",
-                    at(line),
-                    k.map_or("(not text)".to_owned(), |k| format!("\"{k}\""))
+                _ => warnings.push(item.unknown(
+                    at,
+                    k,
+                    line,
+                    "name, names, spki_sha256, max_rps, max_connections",
                 )),
             }
         }
@@ -354,7 +388,7 @@ pub(crate) fn parse_identities(
         {
             return Err(err(
                 at(item.line),
-                &ek,
+                ek,
                 format!(
                     "name: expected letters, digits, '-', '_' or '.' (and not \"other\", the \
                      overflow label), got {:?}",
@@ -365,14 +399,14 @@ pub(crate) fn parse_identities(
         if out.iter().any(|o| o.name == id.name) {
             return Err(err(
                 at(item.line),
-                &ek,
+                ek,
                 format!("name {:?} used twice", id.name),
             ));
         }
         if id.names.is_empty() && id.spki_sha256.is_empty() {
             return Err(err(
                 at(item.line),
-                &ek,
+                ek,
                 "needs names: or spki_sha256: (an identity matching every certificate would \
                  make the allow-list a no-op)",
             ));
@@ -380,7 +414,7 @@ pub(crate) fn parse_identities(
         if id.names.len() > MAX_MATCHERS || id.spki_sha256.len() > MAX_MATCHERS {
             return Err(err(
                 at(item.line),
-                &ek,
+                ek,
                 format!("at most {MAX_MATCHERS} names and {MAX_MATCHERS} pins"),
             ));
         }
@@ -399,53 +433,43 @@ pub(crate) fn parse_policies(
 ) -> Result<Vec<KeyPolicy>, ConfigError> {
     const KEY: &str = "key_policies";
     let mut out = Vec::new();
-    for (i, item) in entries(
+    for item in items(
         node,
         at,
         KEY,
         "`- ski: ..., store: ..., deny_ops: [...], clients: [...]`",
         MAX_KEY_POLICIES,
-    )?
-    .into_iter()
-    .enumerate()
-    {
-        let ek = format!("{KEY}[{i}]");
-        let Kind::Map(pairs) = &item.kind else {
-            return Err(err(
-                at(item.line),
-                &ek,
-                format!("expected a mapping, found {}", item.kind.describe()),
-            ));
-        };
+    )? {
+        let ek = &item.key;
         let mut p = KeyPolicy {
             ski: None,
             store: None,
             deny_ops: Vec::new(),
             clients: None,
         };
-        for (k, line, v) in yaml::map_entries(pairs) {
+        for &(k, line, v) in &item.fields {
             match k.map(str::to_ascii_lowercase).as_deref() {
                 Some("ski") => {
-                    let t = scalar(v, at, &ek)?.trim();
+                    let t = scalar(v, at, ek)?.trim();
                     p.ski = Some(hex::<SKI_LEN>(t).ok_or_else(|| {
                         err(
                             at(v.line),
-                            &ek,
+                            ek,
                             format!("ski: expected 40 hex digits, got {t:?}"),
                         )
                     })?);
                 }
                 Some("store") => {
-                    let t = scalar(v, at, &ek)?.trim();
+                    let t = scalar(v, at, ek)?.trim();
                     if t.is_empty() {
-                        return Err(err(at(v.line), &ek, "store: expected a non-empty value"));
+                        return Err(err(at(v.line), ek, "store: expected a non-empty value"));
                     }
                     p.store = Some(t.to_owned());
                 }
                 Some("deny_ops") => {
-                    for (w, l) in scalars(v, at, &ek)? {
+                    for (w, l) in scalars(v, at, ek)? {
                         let f = crate::parse::one_of(w.trim(), OP_FILTERS)
-                            .map_err(|e| err(at(l), &ek, format!("deny_ops: {e}")))?;
+                            .map_err(|e| err(at(l), ek, format!("deny_ops: {e}")))?;
                         if !p.deny_ops.contains(&f) {
                             p.deny_ops.push(f);
                         }
@@ -453,12 +477,12 @@ pub(crate) fn parse_policies(
                 }
                 Some("clients") => {
                     let mut names = Vec::new();
-                    for (n, l) in scalars(v, at, &ek)? {
+                    for (n, l) in scalars(v, at, ek)? {
                         let n = n.trim();
                         if !identities.iter().any(|i| i.name == n) {
                             return Err(err(
                                 at(l),
-                                &ek,
+                                ek,
                                 format!(
                                     "clients: {n:?} is not a client_identities name (known: {})",
                                     identities
@@ -473,11 +497,7 @@ pub(crate) fn parse_policies(
                     }
                     p.clients = Some(names);
                 }
-                _ => warnings.push(format!(
-                    "{}: unknown key {} in {ek} ignored (ski, store, deny_ops, clients)",
-                    at(line),
-                    k.map_or("(not text)".to_owned(), |k| format!("\"{k}\""))
-                )),
+                _ => warnings.push(item.unknown(at, k, line, "ski, store, deny_ops, clients")),
             }
         }
         if p.deny_ops.is_empty() && p.clients.is_none() {
@@ -626,6 +646,14 @@ mod tests {
                 "not a client_identities name",
             ),
             ("key_policies: 3\n", 1, "list of entries"),
+            // The shared entry reader: the same checks for both lists.
+            (
+                "client_identities:\n  - edge-a\n",
+                2,
+                "client_identities[0]",
+            ),
+            ("key_policies:\n  - {}\n  - [a]\n", 3, "key_policies[1]"),
+            ("client_identities: {a: 1}\n", 1, "list of entries"),
         ] {
             let e = load(text).unwrap_err().to_string();
             assert!(e.contains(&format!("g.yaml:{line}")), "{text}: {e}");

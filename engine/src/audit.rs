@@ -658,10 +658,11 @@ mod tests {
         let k1 = crate::security::key_ref(1, 0);
         let k2 = crate::security::key_ref(2, 0);
         let ids = w.shared().ids.clone();
-        let a = ids.identify(None);
+        let rules = crate::security::ClientRules::build(&c, &ids).unwrap();
+        let a = rules.identify(None);
         assert!(a.is_err());
         for core in 0..2 {
-            let cs = CoreSecurity::new(core, 2, &ids, Some(w.tx()), None);
+            let cs = CoreSecurity::new(core, 2, &rules, Some(w.tx()), None);
             for _ in 0..5 {
                 cs.count(k1, 0, Op::ECDSA_SIGN_SHA256, 0);
             }

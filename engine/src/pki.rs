@@ -353,6 +353,25 @@ pub fn issue_site_cert(
     write(out, &cert.pem(), false)
 }
 
+/// A client certificate with a fresh P-256 key, signed by the demo CA,
+/// written as `<name>.pem` and `<name>.key.pem` into `dir`: an edge's
+/// certificate after a rotation (same names, new key and pin).
+pub fn issue_client_cert(
+    pki: &DemoPki,
+    dir: &Path,
+    name: &str,
+    cn: &str,
+    sans: &[&str],
+    serial: u8,
+) -> Result<(PathBuf, PathBuf), PkiError> {
+    let read = |p: &Path| std::fs::read_to_string(p).map_err(io_err("reading", p));
+    let ca_key = KeyPair::from_pem(&read(&pki.ca_key)?).map_err(cert_err("the demo CA key"))?;
+    // Same parameters as `generate`, so issuer name and key identifier match.
+    let ca = Issuer::new(ca_params("keycore demo CA"), ca_key);
+    let params = leaf_params(cn, sans, ExtendedKeyUsagePurpose::ClientAuth, serial)?;
+    issue(dir, name, params, &ca)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,7 @@ use crate::config::Config;
 use crate::launch;
 use crate::metrics::{Loaded, Registry};
 use crate::registry::StoreRecord;
-use crate::security::{AuditMsg, AuditTx, Identities, Policy};
+use crate::security::{AuditMsg, AuditTx, ClientRules, Identities, Policy};
 use crate::server::{tls, Served};
 use crate::swap::Swap;
 use anyhow::Result;
@@ -86,8 +86,11 @@ pub fn build(
         seconds: key_load_seconds,
         skipped,
     } = launch::load_keys_reusing(cfg, previous)?;
-    // The client allow-list (issue 18) stays in the verifier of every TLS
-    // configuration a reload builds.
+    // The client allow-list and limits (issue 18), compiled against the
+    // process's identity table (ids by name, kept across reloads); the
+    // verifier of this generation's TLS configuration admits by them.
+    let clients =
+        Arc::new(ClientRules::build(&cfg.security, identities).map_err(anyhow::Error::msg)?);
     let tls = tls::server_config_with(
         &tls::TlsSettings {
             cert: &cfg.auth_cert,
@@ -96,9 +99,9 @@ pub fn build(
             tls12_only: cfg.tls12_only,
             current_time: cfg.current_time,
         },
-        Some(identities.clone()),
+        Some(clients.clone()),
     )?;
-    let policy = Arc::new(Policy::build(&cfg.security, &keys));
+    let policy = Arc::new(Policy::build(&cfg.security, &keys, &clients));
     let mut kept = Vec::new();
     let mut opened = Vec::new();
     for s in &stores {
@@ -119,6 +122,7 @@ pub fn build(
             stores,
             tls,
             policy,
+            clients,
         },
         records,
         kept,
@@ -194,8 +198,9 @@ pub struct Reloader {
     state: Mutex<InForce>,
     served: Arc<Swap<Served>>,
     registry: Arc<Registry>,
-    /// The client identities (kept for the process's life; a change to
-    /// `client_identities` needs a restart).
+    /// The client-identity table (kept for the process's life: ids,
+    /// labels and connection counts; each reload compiles its
+    /// `client_identities` against it).
     identities: Arc<Identities>,
     /// The audit writer: a reload is recorded, with its key loads and
     /// unloads.
@@ -405,6 +410,9 @@ impl Reloader {
             }
         }
         self.served.store(Arc::new(built.served));
+        // The identity slots the served generation configures are never
+        // given to another name.
+        self.identities.set_in_force(&effective.security);
         state.config = effective;
         state.records = built.records;
         Ok(report)

@@ -3,11 +3,15 @@
 //! path records for the audit trail.
 //!
 //! Owns:
-//! - [`Identities`] (shared by every core, behind an `Arc`): the configured
-//!   `client_identities` compiled for matching, the identity labels (at most
-//!   [`MAX_CLIENT_IDENTITIES`], the rest share [`OTHER`]), each identity's
-//!   connection count across cores (one atomic add per connection, never
-//!   per request) and the TLS-level refusal counters;
+//! - [`Identities`] (shared by every core, behind an `Arc`, for the
+//!   process's life): the identity labels by id (at most
+//!   [`MAX_CLIENT_IDENTITIES`], the rest share [`OTHER`]; ids are given by
+//!   name and survive reloads), each identity's connection count across
+//!   cores (one atomic add per connection, never per request) and the
+//!   TLS-level refusal counters;
+//! - [`ClientRules`] (one per served generation, reloaded): the configured
+//!   `client_identities` compiled for matching and each id's limits, and
+//!   what a reload does to established connections and buckets;
 //! - [`AllowListVerifier`]: rustls's client-certificate verifier wrapped so
 //!   that a certificate which chains but matches no configured identity is
 //!   refused inside the handshake (`access_denied`-class alert), counted by
@@ -36,9 +40,11 @@
 //! `max_rps / N` (one core's share). The edge opens several connections per
 //! key server, so set `max_rps` for the pool, and expect the per-core share.
 //!
-//! Reload seam: [`Identities`] and [`Policy`] are built from a `Config` and
-//! a `KeyIndex` and shared through `Arc`s; a reload builds new ones and
-//! swaps them together with the key index.
+//! Reload seam: [`ClientRules`] and [`Policy`] are built from a `Config`
+//! (and the `KeyIndex`) into `Served`; a reload builds new ones and swaps
+//! them together with the key index and the TLS configuration (whose
+//! verifier holds the same rules). [`Identities`] stays, so ids, labels,
+//! connection counts and per-core buckets carry over.
 
 use crate::config::{ClientIdentity, Security as SecurityConfig, MAX_CLIENT_IDENTITIES};
 use keycore_keys::KeyIndex;
@@ -120,15 +126,19 @@ pub enum TlsRefusal {
     Unparsable = 2,
     /// Its identity already has `max_connections` connections.
     Connections = 3,
+    /// Established, but a reload's allow-list no longer admits it (closed
+    /// at its next turn).
+    Revoked = 4,
 }
 
 impl TlsRefusal {
     /// Every reason, in counter order.
-    pub const ALL: [TlsRefusal; 4] = [
+    pub const ALL: [TlsRefusal; 5] = [
         TlsRefusal::Name,
         TlsRefusal::SpkiPin,
         TlsRefusal::Unparsable,
         TlsRefusal::Connections,
+        TlsRefusal::Revoked,
     ];
 
     /// Metrics label and audit text.
@@ -138,6 +148,7 @@ impl TlsRefusal {
             TlsRefusal::SpkiPin => "spki_pin_mismatch",
             TlsRefusal::Unparsable => "unparsable_certificate",
             TlsRefusal::Connections => "max_connections",
+            TlsRefusal::Revoked => "revoked_by_reload",
         }
     }
 }
@@ -412,89 +423,113 @@ pub fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The client identities of the server: shared by every core.
+/// The client-identity table of the process (shared by every core, kept
+/// across reloads): the label of each [`ClientId`], each identity's open
+/// connections across cores and the TLS-level refusal counters. Ids are
+/// given by name and never renumbered, so a reload that keeps an identity
+/// keeps its id, its connection count, its rate-limit buckets and its
+/// audit label. What each identity may do is [`ClientRules`] (one per
+/// served generation).
 #[derive(Debug)]
 pub struct Identities {
-    rules: Vec<ClientIdentity>,
-    /// Label of id `i` at `labels[i - 1]`; configured names first. Grows
-    /// (without a configured list) as new CNs connect, up to the cap.
+    /// Label of id `i` at `labels[i - 1]`; configured names first, then
+    /// (without a configured list) CNs as they connect, up to the cap.
     labels: Mutex<Vec<String>>,
-    default_rps: u32,
-    default_connections: u32,
     /// Open connections per id, across cores.
     conns: Vec<AtomicU32>,
+    /// Names of the identities the served generation configures (set when
+    /// a generation is published): their slots are never given to another
+    /// name, even by a reload that is later refused.
+    in_force: Mutex<Vec<String>>,
     /// TLS-level refusals by [`TlsRefusal`].
-    refused: [AtomicU64; 4],
+    refused: [AtomicU64; TlsRefusal::ALL.len()],
     /// Where refusal records go.
     audit: Option<AuditTx>,
 }
 
 impl Identities {
-    /// From the configuration.
+    /// The table, seeded with the configured identities' names (ids 1..
+    /// in configuration order).
     pub fn new(cfg: &SecurityConfig, audit: Option<AuditTx>) -> Identities {
         Identities {
-            rules: cfg.client_identities.clone(),
             labels: Mutex::new(
                 cfg.client_identities
                     .iter()
                     .map(|i| i.name.clone())
                     .collect(),
             ),
-            default_rps: cfg.client_max_rps,
-            default_connections: cfg.client_max_connections,
             conns: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            in_force: Mutex::new(
+                cfg.client_identities
+                    .iter()
+                    .map(|i| i.name.clone())
+                    .collect(),
+            ),
             refused: Default::default(),
             audit,
         }
     }
 
-    /// Whether an allow-list is configured (certificates matching none of
-    /// its entries are refused in the handshake).
-    pub fn has_allow_list(&self) -> bool {
-        !self.rules.is_empty()
+    /// A generation configuring `cfg`'s identities is now served (start-up
+    /// and each published reload).
+    pub fn set_in_force(&self, cfg: &SecurityConfig) {
+        *self.in_force.lock().unwrap_or_else(|p| p.into_inner()) = cfg
+            .client_identities
+            .iter()
+            .map(|i| i.name.clone())
+            .collect();
     }
 
-    /// The configured identity a certificate belongs to, or why none.
-    pub fn match_configured(&self, facts: &CertFacts) -> Result<ClientId, TlsRefusal> {
-        let mut name_matched = false;
-        for (i, r) in self.rules.iter().enumerate() {
-            let name_ok = r.names.is_empty()
-                || r.names.iter().any(|p| {
-                    facts.cn.as_deref().is_some_and(|cn| glob(p, cn))
-                        || facts.sans.iter().any(|s| glob(p, s))
-                });
-            if !name_ok {
+    /// The ids of `names` (all or none), giving each name that has none
+    /// a free slot, else the slot of a name that neither `names` nor the
+    /// served generation configures and that has no open connection (that
+    /// slot's label changes: at most one `audit_interval` of the old
+    /// name's counts may be labelled with the new one). Each id comes with
+    /// whether its slot was reassigned. `Err(name)`: no slot for `name`.
+    fn assign(&self, names: &[&str]) -> Result<Vec<(ClientId, bool)>, String> {
+        let mut labels = self.labels.lock().unwrap_or_else(|p| p.into_inner());
+        let in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = labels.clone();
+        let mut out = Vec::with_capacity(names.len());
+        for &name in names {
+            if let Some(i) = next.iter().position(|l| l == name) {
+                out.push(((i + 1) as ClientId, false));
                 continue;
             }
-            name_matched = true;
-            if r.spki_sha256.is_empty() || r.spki_sha256.contains(&facts.spki_sha256) {
-                return Ok((i + 1) as ClientId);
+            if next.len() < MAX_CLIENT_IDENTITIES {
+                next.push(name.to_owned());
+                out.push((next.len() as ClientId, false));
+                continue;
             }
+            let i = (0..next.len())
+                .find(|&i| {
+                    let l = next[i].as_str();
+                    !names.contains(&l)
+                        && !in_force.iter().any(|f| f == l)
+                        && !out.iter().any(|(id, _)| *id as usize == i + 1)
+                        && self.conns[i + 1].load(Ordering::Acquire) == 0
+                })
+                .ok_or_else(|| name.to_owned())?;
+            next[i] = name.to_owned();
+            out.push(((i + 1) as ClientId, true));
         }
-        Err(if name_matched {
-            TlsRefusal::SpkiPin
-        } else {
-            TlsRefusal::Name
-        })
+        *labels = next;
+        Ok(out)
     }
 
-    /// The identity of an authenticated connection's certificate (once per
-    /// connection). Without an allow-list: its CN, interned up to the cap.
-    pub fn identify(&self, der: Option<&[u8]>) -> Result<ClientId, TlsRefusal> {
-        let facts = der.and_then(CertFacts::of).ok_or(TlsRefusal::Unparsable)?;
-        if self.has_allow_list() {
-            return self.match_configured(&facts);
-        }
+    /// The id of a certificate seen without a configured list: its CN (or
+    /// first SAN), interned up to the cap, the rest [`OTHER`].
+    fn intern(&self, facts: &CertFacts) -> ClientId {
         let name = facts.display_name();
         let mut labels = self.labels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(i) = labels.iter().position(|l| l == name) {
-            return Ok((i + 1) as ClientId);
+            return (i + 1) as ClientId;
         }
         if labels.len() < MAX_CLIENT_IDENTITIES {
             labels.push(name.to_owned());
-            return Ok(labels.len() as ClientId);
+            return labels.len() as ClientId;
         }
-        Ok(OTHER)
+        OTHER
     }
 
     /// The label of an identity (`other` for [`OTHER`]).
@@ -515,43 +550,6 @@ impl Identities {
         std::iter::once("other".to_owned())
             .chain(labels.iter().cloned())
             .collect()
-    }
-
-    fn rule(&self, id: ClientId) -> Option<&ClientIdentity> {
-        (id != OTHER)
-            .then(|| self.rules.get(id as usize - 1))
-            .flatten()
-    }
-
-    /// Requests per second allowed to `id` over the whole server (0: none).
-    pub fn max_rps(&self, id: ClientId) -> u32 {
-        self.rule(id)
-            .and_then(|r| r.max_rps)
-            .unwrap_or(self.default_rps)
-    }
-
-    /// Connections allowed to `id` (0: no limit).
-    pub fn max_connections(&self, id: ClientId) -> u32 {
-        self.rule(id)
-            .and_then(|r| r.max_connections)
-            .unwrap_or(self.default_connections)
-    }
-
-    /// Take a connection slot for `id`; `None` at its `max_connections`
-    /// (counted). Once per connection: one atomic add shared by the cores.
-    pub fn connect(self: &Arc<Self>, id: ClientId) -> Option<ConnSlot> {
-        let max = self.max_connections(id);
-        let c = &self.conns[id as usize];
-        let before = c.fetch_add(1, Ordering::AcqRel);
-        if max != 0 && before >= max {
-            c.fetch_sub(1, Ordering::AcqRel);
-            self.refuse(TlsRefusal::Connections, &self.label(id), None);
-            return None;
-        }
-        Some(ConnSlot {
-            ids: self.clone(),
-            id,
-        })
     }
 
     /// Open connections of `id`.
@@ -586,7 +584,7 @@ impl Identities {
     /// identity (bounded: at most the label cap + `other`).
     pub fn render(&self, s: &mut String) {
         use std::fmt::Write as _;
-        s.push_str("# HELP keycore_client_refused_total Client certificates refused in the TLS handshake (allow-list) or connections closed right after it (max_connections), by reason.\n# TYPE keycore_client_refused_total counter\n");
+        s.push_str("# HELP keycore_client_refused_total Client certificates refused in the TLS handshake (allow-list), connections closed right after it (max_connections) or at a reload that no longer allows them (revoked_by_reload), by reason.\n# TYPE keycore_client_refused_total counter\n");
         for r in TlsRefusal::ALL {
             let _ = writeln!(
                 s,
@@ -604,6 +602,174 @@ impl Identities {
                 self.connections(i as ClientId)
             );
         }
+    }
+}
+
+/// What each client identity may do, for one served generation (built
+/// from `Config` by every reload, in `Served`): the allow-list with each
+/// entry's id in the [`Identities`] table, and each id's limits.
+///
+/// Reload semantics (stated once here; SECURITY.md and the README say the
+/// same): new connections are checked against the new allow-list at once
+/// (the generation's TLS configuration carries its verifier). An
+/// established connection is checked again ([`ClientRules::readmit`]) at
+/// its first turn after its core takes the reload up (every connection is
+/// woken for it): one the new list refuses is closed without reading
+/// further requests (requests it sent and had no answer to yet stay
+/// unanswered), counted as `revoked_by_reload`; one the new list maps to
+/// another identity moves to it (its connection slot too). A lowered
+/// `max_connections` applies to new connections only. Rate-limit buckets
+/// of an identity whose limit did not change are kept (so a reload is not
+/// a way around the limit); a changed limit starts a fresh bucket.
+#[derive(Debug)]
+pub struct ClientRules {
+    ids: Arc<Identities>,
+    /// Configured identities with their ids, in configuration order.
+    rules: Vec<(ClientId, ClientIdentity)>,
+    /// `max_rps` per id (the identity's own, else `client_max_rps`).
+    rps: [u32; SLOTS],
+    /// `max_connections` per id.
+    max_conns: [u32; SLOTS],
+    /// Ids this build gave to a new name in a reused slot (bit `id`):
+    /// their buckets start afresh whatever the limit.
+    reassigned: u128,
+}
+
+impl ClientRules {
+    /// Compile `cfg`'s identities and limits against the table `ids`
+    /// (new names get ids). Fails only when the table has no slot left for
+    /// a new name (every slot names a configured identity or one with open
+    /// connections).
+    pub fn build(cfg: &SecurityConfig, ids: &Arc<Identities>) -> Result<ClientRules, String> {
+        let names: Vec<&str> = cfg
+            .client_identities
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect();
+        let assigned = ids.assign(&names).map_err(|name| {
+            format!(
+                "client_identities: no identity slot left for {name:?} ({MAX_CLIENT_IDENTITIES} \
+                 names in use, each configured now or with open connections); retry once the \
+                 removed identities' connections have closed, or restart"
+            )
+        })?;
+        let mut rules = Vec::with_capacity(cfg.client_identities.len());
+        let mut rps = [cfg.client_max_rps; SLOTS];
+        let mut max_conns = [cfg.client_max_connections; SLOTS];
+        let mut reassigned = 0u128;
+        for (r, (id, reused)) in cfg.client_identities.iter().zip(assigned) {
+            if reused {
+                reassigned |= 1u128 << id;
+            }
+            rps[id as usize] = r.max_rps.unwrap_or(cfg.client_max_rps);
+            max_conns[id as usize] = r.max_connections.unwrap_or(cfg.client_max_connections);
+            rules.push((id, r.clone()));
+        }
+        Ok(ClientRules {
+            ids: ids.clone(),
+            rules,
+            rps,
+            max_conns,
+            reassigned,
+        })
+    }
+
+    /// The process's identity table.
+    pub fn identities(&self) -> &Arc<Identities> {
+        &self.ids
+    }
+
+    /// Whether an allow-list is configured (certificates matching none of
+    /// its entries are refused in the handshake).
+    pub fn has_allow_list(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// The id of a configured identity's name.
+    pub fn id_of(&self, name: &str) -> Option<ClientId> {
+        self.rules
+            .iter()
+            .find(|(_, r)| r.name == name)
+            .map(|(id, _)| *id)
+    }
+
+    /// The configured identity a certificate belongs to, or why none.
+    pub fn match_configured(&self, facts: &CertFacts) -> Result<ClientId, TlsRefusal> {
+        let mut name_matched = false;
+        for (id, r) in &self.rules {
+            let name_ok = r.names.is_empty()
+                || r.names.iter().any(|p| {
+                    facts.cn.as_deref().is_some_and(|cn| glob(p, cn))
+                        || facts.sans.iter().any(|s| glob(p, s))
+                });
+            if !name_ok {
+                continue;
+            }
+            name_matched = true;
+            if r.spki_sha256.is_empty() || r.spki_sha256.contains(&facts.spki_sha256) {
+                return Ok(*id);
+            }
+        }
+        Err(if name_matched {
+            TlsRefusal::SpkiPin
+        } else {
+            TlsRefusal::Name
+        })
+    }
+
+    /// The identity of an authenticated connection's certificate (once per
+    /// connection). Without an allow-list: its CN, interned up to the cap.
+    pub fn identify(&self, facts: Option<&CertFacts>) -> Result<ClientId, TlsRefusal> {
+        let facts = facts.ok_or(TlsRefusal::Unparsable)?;
+        if self.has_allow_list() {
+            return self.match_configured(facts);
+        }
+        Ok(self.ids.intern(facts))
+    }
+
+    /// An established connection admitted as `was`, checked against these
+    /// (reloaded) rules: its identity now, or why it is no longer allowed
+    /// ([`TlsRefusal::Revoked`]). Without an allow-list any certificate
+    /// that chained is allowed, so the connection keeps its identity.
+    pub fn readmit(
+        &self,
+        facts: Option<&CertFacts>,
+        was: ClientId,
+    ) -> Result<ClientId, TlsRefusal> {
+        if !self.has_allow_list() {
+            return Ok(was);
+        }
+        facts
+            .ok_or(TlsRefusal::Revoked)
+            .and_then(|f| self.match_configured(f).map_err(|_| TlsRefusal::Revoked))
+    }
+
+    /// Requests per second allowed to `id` over the whole server (0: none).
+    pub fn max_rps(&self, id: ClientId) -> u32 {
+        self.rps[id as usize]
+    }
+
+    /// Connections allowed to `id` (0: no limit).
+    pub fn max_connections(&self, id: ClientId) -> u32 {
+        self.max_conns[id as usize]
+    }
+
+    /// Take a connection slot for `id`; `None` at its `max_connections`
+    /// (counted). Once per connection: one atomic add shared by the cores.
+    pub fn connect(&self, id: ClientId) -> Option<ConnSlot> {
+        let max = self.max_connections(id);
+        let c = &self.ids.conns[id as usize];
+        let before = c.fetch_add(1, Ordering::AcqRel);
+        if max != 0 && before >= max {
+            c.fetch_sub(1, Ordering::AcqRel);
+            self.ids
+                .refuse(TlsRefusal::Connections, &self.ids.label(id), None);
+            return None;
+        }
+        Some(ConnSlot {
+            ids: self.ids.clone(),
+            id,
+        })
     }
 }
 
@@ -641,13 +807,14 @@ impl Drop for ConnSlot {
 #[derive(Debug)]
 pub struct AllowListVerifier {
     inner: Arc<dyn ClientCertVerifier>,
-    ids: Arc<Identities>,
+    rules: Arc<ClientRules>,
 }
 
 impl AllowListVerifier {
-    /// Wrap `inner`.
-    pub fn new(inner: Arc<dyn ClientCertVerifier>, ids: Arc<Identities>) -> AllowListVerifier {
-        AllowListVerifier { inner, ids }
+    /// Wrap `inner`, admitting what `rules` allow (the rules of the
+    /// generation whose TLS configuration this verifier is part of).
+    pub fn new(inner: Arc<dyn ClientCertVerifier>, rules: Arc<ClientRules>) -> AllowListVerifier {
+        AllowListVerifier { inner, rules }
     }
 }
 
@@ -674,7 +841,7 @@ impl ClientCertVerifier for AllowListVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
         let refused = |why: TlsRefusal, name: &str, pin: Option<&[u8; 32]>| {
-            self.ids.refuse(why, name, pin);
+            self.rules.ids.refuse(why, name, pin);
             Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::ApplicationVerificationFailure,
             ))
@@ -682,7 +849,7 @@ impl ClientCertVerifier for AllowListVerifier {
         let Some(facts) = CertFacts::of(end_entity) else {
             return refused(TlsRefusal::Unparsable, "", None);
         };
-        match self.ids.match_configured(&facts) {
+        match self.rules.match_configured(&facts) {
             Ok(_) => Ok(ok),
             Err(why) => refused(why, facts.display_name(), Some(&facts.spki_sha256)),
         }
@@ -740,8 +907,8 @@ pub struct Policy {
 
 impl Policy {
     /// Compile `cfg.key_policies` for every key of `keys` (first matching
-    /// entry per key).
-    pub fn build(cfg: &SecurityConfig, keys: &KeyIndex) -> Policy {
+    /// entry per key); `clients:` names become the ids `rules` gave them.
+    pub fn build(cfg: &SecurityConfig, keys: &KeyIndex, rules: &ClientRules) -> Policy {
         if cfg.key_policies.is_empty() {
             return Policy::default();
         }
@@ -767,8 +934,8 @@ impl Policy {
                 if let Some(names) = &p.clients {
                     r.clients = 0;
                     for n in names {
-                        if let Some(i) = cfg.client_identities.iter().position(|c| &c.name == n) {
-                            r.clients |= 1u128 << (i + 1);
+                        if let Some(id) = rules.id_of(n) {
+                            r.clients |= 1u128 << id;
                         }
                     }
                 }
@@ -856,10 +1023,12 @@ impl Bucket {
 #[derive(Debug)]
 pub struct CoreSecurity {
     index: usize,
+    cores: usize,
     epoch: Instant,
     /// Any identity has a rate limit (else the bucket step is skipped).
-    limited: bool,
-    buckets: RefCell<Vec<Bucket>>,
+    limited: Cell<bool>,
+    /// One bucket per id, and the `max_rps` each was made for.
+    buckets: RefCell<Vec<(u32, Bucket)>>,
     cells: RefCell<HashMap<u64, u64>>,
     refusals: RefCell<Vec<RefusalSample>>,
     suppressed: Cell<u64>,
@@ -870,22 +1039,26 @@ pub struct CoreSecurity {
 }
 
 impl CoreSecurity {
-    /// Core `index` of `cores`, sending its counts to `tx` (none: nothing
-    /// is counted).
+    /// Core `index` of `cores` under `rules`, sending its counts to `tx`
+    /// (none: nothing is counted).
     pub fn new(
         index: usize,
         cores: usize,
-        ids: &Identities,
+        rules: &ClientRules,
         tx: Option<AuditTx>,
         audit_ok: Option<Arc<AtomicBool>>,
     ) -> CoreSecurity {
-        let buckets: Vec<Bucket> = (0..SLOTS)
-            .map(|i| Bucket::new(ids.max_rps(i as ClientId), cores))
+        let buckets: Vec<(u32, Bucket)> = (0..SLOTS)
+            .map(|i| {
+                let rps = rules.max_rps(i as ClientId);
+                (rps, Bucket::new(rps, cores))
+            })
             .collect();
         CoreSecurity {
             index,
+            cores,
             epoch: Instant::now(),
-            limited: buckets.iter().any(|b| b.interval_ns != 0),
+            limited: Cell::new(buckets.iter().any(|(r, _)| *r != 0)),
             buckets: RefCell::new(buckets),
             cells: RefCell::new(HashMap::with_capacity(256)),
             refusals: RefCell::new(Vec::new()),
@@ -904,15 +1077,31 @@ impl CoreSecurity {
                 return Err(Refusal::AuditUnavailable);
             }
         }
-        if !self.limited {
+        if !self.limited.get() {
             return Ok(());
         }
         let now_ns = at.saturating_duration_since(self.epoch).as_nanos() as u64;
-        if self.buckets.borrow_mut()[client as usize].admit(now_ns) {
+        if self.buckets.borrow_mut()[client as usize].1.admit(now_ns) {
             Ok(())
         } else {
             Err(Refusal::RateLimited)
         }
+    }
+
+    /// Take up a reload's rules (the core's control task, when it takes
+    /// up a new generation): an id whose `max_rps` is unchanged keeps its
+    /// bucket (and with it what it has used of its burst), a changed or
+    /// reassigned one starts a fresh bucket at the new rate.
+    pub fn retune(&self, rules: &ClientRules) {
+        let mut buckets = self.buckets.borrow_mut();
+        for (i, (rps, b)) in buckets.iter_mut().enumerate() {
+            let now = rules.max_rps(i as ClientId);
+            if now != *rps || rules.reassigned & (1u128 << i) != 0 {
+                *rps = now;
+                *b = Bucket::new(now, self.cores);
+            }
+        }
+        self.limited.set(buckets.iter().any(|(r, _)| *r != 0));
     }
 
     /// Count one finished key operation (`result`: the error code byte, or
@@ -987,6 +1176,11 @@ mod tests {
     use keycore_protocol::Hash;
     use rustls_pki_types::pem::PemObject as _;
 
+    /// The rules of `cfg` over a fresh identity table.
+    fn rules(cfg: &SecurityConfig) -> ClientRules {
+        ClientRules::build(cfg, &Arc::new(Identities::new(cfg, None))).unwrap()
+    }
+
     fn ident(name: &str, names: &[&str], pins: &[[u8; 32]]) -> ClientIdentity {
         ClientIdentity {
             name: name.into(),
@@ -1018,7 +1212,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let ids = Identities::new(&cfg, None);
+        let ids = rules(&cfg);
         let facts = |cn: &str, sans: &[&str], key: [u8; 32]| CertFacts {
             cn: Some(cn.into()),
             sans: sans.iter().map(|s| s.to_string()).collect(),
@@ -1038,13 +1232,14 @@ mod tests {
             ids.match_configured(&facts("c", &[], pin)),
             Err(TlsRefusal::Name)
         );
-        assert_eq!(ids.label(2), "b");
-        assert_eq!(ids.label(OTHER), "other");
+        assert_eq!(ids.identities().label(2), "b");
+        assert_eq!(ids.identities().label(OTHER), "other");
     }
 
     #[test]
     fn unconfigured_identities_are_capped_with_other() {
-        let ids = Identities::new(&SecurityConfig::default(), None);
+        let r = rules(&SecurityConfig::default());
+        let ids = r.identities();
         let mut labels = ids.labels.lock().unwrap();
         for i in 0..MAX_CLIENT_IDENTITIES {
             labels.push(format!("cn{i}"));
@@ -1054,8 +1249,9 @@ mod tests {
         let pki = crate::pki::generate(pki_dir.path()).unwrap();
         let der = rustls_pki_types::CertificateDer::from_pem_file(&pki.client_cert).unwrap();
         // The 65th distinct name is folded into `other`.
-        assert_eq!(ids.identify(Some(&der)), Ok(OTHER));
-        assert_eq!(ids.identify(None), Err(TlsRefusal::Unparsable));
+        let facts = CertFacts::of(&der).unwrap();
+        assert_eq!(r.identify(Some(&facts)), Ok(OTHER));
+        assert_eq!(r.identify(None), Err(TlsRefusal::Unparsable));
         assert_eq!(ids.labels().len(), MAX_CLIENT_IDENTITIES + 1);
     }
 
@@ -1067,16 +1263,134 @@ mod tests {
             client_identities: vec![a],
             ..Default::default()
         };
-        let ids = Arc::new(Identities::new(&cfg, None));
+        let ids = rules(&cfg);
         let s1 = ids.connect(1).unwrap();
         let s2 = ids.connect(1).unwrap();
         assert!(ids.connect(1).is_none());
-        assert_eq!(ids.refused(TlsRefusal::Connections), 1);
+        assert_eq!(ids.identities().refused(TlsRefusal::Connections), 1);
         drop(s1);
         let _s3 = ids.connect(1).unwrap();
-        assert_eq!(ids.connections(1), 2);
+        assert_eq!(ids.identities().connections(1), 2);
         drop(s2);
-        assert_eq!(ids.connections(1), 1);
+        assert_eq!(ids.identities().connections(1), 1);
+    }
+
+    #[test]
+    fn a_reload_keeps_ids_by_name_and_readmits_or_revokes_connections() {
+        let pin_old = [1u8; 32];
+        let pin_new = [2u8; 32];
+        let before = SecurityConfig {
+            client_identities: vec![ident("a", &["a"], &[pin_old]), ident("b", &["b"], &[])],
+            ..Default::default()
+        };
+        let table = Arc::new(Identities::new(&before, None));
+        let r1 = ClientRules::build(&before, &table).unwrap();
+        let facts = |cn: &str, key: [u8; 32]| CertFacts {
+            cn: Some(cn.into()),
+            sans: vec![],
+            spki_sha256: key,
+        };
+        let a_old = facts("a", pin_old);
+        assert_eq!(r1.identify(Some(&a_old)), Ok(1));
+        let slot = r1.connect(1).unwrap();
+        // Rotated: a's pin is the new key only, c is new, b unchanged but
+        // listed first now.
+        let after = SecurityConfig {
+            client_identities: vec![
+                ident("b", &["b"], &[]),
+                ident("c", &["c"], &[]),
+                ident("a", &["a"], &[pin_new]),
+            ],
+            ..Default::default()
+        };
+        let r2 = ClientRules::build(&after, &table).unwrap();
+        assert_eq!(
+            (r2.id_of("a"), r2.id_of("b"), r2.id_of("c")),
+            (Some(1), Some(2), Some(3))
+        );
+        assert_eq!(r2.readmit(Some(&a_old), 1), Err(TlsRefusal::Revoked));
+        assert_eq!(r2.readmit(Some(&facts("a", pin_new)), 1), Ok(1));
+        assert_eq!(r2.readmit(Some(&facts("b", [9; 32])), 2), Ok(2));
+        assert_eq!(r2.readmit(None, 2), Err(TlsRefusal::Revoked));
+        // Now matching another identity: moves to it.
+        assert_eq!(r2.readmit(Some(&facts("c", [9; 32])), 2), Ok(3));
+        // The connection count stays with the id across the reload.
+        assert_eq!(table.connections(1), 1);
+        drop(slot);
+        assert_eq!(table.connections(1), 0);
+        // Without an allow-list every connection keeps its identity.
+        let open = ClientRules::build(&SecurityConfig::default(), &table).unwrap();
+        assert_eq!(open.readmit(Some(&a_old), 1), Ok(1));
+        assert_eq!(table.labels(), ["other", "a", "b", "c"]);
+    }
+
+    #[test]
+    fn a_full_table_reuses_an_idle_removed_slot_and_refuses_when_none_is_idle() {
+        let names: Vec<String> = (0..MAX_CLIENT_IDENTITIES)
+            .map(|i| format!("e{i}"))
+            .collect();
+        let all = SecurityConfig {
+            client_identities: names.iter().map(|n| ident(n, &[n], &[])).collect(),
+            ..Default::default()
+        };
+        let table = Arc::new(Identities::new(&all, None));
+        let r = ClientRules::build(&all, &table).unwrap();
+        assert_eq!(r.reassigned, 0);
+        let _busy = r.connect(1).unwrap();
+        // Renaming in one step while the table is full: e0 and e1 are
+        // still served, so their slots are not free yet.
+        let mut renamed = all.clone();
+        renamed.client_identities.drain(0..2);
+        renamed.client_identities.push(ident("new", &["new"], &[]));
+        let e = ClientRules::build(&renamed, &table).unwrap_err();
+        assert!(e.contains("no identity slot left for \"new\""), "{e}");
+        // Two steps: remove them (served), then add: "new" takes e1's idle
+        // slot, not busy e0's.
+        let mut removed = all.clone();
+        removed.client_identities.drain(0..2);
+        ClientRules::build(&removed, &table).unwrap();
+        table.set_in_force(&removed);
+        let r2 = ClientRules::build(&renamed, &table).unwrap();
+        assert_eq!(r2.id_of("new"), Some(2));
+        assert_eq!(r2.reassigned, 1 << 2);
+        assert_eq!(table.label(2), "new");
+        assert_eq!(table.label(1), "e0", "the busy slot keeps its name");
+        // One more new name while e0 still has a connection: no slot, and
+        // the failed build changes no label.
+        table.set_in_force(&renamed);
+        let before = table.labels();
+        let mut more = renamed.clone();
+        more.client_identities.push(ident("x", &["x"], &[]));
+        let e = ClientRules::build(&more, &table).unwrap_err();
+        assert!(e.contains("no identity slot left for \"x\""), "{e}");
+        assert_eq!(table.labels(), before);
+    }
+
+    #[test]
+    fn retune_keeps_buckets_of_unchanged_limits_and_renews_changed_ones() {
+        let mut a = ident("a", &["a"], &[]);
+        a.max_rps = Some(10);
+        let mut b = ident("b", &["b"], &[]);
+        b.max_rps = Some(10);
+        let cfg = SecurityConfig {
+            client_identities: vec![a, b],
+            ..Default::default()
+        };
+        let table = Arc::new(Identities::new(&cfg, None));
+        let core = CoreSecurity::new(0, 1, &ClientRules::build(&cfg, &table).unwrap(), None, None);
+        let t = Instant::now();
+        let used = |id| (0..20).filter(|_| core.admit(id, t).is_ok()).count();
+        assert_eq!((used(1), used(2)), (10, 10), "both bursts spent");
+        let mut next = cfg.clone();
+        next.client_identities[1].max_rps = Some(20);
+        core.retune(&ClientRules::build(&next, &table).unwrap());
+        // a's limit did not change: its spent burst stays spent; b has a
+        // fresh bucket at its new rate.
+        assert_eq!((used(1), used(2)), (0, 20));
+        // No limit left at all: the bucket step is skipped.
+        core.retune(&ClientRules::build(&SecurityConfig::default(), &table).unwrap());
+        assert!(!core.limited.get());
+        assert_eq!(used(1), 20);
     }
 
     #[test]
@@ -1120,7 +1434,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let p = Policy::build(&cfg, &index);
+        let p = Policy::build(&cfg, &index, &rules(&cfg));
         assert_eq!(p.restricted(), 2);
         assert_eq!(p.check(rsa, Op::RSA_DECRYPT, 1), Err(Refusal::OpDenied));
         assert_eq!(p.check(rsa, Op(0x03), 1), Err(Refusal::OpDenied));
@@ -1164,7 +1478,7 @@ mod tests {
         assert_ne!(key_ref(255, 0x00FF_FFFD), NO_KEY);
         assert_eq!(Refusal::from_result_byte(0x82), Some(Refusal::RateLimited));
         assert_eq!(Refusal::from_result_byte(0x08), None);
-        let ids = Identities::new(&SecurityConfig::default(), None);
+        let ids = rules(&SecurityConfig::default());
         let (tx, _rx) = std::sync::mpsc::sync_channel(4);
         let core = CoreSecurity::new(0, 1, &ids, Some(AuditTx::new(tx, Arc::default())), None);
         for k in 0..(MAX_AUDIT_CELLS as u32 + 100) {
@@ -1177,7 +1491,7 @@ mod tests {
 
     #[test]
     fn refusal_samples_are_capped_and_the_rest_counted() {
-        let ids = Identities::new(&SecurityConfig::default(), None);
+        let ids = rules(&SecurityConfig::default());
         let (tx, rx) = std::sync::mpsc::sync_channel(4);
         let core = CoreSecurity::new(0, 1, &ids, Some(AuditTx::new(tx, Arc::default())), None);
         for _ in 0..(MAX_REFUSAL_SAMPLES + 5) {

@@ -677,3 +677,217 @@ fn key_policies_reload_and_audit_counts_keep_their_key_across_the_reload() {
         );
     }
 }
+
+/// Rewrite the running server's config file with `edit` and reload it
+/// (SIGHUP); waits until `keycore_reload_total{result}` has counted one
+/// more (`ok` or `error`), then one `CONTROL_POLL` and some for every
+/// core to take the new state up.
+fn reload_with(s: &Server, result: &str, edit: impl FnOnce(String) -> String) {
+    let name = format!("keycore_reload_total{{result=\"{result}\"}}");
+    let before = s.metric(&name);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let new = edit(text.clone());
+    assert_ne!(new, text, "the edit changed the config");
+    std::fs::write(&s.config, new).unwrap();
+    s.signal(libc::SIGHUP);
+    assert_eq!(
+        wait_metric(s, &name, |v| v > before),
+        before + 1,
+        "reload counted as {result}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+}
+
+#[test]
+fn a_reload_rotates_client_pins_under_traffic_without_failing_an_unchanged_identity() {
+    let p = &pki().pki;
+    let (cert2, key2) = second();
+    // edge-b's certificate rotates: same names, a new key (and pin).
+    let dir = tempfile::tempdir().unwrap();
+    let (rotated, rotated_key) = keycore_engine::pki::issue_client_cert(
+        p,
+        dir.path(),
+        "edge2-rotated",
+        "keycore second client",
+        &["edge2.keycore.test"],
+        9,
+    )
+    .unwrap();
+    let (old_pin, new_pin) = (spki_pin(&cert2), spki_pin(&rotated));
+    let yaml = format!(
+        "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    spki_sha256: [{}]\n  - name: edge-b\n    names: [\"*.keycore.test\"]\n    spki_sha256: [{old_pin}]\n",
+        spki_pin(&p.client_cert)
+    );
+    let s = Server::start(&yaml);
+    let mut b_old = Client::connect_as(s.addr, &cert2, &key2).unwrap();
+    assert!(ok(&call(
+        &mut b_old,
+        1,
+        Op::ED25519_SIGN,
+        KeyKind::Ed25519,
+        b"m"
+    )));
+    assert!(is_refused(&s, &rotated, &rotated_key), "not pinned yet");
+
+    // edge-a's traffic through the reload: one long-lived connection
+    // signing, plus a fresh connection every 10th request. Bounded in
+    // count and time.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = s.addr;
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut good, mut failed) = (0u64, Vec::new());
+            let t = Instant::now();
+            let mut c = Client::connect(addr).unwrap();
+            let mut id = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && t.elapsed() < Duration::from_secs(30)
+                && id < 100_000
+            {
+                id += 1;
+                let s = ski(KeyKind::EcdsaP256);
+                let r = c
+                    .send(&request(id, Op::ECDSA_SIGN_SHA256, Some(&s), &DIGEST))
+                    .and_then(|_| c.recv());
+                match r {
+                    Ok(Some((rid, Op::RESPONSE, p))) if rid == id && !p.is_empty() => good += 1,
+                    other => failed.push(format!("request {id}: {other:?}")),
+                }
+                if id % 10 == 0 {
+                    match Client::connect(addr).and_then(|mut n| n.ping(b"new")) {
+                        Ok(()) => good += 1,
+                        Err(e) => failed.push(format!("new connection after {id}: {e}")),
+                    }
+                }
+            }
+            (good, failed)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    reload_with(&s, "ok", |t| t.replace(&old_pin, &new_pin));
+    // The established connection of the old certificate is closed (its
+    // next request gets no answer), counted once.
+    let revoked = "keycore_client_refused_total{reason=\"revoked_by_reload\"}";
+    assert_eq!(wait_metric(&s, revoked, |v| v >= 1), 1);
+    let s2 = ski(KeyKind::Ed25519);
+    let after = b_old
+        .send(&request(2, Op::ED25519_SIGN, Some(&s2), b"m"))
+        .and_then(|_| b_old.recv());
+    assert!(
+        matches!(after, Err(_) | Ok(None)),
+        "the revoked connection answered: {after:?}"
+    );
+    // New connections: the old certificate is refused, the rotated one in.
+    let pin_refused = "keycore_client_refused_total{reason=\"spki_pin_mismatch\"}";
+    let before = s.metric(pin_refused);
+    assert!(is_refused(&s, &cert2, &key2), "the old pin is gone");
+    assert_eq!(wait_metric(&s, pin_refused, |v| v > before), before + 1);
+    let mut b_new = Client::connect_as(s.addr, &rotated, &rotated_key).unwrap();
+    assert!(ok(&call(
+        &mut b_new,
+        3,
+        Op::ED25519_SIGN,
+        KeyKind::Ed25519,
+        b"m"
+    )));
+    // edge-a kept going across the reload with no failed request.
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (good, failed) = traffic.join().unwrap();
+    assert!(failed.is_empty(), "edge-a failures: {failed:?}");
+    assert!(good >= 10, "edge-a traffic ran ({good} answers)");
+    assert_eq!(
+        s.metric("keycore_client_connections{identity=\"edge-b\"}"),
+        1,
+        "only the rotated connection is open"
+    );
+}
+
+#[test]
+fn a_reload_changes_a_rate_limit_and_it_applies_on_open_connections() {
+    let s = Server::start(
+        "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    max_rps: 20\n",
+    );
+    let burst = |c: &mut Client, base: u32, n: u32| -> (u32, u32) {
+        let s = ski(KeyKind::EcdsaP256);
+        let mut all = Vec::new();
+        for id in 0..n {
+            all.extend(request(base + id, Op::ECDSA_SIGN_SHA256, Some(&s), &DIGEST));
+        }
+        c.send(&all).unwrap();
+        let (mut good, mut limited) = (0, 0);
+        for _ in 0..n {
+            let (_, op, p) = c.recv().unwrap().unwrap();
+            if op == Op::RESPONSE {
+                good += 1;
+            } else {
+                assert_eq!((op, p), (Op::ERROR, vec![ErrorCode::INTERNAL.0]));
+                limited += 1;
+            }
+        }
+        (good, limited)
+    };
+    let mut a = Client::connect(s.addr).unwrap();
+    let t = Instant::now();
+    let (good, _) = burst(&mut a, 0, 200);
+    let refill = (t.elapsed().as_secs_f64() * 20.0).ceil() as u32;
+    assert!(
+        (20..=20 + refill).contains(&good),
+        "{good}, refill {refill}"
+    );
+    // Raised by reload: the same connection gets the new rate (a fresh
+    // bucket with the new burst) at once.
+    reload_with(&s, "ok", |t| {
+        t.replace("max_rps: 20\n", "max_rps: 100000\n")
+    });
+    assert_eq!(burst(&mut a, 1000, 200), (200, 0));
+    // Lowered again, through the default this time: the identity's own
+    // limit goes and client_max_rps applies.
+    reload_with(&s, "ok", |t| {
+        t.replace("    max_rps: 100000\n", "").replace(
+            "client_identities:",
+            "client_max_rps: 10\nclient_identities:",
+        )
+    });
+    let t = Instant::now();
+    let (good, limited) = burst(&mut a, 2000, 200);
+    let refill = (t.elapsed().as_secs_f64() * 10.0).ceil() as u32;
+    assert!(
+        (10..=10 + refill).contains(&good),
+        "{good}, refill {refill}"
+    );
+    assert_eq!(good + limited, 200);
+    // Nothing about identities needed a restart.
+    assert_eq!(
+        s.metric_where("keycore_config_restart_needed", "client_max_rps"),
+        0
+    );
+}
+
+#[test]
+fn a_bad_client_identities_section_keeps_the_old_allow_list_and_counts_an_error() {
+    let (cert2, key2) = second();
+    let s = Server::start(
+        "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n",
+    );
+    let mut a = Client::connect(s.addr).unwrap();
+    a.ping(b"before").unwrap();
+    assert!(is_refused(&s, &cert2, &key2));
+    // A pin that is not 64 hex digits, and an entry for the second client:
+    // the whole file is refused, nothing of it applies.
+    reload_with(&s, "error", |t| {
+        t.replace(
+            "client_identities:\n",
+            "client_identities:\n  - name: edge-b\n    names: [\"*.keycore.test\"]\n    spki_sha256: [abc]\n",
+        )
+    });
+    assert_eq!(s.metric("keycore_reload_total{result=\"ok\"}"), 0);
+    assert!(is_refused(&s, &cert2, &key2), "edge-b was not let in");
+    a.ping(b"after").unwrap();
+    Client::connect(s.addr).unwrap().ping(b"new").unwrap();
+    assert_eq!(
+        s.metric("keycore_client_refused_total{reason=\"revoked_by_reload\"}"),
+        0
+    );
+}

@@ -811,7 +811,7 @@ const DISPATCH_LOOP: usize = 20_000;
 fn dispatch_cost(cpu: usize, keys_dir: &Path) -> Result<(f64, f64, f64)> {
     use keycore_engine::config::{ClientIdentity, KeyPolicy, OpFilter, Security};
     use keycore_engine::metrics::CoreStats;
-    use keycore_engine::security::{AuditTx, CoreSecurity, Identities, Policy};
+    use keycore_engine::security::{AuditTx, ClientRules, CoreSecurity, Identities, Policy};
     use keycore_engine::server::dispatch::{self, DispatchCtx};
     let _ = core_affinity::set_for_current(core_affinity::CoreId { id: cpu });
     let mut index = keycore_keys::KeyIndex::default();
@@ -841,13 +841,17 @@ fn dispatch_cost(cpu: usize, keys_dir: &Path) -> Result<(f64, f64, f64)> {
         ..Default::default()
     };
     let stats = CoreStats::new(0);
-    let plain_ids = Identities::new(&Security::default(), None);
-    let ids = Identities::new(&cfg, None);
+    // The reloadable parts (client rules, policy) as a reload builds them.
+    let rules_of = |c: &Security| {
+        ClientRules::build(c, &Arc::new(Identities::new(c, None))).map_err(anyhow::Error::msg)
+    };
+    let plain_ids = rules_of(&Security::default())?;
+    let ids = rules_of(&cfg)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);
     let plain_sec = CoreSecurity::new(0, 1, &plain_ids, None, None);
     let sec = CoreSecurity::new(0, 1, &ids, Some(AuditTx::new(tx, Arc::default())), None);
     let plain_policy = Policy::default();
-    let policy = Policy::build(&cfg, &index);
+    let policy = Policy::build(&cfg, &index, &ids);
     let stores: Vec<std::rc::Rc<dyn keycore_keys::CoreStore>> = Vec::new();
     let ctxs = [
         DispatchCtx {

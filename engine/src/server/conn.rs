@@ -19,7 +19,7 @@ use super::conn_state::{CloseReason, ConnState, Dispatched, Dispatcher};
 use super::dispatch::{self, DispatchCtx, Pending};
 use super::{CoreCtx, CoreServed, DrainSlot, HandshakeTicket, CLOSE_GRACE};
 use crate::refusals::Refusal;
-use crate::security::{ClientId, CoreSecurity};
+use crate::security::{CertFacts, ClientId, ConnSlot, CoreSecurity};
 use crate::trace::SpanRecord;
 use futures_lite::future::{self, FutureExt as _};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
@@ -134,7 +134,8 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
     let hs_deadline = Instant::now() + core.limits.handshake_timeout;
     // The TLS configuration in force when the connection arrived (a reload
     // applies to connections accepted after it).
-    let handshake = core.served().acceptor.accept(tcp);
+    let (at_accept, accept_gen) = (core.served(), core.served_generation());
+    let handshake = at_accept.acceptor.accept(tcp);
     let r = handshake
         .or(async {
             until(&core, &slot, hs_deadline).await;
@@ -168,7 +169,10 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.as_ref());
-    let client = match core.identities.identify(der) {
+    // Kept for the connection's life: a reload checks it again.
+    let facts = der.and_then(CertFacts::of);
+    let rules = &at_accept.served.clients;
+    let client = match rules.identify(facts.as_ref()) {
         Ok(id) => id,
         Err(why) => {
             core.identities.refuse(why, "", None);
@@ -176,7 +180,7 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
             return;
         }
     };
-    let Some(_identity_slot) = core.identities.connect(client) else {
+    let Some(identity_slot) = rules.connect(client) else {
         // Counted (keycore_client_refused_total) and recorded by connect().
         tracing::debug!(%peer, core = core.index, "client identity at max_connections; closed");
         return;
@@ -188,7 +192,14 @@ pub async fn serve(core: Rc<CoreCtx>, tcp: TcpStream, peer: SocketAddr, ticket: 
     tracing::debug!(%peer, core = core.index, "connection established");
     let completions = Rc::new(Completions::default());
     let mut st = ConnState::new(super::conn_limits(&core.limits), Instant::now());
-    let reason = run(&core, &mut tls, &mut st, &completions, &slot, client).await;
+    let who = Who {
+        facts,
+        slot: identity_slot,
+    };
+    // The generation the handshake was admitted under: if a reload came
+    // meanwhile, the first turn checks the connection against it.
+    let admitted = (at_accept, accept_gen);
+    let reason = run(&core, &mut tls, &mut st, &completions, &slot, who, admitted).await;
     core.release_connection_slot();
     // Whatever is still with a backend will never be written: its gauge
     // entry goes now (the task's late completion lands in a dropped queue).
@@ -287,6 +298,41 @@ impl Dispatcher for CoreDispatch<'_> {
     }
 }
 
+/// Who the connection is (issue 18): its certificate's facts and its
+/// identity's connection slot (whose id counts, limits and policy use).
+struct Who {
+    facts: Option<CertFacts>,
+    slot: ConnSlot,
+}
+
+impl Who {
+    /// Check the connection again under `now`'s client rules (a reload was
+    /// taken up): false if it must close (counted, with the reason, by the
+    /// identity table). A connection the rules now map to another identity
+    /// moves its connection slot there.
+    fn readmit(&mut self, core: &CoreCtx, now: &CoreServed) -> bool {
+        let rules = &now.served.clients;
+        let was = self.slot.id();
+        match rules.readmit(self.facts.as_ref(), was) {
+            Ok(id) if id == was => true,
+            // Counted (max_connections) by connect() when it is full.
+            Ok(id) => match rules.connect(id) {
+                Some(s) => {
+                    self.slot = s;
+                    true
+                }
+                None => false,
+            },
+            Err(why) => {
+                let spki = self.facts.as_ref().map(|f| &f.spki_sha256);
+                core.identities
+                    .refuse(why, &core.identities.label(was), spki);
+                false
+            }
+        }
+    }
+}
+
 /// A chunk of ciphertext being sent.
 struct Chunk {
     buf: Vec<u8>,
@@ -307,15 +353,16 @@ async fn run(
     st: &mut ConnState,
     completions: &Rc<Completions>,
     slot: &DrainSlot<'_>,
-    client: ClientId,
+    mut who: Who,
+    admitted: (Rc<CoreServed>, u64),
 ) -> CloseReason {
     let stats = &core.stats;
     let mut disp = CoreDispatch {
-        served: core.served(),
-        served_gen: core.served_generation(),
+        served: admitted.0,
+        served_gen: admitted.1,
         stats,
         sec: &core.sec,
-        client,
+        client: who.slot.id(),
         tracer: core.tracer.as_ref(),
         recorder: core.recorder.as_ref(),
         conn: core.recorder.as_ref().map_or(0, |r| r.next_conn()),
@@ -329,9 +376,17 @@ async fn run(
     loop {
         let now = Instant::now();
         if disp.served_gen != core.served_generation() {
-            // A reload was taken up by the core: this turn's requests use it.
+            // A reload was taken up by the core: this turn's requests use it,
+            // once its allow-list has admitted the connection again.
             disp.served = core.served();
             disp.served_gen = core.served_generation();
+            if !who.readmit(core, &disp.served) {
+                if let Some(c) = chunk.take() {
+                    give_back(core, c.buf);
+                }
+                return CloseReason::Revoked;
+            }
+            disp.client = who.slot.id();
         }
         if seen_gen != core.control_gen() {
             seen_gen = core.control_gen();
@@ -350,7 +405,7 @@ async fn run(
             st.on_completion(now, |out| {
                 code = dispatch::finish(stats, out, id, op, read_at, r.as_deref().map_err(|e| *e))
             });
-            core.sec.count(key, client, op, code.0);
+            core.sec.count(key, disp.client, op, code.0);
             if let (Some(t), Some(rec)) = (&core.tracer, span) {
                 t.submit(*rec, op, code, stats);
             }

@@ -120,6 +120,10 @@ pub enum CloseReason {
     Drain,
     /// The drain deadline passed with requests unanswered.
     DrainTimeout,
+    /// A reload's client allow-list no longer admits the connection's
+    /// certificate (issue 18): closed at once, nothing more is read or
+    /// answered.
+    Revoked,
 }
 
 impl CloseReason {
@@ -128,7 +132,10 @@ impl CloseReason {
     pub fn graceful(self) -> bool {
         !matches!(
             self,
-            CloseReason::Io | CloseReason::WriteStalled | CloseReason::DrainTimeout
+            CloseReason::Io
+                | CloseReason::WriteStalled
+                | CloseReason::DrainTimeout
+                | CloseReason::Revoked
         )
     }
 }

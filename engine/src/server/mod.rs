@@ -47,7 +47,7 @@ pub use served::{CoreServed, Served, Stores};
 
 use crate::metrics::{CoreStats, Registry};
 use crate::refusals::{Refusal, RefusalLog};
-use crate::security::{AuditTx, CoreSecurity, Identities, Policy};
+use crate::security::{AuditTx, ClientRules, CoreSecurity, Identities, Policy};
 use crate::swap::Swap;
 use anyhow::{bail, Result};
 use futures_lite::future;
@@ -106,13 +106,14 @@ pub struct ServerSettings {
     pub limits: Limits,
 }
 
-/// The issue-18 parts the cores share for the process's life: client
-/// identities and the audit writer's sender (the key policies are reloaded
-/// with the key index, in `Served`).
+/// The issue-18 parts the cores share for the process's life: the client
+/// identity table and the audit writer's sender (the allow-list, the
+/// limits and the key policies are reloaded, in `Served`).
 #[derive(Debug, Clone)]
 pub struct SecurityParts {
-    /// Client identities (allow-list, labels, connection counts). The key
-    /// policies are part of the reloaded state (`Served::policy`).
+    /// The client identity table (labels, connection counts, refusal
+    /// counters). The allow-list, limits and key policies are part of the
+    /// reloaded state (`Served::clients`, `Served::policy`).
     pub identities: Arc<Identities>,
     /// The audit writer; `None`: nothing is counted or recorded.
     pub audit: Option<AuditTx>,
@@ -290,6 +291,8 @@ impl CoreCtx {
         let prev = self.served();
         let built = CoreServed::build(next, self.index, Some(&prev));
         drop(prev);
+        // The reload's rate limits, before any connection serves from it.
+        self.sec.retune(&built.served.clients);
         *self.served.borrow_mut() = Rc::new(built);
         self.served_gen.set(generation);
         tracing::debug!(core = self.index, generation, "reloaded state taken up");
@@ -548,17 +551,21 @@ pub fn start(
     stores: Stores,
     registry: Registry,
 ) -> Result<ServerHandle> {
+    let security = SecurityParts::default();
+    let clients = ClientRules::build(&Default::default(), &security.identities)
+        .map_err(anyhow::Error::msg)?;
     let served = Served {
         keys,
         stores,
         tls,
         policy: Arc::new(Policy::default()),
+        clients: Arc::new(clients),
     };
     start_served(
         settings,
         Arc::new(Swap::new(Arc::new(served))),
         registry,
-        SecurityParts::default(),
+        security,
     )
 }
 
@@ -633,7 +640,7 @@ pub fn start_served(
                 let sec = CoreSecurity::new(
                     index,
                     cores,
-                    &security.identities,
+                    &first.clients,
                     security.audit.clone(),
                     security.audit_ok.clone(),
                 );

@@ -48,6 +48,10 @@ pub struct Served {
     /// The key policies compiled against `keys` (issue 18): reloaded with
     /// the keys, since a policy is indexed by key.
     pub policy: Arc<crate::security::Policy>,
+    /// The client identities' allow-list and limits (issue 18; the same
+    /// rules `tls`'s verifier admits by). Established connections are
+    /// checked again when their core takes a new generation up.
+    pub clients: Arc<crate::security::ClientRules>,
 }
 
 /// One core's view of a [`Served`]: its part of every store and its

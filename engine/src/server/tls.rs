@@ -9,7 +9,7 @@
 //! With `client_identities` configured, the verifier is wrapped by
 //! `security::AllowListVerifier` (chain first, then the allow-list).
 
-use crate::security::{AllowListVerifier, Identities};
+use crate::security::{AllowListVerifier, ClientRules};
 use anyhow::{bail, Context, Result};
 use rustls::crypto::aws_lc_rs;
 use rustls::server::danger::ClientCertVerifier;
@@ -52,11 +52,11 @@ pub fn server_config(s: &TlsSettings<'_>) -> Result<Arc<ServerConfig>> {
 }
 
 /// [`server_config`] with the client-identity allow-list (issue 18): when
-/// `identities` has one, a certificate that chains but matches no
-/// configured identity is refused inside the handshake.
+/// `rules` has one, a certificate that chains but matches no configured
+/// identity is refused inside the handshake.
 pub fn server_config_with(
     s: &TlsSettings<'_>,
-    identities: Option<Arc<Identities>>,
+    rules: Option<Arc<ClientRules>>,
 ) -> Result<Arc<ServerConfig>> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(s.cert)
         .with_context(|| format!("auth_cert {}: cannot read", s.cert.display()))?
@@ -103,8 +103,8 @@ pub fn server_config_with(
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .context("client certificate verifier")?;
-    if let Some(ids) = identities.filter(|i| i.has_allow_list()) {
-        verifier = Arc::new(AllowListVerifier::new(verifier, ids));
+    if let Some(rules) = rules.filter(|r| r.has_allow_list()) {
+        verifier = Arc::new(AllowListVerifier::new(verifier, rules));
     }
     let versions: &[&rustls::SupportedProtocolVersion] = if s.tls12_only {
         &[&rustls::version::TLS12]
