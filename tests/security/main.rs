@@ -754,7 +754,7 @@ fn a_reload_rotates_client_pins_under_traffic_without_failing_an_unchanged_ident
                     Ok(Some((rid, Op::RESPONSE, p))) if rid == id && !p.is_empty() => good += 1,
                     other => failed.push(format!("request {id}: {other:?}")),
                 }
-                if id % 10 == 0 {
+                if id.is_multiple_of(10) {
                     match Client::connect(addr).and_then(|mut n| n.ping(b"new")) {
                         Ok(()) => good += 1,
                         Err(e) => failed.push(format!("new connection after {id}: {e}")),
