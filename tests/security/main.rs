@@ -718,7 +718,7 @@ fn a_reload_rotates_client_pins_under_traffic_without_failing_an_unchanged_ident
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    spki_sha256: [{}]\n  - name: edge-b\n    names: [\"*.keycore.test\"]\n    spki_sha256: [{old_pin}]\n",
         spki_pin(&p.client_cert)
     );
-    let s = Server::start(&yaml);
+    let s = support::start(&yaml);
     let mut b_old = Client::connect_as(s.addr, &cert2, &key2).unwrap();
     assert!(ok(&call(
         &mut b_old,
@@ -806,7 +806,7 @@ fn a_reload_rotates_client_pins_under_traffic_without_failing_an_unchanged_ident
 
 #[test]
 fn a_reload_changes_a_rate_limit_and_it_applies_on_open_connections() {
-    let s = Server::start(
+    let s = support::start(
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n    max_rps: 20\n",
     );
     let burst = |c: &mut Client, base: u32, n: u32| -> (u32, u32) {
@@ -868,7 +868,7 @@ fn a_reload_changes_a_rate_limit_and_it_applies_on_open_connections() {
 #[test]
 fn a_bad_client_identities_section_keeps_the_old_allow_list_and_counts_an_error() {
     let (cert2, key2) = second();
-    let s = Server::start(
+    let s = support::start(
         "client_identities:\n  - name: edge-a\n    names: [\"keycore demo client\"]\n",
     );
     let mut a = Client::connect(s.addr).unwrap();
