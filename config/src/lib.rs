@@ -245,6 +245,9 @@ pub struct Limits {
     pub read_buffer_bytes: usize,
     /// `write_buffer_bytes`.
     pub write_buffer_bytes: usize,
+    /// `reactor_spin`: how long an idle reactor polls before it sleeps;
+    /// `None` = sleep at once.
+    pub reactor_spin: Option<Duration>,
     /// Largest request body accepted: not a config key (the protocol's
     /// maximum, 65535); tests lower it to exercise the refusal path.
     pub max_body_len: usize,
@@ -547,6 +550,7 @@ impl Config {
                 drain_timeout: Duration::ZERO,
                 read_buffer_bytes: 0,
                 write_buffer_bytes: 0,
+                reactor_spin: None,
                 max_body_len: keycore_protocol::MAX_BODY_LEN,
             },
             pkcs11: Pkcs11Settings::default(),

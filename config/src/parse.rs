@@ -65,6 +65,14 @@ pub enum ValueError {
         /// As written.
         text: String,
     },
+    /// A duration above the key's limit.
+    #[error("expected a duration of at most {max}, got {text:?}")]
+    LongDuration {
+        /// The limit, as a duration is written.
+        max: String,
+        /// As written.
+        text: String,
+    },
     /// A malformed RFC 3339 time.
     #[error(transparent)]
     Time(#[from] TimeError),
@@ -177,6 +185,21 @@ pub fn optional_duration(text: &str) -> Result<Option<Duration>, ValueError> {
     }
     let d = parse_duration(text)?;
     Ok((!d.is_zero()).then_some(d))
+}
+
+/// Like [`optional_duration`], refusing durations longer than `max`.
+pub fn optional_duration_at_most(
+    text: &str,
+    max: Duration,
+) -> Result<Option<Duration>, ValueError> {
+    let d = optional_duration(text)?;
+    if d.is_some_and(|d| d > max) {
+        return Err(ValueError::LongDuration {
+            max: crate::duration::format_duration(max),
+            text: text.to_owned(),
+        });
+    }
+    Ok(d)
 }
 
 /// A non-empty string (paths, URIs).
@@ -305,6 +328,23 @@ mod tests {
         assert!(int_in("1.5", 0, 9).is_err());
         assert!(int_in("", 0, 9).is_err());
         assert!(int_in("99999999999999999999999", 0, 9).is_err());
+    }
+
+    #[test]
+    fn bounded_optional_durations() {
+        let max = Duration::from_secs(1);
+        assert_eq!(optional_duration_at_most("", max), Ok(None));
+        assert_eq!(optional_duration_at_most("0s", max), Ok(None));
+        assert_eq!(
+            optional_duration_at_most("200us", max),
+            Ok(Some(Duration::from_micros(200)))
+        );
+        assert_eq!(optional_duration_at_most("1s", max), Ok(Some(max)));
+        assert_eq!(
+            msg(optional_duration_at_most("50s", max)),
+            "expected a duration of at most 1s, got \"50s\""
+        );
+        assert!(optional_duration_at_most("fast", max).is_err());
     }
 
     #[test]

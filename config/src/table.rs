@@ -280,6 +280,10 @@ fn buffer(t: &str) -> Result<usize, ValueError> {
     count(t, MIN_BUFFER_BYTES as u64, MAX_BUFFER_BYTES as u64)
 }
 
+/// Longest `reactor_spin`: beyond a second, polling is simply never
+/// sleeping, and a typo (`50s` for `50us`) would burn a core for nothing.
+const MAX_REACTOR_SPIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn rate(t: &str) -> Result<u32, ValueError> {
     parse::int_in(t, 1, 1_000_000).map(|v| v as u32)
 }
@@ -531,6 +535,24 @@ pub static SETTINGS: &[Setting] = &[
         },
     )
     .input(Input::Cores),
+    Setting::new(
+        Server,
+        "reactor_spin",
+        "DURATION",
+        "",
+        "How long each core's reactor keeps polling its sockets and timers after it runs out of \
+         work, before it sleeps in the kernel (0 or empty = sleep at once), at most 1s. A \
+         sleeping core takes time to wake when a request arrives (tens of microseconds, and on \
+         a VM far longer in the tail), which lands in the request's latency; polling keeps \
+         the core awake through gaps shorter than this, at the cost of CPU: an idle core \
+         spins for this long after each burst of work, so a core with requests arriving more \
+         often than this never sleeps (bench/RESULTS.md, \"Latency targets\").",
+        |c, t| set!(
+                c.limits.reactor_spin,
+                parse::optional_duration_at_most(t, MAX_REACTOR_SPIN)?
+            ),
+        |c| yaml_quote(&c.limits.reactor_spin.map_or(String::new(), format_duration)),
+    ),
     Setting::new(
         Server,
         "tls12_only",

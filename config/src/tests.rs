@@ -232,6 +232,7 @@ fn each_bad_value_names_file_line_and_key() {
             "expected an integer 1..=65536",
         ),
         ("idle_timeout", "0s", "greater than zero"),
+        ("reactor_spin", "2s", "at most 1s"),
         ("handshake_timeout", "\"\"", "expected a duration"),
         ("drain_timeout", "-1s", "negative"),
         ("tls12_only", "2", "expected true or false"),

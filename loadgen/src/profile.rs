@@ -126,7 +126,21 @@ pub struct Profile {
     /// far-behind server can't grow the generator's memory without bound.
     /// Default 262144 (each waiting request holds under 1 KiB: ≤ 256 MiB).
     pub max_outstanding_per_core: usize,
+    /// Microseconds each generator executor keeps polling for work (its
+    /// sockets, its timers) after running out of it, before it sleeps in the
+    /// kernel (at most [`MAX_SPIN_US`]). Default 0: sleep at once. Spinning
+    /// keeps a sleeping CPU's wake-up delay (a timer due, an answer
+    /// arriving) out of the measured latency, and with it an arrival is
+    /// never sent early; it costs the generator's core while idle, and on a
+    /// machine whose CPUs are shared with other work it makes the tail
+    /// worse (a busy-polling thread loses its CPU in whole scheduler slices;
+    /// issue 13, `bench/RESULTS.md` "Latency targets"). The generator's CPU
+    /// figure leaves spinning out (it is idle time).
+    pub spin_us: u64,
 }
+
+/// Largest [`Profile::spin_us`] accepted (one second).
+pub const MAX_SPIN_US: u64 = 1_000_000;
 
 impl Default for Profile {
     fn default() -> Self {
@@ -153,6 +167,7 @@ impl Default for Profile {
             tls12_only: false,
             seed: None,
             max_outstanding_per_core: 262_144,
+            spin_us: 0,
         }
     }
 }
@@ -263,6 +278,12 @@ impl Profile {
         }
         if self.max_outstanding_per_core == 0 {
             return Err(perr("max_outstanding_per_core must be at least 1"));
+        }
+        if self.spin_us > MAX_SPIN_US {
+            return Err(perr(format!(
+                "spin_us must be within 0..={MAX_SPIN_US}, got {}",
+                self.spin_us
+            )));
         }
         if self.keys == Some(0) {
             return Err(perr("keys (K) must be at least 1"));

@@ -134,7 +134,28 @@ struct Args {
     /// only `keycore loadgen` drives that target.
     #[arg(long, env = "KLOAD_BIN")]
     kload: Option<PathBuf>,
+    /// The servers' `reactor_spin` (e.g. `0s`, `200us`); default: the
+    /// server's own default. For A/B runs of the wake-up policy.
+    #[arg(long, value_name = "DURATION")]
+    reactor_spin: Option<String>,
+    /// The generator's `spin_us`; default: the profile's default. For A/B
+    /// runs of the generator's own floor.
+    #[arg(long, value_name = "US")]
+    gen_spin_us: Option<u64>,
+    /// --latency-targets: skip the extra 50% run and floor with both sides
+    /// spinning (the wake-up policy's A/B).
+    #[arg(long)]
+    no_spin_variant: bool,
 }
+
+/// The wake-up policy's variant in `--latency-targets`: server
+/// `reactor_spin` and generator `spin_us` (longer than almost every gap
+/// between arrivals at the 50% rate, ~140 µs on average here).
+const SPIN_VARIANT_SERVER: &str = "1ms";
+const SPIN_VARIANT_GEN_US: u64 = 1000;
+
+/// Extra YAML every server of this run gets (`--reactor-spin`).
+static SERVER_EXTRA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 /// Durations of one mode.
 struct Plan {
@@ -424,6 +445,8 @@ struct Server {
     child: Child,
     pid: u32,
     addr: SocketAddr,
+    /// Its metrics listener (loopback), for the server's own latency view.
+    metrics: SocketAddr,
 }
 
 fn strip_ansi(s: &str) -> String {
@@ -453,16 +476,24 @@ impl Server {
         extra_yaml: &str,
     ) -> Result<Server> {
         let cfg = pki.dir.join("harness.yaml");
+        // A free loopback port for /metrics (the metrics listener has no
+        // "port 0" mode that reports its port).
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("finding a free port for /metrics")?
+            .port();
         std::fs::write(
             &cfg,
             format!(
-                "loglevel: 1\nport: 0\nmetrics_port: 0\nlisten_address: 127.0.0.1\n\
+                "loglevel: 1\nport: 0\nmetrics_port: {metrics_port}\nmetrics_address: 127.0.0.1\n\
+                 listen_address: 127.0.0.1\n\
                  auth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\n\
-                 private_key_stores:\n  - dir: {}\ncores: [{cpu}]\n{extra_yaml}",
+                 private_key_stores:\n  - dir: {}\ncores: [{cpu}]\n{}{extra_yaml}",
                 pki.server_cert.display(),
                 pki.server_key.display(),
                 pki.ca_cert.display(),
-                pki.keys_dir.display()
+                pki.keys_dir.display(),
+                SERVER_EXTRA.get().map_or("", String::as_str)
             ),
         )
         .with_context(|| format!("writing {}", cfg.display()))?;
@@ -502,6 +533,7 @@ impl Server {
             child,
             pid,
             addr: "127.0.0.1:0".parse().unwrap(),
+            metrics: SocketAddr::from(([127, 0, 0, 1], metrics_port)),
         };
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(Ok(a)) => {
@@ -511,6 +543,53 @@ impl Server {
             Err(_) => bail!("server did not report its address within 30 s"),
         }
         Ok(server)
+    }
+
+    /// The server's own read → answer-queued histogram
+    /// (`keyless_request_total_duration_per_opcode`, successful answers of
+    /// every type summed): cumulative counts by upper bound in seconds.
+    fn server_latency(&self) -> Result<Vec<(f64, u64)>> {
+        use std::io::{Read as _, Write as _};
+        let mut c = std::net::TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2))
+            .with_context(|| format!("connecting to /metrics at {}", self.metrics))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut body = String::new();
+        c.read_to_string(&mut body)?;
+        let mut by_le: std::collections::BTreeMap<u64, (f64, u64)> = Default::default();
+        for l in body.lines() {
+            let Some(rest) = l.strip_prefix("keyless_request_total_duration_per_opcode_bucket{")
+            else {
+                continue;
+            };
+            if !rest.contains("error=\"no error\"") {
+                continue;
+            }
+            let Some((labels, count)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let Some(le) = labels
+                .split("le=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next())
+            else {
+                continue;
+            };
+            let le: f64 = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            let n: u64 = count.trim().parse().unwrap_or(0);
+            let e = by_le.entry(le.to_bits()).or_insert((le, 0));
+            e.1 += n;
+        }
+        let mut v: Vec<(f64, u64)> = by_le.into_values().collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        if v.is_empty() {
+            bail!("no keyless_request_total_duration_per_opcode in /metrics");
+        }
+        Ok(v)
     }
 
     /// CPU time of every thread of the process, ns (schedstat: exact, not ticks).
@@ -559,6 +638,8 @@ impl Drop for Server {
 struct Ctx {
     pki: keycore_engine::pki::DemoPki,
     loadgen_cpu: usize,
+    /// `--gen-spin-us`, when given.
+    gen_spin_us: Option<u64>,
 }
 
 impl Ctx {
@@ -582,6 +663,7 @@ impl Ctx {
             connections: TPUT_CONNECTIONS,
             concurrency: TPUT_CONCURRENCY,
             mode: LoopMode::Closed,
+            spin_us: self.gen_spin_us.unwrap_or(Profile::default().spin_us),
             ..Profile::default()
         };
         Ok(s)
@@ -953,7 +1035,11 @@ fn main() -> Result<()> {
     let ctx = Ctx {
         pki,
         loadgen_cpu: args.loadgen_cpu,
+        gen_spin_us: args.gen_spin_us,
     };
+    if let Some(spin) = &args.reactor_spin {
+        let _ = SERVER_EXTRA.set(format!("reactor_spin: {spin}\n"));
+    }
     if let Some(d) = &args.perf_dir {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
@@ -970,6 +1056,13 @@ fn main() -> Result<()> {
         args.server_cpu,
         args.loadgen_cpu,
         args.server_cpu
+    );
+    println!(
+        "wake-up policy: server reactor_spin {}, generator spin_us {}",
+        args.reactor_spin
+            .as_deref()
+            .unwrap_or("(the server's default)"),
+        args.gen_spin_us.unwrap_or(Profile::default().spin_us)
     );
     if let Some(secs) = args.soak {
         return soak(&args, &bin, &ctx, secs);
@@ -1390,6 +1483,35 @@ struct TargetRow {
     held: Option<bool>,
 }
 
+/// p50/p99/p99.9 of the difference of two cumulative histograms (the
+/// server's buckets: 100 µs doubling), as "≤ bound" of the bucket each falls in.
+fn server_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> String {
+    let diff: Vec<(f64, u64)> = after
+        .iter()
+        .map(|&(le, n)| {
+            let was = before.iter().find(|b| b.0 == le).map_or(0, |b| b.1);
+            (le, n.saturating_sub(was))
+        })
+        .collect();
+    let total = diff.last().map_or(0, |d| d.1);
+    if total == 0 {
+        return "no answers counted".into();
+    }
+    let q = |f: f64| {
+        let want = (f * total as f64).ceil() as u64;
+        match diff.iter().find(|d| d.1 >= want) {
+            Some((le, _)) if le.is_finite() => format!("≤ {:.0}", le * 1e6),
+            _ => "> 1.6 s".into(),
+        }
+    };
+    format!(
+        "p50 {} / p99 {} / p99.9 {} µs of {total}",
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    )
+}
+
 fn pct_line(p: Option<&keycore_loadgen::report::Percentiles>) -> String {
     p.map_or_else(
         || "no samples".into(),
@@ -1451,6 +1573,7 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
 
     // Open loop, Poisson, at 50% and 80% of it.
     let mut p99_at_half = None;
+    let mut half_spec = None;
     for fraction in [0.5, 0.8] {
         let mut s = mix.clone();
         s.profile.mode = LoopMode::Open;
@@ -1458,7 +1581,9 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
         s.profile.rate = fraction * capacity;
         s.profile.duration_s = plan.lat_s * 2.0;
         s.profile.warmup_s = plan.warmup_s;
+        let hist_before = server.server_latency();
         let t = run_measured(&server, &s, None)?;
+        let hist_after = server.server_latency();
         let r = &t.report;
         let per_op: Vec<String> = r
             .ops
@@ -1481,7 +1606,16 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
         );
         if fraction == 0.5 {
             p99_at_half = Some(r.total.latency.as_ref().map_or(u64::MAX, |p| p.p99_us));
+            half_spec = Some(s.clone());
         }
+        // The server's own view of the same run: from reading a request to
+        // queueing its answer (no socket wait before the read, no send, no
+        // generator), so the part of the tail that is the server's
+        // request processing is isolated from the rest.
+        let server_side = match (hist_before, hist_after) {
+            (Ok(a), Ok(b)) => server_quantiles(&a, &b),
+            (Err(e), _) | (_, Err(e)) => format!("not measured: {e:#}"),
+        };
         rows.push(TargetRow {
             what: format!(
                 "default mix, open loop Poisson at {:.0}% ({:.0}/s)",
@@ -1489,7 +1623,7 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                 s.profile.rate
             ),
             figures: format!(
-                "{}; per op: {}; server CPU share {:.0}%{}",
+                "{}; per op: {}; server CPU share {:.0}%; server side, read → answer queued (its own histogram, warm-up included): {server_side}{}",
                 pct_line(r.total.latency.as_ref()),
                 per_op.join(", "),
                 t.cpu_share * 100.0,
@@ -1513,6 +1647,61 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                 }),
                 Err(e) => eprintln!("  generator floor not measured: {e:#}"),
             }
+        }
+    }
+
+    // The wake-up policy, A/B in this run: the 50% row and its floor again
+    // with a server that polls through idle gaps (`reactor_spin`) and a
+    // generator that does (`spin_us`). Reported beside the target row,
+    // never instead of it: the target is judged on the defaults.
+    if let Some(half) = half_spec.filter(|_| !args.no_spin_variant) {
+        let spin_server = Server::start_with(
+            bin,
+            &ctx.pki,
+            args.server_cpu,
+            &format!("reactor_spin: {SPIN_VARIANT_SERVER}\n"),
+        )?;
+        let mut s = half.clone();
+        s.server = spin_server.addr;
+        s.profile.spin_us = SPIN_VARIANT_GEN_US;
+        let hist_before = spin_server.server_latency();
+        let t = run_measured(&spin_server, &s, None)?;
+        let server_side = match (hist_before, spin_server.server_latency()) {
+            (Ok(a), Ok(b)) => server_quantiles(&a, &b),
+            (Err(e), _) | (_, Err(e)) => format!("not measured: {e:#}"),
+        };
+        let r = &t.report;
+        eprintln!(
+            "  default mix at 50%, both sides spinning: {}{}",
+            pct_line(r.total.latency.as_ref()),
+            warnings(r)
+        );
+        rows.push(TargetRow {
+            what: format!(
+                "… same 50% load ({:.0}/s), server `reactor_spin: {SPIN_VARIANT_SERVER}`, generator `spin_us: {SPIN_VARIANT_GEN_US}`",
+                s.profile.rate
+            ),
+            figures: format!(
+                "{}; server CPU share {:.0}% (the spinning's cost); server side: {server_side}{}",
+                pct_line(r.total.latency.as_ref()),
+                t.cpu_share * 100.0,
+                warnings(r)
+            ),
+            bound: String::new(),
+            held: None,
+        });
+        drop(spin_server);
+        match keycore_loadgen::floor::floor(&s) {
+            Ok(f) => rows.push(TargetRow {
+                what: format!(
+                    "… generator floor with generator `spin_us: {SPIN_VARIANT_GEN_US}` ({:.0}/s pings)",
+                    f.total.throughput_per_s
+                ),
+                figures: pct_line(f.total.latency.as_ref()),
+                bound: String::new(),
+                held: None,
+            }),
+            Err(e) => eprintln!("  generator floor (spinning) not measured: {e:#}"),
         }
     }
 

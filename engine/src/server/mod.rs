@@ -618,8 +618,14 @@ pub fn start_served(
         } else {
             Placement::Fixed(cpu)
         };
-        let t = LocalExecutorBuilder::new(placement)
-            .name(&format!("keycore-core{index}"))
+        let mut builder =
+            LocalExecutorBuilder::new(placement).name(&format!("keycore-core{index}"));
+        // `reactor_spin`: poll through short idle gaps instead of sleeping
+        // (a sleeping core's wake-up lands in the next request's latency).
+        if let Some(spin) = settings.limits.reactor_spin {
+            builder = builder.spin_before_park(spin);
+        }
+        let t = builder
             .spawn(move || async move {
                 let (listener, inode) = match bound {
                     // SAFETY: a bound, listening socket, owned by nothing else.
