@@ -287,7 +287,7 @@ fn a_recording_replays_onto_a_softhsm_token_with_a_key_map() {
         return;
     };
     let rec_a = dir.path().join("a.rec");
-    let a = Server::start(&format!("record_file: {}\n", rec_a.display()));
+    let a = start(&format!("record_file: {}\n", rec_a.display()));
     let mut s = spec(&a);
     s.keys = vec![key_file(KeyKind::EcdsaP256)];
     s.profile = Profile {
@@ -310,11 +310,11 @@ fn a_recording_replays_onto_a_softhsm_token_with_a_key_map() {
         "  - uri: \"pkcs11:token=hostile;id=%01?module-path={}&pin-value=4321\"\n",
         keycore_testsupport::SOFTHSM_MODULE
     );
-    let b = Server::start_with(
-        &format!("record_file: {}\n", rec_b.display()),
-        &store,
-        &[("SOFTHSM2_CONF", &conf)],
-    );
+    let b = serve()
+        .yaml(&format!("record_file: {}\n", rec_b.display()))
+        .stores(&store)
+        .env("SOFTHSM2_CONF", &conf)
+        .start();
     let pub_b = dir.path().join("hsm.pub.der");
     std::fs::write(&pub_b, &spki).unwrap();
     let old =
