@@ -378,8 +378,8 @@ impl KeyClass {
     /// publish per-size figures; override with `latency.key_sizes`.
     pub fn default_cost(&self, exponent: f64) -> f64 {
         match self {
-            KeyClass::Rsa(bits) if *bits > 0 => (*bits as f64 / 2048.0).powf(exponent),
-            KeyClass::Ec(bits) => (*bits as f64 / 256.0).powf(exponent),
+            KeyClass::Rsa(bits) => keycore_hsmprofiles::rsa_size_cost(*bits, exponent),
+            KeyClass::Ec(bits) => keycore_hsmprofiles::ec_size_cost(*bits, exponent),
             _ => 1.0,
         }
     }

@@ -283,7 +283,7 @@ pub struct Config {
 }
 
 /// Default exponent of the key-size cost law (see [`KeyClass::default_cost`]).
-pub const DEFAULT_KEY_SIZE_EXPONENT: f64 = 3.0;
+pub use keycore_hsmprofiles::DEFAULT_KEY_SIZE_EXPONENT;
 /// Largest key-size cost factor accepted: beyond it a typo (ms vs us) is likelier.
 pub const MAX_KEY_SIZE_COST: f64 = 1000.0;
 

@@ -10,7 +10,7 @@
 //! module or is a simulated failure. It lives in its own crate because it is a shared library
 //! with its own global state, which must never be linked into the server.
 //!
-//! Layout: `config` (file format, validation), `profiles` (published product figures),
+//! Layout: `config` (file format, validation), `profiles` (published product figures, from keycore-hsmprofiles),
 //! `behaviour` (vendor behaviour modes: presets, switches, vendor constants), `func` (facts about
 //! each PKCS#11 function), `sim` (the simulated device), `ffi` (all `unsafe`: the exported entry
 //! point, the function list, `dlopen`, template and handle rewriting).

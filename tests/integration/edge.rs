@@ -436,12 +436,11 @@ fn key_server_down_erroring_or_failing_over() {
     drop(edge);
 
     // Erroring: a certificate whose key the key server doesn't have (key not found).
-    let other_dir = tempfile::tempdir().unwrap();
-    let other = pki::generate(other_dir.path()).unwrap();
+    // (The foreign client's P-256 key: no key server holds it.)
     let foreign_site = srv.dir().join("site-unknown-key.pem");
     pki::issue_site_cert(
         &srv.pki,
-        &other.keys_dir.join("p256.key"),
+        &srv.pki.foreign_client_key,
         "localhost",
         40,
         &foreign_site,

@@ -72,7 +72,7 @@ fn plan_prints_the_worked_example_with_arithmetic_and_sources() {
 #[test]
 fn tune_launches_a_server_per_point_recommends_and_confirms() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = keycore_engine::pki::generate(dir.path()).unwrap();
+    let pki = &keycore_testsupport::pki::shared().pki;
     let port = keycore_testsupport::server::free_port();
     let cfg = dir.path().join("gokeyless.yaml");
     std::fs::write(

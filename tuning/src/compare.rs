@@ -6,13 +6,13 @@
 //! (what one operation costs on that backend when nothing queues).
 //!
 //! Owns: the per-backend collection of capacity steps and the page. Ceilings come from
-//! `keycore_hsmsim::profiles` (HSM products) and the planner's cloud-quota figures (one
+//! `keycore_hsmprofiles` (HSM products) and the planner's cloud-quota figures (one
 //! definition each), always with their source. Must not: measure anything itself (every point is
 //! a `keycore_loadgen::capacity` step) or run unbounded (at most
 //! `keycore_loadgen::MAX_COMPARE_SERVERS` backends, each search at most `max_steps` steps).
 
 use crate::plan;
-use keycore_hsmsim::profiles;
+use keycore_hsmprofiles as profiles;
 use keycore_loadgen::report::{html_escape, svg_chart, Chart};
 use keycore_loadgen::{capacity, CapacitySpec, LoadSpec};
 use serde::Serialize;

@@ -4,7 +4,7 @@
 //!
 //! Owns: the demand model (handshakes → private-key operations by kind), the sizing arithmetic
 //! (headroom, N+1 spares, per-unit utilisation), the cloud-quota figures with their sources and
-//! the text/JSON/HTML renderings. It takes HSM figures from `keycore_hsmsim::profiles` (one
+//! the text/JSON/HTML renderings. It takes HSM figures from `keycore_hsmprofiles` (one
 //! definition of each published figure, with its source) and measured capacities from the JSON a
 //! `keycore loadgen --capacity --json` or `keycore tune --json` run wrote. It measures nothing
 //! itself and must not invent a figure: every number it uses carries a source or the word
@@ -19,9 +19,8 @@
 //! - headroom multiplies the demand before sizing (the reference's docs advise 2x);
 //! - spares (N+1) are added after rounding up, for key servers and for HSMs separately.
 
-use keycore_hsmsim::behaviour::KeyClass;
-use keycore_hsmsim::config::DEFAULT_KEY_SIZE_EXPONENT;
-use keycore_hsmsim::profiles;
+use keycore_hsmprofiles as profiles;
+use keycore_hsmprofiles::{ec_size_cost, rsa_size_cost, DEFAULT_KEY_SIZE_EXPONENT};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -309,10 +308,10 @@ impl PlanInput {
     }
 
     fn rsa_cost(&self) -> f64 {
-        KeyClass::Rsa(self.rsa_bits).default_cost(DEFAULT_KEY_SIZE_EXPONENT)
+        rsa_size_cost(self.rsa_bits, DEFAULT_KEY_SIZE_EXPONENT)
     }
     fn ec_cost(&self) -> f64 {
-        KeyClass::Ec(self.ec_bits).default_cost(DEFAULT_KEY_SIZE_EXPONENT)
+        ec_size_cost(self.ec_bits, DEFAULT_KEY_SIZE_EXPONENT)
     }
 }
 
