@@ -8,9 +8,9 @@ pub use keycore_hsmprofiles::*;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
     use crate::config::Config;
     use crate::func::Func;
+    use serde_json::json;
 
     fn rates(name: &str) -> (f64, f64, f64) {
         let cfg = Config::from_json(&format!(r#"{{"profile": "{name}"}}"#), name).unwrap();

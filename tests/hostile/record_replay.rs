@@ -20,13 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn key_file(kind: KeyKind) -> PathBuf {
-    pki()
-        .pki
-        .key_files
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, p)| p.clone())
-        .unwrap()
+    pki().key_file(kind).to_path_buf()
 }
 
 /// The three keys the load uses (no RSA-4096: its debug-build cost would

@@ -17,13 +17,7 @@ use std::time::{Duration, Instant};
 
 /// The shared PKI's key file of `kind`.
 fn key_file(kind: KeyKind) -> PathBuf {
-    pki()
-        .pki
-        .key_files
-        .iter()
-        .find(|(k, _)| *k == kind)
-        .map(|(_, p)| p.clone())
-        .unwrap_or_else(|| panic!("no {kind:?} key file"))
+    pki().key_file(kind).to_path_buf()
 }
 
 fn ski_of(kind: KeyKind) -> Ski {

@@ -55,6 +55,16 @@ impl TestPki {
             .unwrap_or_else(|| panic!("the test PKI has no {kind:?} key"))
     }
 
+    /// The key file of `kind` in `pki.keys_dir`; panics if there is none.
+    pub fn key_file(&self, kind: KeyKind) -> &Path {
+        self.pki
+            .key_files
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, p)| p.as_path())
+            .unwrap_or_else(|| panic!("the test PKI has no {kind:?} key file"))
+    }
+
     /// Client TLS trusting this CA for "localhost", presenting the demo
     /// client certificate.
     pub fn client_tls(&self) -> ClientTls {
