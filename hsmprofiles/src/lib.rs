@@ -42,7 +42,7 @@ pub fn rsa_size_cost(bits: u32, exponent: f64) -> f64 {
 }
 
 /// Cost of an operation on a prime curve of `bits` relative to P-256: (bits / 256)^exponent
-/// (P-384 3.4x, P-521 8.8x with exponent 3; the same ASSUMPTION as [`rsa_size_cost`]).
+/// (P-384 3.4x, P-521 8.4x with exponent 3; the same ASSUMPTION as [`rsa_size_cost`]).
 pub fn ec_size_cost(bits: u32, exponent: f64) -> f64 {
     (bits as f64 / 256.0).powf(exponent)
 }
@@ -358,5 +358,31 @@ impl Product {
             "capacity": capacity,
             "latency": {"mechanisms": mechanisms},
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_size_law_scales_from_the_reference_keys() {
+        let e = DEFAULT_KEY_SIZE_EXPONENT;
+        assert_eq!(rsa_size_cost(2048, e), 1.0);
+        assert_eq!(rsa_size_cost(4096, e), 8.0);
+        assert_eq!(rsa_size_cost(0, e), 1.0, "unknown size: unscaled");
+        assert_eq!(ec_size_cost(256, e), 1.0);
+        assert!((ec_size_cost(384, e) - 3.375).abs() < 1e-9);
+        assert!((ec_size_cost(521, e) - 8.43).abs() < 0.01);
+    }
+
+    #[test]
+    fn every_named_profile_has_sourced_figures() {
+        for name in NAMES {
+            let doc = get(name).unwrap_or_else(|| panic!("{name}"));
+            assert!(doc.is_object(), "{name}");
+            let f = figures(name).unwrap();
+            assert!(!f.is_empty() && f.iter().all(|(_, fig)| !fig.source.is_empty()));
+        }
     }
 }

@@ -374,7 +374,7 @@ impl KeyClass {
     /// Default cost relative to the profile's reference key (RSA-2048, P-256): bits^exponent.
     /// With exponent 3 (schoolbook modular arithmetic: quadratic multiplication times a
     /// linear-length exponent or scalar) RSA-3072 costs 3.4x, RSA-4096 8x, P-384 3.4x, P-521
-    /// 8.8x. That law is an ASSUMPTION: real HSMs have per-curve firmware, and vendors rarely
+    /// 8.4x. That law is an ASSUMPTION: real HSMs have per-curve firmware, and vendors rarely
     /// publish per-size figures; override with `latency.key_sizes`.
     pub fn default_cost(&self, exponent: f64) -> f64 {
         match self {
