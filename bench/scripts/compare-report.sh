@@ -45,7 +45,9 @@ done
 export KEYCORE_HSMSIM_CONFIG="$W/{module}.json"
 # The AWS KMS stand-in, with its keys' public halves.
 mkdir -p "$W/kms"
-"$PWD/$T/keycore-kmssim" --dir "$W/kms" > "$W/kms.env" 2>"$W/kms.log" & PIDS+=($!)
+# --quota-rps 1000: the stand-in throttles above AWS KMS's default ECC request-rate quota
+# (1,000/s per account and Region, docs/kms/aws.md), as a real account would.
+"$PWD/$T/keycore-kmssim" --dir "$W/kms" --quota-rps 1000 > "$W/kms.env" 2>"$W/kms.log" & PIDS+=($!)
 for _ in $(seq 50); do grep -q '^# serving' "$W/kms.env" 2>/dev/null && break; sleep 0.2; done
 AWS_EC=$(grep -o 'arn:aws:kms:[^ ]*' "$W/kms.env" | tail -1)
 

@@ -103,6 +103,14 @@ pub struct Knobs {
     /// The next N AWS KMS requests get `LimitExceededException` (a quota,
     /// not rate throttling).
     pub aws_limit_exceeded_next: u32,
+    /// A request-rate quota over every key-API request of this stand-in
+    /// (one bucket shared by its services: run one stand-in per quota you
+    /// model, e.g. one AWS account-and-Region): above it, requests
+    /// get the service's throttling answer, as the clouds throttle a
+    /// quota. 0 = none. A token bucket whose burst is one second's worth —
+    /// an assumption: the services publish per-second rates, not their
+    /// burst allowance.
+    pub quota_per_second: u32,
 }
 
 impl Default for Knobs {
@@ -122,6 +130,7 @@ impl Default for Knobs {
             gcp_metadata_scopes: vec![CLOUD_PLATFORM_SCOPE.to_owned()],
             gcp_missing_role: false,
             aws_limit_exceeded_next: 0,
+            quota_per_second: 0,
         }
     }
 }
@@ -235,6 +244,8 @@ struct AwsSecret {
 #[derive(Debug, Default)]
 pub struct State {
     knobs: Mutex<Knobs>,
+    /// The quota's token bucket: (tokens, when last refilled).
+    quota: Mutex<Option<(f64, Instant)>>,
     /// Counters.
     pub stats: Stats,
     tokens: Mutex<HashMap<String, Token>>,
@@ -340,7 +351,27 @@ impl State {
             k.fail_next -= 1;
             return Gate::Fail;
         }
+        if k.quota_per_second > 0 && !self.take_quota(f64::from(k.quota_per_second)) {
+            bump(&self.stats.throttled);
+            return Gate::Throttle(k.retry_after_s);
+        }
         Gate::Pass
+    }
+
+    /// One token from the quota's bucket (refilled at `rate`/s, burst
+    /// `rate`); false when empty.
+    fn take_quota(&self, rate: f64) -> bool {
+        let now = Instant::now();
+        let mut q = lock(&self.quota);
+        let (tokens, at) = q.get_or_insert((rate, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Spoil `sig` if the knobs say so (see [`Knobs::wrong_signature_next`]).

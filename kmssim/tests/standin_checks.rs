@@ -86,6 +86,54 @@ fn aws_accepts_curls_sigv4_and_refuses_a_wrong_secret() {
     );
 }
 
+/// `--quota-rps` / `Knobs::quota_per_second`: above the quota the AWS
+/// stand-in answers `ThrottlingException` (HTTP 400), as AWS KMS throttles
+/// an account's request-rate quota, and counts it.
+#[test]
+fn aws_quota_is_throttled_with_throttling_exception() {
+    let sim = Sim::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    sim.aws_access_key("AKIDCURL", "curl-secret");
+    let (arn, _) = sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
+    // 1/s, burst 1: of two calls made back to back (well within a second)
+    // the second finds the bucket empty.
+    sim.knobs(|k| k.quota_per_second = 1);
+    let body = format!("{{\"KeyId\":\"{arn}\"}}");
+    let url = format!("{}/", sim.https_url);
+    let call = || {
+        curl(
+            &sim,
+            dir.path(),
+            &[
+                "--aws-sigv4",
+                "aws:amz:eu-west-1:kms",
+                "--user",
+                "AKIDCURL:curl-secret",
+                "-H",
+                "X-Amz-Target: TrentService.GetPublicKey",
+                "-H",
+                "Content-Type: application/x-amz-json-1.1",
+                "-d",
+                &body,
+                &url,
+            ],
+        )
+    };
+    let first = call();
+    assert_eq!(first.status, 200, "{}", first.body);
+    let second = call();
+    assert_eq!(second.status, 400, "{}", second.body);
+    assert!(
+        second.body.contains("ThrottlingException"),
+        "{}",
+        second.body
+    );
+    assert_eq!(get(&sim.state.stats.throttled), 1);
+    // The bucket refills at the quota's rate.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(call().status, 200);
+}
+
 #[test]
 fn azure_shape_checks() {
     let sim = Sim::start().unwrap();

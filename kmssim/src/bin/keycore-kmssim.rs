@@ -19,6 +19,12 @@ struct Args {
     /// public halves (`pub/<service>/{rsa2048,p256}.pem`) into.
     #[arg(long, default_value = ".")]
     dir: std::path::PathBuf,
+    /// Key-API requests per second each stand-in accepts before it answers
+    /// with its throttling error (AWS `ThrottlingException`, Azure/Google
+    /// 429), burst one second's worth; 0 = no quota. E.g. 1000: AWS KMS's
+    /// default ECC request-rate quota (docs/kms/aws.md).
+    #[arg(long, default_value_t = 0)]
+    quota_rps: u32,
 }
 
 fn main() -> Result<()> {
@@ -27,6 +33,7 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let sim = Sim::start_on(args.https_port, args.http_port).context("starting the stand-ins")?;
+    sim.knobs(|k| k.quota_per_second = args.quota_rps);
     let ca = sim.write_ca(&args.dir).context("writing the CA bundle")?;
     let sa = args.dir.join("kmssim-service-account.json");
     std::fs::write(
