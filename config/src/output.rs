@@ -30,8 +30,14 @@ pub(crate) fn yaml_quote(s: &str) -> String {
                 let _ = write!(out, "\\x{:02x}", c as u32);
             }
             // Characters YAML forbids unescaped even in quotes (C1 controls,
-            // surrogates are impossible in a Rust str, BOM, non-characters).
-            c if ('\u{80}'..='\u{9f}').contains(&c) || c == '\u{feff}' || c == '\u{fffe}' => {
+            // surrogates are impossible in a Rust str, BOM, the two
+            // non-characters outside YAML's printable set: U+FFFE and U+FFFF,
+            // the latter found by the config_yaml fuzz target).
+            c if ('\u{80}'..='\u{9f}').contains(&c)
+                || c == '\u{feff}'
+                || c == '\u{fffe}'
+                || c == '\u{ffff}' =>
+            {
                 let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
@@ -197,6 +203,26 @@ pub fn readme_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every character YAML does not allow raw in a double-quoted scalar
+    /// comes back unchanged through `yaml_quote` and the loader.
+    #[test]
+    fn quoted_text_round_trips_through_the_loader() {
+        let odd = "a\u{0}\u{1b}\u{7f}\u{85}\u{9f}\u{feff}\u{fffe}\u{ffff}\u{fffd}\u{10ffff}\"\\\r\n\t: #%z";
+        let yaml = format!("pid_file: {}\n", yaml_quote(odd));
+        let none = |_: &str| None;
+        let loaded = crate::resolve(
+            Some((&yaml, Path::new("t.yaml"))),
+            &none,
+            &crate::ServeArgs::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        assert_eq!(
+            loaded.config.pid_file.as_deref(),
+            Some(Path::new(odd)),
+            "{yaml}"
+        );
+    }
 
     #[test]
     fn pins_are_redacted_in_path_and_query() {
