@@ -8,13 +8,14 @@
 //! Tests are ignored by default (slow) and each must run alone (they share one hsmsim config file):
 //! `cargo test -p keycore-pkcs11 --test pkcs11_hsmsim -- --ignored --exact <name> --nocapture`
 
+mod common;
+
+use common::offload_rate;
 use keycore_keys::{Backend, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{Hash, OpClass};
 use keycore_testsupport::softhsm::Token;
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,44 +68,6 @@ fn open(extra: &str, dispatch: DispatchMode, sessions: u32) -> (Arc<Pkcs11Store>
     (Arc::new(store), kr(0), kr(1))
 }
 
-/// ops/s through `submit` with `inflight` requests outstanding on one reactor.
-fn offload_rate(
-    store: Arc<Pkcs11Store>,
-    k: KeyRef,
-    op: OpClass,
-    inflight: usize,
-    secs: f64,
-) -> f64 {
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            let d = vec![0x11u8; 32];
-            let core = Rc::new(store.core(0));
-            core.submit(k, op, &d).await.unwrap();
-            let count = Rc::new(Cell::new(0u64));
-            let start = Instant::now();
-            let deadline = start + Duration::from_secs_f64(secs);
-            let tasks: Vec<_> = (0..inflight)
-                .map(|_| {
-                    let (core, count, d) = (core.clone(), count.clone(), d.clone());
-                    glommio::spawn_local(async move {
-                        while Instant::now() < deadline {
-                            core.submit(k, op, &d).await.unwrap();
-                            count.set(count.get() + 1);
-                        }
-                    })
-                    .detach()
-                })
-                .collect();
-            for t in tasks {
-                t.await;
-            }
-            count.get() as f64 / start.elapsed().as_secs_f64()
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
 fn inline_rate(store: &Pkcs11Store, k: KeyRef, op: OpClass, secs: f64) -> f64 {
     let core = store.core(0);
     let d = [0x11u8; 32];
@@ -145,8 +108,8 @@ fn bench_2ms_token_inline_vs_offload() {
     // a key queue behind each other).
     for sessions in [1u32, 2, 8, 32] {
         let (store, kr, ke) = open("", DispatchMode::Offload, sessions);
-        let r = offload_rate(store.clone(), kr, rsa, 64, secs);
-        let e = offload_rate(store, ke, ec, 64, secs);
+        let r = offload_rate(store.clone(), kr, rsa, vec![0x11; 32], 64, secs);
+        let e = offload_rate(store, ke, ec, vec![0x11; 32], 64, secs);
         println!("  offload, {sessions} sessions, 64 in flight: RSA-2048 {r:.0}, P-256 {e:.0}");
     }
 }

@@ -8,8 +8,11 @@
 //! Keys are made with openssl and imported with pkcs11-tool, so a deleted key
 //! can be re-created identical (same SKI).
 
+mod common;
+
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use common::offload_rate;
 use keycore_keys::{Backend, KeyEntry, KeyKind, StoreId};
 use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{ErrorCode, Hash, OpClass};
@@ -739,47 +742,6 @@ fn ha_group_spreads_and_survives_a_member_going_away() {
 
 /// Seconds each bench measurement runs.
 const BENCH_SECS: f64 = 3.0;
-
-/// Sign `op` on `k` through offload for `secs`, with `inflight` requests
-/// outstanding (one glommio task each), on one reactor. Returns ops/s.
-pub fn offload_rate(
-    store: std::sync::Arc<Pkcs11Store>,
-    k: KeyRef,
-    op: OpClass,
-    d: Vec<u8>,
-    inflight: usize,
-    secs: f64,
-) -> f64 {
-    use std::cell::Cell;
-    use std::rc::Rc;
-    glommio::LocalExecutorBuilder::default()
-        .spawn(move || async move {
-            let core = Rc::new(store.core(0));
-            core.submit(k, op, &d).await.unwrap(); // sessions open, handles found
-            let count = Rc::new(Cell::new(0u64));
-            let start = Instant::now();
-            let deadline = start + Duration::from_secs_f64(secs);
-            let tasks: Vec<_> = (0..inflight)
-                .map(|_| {
-                    let (core, count, d) = (core.clone(), count.clone(), d.clone());
-                    glommio::spawn_local(async move {
-                        while Instant::now() < deadline {
-                            core.submit(k, op, &d).await.unwrap();
-                            count.set(count.get() + 1);
-                        }
-                    })
-                    .detach()
-                })
-                .collect();
-            for t in tasks {
-                t.await;
-            }
-            count.get() as f64 / start.elapsed().as_secs_f64()
-        })
-        .unwrap()
-        .join()
-        .unwrap()
-}
 
 fn timed(secs: f64, mut f: impl FnMut()) -> f64 {
     f();
