@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// Load the configuration for `keycore serve`: the config file (see
 /// `-c`), then `KEYLESS_*` (and alias) variables from the process
@@ -95,7 +96,9 @@ pub fn resolve(
     })
 }
 
-fn read_config_file(path: &Path) -> Result<String, ConfigError> {
+/// The file's text, wiped when dropped (it may hold PINs in `pkcs11:` URIs
+/// and API tokens). The parsed values are not: see SECURITY.md.
+fn read_config_file(path: &Path) -> Result<Zeroizing<String>, ConfigError> {
     let read_err = |source: io::Error| ConfigError::Read {
         path: path.to_owned(),
         source,
@@ -109,7 +112,12 @@ fn read_config_file(path: &Path) -> Result<String, ConfigError> {
             read_err(e)
         }
     })?;
-    let mut bytes = Vec::new();
+    // Room for the whole file up front (as stated, plus one byte to see the
+    // end), so reading it does not reallocate and leave unwiped copies.
+    let stated = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut bytes = Zeroizing::new(Vec::with_capacity(
+        stated.min(MAX_CONFIG_FILE_BYTES) as usize + 1,
+    ));
     f.take(MAX_CONFIG_FILE_BYTES + 1)
         .read_to_end(&mut bytes)
         .map_err(read_err)?;
@@ -119,12 +127,13 @@ fn read_config_file(path: &Path) -> Result<String, ConfigError> {
             format!("larger than {MAX_CONFIG_FILE_BYTES} bytes; is this the right file?"),
         )));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        read_err(io::Error::new(
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => Ok(Zeroizing::new(text.to_owned())),
+        Err(e) => Err(read_err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
-        ))
-    })
+            format!("not UTF-8 text (byte {})", e.valid_up_to()),
+        ))),
+    }
 }
 
 /// Warnings for `KEYLESS_*` variables that match no key (a typo would

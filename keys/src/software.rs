@@ -23,6 +23,7 @@ use std::fmt;
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
 
 /// Smallest RSA modulus served. Below 2048 bits a key is considered broken
 /// (NIST SP 800-131A) and the edge would be signing with it on our behalf.
@@ -326,9 +327,12 @@ pub fn from_der_or_pem(bytes: &[u8], source: &str) -> Result<KeyEntry, KeyLoadEr
         if is_encrypted_pem(bytes) {
             return Err(err(KeyLoadReason::Encrypted));
         }
-        let mut found: Vec<(SectionKind, Vec<u8>)> = Vec::new();
+        // Each decoded section is wiped when dropped, on every path (a
+        // later section that fails to decode returns early).
+        let mut found: Vec<(SectionKind, Zeroizing<Vec<u8>>)> = Vec::new();
         for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(bytes) {
             let (kind, der) = section.map_err(|e| err(KeyLoadReason::Pem(e.to_string())))?;
+            let der = Zeroizing::new(der);
             if matches!(
                 kind,
                 SectionKind::RsaPrivateKey | SectionKind::PrivateKey | SectionKind::EcPrivateKey
@@ -348,9 +352,6 @@ pub fn from_der_or_pem(bytes: &[u8], source: &str) -> Result<KeyEntry, KeyLoadEr
             }
             many => Err(KeyLoadReason::MultipleKeys(many.len())),
         };
-        for (_, der) in found.iter_mut() {
-            sys::cleanse(der);
-        }
         result.map_err(err)?
     } else {
         // DER carries no label: try each structure; they are distinct enough
@@ -387,21 +388,22 @@ pub fn load_file(path: &Path) -> Result<KeyEntry, KeyLoadError> {
             max: MAX_KEY_FILE_LEN,
         }));
     }
-    let mut bytes = Vec::with_capacity(len as usize);
-    // `take` guards against a file that grows between stat and read.
+    // The file's bytes (PEM or DER private key) are wiped when dropped, on
+    // every path: a read that fails half-way, a file too large, a parse
+    // error. One byte of room beyond the stated size so that reading to the
+    // end does not reallocate (a reallocation would leave the first copy
+    // behind unwiped) unless the file grew meanwhile; `take` bounds that.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(len as usize + 1));
     file.take(MAX_KEY_FILE_LEN + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| err(e.into()))?;
     if bytes.len() as u64 > MAX_KEY_FILE_LEN {
-        sys::cleanse(&mut bytes);
         return Err(err(KeyLoadReason::TooLarge {
             len: bytes.len() as u64,
             max: MAX_KEY_FILE_LEN,
         }));
     }
-    let result = from_der_or_pem(&bytes, &source);
-    sys::cleanse(&mut bytes);
-    result
+    from_der_or_pem(&bytes, &source)
 }
 
 /// What kind of non-regular file this is, for the error.

@@ -510,9 +510,3 @@ impl Ed25519Secret {
         })
     }
 }
-
-/// Overwrite a buffer that held key material (not optimised away).
-pub(crate) fn cleanse(buf: &mut [u8]) {
-    // SAFETY: cleanses exactly the bytes of the live slice.
-    unsafe { ffi::OPENSSL_cleanse(buf.as_mut_ptr().cast(), buf.len()) }
-}

@@ -23,6 +23,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 /// Refresh this long before expiry at most (also Azure's and Google's SDK
 /// habit), or at half the lifetime for short-lived tokens.
@@ -165,6 +166,8 @@ impl JwtKey {
                 what: what.to_owned(),
                 source,
             })?;
+            // The decoded private key: wiped when dropped.
+            let der = Zeroizing::new(der);
             let kp = match kind {
                 SectionKind::PrivateKey => RsaKeyPair::from_pkcs8(&der),
                 SectionKind::RsaPrivateKey => RsaKeyPair::from_der(&der),
@@ -708,10 +711,12 @@ pub fn gcp_service_account(
     token_url_override: Option<&str>,
 ) -> Result<TokenSource, CredentialError> {
     let what = format!("service-account key file {}", path.display());
-    let text = std::fs::read(path).map_err(|source| CredentialError::Read {
+    // The file holds the private key: its bytes are wiped when dropped
+    // (the parsed JSON's copy is not, see SECURITY.md).
+    let text = Zeroizing::new(std::fs::read(path).map_err(|source| CredentialError::Read {
         what: what.clone(),
         source,
-    })?;
+    })?);
     let v: serde_json::Value =
         serde_json::from_slice(&text).map_err(|source| CredentialError::NotJson {
             what: what.clone(),
@@ -732,7 +737,7 @@ pub fn gcp_service_account(
                 field,
             })
     };
-    let key = JwtKey::from_pem(field("private_key")?.as_bytes(), &what)?;
+    let key = JwtKey::from_pem(Zeroizing::new(field("private_key")?).as_bytes(), &what)?;
     let token_url = match token_url_override {
         Some(u) => u.to_owned(),
         None => v["token_uri"]
@@ -753,10 +758,11 @@ pub fn gcp_service_account(
 pub fn azure_certificate(path: &Path) -> Result<(JwtKey, String), CredentialError> {
     use rustls_pki_types::pem::PemObject;
     let what = format!("client certificate {}", path.display());
-    let pem = std::fs::read(path).map_err(|source| CredentialError::Read {
+    // Certificate and private key: wiped when dropped.
+    let pem = Zeroizing::new(std::fs::read(path).map_err(|source| CredentialError::Read {
         what: what.clone(),
         source,
-    })?;
+    })?);
     let cert = rustls_pki_types::CertificateDer::from_pem_slice(&pem).map_err(|source| {
         CredentialError::NoCertificate {
             what: what.clone(),
@@ -832,10 +838,14 @@ pub enum ContainerAuth {
 /// Read `[profile]` from a shared credentials file.
 pub fn aws_profile(path: &Path, profile: &str) -> Result<AwsCreds, CredentialError> {
     let what = format!("AWS credentials file {}", path.display());
-    let text = std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
-        what: what.clone(),
-        source,
-    })?;
+    // Secret access keys: the file's text is wiped when dropped.
+    let text =
+        Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| CredentialError::Read {
+                what: what.clone(),
+                source,
+            })?,
+        );
     let mut in_section = false;
     let (mut ak, mut sk, mut st) = (None, None, None);
     for line in text.lines() {

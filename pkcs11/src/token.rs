@@ -21,6 +21,7 @@ use keycore_protocol::Ski;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use zeroize::{Zeroize as _, Zeroizing};
 
 /// First wait after a failed recovery; doubles per consecutive failure.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(20);
@@ -597,7 +598,7 @@ impl Partition {
             n => UserType::VendorExtension(n as u32),
         };
         // RawAuthPin wipes its copy when dropped.
-        match session.login_with_raw(user, &RawAuthPin::new(Box::new(pin.0.clone()))) {
+        match session.login_with_raw(user, &RawAuthPin::new(Box::new(pin.0.to_vec()))) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -746,9 +747,9 @@ impl From<&str> for ReadError {
     }
 }
 
-/// A PIN held in memory: wiped when dropped, never printed.
+/// A PIN held in memory: wiped when dropped (`Zeroizing`), never printed.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Pin(pub Vec<u8>);
+pub struct Pin(pub Zeroizing<Vec<u8>>);
 
 impl std::fmt::Debug for Pin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -756,19 +757,10 @@ impl std::fmt::Debug for Pin {
     }
 }
 
-impl Drop for Pin {
-    fn drop(&mut self) {
-        wipe(&mut self.0);
-    }
-}
-
-/// Overwrite `b` with zeros in a way the optimiser keeps.
+/// Overwrite `b` with zeros in a way the optimiser keeps (`zeroize`), for
+/// a buffer that held a secret and is handed on (an RSA decrypt's result).
 pub fn wipe(b: &mut [u8]) {
-    for x in b.iter_mut() {
-        // SAFETY: `x` is a valid, aligned, exclusive reference.
-        unsafe { std::ptr::write_volatile(x, 0) };
-    }
-    std::sync::atomic::compiler_fence(Ordering::SeqCst);
+    b.zeroize();
 }
 
 /// A key's public half read from the token.

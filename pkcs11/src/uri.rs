@@ -13,6 +13,7 @@ use super::policy::{Action, ErrorPolicy, Vendor};
 use std::fmt;
 use std::io::Read as _;
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// `CKU_USER`: the normal user (Luna "crypto officer", CloudHSM CU).
 pub const CKU_USER: u64 = 1;
@@ -107,7 +108,7 @@ pub struct Pkcs11Uri {
     /// `module-name`: a library name looked up in the usual directories.
     pub module_name: Option<String>,
     /// `pin-value`, as bytes (never printed).
-    pin_value: Option<Vec<u8>>,
+    pin_value: Option<Zeroizing<Vec<u8>>>,
     /// `pin-source`: `file:` URI or plain path of a file holding the PIN.
     pub pin_source: Option<String>,
     /// The reference's `max-sessions`: most sessions this key may use
@@ -126,14 +127,6 @@ pub struct Pkcs11Uri {
     pub vendor: Option<Vendor>,
     /// `x-on-error`: per-code overrides of the error policy.
     pub on_error: Vec<(u64, Action)>,
-}
-
-impl Drop for Pkcs11Uri {
-    fn drop(&mut self) {
-        if let Some(p) = &mut self.pin_value {
-            super::token::wipe(p);
-        }
-    }
 }
 
 impl fmt::Debug for Pkcs11Uri {
@@ -381,7 +374,7 @@ impl Pkcs11Uri {
             match name.as_str() {
                 "module-path" => u.module_path = Some(text()?),
                 "module-name" => u.module_name = Some(text()?),
-                "pin-value" => u.pin_value = Some(bytes),
+                "pin-value" => u.pin_value = Some(Zeroizing::new(bytes)),
                 "pin-source" => u.pin_source = Some(text()?),
                 "max-sessions" => u.max_sessions = Some(count(text()?, "session count")?),
                 "x-sessions-per-core" => {
@@ -457,7 +450,8 @@ impl Pkcs11Uri {
 
     /// The PIN: `pin-value`, else the first line of the `pin-source` file
     /// (`file:` URI or plain path, read now), else none.
-    pub fn pin(&self) -> Result<Option<Vec<u8>>, UriError> {
+    /// Every copy is wiped when dropped.
+    pub fn pin(&self) -> Result<Option<Zeroizing<Vec<u8>>>, UriError> {
         if let Some(p) = &self.pin_value {
             return Ok(Some(p.clone()));
         }
@@ -481,21 +475,21 @@ impl Pkcs11Uri {
             return Err(err(format!("{path:?} is not a regular file")));
         }
         let f = std::fs::File::open(path).map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
-        let mut data = Vec::new();
+        // Wiped when dropped, on every path (a read failing half-way too);
+        // room for the whole bounded read up front, so no reallocation
+        // leaves an unwiped copy behind.
+        let mut data = Zeroizing::new(Vec::with_capacity(MAX_PIN_FILE as usize + 1));
         f.take(MAX_PIN_FILE + 1)
             .read_to_end(&mut data)
             .map_err(|e| err(format!("cannot read {path:?}: {e}")))?;
         if data.len() as u64 > MAX_PIN_FILE {
-            super::token::wipe(&mut data);
             return Err(err(format!(
                 "{path:?} is larger than {MAX_PIN_FILE} bytes; it should hold the PIN on its first line"
             )));
         }
         let line = data.split(|&b| b == b'\n').next().unwrap_or(&[]);
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let pin = line.to_vec();
-        super::token::wipe(&mut data);
-        Ok(Some(pin))
+        Ok(Some(Zeroizing::new(line.to_vec())))
     }
 
     /// Whether this URI gives a PIN (by value or source).
@@ -535,7 +529,10 @@ mod tests {
             u.module_path.as_deref(),
             Some("/usr/lib/softhsm/libsofthsm2.so")
         );
-        assert_eq!(u.pin().unwrap().as_deref(), Some(&b"1234"[..]));
+        assert_eq!(
+            u.pin().unwrap().as_deref().map(Vec::as_slice),
+            Some(&b"1234"[..])
+        );
         assert_eq!(u.login_user, CKU_USER);
         assert!(!u.display.contains("1234"));
     }
@@ -701,6 +698,30 @@ mod tests {
     }
 
     #[test]
+    fn every_holder_of_pin_bytes_wipes_them_on_drop() {
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let u = parse(&format!("pkcs11:token=t?{SO}&pin-value=1234")).unwrap();
+        // The URI's own copy, and each copy `pin()` hands out (to the
+        // login, which passes it to cryptoki's own wiping RawAuthPin).
+        wiped_on_drop(u.pin_value.as_ref().unwrap());
+        let pin = u.pin().unwrap().unwrap();
+        wiped_on_drop(&pin);
+        wiped_on_drop(&super::super::token::Pin(pin.clone()).0);
+        // What the drop does, done by hand: the bytes are zero after it.
+        let mut copy = pin.to_vec();
+        super::super::token::wipe(&mut copy);
+        assert_eq!(copy, [0u8; 4]);
+        // The pin-source path: read into a wiped buffer, returned as one.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pin");
+        std::fs::write(&f, "5678\nrest").unwrap();
+        let u = parse(&format!("pkcs11:token=t?{SO}&pin-source={}", f.display())).unwrap();
+        let p = u.pin().unwrap().unwrap();
+        wiped_on_drop(&p);
+        assert_eq!(p.as_slice(), b"5678");
+    }
+
+    #[test]
     fn pin_never_printed() {
         let u = parse(&format!("pkcs11:token=a?{SO}&pin-value=s3cret")).unwrap();
         assert!(!format!("{u:?}").contains("s3cret"));
@@ -787,13 +808,19 @@ mod tests {
         let p = dir.path().join("pin");
         std::fs::write(&p, b"98 76\n").unwrap();
         let plain = parse(&format!("pkcs11:token=a?{SO}&pin-source={}", p.display())).unwrap();
-        assert_eq!(plain.pin().unwrap().as_deref(), Some(&b"98 76"[..]));
+        assert_eq!(
+            plain.pin().unwrap().as_deref().map(Vec::as_slice),
+            Some(&b"98 76"[..])
+        );
         let furi = parse(&format!(
             "pkcs11:token=a?{SO}&pin-source=file:{}",
             p.display()
         ))
         .unwrap();
-        assert_eq!(furi.pin().unwrap().as_deref(), Some(&b"98 76"[..]));
+        assert_eq!(
+            furi.pin().unwrap().as_deref().map(Vec::as_slice),
+            Some(&b"98 76"[..])
+        );
         let missing = parse(&format!("pkcs11:token=a?{SO}&pin-source=/nonexistent/pin")).unwrap();
         let e = missing.pin().unwrap_err();
         assert_eq!(e.attribute, "pin-source");
