@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 # Crates whose conversion is not finished (README "Not finished yet"); each
 # is checked for what is already done, skipped for the rest. Remove a crate
 # from a list when its conversion lands: the check then holds it there.
-pending_anyhow=" ${KEYCORE_PENDING_ANYHOW-engine loadgen tuning edge} "
-pending_string=" ${KEYCORE_PENDING_STRING-engine loadgen hsmsim kmssim} "
+pending_anyhow=" ${KEYCORE_PENDING_ANYHOW-loadgen tuning edge} "
+pending_string=" ${KEYCORE_PENDING_STRING-loadgen hsmsim kmssim} "
 
 fail=0
 libs=$(sed -n '/^members = \[/,/^\]/p' Cargo.toml | grep -oE '"[a-z0-9_-]+"' | tr -d '"')
@@ -20,7 +20,8 @@ for c in $libs; do
   files=$(find "$c/src" -name '*.rs' ! -path "$c/src/bin/*" ! -path "$c/src/main.rs" 2>/dev/null | sort)
   [ -n "$files" ] || continue
   case "$pending_anyhow" in *" $c "*) ;; *)
-    if hits=$(grep -nE '\banyhow\b' $files); then
+    # Comment lines may name it (say why it is not used).
+    if hits=$(grep -nHE '\banyhow\b' $files | grep -vE '^[^:]+:[0-9]+:[[:space:]]*//'); then
       echo "VIOLATION: anyhow in library code of $c (use the crate's error enum):"
       echo "$hits" | sed 's/^/  /'; fail=1
     fi
@@ -33,7 +34,7 @@ for c in $libs; do
     ;;
   esac
   case "$pending_string" in *" $c "*) ;; *)
-    if hits=$(grep -nE 'Result<.*, ?String>' $files); then
+    if hits=$(grep -nHE 'Result<.*, ?String>' $files); then
       echo "VIOLATION: Result<_, String> in library code of $c (return an error enum):"
       echo "$hits" | sed 's/^/  /'; fail=1
     fi

@@ -154,7 +154,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
                 t.url_text, t.sample_rate
             ),
         ),
-        Err(e) => r.push(Status::Fail, "tracing", e),
+        Err(e) => r.push(Status::Fail, "tracing", e.to_string()),
     }
 
     // TLS material, exactly as the listener would load it.
@@ -175,7 +175,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
                 cfg.cloudflare_ca_cert.display()
             ),
         ),
-        Err(e) => r.push(Status::Fail, "tls", format!("{e:#}")),
+        Err(e) => r.push(Status::Fail, "tls", keycore_keys::error_chain(&e)),
     }
     let now = cfg
         .current_time
@@ -247,7 +247,11 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
                 );
             }
         }
-        Err(e) => r.push(Status::Fail, "private_key_stores", format!("{e:#}")),
+        Err(e) => r.push(
+            Status::Fail,
+            "private_key_stores",
+            keycore_keys::error_chain(&e),
+        ),
     }
 
     // Listeners are not bound (a running server may hold them); say what
@@ -274,7 +278,10 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
         Err(e) => r.push(
             Status::Warn,
             "listen",
-            format!("{e:#}; serve would refuse to start while it runs"),
+            format!(
+                "{}; serve would refuse to start while it runs",
+                keycore_keys::error_chain(&e)
+            ),
         ),
     }
     let cores = cfg.core_ids(&server::available_cpus()).len();

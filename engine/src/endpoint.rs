@@ -261,7 +261,7 @@ fn serve_conn(mut s: TcpStream, sh: &Shared, deadline: Instant) -> std::io::Resu
                 deadline,
                 "503 Service Unavailable",
                 "text/plain",
-                &text,
+                &text.to_string(),
             ),
         },
         "/readyz" => match sh.health.ready() {
@@ -534,7 +534,11 @@ mod tests {
                 if r2.load(Relaxed) {
                     Ok(())
                 } else {
-                    Err("pkcs11: no healthy partition for 1 key".into())
+                    Err(keycore_keys::NotReady {
+                        store: "pkcs11",
+                        detail: "no healthy partition for 1 key".into(),
+                    }
+                    .into())
                 }
             })],
             Duration::from_millis(500),

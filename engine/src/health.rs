@@ -32,7 +32,33 @@ use std::time::Duration;
 pub const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A readiness check: `Err(reason)` while the process should not get traffic.
-pub type ReadyCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type ReadyCheck = Box<dyn Fn() -> Result<(), Unready> + Send + Sync>;
+
+/// Why the process should not get traffic now (`/readyz`'s 503 text).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Unready {
+    /// A drain has begun.
+    #[error("draining")]
+    Draining,
+    /// No key is served.
+    #[error("no private keys loaded")]
+    NoKeys,
+    /// A key store cannot serve its keys (it says which and why).
+    #[error(transparent)]
+    Store(#[from] keycore_keys::NotReady),
+}
+
+/// Why the process is not live (`/healthz`'s 503 text): one line per
+/// stuck core, or no reactor at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotLive {
+    /// No reactor was started (or every one is gone).
+    #[error("no reactor running\n")]
+    NoReactor,
+    /// These cores missed the heartbeat deadline (one line each).
+    #[error("{0}")]
+    Stuck(String),
+}
 
 /// Liveness and readiness of the process, shared with the metrics endpoint.
 pub struct Health {
@@ -80,7 +106,7 @@ impl Health {
     /// `Ok(text)` when every core beat within the deadline (or exited
     /// normally), else `Err(text)` naming each stuck core and how long ago it
     /// last beat.
-    pub fn live(&self, cores: &[Arc<CoreStats>]) -> Result<String, String> {
+    pub fn live(&self, cores: &[Arc<CoreStats>]) -> Result<String, NotLive> {
         let now = now_ms();
         let deadline = self.heartbeat_deadline.as_millis() as u64;
         let mut stuck = String::new();
@@ -108,19 +134,19 @@ impl Health {
             }
         }
         if cores.is_empty() {
-            return Err("no reactor running\n".into());
+            return Err(NotLive::NoReactor);
         }
         if stuck.is_empty() {
             Ok(ok)
         } else {
-            Err(stuck)
+            Err(NotLive::Stuck(stuck))
         }
     }
 
     /// `Ok(())` when the process should get traffic, else a short reason.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), Unready> {
         if self.is_draining() {
-            return Err("draining".into());
+            return Err(Unready::Draining);
         }
         for c in &self.checks {
             c()?;
@@ -148,7 +174,7 @@ mod tests {
         // Core 1 last beat long ago: it is named, the others are not.
         let now = now_ms();
         c[1].heartbeat.set_ms(now.saturating_sub(10_000).max(1));
-        let err = h.live(&c).unwrap_err();
+        let err = h.live(&c).unwrap_err().to_string();
         assert!(err.contains("core 1: stuck"), "{err}");
         assert!(!err.contains("core 0") && !err.contains("core 2"), "{err}");
         // A core that exited after a drain is not stuck.
@@ -156,7 +182,11 @@ mod tests {
         assert!(h.live(&c).unwrap().contains("core 1: stopped"));
         // A core that never beat is stuck.
         c[2].heartbeat.set_ms(0);
-        assert!(h.live(&c).unwrap_err().contains("core 2: stuck: never"));
+        assert!(h
+            .live(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("core 2: stuck: never"));
         assert!(h.live(&[]).is_err());
     }
 
@@ -171,16 +201,20 @@ mod tests {
                     if f2.load(Relaxed) {
                         Ok(())
                     } else {
-                        Err("pkcs11: token gone".into())
+                        Err(keycore_keys::NotReady {
+                            store: "pkcs11",
+                            detail: "token gone".into(),
+                        }
+                        .into())
                     }
                 }),
             ],
             HEARTBEAT_DEADLINE,
         );
-        assert_eq!(h.ready().unwrap_err(), "pkcs11: token gone");
+        assert_eq!(h.ready().unwrap_err().to_string(), "pkcs11: token gone");
         flag.store(true, Relaxed);
         assert!(h.ready().is_ok());
         h.set_draining();
-        assert_eq!(h.ready().unwrap_err(), "draining");
+        assert_eq!(h.ready().unwrap_err(), Unready::Draining);
     }
 }

@@ -17,7 +17,7 @@
 use crate::audit::{self, AuditWriter};
 use crate::config::{Config, KeyLoadErrors, KeyStore};
 use crate::endpoint::MetricsServer;
-use crate::health::{Health, ReadyCheck, HEARTBEAT_DEADLINE};
+use crate::health::{Health, ReadyCheck, Unready, HEARTBEAT_DEADLINE};
 use crate::metrics::{Registry, StaticGauge};
 use crate::ops::{self, PidFile};
 use crate::record::{RecordSettings, Recorder};
@@ -25,13 +25,69 @@ use crate::registry::{self, StoreRecord};
 use crate::reload::{self, Reloader};
 use crate::security::{AuditMsg, Identities};
 use crate::server::{self, SecurityParts, Served, ServerHandle, ServerSettings, Stores};
+use crate::server::{tls::TlsError, ServerError};
 use crate::swap::Swap;
+use crate::trace::TraceConfigError;
 use crate::trace::{TraceSettings, Tracer};
-use anyhow::{bail, Context, Result};
 use keycore_keys::{software, KeyEntry, KeyIndex};
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, UNIX_EPOCH};
+
+/// Why the server could not start (or a load failed). Every variant names
+/// the setting and its file or address; the underlying error is the source
+/// (the binary prints the chain).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// A `dir:` key store that is not a readable directory.
+    #[error("private_key_stores: dir {}: not a readable directory", .0.display())]
+    KeyDir(PathBuf),
+    /// A key file failed under `key_load_errors: fail`.
+    #[error("loading private keys (set key_load_errors: skip to start without it)")]
+    KeyLoad(#[source] software::KeyLoadError),
+    /// A backend store (PKCS#11, KMS) could not be opened.
+    #[error(transparent)]
+    Open(#[from] registry::OpenError),
+    /// The TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The client identities have no slot left.
+    #[error(transparent)]
+    Clients(#[from] crate::security::NoIdentitySlot),
+    /// `tracing_address` cannot be used.
+    #[error(transparent)]
+    Trace(#[from] TraceConfigError),
+    /// The address is taken, or the reactors could not start on it.
+    #[error("listen on {addr} (port)")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: ServerError,
+    },
+    /// A reactor failed while stopping.
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    /// A file or thread of the process could not be created: the audit
+    /// file, the span exporter, the record file, the metrics listener, the
+    /// pid file.
+    #[error("{what}")]
+    Io {
+        /// The setting and file or address, and what failed.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `map_err` for an I/O failure described by `what`.
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Io { what, source }
+}
 
 /// A running server with its metrics endpoint.
 #[derive(Debug)]
@@ -60,7 +116,7 @@ impl Running {
     /// Drain and stop everything; returns when every core has exited.
     /// `/readyz` answers 503 "draining" from the start of the drain, while
     /// the metrics listener stays up until the cores are gone.
-    pub fn stop(self) -> Result<()> {
+    pub fn stop(self) -> Result<(), LaunchError> {
         self.health.set_draining();
         self.server.shutdown();
         let r = self.server.join();
@@ -83,7 +139,7 @@ impl Running {
         if let Some(p) = &self.pid_file {
             p.remove();
         }
-        r
+        Ok(r?)
     }
 }
 
@@ -96,10 +152,10 @@ fn readiness_checks(served: Arc<Swap<Served>>) -> Vec<ReadyCheck> {
     vec![Box::new(move || {
         let s = served.get();
         if s.keys.is_empty() {
-            return Err("no private keys loaded".into());
+            return Err(Unready::NoKeys);
         }
         for store in &s.stores {
-            store.readiness().map_err(|e| e.to_string())?;
+            store.readiness()?;
         }
         Ok(())
     })]
@@ -140,7 +196,7 @@ pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
 /// `StoreId` order) and the seconds each store took (for
 /// `keyless_key_load_duration`). `uri:` entries go to the backend registry,
 /// which routes each to the backend that claims it.
-pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>)> {
+pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>), LaunchError> {
     let k = load_keys_reusing(cfg, &[])?;
     Ok((k.index, k.stores, k.seconds))
 }
@@ -164,7 +220,10 @@ pub struct LoadedKeys {
 /// [`load_keys`] for start-up and reload: every software key is read; a
 /// backend store whose URIs and settings are unchanged since `previous` is
 /// kept open (see `registry::open_all_reusing`).
-pub fn load_keys_reusing(cfg: &Config, previous: &[StoreRecord]) -> Result<LoadedKeys> {
+pub fn load_keys_reusing(
+    cfg: &Config,
+    previous: &[StoreRecord],
+) -> Result<LoadedKeys, LaunchError> {
     let mut skipped = 0u64;
     let mut index = KeyIndex::default();
     let mut seconds = Vec::new();
@@ -174,10 +233,7 @@ pub fn load_keys_reusing(cfg: &Config, previous: &[StoreRecord]) -> Result<Loade
         let results: Vec<Result<KeyEntry, software::KeyLoadError>> = match store {
             KeyStore::Dir(d) => {
                 if !d.is_dir() {
-                    bail!(
-                        "private_key_stores: dir {}: not a readable directory",
-                        d.display()
-                    );
+                    return Err(LaunchError::KeyDir(d.clone()));
                 }
                 software::load_dir(d)
             }
@@ -194,11 +250,7 @@ pub fn load_keys_reusing(cfg: &Config, previous: &[StoreRecord]) -> Result<Loade
                     skipped += 1;
                     tracing::error!(error = %e, "skipping key that failed to load (key_load_errors: skip)");
                 }
-                Err(e) => {
-                    return Err(anyhow::Error::new(e).context(
-                        "loading private keys (set key_load_errors: skip to start without it)",
-                    ))
-                }
+                Err(e) => return Err(LaunchError::KeyLoad(e)),
             }
         }
         seconds.push(t0.elapsed().as_secs_f64());
@@ -289,7 +341,7 @@ fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
 }
 
 /// Start everything the config describes.
-pub fn launch(cfg: &Config) -> Result<Running> {
+pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
     // Keys the reference has that keycore parses but does not act on yet:
     // say so once instead of silently ignoring them.
     if cfg.sign_retry_count > 0 {
@@ -312,8 +364,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     // it for good (see `server::port`).
     if cfg.listen_addr().port() != 0 {
         drop(
-            server::port::PortClaim::take(cfg.listen_addr())
-                .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?,
+            server::port::PortClaim::take(cfg.listen_addr()).map_err(|e| LaunchError::Listen {
+                addr: cfg.listen_addr(),
+                source: e.into(),
+            })?,
         );
     }
     // Issue 18: the audit writer starts before the keys load, so the
@@ -323,7 +377,9 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     let audit = AuditWriter::start(&cfg.security, |tx| {
         Arc::new(Identities::new(&cfg.security, Some(tx)))
     })
-    .context("audit_file: cannot open (does its directory exist?)")?;
+    .map_err(io_err(
+        "audit_file: cannot open (does its directory exist?)",
+    ))?;
     let identities = audit.shared().identities();
     // Backends' control-plane events (HSM logins) go to the same writer.
     {
@@ -342,10 +398,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     } else {
         tracing::info!(keys = built.served.keys.len(), "private keys loaded");
     }
-    let trace_settings = TraceSettings::from_config(cfg).map_err(anyhow::Error::msg)?;
+    let trace_settings = TraceSettings::from_config(cfg)?;
     let tracer = match trace_settings {
         None => None,
-        Some(t) => Some(Tracer::start(t).context("start the span exporter thread")?),
+        Some(t) => Some(Tracer::start(t).map_err(io_err("start the span exporter thread"))?),
     };
     // Blocking: the writer must know the keys before the first counts. The
     // first served generation is 1 (`Swap::new`), so its epoch is 1.
@@ -385,12 +441,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     let recorder = match RecordSettings::from_config(cfg) {
         None => None,
         Some(s) => {
-            let r = Recorder::start(&s, cpus.len()).with_context(|| {
-                format!(
-                    "record_file {}: cannot create (does its directory exist?)",
-                    s.path.display()
-                )
-            })?;
+            let r = Recorder::start(&s, cpus.len()).map_err(io_err(format!(
+                "record_file {}: cannot create (does its directory exist?)",
+                s.path.display()
+            )))?;
             tracing::info!(file = %s.path.display(), max_bytes = s.max_bytes, files = s.files, "recording traffic shape (no payloads)");
             Some(r)
         }
@@ -423,7 +477,10 @@ pub fn launch(cfg: &Config) -> Result<Running> {
         registry,
         security,
     )
-    .with_context(|| format!("listen on {} (port)", cfg.listen_addr()))?;
+    .map_err(|source| LaunchError::Listen {
+        addr: cfg.listen_addr(),
+        source,
+    })?;
     let health = Arc::new(Health::new(
         readiness_checks(served.clone()),
         HEARTBEAT_DEADLINE,
@@ -439,14 +496,14 @@ pub fn launch(cfg: &Config) -> Result<Running> {
     let metrics = match cfg.metrics_addr() {
         Some(a) => Some(
             MetricsServer::start_with_health(a, server.registry.clone(), health.clone())
-                .with_context(|| format!("metrics_port: cannot listen on {a}"))?,
+                .map_err(io_err(format!("metrics_port: cannot listen on {a}")))?,
         ),
         None => None,
     };
     let pid_file = match &cfg.pid_file {
         Some(p) => Some(
             PidFile::create(p)
-                .with_context(|| format!("pid_file {}: cannot write", p.display()))?,
+                .map_err(io_err(format!("pid_file {}: cannot write", p.display())))?,
         ),
         None => None,
     };

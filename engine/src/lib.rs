@@ -20,15 +20,18 @@
 //!
 //! Public surface (modules; each module header says what it owns):
 //! - [`launch`]: start everything a `Config` describes (`launch`, `Running`,
-//!   `load_keys`, `LoadedKeys`, `cert_expiry`, `check_nofile_limit`);
+//!   `load_keys`, `LoadedKeys`, `cert_expiry`, `check_nofile_limit`,
+//!   `LaunchError`);
 //! - [`server`]: reactors and their handle (`start`, `start_served`,
-//!   `ServerSettings`, `ServerHandle`, `ServerControl`, `conn_limits`,
-//!   `available_cpus`) and `server::conn_state`, the sans-IO connection core;
+//!   `ServerSettings`, `ServerHandle`, `ServerControl`, `ServerError`,
+//!   `conn_limits`, `available_cpus`), `server::tls` (`TlsError`),
+//!   `server::port` (`PortError`) and `server::conn_state`, the sans-IO
+//!   connection core;
 //! - [`registry`]: the backends (`BACKENDS`, `claim`, `open_all`,
 //!   `open_all_reusing`, `Opened`, `OpenedStore`, `OpenError`,
 //!   `Registration`, `StoreRecord`);
 //! - [`reload`]: SIGHUP / `keycore reload` (`Reloader`, `build`, `Built`,
-//!   `ReloadReport`, `record_success`); [`swap`]: the `Swap` cell it uses;
+//!   `ReloadReport`, `ReloadError`, `record_success`); [`swap`]: the `Swap` cell it uses;
 //! - [`metrics`]: per-core counters and the scrape (`Registry`, `CoreStats`,
 //!   `Counter`, `Histograms`, `Heartbeat`, `Loaded`, `StaticGauge`,
 //!   `ReloadStats`, bucket helpers); [`endpoint`]: the HTTP listener
@@ -38,10 +41,12 @@
 //!   `RLIMIT_NOFILE`, sd_notify; [`pki`]: the demo PKI;
 //! - [`config`]: `keycore-config`, re-exported.
 //!
-//! Errors: `pki` returns `PkiError`; the start-up paths (`launch`,
-//! `server::start`, `server::tls`) still return `anyhow::Result` with
-//! context; turning them into enum errors is open (README, "Not finished
-//! yet").
+//! Errors: every fallible public call returns an enum (`LaunchError`,
+//! `ServerError`, `TlsError`, `PortError`, `ReloadError`, `PkiError`,
+//! `health::Unready`, `trace::TraceConfigError`), naming the setting and its
+//! file or address, with the cause as `#[source]`; where one is kept as text
+//! (`serve --check`, the reload log line) it is rendered with
+//! `keycore_keys::error_chain`. No anyhow (`scripts/check-error-types.sh`).
 
 pub mod audit;
 pub mod check;

@@ -49,13 +49,46 @@ use crate::registry::StoreRecord;
 use crate::security::{AuditMsg, AuditTx, ClientRules, Identities, Policy};
 use crate::server::{tls, Served};
 use crate::swap::Swap;
-use anyhow::Result;
-use keycore_keys::Ski;
+use keycore_keys::{error_chain, Ski};
 use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+/// Why a reload was refused (the running state is untouched). The
+/// configuration's, a key store's or the TLS material's own error is the
+/// source.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration could not be read (the reader's error as is).
+    #[error(transparent)]
+    Read(Box<dyn std::error::Error + Send + Sync>),
+    /// A key store or the TLS material failed to load.
+    #[error(transparent)]
+    Build(#[from] launch::LaunchError),
+    /// An earlier reload's build is still hung in a key store call.
+    #[error("a previous reload is still waiting on a key store call (it overran reload_timeout); restart keycore if it never returns")]
+    Stuck,
+    /// This reload's build overran `reload_timeout`.
+    #[error("loading the key stores and TLS material did not finish within reload_timeout ({0:?}); a key store call is hung (an HSM login, a module load)")]
+    Timeout(Duration),
+    /// A thread or the login-check child could not be run or waited for.
+    #[error("{what}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The PKCS#11 login check child overran its time.
+    #[error("PKCS#11 login check of the changed URIs did not finish within {0:?}")]
+    LoginCheckTimeout(Duration),
+    /// The PKCS#11 login check child failed (its FAIL lines, or its status).
+    #[error("PKCS#11 login check of the changed URIs (in a fresh process, as this one's tokens are logged in already) failed: {0}")]
+    LoginCheckFailed(String),
+}
 
 /// Everything loaded from one configuration.
 #[derive(Debug)]
@@ -78,7 +111,7 @@ pub fn build(
     cfg: &Config,
     previous: &[StoreRecord],
     identities: &Arc<Identities>,
-) -> Result<Built> {
+) -> Result<Built, launch::LaunchError> {
     let launch::LoadedKeys {
         index: keys,
         stores,
@@ -89,8 +122,7 @@ pub fn build(
     // The client allow-list and limits (issue 18), compiled against the
     // process's identity table (ids by name, kept across reloads); the
     // verifier of this generation's TLS configuration admits by them.
-    let clients =
-        Arc::new(ClientRules::build(&cfg.security, identities).map_err(anyhow::Error::msg)?);
+    let clients = Arc::new(ClientRules::build(&cfg.security, identities)?);
     let tls = tls::server_config_with(
         &tls::TlsSettings {
             cert: &cfg.auth_cert,
@@ -252,12 +284,10 @@ impl Reloader {
     /// into an HSM module cannot be cancelled); its result is dropped when
     /// it does, and until then every reload is refused, so at most one such
     /// thread exists.
-    fn build_within(&self, cfg: &Config, previous: &[StoreRecord]) -> Result<Built> {
+    fn build_within(&self, cfg: &Config, previous: &[StoreRecord]) -> Result<Built, ReloadError> {
         use std::sync::atomic::Ordering;
         if self.stuck.load(Ordering::Acquire) {
-            anyhow::bail!(
-                "a previous reload is still waiting on a key store call (it overran reload_timeout); restart keycore if it never returns"
-            );
+            return Err(ReloadError::Stuck);
         }
         let (tx, rx) = std::sync::mpsc::channel();
         let (cfg2, previous2, identities) =
@@ -271,21 +301,22 @@ impl Reloader {
                 // store it opened).
                 let _ = tx.send(r);
                 stuck.store(false, Ordering::Release);
+            })
+            .map_err(|source| ReloadError::Io {
+                what: "start the reload build thread".into(),
+                source,
             })?;
         match rx.recv_timeout(cfg.reload_timeout) {
-            Ok(r) => r,
+            Ok(r) => Ok(r?),
             Err(_) => {
                 self.stuck.store(true, Ordering::Release);
                 // The builder may have finished between the timeout and the
                 // store above; its late clear must not be lost.
                 if let Ok(r) = rx.try_recv() {
                     self.stuck.store(false, Ordering::Release);
-                    return r;
+                    return Ok(r?);
                 }
-                anyhow::bail!(
-                    "loading the key stores and TLS material did not finish within reload_timeout ({:?}); a key store call is hung (an HSM login, a module load)",
-                    cfg.reload_timeout
-                )
+                Err(ReloadError::Timeout(cfg.reload_timeout))
             }
         }
     }
@@ -307,11 +338,19 @@ impl Reloader {
     /// TLS material are loaded and, if all of it succeeded, published. On
     /// error the running state is untouched; the error says why.
     /// Logged and counted either way.
-    pub fn reload(&self, read: impl FnOnce() -> Result<Config>) -> Result<ReloadReport> {
+    pub fn reload<E>(
+        &self,
+        read: impl FnOnce() -> Result<Config, E>,
+    ) -> Result<ReloadReport, ReloadError>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let t0 = Instant::now();
         tracing::info!("reload: reading the configuration, key stores and TLS material");
-        let r = read().and_then(|new| self.apply(&mut state, &new, t0));
+        let r = read()
+            .map_err(|e| ReloadError::Read(e.into()))
+            .and_then(|new| self.apply(&mut state, &new, t0));
         match &r {
             Ok(report) => {
                 *self
@@ -338,13 +377,21 @@ impl Reloader {
             }
             Err(e) => {
                 self.registry.reload.error.fetch_add(1, Relaxed);
-                tracing::error!("reload refused, the previous configuration keeps serving: {e:#}");
+                tracing::error!(
+                    "reload refused, the previous configuration keeps serving: {}",
+                    error_chain(e)
+                );
             }
         }
         r
     }
 
-    fn apply(&self, state: &mut InForce, new: &Config, t0: Instant) -> Result<ReloadReport> {
+    fn apply(
+        &self,
+        state: &mut InForce,
+        new: &Config,
+        t0: Instant,
+    ) -> Result<ReloadReport, ReloadError> {
         let changed = keycore_config::changed_settings(&state.config, new);
         let effective = state.config.with_reloaded(new);
         let exe = self
@@ -514,13 +561,16 @@ pub fn watch_digest(cfg: &Config, config_file: Option<&std::path::Path>) -> (u64
 /// process exits (its own thread). `initial` is the digest taken before
 /// start-up read the files (so a change made while the server was starting
 /// is seen, at the cost of one reload that finds nothing new).
-pub fn watch(
+pub fn watch<E>(
     reloader: Arc<Reloader>,
     interval: std::time::Duration,
     config_file: Option<std::path::PathBuf>,
     initial: u64,
-    read: impl Fn() -> Result<Config> + Send + 'static,
-) -> std::io::Result<()> {
+    read: impl Fn() -> Result<Config, E> + Send + 'static,
+) -> std::io::Result<()>
+where
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let interval = interval.max(WATCH_MIN_INTERVAL);
     std::thread::Builder::new()
         .name("keycore-watch".into())
@@ -580,7 +630,11 @@ const LOGIN_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// (never a file: it holds the PINs). `KEYLESS_*` variables are not passed
 /// on (they would replace the key stores); everything else is (module
 /// settings such as `SOFTHSM2_CONF`).
-fn check_changed_logins(exe: &std::path::Path, old: &Config, new: &Config) -> Result<()> {
+fn check_changed_logins(
+    exe: &std::path::Path,
+    old: &Config,
+    new: &Config,
+) -> Result<(), ReloadError> {
     use std::io::{Read as _, Write as _};
     let (was, now) = (pkcs11_uris(old), pkcs11_uris(new));
     if was.is_empty() || now.is_empty() || was == now {
@@ -604,22 +658,27 @@ fn check_changed_logins(exe: &std::path::Path, old: &Config, new: &Config) -> Re
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| anyhow::anyhow!("PKCS#11 login check: cannot run {}: {e}", exe.display()))?;
+        .map_err(|source| ReloadError::Io {
+            what: format!("PKCS#11 login check: cannot run {}", exe.display()),
+            source,
+        })?;
     let yaml = only.to_yaml();
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(yaml.as_bytes());
     }
     let deadline = Instant::now() + LOGIN_CHECK_TIMEOUT;
     let status = loop {
-        if let Some(s) = child.try_wait()? {
+        let waited = child.try_wait().map_err(|source| ReloadError::Io {
+            what: format!("PKCS#11 login check: waiting for {}", exe.display()),
+            source,
+        })?;
+        if let Some(s) = waited {
             break s;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            anyhow::bail!(
-                "PKCS#11 login check of the changed URIs did not finish within {LOGIN_CHECK_TIMEOUT:?}"
-            );
+            return Err(ReloadError::LoginCheckTimeout(LOGIN_CHECK_TIMEOUT));
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     };
@@ -635,14 +694,11 @@ fn check_changed_logins(exe: &std::path::Path, old: &Config, new: &Config) -> Re
         .filter(|l| l.starts_with("FAIL "))
         .map(str::trim)
         .collect();
-    anyhow::bail!(
-        "PKCS#11 login check of the changed URIs (in a fresh process, as this one's tokens are logged in already) failed: {}",
-        if fails.is_empty() {
-            format!("{status}")
-        } else {
-            fails.join("; ")
-        }
-    )
+    Err(ReloadError::LoginCheckFailed(if fails.is_empty() {
+        format!("{status}")
+    } else {
+        fails.join("; ")
+    }))
 }
 
 /// Sources of the keys of `a` whose SKI `b` does not serve.

@@ -486,7 +486,7 @@ impl Identities {
     /// slot's label changes: at most one `audit_interval` of the old
     /// name's counts may be labelled with the new one). Each id comes with
     /// whether its slot was reassigned. `Err(name)`: no slot for `name`.
-    fn assign(&self, names: &[&str]) -> Result<Vec<(ClientId, bool)>, String> {
+    fn assign(&self, names: &[&str]) -> Result<Vec<(ClientId, bool)>, NoIdentitySlot> {
         let mut labels = self.labels.lock().unwrap_or_else(|p| p.into_inner());
         let in_force = self.in_force.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = labels.clone();
@@ -509,7 +509,7 @@ impl Identities {
                         && !out.iter().any(|(id, _)| *id as usize == i + 1)
                         && self.conns[i + 1].load(Ordering::Acquire) == 0
                 })
-                .ok_or_else(|| name.to_owned())?;
+                .ok_or_else(|| NoIdentitySlot(name.to_owned()))?;
             next[i] = name.to_owned();
             out.push(((i + 1) as ClientId, true));
         }
@@ -635,24 +635,27 @@ pub struct ClientRules {
     reassigned: u128,
 }
 
+/// A new client identity found every slot of the identity table taken
+/// (each names a configured identity or one with open connections).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("client_identities: no identity slot left for {0:?} ({MAX_CLIENT_IDENTITIES} names in use, each configured now or with open connections); retry once the removed identities' connections have closed, or restart")]
+pub struct NoIdentitySlot(pub String);
+
 impl ClientRules {
     /// Compile `cfg`'s identities and limits against the table `ids`
     /// (new names get ids). Fails only when the table has no slot left for
     /// a new name (every slot names a configured identity or one with open
     /// connections).
-    pub fn build(cfg: &SecurityConfig, ids: &Arc<Identities>) -> Result<ClientRules, String> {
+    pub fn build(
+        cfg: &SecurityConfig,
+        ids: &Arc<Identities>,
+    ) -> Result<ClientRules, NoIdentitySlot> {
         let names: Vec<&str> = cfg
             .client_identities
             .iter()
             .map(|i| i.name.as_str())
             .collect();
-        let assigned = ids.assign(&names).map_err(|name| {
-            format!(
-                "client_identities: no identity slot left for {name:?} ({MAX_CLIENT_IDENTITIES} \
-                 names in use, each configured now or with open connections); retry once the \
-                 removed identities' connections have closed, or restart"
-            )
-        })?;
+        let assigned = ids.assign(&names)?;
         let mut rules = Vec::with_capacity(cfg.client_identities.len());
         let mut rps = [cfg.client_max_rps; SLOTS];
         let mut max_conns = [cfg.client_max_connections; SLOTS];
@@ -1342,7 +1345,9 @@ mod tests {
         let mut renamed = all.clone();
         renamed.client_identities.drain(0..2);
         renamed.client_identities.push(ident("new", &["new"], &[]));
-        let e = ClientRules::build(&renamed, &table).unwrap_err();
+        let e = ClientRules::build(&renamed, &table)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no identity slot left for \"new\""), "{e}");
         // Two steps: remove them (served), then add: "new" takes e1's idle
         // slot, not busy e0's.
@@ -1362,7 +1367,11 @@ mod tests {
         let mut more = renamed.clone();
         more.client_identities.push(ident("x", &["x"], &[]));
         let e = ClientRules::build(&more, &table).unwrap_err();
-        assert!(e.contains("no identity slot left for \"x\""), "{e}");
+        assert_eq!(e, NoIdentitySlot("x".into()));
+        assert!(
+            e.to_string().contains("no identity slot left for \"x\""),
+            "{e}"
+        );
         assert_eq!(table.labels(), before);
     }
 

@@ -79,10 +79,21 @@ pub struct TraceSettings {
     pub sample_rate: f64,
 }
 
+/// Why `tracing_address` cannot be used; names the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TraceConfigError {
+    /// An `https://` receiver.
+    #[error("tracing_address {0:?}: https is not supported; send to a local collector over http (it forwards over TLS)")]
+    Https(String),
+    /// Neither `host:port` nor an `http://` URL.
+    #[error("tracing_address {0:?}: expected host:port or an http:// URL")]
+    Address(String),
+}
+
 impl TraceSettings {
     /// From the config: `None` when `tracing_enabled` is off. `Err` names
     /// the key and what is wrong with it.
-    pub fn from_config(cfg: &Config) -> Result<Option<TraceSettings>, String> {
+    pub fn from_config(cfg: &Config) -> Result<Option<TraceSettings>, TraceConfigError> {
         if !cfg.tracing_enabled {
             return Ok(None);
         }
@@ -90,17 +101,13 @@ impl TraceSettings {
         let text = if a.is_empty() {
             "http://127.0.0.1:4318/v1/traces".to_owned()
         } else if a.starts_with("https://") {
-            return Err(format!(
-                "tracing_address {a:?}: https is not supported; send to a local collector over \
-                 http (it forwards over TLS)"
-            ));
+            return Err(TraceConfigError::Https(a.to_owned()));
         } else if a.starts_with("http://") {
             a.to_owned()
         } else {
             format!("http://{a}")
         };
-        let mut url = Url::parse(&text)
-            .map_err(|_| format!("tracing_address {a:?}: expected host:port or an http:// URL"))?;
+        let mut url = Url::parse(&text).map_err(|_| TraceConfigError::Address(a.to_owned()))?;
         if url.path == "/" {
             url.path = "/v1/traces".into();
         }
@@ -801,6 +808,7 @@ mod tests {
         c.tracing_address = "https://x:1".into();
         assert!(TraceSettings::from_config(&c)
             .unwrap_err()
+            .to_string()
             .contains("https"));
         c.tracing_address = "no port here:".into();
         assert!(TraceSettings::from_config(&c).is_err());

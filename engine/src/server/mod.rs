@@ -49,7 +49,6 @@ use crate::metrics::{CoreStats, Registry};
 use crate::refusals::{Refusal, RefusalLog};
 use crate::security::{AuditTx, ClientRules, CoreSecurity, Identities, Policy};
 use crate::swap::Swap;
-use anyhow::{bail, Result};
 use futures_lite::future;
 use glommio::{LocalExecutorBuilder, Placement};
 use keycore_keys::KeyIndex;
@@ -533,13 +532,54 @@ impl ServerHandle {
     }
 
     /// Wait for every core to exit.
-    pub fn join(self) -> Result<()> {
+    pub fn join(self) -> Result<(), ServerError> {
         for t in self.threads {
-            t.join()
-                .map_err(|e| anyhow::anyhow!("reactor thread failed: {e}"))?;
+            t.join().map_err(|e| ServerError::Reactor(e.to_string()))?;
         }
         Ok(())
     }
+}
+
+/// Why the server could not start (or a reactor failed). Names the core,
+/// CPU or address; the underlying error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The limits contradict each other.
+    #[error(transparent)]
+    Limits(#[from] keycore_config::LimitsError),
+    /// `cpus` selected no core.
+    #[error("no cores selected")]
+    NoCores,
+    /// The client identities have no slot left (see `ClientRules::build`).
+    #[error(transparent)]
+    Clients(#[from] crate::security::NoIdentitySlot),
+    /// The address could not be claimed, or another process holds it.
+    #[error(transparent)]
+    Port(#[from] port::PortError),
+    /// One reactor's listening socket could not be made.
+    #[error("core {core}")]
+    Listen {
+        /// The core.
+        core: usize,
+        /// What failed.
+        #[source]
+        source: port::PortError,
+    },
+    /// A reactor thread could not be started (glommio's error, as text:
+    /// it is not `Send`).
+    #[error("start reactor on cpu {cpu}: {reason}")]
+    Spawn {
+        /// The CPU asked for.
+        cpu: usize,
+        /// glommio's reason.
+        reason: String,
+    },
+    /// A reactor thread ended before it reported whether it listens.
+    #[error("a reactor thread ended before it was ready (see the panic above)")]
+    ReactorDied,
+    /// A reactor thread failed (joined with an error).
+    #[error("reactor thread failed: {0}")]
+    Reactor(String),
 }
 
 /// Start the reactors serving a fixed key index, stores and TLS
@@ -550,10 +590,9 @@ pub fn start(
     keys: Arc<KeyIndex>,
     stores: Stores,
     registry: Registry,
-) -> Result<ServerHandle> {
+) -> Result<ServerHandle, ServerError> {
     let security = SecurityParts::default();
-    let clients = ClientRules::build(&Default::default(), &security.identities)
-        .map_err(anyhow::Error::msg)?;
+    let clients = ClientRules::build(&Default::default(), &security.identities)?;
     let served = Served {
         keys,
         stores,
@@ -577,10 +616,10 @@ pub fn start_served(
     served: Arc<Swap<Served>>,
     mut registry: Registry,
     security: SecurityParts,
-) -> Result<ServerHandle> {
+) -> Result<ServerHandle, ServerError> {
     settings.limits.validate()?;
     if settings.cpus.is_empty() {
-        bail!("no cores selected");
+        return Err(ServerError::NoCores);
     }
     // The exclusive claim on the address (see `port`): a second process on
     // it fails here; port 0 picks one free port for every core.
@@ -596,7 +635,7 @@ pub fn start_served(
     // Each core reports once: listening, or why not. A core whose thread
     // dies before reporting (a panic while building its context) drops its
     // sender, so the wait below ends instead of spinning forever.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, String>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<u64, ServerError>>();
     let mut threads = Vec::new();
     for (index, &cpu) in settings.cpus.iter().enumerate() {
         let cell = served.clone();
@@ -608,9 +647,10 @@ pub fn start_served(
         let ready = ready_tx.clone();
         // Bound here, on the starting thread, so a failure is reported
         // with the claim's context; the reactor adopts the socket.
-        let bound = claim
-            .listener()
-            .map_err(|e| format!("core {index}: bind {listen}: {e:#}"));
+        let bound = claim.listener().map_err(|source| ServerError::Listen {
+            core: index,
+            source,
+        });
         let security = security.clone();
         let cores = settings.cpus.len();
         let placement = if cpu == usize::MAX {
@@ -674,7 +714,10 @@ pub fn start_served(
                 run_core(core, listener, control, cell, security.audit_interval).await;
                 tracing::info!(core = index, "reactor stopped");
             })
-            .map_err(|e| anyhow::anyhow!("start reactor on cpu {cpu}: {e}"))?;
+            .map_err(|e| ServerError::Spawn {
+                cpu,
+                reason: e.to_string(),
+            })?;
         threads.push(t);
     }
     drop(ready_tx);
@@ -691,16 +734,14 @@ pub fn start_served(
             // Every sender is gone with reports missing: a reactor thread
             // ended (panicked) before it could say whether it listens.
             Err(_) => {
-                failed.get_or_insert_with(|| {
-                    "a reactor thread ended before it was ready (see the panic above)".into()
-                });
+                failed.get_or_insert(ServerError::ReactorDied);
                 break;
             }
         }
     }
     if failed.is_none() {
         if let Err(e) = claim.check_sole_owner(&ours) {
-            failed = Some(format!("{e:#}"));
+            failed = Some(e.into());
         }
     }
     if let Some(e) = failed {
@@ -708,7 +749,7 @@ pub fn start_served(
         for t in threads {
             let _ = t.join();
         }
-        bail!(e);
+        return Err(e);
     }
     Ok(ServerHandle {
         addr: listen,

@@ -24,7 +24,6 @@
 //! program using SO_REUSEPORT as the same user) is found by the check after
 //! listening, not by the guard.
 
-use anyhow::{bail, Context, Result};
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -32,6 +31,35 @@ use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 /// Listen backlog of each reactor's socket (glommio's own `bind` uses the
 /// same); the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 1024;
+
+/// Why the address could not be claimed or listened on. Names the address;
+/// the OS error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Another process listens on an overlapping address (the message
+    /// names it: pid and command, or why it cannot be named).
+    #[error("{message}")]
+    InUse {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// "address in use: ADDR is already being listened on, held by ...".
+        message: String,
+    },
+    /// A socket call on the guard or a reactor's listener failed.
+    #[error("{what} {addr}")]
+    Socket {
+        /// "bind", "listen on", ...
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bound guard reports a non-IP address.
+    #[error("claimed address {0} is not an IP socket")]
+    NotIp(SocketAddr),
+}
 
 /// The guard on one address, held for the server's life. Dropping it
 /// releases the address for the next process once the reactors' listeners
@@ -47,23 +75,31 @@ impl PortClaim {
     /// Claim `addr` (port 0: a free port, the same for every reactor).
     /// Fails with "address in use" naming the owner's pid when another
     /// process listens on an overlapping address.
-    pub fn take(addr: SocketAddr) -> Result<PortClaim> {
+    pub fn take(addr: SocketAddr) -> Result<PortClaim, PortError> {
+        let sock = |what| move |source| PortError::Socket { what, addr, source };
         let guard = socket2::Socket::new(
             socket2::Domain::for_address(addr),
             socket2::Type::STREAM,
             None,
-        )?;
-        guard.set_reuse_address(true)?;
+        )
+        .map_err(sock("socket for"))?;
+        guard
+            .set_reuse_address(true)
+            .map_err(sock("SO_REUSEADDR on"))?;
         if let Err(e) = guard.bind(&addr.into()) {
             if e.raw_os_error() == Some(libc::EADDRINUSE) {
-                bail!("{}", in_use_message(addr, &listeners_on(addr)));
+                return Err(PortError::InUse {
+                    addr,
+                    message: in_use_message(addr, &listeners_on(addr)),
+                });
             }
-            return Err(e).with_context(|| format!("bind {addr}"));
+            return Err(sock("bind")(e));
         }
         let addr = guard
-            .local_addr()?
+            .local_addr()
+            .map_err(sock("local address of"))?
             .as_socket()
-            .context("claimed address is not an IP socket")?;
+            .ok_or(PortError::NotIp(addr))?;
         Ok(PortClaim {
             _guard: guard,
             addr,
@@ -77,17 +113,20 @@ impl PortClaim {
 
     /// A listening socket for one reactor, sharing the claimed address with
     /// the other reactors, and its inode (for [`Self::check_sole_owner`]).
-    pub fn listener(&self) -> Result<(std::net::TcpListener, u64)> {
+    pub fn listener(&self) -> Result<(std::net::TcpListener, u64), PortError> {
+        let addr = self.addr;
+        let sock = |what| move |source| PortError::Socket { what, addr, source };
         let s = socket2::Socket::new(
             socket2::Domain::for_address(self.addr),
             socket2::Type::STREAM,
             Some(socket2::Protocol::TCP),
-        )?;
-        s.set_reuse_address(true)?;
-        s.set_reuse_port(true)?;
-        s.bind(&self.addr.into())?;
-        s.listen(BACKLOG)?;
-        let inode = inode_of(s.as_raw_fd())?;
+        )
+        .map_err(sock("socket for"))?;
+        s.set_reuse_address(true).map_err(sock("SO_REUSEADDR on"))?;
+        s.set_reuse_port(true).map_err(sock("SO_REUSEPORT on"))?;
+        s.bind(&self.addr.into()).map_err(sock("bind"))?;
+        s.listen(BACKLOG).map_err(sock("listen on"))?;
+        let inode = inode_of(s.as_raw_fd()).map_err(sock("fstat of the listener on"))?;
         // SAFETY: the fd is ours, open, and handed over exactly once.
         let l = unsafe { std::net::TcpListener::from_raw_fd(s.into_raw_fd()) };
         Ok((l, inode))
@@ -97,7 +136,7 @@ impl PortClaim {
     /// overlaps the address (the start-up race the guard cannot see, or a
     /// process that listens without a guard). `ours` are the reactors'
     /// socket inodes.
-    pub fn check_sole_owner(&self, ours: &HashSet<u64>) -> Result<()> {
+    pub fn check_sole_owner(&self, ours: &HashSet<u64>) -> Result<(), PortError> {
         let foreign: Vec<Listener> = listeners_on(self.addr)
             .into_iter()
             .filter(|l| !ours.contains(&l.inode))
@@ -105,7 +144,10 @@ impl PortClaim {
         if foreign.is_empty() {
             return Ok(());
         }
-        bail!("{}", in_use_message(self.addr, &foreign))
+        Err(PortError::InUse {
+            addr: self.addr,
+            message: in_use_message(self.addr, &foreign),
+        })
     }
 }
 
@@ -198,11 +240,11 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// The inode of a socket fd (what `/proc/net/tcp` lists).
-fn inode_of(fd: i32) -> Result<u64> {
+fn inode_of(fd: i32) -> std::io::Result<u64> {
     // SAFETY: fstat on an fd we own, into a zeroed struct it fills.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("fstat listener");
+        return Err(std::io::Error::last_os_error());
     }
     Ok(st.st_ino)
 }

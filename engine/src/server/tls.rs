@@ -10,14 +10,13 @@
 //! `security::AllowListVerifier` (chain first, then the allow-list).
 
 use crate::security::{AllowListVerifier, ClientRules};
-use anyhow::{bail, Context, Result};
 use rustls::crypto::aws_lc_rs;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -36,6 +35,77 @@ pub struct TlsSettings<'a> {
     pub current_time: Option<SystemTime>,
 }
 
+/// Why the TLS configuration could not be built. Every variant names the
+/// setting and its file; the PEM reader's or rustls' error is the source.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate file that cannot be opened or read.
+    #[error("{setting} {}: cannot read", path.display())]
+    Read {
+        /// `auth_cert` or `cloudflare_ca_cert`.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate file with a section that is not PEM.
+    #[error("{setting} {}: {what}", path.display())]
+    NotPem {
+        /// `auth_cert` or `cloudflare_ca_cert`.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What the file should have been.
+        what: &'static str,
+        /// The reader's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// `auth_cert` holds no certificate.
+    #[error("auth_cert {}: no CERTIFICATE block", .0.display())]
+    NoCertificate(PathBuf),
+    /// `auth_key` holds no private key the reader knows.
+    #[error("auth_key {}: no usable PEM private key", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// The reader's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A CA certificate rustls refuses.
+    #[error("cloudflare_ca_cert {}: unusable CA certificate", path.display())]
+    UnusableCa {
+        /// The file.
+        path: PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// `cloudflare_ca_cert` holds no certificate.
+    #[error("cloudflare_ca_cert {}: no CA certificate", .0.display())]
+    NoCa(PathBuf),
+    /// The client-certificate verifier could not be built.
+    #[error("client certificate verifier")]
+    Verifier(#[source] rustls::server::VerifierBuilderError),
+    /// rustls refused the protocol versions.
+    #[error("TLS protocol versions")]
+    Versions(#[source] rustls::Error),
+    /// The key does not fit the certificate (or is of a kind rustls refuses).
+    #[error("auth_cert {} / auth_key {}: key does not match certificate or is unsupported", cert.display(), key.display())]
+    KeyMismatch {
+        /// `auth_cert`.
+        cert: PathBuf,
+        /// `auth_key`.
+        key: PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// A clock fixed at the configured `current_time` (testing, as the reference).
 #[derive(Debug)]
 struct FixedTime(UnixTime);
@@ -47,7 +117,7 @@ impl rustls::time_provider::TimeProvider for FixedTime {
 }
 
 /// Build the server's rustls configuration. Every error names the file.
-pub fn server_config(s: &TlsSettings<'_>) -> Result<Arc<ServerConfig>> {
+pub fn server_config(s: &TlsSettings<'_>) -> Result<Arc<ServerConfig>, TlsError> {
     server_config_with(s, None)
 }
 
@@ -57,52 +127,60 @@ pub fn server_config(s: &TlsSettings<'_>) -> Result<Arc<ServerConfig>> {
 pub fn server_config_with(
     s: &TlsSettings<'_>,
     rules: Option<Arc<ClientRules>>,
-) -> Result<Arc<ServerConfig>> {
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let read = |setting, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Read {
+            setting,
+            path,
+            source,
+        }
+    };
+    let not_pem = |setting, path: &Path, what| {
+        let path = path.to_path_buf();
+        move |source| TlsError::NotPem {
+            setting,
+            path,
+            what,
+            source,
+        }
+    };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(s.cert)
-        .with_context(|| format!("auth_cert {}: cannot read", s.cert.display()))?
+        .map_err(read("auth_cert", s.cert))?
         .collect::<Result<_, _>>()
-        .with_context(|| {
-            format!(
-                "auth_cert {}: not a PEM certificate chain",
-                s.cert.display()
-            )
-        })?;
+        .map_err(not_pem("auth_cert", s.cert, "not a PEM certificate chain"))?;
     if certs.is_empty() {
-        bail!("auth_cert {}: no CERTIFICATE block", s.cert.display());
+        return Err(TlsError::NoCertificate(s.cert.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_file(s.key)
-        .with_context(|| format!("auth_key {}: no usable PEM private key", s.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(s.key).map_err(|source| TlsError::Key {
+        path: s.key.to_path_buf(),
+        source,
+    })?;
 
     let mut roots = RootCertStore::empty();
     let cas: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(s.client_ca)
-        .with_context(|| format!("cloudflare_ca_cert {}: cannot read", s.client_ca.display()))?
+        .map_err(read("cloudflare_ca_cert", s.client_ca))?
         .collect::<Result<_, _>>()
-        .with_context(|| {
-            format!(
-                "cloudflare_ca_cert {}: not a PEM certificate file",
-                s.client_ca.display()
-            )
-        })?;
+        .map_err(not_pem(
+            "cloudflare_ca_cert",
+            s.client_ca,
+            "not a PEM certificate file",
+        ))?;
     for ca in cas {
-        roots.add(ca).with_context(|| {
-            format!(
-                "cloudflare_ca_cert {}: unusable CA certificate",
-                s.client_ca.display()
-            )
+        roots.add(ca).map_err(|source| TlsError::UnusableCa {
+            path: s.client_ca.to_path_buf(),
+            source,
         })?;
     }
     if roots.is_empty() {
-        bail!(
-            "cloudflare_ca_cert {}: no CA certificate",
-            s.client_ca.display()
-        );
+        return Err(TlsError::NoCa(s.client_ca.to_path_buf()));
     }
 
     let provider = Arc::new(aws_lc_rs::default_provider());
     let mut verifier: Arc<dyn ClientCertVerifier> =
         WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
-            .context("client certificate verifier")?;
+            .map_err(TlsError::Verifier)?;
     if let Some(rules) = rules.filter(|r| r.has_allow_list()) {
         verifier = Arc::new(AllowListVerifier::new(verifier, rules));
     }
@@ -125,15 +203,13 @@ pub fn server_config_with(
     };
     let mut cfg = builder
         .with_protocol_versions(versions)
-        .context("TLS protocol versions")?
+        .map_err(TlsError::Versions)?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
-        .with_context(|| {
-            format!(
-                "auth_cert {} / auth_key {}: key does not match certificate or is unsupported",
-                s.cert.display(),
-                s.key.display()
-            )
+        .map_err(|source| TlsError::KeyMismatch {
+            cert: s.cert.to_path_buf(),
+            key: s.key.to_path_buf(),
+            source,
         })?;
     // The edge keeps connections open for a long time; tickets only help
     // reconnects after churn and cost nothing on the data path.
