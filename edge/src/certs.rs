@@ -14,6 +14,7 @@
 //! Must not: parse or keep private keys.
 
 use crate::signer::KeylessKey;
+use crate::EdgeError;
 use keycore_keys::{classify_spki, ski_from_spki, spki_key_bits, KeyKind, Ski};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -66,40 +67,46 @@ pub struct SiteCert {
 
 /// Read a chain file. Fails, naming the file, if it holds no certificate,
 /// holds a private key, or its leaf key is of a kind the edge can't sign with.
-pub fn load(path: &Path) -> anyhow::Result<SiteCert> {
-    use anyhow::Context;
-    let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
-    anyhow::ensure!(
-        meta.len() <= MAX_CERT_FILE_LEN,
-        "{}: {} bytes is too large for a certificate chain",
-        path.display(),
-        meta.len()
-    );
-    let pem = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+pub fn load(path: &Path) -> Result<SiteCert, EdgeError> {
+    let read = |source| EdgeError::CertRead {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.len() > MAX_CERT_FILE_LEN {
+        return Err(EdgeError::CertTooLarge {
+            path: path.to_path_buf(),
+            len: meta.len(),
+        });
+    }
+    let pem = std::fs::read(path).map_err(read)?;
     let mut chain = Vec::new();
     for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(&pem) {
-        let (kind, der) = item.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let (kind, der) = item.map_err(|source| EdgeError::CertPem {
+            path: path.to_path_buf(),
+            source,
+        })?;
         match kind {
             SectionKind::Certificate => chain.push(CertificateDer::from(der)),
             SectionKind::PrivateKey | SectionKind::RsaPrivateKey | SectionKind::EcPrivateKey => {
-                anyhow::bail!(
-                    "{}: holds a private key; the edge must never have one (the key server signs)",
-                    path.display()
-                )
+                return Err(EdgeError::HoldsPrivateKey(path.to_path_buf()))
             }
             _ => {}
         }
     }
-    anyhow::ensure!(
-        !chain.is_empty(),
-        "{}: no CERTIFICATE in file",
-        path.display()
-    );
-    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
-        .map_err(|e| anyhow::anyhow!("{}: leaf certificate: {e}", path.display()))?;
+    if chain.is_empty() {
+        return Err(EdgeError::NoCertificate(path.to_path_buf()));
+    }
+    let (_, leaf) =
+        x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| EdgeError::Leaf {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
     let spki = leaf.tbs_certificate.subject_pki.raw.to_vec();
-    let key = PublicKey::from_spki(&spki)
-        .map_err(|e| anyhow::anyhow!("{}: leaf public key: {e}", path.display()))?;
+    let key = PublicKey::from_spki(&spki).map_err(|source| EdgeError::LeafKey {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut names = Vec::new();
     if let Ok(Some(san)) = leaf.subject_alternative_name() {
         for n in &san.value.general_names {

@@ -215,8 +215,10 @@ impl HubThread {
     /// Start the executor and its pools. Returns at once; connections come
     /// up in the background (a key server that is down is retried with
     /// backoff, and the edge serves through the others meanwhile).
-    pub fn start(cfg: HubConfig, stats: Arc<EdgeStats>) -> anyhow::Result<HubThread> {
-        anyhow::ensure!(!cfg.keyservers.is_empty(), "at least one --keyserver");
+    pub fn start(cfg: HubConfig, stats: Arc<EdgeStats>) -> Result<HubThread, crate::EdgeError> {
+        if cfg.keyservers.is_empty() {
+            return Err(crate::EdgeError::NoKeyservers);
+        }
         let cap = cfg.queue_cap.max(1);
         let queue = Arc::new(Mutex::new(Queue::default()));
         let q2 = queue.clone();
@@ -226,7 +228,7 @@ impl HubThread {
             // the default 8 MiB locked-memory limit.
             .io_memory(512 * 1024)
             .spawn(move || hub_main(cfg, q2, stats))
-            .map_err(|e| anyhow::anyhow!("starting the keyless hub: {e}"))?;
+            .map_err(|e| crate::EdgeError::Hub(e.to_string()))?;
         Ok(HubThread {
             hub: Hub { queue, cap },
             join: Some(join),

@@ -31,8 +31,7 @@ pub mod metrics;
 pub mod server;
 pub mod signer;
 
-use anyhow::Context;
-use keycore_loadgen::{ClientTls, ClientTlsPaths, TlsOptions};
+use keycore_loadgen::{ClientError, ClientTls, ClientTlsPaths, TlsOptions};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,14 +95,114 @@ pub struct EdgeArgs {
     pub keyless_queue: usize,
 }
 
+/// Why the edge could not start. Names the flag, file or address; the
+/// underlying error is the source (the binary prints the chain).
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// A `--cert` file that cannot be read.
+    #[error("{}", path.display())]
+    CertRead {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A `--cert` file larger than any chain.
+    #[error("{}: {len} bytes is too large for a certificate chain", path.display())]
+    CertTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+    },
+    /// A PEM section that does not parse.
+    #[error("{}", path.display())]
+    CertPem {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A `--cert` file holding a private key.
+    #[error("{}: holds a private key; the edge must never have one (the key server signs)", .0.display())]
+    HoldsPrivateKey(PathBuf),
+    /// A `--cert` file without a certificate.
+    #[error("{}: no CERTIFICATE in file", .0.display())]
+    NoCertificate(PathBuf),
+    /// The leaf certificate does not parse.
+    #[error("{}: leaf certificate: {reason}", path.display())]
+    Leaf {
+        /// The file.
+        path: PathBuf,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// The leaf's public key is of a kind the edge cannot sign with.
+    #[error("{}: leaf public key", path.display())]
+    LeafKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: keycore_keys::SpkiError,
+    },
+    /// An address flag that does not resolve.
+    #[error("address {addr:?}")]
+    Address {
+        /// The flag's value.
+        addr: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An address flag that resolves to nothing.
+    #[error("address {0:?} resolves to nothing")]
+    Unresolved(String),
+    /// The key-server client TLS material.
+    #[error(transparent)]
+    KeyserverTls(#[from] ClientError),
+    /// rustls refused the protocol versions.
+    #[error("TLS versions")]
+    TlsVersions(#[source] rustls::Error),
+    /// `--workers 0`.
+    #[error("--workers must be at least 1")]
+    NoWorkers,
+    /// No `--keyserver`.
+    #[error("at least one --keyserver")]
+    NoKeyservers,
+    /// A listener could not be opened or read back.
+    #[error("{what} {addr}")]
+    Listen {
+        /// "listen on", "metrics listener on".
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker or acceptor thread could not be started.
+    #[error("starting an HTTPS thread")]
+    Thread(#[source] std::io::Error),
+    /// The keyless hub's executor could not start (glommio's error, as
+    /// text: it is not `Send`).
+    #[error("starting the keyless hub: {0}")]
+    Hub(String),
+}
+
 /// How long start-up waits for a first key-server connection.
 const STARTUP_CONNECT_WAIT: Duration = Duration::from_secs(2);
 
-fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
+fn resolve(s: &str) -> Result<SocketAddr, EdgeError> {
     s.to_socket_addrs()
-        .with_context(|| format!("address {s:?}"))?
+        .map_err(|source| EdgeError::Address {
+            addr: s.to_owned(),
+            source,
+        })?
         .next()
-        .with_context(|| format!("address {s:?} resolves to nothing"))
+        .ok_or_else(|| EdgeError::Unresolved(s.to_owned()))
 }
 
 /// A running edge.
@@ -122,12 +221,12 @@ pub struct Edge {
 
 impl Edge {
     /// Start from flags: load certificates, start the hub, listen.
-    pub fn start(args: &EdgeArgs) -> anyhow::Result<Edge> {
+    pub fn start(args: &EdgeArgs) -> Result<Edge, EdgeError> {
         let keyservers = args
             .keyservers
             .iter()
             .map(|k| resolve(k))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let tls = ClientTls::from_paths(
             &ClientTlsPaths {
                 ca: args.keyserver_ca.clone(),
@@ -143,7 +242,7 @@ impl Edge {
             .certs
             .iter()
             .map(|p| certs::load(p))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let stats = Arc::new(metrics::EdgeStats::new(&args.keyservers));
         let keyless_timeout = Duration::from_millis(args.keyless_timeout_ms.max(1));
         let hub = keyless::HubThread::start(
@@ -191,7 +290,7 @@ impl Edge {
             rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .context("TLS versions")?
+        .map_err(EdgeError::TlsVersions)?
         .with_no_client_auth()
         .with_cert_resolver(resolver.clone());
         // Stateful resumption (session IDs / TLS 1.3 PSK by ID), so a
@@ -199,7 +298,11 @@ impl Edge {
         server_cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
         server_cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let metrics = metrics::MetricsServer::start(resolve(&args.metrics)?, stats.clone())
-            .with_context(|| format!("metrics listener on {}", args.metrics))?;
+            .map_err(|source| EdgeError::Listen {
+                what: "metrics listener on",
+                addr: args.metrics.clone(),
+                source,
+            })?;
         let https = server::HttpsServer::start(
             resolve(&args.listen)?,
             Arc::new(server_cfg),
@@ -255,7 +358,7 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 
 /// `keycore edge`: start, print where it listens, run until SIGTERM/SIGINT
 /// (the caller waits for the signal and then calls [`Edge::stop`]).
-pub fn start_cli(args: &EdgeArgs) -> anyhow::Result<Edge> {
+pub fn start_cli(args: &EdgeArgs) -> Result<Edge, EdgeError> {
     let e = Edge::start(args)?;
     println!(
         "{READY_PREFIX}{} (metrics http://{}/metrics), {} certificate(s), key servers {}",

@@ -29,6 +29,7 @@
 use crate::certs::Resolver;
 use crate::metrics::{EdgeStats, Reason};
 use crate::signer::{self, SignError};
+use crate::EdgeError;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use rustls::ServerConnection;
 use std::io::{Read, Write};
@@ -86,11 +87,17 @@ impl HttpsServer {
         resolver: Arc<Resolver>,
         stats: Arc<EdgeStats>,
         limits: Limits,
-    ) -> anyhow::Result<HttpsServer> {
-        anyhow::ensure!(limits.workers > 0, "--workers must be at least 1");
-        let l =
-            TcpListener::bind(listen).map_err(|e| anyhow::anyhow!("listen on {listen}: {e}"))?;
-        let addr = l.local_addr()?;
+    ) -> Result<HttpsServer, EdgeError> {
+        if limits.workers == 0 {
+            return Err(EdgeError::NoWorkers);
+        }
+        let listen_err = |source| EdgeError::Listen {
+            what: "listen on",
+            addr: listen.to_string(),
+            source,
+        };
+        let l = TcpListener::bind(listen).map_err(listen_err)?;
+        let addr = l.local_addr().map_err(listen_err)?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = crossbeam_channel::bounded(limits.accept_queue.max(1));
         let mut threads = Vec::with_capacity(limits.workers + 1);
@@ -112,7 +119,8 @@ impl HttpsServer {
                             w.serve(sock, at);
                             w.stats.busy_workers.fetch_sub(1, Relaxed);
                         }
-                    })?,
+                    })
+                    .map_err(EdgeError::Thread)?,
             );
         }
         let stop2 = stop.clone();
@@ -120,7 +128,8 @@ impl HttpsServer {
         threads.push(
             std::thread::Builder::new()
                 .name("edge-accept".into())
-                .spawn(move || accept_loop(l, tx, stats2, stop2))?,
+                .spawn(move || accept_loop(l, tx, stats2, stop2))
+                .map_err(EdgeError::Thread)?,
         );
         Ok(HttpsServer {
             addr,
