@@ -119,17 +119,41 @@ impl fmt::Display for OpKind {
     }
 }
 
+/// An operation name the generator does not know (the error names the
+/// known ones).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown operation {0:?} (known: {known})", known = OpKind::ALL.map(OpKind::name).join(", "))]
+pub struct UnknownOp(pub String);
+
 impl FromStr for OpKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownOp;
+    fn from_str(s: &str) -> Result<Self, UnknownOp> {
         OpKind::ALL
             .into_iter()
             .find(|o| o.name() == s)
-            .ok_or_else(|| {
-                let names: Vec<&str> = OpKind::ALL.iter().map(|o| o.name()).collect();
-                format!("unknown operation {s:?} (known: {})", names.join(", "))
-            })
+            .ok_or_else(|| UnknownOp(s.to_owned()))
     }
+}
+
+/// Why a key's public half cannot be used to check answers; names the
+/// key file.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyCtxError {
+    /// aws-lc refuses the public key for a verification algorithm.
+    #[error("{}: public key rejected", path.display())]
+    Rejected {
+        /// The key's source file.
+        path: std::path::PathBuf,
+        /// aws-lc's reason.
+        #[source]
+        source: aws_lc_rs::error::KeyRejected,
+    },
+    /// An RSA key aws-lc cannot encrypt to (decrypt requests need it).
+    #[error("{}: RSA key can't encrypt", .0.display())]
+    CannotEncrypt(std::path::PathBuf),
+    /// Encrypting a decrypt request's plaintext failed.
+    #[error("{}: RSA encryption failed", .0.display())]
+    Encrypt(std::path::PathBuf),
 }
 
 /// One RSA ciphertext and the plaintext it must decrypt to.
@@ -167,15 +191,13 @@ impl fmt::Debug for KeyCtx {
 fn parse(
     alg: &'static dyn signature::VerificationAlgorithm,
     bits: &[u8],
-) -> Result<ParsedPublicKey, String> {
-    UnparsedPublicKey::new(alg, bits)
-        .parse()
-        .map_err(|e| format!("public key rejected: {e}"))
+) -> Result<ParsedPublicKey, aws_lc_rs::error::KeyRejected> {
+    UnparsedPublicKey::new(alg, bits).parse()
 }
 
 impl KeyCtx {
     /// Parse the public key for its operations; for RSA, encrypt the decrypt pool.
-    pub fn new(info: PublicKeyInfo, rng: &mut impl rand::Rng) -> Result<KeyCtx, String> {
+    pub fn new(info: PublicKeyInfo, rng: &mut impl rand::Rng) -> Result<KeyCtx, KeyCtxError> {
         let mut k = KeyCtx {
             info,
             pkcs1: None,
@@ -185,8 +207,11 @@ impl KeyCtx {
             decrypt: Vec::new(),
         };
         let bits = k.info.key_bits.clone();
-        let src = k.info.source.display().to_string();
-        let ctx = |e: String| format!("{src}: {e}");
+        let src = k.info.source.clone();
+        let ctx = |source| KeyCtxError::Rejected {
+            path: src.clone(),
+            source,
+        };
         match k.info.kind {
             KeyKind::Rsa { .. } => {
                 k.pkcs1 = Some(parse(&signature::RSA_PKCS1_2048_8192_SHA256, &bits).map_err(ctx)?);
@@ -194,7 +219,7 @@ impl KeyCtx {
                 let enc = PublicEncryptingKey::from_der(&k.info.spki_der)
                     .ok()
                     .and_then(|p| Pkcs1PublicEncryptingKey::new(p).ok())
-                    .ok_or_else(|| ctx("RSA key can't encrypt".into()))?;
+                    .ok_or_else(|| KeyCtxError::CannotEncrypt(src.clone()))?;
                 for _ in 0..DECRYPT_POOL_PER_KEY {
                     let mut plaintext = [0u8; PREMASTER_LEN];
                     rng.fill(&mut plaintext[..]);
@@ -203,7 +228,7 @@ impl KeyCtx {
                     let mut ct = vec![0u8; enc.ciphertext_size()];
                     let n = enc
                         .encrypt(&plaintext, &mut ct)
-                        .map_err(|_| ctx("RSA encryption failed".into()))?
+                        .map_err(|_| KeyCtxError::Encrypt(src.clone()))?
                         .len();
                     ct.truncate(n);
                     k.decrypt.push(DecryptCase {
@@ -448,7 +473,7 @@ mod tests {
         for op in OpKind::ALL {
             assert_eq!(op.name().parse::<OpKind>(), Ok(op));
         }
-        let e = "rsa-md5".parse::<OpKind>().unwrap_err();
+        let e = "rsa-md5".parse::<OpKind>().unwrap_err().to_string();
         assert!(
             e.contains("rsa-md5") && e.contains("ecdsa-p256-sha256"),
             "{e}"

@@ -651,13 +651,13 @@ impl Driver {
     }
 
     /// Parse and deliver every complete message in the read buffer.
-    fn deliver(&mut self) -> Result<(), String> {
+    fn deliver(&mut self) -> Result<(), ReadError> {
         let mut pos = 0;
         loop {
             match frame::check(&self.rbuf[pos..self.rlen], MAX_BODY_LEN) {
                 Ok(FrameStatus::Complete { len, .. }) => {
                     let m = Message::decode(&self.rbuf[pos..pos + len])
-                        .map_err(|e| format!("malformed response: {e}"))?;
+                        .map_err(ReadError::Malformed)?;
                     pos += len;
                     let mut c = self.conn.borrow_mut();
                     match c.waiters.get_mut(&m.id) {
@@ -671,7 +671,7 @@ impl Driver {
                     }
                 }
                 Ok(FrameStatus::NeedMore(_)) => break,
-                Err(e) => return Err(format!("bad frame from server: {e}")),
+                Err(e) => return Err(ReadError::Frame(e)),
             }
         }
         if pos > 0 {
@@ -680,6 +680,18 @@ impl Driver {
         }
         Ok(())
     }
+}
+
+/// Why the server's bytes cannot be read as answers (the connection is
+/// then lost).
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// A complete frame that does not decode.
+    #[error("malformed response: {0}")]
+    Malformed(keycore_protocol::DecodeError),
+    /// A frame header that is not the protocol's.
+    #[error("bad frame from server: {0}")]
+    Frame(keycore_protocol::frame::FrameError),
 }
 
 impl Future for Driver {
@@ -748,7 +760,7 @@ impl Future for Driver {
                     this.rlen += n;
                     progress = true;
                     if let Err(e) = this.deliver() {
-                        return Poll::Ready(DriveEnd::Lost(e));
+                        return Poll::Ready(DriveEnd::Lost(e.to_string()));
                     }
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(DriveEnd::Lost(e.to_string())),

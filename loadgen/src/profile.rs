@@ -377,7 +377,9 @@ impl Plan {
         let mix: Vec<(OpKind, f64)> = if explicit {
             let mut v = Vec::new();
             for (name, w) in &profile.mix {
-                let op: OpKind = name.parse().map_err(perr)?;
+                let op: OpKind = name
+                    .parse()
+                    .map_err(|e: crate::check::UnknownOp| perr(e.to_string()))?;
                 if !(w.is_finite() && *w >= 0.0) {
                     return Err(perr(format!(
                         "mix weight of {name} must be zero or more, got {w}"

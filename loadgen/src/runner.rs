@@ -387,7 +387,7 @@ async fn shard_main(ctx: ShardCtx) {
         match KeyCtx::new(k.clone(), &mut rng) {
             Ok(k) => keys.push(k),
             Err(e) => {
-                send(ShardMsg::Failed(e));
+                send(ShardMsg::Failed(keycore_keys::error_chain(&e)));
                 let _ = ctx.start_rx.recv();
                 return;
             }
