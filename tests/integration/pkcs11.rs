@@ -261,10 +261,9 @@ fn wrong_pin_is_a_startup_error_naming_the_uri() {
         h.token.0,
     );
     let loaded = config::from_yaml_str(&yaml, &dir.path().join("g.yaml"), &|_| None).unwrap();
-    let err = format!(
-        "{:#}",
-        keycore_engine::launch::launch(&loaded.config).unwrap_err()
-    );
+    // The whole cause chain, as the binary prints it.
+    let err =
+        keycore_keys::error_chain(&keycore_engine::launch::launch(&loaded.config).unwrap_err());
     assert!(
         err.contains("pkcs11:token=keycore-it") && !err.contains("0000"),
         "{err}"
