@@ -584,11 +584,9 @@ impl Server {
             let e = by_le.entry(le.to_bits()).or_insert((le, 0));
             e.1 += n;
         }
+        // A fresh server has no series yet: an empty histogram.
         let mut v: Vec<(f64, u64)> = by_le.into_values().collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
-        if v.is_empty() {
-            bail!("no keyless_request_total_duration_per_opcode in /metrics");
-        }
         Ok(v)
     }
 
