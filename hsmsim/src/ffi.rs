@@ -72,20 +72,40 @@ pub(crate) fn end_operation(real: &CK_FUNCTION_LIST, fin: Func, session: CK_SESS
     }
 }
 
+/// Why the real module behind the simulator cannot be used; names its file.
+#[derive(Debug, thiserror::Error)]
+enum RealModuleError {
+    #[error("{}: path contains a NUL byte", .0.display())]
+    NulInPath(std::path::PathBuf),
+    #[error("{}: dlopen failed: {reason}", path.display())]
+    Dlopen {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error("{}: no C_GetFunctionList symbol", .0.display())]
+    NoFunctionList(std::path::PathBuf),
+    #[error("{}: C_GetFunctionList returned {rv:#x}", path.display())]
+    GetFunctionList { path: std::path::PathBuf, rv: CK_RV },
+    #[error("{}: is the simulator itself; point `module` at a real module", .0.display())]
+    Itself(std::path::PathBuf),
+}
+
 /// Loads the real module once; it is never unloaded (its function pointers must stay valid).
-fn load_real(path: &Path) -> Result<&'static CK_FUNCTION_LIST, String> {
-    let shown = path.display();
+fn load_real(path: &Path) -> Result<&'static CK_FUNCTION_LIST, RealModuleError> {
     let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| format!("{shown}: path contains a NUL byte"))?;
+        .map_err(|_| RealModuleError::NulInPath(path.to_path_buf()))?;
     // SAFETY: c_path is a valid NUL-terminated string; dlopen has no other preconditions.
     let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     if handle.is_null() {
-        return Err(format!("{shown}: dlopen failed: {}", dl_error()));
+        return Err(RealModuleError::Dlopen {
+            path: path.to_path_buf(),
+            reason: dl_error(),
+        });
     }
     // SAFETY: handle is a live dlopen handle and the symbol name is NUL-terminated.
     let sym = unsafe { libc::dlsym(handle, c"C_GetFunctionList".as_ptr()) };
     if sym.is_null() {
-        return Err(format!("{shown}: no C_GetFunctionList symbol"));
+        return Err(RealModuleError::NoFunctionList(path.to_path_buf()));
     }
     // SAFETY: PKCS#11 defines C_GetFunctionList with exactly this C signature.
     let get: unsafe extern "C" fn(*mut *mut CK_FUNCTION_LIST) -> CK_RV =
@@ -94,12 +114,13 @@ fn load_real(path: &Path) -> Result<&'static CK_FUNCTION_LIST, String> {
     // SAFETY: `list` is a valid out-pointer for the duration of the call.
     let rv = unsafe { get(&mut list) };
     if rv != CKR_OK || list.is_null() {
-        return Err(format!("{shown}: C_GetFunctionList returned {rv:#x}"));
+        return Err(RealModuleError::GetFunctionList {
+            path: path.to_path_buf(),
+            rv,
+        });
     }
     if ptr::eq(list, &FUNCTION_LIST) {
-        return Err(format!(
-            "{shown}: is the simulator itself; point `module` at a real module"
-        ));
+        return Err(RealModuleError::Itself(path.to_path_buf()));
     }
     // SAFETY: the module is never dlclose'd, so its static function list lives forever.
     Ok(unsafe { &*list })
