@@ -31,6 +31,9 @@ pub const APPLIED_BY_RELOAD: &[&str] = &[
     "client_identities",
     "client_max_rps",
     "client_max_connections",
+    "audit_file",
+    "audit_max_bytes",
+    "audit_keep",
 ];
 
 impl Setting {
@@ -64,6 +67,11 @@ impl Config {
         c.security.client_identities = new.security.client_identities.clone();
         c.security.client_max_rps = new.security.client_max_rps;
         c.security.client_max_connections = new.security.client_max_connections;
+        // Where and how the audit writer writes (it reopens the file);
+        // audit_interval and audit_fail_closed need a restart.
+        c.security.audit_file = new.security.audit_file.clone();
+        c.security.audit_max_bytes = new.security.audit_max_bytes;
+        c.security.audit_keep = new.security.audit_keep;
         c.pkcs11 = new.pkcs11.clone();
         c.kms = new.kms.clone();
         c

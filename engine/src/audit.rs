@@ -70,7 +70,8 @@ pub struct Audit {
     /// False while the audit file cannot be written (true without a file).
     ok: Arc<AtomicBool>,
     fail_closed: bool,
-    has_file: bool,
+    /// An `audit_file` is configured (a reload may set or clear it).
+    has_file: AtomicBool,
     records: AtomicU64,
     write_errors: AtomicU64,
     rotations: AtomicU64,
@@ -224,7 +225,7 @@ impl AuditWriter {
         let shared = Arc::new(Audit {
             ok: Arc::new(AtomicBool::new(true)),
             fail_closed: cfg.audit_fail_closed,
-            has_file: cfg.audit_file.is_some(),
+            has_file: AtomicBool::new(cfg.audit_file.is_some()),
             records: AtomicU64::new(0),
             write_errors: AtomicU64::new(0),
             rotations: AtomicU64::new(0),
@@ -294,7 +295,9 @@ impl Drop for AuditWriter {
     }
 }
 
-fn open_append(p: &Path) -> std::io::Result<File> {
+/// Open (creating) `p` for appending: the writer's one way in, and what a
+/// reload checks a new `audit_file` with before it applies.
+pub(crate) fn open_append(p: &Path) -> std::io::Result<File> {
     OpenOptions::new().create(true).append(true).open(p)
 }
 
@@ -406,8 +409,43 @@ impl Writer {
                 self.keys.insert(epoch, labels);
                 self.keys.remove(&epoch.wrapping_sub(AUDIT_EPOCHS));
             }
+            AuditMsg::Settings {
+                path,
+                max_bytes,
+                keep,
+            } => self.settings(path, max_bytes, keep),
             AuditMsg::Stop => {}
         }
+    }
+
+    /// A reload's `audit_file`, `audit_max_bytes`, `audit_keep`. A new path:
+    /// the old file gets a last record naming the new one (and whatever
+    /// was written since the last tick), then is closed; records not yet
+    /// written (the old file was down) go to the new one; the new one is
+    /// opened now (the reload checked that it can be). The interval's
+    /// counts are not split: the next tick writes them to the new file.
+    fn settings(&mut self, path: Option<PathBuf>, max_bytes: u64, keep: u32) {
+        self.max_bytes = max_bytes;
+        self.keep = keep;
+        if path == self.path {
+            return;
+        }
+        let to = path
+            .as_deref()
+            .map_or_else(String::new, |p| p.display().to_string());
+        self.record(SystemTime::now(), "audit_file_changed", &[("to", &to)]);
+        self.write_out();
+        self.file = None;
+        self.path = path;
+        self.shared
+            .has_file
+            .store(self.path.is_some(), Ordering::Relaxed);
+        if self.path.is_none() {
+            self.pending.clear();
+            self.shared.ok.store(true, Ordering::Relaxed);
+            return;
+        }
+        self.write_out();
     }
 
     fn refusal(&mut self, r: &RefusalSample) {
@@ -446,7 +484,7 @@ impl Writer {
     }
 
     fn push_line(&mut self, line: &str) {
-        if !self.shared.has_file {
+        if !self.shared.has_file.load(Ordering::Relaxed) {
             return;
         }
         if self.pending.len() + line.len() > MAX_PENDING_BYTES {

@@ -402,6 +402,18 @@ impl Reloader {
         if let Some(exe) = exe {
             check_changed_logins(&exe, &state.config, &effective)?;
         }
+        // A new audit_file must open before anything is published (all or
+        // nothing); the writer reopens it once the reload applies.
+        let (was, now) = (&state.config.security, &effective.security);
+        let audit_moved = was.audit_file != now.audit_file
+            || was.audit_max_bytes != now.audit_max_bytes
+            || was.audit_keep != now.audit_keep;
+        if was.audit_file != now.audit_file {
+            if let Some(p) = &now.audit_file {
+                crate::audit::open_append(p)
+                    .map_err(|e| anyhow::anyhow!("audit_file {}: cannot open: {e}", p.display()))?;
+            }
+        }
         let built = self.build_within(&effective, &state.records)?;
         let old = self.served.get();
         let report = ReloadReport {
@@ -426,6 +438,14 @@ impl Reloader {
         // than the cores use.
         self.registry.loaded.store(Arc::new(built.loaded));
         if let Some(tx) = &self.audit {
+            if audit_moved {
+                // First, so the reload's own records go to the new file.
+                let _ = tx.send_blocking(AuditMsg::Settings {
+                    path: now.audit_file.clone(),
+                    max_bytes: now.audit_max_bytes,
+                    keep: now.audit_keep,
+                });
+            }
             // The writer learns the new generation's key labels before the
             // cores serve it; counts name keys by (epoch, index), so those
             // of the old generation keep their labels.

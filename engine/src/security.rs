@@ -270,6 +270,17 @@ pub enum AuditMsg {
         /// Other fields.
         fields: Vec<(String, String)>,
     },
+    /// A reload changed where and how the file is written: records
+    /// written from now on go to `path` (`None`: no file), rotated at
+    /// `max_bytes` keeping `keep` old files.
+    Settings {
+        /// `audit_file`.
+        path: Option<std::path::PathBuf>,
+        /// `audit_max_bytes`.
+        max_bytes: u64,
+        /// `audit_keep`.
+        keep: u32,
+    },
     /// Write what is queued and stop (sent after the cores have exited).
     Stop,
 }

@@ -891,3 +891,61 @@ fn a_bad_client_identities_section_keeps_the_old_allow_list_and_counts_an_error(
         0
     );
 }
+
+#[test]
+fn a_reload_moves_the_audit_file_and_a_path_that_cannot_open_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let missing = dir.path().join("missing").join("x.jsonl");
+    let s = support::start(&format!(
+        "audit_file: {}\naudit_interval: 200ms\n",
+        a.display()
+    ));
+    let mut c = Client::connect(s.addr).unwrap();
+    let sign = |c: &mut Client, id: u32| {
+        assert!(ok(&call(
+            c,
+            id,
+            Op::ECDSA_SIGN_SHA256,
+            KeyKind::EcdsaP256,
+            &DIGEST
+        )))
+    };
+    sign(&mut c, 1);
+    // A directory that does not exist: refused as a whole, nothing moves.
+    reload_with(&s, "error", |t| {
+        t.replace(&a.display().to_string(), &missing.display().to_string())
+    });
+    sign(&mut c, 2);
+    // The file moves; the running connection's counts follow it.
+    reload_with(&s, "ok", |t| {
+        t.replace(&missing.display().to_string(), &b.display().to_string())
+    });
+    sign(&mut c, 3);
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let t = Instant::now();
+    while !read(&b).contains("\"type\":\"ops\"") {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no counts in the new file"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (old, new) = (read(&a), read(&b));
+    assert!(!missing.exists());
+    let last = old.lines().last().unwrap();
+    assert!(
+        last.contains("\"type\":\"audit_file_changed\"") && last.contains("b.jsonl"),
+        "the old file ends naming the new one: {last}"
+    );
+    assert!(
+        old.contains("\"type\":\"ops\""),
+        "counts before the move: {old}"
+    );
+    assert!(new.contains("\"type\":\"reload\""), "{new}");
+    assert_eq!(s.metric("keycore_audit_file_ok"), 1);
+    assert_eq!(
+        s.metric_where("keycore_config_restart_needed", "audit_file"),
+        0
+    );
+}
