@@ -410,8 +410,10 @@ impl Reloader {
             || was.audit_keep != now.audit_keep;
         if was.audit_file != now.audit_file {
             if let Some(p) = &now.audit_file {
-                crate::audit::open_append(p)
-                    .map_err(|e| anyhow::anyhow!("audit_file {}: cannot open: {e}", p.display()))?;
+                crate::audit::open_append(p).map_err(|source| ReloadError::Io {
+                    what: format!("audit_file {}: cannot open: {source}", p.display()),
+                    source,
+                })?;
             }
         }
         let built = self.build_within(&effective, &state.records)?;
