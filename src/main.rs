@@ -153,7 +153,7 @@ fn main() {
         Some(Cmd::Loadgen(cmd)) => {
             init_logging(2, LogFormat::Text);
             match &cmd.sub {
-                Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m),
+                Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m).map_err(Into::into),
                 None => match &cmd.args {
                     Some(a) if a.compare_report.is_some() => keycore_tuning::compare::run_cli(a),
                     Some(a) => keycore_loadgen::run_cli(a),

@@ -15,7 +15,6 @@
 //!
 //! Must not: drive load or open sockets; it only reads files.
 
-use anyhow::{bail, Context, Result};
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -82,29 +81,94 @@ struct Interval {
     hist: Histogram<u64>,
 }
 
-fn read_log(path: &Path) -> Result<Vec<Interval>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// Why logs could not be merged or the report written; names the file and
+/// the entry or interval at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    /// A log or report file that cannot be read or written.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// "reading", "writing".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A log entry the interval-log parser refuses.
+    #[error("{}: entry {entry}: {reason}", path.display())]
+    Entry {
+        /// The file.
+        path: PathBuf,
+        /// 1-based entry number.
+        entry: usize,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// An interval whose histogram does not decode.
+    #[error("{}: interval {interval}: {reason}", path.display())]
+    Interval {
+        /// The file.
+        path: PathBuf,
+        /// 1-based interval number.
+        interval: usize,
+        /// "bad base64 (...)", "bad histogram: ...".
+        reason: String,
+    },
+    /// A file with no interval at all.
+    #[error("{}: no histogram intervals (not an HdrHistogram log?)", .0.display())]
+    Empty(PathBuf),
+    /// Histograms of incompatible ranges.
+    #[error("{}: cannot merge: {reason}", path.display())]
+    Merge {
+        /// The file.
+        path: PathBuf,
+        /// The histogram library's reason.
+        reason: String,
+    },
+}
+
+/// A base64 text that is not standard base64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Base64Error {
+    #[error("truncated base64")]
+    Truncated,
+    #[error("invalid base64 character")]
+    Character,
+}
+
+fn read_log(path: &Path) -> Result<Vec<Interval>, MergeError> {
+    let bytes = std::fs::read(path).map_err(|source| MergeError::Io {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut de = Deserializer::new();
     let mut base = 0.0f64;
     let mut out = Vec::new();
     for (i, e) in IntervalLogIterator::new(&bytes).enumerate() {
-        let e = e.map_err(|e| anyhow::anyhow!("{}: entry {}: {e:?}", path.display(), i + 1))?;
+        let e = e.map_err(|e| MergeError::Entry {
+            path: path.to_path_buf(),
+            entry: i + 1,
+            reason: format!("{e:?}"),
+        })?;
         match e {
             // StartTime and BaseTime are absolute (seconds since the epoch);
             // interval timestamps are relative to BaseTime when it is given,
             // which is how HdrLog writes them.
             LogEntry::StartTime(t) | LogEntry::BaseTime(t) => base = t.as_secs_f64(),
             LogEntry::Interval(h) => {
-                let raw = decode_base64(h.encoded_histogram()).with_context(|| {
-                    format!("{}: interval {}: bad base64", path.display(), out.len() + 1)
-                })?;
-                let hist: Histogram<u64> = de.deserialize(&mut &raw[..]).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: interval {}: bad histogram: {e:?}",
-                        path.display(),
-                        out.len() + 1
-                    )
-                })?;
+                let interval = |reason: String| MergeError::Interval {
+                    path: path.to_path_buf(),
+                    interval: out.len() + 1,
+                    reason,
+                };
+                let raw = decode_base64(h.encoded_histogram())
+                    .map_err(|e| interval(format!("bad base64: {e}")))?;
+                let hist: Histogram<u64> = de
+                    .deserialize(&mut &raw[..])
+                    .map_err(|e| interval(format!("bad histogram: {e:?}")))?;
                 let start_s = base + h.start_timestamp().as_secs_f64();
                 out.push(Interval {
                     tag: h
@@ -118,16 +182,13 @@ fn read_log(path: &Path) -> Result<Vec<Interval>> {
         }
     }
     if out.is_empty() {
-        bail!(
-            "{}: no histogram intervals (not an HdrHistogram log?)",
-            path.display()
-        );
+        return Err(MergeError::Empty(path.to_path_buf()));
     }
     Ok(out)
 }
 
 /// Merge the logs at `paths`.
-pub fn merge_logs(paths: &[PathBuf]) -> Result<Merged> {
+pub fn merge_logs(paths: &[PathBuf]) -> Result<Merged, MergeError> {
     let mut by_tag: std::collections::BTreeMap<String, (Histogram<u64>, usize)> =
         Default::default();
     let (mut first, mut last) = (f64::INFINITY, f64::NEG_INFINITY);
@@ -138,8 +199,10 @@ pub fn merge_logs(paths: &[PathBuf]) -> Result<Merged> {
             let e = by_tag
                 .entry(iv.tag)
                 .or_insert_with(|| (Histogram::new(3).expect("3 significant digits is valid"), 0));
-            e.0.add(&iv.hist)
-                .map_err(|err| anyhow::anyhow!("{}: cannot merge: {err:?}", p.display()))?;
+            e.0.add(&iv.hist).map_err(|err| MergeError::Merge {
+                path: p.clone(),
+                reason: format!("{err:?}"),
+            })?;
             e.1 += 1;
         }
     }
@@ -247,7 +310,7 @@ impl Merged {
 }
 
 /// Run `keycore loadgen merge`.
-pub fn run(args: &MergeArgs) -> Result<()> {
+pub fn run(args: &MergeArgs) -> Result<(), MergeError> {
     let m = merge_logs(&args.logs)?;
     if args.json {
         println!("{}", m.to_json());
@@ -255,13 +318,17 @@ pub fn run(args: &MergeArgs) -> Result<()> {
         print!("{}", m.to_text());
     }
     if let Some(p) = &args.html {
-        std::fs::write(p, m.to_html()).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::write(p, m.to_html()).map_err(|source| MergeError::Io {
+            what: "writing",
+            path: p.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// Standard base64 (the interval log's histogram encoding).
-fn decode_base64(s: &str) -> Result<Vec<u8>> {
+fn decode_base64(s: &str) -> Result<Vec<u8>, Base64Error> {
     fn val(c: u8) -> Option<u32> {
         Some(match c {
             b'A'..=b'Z' => c - b'A',
@@ -276,11 +343,11 @@ fn decode_base64(s: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
     for chunk in bytes.chunks(4) {
         if chunk.len() == 1 {
-            bail!("truncated base64");
+            return Err(Base64Error::Truncated);
         }
         let mut n = 0u32;
         for (i, &c) in chunk.iter().enumerate() {
-            n |= val(c).context("invalid base64 character")? << (18 - 6 * i);
+            n |= val(c).ok_or(Base64Error::Character)? << (18 - 6 * i);
         }
         for i in 0..chunk.len() - 1 {
             out.push((n >> (16 - 8 * i)) as u8);
@@ -377,10 +444,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("junk.hlog");
         std::fs::write(&p, "not a log\n").unwrap();
-        let e = format!("{:#}", merge_logs(&[p]).unwrap_err());
+        let e = keycore_keys::error_chain(&merge_logs(&[p]).unwrap_err());
         assert!(e.contains("junk.hlog"), "{e}");
         let missing = d.path().join("missing.hlog");
-        let e = format!("{:#}", merge_logs(&[missing]).unwrap_err());
+        let e = keycore_keys::error_chain(&merge_logs(&[missing]).unwrap_err());
         assert!(e.contains("missing.hlog"), "{e}");
     }
 
