@@ -25,9 +25,18 @@ pub const FLOOR_MAX_S: f64 = 5.0;
 /// Run the spec's traffic shape, pings only, against the in-process
 /// do-nothing responder.
 pub fn floor(spec: &LoadSpec) -> anyhow::Result<Report> {
+    floor_on(spec, None)
+}
+
+/// [`floor`] with the responder's connection threads pinned to
+/// `responder_cpu` (where the measured server runs). Unpinned, the kernel
+/// tends to wake a loopback peer on the waker's CPU, so the responder
+/// shares the generator's core and the two preempt each other: a cost the
+/// real run (server pinned elsewhere) does not have.
+pub fn floor_on(spec: &LoadSpec, responder_cpu: Option<usize>) -> anyhow::Result<Report> {
     // The responder's set-up (throwaway PKI, loopback listener) reports
     // failure by panicking; here that is an error, not a crash.
-    let srv = std::panic::catch_unwind(TestServer::start).map_err(|_| {
+    let srv = std::panic::catch_unwind(|| TestServer::start_on(responder_cpu)).map_err(|_| {
         anyhow::anyhow!("the floor responder could not start (throwaway PKI or 127.0.0.1 listener)")
     })?;
     let mut s = spec.clone();
@@ -104,5 +113,28 @@ mod tests {
         let line = floor_line(&r);
         assert!(line.contains("p99 "), "{line}");
         assert!(line.contains(&ms(p.p99_us)), "{line}");
+    }
+
+    /// With the responder pinned (to a CPU this process may use), the
+    /// floor answers every ping of its window like the unpinned one.
+    #[test]
+    fn a_pinned_responder_answers_every_ping() {
+        let other = TestServer::start();
+        let mut spec = LoadSpec::new(other.addr, other.tls.clone(), vec![other.key_dir.clone()]);
+        spec.profile = Profile {
+            rate: 500.0,
+            connections: 2,
+            duration_s: 0.5,
+            warmup_s: 0.1,
+            ..Profile::default()
+        };
+        let cpu = core_affinity::get_core_ids()
+            .unwrap_or_default()
+            .first()
+            .map(|c| c.id);
+        let r = floor_on(&spec, cpu).unwrap();
+        assert_eq!(r.total.errors, 0);
+        assert!(r.total.ok > 100, "{}", r.total.ok);
+        assert_eq!(r.ops.len(), 1, "pings only");
     }
 }

@@ -62,7 +62,15 @@ fn pem_key(der: &[u8]) -> String {
 }
 
 impl TestServer {
+    // Used by this crate's unit tests (the floor pins its responder).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub fn start() -> TestServer {
+        TestServer::start_on(None)
+    }
+
+    /// With every connection's thread pinned to `cpu` (the floor puts the
+    /// responder where the measured server runs, not beside the generator).
+    pub fn start_on(cpu: Option<usize>) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let p = |n: &str| dir.path().join(n);
         // PKI: CA, server cert for 127.0.0.1, client cert.
@@ -138,7 +146,13 @@ impl TestServer {
                 let Ok(s) = s else { return };
                 let (config, keys, knobs) = (config.clone(), keys.clone(), k2.clone());
                 knobs.connections.fetch_add(1, Ordering::Relaxed);
-                std::thread::spawn(move || serve(s, config, &keys, &knobs));
+                std::thread::spawn(move || {
+                    if let Some(id) = cpu {
+                        // Best effort: unpinned if the CPU is not ours.
+                        let _ = core_affinity::set_for_current(core_affinity::CoreId { id });
+                    }
+                    serve(s, config, &keys, &knobs)
+                });
             }
         });
         TestServer {

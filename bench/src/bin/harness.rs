@@ -1632,18 +1632,24 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
         });
         if fraction == 0.5 {
             // What part of that p99 is the tool: the same open-loop shape,
-            // pings to a do-nothing responder in this process.
-            match keycore_loadgen::floor::floor(&s) {
-                Ok(f) => rows.push(TargetRow {
-                    what: format!(
-                        "generator floor, same shape ({:.0}/s pings to an in-process do-nothing responder)",
-                        f.total.throughput_per_s
-                    ),
-                    figures: pct_line(f.total.latency.as_ref()),
-                    bound: String::new(),
-                    held: None,
-                }),
-                Err(e) => eprintln!("  generator floor not measured: {e:#}"),
+            // pings to a do-nothing responder in this process, its threads
+            // on the server's CPU; and (A/B) unpinned, as before session 3.
+            for (pin, how) in [
+                (Some(args.server_cpu), "responder on the server's CPU"),
+                (None, "responder unpinned"),
+            ] {
+                match keycore_loadgen::floor::floor_on(&s, pin) {
+                    Ok(f) => rows.push(TargetRow {
+                        what: format!(
+                            "generator floor, same shape ({:.0}/s pings to an in-process do-nothing responder, {how})",
+                            f.total.throughput_per_s
+                        ),
+                        figures: pct_line(f.total.latency.as_ref()),
+                        bound: String::new(),
+                        held: None,
+                    }),
+                    Err(e) => eprintln!("  generator floor ({how}) not measured: {e:#}"),
+                }
             }
         }
     }
@@ -1689,10 +1695,10 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
             held: None,
         });
         drop(spin_server);
-        match keycore_loadgen::floor::floor(&s) {
+        match keycore_loadgen::floor::floor_on(&s, Some(args.server_cpu)) {
             Ok(f) => rows.push(TargetRow {
                 what: format!(
-                    "… generator floor with generator `spin_us: {SPIN_VARIANT_GEN_US}` ({:.0}/s pings)",
+                    "… generator floor with generator `spin_us: {SPIN_VARIANT_GEN_US}` ({:.0}/s pings, responder on the server's CPU)",
                     f.total.throughput_per_s
                 ),
                 figures: pct_line(f.total.latency.as_ref()),
