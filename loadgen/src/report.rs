@@ -726,12 +726,24 @@ impl std::fmt::Debug for HdrLog {
     }
 }
 
+/// The HdrHistogram log file could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("creating HdrHistogram log {}", path.display())]
+pub struct HdrLogError {
+    /// The file.
+    pub path: std::path::PathBuf,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+}
+
 impl HdrLog {
     /// Create (truncate) the log file.
-    pub fn create(path: &std::path::Path) -> anyhow::Result<HdrLog> {
-        use anyhow::Context;
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("creating HdrHistogram log {}", path.display()))?;
+    pub fn create(path: &std::path::Path) -> Result<HdrLog, HdrLogError> {
+        let file = std::fs::File::create(path).map_err(|source| HdrLogError {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Ok(HdrLog {
             file: io::BufWriter::new(file),
             serializer: hdrhistogram::serialization::V2DeflateSerializer::new(),

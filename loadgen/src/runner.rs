@@ -155,13 +155,37 @@ pub fn pick_cpus(n: usize, first: Option<usize>) -> Vec<Option<usize>> {
     (0..n).map(|i| chosen.get(i).copied()).collect()
 }
 
+/// Why a load test could not start (the generator's executors, or their
+/// connections to the server).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A generator executor could not be started (glommio's error, as
+    /// text: it is not `Send`).
+    #[error("starting generator executor {id}: {reason}")]
+    Spawn {
+        /// The executor.
+        id: usize,
+        /// glommio's reason.
+        reason: String,
+    },
+    /// An executor could not connect or prepare ("executor N: why"), or
+    /// they did not get ready in time.
+    #[error("load generator could not start against {addr}: {failure}")]
+    Start {
+        /// The server.
+        addr: SocketAddr,
+        /// Which executor and why.
+        failure: String,
+    },
+}
+
 /// Run one load test against `addr`; `sink` sees each interval as it completes.
 pub fn run_plan(
     addr: SocketAddr,
     tls: &ClientTls,
     plan: Arc<Plan>,
     sink: &mut IntervalSink<'_>,
-) -> anyhow::Result<RunResult> {
+) -> Result<RunResult, RunError> {
     let p = &plan.profile;
     let n = p.cores;
     let cpus = pick_cpus(n, p.first_cpu);
@@ -198,7 +222,10 @@ pub fn run_plan(
         }
         let h = builder
             .spawn(move || shard_main(ctx))
-            .map_err(|e| anyhow::anyhow!("starting generator executor {id}: {e}"))?;
+            .map_err(|e| RunError::Spawn {
+                id,
+                reason: e.to_string(),
+            })?;
         handles.push(h);
     }
     drop(tx);
@@ -221,7 +248,7 @@ pub fn run_plan(
         for h in handles {
             let _ = h.join();
         }
-        anyhow::bail!("load generator could not start against {addr}: {f}");
+        return Err(RunError::Start { addr, failure: f });
     }
 
     let start = Instant::now() + Duration::from_millis(20);
