@@ -64,32 +64,73 @@ mod tests {
         assert!(super::process_cpu() > a);
     }
 
+    /// CPU time of the calling thread (ns-precise, from schedstat).
+    fn own_cpu() -> std::time::Duration {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        std::time::Duration::from_nanos(s.split_whitespace().next().unwrap().parse().unwrap())
+    }
+
+    /// Counted by CPU time, not wall time, so a loaded machine (the test
+    /// threads getting a fraction of a core) cannot make it flaky: the
+    /// generator thread works until it has used 40 ms of CPU *and* the other
+    /// thread has used 40 ms inside the same window. Counting the other
+    /// thread would then add at least 40 ms; counting only its own adds
+    /// nothing but the cost of reading /proc.
     #[test]
     fn generator_cpu_counts_only_generator_threads() {
-        let spin = |ms| {
-            let end = std::time::Instant::now() + std::time::Duration::from_millis(ms);
-            let mut x = 0u64;
-            while std::time::Instant::now() < end {
-                x = x.wrapping_add(std::hint::black_box(1));
-            }
-            x
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+        let stop = Arc::new(AtomicBool::new(false));
+        let other_ns = Arc::new(AtomicU64::new(0));
+        let other = {
+            let (stop, other_ns) = (stop.clone(), other_ns.clone());
+            std::thread::Builder::new()
+                .name("not-gen".into())
+                .spawn(move || {
+                    let start = own_cpu();
+                    while !stop.load(Ordering::Relaxed) {
+                        for _ in 0..10_000 {
+                            std::hint::black_box(0u64);
+                        }
+                        other_ns.store((own_cpu() - start).as_nanos() as u64, Ordering::Relaxed);
+                    }
+                })
+                .unwrap()
         };
-        let other = std::thread::Builder::new()
-            .name("not-gen".into())
-            .spawn(move || spin(60))
-            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
         let g = std::thread::Builder::new()
             .name("loadgen-t".into())
             .spawn(move || {
                 let before = super::generator_cpu();
-                spin(40);
-                super::generator_cpu().saturating_sub(before)
+                let o0 = own_cpu();
+                let other0 = other_ns.load(Ordering::Relaxed);
+                loop {
+                    for _ in 0..10_000 {
+                        std::hint::black_box(0u64);
+                    }
+                    let other = Duration::from_nanos(other_ns.load(Ordering::Relaxed) - other0);
+                    if own_cpu() - o0 >= Duration::from_millis(40)
+                        && other >= Duration::from_millis(40)
+                    {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "no CPU for the test threads in 20 s"
+                    );
+                }
+                let own = own_cpu() - o0;
+                (super::generator_cpu().saturating_sub(before), own)
             })
             .unwrap();
-        let used = g.join().unwrap();
+        let (used, own) = g.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
         other.join().unwrap();
-        // Its own ~40 ms counted; the other thread's 60 ms not.
-        assert!(used >= std::time::Duration::from_millis(20), "{used:?}");
-        assert!(used < std::time::Duration::from_millis(95), "{used:?}");
+        assert!(used >= own, "its own {own:?} not all counted: {used:?}");
+        assert!(
+            used < own + Duration::from_millis(20),
+            "more than its own {own:?} counted (the other thread's?): {used:?}"
+        );
     }
 }
