@@ -129,6 +129,8 @@ pub struct PlanInput {
     /// An operation mix that replaces the ECDSA/RSA split (e.g. from a recorded trace):
     /// shares of ecdsa, rsa-sign, rsa-decrypt, ed25519 (normalised).
     pub mix: Option<Mix>,
+    /// Where `mix` came from, when not typed in (a recorded trace: what it held).
+    pub mix_source: Option<String>,
     /// Capacity provisioned = demand x headroom.
     pub headroom: f64,
     /// Spare key-server instances beyond the computed number (N+1: 1).
@@ -155,6 +157,7 @@ impl Default for PlanInput {
             rsa_bits: 2048,
             ec_bits: 256,
             mix: None,
+            mix_source: None,
             headroom: 2.0,
             server_spares: 1,
             hsm_spares: 1,
@@ -202,6 +205,59 @@ impl Mix {
             }
         }
         m.normalised()
+    }
+
+    /// The mix of a recorded trace (`keycore serve` with `record_file`; the
+    /// files of one or several servers), and a line saying what it held: key
+    /// operations per class, what was not a key operation (pings, other
+    /// opcodes: left out of the mix), the span and the busiest second.
+    pub fn from_trace(files: &[PathBuf]) -> anyhow::Result<(Mix, String)> {
+        use keycore_protocol::{Op, OpClass};
+        let recs = keycore_loadgen::replay::read(files)?;
+        let mut m = Mix::default();
+        let mut other = 0u64;
+        // Busiest second: a sliding one-second window over the key operations.
+        let (mut peak, mut lo) = (0usize, 0usize);
+        let mut times: Vec<u64> = Vec::with_capacity(recs.len());
+        for r in &recs {
+            match Op(r.4).class() {
+                OpClass::Ecdsa(_) => m.ecdsa += 1.0,
+                OpClass::RsaPkcs1(_) | OpClass::RsaPss(_) => m.rsa_sign += 1.0,
+                OpClass::RsaDecrypt => m.rsa_decrypt += 1.0,
+                OpClass::Ed25519 => m.ed25519 += 1.0,
+                _ => {
+                    other += 1;
+                    continue;
+                }
+            }
+            times.push(r.0);
+            while times[times.len() - 1] - times[lo] >= 1_000_000_000 {
+                lo += 1;
+            }
+            peak = peak.max(times.len() - lo);
+        }
+        let key_ops = times.len();
+        anyhow::ensure!(
+            key_ops > 0,
+            "trace {}: no key operation recorded ({other} other requests)",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let span = (times[key_ops - 1] - times[0]) as f64 / 1e9;
+        let line = format!(
+            "recorded trace ({} file(s)): {key_ops} key operations over {span:.1} s \
+             (ecdsa {}, rsa-sign {}, rsa-decrypt {}, ed25519 {}; {other} other requests left out), \
+             busiest second {peak} key operations",
+            files.len(),
+            m.ecdsa,
+            m.rsa_sign,
+            m.rsa_decrypt,
+            m.ed25519
+        );
+        Ok((m.normalised()?, line))
     }
 
     fn normalised(self) -> anyhow::Result<Mix> {
@@ -420,8 +476,12 @@ pub fn plan(input: &PlanInput) -> anyhow::Result<Plan> {
     )];
     match input.mix {
         Some(m) => da.push(format!(
-            "given mix: ecdsa {:.3}, rsa-sign {:.3}, rsa-decrypt {:.3}, ed25519 {:.3}",
-            m.ecdsa, m.rsa_sign, m.rsa_decrypt, m.ed25519
+            "{}: ecdsa {:.3}, rsa-sign {:.3}, rsa-decrypt {:.3}, ed25519 {:.3}",
+            input.mix_source.as_deref().unwrap_or("given mix"),
+            m.ecdsa,
+            m.rsa_sign,
+            m.rsa_decrypt,
+            m.ed25519
         )),
         None => {
             da.push(format!(
@@ -976,8 +1036,13 @@ pub struct PlanArgs {
     pub rsa_kex_share: Option<f64>,
     /// Operation mix replacing the ECDSA/RSA split, e.g. from a recorded trace:
     /// ecdsa=70,rsa-sign=28,rsa-decrypt=2,ed25519=0.
-    #[arg(long, value_name = "MIX")]
+    #[arg(long, value_name = "MIX", conflicts_with = "trace")]
     pub mix: Option<String>,
+    /// Take the operation mix from recordings of live traffic (`keycore serve` with
+    /// `record_file`; several files, e.g. every server's, merge). The peak rate stays
+    /// --handshakes-per-s (the trace's busiest second is printed beside the mix).
+    #[arg(long, value_name = "FILE")]
+    pub trace: Vec<PathBuf>,
     /// RSA key size (2048, 3072, 4096). Default 2048.
     #[arg(long)]
     pub rsa_bits: Option<u32>,
@@ -1027,6 +1092,12 @@ impl PlanArgs {
             );
             measured.push((label.to_string(), measured_from_file(Path::new(file))?));
         }
+        let (mix, mix_source) = if self.trace.is_empty() {
+            (self.mix.as_deref().map(Mix::parse).transpose()?, None)
+        } else {
+            let (m, line) = Mix::from_trace(&self.trace)?;
+            (Some(m), Some(line))
+        };
         let input = PlanInput {
             handshakes_per_s: self.handshakes_per_s,
             resumption_ratio: self.resumption.unwrap_or(d.resumption_ratio),
@@ -1035,7 +1106,8 @@ impl PlanArgs {
             rsa_kex_share: self.rsa_kex_share.unwrap_or(d.rsa_kex_share),
             rsa_bits: self.rsa_bits.unwrap_or(d.rsa_bits),
             ec_bits: self.ec_bits.unwrap_or(d.ec_bits),
-            mix: self.mix.as_deref().map(Mix::parse).transpose()?,
+            mix,
+            mix_source,
             headroom: self.headroom.unwrap_or(d.headroom),
             server_spares: self.server_spares.unwrap_or(d.server_spares),
             hsm_spares: self.hsm_spares.unwrap_or(d.hsm_spares),
@@ -1073,6 +1145,92 @@ pub fn run_cli(args: &PlanArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--trace`: a recording's opcodes become the mix (pings and other
+    /// opcodes left out), and the busiest one-second window is counted.
+    #[test]
+    fn a_recorded_trace_gives_the_mix_and_its_busiest_second() {
+        use keycore_protocol::record::{push_header, push_record, FileHeader};
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = Vec::new();
+        push_header(
+            &mut b,
+            &FileHeader {
+                origin_unix_ns: 1_700_000_000_000_000_000,
+                seq: 0,
+            },
+        );
+        let ski = [7u8; 20];
+        // Second 0: 7 ECDSA (0x15), 2 RSA PSS (0x35), 1 decrypt (0x01), 3 pings (0xF1).
+        // Second 5: 1 PKCS#1 (0x05), 1 Ed25519 (0x18).
+        let mut t = 0u64;
+        for op in [
+            0x15, 0x15, 0x15, 0x15, 0x15, 0x15, 0x15, 0x35, 0x35, 0x01, 0xF1, 0xF1, 0xF1,
+        ] {
+            push_record(&mut b, t, 1, 0, op, (op != 0xF1).then_some(&ski));
+            t += 10_000_000;
+        }
+        for op in [0x05, 0x18] {
+            push_record(&mut b, 5_000_000_000 + t, 2, 0, op, Some(&ski));
+            t += 1;
+        }
+        let f = dir.path().join("trace.kcr");
+        std::fs::write(&f, &b).unwrap();
+        let (m, line) = Mix::from_trace(std::slice::from_ref(&f)).unwrap();
+        assert!((m.ecdsa - 7.0 / 12.0).abs() < 1e-12, "{m:?}");
+        assert!((m.rsa_sign - 3.0 / 12.0).abs() < 1e-12, "{m:?}");
+        assert!((m.rsa_decrypt - 1.0 / 12.0).abs() < 1e-12, "{m:?}");
+        assert!((m.ed25519 - 1.0 / 12.0).abs() < 1e-12, "{m:?}");
+        assert!(line.contains("12 key operations"), "{line}");
+        assert!(line.contains("3 other requests left out"), "{line}");
+        assert!(line.contains("busiest second 10 key operations"), "{line}");
+        // Through the CLI arguments: the plan says where its mix came from.
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            plan: PlanArgs,
+        }
+        use clap::Parser as _;
+        let args = Cli::try_parse_from([
+            "plan",
+            "--handshakes-per-s",
+            "1000",
+            "--trace",
+            f.to_str().unwrap(),
+        ])
+        .unwrap()
+        .plan;
+        let input = args.to_input().unwrap();
+        assert_eq!(input.mix, Some(m));
+        assert!(input
+            .mix_source
+            .unwrap()
+            .starts_with("recorded trace (1 file(s))"));
+        // A trace with no key operation, and --mix beside --trace, are refused.
+        let mut pings = Vec::new();
+        push_header(
+            &mut pings,
+            &FileHeader {
+                origin_unix_ns: 1,
+                seq: 0,
+            },
+        );
+        push_record(&mut pings, 0, 1, 0, 0xF1, None);
+        let p = dir.path().join("pings.kcr");
+        std::fs::write(&p, &pings).unwrap();
+        let e = Mix::from_trace(&[p]).unwrap_err().to_string();
+        assert!(e.contains("no key operation recorded (1 other"), "{e}");
+        assert!(Cli::try_parse_from([
+            "plan",
+            "--handshakes-per-s",
+            "1",
+            "--mix",
+            "ecdsa=1",
+            "--trace",
+            "x"
+        ])
+        .is_err());
+    }
 
     fn example() -> PlanInput {
         PlanInput::default()
