@@ -131,6 +131,17 @@ pub enum KeyStore {
     Uri(String),
 }
 
+/// A `pkcs11:` URI may carry the user PIN (`pin-value`): the text is wiped
+/// when the entry goes (a reload drops the old config; `-o` never prints it
+/// unredacted without `--show-secrets`).
+impl Drop for KeyStore {
+    fn drop(&mut self) {
+        if let KeyStore::Uri(u) = self {
+            zeroize::Zeroize::zeroize(u);
+        }
+    }
+}
+
 /// Log level, numbered as in gokeyless.yaml.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum LogLevel {

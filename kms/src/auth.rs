@@ -299,6 +299,15 @@ pub enum TokenSource {
     },
 }
 
+/// A client secret is wiped when its source goes.
+impl Drop for TokenSource {
+    fn drop(&mut self) {
+        if let TokenSource::AzureSecret { secret, .. } = self {
+            zeroize::Zeroize::zeroize(secret);
+        }
+    }
+}
+
 /// A cached credential with its two moments: refresh from `refresh_at`,
 /// unusable from `expires_at`.
 #[derive(Debug, Clone)]
@@ -785,6 +794,17 @@ pub struct AwsCreds {
     pub session_token: Option<String>,
 }
 
+/// The secret key and session token are wiped when the credentials go (a
+/// refresh replaces them; only the access key ID is not a secret).
+impl Drop for AwsCreds {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.secret_key);
+        if let Some(t) = &mut self.session_token {
+            zeroize::Zeroize::zeroize(t);
+        }
+    }
+}
+
 impl fmt::Debug for AwsCreds {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AwsCreds")
@@ -1266,7 +1286,7 @@ mod tests {
         .unwrap();
         let d = aws_profile(&p, "default").unwrap();
         assert_eq!(
-            (d.access_key.as_str(), d.session_token),
+            (d.access_key.as_str(), d.session_token.as_deref()),
             ("AKIDDEFAULT", None)
         );
         let e = aws_profile(&p, "edge").unwrap();

@@ -189,6 +189,15 @@ pub enum AzureCredential {
     },
 }
 
+/// A client secret is wiped when the credential goes.
+impl Drop for AzureCredential {
+    fn drop(&mut self) {
+        if let AzureCredential::ClientSecret { secret, .. } = self {
+            zeroize::Zeroize::zeroize(secret);
+        }
+    }
+}
+
 /// How Google authenticates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GcpCredential {
