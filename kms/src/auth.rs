@@ -392,7 +392,9 @@ pub struct TokenCache {
     source: TokenSource,
     /// Azure resource (`https://vault.azure.net`) or Google scope.
     audience: String,
-    cache: SingleFlight<String>,
+    /// The bearer token, wiped when replaced or dropped (each request's
+    /// copy too; the copy inside the HTTP header is the HTTP stack's).
+    cache: SingleFlight<Zeroizing<String>>,
 }
 
 /// A token's lifetime from its `expires_in` seconds, clamped so that a bogus
@@ -434,11 +436,11 @@ impl TokenCache {
         http: &Http,
         deadline: Instant,
         refreshes: &std::sync::atomic::AtomicU64,
-    ) -> Result<String, CallError> {
+    ) -> Result<Zeroizing<String>, CallError> {
         self.cache
             .get(refreshes, async {
                 let (value, expires_in) = self.fetch(http, deadline).await?;
-                Ok((value, token_life(expires_in)))
+                Ok((Zeroizing::new(value), token_life(expires_in)))
             })
             .await
     }

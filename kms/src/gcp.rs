@@ -164,7 +164,7 @@ impl Gcp {
             let mut b = Request::builder()
                 .method(method.clone())
                 .uri(url)
-                .header("authorization", format!("Bearer {token}"))
+                .header("authorization", format!("Bearer {}", token.as_str()))
                 .header("accept", "application/json");
             if body.is_some() {
                 b = b.header("content-type", "application/json");
