@@ -24,6 +24,12 @@ pub fn process_cpu() -> Duration {
 /// process total would blame the generator for the server's work. Falls back
 /// to the process total where `/proc` can't be read.
 pub fn generator_cpu() -> Duration {
+    threads_cpu("loadgen-")
+}
+
+/// CPU time of this process's threads whose name starts with `prefix`
+/// (the process total where `/proc` can't be read).
+fn threads_cpu(prefix: &str) -> Duration {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return process_cpu();
     };
@@ -34,7 +40,7 @@ pub fn generator_cpu() -> Duration {
     for t in tasks.flatten() {
         let dir = t.path();
         let is_gen = std::fs::read_to_string(dir.join("comm"))
-            .map(|c| c.starts_with("loadgen-"))
+            .map(|c| c.starts_with(prefix))
             .unwrap_or(false);
         if !is_gen {
             continue;
@@ -76,8 +82,14 @@ mod tests {
     /// thread has used 40 ms inside the same window. Counting the other
     /// thread would then add at least 40 ms; counting only its own adds
     /// nothing but the cost of reading /proc.
+    ///
+    /// The filter is exercised under a prefix of this test's own
+    /// (`generator_cpu` is `threads_cpu("loadgen-")`): other tests in this
+    /// process run `loadgen-*` threads whose CPU would come and go from the
+    /// sum as they start and exit (CI saw 0 counted once).
     #[test]
     fn generator_cpu_counts_only_generator_threads() {
+        const PREFIX: &str = "kct-gen";
         use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
         use std::sync::Arc;
         use std::time::{Duration, Instant};
@@ -86,7 +98,7 @@ mod tests {
         let other = {
             let (stop, other_ns) = (stop.clone(), other_ns.clone());
             std::thread::Builder::new()
-                .name("not-gen".into())
+                .name("kct-other".into())
                 .spawn(move || {
                     let start = own_cpu();
                     while !stop.load(Ordering::Relaxed) {
@@ -100,9 +112,9 @@ mod tests {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         let g = std::thread::Builder::new()
-            .name("loadgen-t".into())
+            .name("kct-gen".into())
             .spawn(move || {
-                let before = super::generator_cpu();
+                let before = super::threads_cpu(PREFIX);
                 let o0 = own_cpu();
                 let other0 = other_ns.load(Ordering::Relaxed);
                 loop {
@@ -121,7 +133,7 @@ mod tests {
                     );
                 }
                 let own = own_cpu() - o0;
-                (super::generator_cpu().saturating_sub(before), own)
+                (super::threads_cpu(PREFIX).saturating_sub(before), own)
             })
             .unwrap();
         let (used, own) = g.join().unwrap();
