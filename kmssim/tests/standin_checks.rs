@@ -28,6 +28,30 @@ fn curl(sim: &Sim, dir: &std::path::Path, args: &[&str]) -> Curl {
     }
 }
 
+/// A SigV4-signed `TrentService.GetPublicKey` of `arn` in eu-west-1, signed
+/// by curl as `user` (`AKID:secret`).
+fn aws_get_public_key(sim: &Sim, dir: &std::path::Path, user: &str, arn: &str) -> Curl {
+    let body = format!("{{\"KeyId\":\"{arn}\"}}");
+    let url = format!("{}/", sim.https_url);
+    curl(
+        sim,
+        dir,
+        &[
+            "--aws-sigv4",
+            "aws:amz:eu-west-1:kms",
+            "--user",
+            user,
+            "-H",
+            "X-Amz-Target: TrentService.GetPublicKey",
+            "-H",
+            "Content-Type: application/x-amz-json-1.1",
+            "-d",
+            &body,
+            &url,
+        ],
+    )
+}
+
 #[test]
 fn aws_accepts_curls_sigv4_and_refuses_a_wrong_secret() {
     let sim = Sim::start().unwrap();
@@ -36,25 +60,7 @@ fn aws_accepts_curls_sigv4_and_refuses_a_wrong_secret() {
     let (arn, key) = sim.aws_key("eu-west-1", KeyType::EcP256).unwrap();
     let body = format!("{{\"KeyId\":\"{arn}\"}}");
     let url = format!("{}/", sim.https_url);
-    let call = |user: &str| {
-        curl(
-            &sim,
-            dir.path(),
-            &[
-                "--aws-sigv4",
-                "aws:amz:eu-west-1:kms",
-                "--user",
-                user,
-                "-H",
-                "X-Amz-Target: TrentService.GetPublicKey",
-                "-H",
-                "Content-Type: application/x-amz-json-1.1",
-                "-d",
-                &body,
-                &url,
-            ],
-        )
-    };
+    let call = |user: &str| aws_get_public_key(&sim, dir.path(), user, &arn);
     let r = call("AKIDCURL:curl-secret");
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -98,27 +104,7 @@ fn aws_quota_is_throttled_with_throttling_exception() {
     // 1/s, burst 1: of two calls made back to back (well within a second)
     // the second finds the bucket empty.
     sim.knobs(|k| k.quota_per_second = 1);
-    let body = format!("{{\"KeyId\":\"{arn}\"}}");
-    let url = format!("{}/", sim.https_url);
-    let call = || {
-        curl(
-            &sim,
-            dir.path(),
-            &[
-                "--aws-sigv4",
-                "aws:amz:eu-west-1:kms",
-                "--user",
-                "AKIDCURL:curl-secret",
-                "-H",
-                "X-Amz-Target: TrentService.GetPublicKey",
-                "-H",
-                "Content-Type: application/x-amz-json-1.1",
-                "-d",
-                &body,
-                &url,
-            ],
-        )
-    };
+    let call = || aws_get_public_key(&sim, dir.path(), "AKIDCURL:curl-secret", &arn);
     let first = call();
     assert_eq!(first.status, 200, "{}", first.body);
     let second = call();
