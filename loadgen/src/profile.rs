@@ -512,12 +512,14 @@ impl Schedule {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keys::KeyKind;
     use std::path::PathBuf;
 
-    fn key(kind: KeyKind, n: u8) -> PublicKeyInfo {
+    /// A public key of `kind` whose SKI is `n` repeated (no key material:
+    /// enough for mix and SKI tests; also used by replay's tests).
+    pub(crate) fn key(kind: KeyKind, n: u8) -> PublicKeyInfo {
         PublicKeyInfo {
             source: PathBuf::from(format!("k{n}")),
             spki_der: vec![],

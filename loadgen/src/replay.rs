@@ -276,17 +276,8 @@ pub fn place(conn: usize, total: usize, executors: usize) -> (usize, usize) {
 mod tests {
     use super::*;
     use crate::keys::KeyKind;
+    use crate::profile::tests::key;
     use keycore_protocol::record::{push_header, push_record, FileHeader};
-
-    fn key(kind: KeyKind, n: u8) -> PublicKeyInfo {
-        PublicKeyInfo {
-            source: PathBuf::from(format!("k{n}")),
-            spki_der: vec![],
-            key_bits: vec![],
-            ski: [n; 20],
-            kind,
-        }
-    }
 
     fn write(
         dir: &std::path::Path,
