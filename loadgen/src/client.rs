@@ -104,6 +104,21 @@ pub struct OwnedResponse {
     pub opcode: Op,
     /// Payload bytes (empty when the item was absent).
     pub payload: Vec<u8>,
+    /// When the request left and the answer arrived ([`Pool`] only; the
+    /// blocking client leaves both `None`).
+    pub timing: Timing,
+}
+
+/// Where a pooled request's time went on the client side (issue 13: the
+/// generator's own share of a latency is printed, never subtracted).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// When the write that carried the request returned from the socket
+    /// (its bytes were in the kernel; flushed through TLS).
+    pub written: Option<Instant>,
+    /// When the read that completed the answer returned from the socket,
+    /// before it was parsed, handed to its waiter or checked.
+    pub read: Option<Instant>,
 }
 
 impl OwnedResponse {
@@ -112,6 +127,7 @@ impl OwnedResponse {
             id: m.id,
             opcode: m.opcode.unwrap_or(Op(0)),
             payload: m.payload.unwrap_or(&[]).to_vec(),
+            timing: Timing::default(),
         }
     }
 
@@ -190,6 +206,8 @@ pub struct PoolCounters {
 struct Slot {
     result: Option<Result<OwnedResponse, ClientError>>,
     waker: Option<Waker>,
+    /// When the request's bytes were written (see [`Timing::written`]).
+    written: Option<Instant>,
 }
 
 /// State of one connection shared between the driver task and callers.
@@ -202,6 +220,8 @@ struct ConnShared {
     draining: bool,
     /// Encoded requests not yet handed to TLS.
     out: Vec<u8>,
+    /// IDs of the requests in `out`, in order (their write is timestamped).
+    out_ids: Vec<u32>,
     /// In-flight requests by ID.
     waiters: HashMap<u32, Slot>,
     /// Wakes the driver when `out` gains bytes.
@@ -229,6 +249,7 @@ impl ConnShared {
             }
         }
         self.out.clear();
+        self.out_ids.clear();
     }
 }
 
@@ -282,6 +303,7 @@ impl Pool {
                     up: false,
                     draining: false,
                     out: Vec::with_capacity(64 * 1024),
+                    out_ids: Vec::with_capacity(64),
                     waiters: HashMap::with_capacity(cfg.max_in_flight_per_conn),
                     driver_waker: None,
                 }))
@@ -437,11 +459,13 @@ impl Pool {
             let mut c = conn.borrow_mut();
             let m = Message { id, ..*msg };
             m.encode(&mut c.out).map_err(ClientError::Encode)?;
+            c.out_ids.push(id);
             c.waiters.insert(
                 id,
                 Slot {
                     result: None,
                     waker: None,
+                    written: None,
                 },
             );
             if let Some(w) = c.driver_waker.take() {
@@ -585,6 +609,7 @@ async fn supervise(inner: Rc<PoolInner>, idx: usize) {
             rbuf: vec![0; READ_BUF_LEN],
             rlen: 0,
             wbuf: Vec::with_capacity(64 * 1024),
+            wbuf_ids: Vec::with_capacity(64),
             wpos: 0,
             need_flush: false,
             churn: inner
@@ -632,6 +657,8 @@ struct Driver {
     rbuf: Vec<u8>,
     rlen: usize,
     wbuf: Vec<u8>,
+    /// IDs of the requests in `wbuf`, stamped once it is all written.
+    wbuf_ids: Vec<u32>,
     wpos: usize,
     need_flush: bool,
     churn: Option<Timer>,
@@ -639,6 +666,21 @@ struct Driver {
 }
 
 impl Driver {
+    /// The whole write buffer is in the kernel: stamp its requests (one
+    /// clock read per batch; a request that timed out meanwhile is gone).
+    fn stamp_written(&mut self) {
+        if self.wbuf_ids.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut c = self.conn.borrow_mut();
+        for id in self.wbuf_ids.drain(..) {
+            if let Some(slot) = c.waiters.get_mut(&id) {
+                slot.written = Some(now);
+            }
+        }
+    }
+
     /// A write failed (typically EPIPE): the peer may have said why in a TLS
     /// alert that is already in our receive buffer (a TLS 1.3 server refusing
     /// our certificate does exactly that). Read once to surface it.
@@ -650,8 +692,9 @@ impl Driver {
         }
     }
 
-    /// Parse and deliver every complete message in the read buffer.
-    fn deliver(&mut self) -> Result<(), ReadError> {
+    /// Parse and deliver every complete message in the read buffer; `read`
+    /// is when the read that completed them returned.
+    fn deliver(&mut self, read: Instant) -> Result<(), ReadError> {
         let mut pos = 0;
         loop {
             match frame::check(&self.rbuf[pos..self.rlen], MAX_BODY_LEN) {
@@ -662,7 +705,12 @@ impl Driver {
                     let mut c = self.conn.borrow_mut();
                     match c.waiters.get_mut(&m.id) {
                         Some(slot) if slot.result.is_none() => {
-                            slot.result = Some(Ok(OwnedResponse::from_message(&m)));
+                            let mut r = OwnedResponse::from_message(&m);
+                            r.timing = Timing {
+                                written: slot.written,
+                                read: Some(read),
+                            };
+                            slot.result = Some(Ok(r));
                             if let Some(w) = slot.waker.take() {
                                 w.wake();
                             }
@@ -719,8 +767,10 @@ impl Future for Driver {
                 let mut c = this.conn.borrow_mut();
                 if this.wpos == this.wbuf.len() && !c.out.is_empty() {
                     this.wbuf.clear();
+                    this.wbuf_ids.clear();
                     this.wpos = 0;
                     std::mem::swap(&mut this.wbuf, &mut c.out);
+                    std::mem::swap(&mut this.wbuf_ids, &mut c.out_ids);
                 }
                 match &c.driver_waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
@@ -745,7 +795,12 @@ impl Future for Driver {
             }
             if this.need_flush {
                 match Pin::new(&mut this.stream).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => this.need_flush = false,
+                    Poll::Ready(Ok(())) => {
+                        this.need_flush = false;
+                        if this.wpos == this.wbuf.len() {
+                            this.stamp_written();
+                        }
+                    }
                     Poll::Ready(Err(e)) => {
                         return Poll::Ready(DriveEnd::Lost(this.write_failure(cx, e)))
                     }
@@ -757,9 +812,10 @@ impl Future for Driver {
                     return Poll::Ready(DriveEnd::Lost("server closed the connection".into()))
                 }
                 Poll::Ready(Ok(n)) => {
+                    let read = Instant::now();
                     this.rlen += n;
                     progress = true;
-                    if let Err(e) = this.deliver() {
+                    if let Err(e) = this.deliver(read) {
                         return Poll::Ready(DriveEnd::Lost(e.to_string()));
                     }
                 }
@@ -1053,6 +1109,38 @@ mod tests {
         assert_eq!(counters.late_responses, 0);
         assert_eq!(srv.knobs.connections.load(Ordering::Relaxed), 2);
         assert_eq!(srv.knobs.requests.load(Ordering::Relaxed), 500);
+    }
+
+    /// Each pooled answer carries when its request was written and when
+    /// the answer was read: in order, around the server's 30 ms hold, and
+    /// inside the call; the blocking client carries none.
+    #[test]
+    fn pool_answers_carry_when_they_were_written_and_read() {
+        let srv = TestServer::start();
+        srv.knobs.delay_ms.store(30, Ordering::Relaxed);
+        let t = tls(&srv);
+        let mut cfg = PoolConfig::new(srv.addr);
+        cfg.connections = 1;
+        let (before, r, after) = on_executor(move || async move {
+            let pool = Pool::start(cfg, t).unwrap();
+            pool.wait_connected(1, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let before = Instant::now();
+            let r = pool.call(&ping(b"t")).await.unwrap();
+            let after = Instant::now();
+            pool.close();
+            (before, r, after)
+        });
+        let (w, rd) = (r.timing.written.unwrap(), r.timing.read.unwrap());
+        assert!(before <= w && w <= rd && rd <= after, "{:?}", r.timing);
+        assert!(
+            rd - w >= Duration::from_millis(30),
+            "the server held the answer 30 ms: {:?}",
+            rd - w
+        );
+        let mut c = BlockingClient::connect(srv.addr, &tls(&srv)).unwrap();
+        assert_eq!(c.call(&ping(b"b")).unwrap().timing, Timing::default());
     }
 
     #[test]

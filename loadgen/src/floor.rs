@@ -55,17 +55,20 @@ pub fn floor_on(spec: &LoadSpec, responder_cpu: Option<usize>) -> anyhow::Result
     crate::run(&s)
 }
 
-/// One line for the text report.
+/// One line for the text report (two with the generator's split).
 pub fn floor_line(r: &Report) -> String {
     match &r.total.latency {
         Some(p) => format!(
-            "generator floor (same shape, pings to a do-nothing in-process responder, {:.0}/s, {} errors): p50 {}  p99 {}  p99.9 {}  max {}  -- latencies near these are the tool's, not the server's",
+            "generator floor (same shape, pings to a do-nothing in-process responder, {:.0}/s, {} errors): p50 {}  p99 {}  p99.9 {}  max {}  -- latencies near these are the tool's, not the server's{}",
             r.total.throughput_per_s,
             r.total.errors,
             ms(p.p50_us),
             ms(p.p99_us),
             ms(p.p999_us),
-            ms(p.max_us)
+            ms(p.max_us),
+            r.phases
+                .as_ref()
+                .map_or(String::new(), |ph| format!("\n  floor: {}", ph.line()))
         ),
         None => format!(
             "generator floor: no answers from the in-process responder ({} errors)",
@@ -113,6 +116,7 @@ mod tests {
         let line = floor_line(&r);
         assert!(line.contains("p99 "), "{line}");
         assert!(line.contains(&ms(p.p99_us)), "{line}");
+        assert!(line.contains("scheduled → written"), "{line}");
     }
 
     /// With the responder pinned (to a CPU this process may use), the

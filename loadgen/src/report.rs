@@ -202,6 +202,43 @@ impl IntervalRow {
     }
 }
 
+/// Where the OK requests' time went inside the generator
+/// ([`crate::stats::Phases`]), measured window only.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PhaseReport {
+    /// Scheduled (or started, closed loop) → request written to the socket.
+    pub to_wire: Option<Percentiles>,
+    /// Written → answer read from the socket.
+    pub round_trip: Option<Percentiles>,
+    /// Answer read → outcome recorded (not part of the latency).
+    pub after_read: Option<Percentiles>,
+}
+
+impl PhaseReport {
+    /// From the measured window's phases; `None` when no request was OK.
+    pub fn of(p: &crate::stats::Phases) -> Option<PhaseReport> {
+        (!p.after_read.is_empty()).then(|| PhaseReport {
+            to_wire: Percentiles::of(&p.to_wire),
+            round_trip: Percentiles::of(&p.round_trip),
+            after_read: Percentiles::of(&p.after_read),
+        })
+    }
+
+    /// One line: p50 / p99 / p99.9 of each part.
+    pub fn line(&self) -> String {
+        let f = |p: &Option<Percentiles>| match p {
+            Some(p) => format!("{} / {} / {}", ms(p.p50_us), ms(p.p99_us), ms(p.p999_us)),
+            None => "–".into(),
+        };
+        format!(
+            "where the time went in the generator (p50 / p99 / p99.9): scheduled → written {}; written → answer read {}; answer read → recorded (after the latency's end) {}",
+            f(&self.to_wire),
+            f(&self.round_trip),
+            f(&self.after_read)
+        )
+    }
+}
+
 /// Milliseconds with three decimals, from microseconds.
 pub fn ms(us: u64) -> String {
     format!("{:.3}ms", us as f64 / 1000.0)
@@ -226,6 +263,8 @@ pub struct Report {
     pub sent: u64,
     /// Open loop: how late the generator sent requests.
     pub send_lag: Option<Percentiles>,
+    /// The OK requests' latency split inside the generator.
+    pub phases: Option<PhaseReport>,
     /// Generator CPU over the measured window, percent of its cores.
     pub generator_cpu_pct: f64,
     /// CPUs the executors were pinned to (`null`: not pinned).
@@ -307,6 +346,7 @@ impl Report {
             connections: run.counters,
             sent: run.sent,
             send_lag,
+            phases: PhaseReport::of(&run.totals.phases),
             generator_cpu_pct: run.cpu_pct,
             cpus: run.cpus,
             timeline,
@@ -432,6 +472,9 @@ impl Report {
             write!(w, "; send lag p99 {} max {}", ms(l.p99_us), ms(l.max_us))?;
         }
         writeln!(w)?;
+        if let Some(p) = &self.phases {
+            writeln!(w, "{}", p.line())?;
+        }
         for warn in &self.warnings {
             writeln!(w, "WARNING: {warn}")?;
         }

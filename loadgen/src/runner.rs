@@ -699,14 +699,29 @@ async fn request(st: Rc<Shard>, at: Instant, fixed: Option<(OpKind, usize, usize
         .pool
         .call_on_until(&msg, at + st.timeout, fixed.map(|f| f.2))
         .await;
-    let lat_us = at.elapsed().as_micros() as u64;
+    // The latency ends when the answer's bytes were read from the socket,
+    // not when this task got to run after that (its wake-up and the
+    // answer's check are the tool's; they are recorded as `after_read`).
+    let woke = Instant::now();
+    let timing = r.as_ref().map(|resp| resp.timing).unwrap_or_default();
+    let read = timing.read.unwrap_or(woke);
+    let lat_us = read.saturating_duration_since(at).as_micros() as u64;
     let outcome = match r {
         Ok(resp) => check::check(&prep, &st.keys, resp.opcode, &resp.payload, verify)
             .map_err(ErrorKind::from_failure),
         Err(e) => Err(ErrorKind::from_client(&e)),
     };
+    let recorded = Instant::now();
+    let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
     let apply = |set: &mut OpSet, op: OpKind| match outcome {
-        Ok(v) => set.op(op).ok(lat_us, v),
+        Ok(v) => {
+            set.op(op).ok(lat_us, v);
+            if let Some(w) = timing.written {
+                record(&mut set.phases.to_wire, us(at, w));
+                record(&mut set.phases.round_trip, us(w, read));
+            }
+            record(&mut set.phases.after_read, us(read, recorded));
+        }
         Err(k) => set.op(op).error(k),
     };
     apply(&mut st.cur.borrow_mut(), prep.op);
@@ -847,6 +862,38 @@ mod tests {
             "generator CPU {:.1}% (intervals {cpu:?})",
             r.cpu_pct
         );
+    }
+
+    /// The generator's split of each latency (issue 13): every OK request
+    /// has all three parts, and a server holding each answer 20 ms shows
+    /// up in the round trip, not in the generator's own parts.
+    #[test]
+    fn the_latency_split_puts_a_slow_server_in_the_round_trip() {
+        let srv = TestServer::start();
+        srv.knobs.delay_ms.store(20, Ordering::Relaxed);
+        let tls = ClientTls::from_paths(&srv.tls, &TlsOptions::default()).unwrap();
+        let profile = Profile {
+            rate: 100.0,
+            arrivals: Arrivals::Constant,
+            duration_s: 0.5,
+            warmup_s: 0.0,
+            connections: 1,
+            mix: Profile::parse_mix("ping=1").unwrap(),
+            ..Profile::default()
+        };
+        let r = run_plan(srv.addr, &tls, plan(&srv, profile), &mut |_| {}).unwrap();
+        let ping = &r.totals.ops[OpKind::Ping.index()];
+        assert_eq!(ping.ok, 50, "{:?}", ping.errors);
+        let ph = &r.totals.phases;
+        for h in [&ph.to_wire, &ph.round_trip, &ph.after_read] {
+            assert_eq!(h.len(), 50);
+        }
+        assert!(ph.round_trip.min() >= 20_000, "{}", ph.round_trip.min());
+        let to_wire_p50 = ph.to_wire.value_at_quantile(0.5);
+        assert!(to_wire_p50 < 20_000, "{to_wire_p50}");
+        // Latency = scheduled → written + written → read, per request.
+        assert!(ping.hist.min() >= ph.round_trip.min());
+        assert!(ping.hist.max() >= ph.round_trip.max());
     }
 
     #[test]

@@ -151,6 +151,50 @@ impl OpStats {
     }
 }
 
+/// Where the OK requests' latency went inside the generator (issue 13),
+/// all operations together, µs. The three parts of one request add up to
+/// its latency (from its scheduled time, or its send in a closed loop, to
+/// the read that brought its answer) plus the part after that read which
+/// the latency does not include.
+#[derive(Clone, Debug)]
+pub struct Phases {
+    /// Scheduled (open loop) or started (closed loop) → the write carrying
+    /// the request returned: the generator's timer, task and write path.
+    pub to_wire: Histogram<u64>,
+    /// Written → the read bringing the answer returned: loopback both ways,
+    /// the server, and the generator's wake-up to read.
+    pub round_trip: Histogram<u64>,
+    /// Answer read → outcome recorded: the request task's wake-up and the
+    /// answer's check (verification included); not part of the latency.
+    pub after_read: Histogram<u64>,
+}
+
+impl Default for Phases {
+    fn default() -> Self {
+        Phases {
+            to_wire: new_hist(),
+            round_trip: new_hist(),
+            after_read: new_hist(),
+        }
+    }
+}
+
+impl Phases {
+    /// Add `other` into `self`.
+    pub fn merge(&mut self, other: &Phases) {
+        // Same bounds on both sides, so `add` cannot fail.
+        let _ = self.to_wire.add(&other.to_wire);
+        let _ = self.round_trip.add(&other.round_trip);
+        let _ = self.after_read.add(&other.after_read);
+    }
+
+    fn reset(&mut self) {
+        self.to_wire.reset();
+        self.round_trip.reset();
+        self.after_read.reset();
+    }
+}
+
 /// One [`OpStats`] per operation, indexed by [`OpKind::index`].
 #[derive(Clone, Debug, Default)]
 pub struct OpSet {
@@ -158,6 +202,8 @@ pub struct OpSet {
     pub ops: [OpStats; OpKind::ALL.len()],
     /// Open loop: how late requests were sent relative to their schedule, µs.
     pub lag: Option<Histogram<u64>>,
+    /// The OK requests' latency split by where it was spent.
+    pub phases: Phases,
 }
 
 impl OpSet {
@@ -166,6 +212,7 @@ impl OpSet {
         OpSet {
             ops: Default::default(),
             lag: open_loop.then(new_hist),
+            phases: Phases::default(),
         }
     }
 
@@ -186,6 +233,7 @@ impl OpSet {
             (None, Some(b)) => self.lag = Some(b.clone()),
             _ => {}
         }
+        self.phases.merge(&other.phases);
     }
 
     /// All operations merged into one.
@@ -208,6 +256,7 @@ impl OpSet {
         if let Some(l) = &mut self.lag {
             l.reset();
         }
+        self.phases.reset();
     }
 }
 
@@ -232,6 +281,8 @@ mod tests {
                 ErrorCode::KEY_NOT_FOUND,
             )));
         record(b.lag.as_mut().unwrap(), 5);
+        record(&mut b.phases.round_trip, 70);
+        record(&mut a.phases.round_trip, 90);
         a.merge(&b);
         let e = &a.ops[OpKind::EcdsaP256Sha256.index()];
         assert_eq!((e.ok, e.verified), (2000, 1000));
@@ -242,8 +293,12 @@ mod tests {
         let all = a.all();
         assert_eq!(all.error_count(), 2);
         assert_eq!(a.lag.as_ref().unwrap().len(), 1);
+        assert_eq!(a.phases.round_trip.len(), 2);
+        assert_eq!(a.phases.round_trip.max(), 90);
+        assert!(a.phases.to_wire.is_empty());
         a.reset();
         assert_eq!(a.all().ok, 0);
+        assert!(a.phases.round_trip.is_empty());
     }
 
     #[test]

@@ -1510,6 +1510,24 @@ fn server_quantiles(before: &[(f64, u64)], after: &[(f64, u64)]) -> String {
     )
 }
 
+/// The generator's split of a run's latencies (issue 13), in µs.
+fn split(r: &Report) -> String {
+    let f = |p: &Option<keycore_loadgen::report::Percentiles>| {
+        p.as_ref().map_or("–".into(), |p| {
+            format!("{} / {} / {}", p.p50_us, p.p99_us, p.p999_us)
+        })
+    };
+    match &r.phases {
+        Some(ph) => format!(
+            "generator split p50 / p99 / p99.9 µs: scheduled → written {}, written → answer read {}, answer read → recorded (not in the latency) {}",
+            f(&ph.to_wire),
+            f(&ph.round_trip),
+            f(&ph.after_read)
+        ),
+        None => "generator split: no OK answers".into(),
+    }
+}
+
 fn pct_line(p: Option<&keycore_loadgen::report::Percentiles>) -> String {
     p.map_or_else(
         || "no samples".into(),
@@ -1621,10 +1639,11 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                 s.profile.rate
             ),
             figures: format!(
-                "{}; per op: {}; server CPU share {:.0}%; server side, read → answer queued (its own histogram, warm-up included): {server_side}{}",
+                "{}; per op: {}; server CPU share {:.0}%; server side, read → answer queued (its own histogram, warm-up included): {server_side}; {}{}",
                 pct_line(r.total.latency.as_ref()),
                 per_op.join(", "),
                 t.cpu_share * 100.0,
+                split(r),
                 warnings(r)
             ),
             bound: String::new(),
@@ -1644,7 +1663,7 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                             "generator floor, same shape ({:.0}/s pings to an in-process do-nothing responder, {how})",
                             f.total.throughput_per_s
                         ),
-                        figures: pct_line(f.total.latency.as_ref()),
+                        figures: format!("{}; {}", pct_line(f.total.latency.as_ref()), split(&f)),
                         bound: String::new(),
                         held: None,
                     }),
@@ -1686,9 +1705,10 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                 s.profile.rate
             ),
             figures: format!(
-                "{}; server CPU share {:.0}% (the spinning's cost); server side: {server_side}{}",
+                "{}; server CPU share {:.0}% (the spinning's cost); server side: {server_side}; {}{}",
                 pct_line(r.total.latency.as_ref()),
                 t.cpu_share * 100.0,
+                split(r),
                 warnings(r)
             ),
             bound: String::new(),
@@ -1701,7 +1721,7 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                     "… generator floor with generator `spin_us: {SPIN_VARIANT_GEN_US}` ({:.0}/s pings, responder on the server's CPU)",
                     f.total.throughput_per_s
                 ),
-                figures: pct_line(f.total.latency.as_ref()),
+                figures: format!("{}; {}", pct_line(f.total.latency.as_ref()), split(&f)),
                 bound: String::new(),
                 held: None,
             }),
