@@ -156,7 +156,7 @@ fn main() {
                 Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m).map_err(Into::into),
                 None => match &cmd.args {
                     Some(a) if a.compare_report.is_some() => keycore_tuning::compare::run_cli(a),
-                    Some(a) => keycore_loadgen::run_cli(a),
+                    Some(a) => keycore_loadgen::run_cli(a).map_err(Into::into),
                     None => Err(anyhow::anyhow!(
                         "keycore loadgen: give --server ... or `merge LOG...`"
                     )),

@@ -15,7 +15,7 @@ struct Cli {
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = keycore_loadgen::run_cli(&cli.args) {
-        eprintln!("loadgen: error: {e:#}");
+        eprintln!("loadgen: error: {}", keycore_keys::error_chain(&e));
         std::process::exit(1);
     }
 }

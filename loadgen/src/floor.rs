@@ -16,7 +16,7 @@
 
 use crate::report::{ms, Report};
 use crate::testsrv::TestServer;
-use crate::{LoadSpec, Profile};
+use crate::{LoadSpec, LoadgenError, Profile};
 
 /// Longest measured window of a floor run: long enough for a p99.9 at a
 /// few thousand requests per second, short next to the run it qualifies.
@@ -24,7 +24,7 @@ pub const FLOOR_MAX_S: f64 = 5.0;
 
 /// Run the spec's traffic shape, pings only, against the in-process
 /// do-nothing responder.
-pub fn floor(spec: &LoadSpec) -> anyhow::Result<Report> {
+pub fn floor(spec: &LoadSpec) -> Result<Report, LoadgenError> {
     floor_on(spec, None)
 }
 
@@ -33,12 +33,11 @@ pub fn floor(spec: &LoadSpec) -> anyhow::Result<Report> {
 /// tends to wake a loopback peer on the waker's CPU, so the responder
 /// shares the generator's core and the two preempt each other: a cost the
 /// real run (server pinned elsewhere) does not have.
-pub fn floor_on(spec: &LoadSpec, responder_cpu: Option<usize>) -> anyhow::Result<Report> {
+pub fn floor_on(spec: &LoadSpec, responder_cpu: Option<usize>) -> Result<Report, LoadgenError> {
     // The responder's set-up (throwaway PKI, loopback listener) reports
     // failure by panicking; here that is an error, not a crash.
-    let srv = std::panic::catch_unwind(|| TestServer::start_on(responder_cpu)).map_err(|_| {
-        anyhow::anyhow!("the floor responder could not start (throwaway PKI or 127.0.0.1 listener)")
-    })?;
+    let srv = std::panic::catch_unwind(|| TestServer::start_on(responder_cpu))
+        .map_err(|_| LoadgenError::FloorResponder)?;
     let mut s = spec.clone();
     s.server = srv.addr;
     s.tls = srv.tls.clone();

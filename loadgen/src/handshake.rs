@@ -23,9 +23,9 @@
 
 use crate::profile::{Arrivals, Schedule};
 use crate::report::{self, HdrLog, Percentiles};
+use crate::runner::RunError;
 use crate::stats::{new_hist, record};
 use crate::tls::read_certs;
-use anyhow::Context;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use glommio::timer::Timer;
@@ -154,6 +154,123 @@ impl HsError {
     }
 }
 
+/// Why a handshake run could not start or finish (a connection's own
+/// failure is an [`HsError`] in the report, not this).
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// A setting outside its range.
+    #[error("{flag} must be {rule}")]
+    Setting {
+        /// The flag.
+        flag: &'static str,
+        /// What it must be.
+        rule: &'static str,
+    },
+    /// `--handshakes` with more than one `--server`.
+    #[error("--handshakes takes one --server (the edge)")]
+    OneServer,
+    /// The edge address does not resolve.
+    #[error("edge address {addr:?}")]
+    Resolve {
+        /// The address as given.
+        addr: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The edge address resolves to no address.
+    #[error("edge address {0:?} resolves to nothing")]
+    NoAddress(String),
+    /// The CA file could not be read.
+    #[error(transparent)]
+    Ca(#[from] crate::ClientError),
+    /// A CA certificate rustls refuses as a trust anchor.
+    #[error("CA certificate")]
+    CaCert(#[source] rustls::Error),
+    /// The TLS version choice (rustls refuses the provider's suites).
+    #[error("TLS versions")]
+    TlsVersions(#[source] rustls::Error),
+    /// `--server-name` is not a DNS name or IP address.
+    #[error("server name {name:?}")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// rustls' reason.
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
+    /// A generator executor could not start.
+    #[error(transparent)]
+    Spawn(#[from] RunError),
+    /// A generator executor ended abnormally (glommio's error, as text: it
+    /// is not `Send`).
+    #[error("generator executor {id}: {reason}")]
+    Executor {
+        /// The executor.
+        id: usize,
+        /// glommio's reason.
+        reason: String,
+    },
+    /// The thread scraping the metrics before the window panicked.
+    #[error("scrape thread")]
+    ScrapeThread,
+    /// Scraping `--keyserver-metrics` failed.
+    #[error(transparent)]
+    Scrape(#[from] ScrapeError),
+    /// The HdrHistogram log could not be created.
+    #[error(transparent)]
+    HdrLog(#[from] crate::report::HdrLogError),
+    /// The HdrHistogram log could not be written.
+    #[error("writing HdrHistogram log {}", path.display())]
+    HdrLogWrite {
+        /// The log.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTML report could not be written.
+    #[error("writing {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The report could not be written to stdout.
+    #[error("writing the report")]
+    Output(#[source] std::io::Error),
+}
+
+/// Why a Prometheus scrape failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScrapeError {
+    /// Not an `http://` URL.
+    #[error("{0}: only http:// metrics URLs")]
+    NotHttp(String),
+    /// The host does not resolve, or the connection or transfer failed.
+    #[error("{url}")]
+    Io {
+        /// The URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host resolves to no address.
+    #[error("{0}: no address")]
+    NoAddress(String),
+    /// The server answered with something other than 200.
+    #[error("{url}: {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The answer's status line as the server sent it ("no answer" if empty).
+        status: String,
+    },
+}
+
 /// Outcomes and phase histograms (µs) of a set of connections.
 #[derive(Clone, Debug)]
 pub struct HsStats {
@@ -258,10 +375,10 @@ struct Shared {
 /// Build the client configs: (no resumption, with a session cache).
 fn client_configs(
     spec: &HandshakeSpec,
-) -> anyhow::Result<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)> {
+) -> Result<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>), HandshakeError> {
     let mut roots = rustls::RootCertStore::empty();
     for c in read_certs(&spec.ca)? {
-        roots.add(c).context("CA certificate")?;
+        roots.add(c).map_err(HandshakeError::CaCert)?;
     }
     let prov = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let b = rustls::ClientConfig::builder_with_provider(prov);
@@ -270,7 +387,7 @@ fn client_configs(
     } else {
         b.with_safe_default_protocol_versions()
     }
-    .context("TLS versions")?;
+    .map_err(HandshakeError::TlsVersions)?;
     let mut base = b.with_root_certificates(roots).with_no_client_auth();
     base.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut fresh = base.clone();
@@ -281,20 +398,31 @@ fn client_configs(
 }
 
 /// Run the handshake load and report.
-pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
-    anyhow::ensure!(spec.rate > 0.0, "--rate must be positive");
-    anyhow::ensure!(spec.cores >= 1, "--cores must be at least 1");
-    anyhow::ensure!(
-        (0.0..=1.0).contains(&spec.resume_ratio),
-        "--resume-ratio must be within 0..1"
-    );
-    anyhow::ensure!(
-        spec.duration_s > 0.0 && spec.duration_s <= 86_400.0,
-        "--duration must be within (0, 86400] s"
-    );
+pub fn run(spec: &HandshakeSpec) -> Result<HsReport, HandshakeError> {
+    let checks = [
+        (spec.rate > 0.0, "--rate", "positive"),
+        (spec.cores >= 1, "--cores", "at least 1"),
+        (
+            (0.0..=1.0).contains(&spec.resume_ratio),
+            "--resume-ratio",
+            "within 0..1",
+        ),
+        (
+            spec.duration_s > 0.0 && spec.duration_s <= 86_400.0,
+            "--duration",
+            "within (0, 86400] s",
+        ),
+    ];
+    if let Some(&(_, flag, rule)) = checks.iter().find(|c| !c.0) {
+        return Err(HandshakeError::Setting { flag, rule });
+    }
     let (fresh, resume) = client_configs(spec)?;
-    let name = ServerName::try_from(spec.server_name.clone())
-        .map_err(|e| anyhow::anyhow!("server name {:?}: {e}", spec.server_name))?;
+    let name = ServerName::try_from(spec.server_name.clone()).map_err(|source| {
+        HandshakeError::ServerName {
+            name: spec.server_name.clone(),
+            source,
+        }
+    })?;
     let cpus = crate::runner::pick_cpus(spec.cores, spec.first_cpu);
     let start = Instant::now() + Duration::from_millis(50);
     let warm_end = start + Duration::from_secs_f64(spec.warmup_s);
@@ -325,7 +453,10 @@ pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
             .name(&format!("loadgen-hs-{i}"))
             .io_memory(512 * 1024)
             .spawn(move || shard(i, spec, fresh, resume, name, (start, warm_end, end)))
-            .map_err(|e| anyhow::anyhow!("starting generator executor {i}: {e}"))?;
+            .map_err(|e| RunError::Spawn {
+                id: i,
+                reason: e.to_string(),
+            })?;
         handles.push(h);
     }
     // Generator CPU over the measured window, sampled while the executors
@@ -338,10 +469,11 @@ pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
         100.0 * cpu1.saturating_sub(cpu0).as_secs_f64() / (spec.duration_s * spec.cores as f64);
     let mut totals = HsStats::default();
     let mut intervals: Vec<HsStats> = Vec::new();
-    for h in handles {
-        let (t, iv) = h
-            .join()
-            .map_err(|e| anyhow::anyhow!("generator executor: {e}"))?;
+    for (id, h) in handles.into_iter().enumerate() {
+        let (t, iv) = h.join().map_err(|e| HandshakeError::Executor {
+            id,
+            reason: e.to_string(),
+        })?;
         totals.merge(&t);
         for (k, s) in iv.into_iter().enumerate() {
             if intervals.len() <= k {
@@ -352,9 +484,7 @@ pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
     }
     let keyless = match scrape_before {
         Some((url, before)) => {
-            let before = before
-                .join()
-                .map_err(|_| anyhow::anyhow!("scrape thread"))??;
+            let before = before.join().map_err(|_| HandshakeError::ScrapeThread)??;
             let after = scrape(&url)?;
             keyless_share(&before, &after, &totals)
         }
@@ -369,7 +499,11 @@ pub fn run(spec: &HandshakeSpec) -> anyhow::Result<HsReport> {
                 .filter(|(_, h)| !h.is_empty())
                 .map(|(n, h)| (*n, h))
                 .collect();
-            log.write_tagged(k as u64, &tagged)?;
+            log.write_tagged(k as u64, &tagged)
+                .map_err(|source| HandshakeError::HdrLogWrite {
+                    path: p.clone(),
+                    source,
+                })?;
         }
     }
     let timeline = intervals
@@ -586,33 +720,39 @@ async fn one(
 }
 
 /// GET a Prometheus text page over plain HTTP (bounded: 5 s, 8 MiB).
-pub fn scrape(url: &str) -> anyhow::Result<String> {
+pub fn scrape(url: &str) -> Result<String, ScrapeError> {
     let rest = url
         .strip_prefix("http://")
-        .with_context(|| format!("{url}: only http:// metrics URLs"))?;
+        .ok_or_else(|| ScrapeError::NotHttp(url.to_string()))?;
+    let io = |source| ScrapeError::Io {
+        url: url.to_string(),
+        source,
+    };
     let (hostport, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/metrics"),
     };
     let addr = std::net::ToSocketAddrs::to_socket_addrs(hostport)
-        .with_context(|| url.to_string())?
+        .map_err(io)?
         .next()
-        .with_context(|| format!("{url}: no address"))?;
-    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .with_context(|| url.to_string())?;
-    c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        .ok_or_else(|| ScrapeError::NoAddress(url.to_string()))?;
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(io)?;
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(io)?;
     write!(
         c,
         "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
-    )?;
+    )
+    .map_err(io)?;
     let mut body = Vec::new();
-    c.take(8 << 20).read_to_end(&mut body)?;
+    c.take(8 << 20).read_to_end(&mut body).map_err(io)?;
     let text = String::from_utf8_lossy(&body).into_owned();
-    anyhow::ensure!(
-        text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200"),
-        "{url}: {}",
-        text.lines().next().unwrap_or("no answer")
-    );
+    if !(text.starts_with("HTTP/1.1 200") || text.starts_with("HTTP/1.0 200")) {
+        return Err(ScrapeError::Status {
+            url: url.to_string(),
+            status: text.lines().next().unwrap_or("no answer").to_string(),
+        });
+    }
     Ok(text)
 }
 
@@ -847,15 +987,18 @@ impl HsReport {
 
 impl HandshakeSpec {
     /// From `keycore loadgen --handshakes` flags.
-    pub fn from_args(a: &crate::LoadgenArgs) -> anyhow::Result<HandshakeSpec> {
-        anyhow::ensure!(
-            a.servers.len() == 1,
-            "--handshakes takes one --server (the edge)"
-        );
-        let server = std::net::ToSocketAddrs::to_socket_addrs(a.servers[0].as_str())
-            .with_context(|| format!("edge address {:?}", a.servers[0]))?
+    pub fn from_args(a: &crate::LoadgenArgs) -> Result<HandshakeSpec, HandshakeError> {
+        if a.servers.len() != 1 {
+            return Err(HandshakeError::OneServer);
+        }
+        let addr = &a.servers[0];
+        let server = std::net::ToSocketAddrs::to_socket_addrs(addr.as_str())
+            .map_err(|source| HandshakeError::Resolve {
+                addr: addr.clone(),
+                source,
+            })?
             .next()
-            .with_context(|| format!("edge address {:?} resolves to nothing", a.servers[0]))?;
+            .ok_or_else(|| HandshakeError::NoAddress(addr.clone()))?;
         let mut s = HandshakeSpec::new(server, a.ca.clone());
         if let Some(n) = &a.server_name {
             s.server_name = n.clone();
@@ -883,19 +1026,24 @@ impl HandshakeSpec {
 }
 
 /// `keycore loadgen --handshakes ...`: run and print.
-pub fn run_cli(a: &crate::LoadgenArgs) -> anyhow::Result<()> {
+pub fn run_cli(a: &crate::LoadgenArgs) -> Result<(), HandshakeError> {
     let spec = HandshakeSpec::from_args(a)?;
     let r = run(&spec)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    if a.json {
-        serde_json::to_writer_pretty(&mut out, &r)?;
-        writeln!(out)?;
+    let printed = if a.json {
+        serde_json::to_writer_pretty(&mut out, &r)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
-        r.print_text(&mut out)?;
-    }
+        r.print_text(&mut out)
+    };
+    printed.map_err(HandshakeError::Output)?;
     if let Some(h) = &a.html {
-        std::fs::write(h, r.to_html()).with_context(|| format!("writing {}", h.display()))?;
+        std::fs::write(h, r.to_html()).map_err(|source| HandshakeError::Write {
+            path: h.clone(),
+            source,
+        })?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@
 
 pub mod check;
 pub mod client;
+mod error;
 pub mod floor;
 pub mod handshake;
 pub mod keys;
@@ -37,11 +38,11 @@ mod testsrv;
 pub mod tls;
 
 pub use client::{BlockingClient, ClientError, OwnedResponse, Pool, PoolConfig, PoolCounters};
+pub use error::LoadgenError;
 pub use profile::{Arrivals, LoopMode, Profile};
 pub use report::Report;
 pub use tls::{ClientTls, ClientTlsPaths, TlsOptions};
 
-use anyhow::Context;
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -95,7 +96,7 @@ impl LoadSpec {
 }
 
 /// Run one load test and return its report.
-pub fn run(spec: &LoadSpec) -> anyhow::Result<Report> {
+pub fn run(spec: &LoadSpec) -> Result<Report, LoadgenError> {
     let tls = ClientTls::from_paths(
         &spec.tls,
         &TlsOptions {
@@ -119,7 +120,7 @@ pub fn replay_plan(
     profile: &Profile,
     keys: Vec<keys::PublicKeyInfo>,
     o: &replay::ReplayOptions,
-) -> anyhow::Result<profile::Plan> {
+) -> Result<profile::Plan, LoadgenError> {
     let recs = replay::read(&o.files)?;
     let keys: Vec<_> = keys.into_iter().take(profile::MAX_KEYS).collect();
     let r = replay::build(&recs, &keys, o)?;
@@ -140,7 +141,11 @@ pub fn replay_plan(
     Ok(plan)
 }
 
-fn run_with(spec: &LoadSpec, tls: &ClientTls, plan: Arc<profile::Plan>) -> anyhow::Result<Report> {
+fn run_with(
+    spec: &LoadSpec,
+    tls: &ClientTls,
+    plan: Arc<profile::Plan>,
+) -> Result<Report, LoadgenError> {
     let mut hdr = spec
         .hdr_log
         .as_deref()
@@ -170,9 +175,11 @@ fn run_with(spec: &LoadSpec, tls: &ClientTls, plan: Arc<profile::Plan>) -> anyho
         timeline.push(row);
     };
     let result = runner::run_plan(spec.server, tls, plan.clone(), &mut sink)?;
-    if let Some(e) = hdr_err {
-        let path = spec.hdr_log.as_deref().unwrap_or(std::path::Path::new("?"));
-        anyhow::bail!("writing HdrHistogram log {}: {e}", path.display());
+    if let Some(source) = hdr_err {
+        return Err(LoadgenError::HdrLogWrite {
+            path: spec.hdr_log.clone().unwrap_or_default(),
+            source,
+        });
     }
     Ok(Report::new(
         spec.server.to_string(),
@@ -307,16 +314,16 @@ pub fn capacity(
     spec: &LoadSpec,
     cap: &CapacitySpec,
     on_step: &mut dyn FnMut(&Report),
-) -> anyhow::Result<CapacityReport> {
-    anyhow::ensure!(
-        cap.step_factor > 1.0 && cap.step_factor.is_finite(),
-        "capacity step factor must be above 1, got {}",
-        cap.step_factor
-    );
-    anyhow::ensure!(
-        cap.start_rate > 0.0 && cap.slo_p99_ms > 0.0,
-        "capacity start rate and SLO must be positive"
-    );
+) -> Result<CapacityReport, LoadgenError> {
+    if !(cap.step_factor > 1.0 && cap.step_factor.is_finite()) {
+        return Err(LoadgenError::CapacityStepFactor(cap.step_factor));
+    }
+    if !(cap.start_rate > 0.0 && cap.slo_p99_ms > 0.0) {
+        return Err(LoadgenError::CapacityNotPositive {
+            start_rate: cap.start_rate,
+            slo_p99_ms: cap.slo_p99_ms,
+        });
+    }
     let tls = ClientTls::from_paths(
         &spec.tls,
         &TlsOptions {
@@ -400,12 +407,10 @@ pub fn capacity(
 }
 
 /// Run the same spec against each server in turn.
-pub fn compare(spec: &LoadSpec, servers: &[SocketAddr]) -> anyhow::Result<Vec<Report>> {
-    anyhow::ensure!(
-        (2..=MAX_COMPARE_SERVERS).contains(&servers.len()),
-        "compare needs 2 to {MAX_COMPARE_SERVERS} servers, got {}",
-        servers.len()
-    );
+pub fn compare(spec: &LoadSpec, servers: &[SocketAddr]) -> Result<Vec<Report>, LoadgenError> {
+    if !(2..=MAX_COMPARE_SERVERS).contains(&servers.len()) {
+        return Err(LoadgenError::CompareServers(servers.len()));
+    }
     servers
         .iter()
         .map(|s| {
@@ -414,7 +419,10 @@ pub fn compare(spec: &LoadSpec, servers: &[SocketAddr]) -> anyhow::Result<Vec<Re
             if let Some(p) = &spec.hdr_log {
                 one.hdr_log = Some(suffixed(p, &s.to_string()));
             }
-            run(&one).with_context(|| format!("run against {s}"))
+            run(&one).map_err(|e| LoadgenError::RunAgainst {
+                server: *s,
+                source: Box::new(e),
+            })
         })
         .collect()
 }
@@ -639,16 +647,19 @@ pub struct LoadgenArgs {
 }
 
 /// `host:port` to its first address.
-pub fn resolve(s: &str) -> anyhow::Result<SocketAddr> {
+pub fn resolve(s: &str) -> Result<SocketAddr, LoadgenError> {
     s.to_socket_addrs()
-        .with_context(|| format!("server address {s:?}"))?
+        .map_err(|source| LoadgenError::Resolve {
+            addr: s.to_string(),
+            source,
+        })?
         .next()
-        .with_context(|| format!("server address {s:?} resolves to nothing"))
+        .ok_or_else(|| LoadgenError::NoAddress(s.to_string()))
 }
 
 impl LoadgenArgs {
     /// The profile: file (if any), then flags on top.
-    pub fn to_profile(&self) -> anyhow::Result<Profile> {
+    pub fn to_profile(&self) -> Result<Profile, LoadgenError> {
         let mut p = match &self.profile {
             Some(f) => Profile::from_file(f)?,
             None => Profile::default(),
@@ -700,14 +711,23 @@ impl LoadgenArgs {
     }
 
     /// The spec for the first server.
-    pub fn to_spec(&self) -> anyhow::Result<LoadSpec> {
-        let first = self.servers.first().context("--server is required")?;
+    pub fn to_spec(&self) -> Result<LoadSpec, LoadgenError> {
+        let first = self
+            .servers
+            .first()
+            .ok_or(LoadgenError::MissingFlag("--server"))?;
         Ok(LoadSpec {
             server: resolve(first)?,
             tls: ClientTlsPaths {
                 ca: self.ca.clone(),
-                cert: self.cert.clone().context("--cert is required")?,
-                key: self.client_key.clone().context("--key is required")?,
+                cert: self
+                    .cert
+                    .clone()
+                    .ok_or(LoadgenError::MissingFlag("--cert"))?,
+                key: self
+                    .client_key
+                    .clone()
+                    .ok_or(LoadgenError::MissingFlag("--key"))?,
             },
             server_name: self.server_name.clone(),
             keys: self.keys.clone(),
@@ -719,18 +739,16 @@ impl LoadgenArgs {
     }
 
     /// The replay the flags describe, if `--replay` is given.
-    pub fn replay_options(&self) -> anyhow::Result<Option<replay::ReplayOptions>> {
+    pub fn replay_options(&self) -> Result<Option<replay::ReplayOptions>, LoadgenError> {
         if self.replay.is_empty() {
-            anyhow::ensure!(
-                self.scale.is_none() && self.replay_map.is_empty() && !self.replay_skip_unsupported,
-                "--scale, --replay-map and --replay-skip-unsupported go with --replay"
-            );
+            if self.scale.is_some() || !self.replay_map.is_empty() || self.replay_skip_unsupported {
+                return Err(LoadgenError::ReplayOptionsWithoutReplay);
+            }
             return Ok(None);
         }
-        anyhow::ensure!(
-            self.servers.len() == 1 && !self.capacity && self.compare_report.is_none(),
-            "--replay takes one --server and no --capacity/--compare-report"
-        );
+        if self.servers.len() != 1 || self.capacity || self.compare_report.is_some() {
+            return Err(LoadgenError::ReplayNotAlone);
+        }
         Ok(Some(replay::ReplayOptions {
             files: self.replay.clone(),
             scale: self.scale.unwrap_or(1.0),
@@ -756,19 +774,26 @@ impl LoadgenArgs {
 }
 
 /// `keycore loadgen ...`: run, capacity, compare or handshakes, and print.
-pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
+pub fn run_cli(args: &LoadgenArgs) -> Result<(), LoadgenError> {
     if args.handshakes {
-        return handshake::run_cli(args);
+        return Ok(handshake::run_cli(args)?);
     }
-    anyhow::ensure!(
-        args.compare_report.is_none(),
-        "--compare-report is run by the keycore binary (keycore_tuning::compare::run_cli)"
-    );
+    if args.compare_report.is_some() {
+        return Err(LoadgenError::CompareReportElsewhere);
+    }
     let spec = args.to_spec()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let write = |path: &std::path::Path, text: String| {
+        std::fs::write(path, text).map_err(|source| LoadgenError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
     if args.capacity {
-        anyhow::ensure!(args.servers.len() == 1, "--capacity takes one --server");
+        if args.servers.len() != 1 {
+            return Err(LoadgenError::CapacityOneServer);
+        }
         let live = spec.live;
         let rep = capacity(&spec, &args.capacity_spec(), &mut |r| {
             if live {
@@ -784,37 +809,36 @@ pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
                 );
             }
         })?;
-        if args.json {
-            serde_json::to_writer_pretty(&mut out, &rep)?;
-            writeln!(out)?;
+        let printed = if args.json {
+            json_line(&mut out, &rep)
         } else {
-            rep.print_text(&mut out)?;
-        }
-        return Ok(());
+            rep.print_text(&mut out)
+        };
+        return printed.map_err(LoadgenError::Output);
     }
     if args.servers.len() > 1 {
         let servers = args
             .servers
             .iter()
             .map(|s| resolve(s))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
         let reports = compare(&spec, &servers)?;
-        if args.json {
+        let printed = if args.json {
             let v: Vec<serde_json::Value> = reports.iter().map(Report::to_json).collect();
-            serde_json::to_writer_pretty(&mut out, &v)?;
-            writeln!(out)?;
+            json_line(&mut out, &v)
         } else {
-            for r in &reports {
-                r.print_text(&mut out)?;
-                writeln!(out)?;
-            }
-            report::print_compare(&reports, &mut out)?;
-        }
+            reports
+                .iter()
+                .try_for_each(|r| {
+                    r.print_text(&mut out)?;
+                    writeln!(out)
+                })
+                .and_then(|()| report::print_compare(&reports, &mut out))
+        };
+        printed.map_err(LoadgenError::Output)?;
         if let Some(h) = &args.html {
             for r in &reports {
-                let path = suffixed(h, &r.server);
-                std::fs::write(&path, r.to_html())
-                    .with_context(|| format!("writing {}", path.display()))?;
+                write(&suffixed(h, &r.server), r.to_html())?;
             }
         }
         return Ok(());
@@ -827,7 +851,7 @@ pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    if args.json {
+    let printed = if args.json {
         let mut v = r.to_json();
         if let (Some(f), Some(o)) = (&fl, v.as_object_mut()) {
             o.insert(
@@ -840,18 +864,24 @@ pub fn run_cli(args: &LoadgenArgs) -> anyhow::Result<()> {
                     }),
             );
         }
-        serde_json::to_writer_pretty(&mut out, &v)?;
-        writeln!(out)?;
+        json_line(&mut out, &v)
     } else {
-        r.print_text(&mut out)?;
-        if let Some(f) = &fl {
-            writeln!(out, "{}", floor::floor_line(f))?;
-        }
-    }
+        r.print_text(&mut out).and_then(|()| match &fl {
+            Some(f) => writeln!(out, "{}", floor::floor_line(f)),
+            None => Ok(()),
+        })
+    };
+    printed.map_err(LoadgenError::Output)?;
     if let Some(h) = &args.html {
-        std::fs::write(h, r.to_html()).with_context(|| format!("writing {}", h.display()))?;
+        write(h, r.to_html())?;
     }
     Ok(())
+}
+
+/// `v` as pretty JSON and a newline.
+fn json_line(out: &mut dyn Write, v: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)
 }
 
 #[cfg(test)]
@@ -926,7 +956,54 @@ mod tests {
         assert!(e.contains("name=weight"), "{e}");
         let mut a = parse(&[]);
         a.servers = vec!["not an address".into()];
-        assert!(a.to_spec().is_err());
+        assert!(
+            matches!(&a.to_spec(), Err(LoadgenError::Resolve { addr, .. }) if addr == "not an address"),
+            "{:?}",
+            a.to_spec()
+        );
+        let mut a = parse(&[]);
+        a.cert = None;
+        assert!(matches!(
+            a.to_spec(),
+            Err(LoadgenError::MissingFlag("--cert"))
+        ));
+        assert!(matches!(
+            parse(&["--scale", "2"]).to_spec(),
+            Err(LoadgenError::ReplayOptionsWithoutReplay)
+        ));
+        // A part's error passes through unchanged (same text, same source).
+        let e = parse(&["--verify-fraction", "2"]).to_profile().unwrap_err();
+        assert!(matches!(e, LoadgenError::Profile(_)), "{e:?}");
+    }
+
+    /// A comparison run's failure names its server and keeps the run's
+    /// error as the source, so the binary prints the whole chain.
+    #[test]
+    fn a_comparison_failure_names_the_server_and_keeps_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = ClientTlsPaths {
+            ca: dir.path().join("no-ca.pem"),
+            cert: dir.path().join("no-cert.pem"),
+            key: dir.path().join("no-key.pem"),
+        };
+        let a: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:10".parse().unwrap();
+        let spec = LoadSpec::new(a, missing, vec![]);
+        let e = compare(&spec, &[a, b]).unwrap_err();
+        assert!(
+            matches!(&e, LoadgenError::RunAgainst { server, source }
+                if *server == a && matches!(**source, LoadgenError::Tls(_))),
+            "{e:?}"
+        );
+        let text = keycore_keys::error_chain(&e);
+        assert!(
+            text.starts_with("run against 127.0.0.1:9: ") && text.contains("no-ca.pem"),
+            "{text}"
+        );
+        assert!(matches!(
+            compare(&spec, &[a]),
+            Err(LoadgenError::CompareServers(1))
+        ));
     }
 
     #[test]

@@ -15,8 +15,7 @@
 
 use crate::check::OpKind;
 use crate::keys::PublicKeyInfo;
-use anyhow::{bail, Context};
-use keycore_protocol::record::{parse, RECORD_LEN};
+use keycore_protocol::record::{parse, RecordError, RECORD_LEN};
 use keycore_protocol::Ski;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -45,6 +44,107 @@ pub struct ReplayOptions {
     /// Client connections; default one per recorded connection (at most
     /// [`MAX_CONNECTIONS`]).
     pub connections: Option<usize>,
+}
+
+/// Why a recording cannot be replayed. The key variants carry what the
+/// recording asked for, so the message can name every missing key.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// A `--replay-map` entry without `=`.
+    #[error("--replay-map {entry:?}: want OLD_SKI=NEW_SKI (hex)")]
+    MapEntry {
+        /// The entry as given.
+        entry: String,
+    },
+    /// A SKI that is not 40 hex digits (colons aside).
+    #[error("SKI {ski:?}: want 40 hex digits")]
+    SkiLength {
+        /// The SKI as given.
+        ski: String,
+    },
+    /// A SKI with a non-hex digit pair.
+    #[error("SKI {ski:?}: not hex")]
+    SkiNotHex {
+        /// The SKI as given.
+        ski: String,
+        /// The digit pair's parse error.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// `--replay` without files.
+    #[error("--replay needs at least one file")]
+    NoFiles,
+    /// A recording file could not be read.
+    #[error("recording {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that is not a readable recording.
+    #[error("recording {}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What the format check found.
+        #[source]
+        source: RecordError,
+    },
+    /// The files hold more than [`MAX_RECORDS`] records together.
+    #[error("recording {}: more than {MAX_RECORDS} records in all; replay a part", path.display())]
+    TooManyRecords {
+        /// The file that passed the bound.
+        path: PathBuf,
+    },
+    /// `--scale` not a positive number.
+    #[error("--scale must be a positive number, got {0}")]
+    Scale(f64),
+    /// Recorded SKIs the target's keys lack: (SKI, requests), most
+    /// [`LISTED`] of them, and how many SKIs in all.
+    #[error("{}", missing_message(.keys, *.total))]
+    MissingKeys {
+        /// The first missing SKIs (after `--replay-map`) and their request counts.
+        keys: Vec<(Ski, usize)>,
+        /// Missing SKIs in all.
+        total: usize,
+    },
+    /// Recorded operations on keys that cannot do them: (SKI, operation, requests).
+    #[error("{}", unfit_message(.0))]
+    UnfitKeys(Vec<(Ski, &'static str, usize)>),
+    /// Requests the generator cannot send, by what they are (an opcode, or
+    /// an operation naming its key by digest), without `--replay-skip-unsupported`.
+    #[error("the recording holds {} requests the generator cannot send ({}); --replay-skip-unsupported skips them",
+        .0.iter().map(|(_, n)| n).sum::<usize>(),
+        .0.iter().map(|(what, n)| format!("{what}: {n}")).collect::<Vec<_>>().join(", "))]
+    Unsupported(Vec<(String, usize)>),
+    /// Nothing left to replay.
+    #[error("the recording holds no request to replay")]
+    Empty,
+}
+
+/// Most missing SKIs a [`ReplayError::MissingKeys`] lists.
+pub const LISTED: usize = 10;
+
+fn missing_message(keys: &[(Ski, usize)], total: usize) -> String {
+    let mut msg = String::from("the target's keys (--keys) lack keys the recording uses:");
+    for (s, n) in keys {
+        let _ = write!(msg, "\n  SKI {} ({n} requests)", hex(s));
+    }
+    if total > keys.len() {
+        let _ = write!(msg, "\n  ... and {} more", total - keys.len());
+    }
+    msg.push_str("\ngive the target's public keys with --keys, or name a stand-in with --replay-map OLD_SKI=NEW_SKI");
+    msg
+}
+
+fn unfit_message(keys: &[(Ski, &'static str, usize)]) -> String {
+    let mut msg = String::from("keys that do not fit the recorded operation:");
+    for (s, op, n) in keys {
+        let _ = write!(msg, "\n  SKI {} cannot serve {op} ({n} requests)", hex(s));
+    }
+    msg
 }
 
 /// One arrival to replay.
@@ -77,7 +177,7 @@ pub struct Replay {
 
 /// Parse a `--replay-map` value: `OLD=NEW[,OLD=NEW...]`, SKIs in hex
 /// (colons allowed).
-pub fn parse_map(items: &[String]) -> anyhow::Result<HashMap<Ski, Ski>> {
+pub fn parse_map(items: &[String]) -> Result<HashMap<Ski, Ski>, ReplayError> {
     let mut m = HashMap::new();
     for part in items
         .iter()
@@ -85,23 +185,27 @@ pub fn parse_map(items: &[String]) -> anyhow::Result<HashMap<Ski, Ski>> {
         .map(str::trim)
         .filter(|p| !p.is_empty())
     {
-        let (a, b) = part
-            .split_once('=')
-            .with_context(|| format!("--replay-map {part:?}: want OLD_SKI=NEW_SKI (hex)"))?;
+        let (a, b) = part.split_once('=').ok_or_else(|| ReplayError::MapEntry {
+            entry: part.to_string(),
+        })?;
         m.insert(ski_hex(a)?, ski_hex(b)?);
     }
     Ok(m)
 }
 
-fn ski_hex(s: &str) -> anyhow::Result<Ski> {
+fn ski_hex(s: &str) -> Result<Ski, ReplayError> {
     let h: String = s.chars().filter(|c| *c != ':').collect();
     let mut out = [0u8; 20];
     if h.len() != 40 || !h.is_ascii() {
-        bail!("SKI {s:?}: want 40 hex digits");
+        return Err(ReplayError::SkiLength { ski: s.to_string() });
     }
     for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16)
-            .with_context(|| format!("SKI {s:?}: not hex"))?;
+        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).map_err(|source| {
+            ReplayError::SkiNotHex {
+                ski: s.to_string(),
+                source,
+            }
+        })?;
     }
     Ok(out)
 }
@@ -120,23 +224,28 @@ type Merged = (u64, usize, u16, u32, u8, Option<Ski>);
 
 /// Read and merge recording files (refused with the file's name and the
 /// format's reason when one is not a readable recording).
-pub fn read(files: &[PathBuf]) -> anyhow::Result<Vec<Merged>> {
-    anyhow::ensure!(!files.is_empty(), "--replay needs at least one file");
+pub fn read(files: &[PathBuf]) -> Result<Vec<Merged>, ReplayError> {
+    if files.is_empty() {
+        return Err(ReplayError::NoFiles);
+    }
     let mut out: Vec<Merged> = Vec::new();
     // Files of one recording share an origin: connection ids are per
     // (origin, core), so two servers' recordings never share a connection.
     let mut origins: Vec<u64> = Vec::new();
     for f in files {
-        let len = std::fs::metadata(f)
-            .with_context(|| format!("recording {}", f.display()))?
-            .len();
-        anyhow::ensure!(
-            (out.len() as u64).saturating_add(len / RECORD_LEN as u64) <= MAX_RECORDS as u64,
-            "recording {}: more than {MAX_RECORDS} records in all; replay a part",
-            f.display()
-        );
-        let bytes = std::fs::read(f).with_context(|| format!("recording {}", f.display()))?;
-        let (h, recs) = parse(&bytes).with_context(|| format!("recording {}", f.display()))?;
+        let read_err = |source| ReplayError::Read {
+            path: f.clone(),
+            source,
+        };
+        let len = std::fs::metadata(f).map_err(read_err)?.len();
+        if (out.len() as u64).saturating_add(len / RECORD_LEN as u64) > MAX_RECORDS as u64 {
+            return Err(ReplayError::TooManyRecords { path: f.clone() });
+        }
+        let bytes = std::fs::read(f).map_err(read_err)?;
+        let (h, recs) = parse(&bytes).map_err(|source| ReplayError::Format {
+            path: f.clone(),
+            source,
+        })?;
         let rec_id = match origins.iter().position(|&o| o == h.origin_unix_ns) {
             Some(i) => i,
             None => {
@@ -164,12 +273,10 @@ pub fn build(
     records: &[Merged],
     keys: &[PublicKeyInfo],
     o: &ReplayOptions,
-) -> anyhow::Result<Replay> {
-    anyhow::ensure!(
-        o.scale.is_finite() && o.scale > 0.0,
-        "--scale must be a positive number, got {}",
-        o.scale
-    );
+) -> Result<Replay, ReplayError> {
+    if !(o.scale.is_finite() && o.scale > 0.0) {
+        return Err(ReplayError::Scale(o.scale));
+    }
     let by_ski: HashMap<Ski, usize> = keys.iter().enumerate().map(|(i, k)| (k.ski, i)).collect();
     let mut unsupported: BTreeMap<String, usize> = BTreeMap::new();
     let mut missing: BTreeMap<Ski, usize> = BTreeMap::new();
@@ -219,41 +326,25 @@ pub fn build(
         });
     }
     if !missing.is_empty() {
-        let mut msg = String::from("the target's keys (--keys) lack keys the recording uses:");
-        for (s, n) in missing.iter().take(10) {
-            let _ = write!(msg, "\n  SKI {} ({n} requests)", hex(s));
-        }
-        if missing.len() > 10 {
-            let _ = write!(msg, "\n  ... and {} more", missing.len() - 10);
-        }
-        msg.push_str("\ngive the target's public keys with --keys, or name a stand-in with --replay-map OLD_SKI=NEW_SKI");
-        bail!(msg);
+        return Err(ReplayError::MissingKeys {
+            total: missing.len(),
+            keys: missing.into_iter().take(LISTED).collect(),
+        });
     }
     if !unfit.is_empty() {
-        let mut msg = String::from("keys that do not fit the recorded operation:");
-        for ((s, op), n) in &unfit {
-            let _ = write!(msg, "\n  SKI {} cannot serve {op} ({n} requests)", hex(s));
-        }
-        bail!(msg);
+        return Err(ReplayError::UnfitKeys(
+            unfit.into_iter().map(|((s, op), n)| (s, op, n)).collect(),
+        ));
     }
     if !unsupported.is_empty() {
-        let n: usize = unsupported.values().sum();
         if !o.skip_unsupported {
-            let list: Vec<String> = unsupported
-                .iter()
-                .map(|(what, n)| format!("{what}: {n}"))
-                .collect();
-            bail!(
-                "the recording holds {n} requests the generator cannot send ({}); --replay-skip-unsupported skips them",
-                list.join(", ")
-            );
+            return Err(ReplayError::Unsupported(unsupported.into_iter().collect()));
         }
-        skipped = n;
+        skipped = unsupported.values().sum();
     }
-    anyhow::ensure!(
-        !arrivals.is_empty(),
-        "the recording holds no request to replay"
-    );
+    if arrivals.is_empty() {
+        return Err(ReplayError::Empty);
+    }
     let span_s = arrivals.last().map_or(0.0, |a| a.t_s);
     Ok(Replay {
         arrivals,
@@ -369,9 +460,12 @@ mod tests {
         );
         let recs = read(std::slice::from_ref(&f)).unwrap();
         let keys = [key(KeyKind::EcdsaP256, 1)];
-        let e = build(&recs, &keys, &opts(vec![f.clone()]))
-            .unwrap_err()
-            .to_string();
+        let e = build(&recs, &keys, &opts(vec![f.clone()])).unwrap_err();
+        assert!(
+            matches!(&e, ReplayError::MissingKeys { keys, total: 1 } if keys[..] == [([9; 20], 2)]),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(
             e.contains(&hex(&[9; 20])) && e.contains("2 requests"),
             "{e}"
@@ -398,12 +492,25 @@ mod tests {
         let mut b = std::fs::read(&f).unwrap();
         b.truncate(b.len() - 1);
         std::fs::write(&f, &b).unwrap();
-        let e = format!("{:#}", read(std::slice::from_ref(&f)).unwrap_err());
+        let e = read(std::slice::from_ref(&f)).unwrap_err();
         assert!(
-            e.contains("truncated") && e.contains(&f.display().to_string()),
-            "{e}"
+            matches!(&e, ReplayError::Format { path, .. } if *path == f),
+            "{e:?}"
         );
-        assert!(parse_map(&["abc=def".into()]).is_err());
+        // The binary prints the chain: the file, then the format's reason.
+        let text = keycore_keys::error_chain(&e);
+        assert!(
+            text.contains("truncated") && text.contains(&f.display().to_string()),
+            "{text}"
+        );
+        assert!(matches!(
+            parse_map(&["abc".into()]),
+            Err(ReplayError::MapEntry { entry }) if entry == "abc"
+        ));
+        assert!(matches!(
+            parse_map(&["abc=def".into()]),
+            Err(ReplayError::SkiLength { ski }) if ski == "abc"
+        ));
     }
 
     #[test]

@@ -407,7 +407,7 @@ pub fn sweep(
                 ));
             });
             srv.stop();
-            r
+            r.map_err(anyhow::Error::from)
         });
         let point = match r {
             Ok(c) => {

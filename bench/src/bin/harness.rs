@@ -1667,7 +1667,10 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                         bound: String::new(),
                         held: None,
                     }),
-                    Err(e) => eprintln!("  generator floor ({how}) not measured: {e:#}"),
+                    Err(e) => eprintln!(
+                        "  generator floor ({how}) not measured: {}",
+                        keycore_keys::error_chain(&e)
+                    ),
                 }
             }
         }
@@ -1725,7 +1728,10 @@ fn latency_targets(args: &Args, bin: &Path, ctx: &Ctx, plan: &Plan) -> Result<bo
                 bound: String::new(),
                 held: None,
             }),
-            Err(e) => eprintln!("  generator floor (spinning) not measured: {e:#}"),
+            Err(e) => eprintln!(
+                "  generator floor (spinning) not measured: {}",
+                keycore_keys::error_chain(&e)
+            ),
         }
     }
 
