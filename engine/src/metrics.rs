@@ -12,6 +12,8 @@
 //! `keyless_request_total_duration_per_opcode{type,error}` (seconds, buckets
 //! 100 µs doubling to 1.64 s), `keyless_failed_connection`,
 //! `keyless_key_load_duration`, `certificate_expiration_timestamp_seconds`.
+//! `keycore_request_total_duration_fine_seconds{type}` is the read → answer-queued
+//! time again with finer buckets (25 µs steps to 200 µs; issue 13).
 //! keycore's own per-core series are prefixed `keycore_`.
 //!
 //! This module must not: allocate or format on the data path, or hold a lock
@@ -160,6 +162,50 @@ impl Histograms {
     }
 }
 
+/// Upper bounds (ns) of keycore's own finer read → answer-queued histogram:
+/// 25 µs steps up to 200 µs, then about ×1.5 to 12.8 ms. The reference
+/// family's buckets double from 100 µs, too coarse to split a p99 of a few
+/// hundred µs from a millisecond (issue 13).
+pub const FINE_BOUNDS_NS: [u64; 20] = [
+    25_000, 50_000, 75_000, 100_000, 125_000, 150_000, 175_000, 200_000, 300_000, 400_000, 500_000,
+    600_000, 800_000, 1_000_000, 1_200_000, 1_600_000, 2_400_000, 3_200_000, 6_400_000, 12_800_000,
+];
+
+/// Bucket index (0..=FINE_BOUNDS_NS.len(), the last being +Inf) for a duration.
+#[inline]
+pub fn fine_bucket_of(ns: u64) -> usize {
+    FINE_BOUNDS_NS.partition_point(|&b| b < ns)
+}
+
+/// keycore's own read → answer-queued histogram by `type` (every answer,
+/// errors included), with [`FINE_BOUNDS_NS`] buckets.
+#[derive(Debug)]
+pub struct FineHistogram {
+    buckets: Vec<Counter>, // OP_TYPES × (FINE_BOUNDS_NS.len() + 1)
+    sum_ns: Vec<Counter>,  // OP_TYPES
+}
+
+impl Default for FineHistogram {
+    fn default() -> Self {
+        FineHistogram {
+            buckets: (0..OP_TYPES.len() * (FINE_BOUNDS_NS.len() + 1))
+                .map(|_| Counter::default())
+                .collect(),
+            sum_ns: (0..OP_TYPES.len()).map(|_| Counter::default()).collect(),
+        }
+    }
+}
+
+impl FineHistogram {
+    /// Record one observation. Only the owning core may call this.
+    #[inline]
+    pub fn record(&self, op: Op, ns: u64) {
+        let t = op_type(op);
+        self.buckets[t * (FINE_BOUNDS_NS.len() + 1) + fine_bucket_of(ns)].inc();
+        self.sum_ns[t].add(ns);
+    }
+}
+
 /// Counters of one core. Written only by that core's reactor.
 #[derive(Debug)]
 pub struct CoreStats {
@@ -171,6 +217,8 @@ pub struct CoreStats {
     pub exec: Histograms,
     /// Time from the request being read to its response being queued.
     pub total: Histograms,
+    /// The same, every answer, finer buckets (keycore's own family).
+    pub total_fine: FineHistogram,
     /// Connections accepted (TLS not yet done).
     pub accepted: Counter,
     /// Connections currently open (gauge).
@@ -225,6 +273,7 @@ impl CoreStats {
             requests_by_op: (0..256).map(|_| Counter::default()).collect(),
             exec: Histograms::default(),
             total: Histograms::default(),
+            total_fine: FineHistogram::default(),
             accepted: Counter::default(),
             open: Counter::default(),
             refused: Counter::default(),
@@ -378,6 +427,7 @@ impl Registry {
             "Time from request read to response queued, in seconds.",
             |c| &c.total,
         );
+        self.render_fine(w);
         let failed = self.sum(|c| c.tls_failures.get() + c.handshake_timeouts.get());
         w.family(
             "keyless_failed_connection",
@@ -600,6 +650,47 @@ impl Registry {
     }
 }
 
+impl Registry {
+    fn render_fine(&self, w: &mut PromWriter<'_>) {
+        const NAME: &str = "keycore_request_total_duration_fine_seconds";
+        w.family(
+            NAME,
+            MetricKind::Histogram,
+            "Time from request read to response queued (every answer, errors too), finer buckets than keyless_request_total_duration_per_opcode, in seconds.",
+        );
+        let n = FINE_BOUNDS_NS.len() + 1;
+        for (t, tname) in OP_TYPES.iter().enumerate() {
+            let get = |b: usize| self.sum(|c| c.total_fine.buckets[t * n + b].get());
+            let total: u64 = (0..n).map(get).sum();
+            if total == 0 {
+                continue;
+            }
+            let mut cum = 0;
+            for (b, bound) in FINE_BOUNDS_NS.iter().enumerate() {
+                cum += get(b);
+                let le = (*bound as f64 / 1e9).to_string();
+                w.sample(
+                    &format!("{NAME}_bucket"),
+                    &[("type", tname), ("le", &le)],
+                    cum,
+                );
+            }
+            w.sample(
+                &format!("{NAME}_bucket"),
+                &[("type", tname), ("le", "+Inf")],
+                total,
+            );
+            let sum_ns = self.sum(|c| c.total_fine.sum_ns[t].get());
+            w.sample(
+                &format!("{NAME}_sum"),
+                &[("type", tname)],
+                sum_ns as f64 / 1e9,
+            );
+            w.sample(&format!("{NAME}_count"), &[("type", tname)], total);
+        }
+    }
+}
+
 fn le(bucket: usize) -> f64 {
     (BUCKET0_NS << bucket) as f64 / 1e9
 }
@@ -615,6 +706,17 @@ pub fn op_label(op: Op) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fine_buckets_split_the_first_reference_buckets() {
+        assert_eq!(fine_bucket_of(0), 0);
+        assert_eq!(fine_bucket_of(25_000), 0);
+        assert_eq!(fine_bucket_of(25_001), 1);
+        assert_eq!(fine_bucket_of(150_000), 5);
+        assert_eq!(fine_bucket_of(700_000), 12);
+        assert_eq!(fine_bucket_of(12_800_001), FINE_BOUNDS_NS.len());
+        assert!(FINE_BOUNDS_NS.windows(2).all(|w| w[0] < w[1]));
+    }
 
     #[test]
     fn buckets_double_from_100us() {
@@ -659,6 +761,24 @@ mod tests {
         ));
         assert!(text.contains("keycore_requests_total{core=\"1\"} 4\n"));
         assert_eq!(r.total_requests(), 7);
+        // The finer family sums cores too: 60 µs and 140 µs ECDSA answers.
+        r.cores[0].total_fine.record(Op::ECDSA_SIGN_SHA256, 60_000);
+        r.cores[1].total_fine.record(Op::ECDSA_SIGN_SHA256, 140_000);
+        let text = r.render();
+        for (le, n) in [
+            ("0.00005", 0),
+            ("0.000075", 1),
+            ("0.000125", 1),
+            ("0.00015", 2),
+        ] {
+            let line = format!(
+                "keycore_request_total_duration_fine_seconds_bucket{{type=\"ecdsa\",le=\"{le}\"}} {n}\n"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        assert!(
+            text.contains("keycore_request_total_duration_fine_seconds_count{type=\"ecdsa\"} 2\n")
+        );
     }
 
     /// Control-plane gauges go through the one writer: a certificate subject

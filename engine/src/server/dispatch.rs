@@ -148,9 +148,9 @@ pub fn handle(
         (_, OpClass::Ping) => {
             // Echo; a too-large echo can't happen (the request fit one body).
             let _ = encode_response(out, id, Op::PONG, msg.payload.unwrap_or(&[]));
-            ctx.stats
-                .total
-                .record(op, ErrorCode::NONE, elapsed_ns(read_at));
+            let ns = elapsed_ns(read_at);
+            ctx.stats.total.record(op, ErrorCode::NONE, ns);
+            ctx.stats.total_fine.record(op, ns);
             if let (Some(t), Some(rec)) = (ctx.tracer, span) {
                 t.submit(rec, op, ErrorCode::NONE, ctx.stats);
             }
@@ -279,7 +279,9 @@ pub fn finish(
             code
         }
     };
-    stats.total.record(op, code, elapsed_ns(read_at));
+    let ns = elapsed_ns(read_at);
+    stats.total.record(op, code, ns);
+    stats.total_fine.record(op, ns);
     code
 }
 
