@@ -16,8 +16,11 @@
 //! Reload: [`open_all_reusing`] keeps a previously opened store (same
 //! `Arc`, so its sessions and connections stay) when its backend gets the
 //! same URIs (PINs included) and the same settings (`Registration::settings`)
-//! as before, and opens the rest afresh. Reuse is per backend store: a
-//! change to any one PKCS#11 URI reopens the PKCS#11 store (all its tokens).
+//! as before, and asks it for its keys again (`KeyStore::rescan`: a PKCS#11
+//! store searches its tokens on their login sessions; a store without it
+//! keeps its list); the rest are opened afresh. Reuse is per backend store:
+//! a change to any one PKCS#11 URI reopens the PKCS#11 store (all its
+//! tokens).
 //!
 //! Must not: be consulted on the data path (dispatch goes by `StoreId`), or
 //! know a backend's internals beyond its options struct.
@@ -163,8 +166,10 @@ pub fn open_all(uris: &[String], cfg: &Config) -> Result<Vec<OpenedStore>, OpenE
 }
 
 /// [`open_all`], keeping each store of `previous` whose backend gets the
-/// same URIs and settings again (its keys are re-numbered to the store's new
-/// `StoreId`; nothing is asked of the backend).
+/// same URIs and settings again: it is asked for its keys again
+/// ([`KeyStore::rescan`]) as entries of its new `StoreId`; a store that
+/// does not rescan keeps its previous keys, re-numbered to the new id. A
+/// failed rescan fails the whole call (the reload is refused).
 pub fn open_all_reusing(
     uris: &[String],
     cfg: &Config,
@@ -196,12 +201,27 @@ pub fn open_all_reusing(
             .find(|r| r.backend == b.name && r.opened_with == opened_with)
         {
             tracing::debug!(backend = b.name, "key backend unchanged; keeping it open");
+            let t0 = std::time::Instant::now();
+            let rescanned = r.store.rescan(id).map_err(|e| OpenError::Backend {
+                backend: b.name,
+                context: RESCAN_CONTEXT,
+                source: e.source,
+            })?;
+            let (keys, seconds) = match rescanned {
+                Some(keys) => (keys, t0.elapsed().as_secs_f64()),
+                None => (r.keys.iter().map(|k| k.entry(id)).collect(), r.seconds),
+            };
+            let record = StoreRecord {
+                keys: keys.iter().filter_map(KeyCopy::of).collect(),
+                seconds,
+                ..r.clone()
+            };
             out.push(OpenedStore {
                 store: r.store.clone(),
-                keys: r.keys.iter().map(|k| k.entry(id)).collect(),
-                seconds: r.seconds,
+                keys,
+                seconds,
                 reused: true,
-                record: r.clone(),
+                record,
             });
             continue;
         }
@@ -226,6 +246,11 @@ pub fn open_all_reusing(
     }
     Ok(out)
 }
+
+/// What a kept store's failed rescan is reported as (its error names the
+/// URI).
+const RESCAN_CONTEXT: &str =
+    "reload: finding the keys of an unchanged key store again (its sessions stay open)";
 
 fn backend_error(
     backend: &'static str,

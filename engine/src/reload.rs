@@ -23,7 +23,10 @@
 //!   The scrape's part ([`Loaded`]) is swapped the same way.
 //! - **Kept stores.** A backend store whose URIs (PINs included) and
 //!   settings are unchanged is kept open, the same `Arc`; each core keeps
-//!   its part of it (PKCS#11 sessions, worker threads). Software keys are
+//!   its part of it (PKCS#11 sessions, worker threads), and the store is
+//!   asked for its keys again (`KeyStore::rescan`: a PKCS#11 store searches
+//!   its tokens on their login sessions; a failed search refuses the
+//!   reload like any other load error). Software keys are
 //!   always read again (cheap; a replaced file takes effect). Changed
 //!   PKCS#11 URIs while a PKCS#11 store is open are first checked in a
 //!   child `keycore serve --check` ([`Reloader::check_logins_with`]): this

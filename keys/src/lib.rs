@@ -57,5 +57,5 @@ pub use spki::{
     spki_key_bits, SpkiError,
 };
 pub use store::{
-    CoreStore, KeyStore, NotReady, Outcome, PendingOp, StoreId, StoreKey, StoreStatus,
+    CoreStore, KeyStore, NotReady, Outcome, PendingOp, RescanError, StoreId, StoreKey, StoreStatus,
 };

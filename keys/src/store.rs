@@ -77,11 +77,39 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
         Ok(())
     }
 
+    /// Reload, for a store kept open (its URIs and settings unchanged): find
+    /// its keys again, as entries of store `id` (its place in the new
+    /// list), keeping what is open (sessions, logins, worker threads,
+    /// connections). A key found before must keep its `StoreKey::key`
+    /// number (requests of the running generation may carry it) and a new
+    /// one must be served by the existing core parts from their next
+    /// request. `Ok(None)`, the default: the store's keys do not change
+    /// while it is open, so the registry keeps the list it had. An error
+    /// refuses the whole reload (the running state stays); it must not
+    /// have changed what the running generation serves. Control plane.
+    fn rescan(&self, id: StoreId) -> Result<Option<Vec<crate::KeyEntry>>, RescanError> {
+        let _ = id;
+        Ok(None)
+    }
+
     /// What `keycore check` reports about the store after opening it (one
     /// line per partition, service, ...). Control plane.
     fn status(&self) -> Vec<StoreStatus> {
         Vec::new()
     }
+}
+
+/// Why a kept store could not find its keys again on reload
+/// ([`KeyStore::rescan`]); the store's own error (naming the URI, never a
+/// PIN) is the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{store}: finding the keys of the open store again")]
+pub struct RescanError {
+    /// The store's [`KeyStore::name`].
+    pub store: &'static str,
+    /// The store's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// Why a store cannot serve its keys now: `/readyz`'s reason.

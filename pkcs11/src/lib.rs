@@ -42,14 +42,14 @@ pub use uri::{DispatchMode, Pkcs11Uri, UriError};
 use dispatch::{Completion, Job, Pending, Watchdog, Workers};
 use keycore_keys::{
     op_fits, Backend, CoreStore, KeyEntry, KeyKind, KeyStore, MetricKind, NotReady, Outcome,
-    PromWriter, StoreId, StoreKey, StoreStatus,
+    PromWriter, RescanError, StoreId, StoreKey, StoreStatus,
 };
 use keycore_protocol::{ErrorCode, OpClass, Ski};
 use session::{Lane, LaneError};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use token::{Partition, PartitionSettings};
 
@@ -117,17 +117,57 @@ pub const MAX_HA_MEMBERS: usize = 64;
 const IN_PROCESS_MODULES: &[&str] = &["libsofthsm2.so", "libsofthsm.so"];
 
 /// One HA group: the partitions (and key positions in them) that hold the
-/// same key.
-#[derive(Debug)]
+/// same key. Never changed once made (see [`Groups`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Group {
+    ski: Ski,
     members: Vec<(usize, usize)>,
     kind: KeyKind,
+}
+
+/// The store's HA groups, by key number (`StoreKey::key`). Append-only,
+/// like each partition's `token::KeyList`: a key number, once handed out
+/// in a `KeyEntry`, names the same group for the store's life (requests of
+/// an older reload generation may still carry it), so a reload whose scan
+/// finds a group that did not exist (a new key, or a key on other
+/// partitions than before) appends it, and a group no scan finds any more
+/// stays, unused. Nothing a running generation uses is ever changed, so a
+/// reload that fails after the scan leaves the served state as it was.
+///
+/// Cores keep a snapshot and take a new one only for a key number past its
+/// end (no lock on the data path).
+#[derive(Debug, Default)]
+struct Groups {
+    all: Mutex<Arc<Vec<Group>>>,
+    /// Key numbers the last scan found: the ones `/readyz` looks at.
+    live: Mutex<Vec<usize>>,
+}
+
+impl Groups {
+    fn snapshot(&self) -> Arc<Vec<Group>> {
+        self.all.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The number of the group `g` (the same one again, or a new one).
+    fn place(&self, g: Group) -> usize {
+        let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = all.iter().position(|x| *x == g) {
+            return n;
+        }
+        Arc::make_mut(&mut all).push(g);
+        all.len() - 1
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     partitions: Vec<Arc<Partition>>,
-    groups: Vec<Group>,
+    groups: Groups,
+    /// Each configured URI (parsed) and the partition it names, in
+    /// configuration order: what a reload scans again.
+    uris: Vec<(Pkcs11Uri, usize)>,
+    /// `key_load_errors: skip`, for the reload's scans.
+    skip_failed_keys: bool,
     watchdog: Watchdog,
     /// Start-up warnings (also logged).
     warnings: Vec<String>,
@@ -144,12 +184,89 @@ impl Default for Pkcs11Store {
         Pkcs11Store {
             shared: Arc::new(Shared {
                 partitions: Vec::new(),
-                groups: Vec::new(),
+                groups: Groups::default(),
+                uris: Vec::new(),
+                skip_failed_keys: false,
                 watchdog: Watchdog::default(),
                 warnings: Vec::new(),
             }),
         }
     }
+}
+
+/// Place one scan's keys (per URI: its partition and the keys found) in
+/// the partitions' key lists and the store's groups; the keys as entries of
+/// store `id`, one per distinct key (SKI). Start-up and reload place the
+/// same way.
+fn place_scan(
+    partitions: &[&Partition],
+    groups: &Groups,
+    scan: Vec<(&Pkcs11Uri, usize, Vec<token::KeyLoc>)>,
+    id: StoreId,
+) -> Result<Vec<KeyEntry>, Pkcs11Error> {
+    let mut placed: Vec<Vec<usize>> = vec![Vec::new(); partitions.len()];
+    // Per distinct key, in the order found: the group it makes, and the
+    // URI that found it first (the entry's source).
+    let mut found: Vec<(Group, Vec<u8>, &Pkcs11Uri)> = Vec::new();
+    for (uri, pi, keys) in scan {
+        for k in keys {
+            let (ski, kind) = (k.ski, k.kind);
+            let spki = k.spki.clone();
+            let pos = partitions[pi].keys.place(k, &mut placed[pi]);
+            match found.iter_mut().find(|(g, _, _)| g.ski == ski) {
+                Some((g, _, _)) => {
+                    if !g.members.contains(&(pi, pos)) {
+                        if g.members.len() == MAX_HA_MEMBERS {
+                            return Err(uri
+                                .error(
+                                    "token",
+                                    format!(
+                                        "the same key is on more than {MAX_HA_MEMBERS} partitions"
+                                    ),
+                                )
+                                .into());
+                        }
+                        g.members.push((pi, pos));
+                    }
+                }
+                None => found.push((
+                    Group {
+                        ski,
+                        members: vec![(pi, pos)],
+                        kind,
+                    },
+                    spki,
+                    uri,
+                )),
+            }
+        }
+    }
+    for (p, positions) in partitions.iter().zip(&placed) {
+        p.keys.set_live(positions);
+    }
+    let mut entries = Vec::with_capacity(found.len());
+    let mut live = Vec::with_capacity(found.len());
+    for (g, spki, uri) in found {
+        let (ski, kind) = (g.ski, g.kind);
+        let n = groups.place(g);
+        live.push(n);
+        entries.push(KeyEntry {
+            ski,
+            legacy_digest: match kind {
+                KeyKind::Rsa { .. } => keycore_keys::legacy_digest_from_spki(&spki).ok(),
+                _ => None,
+            },
+            kind,
+            spki_der: spki,
+            source: uri.display.clone(),
+            backend: Backend::Store(StoreKey {
+                store: id,
+                key: n as u32,
+            }),
+        });
+    }
+    *groups.live.lock().unwrap_or_else(|p| p.into_inner()) = live;
+    Ok(entries)
 }
 
 impl Pkcs11Store {
@@ -166,9 +283,8 @@ impl Pkcs11Store {
     ) -> Result<(Pkcs11Store, Vec<KeyEntry>), Pkcs11Error> {
         let cores = opts.cores.max(1) as u32;
         let mut parts: Vec<Partition> = Vec::new();
-        let mut groups: Vec<Group> = Vec::new();
-        let mut by_ski: Vec<(Ski, usize)> = Vec::new();
-        let mut entries = Vec::new();
+        let mut opened = Vec::new();
+        let mut found = Vec::new();
         let mut warnings = Vec::new();
         for raw in uris {
             let uri = Pkcs11Uri::parse(raw)?;
@@ -189,51 +305,23 @@ impl Pkcs11Store {
                 cores,
                 skip_failed_keys: opts.skip_failed_keys,
             };
-            let (pi, positions) = token::open_uri(&uri, &mut parts, settings, &mut warnings)?;
-            for pos in positions {
-                let k = &parts[pi].keys[pos];
-                match by_ski.iter().find(|(s, _)| *s == k.ski) {
-                    Some(&(_, g)) => {
-                        if !groups[g].members.contains(&(pi, pos)) {
-                            if groups[g].members.len() == MAX_HA_MEMBERS {
-                                return Err(uri
-                                    .error("token", format!("the same key is on more than {MAX_HA_MEMBERS} partitions"))
-                                    .into());
-                            }
-                            groups[g].members.push((pi, pos));
-                        }
-                    }
-                    None => {
-                        let g = groups.len();
-                        groups.push(Group {
-                            members: vec![(pi, pos)],
-                            kind: k.kind,
-                        });
-                        by_ski.push((k.ski, g));
-                        entries.push(KeyEntry {
-                            ski: k.ski,
-                            legacy_digest: match k.kind {
-                                KeyKind::Rsa { .. } => {
-                                    keycore_keys::legacy_digest_from_spki(&k.spki).ok()
-                                }
-                                _ => None,
-                            },
-                            kind: k.kind,
-                            spki_der: k.spki.clone(),
-                            source: uri.display.clone(),
-                            backend: Backend::Store(StoreKey {
-                                store: id,
-                                key: g as u32,
-                            }),
-                        });
-                    }
-                }
-            }
+            let (pi, keys) = token::open_uri(&uri, &mut parts, settings, &mut warnings)?;
+            opened.push((uri, pi));
+            found.push(keys);
         }
+        let groups = Groups::default();
+        let scan = opened
+            .iter()
+            .zip(found)
+            .map(|((u, pi), keys)| (u, *pi, keys))
+            .collect();
+        let entries = place_scan(&parts.iter().collect::<Vec<_>>(), &groups, scan, id)?;
         let store = Pkcs11Store {
             shared: Arc::new(Shared {
                 partitions: parts.into_iter().map(Arc::new).collect(),
                 groups,
+                uris: opened,
+                skip_failed_keys: opts.skip_failed_keys,
                 watchdog: Watchdog::default(),
                 warnings,
             }),
@@ -242,6 +330,33 @@ impl Pkcs11Store {
             tracing::warn!("{w}");
         }
         Ok((store, entries))
+    }
+
+    /// Reload (the store is kept: same URIs and settings): find the keys
+    /// every URI selects again, on each partition's control session (no
+    /// session opened, no login while the logins hold), and return them as
+    /// entries of store `id`. A key found before keeps its key number; a new
+    /// one gets a new number, which every core's sessions and workers serve
+    /// from their next request for it (each finds the key's handle on its
+    /// own session); a key not found is simply not returned (the server
+    /// answers `0x02` for it once the reload is published). Fails, naming
+    /// the URI, where a scan fails (token gone, a key that cannot be used
+    /// without `key_load_errors: skip`, no key left): nothing the running
+    /// generation uses has changed then.
+    pub fn rescan(&self, id: StoreId) -> Result<Vec<KeyEntry>, Pkcs11Error> {
+        let sh = &self.shared;
+        let mut warnings = Vec::new();
+        let mut scan = Vec::with_capacity(sh.uris.len());
+        for (uri, pi) in &sh.uris {
+            let found = sh.partitions[*pi].rescan(uri, sh.skip_failed_keys, &mut warnings)?;
+            scan.push((uri, *pi, found));
+        }
+        let parts: Vec<&Partition> = sh.partitions.iter().map(|p| &**p).collect();
+        let entries = place_scan(&parts, &sh.groups, scan, id)?;
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(entries)
     }
 
     /// The per-core handle; call on the reactor thread that will use it.
@@ -274,6 +389,7 @@ impl Pkcs11Store {
         let n = lanes.len();
         CoreHsm {
             inner: Rc::new(CoreInner {
+                groups: RefCell::new(self.shared.groups.snapshot()),
                 shared: self.shared.clone(),
                 lanes,
                 rr: Cell::new(core),
@@ -307,8 +423,15 @@ impl Pkcs11Store {
     /// by its first partition. Empty when every key can be served.
     pub fn keys_without_healthy_partition(&self) -> Vec<String> {
         let sh = &self.shared;
-        sh.groups
-            .iter()
+        let all = sh.groups.snapshot();
+        let live = sh
+            .groups
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        live.iter()
+            .filter_map(|&n| all.get(n))
             .filter(|g| {
                 !g.members
                     .iter()
@@ -333,6 +456,16 @@ impl KeyStore for Pkcs11Store {
         Box::new(Pkcs11Store::core(&self, core))
     }
 
+    /// See [`Pkcs11Store::rescan`].
+    fn rescan(&self, id: StoreId) -> Result<Option<Vec<KeyEntry>>, RescanError> {
+        Pkcs11Store::rescan(self, id)
+            .map(Some)
+            .map_err(|e| RescanError {
+                store: "pkcs11",
+                source: Box::new(e),
+            })
+    }
+
     /// `keycore_pkcs11_*` series: health of each partition, read at scrape
     /// time. Nothing when no partition is open.
     fn render_metrics(&self, w: &mut PromWriter<'_>) {
@@ -342,7 +475,7 @@ impl KeyStore for Pkcs11Store {
         let health = self.health();
         type Get = fn(&PartitionHealth) -> u64;
         use MetricKind::{Counter, Gauge};
-        let series: [(&str, MetricKind, &str, Get); 11] = [
+        let series: [(&str, MetricKind, &str, Get); 12] = [
             (
                 "keycore_pkcs11_partition_healthy",
                 Gauge,
@@ -366,6 +499,12 @@ impl KeyStore for Pkcs11Store {
                 Counter,
                 "Sessions re-opened after a session error.",
                 |h| h.reopens,
+            ),
+            (
+                "keycore_pkcs11_sessions_opened_total",
+                Counter,
+                "C_OpenSession calls made for the partition (every core's and worker's sessions, the login session, probes and key searches); a reload that keeps the store opens none.",
+                |h| h.sessions_opened,
             ),
             (
                 "keycore_pkcs11_op_timeouts_total",
@@ -496,6 +635,10 @@ enum CoreLane {
 #[derive(Debug)]
 struct CoreInner {
     shared: Arc<Shared>,
+    /// The store's groups as of this core's last look: taken again when a
+    /// request names a key number past its end (one a reload added; see
+    /// [`Groups`]). Borrowed only inside one call, never across an await.
+    groups: RefCell<Arc<Vec<Group>>>,
     /// Per partition.
     lanes: Vec<CoreLane>,
     /// Round-robin position for HA groups.
@@ -507,6 +650,14 @@ struct CoreInner {
 }
 
 impl CoreInner {
+    /// Make sure this core's groups cover `key` (a key a reload added).
+    #[inline]
+    fn see(&self, key: KeyRef) {
+        if key.0 as usize >= self.groups.borrow().len() {
+            *self.groups.borrow_mut() = self.shared.groups.snapshot();
+        }
+    }
+
     fn flush(&self) {
         self.flush_armed.set(false);
         let mut pending = self.pending.borrow_mut();
@@ -561,7 +712,9 @@ pub struct CoreHsm {
 impl CoreHsm {
     /// Whether `key` is served inline (synchronously on the reactor).
     pub fn is_inline(&self, key: KeyRef) -> bool {
-        let Some(g) = self.inner.shared.groups.get(key.0 as usize) else {
+        self.inner.see(key);
+        let groups = self.inner.groups.borrow();
+        let Some(g) = groups.get(key.0 as usize) else {
             return true; // perform_inline answers INTERNAL
         };
         g.members
@@ -580,11 +733,9 @@ impl CoreHsm {
         out: &mut Vec<u8>,
     ) -> Result<(), ErrorCode> {
         let inner = &self.inner;
-        let g = inner
-            .shared
-            .groups
-            .get(key.0 as usize)
-            .ok_or(ErrorCode::INTERNAL)?;
+        inner.see(key);
+        let groups = inner.groups.borrow();
+        let g = groups.get(key.0 as usize).ok_or(ErrorCode::INTERNAL)?;
         if !op_fits(op, g.kind) {
             return Err(ErrorCode::CRYPTO);
         }
@@ -621,8 +772,8 @@ impl CoreHsm {
         let start = inner.next_start();
         let (first, m) = route(&inner, key, op, input, start, 0);
         let single = inner
-            .shared
             .groups
+            .borrow()
             .get(key.0 as usize)
             .is_none_or(|g| g.members.len() == 1);
         // Keep the input for one retry on another HA member.
@@ -687,7 +838,9 @@ fn route(
     start: usize,
     tried: u64,
 ) -> (Routed, Option<usize>) {
-    let Some(g) = inner.shared.groups.get(key.0 as usize) else {
+    inner.see(key);
+    let groups = inner.groups.borrow();
+    let Some(g) = groups.get(key.0 as usize) else {
         return (Routed::Ready(Some(Err(LaneError::Crypto))), None);
     };
     if !op_fits(op, g.kind) {
@@ -724,4 +877,33 @@ fn route(
         }
     };
     (routed, Some(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(ski: u8, members: &[(usize, usize)]) -> Group {
+        Group {
+            ski: [ski; 20],
+            members: members.to_vec(),
+            kind: KeyKind::EcdsaP256,
+        }
+    }
+
+    #[test]
+    fn group_numbers_are_kept_for_the_same_group_and_new_for_a_changed_one() {
+        let groups = Groups::default();
+        assert_eq!(groups.place(group(1, &[(0, 0)])), 0);
+        assert_eq!(groups.place(group(2, &[(0, 1)])), 1);
+        let held = groups.snapshot();
+        // The same key on the same partitions again: the same number.
+        assert_eq!(groups.place(group(1, &[(0, 0)])), 0);
+        // The key now also on a second partition: a new number; the old
+        // group (which requests of the running generation may carry) is
+        // unchanged.
+        assert_eq!(groups.place(group(1, &[(0, 0), (1, 0)])), 2);
+        assert_eq!(held.len(), 2);
+        assert_eq!(groups.snapshot()[0].members, vec![(0, 0)]);
+    }
 }

@@ -11,7 +11,7 @@
 //! `Sync`, and nothing here locks.
 
 use super::policy::{rv_code, Action};
-use super::token::{now_ns, rv_of, Partition, TokenError};
+use super::token::{now_ns, rv_of, KeyLoc, Partition, TokenError};
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
@@ -98,9 +98,10 @@ impl Fail {
 struct Open {
     session: Session,
     generation: u64,
-    /// Per key of the partition: its handle, once found on this session
-    /// (handles are per session: AWS CloudHSM SDK 5 gives each session its
-    /// own, so a handle found elsewhere is never reused).
+    /// Per key position of the partition: its handle, once found on this
+    /// session (handles are per session: AWS CloudHSM SDK 5 gives each
+    /// session its own, so a handle found elsewhere is never reused). Grows
+    /// when a reload adds keys.
     handles: Vec<Option<ObjectHandle>>,
     /// The partition's session epoch this session was last known alive at.
     checked_epoch: u64,
@@ -110,11 +111,15 @@ struct Open {
 #[derive(Debug)]
 pub struct Lane {
     part: Arc<Partition>,
+    /// The partition's key positions as of this lane's last look (see
+    /// `token::KeyList`: append-only, so a position past its end is a key a
+    /// reload added since; then the lane looks again).
+    keys: Arc<Vec<KeyLoc>>,
     open: Option<Open>,
     /// Set by the offload watchdog's timeout: this lane's thread was
     /// replaced; it closes its session once the stuck call returns.
     pub quarantined: bool,
-    /// Per key of the partition: no new search for it before this time
+    /// Per key position: no new search for it before this time
     /// ([`now_ns`]); set when the key is missing from a token that still
     /// holds other private keys (a deleted key must not take its whole
     /// partition out of use).
@@ -247,8 +252,10 @@ fn run_op(
 impl Lane {
     /// A lane on `part`; the session is opened on first use.
     pub fn new(part: Arc<Partition>) -> Lane {
+        let keys = part.keys.snapshot();
         Lane {
-            key_retry_at_ns: vec![0; part.keys.len()],
+            key_retry_at_ns: vec![0; keys.len()],
+            keys,
             part,
             open: None,
             quarantined: false,
@@ -268,15 +275,19 @@ impl Lane {
     /// and after a session error: off the request path).
     pub fn warm_up(&mut self) -> Result<(), TokenError> {
         let part = self.part.clone();
+        let locs = self.keys.clone();
         let keys = match self.in_use.take() {
             Some(v) => v,
-            None => (0..part.keys.len().min(EAGER_KEYS)).collect(),
+            None => (0..locs.len().min(EAGER_KEYS)).collect(),
         };
         let o = self.ensure_open()?;
+        if o.handles.len() < locs.len() {
+            o.handles.resize(locs.len(), None);
+        }
         let _g = part.module.enter();
         for k in keys {
             if o.handles[k].is_none() {
-                if let Ok(Some(h)) = part.find_key(&o.session, k) {
+                if let Ok(Some(h)) = part.find_key(&o.session, &locs[k]) {
                     o.handles[k] = Some(h);
                 }
             }
@@ -325,7 +336,7 @@ impl Lane {
             self.open = Some(Open {
                 session,
                 generation,
-                handles: vec![None; p.keys.len()],
+                handles: vec![None; self.keys.len()],
                 checked_epoch: p.health.session_epoch(),
             });
         }
@@ -342,11 +353,21 @@ impl Lane {
         input: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), Fail> {
+        if key >= self.keys.len() {
+            // A key a reload added since this lane last looked.
+            self.keys = self.part.keys.snapshot();
+            self.key_retry_at_ns.resize(self.keys.len(), 0);
+        }
+        let Some(kind) = self.keys.get(key).map(|k| k.kind) else {
+            // Not a position of this partition (cannot happen: positions
+            // come from the store's groups, placed before they are handed
+            // out); refuse rather than index out of range.
+            return Err(Fail::KeyGone);
+        };
         if self.key_retry_at_ns[key] > now_ns() {
             return Err(Fail::KeyGone);
         }
         let part = self.part.clone();
-        let kind = part.keys[key].kind;
         let start = out.len();
         let epoch = part.health.session_epoch();
         if self.open.as_ref().is_some_and(|o| o.checked_epoch != epoch) {
@@ -375,16 +396,24 @@ impl Lane {
             }
         }
         let o = self.ensure_open().map_err(Fail::Open)?;
+        if key >= o.handles.len() {
+            o.handles.resize(key + 1, None);
+        }
         let _g = part.module.enter();
         let h = match o.handles[key] {
             Some(h) => h,
             None => {
-                let mut found = part.find_key(&o.session, key);
+                // The lane's own snapshot is borrowed with the session; the
+                // partition's (one uncontended lock) costs nothing next to
+                // the lookup's calls into the token.
+                let locs = part.keys.snapshot();
+                let loc = &locs[key];
+                let mut found = part.find_key(&o.session, loc);
                 if matches!(found, Ok(None)) && part.has_private_keys(&o.session) {
                     // Confirm before calling the key gone: a login made by
                     // the control path between the two searches makes a
                     // key invisible to the first one appear in the second.
-                    found = part.find_key(&o.session, key);
+                    found = part.find_key(&o.session, loc);
                     if matches!(found, Ok(None)) {
                         self.key_retry_at_ns[key] = now_ns() + KEY_RETRY.as_nanos() as u64;
                         return Err(Fail::KeyGone);

@@ -221,6 +221,10 @@ pub struct Health {
     recoveries: AtomicU64,
     /// Session re-opens (after a session error), successful or not.
     reopens: AtomicU64,
+    /// `C_OpenSession` calls made for the partition (every session: the
+    /// cores', the workers', the control path's), successful or not. A
+    /// reload that keeps the store opens none (tests/hostile/reload.rs).
+    sessions_opened: AtomicU64,
     /// Operations that hit the per-operation timeout.
     timeouts: AtomicU64,
     /// Failed attempts in a row across sessions (see [`SUSPECT_STREAK`]).
@@ -425,6 +429,7 @@ impl Health {
             failures: l(&self.failures),
             recoveries: l(&self.recoveries),
             reopens: l(&self.reopens),
+            sessions_opened: l(&self.sessions_opened),
             timeouts: l(&self.timeouts),
             relogins: l(&self.relogins),
             reinits: l(&self.reinits),
@@ -455,6 +460,8 @@ pub struct PartitionHealth {
     pub recoveries: u64,
     /// Session re-opens after session errors.
     pub reopens: u64,
+    /// `C_OpenSession` calls made for the partition.
+    pub sessions_opened: u64,
     /// Operations that exceeded the per-operation timeout (or waited past it).
     pub timeouts: u64,
     /// Logins made again after a logout.
@@ -491,6 +498,77 @@ pub struct KeyLoc {
     pub spki: Vec<u8>,
 }
 
+/// The keys found on a partition, by position. Append-only: a position,
+/// once given, names the same key pair for the store's life (the cores'
+/// HA groups, the offload workers' lanes and requests of an older reload
+/// generation may still hold it), so a reload that finds a new key appends
+/// it, and one that no longer finds a key leaves its position unused
+/// ("retired"). A key that comes back after a scan missed it gets a new
+/// position, so no lane reuses a handle it found before the key went away
+/// (a token may give the old handle number to another object).
+///
+/// Readers keep a snapshot ([`KeyList::snapshot`]) and take a new one only
+/// when they meet a position past its end: no lock on the data path. The
+/// mutex is taken by the control path (open, reload) and by a lane meeting
+/// a key added since its snapshot (once per lane per added key).
+#[derive(Debug, Default)]
+pub struct KeyList {
+    inner: Mutex<KeyListInner>,
+}
+
+#[derive(Debug, Default)]
+struct KeyListInner {
+    all: Arc<Vec<KeyLoc>>,
+    /// Positions the last scan found (the others are retired).
+    live: Vec<usize>,
+}
+
+impl KeyList {
+    /// Every key position so far (retired ones included).
+    pub fn snapshot(&self) -> Arc<Vec<KeyLoc>> {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .all
+            .clone()
+    }
+
+    /// The position for `k` found by the scan in progress, whose positions
+    /// so far are `scan`: the one this scan already gave the same key pair
+    /// (two URIs selecting it), else the one the last scan found it at,
+    /// else a new one. Adds it to `scan`.
+    pub fn place(&self, k: KeyLoc, scan: &mut Vec<usize>) -> usize {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let same = |&p: &usize| g.all[p].ski == k.ski;
+        if let Some(p) = scan.iter().copied().find(same) {
+            return p;
+        }
+        let p = match g.live.iter().copied().find(same) {
+            Some(p) => p,
+            None => {
+                Arc::make_mut(&mut g.all).push(k);
+                g.all.len() - 1
+            }
+        };
+        scan.push(p);
+        p
+    }
+
+    /// End a scan: the positions in `scan` are the live ones now.
+    pub fn set_live(&self, scan: &[usize]) {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).live = scan.to_vec();
+    }
+
+    /// Whether the last scan found no key.
+    pub fn is_empty(&self) -> bool {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .live
+            .is_empty()
+    }
+}
+
 /// One token in one slot of one module.
 #[derive(Debug)]
 pub struct Partition {
@@ -505,8 +583,8 @@ pub struct Partition {
     slot: AtomicU64,
     pin: Option<Pin>,
     login_user: u64,
-    /// Keys found on this partition (fixed after start-up).
-    pub keys: Vec<KeyLoc>,
+    /// Keys found on this partition (append-only; see [`KeyList`]).
+    pub keys: KeyList,
     /// How requests reach it.
     pub dispatch: DispatchMode,
     /// Sessions (= worker threads in offload mode) per core.
@@ -568,6 +646,7 @@ impl Partition {
     /// known issue ki-pkcs11-13); read-only where the token is
     /// write-protected. keycore never writes to a token either way.
     pub fn open_session(&self, slot: Slot) -> Result<Session, CkError> {
+        self.health.sessions_opened.fetch_add(1, Ordering::Relaxed);
         match self.module.ctx.open_rw_session(slot) {
             Err(CkError::Pkcs11(RvError::TokenWriteProtected, _)) => {
                 self.module.ctx.open_ro_session(slot)
@@ -666,6 +745,37 @@ impl Partition {
         self.control_login(slot, true).map_err(TokenError::Relogin)
     }
 
+    /// Reload: the keys `uri` (one of the URIs this partition was opened
+    /// from) selects now, found on the control session: no session is
+    /// opened, and no `C_Login` is made while the login holds.
+    pub fn rescan(
+        &self,
+        uri: &Pkcs11Uri,
+        skip_failed_keys: bool,
+        warnings: &mut Vec<String>,
+    ) -> Result<Vec<KeyLoc>, super::uri::UriError> {
+        let attr = token_attribute(uri);
+        self.ensure_control(self.slot()).map_err(|e| {
+            uri.error(
+                attr,
+                format!("the login session could not be kept or opened again: {e}"),
+            )
+        })?;
+        let c = self.control.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.module.enter();
+        match c.as_ref() {
+            Some((session, gen)) if *gen == self.module.generation() => {
+                find_keys(session, self, uri, skip_failed_keys, warnings)
+            }
+            // Re-initialised between the two (a recovery ran): its session
+            // is gone; the next reload finds the new one.
+            _ => Err(uri.error(
+                attr,
+                "the module was re-initialised during the reload; reload again",
+            )),
+        }
+    }
+
     /// Check the partition end to end: the token is there, a session opens,
     /// the login holds, the keys are visible. Control path only.
     pub fn probe(&self) -> Result<(), TokenError> {
@@ -692,8 +802,11 @@ impl Partition {
     /// session-specific on some tokens, AWS CloudHSM SDK 5 among them, so
     /// every session finds its own) and check it is still the same key pair.
     /// `Ok(None)`: no such key on the token.
-    pub fn find_key(&self, session: &Session, k: usize) -> Result<Option<ObjectHandle>, CkError> {
-        let loc = &self.keys[k];
+    pub fn find_key(
+        &self,
+        session: &Session,
+        loc: &KeyLoc,
+    ) -> Result<Option<ObjectHandle>, CkError> {
         let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
         if loc.id.is_empty() {
             tmpl.push(Attribute::Label(loc.label.clone()));
@@ -945,14 +1058,14 @@ pub struct PartitionSettings {
 }
 
 /// Open (or reuse, when `existing` already has it) the partition a URI names
-/// and find the keys it selects. Returns the partition index and the
-/// positions of the keys within that partition's key list.
+/// and find the keys it selects. Returns the partition index and the keys
+/// found (the caller places them in the partition's [`KeyList`]).
 pub fn open_uri(
     uri: &Pkcs11Uri,
     existing: &mut Vec<Partition>,
     settings: impl Fn(&Module) -> PartitionSettings,
     warnings: &mut Vec<String>,
-) -> Result<(usize, Vec<usize>), super::uri::UriError> {
+) -> Result<(usize, Vec<KeyLoc>), super::uri::UriError> {
     let path = super::module::resolve(uri.module_path.as_deref(), uri.module_name.as_deref())
         .map_err(|r| {
             uri.error(
@@ -1006,13 +1119,7 @@ pub fn open_uri(
         }
     }
     let selector = TokenSelector::from_uri(uri);
-    let tok_attr = if uri.token.is_some() {
-        "token"
-    } else if uri.serial.is_some() {
-        "serial"
-    } else {
-        "slot-id"
-    };
+    let tok_attr = token_attribute(uri);
     let uri_err = |r: &dyn std::error::Error| uri.error(tok_attr, keycore_keys::error_chain(r));
     let mut slot = selector.find(&module).map_err(|r| uri_err(&r))?;
     if slot.is_none() {
@@ -1084,7 +1191,7 @@ pub fn open_uri(
                 slot: AtomicU64::new(slot.id()),
                 pin: pin.clone(),
                 login_user: uri.login_user,
-                keys: Vec::new(),
+                keys: KeyList::default(),
                 dispatch,
                 sessions_per_core,
                 op_timeout: uri.op_timeout.unwrap_or(s.op_timeout),
@@ -1146,69 +1253,93 @@ pub fn open_uri(
     })?;
 
     // Find the private keys this URI selects, on a short-lived session.
-    let mut skipped = 0usize;
     let found = {
         let _g = part.module.enter();
         let session = part
             .open_session(slot)
             .map_err(|e| uri.error(tok_attr, format!("C_OpenSession: {e}")))?;
-        let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
-        if let Some(id) = &uri.id {
-            tmpl.push(Attribute::Id(id.clone()));
-        }
-        if let Some(l) = &uri.object {
-            tmpl.push(Attribute::Label(l.clone()));
-        }
-        let handles = session
-            .find_objects(&tmpl)
-            .map_err(|e| uri.error("object", format!("C_FindObjects: {e}")))?;
-        if handles.len() > MAX_KEYS_PER_URI {
-            return Err(uri.error(
-                "object",
-                format!("more than {MAX_KEYS_PER_URI} private keys match"),
-            ));
-        }
-        let attr = if uri.id.is_some() { "id" } else { "object" };
-        let mut out = Vec::new();
-        for h in handles {
-            let read = read_public(&session, h).map_err(|e| e.to_string()).and_then(|p| {
-                let a = session
-                    .get_attributes(h, &[AttributeType::Id, AttributeType::Label])
-                    .map_err(|e| e.to_string())?;
-                let id = attr_bytes(&a, AttributeType::Id).unwrap_or_default().to_vec();
-                let label = attr_bytes(&a, AttributeType::Label).unwrap_or_default().to_vec();
-                if id.is_empty() && label.is_empty() {
-                    return Err("a matching key has neither CKA_ID nor CKA_LABEL, so it cannot be found again after recovery".into());
-                }
-                Ok(KeyLoc {
-                    id,
-                    label,
-                    kind: p.kind,
-                    ski: p.ski,
-                    spki: p.spki,
-                })
-            });
-            match read {
-                Ok(k) => out.push(k),
-                Err(r) if s.skip_failed_keys => {
-                    skipped += 1;
-                    warnings.push(format!(
+        find_keys(&session, part, uri, s.skip_failed_keys, warnings)?
+    };
+    Ok((pi, found))
+}
+
+/// The URI attribute that names the token, for errors about it.
+fn token_attribute(uri: &Pkcs11Uri) -> &'static str {
+    if uri.token.is_some() {
+        "token"
+    } else if uri.serial.is_some() {
+        "serial"
+    } else {
+        "slot-id"
+    }
+}
+
+/// The private keys `uri` selects on `part`, read on `session` (with their
+/// public halves). A key that cannot be used fails the URI, or is skipped
+/// with a warning under `key_load_errors: skip`; no usable key at all fails
+/// it either way.
+fn find_keys(
+    session: &Session,
+    part: &Partition,
+    uri: &Pkcs11Uri,
+    skip_failed_keys: bool,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<KeyLoc>, super::uri::UriError> {
+    let mut skipped = 0usize;
+    let mut tmpl = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+    if let Some(id) = &uri.id {
+        tmpl.push(Attribute::Id(id.clone()));
+    }
+    if let Some(l) = &uri.object {
+        tmpl.push(Attribute::Label(l.clone()));
+    }
+    let handles = session
+        .find_objects(&tmpl)
+        .map_err(|e| uri.error("object", format!("C_FindObjects: {e}")))?;
+    if handles.len() > MAX_KEYS_PER_URI {
+        return Err(uri.error(
+            "object",
+            format!("more than {MAX_KEYS_PER_URI} private keys match"),
+        ));
+    }
+    let attr = if uri.id.is_some() { "id" } else { "object" };
+    let mut found = Vec::new();
+    for h in handles {
+        let read = read_public(session, h).map_err(|e| e.to_string()).and_then(|p| {
+            let a = session
+                .get_attributes(h, &[AttributeType::Id, AttributeType::Label])
+                .map_err(|e| e.to_string())?;
+            let id = attr_bytes(&a, AttributeType::Id).unwrap_or_default().to_vec();
+            let label = attr_bytes(&a, AttributeType::Label).unwrap_or_default().to_vec();
+            if id.is_empty() && label.is_empty() {
+                return Err("a matching key has neither CKA_ID nor CKA_LABEL, so it cannot be found again after recovery".into());
+            }
+            Ok(KeyLoc {
+                id,
+                label,
+                kind: p.kind,
+                ski: p.ski,
+                spki: p.spki,
+            })
+        });
+        match read {
+            Ok(k) => found.push(k),
+            Err(r) if skip_failed_keys => {
+                skipped += 1;
+                warnings.push(format!(
                     "{}: skipping a private key that cannot be used (key_load_errors: skip): {r}",
                     uri.display
                 ))
-                }
-                Err(r) => {
-                    return Err(uri.error(
-                        attr,
-                        format!("{r} (set key_load_errors: skip to start without this key)"),
-                    ))
-                }
+            }
+            Err(r) => {
+                return Err(uri.error(
+                    attr,
+                    format!("{r} (set key_load_errors: skip to start without this key)"),
+                ))
             }
         }
-        out
-    };
+    }
     if found.is_empty() {
-        let attr = if uri.id.is_some() { "id" } else { "object" };
         let why = if skipped > 0 {
             format!("no usable private key on the token matches ({skipped} skipped)")
         } else {
@@ -1222,18 +1353,7 @@ pub fn open_uri(
             uri.display
         ));
     }
-    let mut positions = Vec::new();
-    for k in found {
-        let pos = match part.keys.iter().position(|x| x.ski == k.ski) {
-            Some(p) => p,
-            None => {
-                part.keys.push(k);
-                part.keys.len() - 1
-            }
-        };
-        positions.push(pos);
-    }
-    Ok((pi, positions))
+    Ok(found)
 }
 
 /// Whether the token offers `CKM_RSA_X_509` (decrypt), and which mechanism
@@ -1345,6 +1465,46 @@ fn check_sessions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn loc(n: u8) -> KeyLoc {
+        KeyLoc {
+            id: vec![n],
+            label: Vec::new(),
+            kind: KeyKind::EcdsaP256,
+            ski: [n; 20],
+            spki: vec![n],
+        }
+    }
+
+    #[test]
+    fn key_places_are_kept_while_found_and_retired_when_missed() {
+        let keys = KeyList::default();
+        // Start-up: two URIs select key 1 twice and key 2 once.
+        let mut scan = Vec::new();
+        assert_eq!(keys.place(loc(1), &mut scan), 0);
+        assert_eq!(keys.place(loc(2), &mut scan), 1);
+        assert_eq!(keys.place(loc(1), &mut scan), 0, "the same key in one scan");
+        keys.set_live(&scan);
+        let before = keys.snapshot();
+        // A reload finds key 2 and a new key 3: 2 keeps its place, 3 is
+        // appended, 1 is retired.
+        let mut scan = Vec::new();
+        assert_eq!(keys.place(loc(2), &mut scan), 1);
+        assert_eq!(keys.place(loc(3), &mut scan), 2);
+        keys.set_live(&scan);
+        assert_eq!(before.len(), 2, "a reader's snapshot is not changed");
+        // Key 1 comes back: a new place, never its retired one (a session
+        // may hold a handle found for it before it went away).
+        let mut scan = Vec::new();
+        assert_eq!(keys.place(loc(1), &mut scan), 3);
+        keys.set_live(&scan);
+        let all = keys.snapshot();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0].ski, all[3].ski);
+        assert!(!keys.is_empty());
+        keys.set_live(&[]);
+        assert!(keys.is_empty());
+    }
 
     #[test]
     fn health_backs_off_doubling_and_comes_back() {
