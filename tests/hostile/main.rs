@@ -19,4 +19,5 @@ mod operator;
 mod readiness;
 mod record_replay;
 mod reload;
+mod reload_pkcs11;
 mod support;

@@ -26,7 +26,7 @@ fn ski_of(kind: KeyKind) -> Ski {
 
 /// Copy `from` to `to` through a temporary name and a rename, so a reader
 /// never sees half a file.
-fn put(from: &Path, to: &Path) {
+pub(crate) fn put(from: &Path, to: &Path) {
     let tmp = to.with_extension("tmp");
     std::fs::copy(from, &tmp).unwrap();
     std::fs::rename(&tmp, to).unwrap();
@@ -34,14 +34,14 @@ fn put(from: &Path, to: &Path) {
 
 /// A test directory: `keys/` holding copies of `kinds`, the server
 /// certificate and key copied (so the test may replace them).
-struct Setup {
+pub(crate) struct Setup {
     dir: tempfile::TempDir,
-    keys: PathBuf,
+    pub(crate) keys: PathBuf,
     cert: PathBuf,
     key: PathBuf,
 }
 
-fn setup(kinds: &[KeyKind]) -> Setup {
+pub(crate) fn setup(kinds: &[KeyKind]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     std::fs::create_dir(&keys).unwrap();
@@ -64,7 +64,7 @@ fn setup(kinds: &[KeyKind]) -> Setup {
 impl Setup {
     /// The config file text: `extra` lines, then the key stores (the keys
     /// directory and `stores` lines).
-    fn yaml(&self, port: u16, mport: u16, extra: &str, stores: &str) -> String {
+    pub(crate) fn yaml(&self, port: u16, mport: u16, extra: &str, stores: &str) -> String {
         format!(
             "loglevel: 1\nport: {port}\nmetrics_port: {mport}\nmetrics_address: 127.0.0.1\nlisten_address: 127.0.0.1\ncores: 1\nauth_cert: {}\nauth_key: {}\ncloudflare_ca_cert: {}\npid_file: {}\n{extra}private_key_stores:\n  - dir: {}\n{stores}",
             self.cert.display(),
@@ -99,7 +99,7 @@ impl Setup {
     }
 
     /// Rewrite the server's config file (through a rename).
-    fn write_config(&self, srv: &Server, extra: &str, stores: &str) {
+    pub(crate) fn write_config(&self, srv: &Server, extra: &str, stores: &str) {
         let text = self.yaml(srv.addr.port(), srv.metrics.port(), extra, stores);
         let tmp = srv.config.with_extension("tmp");
         std::fs::write(&tmp, text).unwrap();
@@ -109,7 +109,7 @@ impl Setup {
 
 /// Wait until `/metrics` shows `series` at `want` or more; panics after
 /// `limit`.
-fn wait_metric(srv: &Server, series: &str, want: u64, limit: Duration) {
+pub(crate) fn wait_metric(srv: &Server, series: &str, want: u64, limit: Duration) {
     let t = Instant::now();
     loop {
         if let Err(e) = std::net::TcpStream::connect(srv.metrics) {
@@ -130,8 +130,8 @@ fn wait_metric(srv: &Server, series: &str, want: u64, limit: Duration) {
     }
 }
 
-const RELOAD_OK: &str = "keycore_reload_total{result=\"ok\"}";
-const RELOAD_ERROR: &str = "keycore_reload_total{result=\"error\"}";
+pub(crate) const RELOAD_OK: &str = "keycore_reload_total{result=\"ok\"}";
+pub(crate) const RELOAD_ERROR: &str = "keycore_reload_total{result=\"error\"}";
 
 /// One key operation on `c`: (answer opcode, payload).
 fn op(c: &mut Client, id: u32, kind: KeyKind) -> (Op, Vec<u8>) {
