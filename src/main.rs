@@ -155,7 +155,9 @@ fn main() {
             match &cmd.sub {
                 Some(LoadgenSub::Merge(m)) => keycore_loadgen::merge::run(m).map_err(Into::into),
                 None => match &cmd.args {
-                    Some(a) if a.compare_report.is_some() => keycore_tuning::compare::run_cli(a),
+                    Some(a) if a.compare_report.is_some() => {
+                        keycore_tuning::compare::run_cli(a).map_err(Into::into)
+                    }
                     Some(a) => keycore_loadgen::run_cli(a).map_err(Into::into),
                     None => Err(anyhow::anyhow!(
                         "keycore loadgen: give --server ... or `merge LOG...`"
@@ -188,9 +190,9 @@ fn main() {
         }
         Some(Cmd::Tune(args)) => {
             init_logging(2, LogFormat::Text);
-            keycore_tuning::run_cli(&args)
+            keycore_tuning::run_cli(&args).map_err(Into::into)
         }
-        Some(Cmd::Plan(args)) => keycore_tuning::plan::run_cli(&args),
+        Some(Cmd::Plan(args)) => keycore_tuning::plan::run_cli(&args).map_err(Into::into),
         None => {
             use clap::CommandFactory;
             let _ = Cli::command().print_help();

@@ -12,6 +12,7 @@
 //! `keycore_loadgen::MAX_COMPARE_SERVERS` backends, each search at most `max_steps` steps).
 
 use crate::plan;
+use crate::TuneError;
 use keycore_hsmprofiles as profiles;
 use keycore_loadgen::report::{html_escape, svg_chart, Chart};
 use keycore_loadgen::{capacity, CapacitySpec, LoadSpec};
@@ -178,12 +179,13 @@ pub fn compare(
     backends: &[Backend],
     cap: &CapacitySpec,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<CompareReport> {
-    anyhow::ensure!(
-        (1..=keycore_loadgen::MAX_COMPARE_SERVERS).contains(&backends.len()),
-        "compare needs 1 to {} backends",
-        keycore_loadgen::MAX_COMPARE_SERVERS
-    );
+) -> Result<CompareReport, TuneError> {
+    if !(1..=keycore_loadgen::MAX_COMPARE_SERVERS).contains(&backends.len()) {
+        return Err(TuneError::CompareBackends {
+            got: backends.len(),
+            max: keycore_loadgen::MAX_COMPARE_SERVERS,
+        });
+    }
     let per = cap.max_steps as f64 * (cap.step_duration_s + cap.step_warmup_s + 0.5);
     progress(&format!(
         "comparison: {} backend(s), each a capacity search of at most {} steps: at most {:.0} s",
@@ -243,7 +245,7 @@ pub fn compare(
         });
         let (knee, gb, error) = match r {
             Ok(c) => (c.highest_held_per_s, c.generator_bound, None),
-            Err(e) => (None, false, Some(format!("{e:#}"))),
+            Err(e) => (None, false, Some(keycore_keys::error_chain(&e))),
         };
         out.push(BackendResult {
             backend: b.clone(),
@@ -482,11 +484,12 @@ the knee is the highest offered rate whose p99 stayed within {} ms with no more 
 }
 
 /// `keycore loadgen --compare-report FILE ...`.
-pub fn run_cli(args: &keycore_loadgen::LoadgenArgs) -> anyhow::Result<()> {
+pub fn run_cli(args: &keycore_loadgen::LoadgenArgs) -> Result<(), TuneError> {
+    use std::io::Write;
     let html = args
         .compare_report
         .clone()
-        .ok_or_else(|| anyhow::anyhow!("--compare-report FILE is required"))?;
+        .ok_or(TuneError::MissingFlag("--compare-report FILE"))?;
     let load = args.to_spec()?;
     let mut backends = Vec::new();
     for s in &args.servers {
@@ -517,11 +520,15 @@ pub fn run_cli(args: &keycore_loadgen::LoadgenArgs) -> anyhow::Result<()> {
         ("--backend-keys", &args.backend_keys),
     ] {
         for l in list {
-            anyhow::ensure!(
-                l.split_once('=')
-                    .is_some_and(|(a, _)| args.servers.contains(&a.to_string())),
-                "{flag} {l:?}: want SERVER=VALUE with SERVER one of the --server values"
-            );
+            if !l
+                .split_once('=')
+                .is_some_and(|(a, _)| args.servers.contains(&a.to_string()))
+            {
+                return Err(TuneError::ServerEntry {
+                    flag,
+                    entry: l.clone(),
+                });
+            }
         }
     }
     let mut cap = args.capacity_spec();
@@ -534,15 +541,19 @@ pub fn run_cli(args: &keycore_loadgen::LoadgenArgs) -> anyhow::Result<()> {
             eprintln!("{l}");
         }
     })?;
-    std::fs::write(&html, rep.to_html())
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", html.display()))?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rep)?);
+    std::fs::write(&html, rep.to_html()).map_err(|source| TuneError::Write {
+        path: html.clone(),
+        source,
+    })?;
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, &rep)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
-        print!("{}", rep.to_text());
-        println!("report: {}", html.display());
-    }
-    Ok(())
+        writeln!(out, "{}report: {}", rep.to_text(), html.display())
+    };
+    printed.map_err(TuneError::Output)
 }
 
 #[cfg(test)]

@@ -20,8 +20,11 @@
 //! [`MAX_POINTS`].
 
 pub mod compare;
+mod error;
 pub mod plan;
 pub mod server;
+
+pub use error::TuneError;
 
 use keycore_loadgen::{run, LoadSpec, LoopMode};
 use std::io::Write;
@@ -161,20 +164,23 @@ pub fn sweep(
     spec: &LoadSpec,
     s: &SweepSpec,
     on_point: &mut dyn FnMut(&SweepPoint),
-) -> anyhow::Result<SweepReport> {
-    anyhow::ensure!(
-        !s.connections.is_empty() && !s.concurrency.is_empty(),
-        "a sweep needs at least one connection count and one concurrency"
-    );
+) -> Result<SweepReport, TuneError> {
+    if s.connections.is_empty() || s.concurrency.is_empty() {
+        return Err(TuneError::SweepEmpty);
+    }
     let n = s.connections.len() * s.concurrency.len();
-    anyhow::ensure!(
-        n <= MAX_POINTS,
-        "{n} points is over the limit of {MAX_POINTS}; sweep fewer values"
-    );
-    anyhow::ensure!(
-        s.slo_p99_ms > 0.0 && s.step_duration_s > 0.0,
-        "SLO and step duration must be positive"
-    );
+    if n > MAX_POINTS {
+        return Err(TuneError::TooManyPoints {
+            points: n,
+            max: MAX_POINTS,
+        });
+    }
+    if !(s.slo_p99_ms > 0.0 && s.step_duration_s > 0.0) {
+        return Err(TuneError::SweepBounds {
+            slo_p99_ms: s.slo_p99_ms,
+            step_duration_s: s.step_duration_s,
+        });
+    }
     let mut points = Vec::with_capacity(n);
     for &conns in &s.connections {
         for &conc in &s.concurrency {
@@ -300,13 +306,13 @@ pub struct TuneArgs {
 }
 
 /// `keycore tune --serve-config`: the server-side sweep from the flags.
-fn run_server_cli(args: &TuneArgs, config: &std::path::Path) -> anyhow::Result<()> {
+fn run_server_cli(args: &TuneArgs, config: &std::path::Path) -> Result<(), TuneError> {
     let load = args.load.to_spec()?;
     let settings = args
         .set
         .iter()
         .map(|s| server::Setting::parse(s))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
     let mut cap = args.load.capacity_spec();
     // Shorter defaults than a lone capacity search: a sweep runs many.
     cap.step_duration_s = args.load.step_duration.unwrap_or(3.0);
@@ -316,7 +322,7 @@ fn run_server_cli(args: &TuneArgs, config: &std::path::Path) -> anyhow::Result<(
     let spec = server::ServerSweepSpec {
         keycore_bin: match &args.keycore_bin {
             Some(p) => p.clone(),
-            None => std::env::current_exe()?,
+            None => std::env::current_exe().map_err(TuneError::CurrentExe)?,
         },
         config: config.to_path_buf(),
         settings,
@@ -333,26 +339,29 @@ fn run_server_cli(args: &TuneArgs, config: &std::path::Path) -> anyhow::Result<(
             eprintln!("{l}");
         }
     })?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.load.json {
-        serde_json::to_writer_pretty(&mut out, &rep)?;
-        writeln!(out)?;
+    let mut out = std::io::stdout().lock();
+    let printed = if args.load.json {
+        json_line(&mut out, &rep)
     } else {
-        rep.print_text(&mut out)?;
-    }
-    Ok(())
+        rep.print_text(&mut out)
+    };
+    printed.map_err(TuneError::Output)
+}
+
+/// `v` as pretty JSON and a newline.
+fn json_line(out: &mut dyn Write, v: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, v)?;
+    writeln!(out)
 }
 
 /// Run a sweep from the command line and print the table (or JSON).
-pub fn run_cli(args: &TuneArgs) -> anyhow::Result<()> {
+pub fn run_cli(args: &TuneArgs) -> Result<(), TuneError> {
     if let Some(c) = &args.serve_config {
         return run_server_cli(args, c);
     }
-    anyhow::ensure!(
-        args.set.is_empty() && !args.confirm,
-        "--set and --confirm need --serve-config (the server-side sweep)"
-    );
+    if !args.set.is_empty() || args.confirm {
+        return Err(TuneError::SetWithoutServeConfig);
+    }
     let spec = args.load.to_spec()?;
     let d = SweepSpec::default();
     let s = SweepSpec {
@@ -382,15 +391,13 @@ pub fn run_cli(args: &TuneArgs) -> anyhow::Result<()> {
             );
         }
     })?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    if args.load.json {
-        serde_json::to_writer_pretty(&mut out, &rep.to_json())?;
-        writeln!(out)?;
+    let mut out = std::io::stdout().lock();
+    let printed = if args.load.json {
+        json_line(&mut out, &rep.to_json())
     } else {
-        rep.print_text(&mut out)?;
-    }
-    Ok(())
+        rep.print_text(&mut out)
+    };
+    printed.map_err(TuneError::Output)
 }
 
 #[cfg(test)]

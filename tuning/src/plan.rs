@@ -168,6 +168,126 @@ impl Default for PlanInput {
     }
 }
 
+/// Why `keycore plan` cannot plan: an input out of range, a mix, trace or
+/// measured file it cannot read, an unknown target.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// A `--mix` entry without `=`.
+    #[error("mix entry {0:?}: want name=weight")]
+    MixEntry(String),
+    /// A `--mix` weight that is not a number.
+    #[error("mix entry {entry:?}: weight is not a number")]
+    MixWeight {
+        /// The entry.
+        entry: String,
+        /// The parse error.
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// A negative or infinite `--mix` weight.
+    #[error("mix entry {0:?}: weight < 0")]
+    MixNegative(String),
+    /// A `--mix` operation the planner does not know.
+    #[error("mix: unknown operation {0:?} (ecdsa, rsa-sign, rsa-decrypt, ed25519)")]
+    MixOperation(String),
+    /// A mix whose weights sum to zero.
+    #[error("mix has no weight")]
+    MixNoWeight,
+    /// The `--trace` recordings could not be read.
+    #[error(transparent)]
+    Trace(#[from] keycore_loadgen::replay::ReplayError),
+    /// Recordings without a single key operation.
+    #[error("trace {}: no key operation recorded ({other} other requests)",
+        files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "))]
+    TraceNoKeyOps {
+        /// The recordings.
+        files: Vec<PathBuf>,
+        /// Requests that were not key operations.
+        other: u64,
+    },
+    /// Peak handshakes not a positive number.
+    #[error("handshakes per second must be positive")]
+    Handshakes(f64),
+    /// A share or ratio outside 0..=1.
+    #[error("{what} must be within 0..=1, got {value}")]
+    Fraction {
+        /// Which input.
+        what: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// Headroom below 1.
+    #[error("headroom must be at least 1")]
+    Headroom(f64),
+    /// An RSA size without figures.
+    #[error("RSA bits: 2048, 3072 or 4096")]
+    RsaBits(u32),
+    /// An EC curve size without figures.
+    #[error("EC curve bits: 256, 384 or 521")]
+    EcBits(u32),
+    /// Zero cores per instance.
+    #[error("cores per instance >= 1")]
+    CoresPerInstance,
+    /// A target name that is neither built in nor measured.
+    #[error("unknown target {0:?}; known: {known}", known = target_names().join(", "))]
+    UnknownTarget(String),
+    /// An HSM profile without the figure the plan needs.
+    #[error("{target}: no {figure} figure")]
+    MissingFigure {
+        /// The profile.
+        target: String,
+        /// "RSA" or "EC".
+        figure: &'static str,
+    },
+    /// A `--measured` entry without `=`.
+    #[error("--measured {0:?}: want LABEL=FILE")]
+    MeasuredEntry(String),
+    /// A `--measured` label that names a built-in target.
+    #[error("--measured label {0:?} is a built-in target name")]
+    MeasuredBuiltin(String),
+    /// A measured file that could not be read.
+    #[error("reading {}", path.display())]
+    MeasuredRead {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A measured file that is not JSON.
+    #[error("{}: not JSON", path.display())]
+    MeasuredJson {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A measured file without a capacity figure.
+    #[error("{}: no highest_held_per_s (loadgen --capacity --json) or recommended.capacity_per_s (tune --json)", .0.display())]
+    MeasuredNoCapacity(PathBuf),
+    /// A measured capacity of zero or less.
+    #[error("{}: capacity is not positive", path.display())]
+    MeasuredNotPositive {
+        /// The file.
+        path: PathBuf,
+        /// The capacity it holds.
+        value: f64,
+    },
+    /// The HTML page could not be written.
+    #[error("writing {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The plan could not be written to stdout.
+    #[error("writing the plan")]
+    Output(#[source] std::io::Error),
+}
+
 /// Operation shares of full handshakes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Mix {
@@ -183,25 +303,25 @@ pub struct Mix {
 
 impl Mix {
     /// Parse `ecdsa=70,rsa-sign=28,rsa-decrypt=2,ed25519=0` (weights, normalised).
-    pub fn parse(s: &str) -> anyhow::Result<Mix> {
+    pub fn parse(s: &str) -> Result<Mix, PlanError> {
         let mut m = Mix::default();
         for part in s.split(',').filter(|p| !p.trim().is_empty()) {
             let (k, v) = part
                 .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("mix entry {part:?}: want name=weight"))?;
-            let v: f64 = v
-                .trim()
-                .parse()
-                .map_err(|_| anyhow::anyhow!("mix entry {part:?}: weight is not a number"))?;
-            anyhow::ensure!(v >= 0.0 && v.is_finite(), "mix entry {part:?}: weight < 0");
+                .ok_or_else(|| PlanError::MixEntry(part.to_string()))?;
+            let v: f64 = v.trim().parse().map_err(|source| PlanError::MixWeight {
+                entry: part.to_string(),
+                source,
+            })?;
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(PlanError::MixNegative(part.to_string()));
+            }
             match k.trim() {
                 "ecdsa" => m.ecdsa += v,
                 "rsa-sign" => m.rsa_sign += v,
                 "rsa-decrypt" => m.rsa_decrypt += v,
                 "ed25519" => m.ed25519 += v,
-                other => anyhow::bail!(
-                    "mix: unknown operation {other:?} (ecdsa, rsa-sign, rsa-decrypt, ed25519)"
-                ),
+                other => return Err(PlanError::MixOperation(other.to_string())),
             }
         }
         m.normalised()
@@ -211,7 +331,7 @@ impl Mix {
     /// files of one or several servers), and a line saying what it held: key
     /// operations per class, what was not a key operation (pings, other
     /// opcodes: left out of the mix), the span and the busiest second.
-    pub fn from_trace(files: &[PathBuf]) -> anyhow::Result<(Mix, String)> {
+    pub fn from_trace(files: &[PathBuf]) -> Result<(Mix, String), PlanError> {
         use keycore_protocol::{Op, OpClass};
         let recs = keycore_loadgen::replay::read(files)?;
         let mut m = Mix::default();
@@ -237,15 +357,12 @@ impl Mix {
             peak = peak.max(times.len() - lo);
         }
         let key_ops = times.len();
-        anyhow::ensure!(
-            key_ops > 0,
-            "trace {}: no key operation recorded ({other} other requests)",
-            files
-                .iter()
-                .map(|f| f.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        if key_ops == 0 {
+            return Err(PlanError::TraceNoKeyOps {
+                files: files.to_vec(),
+                other,
+            });
+        }
         let span = (times[key_ops - 1] - times[0]) as f64 / 1e9;
         let line = format!(
             "recorded trace ({} file(s)): {key_ops} key operations over {span:.1} s \
@@ -260,9 +377,11 @@ impl Mix {
         Ok((m.normalised()?, line))
     }
 
-    fn normalised(self) -> anyhow::Result<Mix> {
+    fn normalised(self) -> Result<Mix, PlanError> {
         let t = self.ecdsa + self.rsa_sign + self.rsa_decrypt + self.ed25519;
-        anyhow::ensure!(t > 0.0, "mix has no weight");
+        if t <= 0.0 {
+            return Err(PlanError::MixNoWeight);
+        }
         Ok(Mix {
             ecdsa: self.ecdsa / t,
             rsa_sign: self.rsa_sign / t,
@@ -309,35 +428,33 @@ impl Demand {
 
 impl PlanInput {
     /// Check ranges.
-    pub fn validate(&self) -> anyhow::Result<()> {
-        let frac = |v: f64, n: &str| {
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&v),
-                "{n} must be within 0..=1, got {v}"
-            );
-            Ok(())
+    pub fn validate(&self) -> Result<(), PlanError> {
+        let frac = |value: f64, what: &'static str| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(PlanError::Fraction { what, value })
+            }
         };
-        anyhow::ensure!(
-            self.handshakes_per_s > 0.0 && self.handshakes_per_s.is_finite(),
-            "handshakes per second must be positive"
-        );
+        if !(self.handshakes_per_s > 0.0 && self.handshakes_per_s.is_finite()) {
+            return Err(PlanError::Handshakes(self.handshakes_per_s));
+        }
         frac(self.resumption_ratio, "resumption ratio")?;
         frac(self.ecdsa_share, "ECDSA share")?;
         frac(self.tls13_share, "TLS 1.3 share")?;
         frac(self.rsa_kex_share, "RSA key exchange share")?;
-        anyhow::ensure!(
-            self.headroom >= 1.0 && self.headroom.is_finite(),
-            "headroom must be at least 1"
-        );
-        anyhow::ensure!(
-            [2048, 3072, 4096].contains(&self.rsa_bits),
-            "RSA bits: 2048, 3072 or 4096"
-        );
-        anyhow::ensure!(
-            [256, 384, 521].contains(&self.ec_bits),
-            "EC curve bits: 256, 384 or 521"
-        );
-        anyhow::ensure!(self.cores_per_instance >= 1, "cores per instance >= 1");
+        if !(self.headroom >= 1.0 && self.headroom.is_finite()) {
+            return Err(PlanError::Headroom(self.headroom));
+        }
+        if ![2048, 3072, 4096].contains(&self.rsa_bits) {
+            return Err(PlanError::RsaBits(self.rsa_bits));
+        }
+        if ![256, 384, 521].contains(&self.ec_bits) {
+            return Err(PlanError::EcBits(self.ec_bits));
+        }
+        if self.cores_per_instance < 1 {
+            return Err(PlanError::CoresPerInstance);
+        }
         Ok(())
     }
 
@@ -465,7 +582,7 @@ fn ceil_u(x: f64) -> u64 {
 }
 
 /// Compute the plan.
-pub fn plan(input: &PlanInput) -> anyhow::Result<Plan> {
+pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
     input.validate()?;
     let d = input.demand();
     let p = d.scaled(input.headroom);
@@ -536,7 +653,7 @@ fn size_label(input: &PlanInput) -> (String, String) {
     )
 }
 
-fn plan_target(input: &PlanInput, p: &Demand, name: &str) -> anyhow::Result<TargetPlan> {
+fn plan_target(input: &PlanInput, p: &Demand, name: &str) -> Result<TargetPlan, PlanError> {
     let (rsa_l, ec_l) = size_label(input);
     let mut figures: Vec<(String, Sourced)> = Vec::new();
     let mut notes = Vec::new();
@@ -683,10 +800,12 @@ fn plan_target(input: &PlanInput, p: &Demand, name: &str) -> anyhow::Result<Targ
                 let (fig, cluster_note) = hsm_figures(hsm, input, p)?;
                 unit = "HSM".into();
                 let get = |k: &str| fig.iter().find(|(n, _)| *n == k).map(|(_, f)| *f);
-                let rsa = get("rsa2048_sign_per_sec")
-                    .ok_or_else(|| anyhow::anyhow!("{hsm}: no RSA figure"))?;
-                let ec = get("ec_p256_sign_per_sec")
-                    .ok_or_else(|| anyhow::anyhow!("{hsm}: no EC figure"))?;
+                let missing = |figure| PlanError::MissingFigure {
+                    target: hsm.to_string(),
+                    figure,
+                };
+                let rsa = get("rsa2048_sign_per_sec").ok_or_else(|| missing("RSA"))?;
+                let ec = get("ec_p256_sign_per_sec").ok_or_else(|| missing("EC"))?;
                 let ed = get("ed25519_sign_per_sec").unwrap_or(ec);
                 for (k, f) in &fig {
                     figures.push(((*k).to_string(), src(f.value, f.source)));
@@ -815,13 +934,8 @@ fn hsm_figures(
     name: &str,
     input: &PlanInput,
     p: &Demand,
-) -> anyhow::Result<(Vec<(&'static str, profiles::Figure)>, Option<String>)> {
-    let fig = profiles::figures(name).ok_or_else(|| {
-        anyhow::anyhow!(
-            "unknown target {name:?}; known: {}",
-            target_names().join(", ")
-        )
-    })?;
+) -> Result<(Vec<(&'static str, profiles::Figure)>, Option<String>), PlanError> {
+    let fig = profiles::figures(name).ok_or_else(|| PlanError::UnknownTarget(name.to_string()))?;
     let six = format!("{name}-6");
     if let Some(f6) = profiles::figures(&six) {
         let get = |f: &[(&str, profiles::Figure)], k: &str| {
@@ -992,11 +1106,16 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;}} tr.assumed{{back
 
 /// Read a capacity from a `keycore loadgen --capacity --json` report (`highest_held_per_s`)
 /// or a `keycore tune --json` server sweep (`recommended.capacity_per_s`).
-pub fn measured_from_file(path: &Path) -> anyhow::Result<Sourced> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", path.display()))?;
+pub fn measured_from_file(path: &Path) -> Result<Sourced, PlanError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PlanError::MeasuredRead {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|source| PlanError::MeasuredJson {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let value = v
         .get("highest_held_per_s")
         .and_then(|x| x.as_f64())
@@ -1005,13 +1124,13 @@ pub fn measured_from_file(path: &Path) -> anyhow::Result<Sourced> {
                 .and_then(|r| r.get("capacity_per_s"))
                 .and_then(|x| x.as_f64())
         })
-        .ok_or_else(|| {
-            anyhow::anyhow!(
-                "{}: no highest_held_per_s (loadgen --capacity --json) or recommended.capacity_per_s (tune --json)",
-                path.display()
-            )
-        })?;
-    anyhow::ensure!(value > 0.0, "{}: capacity is not positive", path.display());
+        .ok_or_else(|| PlanError::MeasuredNoCapacity(path.to_path_buf()))?;
+    if value <= 0.0 {
+        return Err(PlanError::MeasuredNotPositive {
+            path: path.to_path_buf(),
+            value,
+        });
+    }
     Ok(src(value, format!("measured: {}", path.display())))
 }
 
@@ -1079,17 +1198,16 @@ pub struct PlanArgs {
 
 impl PlanArgs {
     /// The planner input.
-    pub fn to_input(&self) -> anyhow::Result<PlanInput> {
+    pub fn to_input(&self) -> Result<PlanInput, PlanError> {
         let d = PlanInput::default();
         let mut measured = Vec::new();
         for m in &self.measured {
             let (label, file) = m
                 .split_once('=')
-                .ok_or_else(|| anyhow::anyhow!("--measured {m:?}: want LABEL=FILE"))?;
-            anyhow::ensure!(
-                !target_names().iter().any(|n| n == label),
-                "--measured label {label:?} is a built-in target name"
-            );
+                .ok_or_else(|| PlanError::MeasuredEntry(m.clone()))?;
+            if target_names().iter().any(|n| n == label) {
+                return Err(PlanError::MeasuredBuiltin(label.to_string()));
+            }
             measured.push((label.to_string(), measured_from_file(Path::new(file))?));
         }
         let (mix, mix_source) = if self.trace.is_empty() {
@@ -1116,11 +1234,11 @@ impl PlanArgs {
             measured,
         };
         for t in &input.targets {
-            anyhow::ensure!(
-                target_names().iter().any(|n| n == t) || input.measured.iter().any(|(l, _)| l == t),
-                "unknown target {t:?}; known: {}",
-                target_names().join(", ")
-            );
+            if !(target_names().iter().any(|n| n == t)
+                || input.measured.iter().any(|(l, _)| l == t))
+            {
+                return Err(PlanError::UnknownTarget(t.clone()));
+            }
         }
         input.validate()?;
         Ok(input)
@@ -1128,16 +1246,23 @@ impl PlanArgs {
 }
 
 /// Run `keycore plan`.
-pub fn run_cli(args: &PlanArgs) -> anyhow::Result<()> {
+pub fn run_cli(args: &PlanArgs) -> Result<(), PlanError> {
+    use std::io::Write;
     let p = plan(&args.to_input()?)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&p.to_json())?);
+    let mut out = std::io::stdout().lock();
+    let printed = if args.json {
+        serde_json::to_writer_pretty(&mut out, &p.to_json())
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out))
     } else {
-        print!("{}", p.to_text());
-    }
+        write!(out, "{}", p.to_text())
+    };
+    printed.map_err(PlanError::Output)?;
     if let Some(h) = &args.html {
-        std::fs::write(h, p.to_html())
-            .map_err(|e| anyhow::anyhow!("writing {}: {e}", h.display()))?;
+        std::fs::write(h, p.to_html()).map_err(|source| PlanError::Write {
+            path: h.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -1321,8 +1446,12 @@ mod tests {
         i.mix = Some(Mix::parse("ecdsa=1,ed25519=1").unwrap());
         let d = i.demand();
         assert_eq!((d.ecdsa, d.ed25519, d.rsa()), (5_000.0, 5_000.0, 0.0));
-        assert!(Mix::parse("md5=1").is_err());
-        assert!(Mix::parse("ecdsa=0").is_err());
+        assert!(matches!(Mix::parse("md5=1"), Err(PlanError::MixOperation(o)) if o == "md5"));
+        assert!(matches!(Mix::parse("ecdsa=0"), Err(PlanError::MixNoWeight)));
+        assert!(matches!(
+            Mix::parse("ecdsa=x"),
+            Err(PlanError::MixWeight { entry, .. }) if entry == "ecdsa=x"
+        ));
     }
 
     #[test]
@@ -1339,20 +1468,29 @@ mod tests {
         assert_eq!(t.server_instances, 5);
         let bad = dir.path().join("bad.json");
         std::fs::write(&bad, "{}").unwrap();
-        assert!(measured_from_file(&bad).is_err());
+        assert!(matches!(
+            measured_from_file(&bad),
+            Err(PlanError::MeasuredNoCapacity(p)) if p == bad
+        ));
     }
 
     #[test]
     fn bad_inputs_are_refused_and_every_rendering_carries_sources() {
         let mut i = example();
         i.resumption_ratio = 1.5;
-        assert!(plan(&i).is_err());
+        let e = plan(&i).unwrap_err();
+        assert!(
+            matches!(e, PlanError::Fraction { what: "resumption ratio", value } if value == 1.5),
+            "{e:?}"
+        );
         let mut i = example();
         i.headroom = 0.5;
-        assert!(plan(&i).is_err());
+        assert!(matches!(plan(&i), Err(PlanError::Headroom(h)) if h == 0.5));
         let mut i = example();
         i.targets = vec!["nonsense".into()];
-        assert!(plan(&i).is_err());
+        let e = plan(&i).unwrap_err();
+        assert!(matches!(&e, PlanError::UnknownTarget(t) if t == "nonsense"));
+        assert!(e.to_string().contains("known: software"), "{e}");
         let p = plan(&example()).unwrap();
         let text = p.to_text();
         assert!(

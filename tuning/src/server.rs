@@ -12,6 +12,7 @@
 //! SIGTERM, then SIGKILL after a bounded wait, also on error paths), or run unbounded (points,
 //! steps per point and every wait are capped).
 
+use crate::TuneError;
 use keycore_loadgen::{capacity, CapacitySpec, LoadSpec};
 use serde::Serialize;
 use std::io::Write;
@@ -41,30 +42,28 @@ pub struct Setting {
 
 impl Setting {
     /// `KEY=V1,V2,...`; the key must be in the config table.
-    pub fn parse(s: &str) -> anyhow::Result<Setting> {
+    pub fn parse(s: &str) -> Result<Setting, TuneError> {
         let (k, v) = s
             .split_once('=')
-            .ok_or_else(|| anyhow::anyhow!("--set {s:?}: want KEY=V1,V2,..."))?;
+            .ok_or_else(|| TuneError::SetEntry(s.to_string()))?;
         let key = k.trim().to_string();
         let known = keycore_config::SETTINGS.iter().find(|x| x.name == key);
         let Some(known) = known else {
-            anyhow::bail!("--set {key:?}: not a config key (see `keycore serve --help`)");
+            return Err(TuneError::SetUnknownKey(key));
         };
-        anyhow::ensure!(
-            key != "private_key_stores" && key != "port" && key != "listen_address",
-            "--set {key:?}: the sweep owns where the server listens and what it serves"
-        );
+        if ["private_key_stores", "port", "listen_address"].contains(&key.as_str()) {
+            return Err(TuneError::SetOwnedKey(key));
+        }
         let values: Vec<String> = v
             .split(',')
             .map(|x| x.trim().to_string())
             .filter(|x| !x.is_empty())
             .collect();
-        anyhow::ensure!(!values.is_empty(), "--set {key}: no values");
-        if known.switch {
-            anyhow::ensure!(
-                values.iter().all(|v| v == "true" || v == "false"),
-                "--set {key}: true or false"
-            );
+        if values.is_empty() {
+            return Err(TuneError::SetNoValues(key));
+        }
+        if known.switch && !values.iter().all(|v| v == "true" || v == "false") {
+            return Err(TuneError::SetNotBoolean(key));
         }
         Ok(Setting { key, values })
     }
@@ -271,17 +270,20 @@ fn effective_lines(
     spec: &ServerSweepSpec,
     addr: SocketAddr,
     change: &Option<(String, String)>,
-) -> anyhow::Result<Vec<String>> {
+) -> Result<Vec<String>, TuneError> {
     let out = serve_cmd(spec, addr, change)
         .arg("-o")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", spec.keycore_bin.display()))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "keycore serve -o failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|source| TuneError::Spawn {
+            bin: spec.keycore_bin.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(TuneError::ShowConfig {
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let Some((k, _)) = change else {
         return Ok(vec!["# keep the file's settings".into()]);
@@ -291,7 +293,9 @@ fn effective_lines(
         .filter(|l| l.starts_with(&format!("{k}:")))
         .map(str::to_string)
         .collect();
-    anyhow::ensure!(!lines.is_empty(), "keycore serve -o printed no {k:?} line");
+    if lines.is_empty() {
+        return Err(TuneError::ShowConfigMissing(k.clone()));
+    }
     Ok(lines)
 }
 
@@ -300,14 +304,20 @@ fn launch(
     load: &LoadSpec,
     change: &Option<(String, String)>,
     log: &Path,
-) -> anyhow::Result<Launched> {
-    let log_file = std::fs::File::create(log)?;
+) -> Result<Launched, TuneError> {
+    let log_file = std::fs::File::create(log).map_err(|source| TuneError::ServeLog {
+        path: log.to_path_buf(),
+        source,
+    })?;
     let child = serve_cmd(spec, load.server, change)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(log_file))
         .spawn()
-        .map_err(|e| anyhow::anyhow!("starting {}: {e}", spec.keycore_bin.display()))?;
+        .map_err(|source| TuneError::Spawn {
+            bin: spec.keycore_bin.clone(),
+            source,
+        })?;
     let mut l = Launched { child };
     let tls = keycore_loadgen::ClientTls::from_paths(
         &load.tls,
@@ -318,23 +328,23 @@ fn launch(
     )?;
     let deadline = Instant::now() + Duration::from_secs_f64(spec.startup_timeout_s);
     loop {
-        if let Ok(Some(st)) = l.child.try_wait() {
+        if let Ok(Some(status)) = l.child.try_wait() {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
-            anyhow::bail!(
-                "keycore serve exited ({st}) before serving: {}",
-                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-            );
+            return Err(TuneError::ServeExited {
+                status,
+                log_tail: tail.into_iter().rev().collect::<Vec<_>>().join(" | "),
+            });
         }
         match keycore_loadgen::BlockingClient::connect(load.server, &tls) {
             Ok(_) => return Ok(l),
-            Err(e) if Instant::now() >= deadline => {
+            Err(source) if Instant::now() >= deadline => {
                 l.stop();
-                anyhow::bail!(
-                    "keycore serve not accepting on {} after {} s: {e}",
-                    load.server,
-                    spec.startup_timeout_s
-                );
+                return Err(TuneError::ServeNotReady {
+                    addr: load.server,
+                    timeout_s: spec.startup_timeout_s,
+                    source,
+                });
             }
             Err(_) => std::thread::sleep(Duration::from_millis(100)),
         }
@@ -346,23 +356,24 @@ pub fn sweep(
     load: &LoadSpec,
     spec: &ServerSweepSpec,
     progress: &mut dyn FnMut(&str),
-) -> anyhow::Result<ServerSweepReport> {
+) -> Result<ServerSweepReport, TuneError> {
     let pts = points(&spec.settings);
-    anyhow::ensure!(
-        pts.len() <= MAX_SERVER_POINTS,
-        "{} points is over the limit of {MAX_SERVER_POINTS}",
-        pts.len()
-    );
-    anyhow::ensure!(
-        spec.cap.max_steps >= 1 && spec.startup_timeout_s > 0.0,
-        "need at least one step per point and a positive start-up timeout"
-    );
-    anyhow::ensure!(
-        spec.keycore_bin.is_file(),
-        "keycore binary {} not found",
-        spec.keycore_bin.display()
-    );
-    let logs = tempfile::tempdir()?;
+    if pts.len() > MAX_SERVER_POINTS {
+        return Err(TuneError::TooManyPoints {
+            points: pts.len(),
+            max: MAX_SERVER_POINTS,
+        });
+    }
+    if !(spec.cap.max_steps >= 1 && spec.startup_timeout_s > 0.0) {
+        return Err(TuneError::ServerSweepBounds {
+            max_steps: spec.cap.max_steps,
+            startup_timeout_s: spec.startup_timeout_s,
+        });
+    }
+    if !spec.keycore_bin.is_file() {
+        return Err(TuneError::BinaryNotFound(spec.keycore_bin.clone()));
+    }
+    let logs = tempfile::tempdir().map_err(TuneError::LogDir)?;
     let bound = point_bound_s(spec);
     progress(&format!(
         "server sweep: {} point(s) (the file, then one setting changed each), each at most {:.0} s \
@@ -407,7 +418,7 @@ pub fn sweep(
                 ));
             });
             srv.stop();
-            r.map_err(anyhow::Error::from)
+            r.map_err(TuneError::from)
         });
         let point = match r {
             Ok(c) => {
@@ -431,7 +442,7 @@ pub fn sweep(
                 steps: 0,
                 generator_bound: false,
                 capped: false,
-                error: Some(format!("{e:#}")),
+                error: Some(keycore_keys::error_chain(&e)),
                 seconds: t.elapsed().as_secs_f64(),
             },
         };
@@ -507,7 +518,7 @@ pub fn confirm(
     load: &LoadSpec,
     spec: &ServerSweepSpec,
     predicted: f64,
-) -> anyhow::Result<Confirmation> {
+) -> Result<Confirmation, TuneError> {
     let cap = CapacitySpec {
         start_rate: predicted * (1.0 - CONFIRM_TOLERANCE),
         step_factor: 1.0 + CONFIRM_TOLERANCE,
@@ -647,10 +658,26 @@ mod tests {
         let s = Setting::parse("pkcs11_sessions_per_core=1, 2,4").unwrap();
         assert_eq!(s.values, vec!["1", "2", "4"]);
         assert_eq!(s.flag(), "--pkcs11-sessions-per-core");
-        assert!(Setting::parse("no_such_key=1").is_err());
-        assert!(Setting::parse("port=1,2").is_err());
-        assert!(Setting::parse("cores=").is_err());
-        assert!(Setting::parse("tls12_only=maybe").is_err());
+        assert!(matches!(
+            Setting::parse("no_such_key=1"),
+            Err(TuneError::SetUnknownKey(k)) if k == "no_such_key"
+        ));
+        assert!(matches!(
+            Setting::parse("port=1,2"),
+            Err(TuneError::SetOwnedKey(k)) if k == "port"
+        ));
+        assert!(matches!(
+            Setting::parse("cores="),
+            Err(TuneError::SetNoValues(k)) if k == "cores"
+        ));
+        assert!(matches!(
+            Setting::parse("tls12_only=maybe"),
+            Err(TuneError::SetNotBoolean(k)) if k == "tls12_only"
+        ));
+        assert!(matches!(
+            Setting::parse("cores"),
+            Err(TuneError::SetEntry(_))
+        ));
         assert!(Setting::parse("tls12_only=true,false").is_ok());
     }
 
