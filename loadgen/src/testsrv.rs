@@ -144,6 +144,11 @@ impl TestServer {
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 let Ok(s) = s else { return };
+                // As keycore's server does: without it Nagle holds an answer
+                // written while the previous one is unacknowledged until the
+                // client's delayed ACK (up to 40 ms), which the floor showed
+                // as its max (issue 13).
+                let _ = s.set_nodelay(true);
                 let (config, keys, knobs) = (config.clone(), keys.clone(), k2.clone());
                 knobs.connections.fetch_add(1, Ordering::Relaxed);
                 std::thread::spawn(move || {
