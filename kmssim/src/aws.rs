@@ -405,7 +405,7 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
                         j!({"KeyId": arn, "Signature": b64(&sig), "SigningAlgorithm": alg}),
                     )
                 }
-                Err(e) => err("KMSInternalException", &e),
+                Err(e) => err("KMSInternalException", &e.to_string()),
             }
         }
         other => err(
@@ -453,7 +453,7 @@ fn ed25519_sign(
                 j!({"KeyId": arn, "Signature": b64(&sig), "SigningAlgorithm": alg}),
             )
         }
-        Err(e) => err("KMSInternalException", &e),
+        Err(e) => err("KMSInternalException", &e.to_string()),
     }
 }
 

@@ -12,7 +12,9 @@
 //! `Retry-After`, 401 with `WWW-Authenticate` for a bad token.
 
 use crate::keys::{der_to_raw, ec_width};
-use crate::{b64url, bump, json, lock, parse_form, unb64url, verify_jwt, AzureApp, Gate, State};
+use crate::{
+    b64url, bump, json, lock, parse_form, unb64url, verify_jwt, ApiError, AzureApp, Gate, State,
+};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::http::request::Parts;
@@ -87,7 +89,7 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
                 "Bearer authorization=\"https://login.microsoftonline.com/tenant\", resource=\"https://vault.azure.net\"",
             )
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(j!({"error": {"code": "Unauthorized", "message": e}}).to_string())))
+            .body(Full::new(Bytes::from(j!({"error": {"code": "Unauthorized", "message": e.to_string()}}).to_string())))
             .unwrap_or_default();
     }
     match st.gate().await {
@@ -241,7 +243,7 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
                     bump(&st.stats.operations);
                     json(StatusCode::OK, j!({"kid": kid, "value": b64url(&out)}))
                 }
-                Err(m) => err(StatusCode::BAD_REQUEST, "BadParameter", &m),
+                Err(m) => err(StatusCode::BAD_REQUEST, "BadParameter", &m.to_string()),
             }
         }
         _ => err(
@@ -252,15 +254,16 @@ pub async fn keys(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Byte
     }
 }
 
-fn sign(key: &crate::SimKey, alg: &str, value: &[u8]) -> Result<Vec<u8>, String> {
+fn sign(key: &crate::SimKey, alg: &str, value: &[u8]) -> Result<Vec<u8>, ApiError> {
     let need = |n: usize| {
         if value.len() == n {
             Ok(())
         } else {
-            Err(format!(
-                "Invalid digest length {} for {alg} (expected {n})",
-                value.len()
-            ))
+            Err(ApiError::DigestLength {
+                alg: alg.to_string(),
+                got: value.len(),
+                expected: n,
+            })
         }
     };
     let rsa = matches!(key.kind, KeyKind::Rsa { .. });
@@ -288,35 +291,33 @@ fn sign(key: &crate::SimKey, alg: &str, value: &[u8]) -> Result<Vec<u8>, String>
                 _ => (KeyKind::EcdsaP521, 64),
             };
             if key.kind != kind {
-                return Err(format!("{alg} is not valid for this key"));
+                return Err(ApiError::CurveMismatch(alg.to_string()));
             }
             need(n)?;
             let der = key.perform(OpClass::Ecdsa(Hash::Sha256), value)?;
-            der_to_raw(&der, ec_width(kind)).ok_or_else(|| "bad ECDSA signature".to_string())
+            der_to_raw(&der, ec_width(kind)).ok_or(ApiError::EcdsaSignature)
         }
-        other => Err(format!("Algorithm {other} is not supported for this key")),
+        other => Err(ApiError::SignAlgorithm(other.to_string())),
     }
 }
 
-fn decrypt(key: &crate::SimKey, alg: &str, value: &[u8]) -> Result<Vec<u8>, String> {
+fn decrypt(key: &crate::SimKey, alg: &str, value: &[u8]) -> Result<Vec<u8>, ApiError> {
     if alg != "RSA1_5" || !matches!(key.kind, KeyKind::Rsa { .. }) {
-        return Err(format!(
-            "Algorithm {alg} is not supported for decrypt with this key (the stand-in does RSA1_5)"
-        ));
+        return Err(ApiError::DecryptAlgorithm(alg.to_string()));
     }
     if value.len() != key.rsa_len() {
-        return Err("ciphertext length does not match the key".into());
+        return Err(ApiError::CiphertextLength);
     }
     let em = key.perform(OpClass::RsaDecrypt, value)?;
     // 00 02 PS(>= 8 nonzero) 00 M
     if em.len() < 11 || em[0] != 0 || em[1] != 2 {
-        return Err("decryption failed (padding)".into());
+        return Err(ApiError::DecryptPadding);
     }
     let Some(z) = em[2..].iter().position(|&b| b == 0) else {
-        return Err("decryption failed (padding)".into());
+        return Err(ApiError::DecryptPadding);
     };
     if z < 8 {
-        return Err("decryption failed (padding)".into());
+        return Err(ApiError::DecryptPadding);
     }
     Ok(em[2 + z + 1..].to_vec())
 }

@@ -17,7 +17,7 @@
 //!
 //! Must not: depend on any engine crate (it stands in for the far side).
 
-use crate::{bump, json, lock, State};
+use crate::{bump, json, lock, ApiError, State};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::http::request::Parts;
@@ -60,7 +60,7 @@ impl CfApi {
     }
 
     /// The CA that signs issued certificates (PEM); made on first use.
-    pub fn ca_pem(&self) -> Result<String, String> {
+    pub fn ca_pem(&self) -> Result<String, ApiError> {
         let mut ca = lock(&self.ca);
         if ca.is_none() {
             *ca = Some(make_ca()?);
@@ -69,14 +69,15 @@ impl CfApi {
     }
 }
 
-fn make_ca() -> Result<(String, rcgen::Issuer<'static, rcgen::KeyPair>), String> {
-    let key =
-        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+fn make_ca() -> Result<(String, rcgen::Issuer<'static, rcgen::KeyPair>), ApiError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(ApiError::Certificate)?;
+    let mut p =
+        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(ApiError::Certificate)?;
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "keycore-kmssim keyless CA");
-    let cert = p.self_signed(&key).map_err(|e| e.to_string())?;
+    let cert = p.self_signed(&key).map_err(ApiError::Certificate)?;
     Ok((cert.pem(), rcgen::Issuer::new(p, key)))
 }
 
@@ -163,11 +164,11 @@ pub(crate) fn certificates(st: &State, req: &Parts, body: &[u8]) -> Response<Ful
     };
     let key = match check_csr(csr_pem, host) {
         Ok(k) => k,
-        Err(m) => return fail(StatusCode::BAD_REQUEST, 1010, &m),
+        Err(m) => return fail(StatusCode::BAD_REQUEST, 1010, &m.to_string()),
     };
     let pem = match issue(api, host, &key) {
         Ok(p) => p,
-        Err(m) => return fail(StatusCode::INTERNAL_SERVER_ERROR, 1100, &m),
+        Err(m) => return fail(StatusCode::INTERNAL_SERVER_ERROR, 1100, &m.to_string()),
     };
     bump(&api.issued);
     json(
@@ -188,14 +189,13 @@ pub(crate) fn certificates(st: &State, req: &Parts, body: &[u8]) -> Response<Ful
 }
 
 /// Parse and verify a CSR; its SAN must name `host`.
-fn check_csr(pem: &str, host: &str) -> Result<CsrKey, String> {
+fn check_csr(pem: &str, host: &str) -> Result<CsrKey, ApiError> {
     use x509_parser::certification_request::X509CertificationRequest;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
     use x509_parser::prelude::FromDer as _;
     let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| format!("csr is not PEM: {e}"))?;
-    let (_, csr) = X509CertificationRequest::from_der(der.as_ref())
-        .map_err(|e| format!("csr does not parse: {e}"))?;
+        .map_err(ApiError::CsrPem)?;
+    let (_, csr) = X509CertificationRequest::from_der(der.as_ref()).map_err(ApiError::CsrDer)?;
     let info = &csr.certification_request_info;
     let sig_oid = csr.signature_algorithm.algorithm.to_id_string();
     let (verify_alg, alg): (
@@ -210,28 +210,29 @@ fn check_csr(pem: &str, host: &str) -> Result<CsrKey, String> {
             &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1,
             &rcgen::PKCS_ECDSA_P256_SHA256,
         ),
-        o => return Err(format!("csr signature algorithm {o} not supported")),
+        o => return Err(ApiError::CsrAlgorithm(o.to_string())),
     };
     let point = info.subject_pki.subject_public_key.data.to_vec();
     aws_lc_rs::signature::UnparsedPublicKey::new(verify_alg, &point)
         .verify(info.raw, &csr.signature_value.data)
-        .map_err(|_| "csr signature does not verify with its key".to_owned())?;
+        .map_err(|_| ApiError::CsrSignature)?;
     let names_host = csr.requested_extensions().into_iter().flatten().any(|e| {
         matches!(e, ParsedExtension::SubjectAlternativeName(s)
             if s.general_names.iter().any(|n| matches!(n, GeneralName::DNSName(d) if *d == host)))
     });
     if !names_host {
-        return Err(format!("csr SAN does not name {host}"));
+        return Err(ApiError::CsrHost(host.to_string()));
     }
     Ok(CsrKey { point, alg })
 }
 
 /// Certify `key` for `host` with the stand-in's CA.
-fn issue(api: &CfApi, host: &str, key: &CsrKey) -> Result<String, String> {
+fn issue(api: &CfApi, host: &str, key: &CsrKey) -> Result<String, ApiError> {
     api.ca_pem()?;
     let ca = lock(&api.ca);
-    let (_, issuer) = ca.as_ref().ok_or("no CA")?;
-    let mut p = rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(|e| e.to_string())?;
+    let (_, issuer) = ca.as_ref().ok_or(ApiError::NoCa)?;
+    let mut p =
+        rcgen::CertificateParams::new(vec![host.to_owned()]).map_err(ApiError::Certificate)?;
     p.distinguished_name = rcgen::DistinguishedName::new();
     p.distinguished_name.push(
         rcgen::DnType::CommonName,
@@ -239,6 +240,6 @@ fn issue(api: &CfApi, host: &str, key: &CsrKey) -> Result<String, String> {
     );
     p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
     p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
-    let cert = p.signed_by(key, issuer).map_err(|e| e.to_string())?;
+    let cert = p.signed_by(key, issuer).map_err(ApiError::Certificate)?;
     Ok(cert.pem())
 }

@@ -10,7 +10,7 @@
 //! strings that must match (else 400 INVALID_ARGUMENT). Answers carry
 //! `signatureCrc32c`, `verifiedDigestCrc32c`/`verifiedDataCrc32c`, `name`.
 
-use crate::{b64, bump, json, lock, parse_form, unb64, verify_jwt, Gate, State};
+use crate::{b64, bump, json, lock, parse_form, unb64, verify_jwt, ApiError, Gate, State};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::http::request::Parts;
@@ -142,7 +142,7 @@ pub async fn kms(st: &State, parts: &Parts, body: &Bytes) -> Response<Full<Bytes
     };
     let r = sign(&key, &alg, &v);
     match r {
-        Err(m) => err(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &m),
+        Err(m) => err(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", &m.to_string()),
         Ok((mut sig, digest_verified, data_verified)) => {
             bump(&st.stats.operations);
             st.maybe_spoil(&mut sig);
@@ -171,21 +171,17 @@ fn sign(
     key: &crate::SimKey,
     alg: &str,
     v: &serde_json::Value,
-) -> Result<(Vec<u8>, bool, bool), String> {
-    let crc_field = |field: &str, bytes: &[u8]| -> Result<bool, String> {
-        match &v[field] {
-            serde_json::Value::Null => Ok(false),
-            serde_json::Value::String(s) if *s == crc(bytes) => Ok(true),
-            serde_json::Value::String(_) => Err(format!(
-                "The checksum in field {field} did not match the data."
-            )),
-            _ => Err(format!("{field} must be an int64 string")),
-        }
+) -> Result<(Vec<u8>, bool, bool), ApiError> {
+    let crc_field = |field: &'static str, bytes: &[u8]| match &v[field] {
+        serde_json::Value::Null => Ok(false),
+        serde_json::Value::String(s) if *s == crc(bytes) => Ok(true),
+        serde_json::Value::String(_) => Err(ApiError::ChecksumMismatch(field)),
+        _ => Err(ApiError::ChecksumType(field)),
     };
     let has_digest = !v["digest"].is_null();
     let has_data = !v["data"].is_null();
     if has_digest == has_data {
-        return Err("Exactly one of digest or data must be set.".into());
+        return Err(ApiError::DigestOrData);
     }
     let want_hash = |s: &str| match s {
         "SHA256" => Some(Hash::Sha256),
@@ -195,45 +191,52 @@ fn sign(
     };
     let parts: Vec<&str> = alg.split('_').collect();
     if has_digest {
-        let d = v["digest"].as_object().ok_or("digest must be an object")?;
+        let d = v["digest"].as_object().ok_or(ApiError::DigestNotObject)?;
         if d.len() != 1 {
-            return Err("digest must have exactly one of sha256, sha384, sha512".into());
+            return Err(ApiError::DigestFields);
         }
-        let (field, b) = d.iter().next().ok_or("empty digest")?;
+        let (field, b) = d.iter().next().ok_or(ApiError::DigestEmpty)?;
         let h = match field.as_str() {
             "sha256" => Hash::Sha256,
             "sha384" => Hash::Sha384,
             "sha512" => Hash::Sha512,
-            other => return Err(format!("unknown digest field {other}")),
+            other => return Err(ApiError::DigestField(other.to_string())),
         };
-        let digest = b.as_str().and_then(unb64).ok_or("digest must be base64")?;
+        let digest = b
+            .as_str()
+            .and_then(unb64)
+            .ok_or(ApiError::NotBase64("digest"))?;
         if digest.len() != h.len() {
-            return Err(format!("Digest of {} bytes for {field}", digest.len()));
+            return Err(ApiError::DigestFieldLength {
+                field: field.clone(),
+                len: digest.len(),
+            });
         }
         let verified = crc_field("digestCrc32c", &digest)?;
         let key_hash = parts.last().and_then(|s| want_hash(s));
         if key_hash != Some(h) {
-            return Err(format!(
-                "The requested digest type {field} does not match algorithm {alg}."
-            ));
+            return Err(ApiError::DigestAlgorithm {
+                field: field.clone(),
+                alg: alg.to_string(),
+            });
         }
         let op = match parts.as_slice() {
             ["RSA", "SIGN", "PKCS1", ..] => OpClass::RsaPkcs1(h),
             ["RSA", "SIGN", "PSS", ..] => OpClass::RsaPss(h),
             ["EC", "SIGN", ..] => OpClass::Ecdsa(h),
-            _ => return Err(format!("Algorithm {alg} does not sign digests.")),
+            _ => return Err(ApiError::SignsData(alg.to_string())),
         };
         Ok((key.perform(op, &digest)?, verified, false))
     } else {
         let data = v["data"]
             .as_str()
             .and_then(unb64)
-            .ok_or("data must be base64")?;
+            .ok_or(ApiError::NotBase64("data"))?;
         let verified = crc_field("dataCrc32c", &data)?;
         let sig = match parts.as_slice() {
             ["RSA", "SIGN", "RAW", "PKCS1", _] => key.sign_raw_pkcs1(&data)?,
             ["EC", "SIGN", "ED25519"] => key.perform(OpClass::Ed25519, &data)?,
-            _ => return Err(format!("Algorithm {alg} requires a digest, not data.")),
+            _ => return Err(ApiError::SignsDigests(alg.to_string())),
         };
         Ok((sig, false, verified))
     }

@@ -4,7 +4,7 @@
 //! Owns: key generation, the public half in the forms the services publish
 //! (SPKI DER, PEM, JWK members), raw PKCS#1 v1.5 signing and DER <-> `r‖s`.
 
-use crate::SimError;
+use crate::{ApiError, SimError};
 use keycore_keys::{software, Backend, KeyKind, PrivateKeyOps};
 use keycore_protocol::{Hash, OpClass};
 use x509_parser::prelude::FromDer;
@@ -88,23 +88,20 @@ impl SimKey {
     }
 
     /// Perform a protocol op with the key.
-    pub fn perform(&self, op: OpClass, input: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn perform(&self, op: OpClass, input: &[u8]) -> Result<Vec<u8>, ApiError> {
         let mut out = Vec::new();
         self.ops
             .perform(op, input, &mut out)
-            .map_err(|e| format!("key operation {op:?} failed: {e:?}"))?;
+            .map_err(|code| ApiError::KeyOperation { op, code })?;
         Ok(out)
     }
 
     /// PKCS#1 v1.5 signature over `data` as given (no DigestInfo added):
     /// `00 01 FF.. 00 data` through the raw RSA private operation.
-    pub fn sign_raw_pkcs1(&self, data: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn sign_raw_pkcs1(&self, data: &[u8]) -> Result<Vec<u8>, ApiError> {
         let k = self.rsa_len();
         if k == 0 || data.len() + 11 > k {
-            return Err(format!(
-                "{} bytes do not fit a raw PKCS#1 signature",
-                data.len()
-            ));
+            return Err(ApiError::RawPkcs1TooLong { len: data.len() });
         }
         let mut em = vec![0x00, 0x01];
         em.extend(std::iter::repeat_n(0xff, k - 3 - data.len()));
@@ -114,7 +111,7 @@ impl SimKey {
     }
 
     /// PKCS#1 v1.5 signature with DigestInfo for `h`.
-    pub fn sign_pkcs1(&self, h: Hash, digest: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn sign_pkcs1(&self, h: Hash, digest: &[u8]) -> Result<Vec<u8>, ApiError> {
         self.perform(OpClass::RsaPkcs1(h), digest)
     }
 
@@ -222,6 +219,31 @@ mod tests {
         );
         let (n, e) = k.rsa_components().unwrap();
         assert_eq!((n.len(), e), (256, vec![1, 0, 1]));
+    }
+
+    /// Refusals are variants; their text is what the simulated API answers.
+    #[test]
+    fn refusals_carry_what_was_wrong_and_read_as_the_api_answers() {
+        let rsa = SimKey::generate(KeyType::Rsa2048).unwrap();
+        let e = rsa.sign_raw_pkcs1(&[0; 250]).unwrap_err();
+        assert!(matches!(e, ApiError::RawPkcs1TooLong { len: 250 }), "{e:?}");
+        assert_eq!(e.to_string(), "250 bytes do not fit a raw PKCS#1 signature");
+        let ec = SimKey::generate(KeyType::EcP256).unwrap();
+        let e = ec.perform(OpClass::RsaDecrypt, &[0; 256]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ApiError::KeyOperation {
+                    op: OpClass::RsaDecrypt,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().starts_with("key operation RsaDecrypt failed"),
+            "{e}"
+        );
     }
 
     #[test]

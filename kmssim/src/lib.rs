@@ -36,6 +36,7 @@
 pub mod aws;
 pub mod azure;
 pub mod cfapi;
+mod error;
 pub mod gcp;
 pub mod keys;
 pub mod proxy;
@@ -43,6 +44,7 @@ pub mod proxy;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
+pub use error::ApiError;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -403,22 +405,23 @@ impl State {
         &self,
         req: &hyper::http::request::Parts,
         audience: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), ApiError> {
         let h = req
             .headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .ok_or("no Authorization header")?;
-        let t = h
-            .strip_prefix("Bearer ")
-            .ok_or("Authorization is not a Bearer token")?;
+            .ok_or(ApiError::NoAuthorization)?;
+        let t = h.strip_prefix("Bearer ").ok_or(ApiError::NotBearer)?;
         let tokens = lock(&self.tokens);
-        let tok = tokens.get(t).ok_or("unknown token")?;
+        let tok = tokens.get(t).ok_or(ApiError::UnknownToken)?;
         if tok.audience != audience {
-            return Err(format!("token is for {}, not {audience}", tok.audience));
+            return Err(ApiError::WrongAudience {
+                issued_for: tok.audience.clone(),
+                wanted: audience.to_string(),
+            });
         }
         if Instant::now() >= tok.expires {
-            return Err("token expired".into());
+            return Err(ApiError::TokenExpired);
         }
         Ok(())
     }
@@ -512,18 +515,23 @@ pub(crate) fn verify_jwt(
     jwt: &str,
     rsa_public: &[u8],
     alg: &str,
-) -> Result<(serde_json::Value, serde_json::Value), String> {
+) -> Result<(serde_json::Value, serde_json::Value), ApiError> {
     let parts: Vec<&str> = jwt.split('.').collect();
     let [h, c, s] = parts.as_slice() else {
-        return Err("assertion is not a three-part JWT".into());
+        return Err(ApiError::JwtShape);
     };
-    let dec = |p: &str, what: &str| unb64url(p).ok_or(format!("JWT {what} is not base64url"));
-    let header: serde_json::Value =
-        serde_json::from_slice(&dec(h, "header")?).map_err(|e| format!("JWT header: {e}"))?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&dec(c, "claims")?).map_err(|e| format!("JWT claims: {e}"))?;
+    let dec = |p: &str, part| unb64url(p).ok_or(ApiError::JwtBase64 { part });
+    let json = |p: &str, part| {
+        serde_json::from_slice::<serde_json::Value>(&dec(p, part)?)
+            .map_err(|error| ApiError::JwtJson { part, error })
+    };
+    let header = json(h, "header")?;
+    let claims = json(c, "claims")?;
     if header["alg"] != alg {
-        return Err(format!("JWT alg is {}, expected {alg}", header["alg"]));
+        return Err(ApiError::JwtAlg {
+            got: header["alg"].clone(),
+            expected: alg.to_string(),
+        });
     }
     let sig = dec(s, "signature")?;
     let verifier: &'static dyn aws_lc_rs::signature::VerificationAlgorithm = match alg {
@@ -532,15 +540,15 @@ pub(crate) fn verify_jwt(
     };
     aws_lc_rs::signature::UnparsedPublicKey::new(verifier, rsa_public)
         .verify(format!("{h}.{c}").as_bytes(), &sig)
-        .map_err(|_| "JWT signature does not verify".to_string())?;
+        .map_err(|_| ApiError::JwtSignature)?;
     Ok((header, claims))
 }
 
 /// The RSAPublicKey (subjectPublicKey contents) of an SPKI.
-pub(crate) fn rsa_public_of_spki(spki: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn rsa_public_of_spki(spki: &[u8]) -> Result<Vec<u8>, ApiError> {
     use x509_parser::prelude::FromDer;
-    let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki)
-        .map_err(|e| format!("SPKI: {e}"))?;
+    let (_, info) =
+        x509_parser::x509::SubjectPublicKeyInfo::from_der(spki).map_err(ApiError::Spki)?;
     Ok(info.subject_public_key.data.to_vec())
 }
 
@@ -791,8 +799,8 @@ impl Sim {
         let kp =
             rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
                 .map_err(|e| SimError(format!("service account key: {e}")))?;
-        let public =
-            rsa_public_of_spki(&SimKey::from_pkcs8(&kp.serialize_der())?.spki).map_err(SimError)?;
+        let public = rsa_public_of_spki(&SimKey::from_pkcs8(&kp.serialize_der())?.spki)
+            .map_err(|e| SimError(e.to_string()))?;
         let key_id = random_hex(20);
         lock(&self.state.gcp_accounts).insert(
             email.into(),
