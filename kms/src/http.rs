@@ -52,10 +52,17 @@ pub enum CallError {
     /// The deadline passed.
     #[error("no answer within the deadline")]
     Timeout,
-    /// Connect / TLS / protocol failure.
+    /// Connect / TLS / protocol failure. Text (the transport error's chain,
+    /// or the endpoint's own words for a metadata/token endpoint that is
+    /// down): what matters to a caller is the variant, which is retried.
     #[error("transport: {0}")]
     Transport(String),
-    /// The service answered with an error (status and a short reason).
+    /// The service refused or answered unusably: the text is the service's
+    /// own answer (HTTP status and its error code/message, e.g. AWS
+    /// `DisabledException: ...`) or what was wrong with the answer (bad JSON,
+    /// a missing field). Kept as text on purpose: it is not retried, and
+    /// every caller only reports it (the operation fails with it, `/readyz`
+    /// and `keycore check` print it); nothing branches on its content.
     #[error("{0}")]
     Service(String),
     /// Retries exhausted on a retryable answer.

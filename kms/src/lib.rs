@@ -136,9 +136,19 @@ pub enum KmsError {
         /// Why.
         reason: String,
     },
-    /// The runtime thread could not start or died.
-    #[error("KMS runtime: {0}")]
-    Runtime(String),
+    /// The runtime thread could not be started.
+    #[error("KMS runtime: cannot start thread")]
+    Thread(#[source] std::io::Error),
+    /// The runtime thread could not build its tokio runtime.
+    #[error("KMS runtime: tokio runtime")]
+    Tokio(#[source] std::io::Error),
+    /// The public keys were not all fetched within `wait` (the start-up
+    /// timeout plus 5 s): raise `kms_startup_timeout` or check the service.
+    #[error("KMS runtime: fetching the public keys took longer than {wait:?}")]
+    SetupTimeout {
+        /// How long start-up waited.
+        wait: Duration,
+    },
 }
 
 /// How Azure authenticates.
@@ -664,15 +674,13 @@ impl KmsStore {
         let thread = std::thread::Builder::new()
             .name("keycore-kms".into())
             .spawn(move || runtime_main(parsed, opts2, tls, rx, setup_tx))
-            .map_err(|e| KmsError::Runtime(format!("cannot start thread: {e}")))?;
+            .map_err(KmsError::Thread)?;
         let wait = opts.startup_timeout + Duration::from_secs(5);
         let setup = match setup_rx.recv_timeout(wait) {
             Ok(s) => s,
             Err(_) => {
                 drop(tx);
-                return Err(KmsError::Runtime(format!(
-                    "fetching the public keys took longer than {wait:?}"
-                )));
+                return Err(KmsError::SetupTimeout { wait });
             }
         };
         let (pubs, stats) = match setup {
@@ -866,7 +874,7 @@ fn runtime_main(
     {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = setup.send(Err(KmsError::Runtime(format!("tokio runtime: {e}"))));
+            let _ = setup.send(Err(KmsError::Tokio(e)));
             return;
         }
     };
