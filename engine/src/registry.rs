@@ -18,9 +18,11 @@
 //! same URIs (PINs included) and the same settings (`Registration::settings`)
 //! as before, and asks it for its keys again (`KeyStore::rescan`: a PKCS#11
 //! store searches its tokens on their login sessions; a store without it
-//! keeps its list); the rest are opened afresh. Reuse is per backend store:
-//! a change to any one PKCS#11 URI reopens the PKCS#11 store (all its
-//! tokens).
+//! keeps its list). A store whose settings are unchanged but whose URIs
+//! changed is reopened through the old one (`KeyStore::reopen`: a PKCS#11
+//! store keeps each token whose URI did not change, with its login,
+//! sessions and worker threads); a store that does not reopen, or whose
+//! settings changed, is opened afresh.
 //!
 //! Must not: be consulted on the data path (dispatch goes by `StoreId`), or
 //! know a backend's internals beyond its options struct.
@@ -54,6 +56,8 @@ pub struct OpenedStore {
 pub struct StoreRecord {
     backend: &'static str,
     opened_with: String,
+    /// The settings part of `opened_with` (`Registration::settings`).
+    settings: String,
     store: Arc<dyn KeyStore>,
     keys: Vec<KeyCopy>,
     seconds: f64,
@@ -195,7 +199,8 @@ pub fn open_all_reusing(
             continue;
         }
         let id = StoreId(u16::try_from(out.len()).expect("fewer than 65536 backends"));
-        let opened_with = format!("{uris:?}\n{}", (b.settings)(cfg));
+        let settings = (b.settings)(cfg);
+        let opened_with = format!("{uris:?}\n{settings}");
         if let Some(r) = previous
             .iter()
             .find(|r| r.backend == b.name && r.opened_with == opened_with)
@@ -225,13 +230,33 @@ pub fn open_all_reusing(
             });
             continue;
         }
-        tracing::debug!(backend = b.name, stores = uris.len(), "opening key backend");
         let t0 = std::time::Instant::now();
-        let (store, keys) = (b.open)(uris, cfg, id)?;
+        // Same settings, other URIs: the store may take over what it has
+        // open for the parts that did not change (a PKCS#11 token whose
+        // URI is the same keeps its login, sessions and worker threads).
+        let reopened = match previous
+            .iter()
+            .find(|r| r.backend == b.name && r.settings == settings)
+        {
+            Some(r) => r.store.reopen(uris, id).map_err(|e| OpenError::Backend {
+                backend: b.name,
+                context: REOPEN_CONTEXT,
+                source: e.source,
+            })?,
+            None => None,
+        };
+        let (store, keys) = match reopened {
+            Some(opened) => opened,
+            None => {
+                tracing::debug!(backend = b.name, stores = uris.len(), "opening key backend");
+                (b.open)(uris, cfg, id)?
+            }
+        };
         let seconds = t0.elapsed().as_secs_f64();
         let record = StoreRecord {
             backend: b.name,
             opened_with,
+            settings,
             store: store.clone(),
             keys: keys.iter().filter_map(KeyCopy::of).collect(),
             seconds,
@@ -251,6 +276,11 @@ pub fn open_all_reusing(
 /// URI).
 const RESCAN_CONTEXT: &str =
     "reload: finding the keys of an unchanged key store again (its sessions stay open)";
+
+/// What a failed reopen (URIs changed, settings not) is reported as (its
+/// error names the URI).
+const REOPEN_CONTEXT: &str =
+    "reload: opening a key store whose URIs changed (its unchanged tokens stay open)";
 
 fn backend_error(
     backend: &'static str,

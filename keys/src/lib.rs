@@ -57,5 +57,6 @@ pub use spki::{
     spki_key_bits, SpkiError,
 };
 pub use store::{
-    CoreStore, KeyStore, NotReady, Outcome, PendingOp, RescanError, StoreId, StoreKey, StoreStatus,
+    CoreStore, KeyStore, NotReady, Outcome, PendingOp, Reopened, StoreId, StoreKey,
+    StoreReloadError, StoreStatus,
 };

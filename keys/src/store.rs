@@ -57,6 +57,9 @@ impl fmt::Debug for Outcome {
     }
 }
 
+/// A store [`KeyStore::reopen`] made, and its keys.
+pub type Reopened = (Arc<dyn KeyStore>, Vec<crate::KeyEntry>);
+
 /// An opened key store, shared read-only by every core.
 pub trait KeyStore: Send + Sync + fmt::Debug {
     /// Short name for logs and errors (`pkcs11`, `kms`, ...).
@@ -87,8 +90,22 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     /// while it is open, so the registry keeps the list it had. An error
     /// refuses the whole reload (the running state stays); it must not
     /// have changed what the running generation serves. Control plane.
-    fn rescan(&self, id: StoreId) -> Result<Option<Vec<crate::KeyEntry>>, RescanError> {
+    fn rescan(&self, id: StoreId) -> Result<Option<Vec<crate::KeyEntry>>, StoreReloadError> {
         let _ = id;
+        Ok(None)
+    }
+
+    /// Reload, for a store whose settings are unchanged but whose URIs
+    /// changed: open `uris` as a new store with id `id`, taking over what
+    /// this store has open for the parts the change did not touch (a
+    /// PKCS#11 token named by the same URI keeps its login and, through
+    /// [`KeyStore::core`] on each reactor, that core's sessions and worker
+    /// threads). Must not change what this store serves (it keeps serving
+    /// until the reload is published, and for good if the reload fails).
+    /// `Ok(None)`, the default: the registry opens the new store afresh.
+    /// Control plane.
+    fn reopen(&self, uris: &[String], id: StoreId) -> Result<Option<Reopened>, StoreReloadError> {
+        let _ = (uris, id);
         Ok(None)
     }
 
@@ -99,12 +116,12 @@ pub trait KeyStore: Send + Sync + fmt::Debug {
     }
 }
 
-/// Why a kept store could not find its keys again on reload
-/// ([`KeyStore::rescan`]); the store's own error (naming the URI, never a
-/// PIN) is the source.
+/// Why an open store could not find its keys again, or be reopened, on
+/// reload ([`KeyStore::rescan`], [`KeyStore::reopen`]); the store's own
+/// error (naming the URI, never a PIN) is the source.
 #[derive(Debug, thiserror::Error)]
-#[error("{store}: finding the keys of the open store again")]
-pub struct RescanError {
+#[error("{store}: reloading the open store")]
+pub struct StoreReloadError {
     /// The store's [`KeyStore::name`].
     pub store: &'static str,
     /// The store's error.

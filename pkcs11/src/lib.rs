@@ -3,7 +3,10 @@
 //! Interface with the server:
 //! - control plane: [`Pkcs11Store::open`] is called once at start-up (by the
 //!   engine's backend registry) with the `uri: pkcs11:` stores and yields
-//!   `KeyEntry`s whose backend is a `StoreKey` of this store;
+//!   `KeyEntry`s whose backend is a `StoreKey` of this store; on reload the
+//!   registry calls [`Pkcs11Store::rescan`] (same URIs: find the keys again
+//!   on the login sessions) or [`Pkcs11Store::reopen`] (URIs changed: a new
+//!   store keeping the tokens whose URI did not change);
 //!   [`Pkcs11Store::health`] reports each partition, rendered by the
 //!   store's `KeyStore::render_metrics`;
 //! - data plane: each reactor calls [`Pkcs11Store::core`] (or
@@ -42,13 +45,13 @@ pub use uri::{DispatchMode, Pkcs11Uri, UriError};
 use dispatch::{Completion, Job, Pending, Watchdog, Workers};
 use keycore_keys::{
     op_fits, Backend, CoreStore, KeyEntry, KeyKind, KeyStore, MetricKind, NotReady, Outcome,
-    PromWriter, RescanError, StoreId, StoreKey, StoreStatus,
+    PromWriter, Reopened, StoreId, StoreKey, StoreReloadError, StoreStatus,
 };
 use keycore_protocol::{ErrorCode, OpClass, Ski};
 use session::{Lane, LaneError};
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use token::{Partition, PartitionSettings};
@@ -159,6 +162,17 @@ impl Groups {
     }
 }
 
+impl Shared {
+    /// The partition `uri` was the first URI to name (it defines its
+    /// settings and PIN), if any.
+    fn defined_by(&self, uri: &Pkcs11Uri) -> Option<&Arc<Partition>> {
+        let (_, pi) = self.uris.iter().find(|(u, _)| u == uri)?;
+        // The first URI naming partition `pi` is the one that made it.
+        let (first, _) = self.uris.iter().find(|(_, p)| p == pi)?;
+        (first == uri).then(|| &self.partitions[*pi])
+    }
+}
+
 #[derive(Debug)]
 struct Shared {
     partitions: Vec<Arc<Partition>>,
@@ -166,9 +180,11 @@ struct Shared {
     /// Each configured URI (parsed) and the partition it names, in
     /// configuration order: what a reload scans again.
     uris: Vec<(Pkcs11Uri, usize)>,
-    /// `key_load_errors: skip`, for the reload's scans.
-    skip_failed_keys: bool,
-    watchdog: Watchdog,
+    /// The options it was opened with (a reload's scans and reopen).
+    opts: Pkcs11Options,
+    /// Times out stuck offloaded calls; shared with the store a reload
+    /// reopens this one as (see [`Pkcs11Store::reopen`]).
+    watchdog: Arc<Watchdog>,
     /// Start-up warnings (also logged).
     warnings: Vec<String>,
 }
@@ -186,8 +202,8 @@ impl Default for Pkcs11Store {
                 partitions: Vec::new(),
                 groups: Groups::default(),
                 uris: Vec::new(),
-                skip_failed_keys: false,
-                watchdog: Watchdog::default(),
+                opts: Pkcs11Options::default(),
+                watchdog: Arc::default(),
                 warnings: Vec::new(),
             }),
         }
@@ -281,13 +297,57 @@ impl Pkcs11Store {
         opts: &Pkcs11Options,
         id: StoreId,
     ) -> Result<(Pkcs11Store, Vec<KeyEntry>), Pkcs11Error> {
+        Self::open_reusing(uris, opts, id, None)
+    }
+
+    /// Reload, when the URIs changed but not the store's settings: open
+    /// `uris` as a new store with id `id`, taking over each partition of
+    /// this store whose defining URI (the first naming its token) is the
+    /// first new URI naming that token too, unchanged, PIN and attributes
+    /// included. A kept partition keeps its login session, health and key
+    /// places (its keys are searched again on the login session), and each
+    /// core's [`Pkcs11Store::core`] for the new store takes over that core's
+    /// sessions and worker threads for it. The other tokens are opened
+    /// afresh (login, key search). This store is not changed: it serves on
+    /// until the reload is published.
+    pub fn reopen(
+        &self,
+        uris: &[String],
+        id: StoreId,
+    ) -> Result<(Pkcs11Store, Vec<KeyEntry>), Pkcs11Error> {
+        let opts = self.shared.opts.clone();
+        Self::open_reusing(uris, &opts, id, Some(&self.shared))
+    }
+
+    fn open_reusing(
+        uris: &[String],
+        opts: &Pkcs11Options,
+        id: StoreId,
+        previous: Option<&Shared>,
+    ) -> Result<(Pkcs11Store, Vec<KeyEntry>), Pkcs11Error> {
         let cores = opts.cores.max(1) as u32;
-        let mut parts: Vec<Partition> = Vec::new();
+        let mut parts: Vec<Arc<Partition>> = Vec::new();
         let mut opened = Vec::new();
         let mut found = Vec::new();
         let mut warnings = Vec::new();
+        let mut kept = 0usize;
         for raw in uris {
             let uri = Pkcs11Uri::parse(raw)?;
+            // A partition of the previous store this URI defined, whose
+            // token no URI before this one named.
+            let keep = previous.and_then(|sh| {
+                let p = sh.defined_by(&uri)?;
+                let slot = p.slot();
+                (!parts.iter().any(|x| x.is_token(&p.module, slot))).then(|| p.clone())
+            });
+            if let Some(p) = keep {
+                let keys = p.rescan(&uri, opts.skip_failed_keys, &mut warnings)?;
+                parts.push(p);
+                kept += 1;
+                opened.push((uri, parts.len() - 1));
+                found.push(keys);
+                continue;
+            }
             let settings = |m: &module::Module| PartitionSettings {
                 dispatch: opts.dispatch.unwrap_or_else(|| {
                     let file = m.path.file_name().and_then(|f| f.to_str()).unwrap_or("");
@@ -315,14 +375,28 @@ impl Pkcs11Store {
             .zip(found)
             .map(|((u, pi), keys)| (u, *pi, keys))
             .collect();
-        let entries = place_scan(&parts.iter().collect::<Vec<_>>(), &groups, scan, id)?;
+        let entries = place_scan(
+            &parts.iter().map(|p| &**p).collect::<Vec<_>>(),
+            &groups,
+            scan,
+            id,
+        )?;
+        if previous.is_some() {
+            tracing::info!(
+                kept,
+                opened = parts.len() - kept,
+                "PKCS#11 store reopened: tokens whose URI did not change keep their login, sessions and worker threads"
+            );
+        }
         let store = Pkcs11Store {
             shared: Arc::new(Shared {
-                partitions: parts.into_iter().map(Arc::new).collect(),
+                partitions: parts,
                 groups,
                 uris: opened,
-                skip_failed_keys: opts.skip_failed_keys,
-                watchdog: Watchdog::default(),
+                opts: opts.clone(),
+                // Shared with the previous store: the worker threads the
+                // new one takes over stay watched after the old one goes.
+                watchdog: previous.map(|sh| sh.watchdog.clone()).unwrap_or_default(),
                 warnings,
             }),
         };
@@ -348,7 +422,7 @@ impl Pkcs11Store {
         let mut warnings = Vec::new();
         let mut scan = Vec::with_capacity(sh.uris.len());
         for (uri, pi) in &sh.uris {
-            let found = sh.partitions[*pi].rescan(uri, sh.skip_failed_keys, &mut warnings)?;
+            let found = sh.partitions[*pi].rescan(uri, sh.opts.skip_failed_keys, &mut warnings)?;
             scan.push((uri, *pi, found));
         }
         let parts: Vec<&Partition> = sh.partitions.iter().map(|p| &**p).collect();
@@ -360,30 +434,22 @@ impl Pkcs11Store {
     }
 
     /// The per-core handle; call on the reactor thread that will use it.
-    /// Opens this core's inline sessions now and starts its offload workers.
+    /// Opens this core's inline sessions now and starts its offload
+    /// workers, except for a partition this thread already has a lane of
+    /// for the same core (a partition a reload's [`Pkcs11Store::reopen`]
+    /// kept): that lane (its session, or its worker threads) is shared.
     pub fn core(&self, core: usize) -> CoreHsm {
         let lanes = self
             .shared
             .partitions
             .iter()
-            .map(|p| match p.dispatch {
-                DispatchMode::Inline => {
-                    let mut lane = Lane::new(p.clone());
-                    if let Err(e) = lane.warm_up() {
-                        p.health.note_error(&keycore_keys::error_chain(&e));
-                        recovery::want(p, recovery::Want::Probe);
-                    }
-                    CoreLane::Inline(RefCell::new(lane))
+            .map(|p| {
+                if let Some(lane) = THREAD_LANES.with(|l| l.borrow().find(p, core)) {
+                    return lane;
                 }
-                DispatchMode::Offload => {
-                    match Workers::start(p.clone(), core, &self.shared.watchdog) {
-                        Ok(w) => CoreLane::Offload(w),
-                        Err(e) => {
-                            p.health.fail(&format!("cannot start worker threads: {e}"));
-                            CoreLane::Dead
-                        }
-                    }
-                }
+                let lane = Rc::new(self.new_lane(p, core));
+                THREAD_LANES.with(|l| l.borrow_mut().add(p, core, &lane));
+                lane
             })
             .collect::<Vec<_>>();
         let n = lanes.len();
@@ -396,6 +462,26 @@ impl Pkcs11Store {
                 pending: RefCell::new((0..n).map(|_| Vec::new()).collect()),
                 flush_armed: Cell::new(false),
             }),
+        }
+    }
+
+    fn new_lane(&self, p: &Arc<Partition>, core: usize) -> CoreLane {
+        match p.dispatch {
+            DispatchMode::Inline => {
+                let mut lane = Lane::new(p.clone());
+                if let Err(e) = lane.warm_up() {
+                    p.health.note_error(&keycore_keys::error_chain(&e));
+                    recovery::want(p, recovery::Want::Probe);
+                }
+                CoreLane::Inline(RefCell::new(lane))
+            }
+            DispatchMode::Offload => match Workers::start(p.clone(), core, &self.shared.watchdog) {
+                Ok(w) => CoreLane::Offload(w),
+                Err(e) => {
+                    p.health.fail(&format!("cannot start worker threads: {e}"));
+                    CoreLane::Dead
+                }
+            },
         }
     }
 
@@ -456,11 +542,20 @@ impl KeyStore for Pkcs11Store {
         Box::new(Pkcs11Store::core(&self, core))
     }
 
+    /// See [`Pkcs11Store::reopen`].
+    fn reopen(&self, uris: &[String], id: StoreId) -> Result<Option<Reopened>, StoreReloadError> {
+        let (store, keys) = Pkcs11Store::reopen(self, uris, id).map_err(|e| StoreReloadError {
+            store: "pkcs11",
+            source: Box::new(e),
+        })?;
+        Ok(Some((Arc::new(store), keys)))
+    }
+
     /// See [`Pkcs11Store::rescan`].
-    fn rescan(&self, id: StoreId) -> Result<Option<Vec<KeyEntry>>, RescanError> {
+    fn rescan(&self, id: StoreId) -> Result<Option<Vec<KeyEntry>>, StoreReloadError> {
         Pkcs11Store::rescan(self, id)
             .map(Some)
-            .map_err(|e| RescanError {
+            .map_err(|e| StoreReloadError {
                 store: "pkcs11",
                 source: Box::new(e),
             })
@@ -624,6 +719,33 @@ impl CoreStore for CoreHsm {
     }
 }
 
+/// This reactor thread's lanes, by partition and core number, so that the
+/// store a reload reopens takes over the lanes of the partitions it kept
+/// (same `Arc<Partition>`) instead of opening new sessions and threads.
+/// Weak: a lane lives while a core part (of the old store, until its last
+/// request is answered, or of the new one) holds it.
+#[derive(Default)]
+struct ThreadLanes(Vec<(std::sync::Weak<Partition>, usize, Weak<CoreLane>)>);
+
+impl ThreadLanes {
+    fn find(&self, p: &Arc<Partition>, core: usize) -> Option<Rc<CoreLane>> {
+        self.0
+            .iter()
+            .find(|(wp, c, _)| *c == core && std::ptr::eq(wp.as_ptr(), Arc::as_ptr(p)))
+            .and_then(|(_, _, l)| l.upgrade())
+    }
+
+    fn add(&mut self, p: &Arc<Partition>, core: usize, lane: &Rc<CoreLane>) {
+        self.0
+            .retain(|(wp, _, l)| wp.strong_count() > 0 && l.strong_count() > 0);
+        self.0.push((Arc::downgrade(p), core, Rc::downgrade(lane)));
+    }
+}
+
+thread_local! {
+    static THREAD_LANES: RefCell<ThreadLanes> = RefCell::new(ThreadLanes::default());
+}
+
 #[derive(Debug)]
 enum CoreLane {
     Inline(RefCell<Lane>),
@@ -639,8 +761,9 @@ struct CoreInner {
     /// request names a key number past its end (one a reload added; see
     /// [`Groups`]). Borrowed only inside one call, never across an await.
     groups: RefCell<Arc<Vec<Group>>>,
-    /// Per partition.
-    lanes: Vec<CoreLane>,
+    /// Per partition (shared with another store's core part on this thread
+    /// when a reload kept the partition; see [`ThreadLanes`]).
+    lanes: Vec<Rc<CoreLane>>,
     /// Round-robin position for HA groups.
     rr: Cell<usize>,
     /// Per partition: requests submitted this turn, not yet sent.
@@ -666,7 +789,7 @@ impl CoreInner {
                 continue;
             }
             let batch = std::mem::take(jobs);
-            match &self.lanes[pi] {
+            match &*self.lanes[pi] {
                 CoreLane::Offload(w) => w.send_batch(batch),
                 _ => drop(batch), // answered CRYPTO by Job::drop
             }
@@ -719,7 +842,7 @@ impl CoreHsm {
         };
         g.members
             .iter()
-            .all(|&(pi, _)| matches!(self.inner.lanes[pi], CoreLane::Inline(_)))
+            .all(|&(pi, _)| matches!(*self.inner.lanes[pi], CoreLane::Inline(_)))
     }
 
     /// Perform an operation synchronously on this core's session. A member
@@ -744,7 +867,7 @@ impl CoreHsm {
         while let Some(m) = inner.member(g, start, tried) {
             tried |= 1 << m;
             let (pi, k) = g.members[m];
-            let CoreLane::Inline(lane) = &inner.lanes[pi] else {
+            let CoreLane::Inline(lane) = &*inner.lanes[pi] else {
                 continue;
             };
             match lane.borrow_mut().perform(k, op, input, out) {
@@ -850,7 +973,7 @@ fn route(
         return (Routed::Ready(Some(Err(LaneError::Down))), None);
     };
     let (pi, k) = g.members[m];
-    let routed = match &inner.lanes[pi] {
+    let routed = match &*inner.lanes[pi] {
         CoreLane::Inline(lane) => {
             let mut out = Vec::new();
             let r = lane.borrow_mut().perform(k, op, input, &mut out);

@@ -618,6 +618,11 @@ pub fn rv_of(e: &CkError) -> Option<RvError> {
 }
 
 impl Partition {
+    /// Whether this partition is the token in `slot` of `module`.
+    pub fn is_token(&self, module: &Arc<Module>, slot: Slot) -> bool {
+        Arc::ptr_eq(&self.module, module) && self.slot.load(Ordering::Relaxed) == slot.id()
+    }
+
     /// The slot currently used.
     pub fn slot(&self) -> Slot {
         // CK_SLOT_ID is an unsigned long: 64 bits on the LP64 targets keycore
@@ -1062,7 +1067,7 @@ pub struct PartitionSettings {
 /// found (the caller places them in the partition's [`KeyList`]).
 pub fn open_uri(
     uri: &Pkcs11Uri,
-    existing: &mut Vec<Partition>,
+    existing: &mut Vec<Arc<Partition>>,
     settings: impl Fn(&Module) -> PartitionSettings,
     warnings: &mut Vec<String>,
 ) -> Result<(usize, Vec<KeyLoc>), super::uri::UriError> {
@@ -1140,9 +1145,7 @@ pub fn open_uri(
     let pin = uri.pin()?.map(Pin);
     let s = settings(&module);
 
-    let pi = match existing.iter().position(|p| {
-        Arc::ptr_eq(&p.module, &module) && p.slot.load(Ordering::Relaxed) == slot.id()
-    }) {
+    let pi = match existing.iter().position(|p| p.is_token(&module, slot)) {
         Some(pi) => {
             if pin.is_some() && existing[pi].pin.is_some() && existing[pi].pin != pin {
                 return Err(uri.error(
@@ -1211,11 +1214,11 @@ pub fn open_uri(
                     "the token requires a login: give pin-value or pin-source",
                 ));
             }
-            existing.push(p);
+            existing.push(Arc::new(p));
             existing.len() - 1
         }
     };
-    let part = &mut existing[pi];
+    let part = &existing[pi];
     part.ensure_control(slot).map_err(|e| {
         let attr = if uri.pin_source.is_some() {
             "pin-source"

@@ -73,6 +73,21 @@ fn settled_sessions(srv: &Server) -> u64 {
     }
 }
 
+/// The thread ids of the server's threads whose name starts with `prefix`
+/// (offload workers are `p11-c<core>-p<partition>-<n>`).
+fn threads(srv: &Server, prefix: &str) -> std::collections::BTreeSet<u32> {
+    let task = format!("/proc/{}/task", srv.child.id());
+    std::fs::read_dir(&task)
+        .unwrap()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            comm.starts_with(prefix)
+                .then(|| e.file_name().to_str()?.parse().ok())?
+        })
+        .collect()
+}
+
 fn keys_follow_the_token(dispatch: &str, skip: bool) {
     let dir = tempfile::tempdir().unwrap();
     let conf = keycore_testsupport::softhsm_conf(dir.path());
@@ -196,4 +211,102 @@ fn a_kept_pkcs11_store_finds_added_and_deleted_keys_on_reload_offload_with_skip(
         return;
     }
     keys_follow_the_token("offload", true);
+}
+
+/// A reload that changes one PKCS#11 URI keeps the other tokens open: two
+/// tokens of one SoftHSM2 module (one module instance, `C_Initialize`d once
+/// per process), offload dispatch; the second token's URI moves from key 01
+/// to key 02. The first token's partition opens no session (its login
+/// session, worker threads and their sessions carry over to the reopened
+/// store) and its key signs throughout; the second token is opened afresh
+/// and serves its new key, its old one answers `0x02`. Proof that the first
+/// token was not reopened: its worker threads are the same threads (ids
+/// from `/proc`) before and after, while the second token's are new (a
+/// reopened partition's sessions counter would restart at the same count,
+/// so `keycore_pkcs11_sessions_opened_total` alone could not tell).
+#[test]
+fn a_changed_pkcs11_uri_reopens_only_its_own_token() {
+    if !softhsm_available() {
+        eprintln!("SKIP: softhsm2 / pkcs11-tool not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let conf = keycore_testsupport::softhsm_conf(dir.path());
+    let kept = Token::init(&conf, "kept", "4321");
+    kept.keypair("EC:prime256v1", "01", "kept");
+    let changed = Token::init(&conf, "changed", "4321");
+    changed.keypair("EC:prime256v1", "01", "old");
+    changed.keypair("EC:prime256v1", "02", "new");
+    let spki = |t: &Token, id: &str| {
+        let der = t.public_key(dir.path(), id);
+        (keycore_keys::ski_from_spki(&der).unwrap(), der)
+    };
+    let (kept_ski, kept_spki) = spki(&kept, "01");
+    let (old_ski, old_spki) = spki(&changed, "01");
+    let (new_ski, new_spki) = spki(&changed, "02");
+
+    let s = setup(&[KeyKind::EcdsaP256]);
+    let stores = |changed_id: &str| {
+        let m = keycore_testsupport::SOFTHSM_MODULE;
+        format!(
+            "  - uri: \"pkcs11:token=kept?module-path={m}&pin-value=4321&x-dispatch=offload\"\n  - uri: \"pkcs11:token=changed;id=%{changed_id}?module-path={m}&pin-value=4321&x-dispatch=offload\"\n"
+        )
+    };
+    let srv = serve()
+        .env("SOFTHSM2_CONF", &conf)
+        .env("KEYCORE_LOG", PathBuf::from("info"))
+        .config(|p, m| s.yaml(p, m, "", &stores("01")))
+        .start();
+    let mut c = Client::connect(srv.addr).unwrap();
+    assert!(verifies(&kept_spki, &sign(&mut c, 1, &kept_ski).unwrap()));
+    assert!(verifies(&old_spki, &sign(&mut c, 2, &old_ski).unwrap()));
+    assert_eq!(sign(&mut c, 3, &new_ski), Err(ErrorCode::KEY_NOT_FOUND));
+    settled_sessions(&srv);
+    let kept_label = "partition=\"kept/";
+    let kept_sessions = srv.metric_where(SESSIONS_OPENED, kept_label);
+    assert!(kept_sessions > 0);
+    let kept_threads = threads(&srv, "p11-c0-p0-");
+    let changed_threads = threads(&srv, "p11-c0-p1-");
+    assert!(!kept_threads.is_empty() && !changed_threads.is_empty());
+
+    s.write_config(&srv, "", &stores("02"));
+    srv.signal(libc::SIGHUP);
+    wait_metric(&srv, RELOAD_OK, 1, Duration::from_secs(60));
+    let t = Instant::now();
+    while sign(&mut c, 4, &new_ski).is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "the changed URI's key is not served\n{}",
+            srv.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(verifies(&new_spki, &sign(&mut c, 5, &new_ski).unwrap()));
+    assert_eq!(sign(&mut c, 6, &old_ski), Err(ErrorCode::KEY_NOT_FOUND));
+    for id in 7..20 {
+        assert!(verifies(&kept_spki, &sign(&mut c, id, &kept_ski).unwrap()));
+    }
+    assert_eq!(
+        srv.metric_where(SESSIONS_OPENED, kept_label),
+        kept_sessions,
+        "the unchanged token opened sessions on reload\n{}",
+        srv.scrape()
+    );
+    assert_eq!(
+        threads(&srv, "p11-c0-p0-"),
+        kept_threads,
+        "the unchanged token's worker threads were replaced"
+    );
+    let now = threads(&srv, "p11-c0-p1-");
+    assert!(
+        now.iter().any(|t| !changed_threads.contains(t)),
+        "the changed token got no new workers: {changed_threads:?} then {now:?}"
+    );
+    let log = srv.log();
+    assert!(
+        log.contains("PKCS#11 store reopened")
+            && log.contains("kept=1")
+            && log.contains("opened=1"),
+        "{log}"
+    );
 }
