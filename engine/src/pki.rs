@@ -97,6 +97,57 @@ pub struct DemoPki {
     pub expired_client_key: PathBuf,
 }
 
+impl DemoPki {
+    /// The files [`generate`] writes into `dir`, without generating or
+    /// reading anything: how a process that did not generate the PKI (a
+    /// test's child process) finds them. The one definition of the layout:
+    /// `generate` writes to these paths.
+    pub fn in_dir(dir: &Path) -> DemoPki {
+        let (ca_cert, ca_key) = leaf_paths(dir, "ca");
+        let (server_cert, server_key) = leaf_paths(dir, "server");
+        let (client_cert, client_key) = leaf_paths(dir, "client");
+        let (second_client_cert, second_client_key) = leaf_paths(dir, "second-client");
+        let (foreign_client_cert, foreign_client_key) = leaf_paths(dir, "foreign-client");
+        let (expired_client_cert, expired_client_key) = leaf_paths(dir, "expired-client");
+        let keys_dir = dir.join(KEYS_DIR);
+        let mut key_files: Vec<(KeyKind, PathBuf)> = KEY_FILES
+            .iter()
+            .map(|&(name, kind)| (kind, keys_dir.join(name)))
+            .collect();
+        key_files.sort_by(|a, b| a.1.cmp(&b.1));
+        DemoPki {
+            dir: dir.to_path_buf(),
+            ca_cert,
+            ca_key,
+            server_cert,
+            server_key,
+            client_cert,
+            client_key,
+            second_client_cert,
+            second_client_key,
+            keys_dir,
+            key_files,
+            foreign_ca_cert: leaf_paths(dir, "foreign-ca").0,
+            foreign_client_cert,
+            foreign_client_key,
+            expired_client_cert,
+            expired_client_key,
+        }
+    }
+}
+
+/// `<name>.pem` and `<name>.key.pem` in `dir` (not `*.key`, so they never
+/// land in a keys directory by accident).
+fn leaf_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key.pem")),
+    )
+}
+
+/// The directory under the PKI's directory that holds [`KEY_FILES`].
+const KEYS_DIR: &str = "keys";
+
 /// The key files written to `keys_dir`: name, kind, how to generate it.
 const KEY_FILES: [(&str, KeyKind); 7] = [
     ("rsa2048.key", KeyKind::Rsa { bits: 2048 }),
@@ -184,9 +235,8 @@ fn leaf_params(
     Ok(p)
 }
 
-/// A leaf key and certificate issued by `issuer`, written as `<name>.pem` and
-/// `<name>.key.pem` (not `*.key`, so they never land in a keys directory by
-/// accident).
+/// A leaf key and certificate issued by `issuer`, written to
+/// [`leaf_paths`]`(dir, name)`.
 fn issue(
     dir: &Path,
     name: &str,
@@ -198,8 +248,7 @@ fn issue(
     let cert = params
         .signed_by(&key, issuer)
         .map_err(cert_err(format!("signing the {name} certificate")))?;
-    let cert_path = dir.join(format!("{name}.pem"));
-    let key_path = dir.join(format!("{name}.key.pem"));
+    let (cert_path, key_path) = leaf_paths(dir, name);
     write(&cert_path, &cert.pem(), false)?;
     write(&key_path, &key.serialize_pem(), true)?;
     Ok((cert_path, key_path))
@@ -208,9 +257,10 @@ fn issue(
 /// Generate the demo PKI into `dir` (created if missing; existing files with
 /// the same names are overwritten).
 pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
+    let layout = DemoPki::in_dir(dir);
     std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
-    let keys_dir = dir.join("keys");
-    std::fs::create_dir_all(&keys_dir).map_err(io_err("creating", &keys_dir))?;
+    let keys_dir = &layout.keys_dir;
+    std::fs::create_dir_all(keys_dir).map_err(io_err("creating", keys_dir))?;
 
     std::thread::scope(|s| {
         // RSA prime generation dominates (4096 bits: up to seconds); run
@@ -218,7 +268,7 @@ pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
         let rsa_jobs: Vec<_> = KEY_FILES
             .iter()
             .filter(|(_, k)| matches!(k, KeyKind::Rsa { .. }))
-            .map(|&(name, kind)| (name, kind, s.spawn(move || generate_key(kind))))
+            .map(|&(name, kind)| (name, s.spawn(move || generate_key(kind))))
             .collect();
 
         let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -227,13 +277,11 @@ pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
         let ca_cert = ca_p
             .self_signed(&ca_key)
             .map_err(cert_err("self-signing the CA"))?;
-        let ca_cert_path = dir.join("ca.pem");
-        let ca_key_path = dir.join("ca.key.pem");
-        write(&ca_cert_path, &ca_cert.pem(), false)?;
-        write(&ca_key_path, &ca_key.serialize_pem(), true)?;
+        write(&layout.ca_cert, &ca_cert.pem(), false)?;
+        write(&layout.ca_key, &ca_key.serialize_pem(), true)?;
         let ca = Issuer::new(ca_p, ca_key);
 
-        let (server_cert, server_key) = issue(
+        issue(
             dir,
             "server",
             leaf_params(
@@ -245,8 +293,8 @@ pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
             &ca,
         )?;
         let client = |cn| leaf_params(cn, &[], ExtendedKeyUsagePurpose::ClientAuth, 3);
-        let (client_cert, client_key) = issue(dir, "client", client("keycore demo client")?, &ca)?;
-        let (second_client_cert, second_client_key) = issue(
+        issue(dir, "client", client("keycore demo client")?, &ca)?;
+        issue(
             dir,
             "second-client",
             leaf_params(
@@ -261,7 +309,7 @@ pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
         expired.not_before = date_time_ymd(2000, 1, 1);
         expired.not_after = date_time_ymd(2000, 12, 31);
         expired.serial_number = Some(SerialNumber::from_slice(&[4]));
-        let (expired_client_cert, expired_client_key) = issue(dir, "expired-client", expired, &ca)?;
+        issue(dir, "expired-client", expired, &ca)?;
 
         let foreign_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
             .map_err(cert_err("generating the foreign CA key"))?;
@@ -269,55 +317,30 @@ pub fn generate(dir: &Path) -> Result<DemoPki, PkiError> {
         let foreign_cert = foreign_p
             .self_signed(&foreign_key)
             .map_err(cert_err("self-signing the foreign CA"))?;
-        let foreign_ca_cert = dir.join("foreign-ca.pem");
-        write(&foreign_ca_cert, &foreign_cert.pem(), false)?;
+        write(&layout.foreign_ca_cert, &foreign_cert.pem(), false)?;
         let foreign = Issuer::new(foreign_p, foreign_key);
-        let (foreign_client_cert, foreign_client_key) = issue(
+        issue(
             dir,
             "foreign-client",
             client("keycore foreign client")?,
             &foreign,
         )?;
 
-        let mut key_files = Vec::with_capacity(KEY_FILES.len());
         for &(name, kind) in KEY_FILES
             .iter()
             .filter(|(_, k)| !matches!(k, KeyKind::Rsa { .. }))
         {
             let key = generate_key(kind).map_err(cert_err(format!("generating {name}")))?;
-            let path = keys_dir.join(name);
-            write(&path, &key.serialize_pem(), true)?;
-            key_files.push((kind, path));
+            write(&keys_dir.join(name), &key.serialize_pem(), true)?;
         }
-        for (name, kind, job) in rsa_jobs {
+        for (name, job) in rsa_jobs {
             let key = job
                 .join()
                 .map_err(|_| PkiError::Panicked(name))?
                 .map_err(cert_err(format!("generating {name}")))?;
-            let path = keys_dir.join(name);
-            write(&path, &key.serialize_pem(), true)?;
-            key_files.push((kind, path));
+            write(&keys_dir.join(name), &key.serialize_pem(), true)?;
         }
-        key_files.sort_by(|a, b| a.1.cmp(&b.1));
-
-        Ok(DemoPki {
-            dir: dir.to_path_buf(),
-            ca_cert: ca_cert_path,
-            ca_key: ca_key_path,
-            server_cert,
-            server_key,
-            client_cert,
-            client_key,
-            second_client_cert,
-            second_client_key,
-            keys_dir: keys_dir.clone(),
-            key_files,
-            foreign_ca_cert,
-            foreign_client_cert,
-            foreign_client_key,
-            expired_client_cert,
-            expired_client_key,
-        })
+        Ok(layout.clone())
     })
 }
 
@@ -554,6 +577,35 @@ mod tests {
         for k in [&pki.server_key, &pki.client_key, &pki.ca_key] {
             assert_eq!(software::load_file(k).unwrap().kind, KeyKind::EcdsaP256);
         }
+        // `in_dir` names exactly the files written: every one exists, and
+        // the directory holds nothing else (13 PEM files and the keys).
+        let again = DemoPki::in_dir(d);
+        let named = [
+            &again.ca_cert,
+            &again.ca_key,
+            &again.server_cert,
+            &again.server_key,
+            &again.client_cert,
+            &again.client_key,
+            &again.second_client_cert,
+            &again.second_client_key,
+            &again.foreign_ca_cert,
+            &again.foreign_client_cert,
+            &again.foreign_client_key,
+            &again.expired_client_cert,
+            &again.expired_client_key,
+        ];
+        for p in named
+            .iter()
+            .copied()
+            .chain(again.key_files.iter().map(|(_, p)| p))
+        {
+            assert!(p.is_file(), "{} not written", p.display());
+        }
+        let files = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+        assert_eq!(files(d), named.len() + 1, "the PEM files and keys/");
+        assert_eq!(files(&again.keys_dir), again.key_files.len());
+        assert_eq!(again.key_files, pki.key_files);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

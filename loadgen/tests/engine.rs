@@ -7,7 +7,7 @@
 //! - a server stall (the whole server process frozen with SIGSTOP for 400 ms,
 //!   like a VM pause or a stop-the-world hiccup) shows in the open-loop tail.
 
-use keycore_engine::pki::{self, DemoPki};
+use keycore_engine::pki::DemoPki;
 use keycore_engine::server::ServerHandle;
 use keycore_loadgen::check::OpKind;
 use keycore_loadgen::{run, Arrivals, ClientTlsPaths, LoadSpec, LoopMode, Profile};
@@ -20,19 +20,26 @@ struct Server {
     handle: ServerHandle,
 }
 
-fn start_server(dir: &std::path::Path) -> Server {
-    // Generated into `dir`: the stall test's parent reads the files back.
-    let pki = pki::generate(dir).expect("generate PKI");
+/// The engine in this process on `pki`'s files (the shared test PKI; the
+/// stall test's child process finds the same files with `DemoPki::in_dir`).
+fn start_server(pki: &DemoPki) -> Server {
     let (index, _) = keycore_testsupport::inproc::software_keys(&pki.keys_dir);
     let handle = keycore_testsupport::inproc::start(
         &Default::default(),
-        &pki,
+        pki,
         &pki.server_cert,
         &pki.server_key,
         index,
         Vec::new(),
     );
-    Server { pki, handle }
+    Server {
+        pki: pki.clone(),
+        handle,
+    }
+}
+
+fn shared_server() -> Server {
+    start_server(&keycore_testsupport::pki::shared().pki)
 }
 
 fn spec(pki: &DemoPki, addr: SocketAddr) -> LoadSpec {
@@ -52,8 +59,7 @@ fn spec(pki: &DemoPki, addr: SocketAddr) -> LoadSpec {
 
 #[test]
 fn every_operation_verifies_and_request_counts_agree_with_server_metrics() {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = start_server(dir.path());
+    let srv = shared_server();
     let mut s = spec(&srv.pki, srv.handle.addr);
     s.profile = Profile {
         rate: 300.0,
@@ -95,8 +101,7 @@ fn every_operation_verifies_and_request_counts_agree_with_server_metrics() {
 
 #[test]
 fn closed_loop_tls12_only_with_churn_runs_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let srv = start_server(dir.path());
+    let srv = shared_server();
     let mut s = spec(&srv.pki, srv.handle.addr);
     s.profile = Profile {
         mode: LoopMode::Closed,
@@ -122,7 +127,8 @@ fn closed_loop_tls12_only_with_churn_runs_clean() {
     srv.handle.join().unwrap();
 }
 
-/// Env var that turns this test binary into a server process for the stall test.
+/// Env var that turns this test binary into a server process for the stall
+/// test: the directory of the parent's PKI.
 const CHILD_DIR_ENV: &str = "KEYCORE_LOADGEN_TEST_SERVER_DIR";
 
 /// Not a test by itself: the stall test runs this binary again with this
@@ -133,7 +139,7 @@ fn helper_server_process() {
     let Ok(dir) = std::env::var(CHILD_DIR_ENV) else {
         return;
     };
-    let srv = start_server(std::path::Path::new(&dir));
+    let srv = start_server(&DemoPki::in_dir(std::path::Path::new(&dir)));
     println!("KEYCORE_ADDR {}", srv.handle.addr);
     // Live until the parent closes our stdin.
     let mut line = String::new();
@@ -144,7 +150,7 @@ fn helper_server_process() {
 
 #[test]
 fn open_loop_tail_shows_a_frozen_server() {
-    let dir = tempfile::tempdir().unwrap();
+    let pki = &keycore_testsupport::pki::shared().pki;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--ignored",
@@ -153,7 +159,7 @@ fn open_loop_tail_shows_a_frozen_server() {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_DIR_ENV, dir.path())
+        .env(CHILD_DIR_ENV, &pki.dir)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -171,18 +177,7 @@ fn open_loop_tail_shows_a_frozen_server() {
         line.clear();
     }
     let addr = addr.expect("server process printed its address");
-    // The PKI files the child generated are in `dir`.
-    let pki_paths = DemoPkiPaths::in_dir(dir.path());
-    let mut s = LoadSpec::new(
-        addr,
-        ClientTlsPaths {
-            ca: pki_paths.ca,
-            cert: pki_paths.client_cert,
-            key: pki_paths.client_key,
-        },
-        vec![pki_paths.keys],
-    );
-    s.server_name = Some("localhost".into());
+    let mut s = spec(pki, addr);
     s.profile = Profile {
         rate: 200.0,
         arrivals: Arrivals::Constant,
@@ -223,23 +218,4 @@ fn open_loop_tail_shows_a_frozen_server() {
         .filter(|i| i.latency.as_ref().is_some_and(|l| l.max_us >= 350_000))
         .count();
     assert!(slow >= 1, "{:?}", r.timeline);
-}
-
-/// The file names `pki::generate` writes (read back from the child's directory).
-struct DemoPkiPaths {
-    ca: std::path::PathBuf,
-    client_cert: std::path::PathBuf,
-    client_key: std::path::PathBuf,
-    keys: std::path::PathBuf,
-}
-
-impl DemoPkiPaths {
-    fn in_dir(dir: &std::path::Path) -> DemoPkiPaths {
-        DemoPkiPaths {
-            ca: dir.join("ca.pem"),
-            client_cert: dir.join("client.pem"),
-            client_key: dir.join("client.key.pem"),
-            keys: dir.join("keys"),
-        }
-    }
 }
