@@ -54,13 +54,13 @@ fn verifies(spki: &[u8], sig: &[u8]) -> bool {
 }
 
 /// The sessions keycore has opened on the token, once the count has held
-/// still for 300 ms (offload workers open theirs on their own threads after
-/// start-up).
+/// still for a second (offload workers open theirs on their own threads
+/// after start-up; on a loaded machine that can lag the first answer).
 fn settled_sessions(srv: &Server) -> u64 {
     let mut last = srv.metric(SESSIONS_OPENED);
     let t = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_secs(1));
         let now = srv.metric(SESSIONS_OPENED);
         if now == last {
             return now;
