@@ -12,7 +12,7 @@ use crate::check::OpKind;
 use crate::keys::PublicKeyInfo;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Largest number of executors (generator cores) accepted; more than any
@@ -182,29 +182,126 @@ pub fn default_mix() -> Vec<(OpKind, f64)> {
     ]
 }
 
-/// A profile that can't be run. Messages name the setting or file.
+/// A profile that can't be run. Each variant names the setting or file
+/// and carries the value refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ProfileError(pub String);
-
-fn perr(s: impl Into<String>) -> ProfileError {
-    ProfileError(s.into())
+pub enum ProfileError {
+    /// The profile file could not be read.
+    #[error("profile {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The profile file is not valid JSON for a profile.
+    #[error("profile {}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error (names the field).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The profile file is not valid YAML for a profile.
+    #[error("profile {}", path.display())]
+    Yaml {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error (names the field and line; boxed: it is
+        /// large, and every Result carrying a ProfileError would pay for it).
+        #[source]
+        source: Box<serde_saphyr::Error>,
+    },
+    /// A `--mix` item without `=`.
+    #[error("mix item {0:?}: want name=weight")]
+    MixItem(String),
+    /// A `--mix` weight that is not a number.
+    #[error("mix item {item:?}: weight is not a number")]
+    MixWeight {
+        /// The item.
+        item: String,
+        /// The parse error.
+        #[source]
+        source: std::num::ParseFloatError,
+    },
+    /// A mix weight below zero (or not finite).
+    #[error("mix weight of {op} must be zero or more, got {weight}")]
+    MixWeightNegative {
+        /// The operation's name.
+        op: String,
+        /// The weight.
+        weight: f64,
+    },
+    /// A mix operation the generator does not know.
+    #[error(transparent)]
+    UnknownOp(#[from] crate::check::UnknownOp),
+    /// A setting that must be a positive number.
+    #[error("{setting} must be a positive number, got {value}")]
+    NotPositive {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A setting that must be zero or more.
+    #[error("{setting} must be zero or more, got {value}")]
+    Negative {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: f64,
+    },
+    /// A count that must be at least 1.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// An open-loop rate over [`MAX_RATE`].
+    #[error("rate {0} is over the limit of {MAX_RATE}")]
+    RateOverLimit(f64),
+    /// `verify_fraction` outside 0..=1.
+    #[error("verify_fraction must be within 0..=1, got {0}")]
+    VerifyFraction(f64),
+    /// `cores` outside 1..=[`MAX_CORES`].
+    #[error("cores must be within 1..={MAX_CORES}, got {0}")]
+    Cores(usize),
+    /// `spin_us` over [`MAX_SPIN_US`].
+    #[error("spin_us must be within 0..={MAX_SPIN_US}, got {0}")]
+    SpinUs(u64),
+    /// An explicit mix names an operation no given key can do.
+    #[error("mix asks for {op} but no suitable key was given (keys: {})",
+        if have.is_empty() { "none".to_string() } else { have.join(", ") })]
+    NoKeyFor {
+        /// The operation.
+        op: OpKind,
+        /// The kinds of the keys given.
+        have: Vec<String>,
+    },
+    /// Nothing in the mix can run with the keys given.
+    #[error("no operation can run: the mix is empty or no key suits any operation in it")]
+    NothingToRun,
 }
 
 impl Profile {
     /// Read a profile file: JSON if it ends in `.json`, else YAML.
     pub fn from_file(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| perr(format!("profile {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let is_json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         if is_json {
-            serde_json::from_str(&text)
-                .map_err(|e| perr(format!("profile {}: {e}", path.display())))
+            serde_json::from_str(&text).map_err(|source| ProfileError::Json {
+                path: path.to_path_buf(),
+                source,
+            })
         } else {
-            serde_saphyr::from_str(&text)
-                .map_err(|e| perr(format!("profile {}: {e}", path.display())))
+            serde_saphyr::from_str(&text).map_err(|e| ProfileError::Yaml {
+                path: path.to_path_buf(),
+                source: Box::new(e),
+            })
         }
     }
 
@@ -214,11 +311,11 @@ impl Profile {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (name, w) = part
                 .split_once('=')
-                .ok_or_else(|| perr(format!("mix item {part:?}: want name=weight")))?;
-            let w: f64 = w
-                .trim()
-                .parse()
-                .map_err(|_| perr(format!("mix item {part:?}: weight is not a number")))?;
+                .ok_or_else(|| ProfileError::MixItem(part.to_string()))?;
+            let w: f64 = w.trim().parse().map_err(|source| ProfileError::MixWeight {
+                item: part.to_string(),
+                source,
+            })?;
             m.insert(name.trim().to_string(), w);
         }
         Ok(m)
@@ -226,67 +323,55 @@ impl Profile {
 
     /// Check ranges; called by [`Plan::new`].
     pub fn validate(&self) -> Result<(), ProfileError> {
-        let pos = |name: &str, v: f64| {
-            if v.is_finite() && v > 0.0 {
+        let pos = |setting: &'static str, value: f64| {
+            if value.is_finite() && value > 0.0 {
                 Ok(())
             } else {
-                Err(perr(format!("{name} must be a positive number, got {v}")))
+                Err(ProfileError::NotPositive { setting, value })
             }
         };
-        let nonneg = |name: &str, v: f64| {
-            if v.is_finite() && v >= 0.0 {
+        let nonneg = |setting: &'static str, value: f64| {
+            if value.is_finite() && value >= 0.0 {
                 Ok(())
             } else {
-                Err(perr(format!("{name} must be zero or more, got {v}")))
+                Err(ProfileError::Negative { setting, value })
             }
         };
         if self.mode == LoopMode::Open {
             pos("rate", self.rate)?;
             if self.rate > MAX_RATE {
-                return Err(perr(format!(
-                    "rate {} is over the limit of {MAX_RATE}",
-                    self.rate
-                )));
+                return Err(ProfileError::RateOverLimit(self.rate));
             }
         } else if self.concurrency == 0 {
-            return Err(perr("concurrency must be at least 1"));
+            return Err(ProfileError::Zero("concurrency"));
         }
         pos("duration_s", self.duration_s)?;
         nonneg("warmup_s", self.warmup_s)?;
         nonneg("ramp_s", self.ramp_s)?;
         nonneg("zipf_exponent", self.zipf_exponent)?;
         if !(0.0..=1.0).contains(&self.verify_fraction) {
-            return Err(perr(format!(
-                "verify_fraction must be within 0..=1, got {}",
-                self.verify_fraction
-            )));
+            return Err(ProfileError::VerifyFraction(self.verify_fraction));
         }
         if let Some(l) = self.conn_lifetime_s {
             pos("conn_lifetime_s", l)?;
         }
         if self.connections == 0 {
-            return Err(perr("connections must be at least 1"));
+            return Err(ProfileError::Zero("connections"));
         }
         if self.timeout_ms == 0 {
-            return Err(perr("timeout_ms must be at least 1"));
+            return Err(ProfileError::Zero("timeout_ms"));
         }
         if self.cores == 0 || self.cores > MAX_CORES {
-            return Err(perr(format!(
-                "cores must be within 1..={MAX_CORES}, got {}",
-                self.cores
-            )));
+            return Err(ProfileError::Cores(self.cores));
         }
         if self.max_outstanding_per_core == 0 {
-            return Err(perr("max_outstanding_per_core must be at least 1"));
+            return Err(ProfileError::Zero("max_outstanding_per_core"));
         }
         if self.spin_us > MAX_SPIN_US {
-            return Err(perr(format!(
-                "spin_us must be within 0..={MAX_SPIN_US}, got {}",
-                self.spin_us
-            )));
+            return Err(ProfileError::SpinUs(self.spin_us));
         }
         if self.keys == Some(0) {
-            return Err(perr("keys (K) must be at least 1"));
+            return Err(ProfileError::Zero("keys (K)"));
         }
         Ok(())
     }
@@ -377,13 +462,12 @@ impl Plan {
         let mix: Vec<(OpKind, f64)> = if explicit {
             let mut v = Vec::new();
             for (name, w) in &profile.mix {
-                let op: OpKind = name
-                    .parse()
-                    .map_err(|e: crate::check::UnknownOp| perr(e.to_string()))?;
+                let op: OpKind = name.parse::<OpKind>()?;
                 if !(w.is_finite() && *w >= 0.0) {
-                    return Err(perr(format!(
-                        "mix weight of {name} must be zero or more, got {w}"
-                    )));
+                    return Err(ProfileError::MixWeightNegative {
+                        op: name.clone(),
+                        weight: *w,
+                    });
                 }
                 if *w > 0.0 {
                     v.push((op, *w));
@@ -402,15 +486,10 @@ impl Plan {
                 .collect();
             if op.needs_key() && ks.is_empty() {
                 if explicit {
-                    let have: Vec<String> = keys.iter().map(|k| k.kind.to_string()).collect();
-                    return Err(perr(format!(
-                        "mix asks for {op} but no suitable key was given (keys: {})",
-                        if have.is_empty() {
-                            "none".into()
-                        } else {
-                            have.join(", ")
-                        }
-                    )));
+                    return Err(ProfileError::NoKeyFor {
+                        op,
+                        have: keys.iter().map(|k| k.kind.to_string()).collect(),
+                    });
                 }
                 dropped_ops.push(op);
                 continue;
@@ -419,9 +498,7 @@ impl Plan {
             op_keys.push(ks);
         }
         if ops.is_empty() {
-            return Err(perr(
-                "no operation can run: the mix is empty or no key suits any operation in it",
-            ));
+            return Err(ProfileError::NothingToRun);
         }
         let total: f64 = ops.iter().map(|(_, w)| w).sum();
         let mut acc = 0.0;
@@ -549,7 +626,13 @@ pub(crate) mod tests {
         let p = Profile::from_file(&j).unwrap();
         assert_eq!((p.rate, p.arrivals), (250.5, Arrivals::Constant));
         std::fs::write(&j, r#"{"rte": 250}"#).unwrap();
-        let e = Profile::from_file(&j).unwrap_err().to_string();
+        let e = Profile::from_file(&j).unwrap_err();
+        assert!(
+            matches!(&e, ProfileError::Json { path, .. } if *path == j),
+            "{e:?}"
+        );
+        // The file, then the parser's reason naming the field.
+        let e = keycore_keys::error_chain(&e);
         assert!(e.contains("p.json") && e.contains("rte"), "{e}");
     }
 
@@ -593,8 +676,22 @@ pub(crate) mod tests {
             let e = p.validate().unwrap_err().to_string();
             assert!(e.contains(n), "{e}");
         }
-        assert!(Profile::parse_mix("ecdsa-p256-sha256").is_err());
-        assert!(Profile::parse_mix("ping=x").is_err());
+        assert!(matches!(
+            Profile::parse_mix("ecdsa-p256-sha256"),
+            Err(ProfileError::MixItem(i)) if i == "ecdsa-p256-sha256"
+        ));
+        assert!(matches!(
+            Profile::parse_mix("ping=x"),
+            Err(ProfileError::MixWeight { item, .. }) if item == "ping=x"
+        ));
+        assert!(matches!(
+            Profile {
+                cores: 0,
+                ..Profile::default()
+            }
+            .validate(),
+            Err(ProfileError::Cores(0))
+        ));
         let m = Profile::parse_mix("ping=1, ed25519=2").unwrap();
         assert_eq!(m.len(), 2);
     }
@@ -610,7 +707,12 @@ pub(crate) mod tests {
             mix: Profile::parse_mix("ecdsa-p256-sha256=1,rsa-pss-sha256=1").unwrap(),
             ..Profile::default()
         };
-        let e = Plan::new(p, keys).unwrap_err().to_string();
+        let e = Plan::new(p, keys).unwrap_err();
+        assert!(
+            matches!(&e, ProfileError::NoKeyFor { op: OpKind::RsaPssSha256, have } if have.len() == 2),
+            "{e:?}"
+        );
+        let e = e.to_string();
         assert!(
             e.contains("rsa-pss-sha256") && e.contains("ECDSA P-256"),
             "{e}"
