@@ -62,8 +62,8 @@ const AWS_KMS_QUOTA: f64 = 1_000.0;
 const AWS_KMS_SOURCE: &str = "AWS KMS Developer Guide, \"Request quotas\" \
     (https://docs.aws.amazon.com/kms/latest/developerguide/requests-per-second.html): \
     \"Cryptographic operations (RSA) request rate\" and \"(ECC) request rate\", separate \
-    quotas per account and Region, 1,000/s each as quoted in issue 20 (the page's rows could \
-    not be read here; older versions said 500 and 300: check Service Quotas); adjustable";
+    quotas per account and Region, \"1,000 (shared)\" each (verified 2026-12-04; older \
+    versions of the page said 500 and 300: check Service Quotas); adjustable";
 const AZURE_KV_SOURCE: &str = "Microsoft Learn, \"Azure Key Vault service limits\": 2,000 \
     transactions per 10 s per vault and region for HSM-protected RSA-2048 and EC keys, 500 \
     for RSA-3072, 250 for RSA-4096 (docs/kms/azure.md)";
@@ -71,8 +71,10 @@ const AZURE_KV_SOURCE: &str = "Microsoft Learn, \"Azure Key Vault service limits
 const AZURE_KV_PER_10S: f64 = 2_000.0;
 const GCP_KMS_QUOTA: f64 = 1_000.0;
 const GCP_KMS_SOURCE: &str = "Google Cloud KMS \"Quotas\": 60,000 cryptographic requests per \
-    minute per project and region (the config table's kms_gcp_max_rps); since February 2026 \
-    regional and dynamic per issue 20, not re-verified: ASSUMED fixed here";
+    minute per project and region (the config table's kms_gcp_max_rps); since 16 February 2026 \
+    every quota is regional, dynamic (set from the project's earlier limits and use) and \
+    soft-enforced (https://cloud.google.com/kms/quotas, verified 2026-12-04): the figure is \
+    ASSUMED fixed here, read your project's regional value";
 
 /// A cloud service's request limit for one unit (an account-Region, a vault, a project).
 #[derive(Clone, Debug)]
