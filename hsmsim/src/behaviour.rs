@@ -11,11 +11,13 @@
 //!   ki-pkcs11-13); object handles are session-specific (AWS "Migrate from Client SDK 3 to 5"
 //!   guide, as quoted in issue 20; the numbering below is an ASSUMPTION, AWS does not document
 //!   it); throttling surfaces as `CKR_FUNCTION_FAILED`, and a throttled `C_GetAttributeValue`
-//!   as `CKR_DEVICE_ERROR` (known issue ki-pkcs11-15); at most 1,024 sessions per application
+//!   as `CKR_DEVICE_ERROR` (known issue ki-pkcs11-15; AWS's "Certificate storage limits" page,
+//!   checked 2026-12-04, states both codes for its throttled calls); at most 1,024 sessions per application
 //!   (issue 20 item 9; the code returned past it, `CKR_SESSION_COUNT`, is an ASSUMPTION);
 //!   SDK 5.8.0 and later retry an HSM-throttled operation up to 3 times with exponential
-//!   back-off before answering (AWS "Retry commands for PKCS #11 library"; the back-off base is
-//!   an ASSUMPTION). SDK 3 reports a busy HSM as `CKR_OPERATION_ACTIVE` (AWS "HSM throttling").
+//!   back-off before answering, mode `standard` by default, `off` possible (AWS "Retry commands
+//!   for PKCS #11 library", checked 2026-12-04; the back-off base is not published: an
+//!   ASSUMPTION). SDK 3 reports a busy HSM as `CKR_OPERATION_ACTIVE` (AWS "HSM throttling").
 //! - Google Cloud KMS PKCS#11 library (kmsp11): every RPC failure, quota or permission, is
 //!   returned as `CKR_DEVICE_ERROR` (kmsp11 `provider.cc`, per issue 20 item 8; its decrypt
 //!   operations' source does the same, except `INVALID_ARGUMENT` -> `CKR_ENCRYPTED_DATA_INVALID`,
@@ -25,7 +27,9 @@
 //!   `cryptoki_v2.h`, as reproduced in public client code);
 //!   connection codes `CKR_UNABLE_TO_CONNECT` 0x8000001F, `CKR_PARTITION_DISABLED` 0x80000020,
 //!   `CKR_TIMEOUT` 0x80000024, `CKR_DEVICE_TIMEOUT` 0x8000002B, `CKR_AGAIN` 0x80000041 (issue 20
-//!   item 8, from Luna's headers). Throttling as `CKR_AGAIN` is an ASSUMPTION.
+//!   item 8, from Luna's headers). Throttling as `CKR_AGAIN` is an ASSUMPTION (Thales's
+//!   "System Operational and Error Messages" pages were searched for `CKR_AGAIN`, 2026-12-04:
+//!   not found).
 //! - YubiHSM 2: no `CKM_RSA_X_509`; RSA decryption is `CKM_RSA_PKCS` or OAEP only (yubihsm-shell
 //!   `pkcs11/util_pkcs11.c`, per issue 20 item 3); sessions expire after 30 s idle (Yubico's
 //!   Session concept page; issue 20 item 16).

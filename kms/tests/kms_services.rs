@@ -1032,7 +1032,7 @@ fn container_credentials_and_app_service_identity() {
     std::fs::write(&token_file, "pod-identity-token\n").unwrap();
     e.opts.aws_credential = Some(AwsCredential::Container {
         url: format!("{}/v2/credentials/0d1c2b3a", e.sim.http_url),
-        auth: Some(keycore_kms::ContainerAuth::File(token_file)),
+        auth: Some(keycore_kms::ContainerAuth::File(token_file.clone())),
     });
     // Azure App Service / Functions identity.
     e.sim.azure_app_service_identity("identity-header-secret");
@@ -1072,6 +1072,30 @@ fn container_credentials_and_app_service_identity() {
     assert!(
         err.contains("container credentials") && err.contains("401"),
         "{err}"
+    );
+    // Issue 20 item 12: over plain http the SDKs fetch container credentials
+    // only from loopback, 169.254.170.2, 169.254.170.23 or fd00:ec2::23.
+    // 0.0.0.0 is none of them, yet on Linux it reaches this machine, so
+    // without the check the stand-in would hand out credentials.
+    e.sim.aws_container_token("pod-identity-token");
+    let port = e.sim.http_url.rsplit(':').next().unwrap().to_owned();
+    e.opts.aws_credential = Some(AwsCredential::Container {
+        url: format!("http://0.0.0.0:{port}/v2/credentials/0d1c2b3a"),
+        auth: Some(keycore_kms::ContainerAuth::File(token_file)),
+    });
+    let (arn3, _) = e.sim.aws_key("us-east-1", KeyType::EcP256).unwrap();
+    let before = get(&e.sim.stats().aws_container_credentials);
+    let err = KmsStore::open(&[arn3], &e.opts, StoreId(0))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("refused") && err.contains("169.254.170.2"),
+        "{err}"
+    );
+    assert_eq!(
+        get(&e.sim.stats().aws_container_credentials),
+        before,
+        "credentials fetched from a host the SDKs refuse"
     );
 }
 

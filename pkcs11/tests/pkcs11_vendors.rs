@@ -15,7 +15,7 @@ use aws_lc_rs::signature::{
     UnparsedPublicKey, ECDSA_P256_SHA256_ASN1, ED25519, RSA_PKCS1_2048_8192_SHA256,
 };
 use keycore_keys::{Backend, KeyEntry, KeyKind, StoreId};
-use keycore_pkcs11::{DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
+use keycore_pkcs11::{CoreHsm, DispatchMode, KeyRef, Pkcs11Options, Pkcs11Store};
 use keycore_protocol::{ErrorCode, Hash, OpClass};
 use keycore_testsupport::run_ok as run;
 use keycore_testsupport::softhsm::Token;
@@ -74,11 +74,15 @@ fn env() -> (MutexGuard<'static, ()>, &'static Env) {
 /// Set the simulator's config (read live: reload interval 10 ms).
 fn sim(e: &Env, json_body: &str) {
     let sep = if json_body.is_empty() { "" } else { ", " };
+    // Written aside and renamed: the simulator re-reads the file every
+    // 10 ms and must never see it half-written.
+    let tmp = e.sim_conf.with_extension("tmp");
     std::fs::write(
-        &e.sim_conf,
+        &tmp,
         format!(r#"{{"module": "{SOFTHSM}", "reload_interval_ms": 10{sep}{json_body}}}"#),
     )
     .unwrap();
+    std::fs::rename(&tmp, &e.sim_conf).unwrap();
     std::thread::sleep(Duration::from_millis(40));
 }
 
@@ -133,8 +137,17 @@ fn sign_and_verify(
     entries: &[KeyEntry],
     n: usize,
 ) -> Vec<Result<(), ErrorCode>> {
+    sign_and_verify_on(&store.core(0), entries, n)
+}
+
+/// [`sign_and_verify`] on a core the caller keeps (its worker sessions
+/// stay open between calls).
+fn sign_and_verify_on(
+    core: &CoreHsm,
+    entries: &[KeyEntry],
+    n: usize,
+) -> Vec<Result<(), ErrorCode>> {
     let mut results = Vec::new();
-    let core = store.core(0);
     for i in 0..n {
         let e = &entries[i % entries.len()];
         let (op, input) = match e.kind {
@@ -520,4 +533,59 @@ fn session_refused_at_startup_does_not_blame_the_pin() {
         "{err}"
     );
     sim(e, "");
+}
+
+/// Issue 20 item 8 (AWS known issue ki-pkcs11-15): CloudHSM answers a
+/// throttled `C_GetAttributeValue` with `CKR_DEVICE_ERROR`. Met while a
+/// session looks its key up again, that is "busy: back off and retry", not a
+/// broken session (rebuilt, a strike) nor a missing key.
+#[test]
+fn cloudhsm_throttled_key_lookup_is_busy() {
+    let (_g, e) = env();
+    let behaviour = r#""behaviour": {"preset": "cloudhsm-sdk5", "client_retries": 0}"#;
+    sim(e, behaviour);
+    let (store, entries) = open(&[uri(e, "id=%02", "&x-vendor=cloudhsm")], offload(2)).unwrap();
+    let core = store.core(0);
+    let r = sign_and_verify_on(&core, &entries, 4);
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    // The token forgets one session's handle once, so that session looks
+    // the key up again, and that lookup is throttled once.
+    sim(
+        e,
+        &format!(
+            r#"{behaviour}, "faults": [{{"kind": "error", "rv": "CKR_KEY_HANDLE_INVALID", "functions": ["C_SignInit"], "max_fires": 1}}, {{"kind": "throttle", "functions": ["C_GetAttributeValue"], "max_fires": 1}}]"#
+        ),
+    );
+    let r = sign_and_verify_on(&core, &entries, 8);
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    let h = store.health().remove(0);
+    assert!(
+        h.errors[1] >= 1,
+        "the throttled lookup was not read as busy: {h:?}"
+    );
+    assert_eq!(
+        (h.reopens, h.failures),
+        (0, 0),
+        "a throttled lookup is not a broken session: {h:?}"
+    );
+    drop(core);
+    sim(e, "");
+}
+
+/// Issue 20 item 8: Luna's connection codes. `CKR_UNABLE_TO_CONNECT`
+/// (0x8000001F: every HA member lost) makes keycore re-initialise the
+/// module, as Thales says to (`C_Finalize` + `C_Initialize`); the request
+/// waits for it and is answered.
+#[test]
+fn luna_lost_connection_reinitialises_the_module() {
+    let (_g, e) = env();
+    let (r, h) = under(
+        e,
+        r#""behaviour": "luna", "faults": [{"kind": "error", "rv": "CKR_UNABLE_TO_CONNECT", "functions": ["C_Sign"], "max_fires": 1}]"#,
+        "&x-vendor=luna",
+        10,
+    );
+    assert!(r.iter().all(|r| r.is_ok()), "{r:?}");
+    assert_eq!(h.errors[5], 1, "not read as a lost device: {h:?}");
+    assert!(h.reinits >= 1, "the module was not re-initialised: {h:?}");
 }
