@@ -42,6 +42,10 @@ tree=$scratch/tree
 logs=$scratch/logs
 mkdir -p "$tree" "$logs"
 git archive HEAD | tar -x -C "$tree"
+# Fresh mtimes: git archive stamps every file with the commit time, which can be older than a
+# build left in CARGO_TARGET_DIR by an earlier run's last (patched) state; cargo would then take
+# that build as up to date.
+find "$tree" -type f -exec touch {} +
 # Its own repository, so `git apply` works relative to it wherever the scratch directory is.
 git init -q "$tree"
 commit=$(git rev-parse --short HEAD)
