@@ -15,8 +15,8 @@
 # copy the table into docs/vendor-evidence.md.
 #
 # usage: bash scripts/fail-first.sh [PATCH ...]    (default: every scripts/fail-first/*.patch)
-# env:   CARGO_TARGET_DIR (shared with your builds: the dependencies are reused),
-#        FAIL_FIRST_DIR (scratch directory; default a new temporary one, removed at the end),
+# env:   FAIL_FIRST_DIR (scratch directory, with the copy and its own cargo target under it;
+#        default a new temporary one, removed at the end; give one to keep the build between runs),
 #        FAIL_FIRST_TIMEOUT (seconds per test run, default 600; a timeout counts as a failure
 #        and is shown as such).
 set -uo pipefail
@@ -25,7 +25,6 @@ repo=$(git rev-parse --show-toplevel)
 cd "$repo"
 if [ $# -gt 0 ]; then patches=("$@"); else patches=(scripts/fail-first/*.patch); fi
 for i in "${!patches[@]}"; do patches[$i]=$(realpath "${patches[$i]}"); done
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
 timeout_s=${FAIL_FIRST_TIMEOUT:-600}
 
 if [ -n "${FAIL_FIRST_DIR:-}" ]; then
@@ -41,6 +40,10 @@ trap cleanup EXIT
 tree=$scratch/tree
 logs=$scratch/logs
 mkdir -p "$tree" "$logs"
+# Never the caller's CARGO_TARGET_DIR: cargo fingerprints a workspace member's sources by their
+# path relative to the workspace root, so a patched build made here would look up to date to a
+# build of the real tree whose files are older than it (a mutant in your next test run).
+export CARGO_TARGET_DIR=$scratch/target
 git archive HEAD | tar -x -C "$tree"
 # Fresh mtimes: git archive stamps every file with the commit time, which can be older than a
 # build left in CARGO_TARGET_DIR by an earlier run's last (patched) state; cargo would then take
