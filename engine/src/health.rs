@@ -56,8 +56,34 @@ pub enum NotLive {
     #[error("no reactor running\n")]
     NoReactor,
     /// These cores missed the heartbeat deadline (one line each).
-    #[error("{0}")]
-    Stuck(String),
+    #[error("{}", stuck_lines(.0))]
+    Stuck(Vec<StuckCore>),
+}
+
+/// A core that missed the heartbeat deadline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StuckCore {
+    /// The core.
+    pub core: usize,
+    /// Milliseconds since its last heartbeat; `None`: it never beat.
+    pub last_beat_ms_ago: Option<u64>,
+    /// The deadline it missed, ms.
+    pub deadline_ms: u64,
+}
+
+fn stuck_lines(stuck: &[StuckCore]) -> String {
+    let mut s = String::new();
+    for c in stuck {
+        let _ = match c.last_beat_ms_ago {
+            None => writeln!(s, "core {}: stuck: never answered", c.core),
+            Some(ago) => writeln!(
+                s,
+                "core {}: stuck: last heartbeat {ago} ms ago (deadline {} ms)",
+                c.core, c.deadline_ms
+            ),
+        };
+    }
+    s
 }
 
 /// Liveness and readiness of the process, shared with the metrics endpoint.
@@ -109,25 +135,23 @@ impl Health {
     pub fn live(&self, cores: &[Arc<CoreStats>]) -> Result<String, NotLive> {
         let now = now_ms();
         let deadline = self.heartbeat_deadline.as_millis() as u64;
-        let mut stuck = String::new();
+        let mut stuck = Vec::new();
         let mut ok = String::new();
         for c in cores {
             match c.heartbeat.get() {
                 STOPPED => {
                     let _ = writeln!(ok, "core {}: stopped (drained)", c.core);
                 }
-                0 => {
-                    let _ = writeln!(stuck, "core {}: stuck: never answered", c.core);
-                }
-                t if now.saturating_sub(t) > deadline => {
-                    let _ = writeln!(
-                        stuck,
-                        "core {}: stuck: last heartbeat {} ms ago (deadline {} ms)",
-                        c.core,
-                        now - t,
-                        deadline
-                    );
-                }
+                0 => stuck.push(StuckCore {
+                    core: c.core,
+                    last_beat_ms_ago: None,
+                    deadline_ms: deadline,
+                }),
+                t if now.saturating_sub(t) > deadline => stuck.push(StuckCore {
+                    core: c.core,
+                    last_beat_ms_ago: Some(now - t),
+                    deadline_ms: deadline,
+                }),
                 t => {
                     let _ = writeln!(ok, "core {}: ok ({} ms ago)", c.core, now.saturating_sub(t));
                 }
@@ -172,9 +196,23 @@ mod tests {
         }
         assert!(h.live(&c).is_ok());
         // Core 1 last beat long ago: it is named, the others are not.
-        let now = now_ms();
-        c[1].heartbeat.set_ms(now.saturating_sub(10_000).max(1));
-        let err = h.live(&c).unwrap_err().to_string();
+        // now_ms() counts from the first call in this process: run alone,
+        // this test starts near 0, where "long ago" cannot be expressed, so
+        // first let the clock pass the deadline by a margin.
+        let wait = 400u64.saturating_sub(now_ms());
+        std::thread::sleep(Duration::from_millis(wait));
+        for x in &c {
+            x.heartbeat.beat();
+        }
+        c[1].heartbeat.set_ms(1);
+        let err = h.live(&c).unwrap_err();
+        assert!(
+            matches!(&err, NotLive::Stuck(s) if s.len() == 1 && s[0].core == 1
+                && s[0].last_beat_ms_ago.is_some_and(|ms| ms > 200)
+                && s[0].deadline_ms == 200),
+            "{err:?}"
+        );
+        let err = err.to_string();
         assert!(err.contains("core 1: stuck"), "{err}");
         assert!(!err.contains("core 0") && !err.contains("core 2"), "{err}");
         // A core that exited after a drain is not stuck.

@@ -577,7 +577,8 @@ pub enum ServerError {
     /// A reactor thread ended before it reported whether it listens.
     #[error("a reactor thread ended before it was ready (see the panic above)")]
     ReactorDied,
-    /// A reactor thread failed (joined with an error).
+    /// A reactor thread failed (joined with an error). glommio's error, as
+    /// text: it is not `Send`, so it cannot be kept as a source.
     #[error("reactor thread failed: {0}")]
     Reactor(String),
 }
