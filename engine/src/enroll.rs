@@ -133,13 +133,37 @@ pub enum EnrollError {
     #[error("auth_cert {} already exists; `keycore enroll --force` replaces it", .0.display())]
     Exists(PathBuf),
     /// Making the key or CSR failed.
-    #[error("cannot make the key and CSR: {0}")]
-    Generate(String),
-    /// The trust roots for the endpoint.
-    #[error("TLS trust for enroll_endpoint: {0}")]
-    Trust(String),
+    #[error("cannot make the key and CSR")]
+    Generate(#[source] rcgen::Error),
+    /// `enroll_ca_file` could not be read as PEM.
+    #[error("TLS trust for enroll_endpoint: enroll_ca_file {}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// `enroll_ca_file` holds no certificate.
+    #[error("TLS trust for enroll_endpoint: enroll_ca_file {}: no CERTIFICATE in it", .0.display())]
+    CaFileEmpty(PathBuf),
+    /// A certificate of `enroll_ca_file` is not a usable trust anchor.
+    #[error("TLS trust for enroll_endpoint: enroll_ca_file {}", path.display())]
+    CaCert {
+        /// The file.
+        path: PathBuf,
+        /// rustls' reason.
+        #[source]
+        source: rustls::Error,
+    },
+    /// Neither a system CA bundle nor `enroll_ca_file`.
+    #[error("TLS trust for enroll_endpoint: no trusted CA: no system CA bundle found and enroll_ca_file is not set")]
+    NoTrustRoots,
+    /// rustls refused the TLS versions with its provider.
+    #[error("TLS trust for enroll_endpoint: TLS versions")]
+    TlsVersions(#[source] rustls::Error),
     /// No answer (connect, TLS, timeout, size).
-    #[error("POST {endpoint}: {source}")]
+    #[error("POST {endpoint}")]
     Http {
         /// `enroll_endpoint`.
         endpoint: String,
@@ -171,7 +195,7 @@ pub enum EnrollError {
     )]
     KeyMismatch,
     /// Writing a file failed.
-    #[error("cannot write {}: {source}", path.display())]
+    #[error("cannot write {}", path.display())]
     Write {
         /// The file.
         path: PathBuf,
@@ -202,7 +226,7 @@ impl std::fmt::Debug for Generated {
 /// Make an ECDSA P-384 key (aws-lc-rs, through rcgen) and a CSR signed by
 /// it: subject CN [`CSR_COMMON_NAME`], SAN `hostname`.
 pub fn generate(hostname: &str) -> Result<Generated, EnrollError> {
-    let g = |e: rcgen::Error| EnrollError::Generate(e.to_string());
+    let g = EnrollError::Generate;
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).map_err(g)?;
     let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()]).map_err(g)?;
     let mut dn = rcgen::DistinguishedName::new();
@@ -319,28 +343,27 @@ fn client_tls(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Enrol
     if let Some(p) = ca_file {
         let certs = rustls_pki_types::CertificateDer::pem_file_iter(p)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| EnrollError::Trust(format!("enroll_ca_file {}: {e}", p.display())))?;
+            .map_err(|source| EnrollError::CaFile {
+                path: p.to_path_buf(),
+                source,
+            })?;
         if certs.is_empty() {
-            return Err(EnrollError::Trust(format!(
-                "enroll_ca_file {}: no CERTIFICATE in it",
-                p.display()
-            )));
+            return Err(EnrollError::CaFileEmpty(p.to_path_buf()));
         }
         for c in certs {
-            roots
-                .add(c)
-                .map_err(|e| EnrollError::Trust(format!("enroll_ca_file {}: {e}", p.display())))?;
+            roots.add(c).map_err(|source| EnrollError::CaCert {
+                path: p.to_path_buf(),
+                source,
+            })?;
         }
     }
     if roots.is_empty() {
-        return Err(EnrollError::Trust(
-            "no trusted CA: no system CA bundle found and enroll_ca_file is not set".into(),
-        ));
+        return Err(EnrollError::NoTrustRoots);
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| EnrollError::Trust(e.to_string()))?
+        .map_err(EnrollError::TlsVersions)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(cfg))
@@ -678,6 +701,32 @@ mod tests {
         let e = enroll(&cfg_with(&c), false).unwrap_err();
         assert!(matches!(e, EnrollError::Exists(_)), "{e}");
         assert!(!c.auth_csr.exists());
+    }
+
+    /// A bad `enroll_ca_file` is refused naming the file; the cause is the
+    /// chain's next link, printed once.
+    #[test]
+    fn a_bad_enroll_ca_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert!(matches!(
+            client_tls(Some(&empty)),
+            Err(EnrollError::CaFileEmpty(p)) if p == empty
+        ));
+        let missing = dir.path().join("missing.pem");
+        let e = client_tls(Some(&missing)).unwrap_err();
+        assert!(
+            matches!(&e, EnrollError::CaFile { path, .. } if *path == missing),
+            "{e:?}"
+        );
+        let text = keycore_keys::error_chain(&e);
+        assert!(
+            text.starts_with("TLS trust for enroll_endpoint: enroll_ca_file ")
+                && text.contains("missing.pem: ")
+                && text.matches("missing.pem").count() == 1,
+            "{text}"
+        );
     }
 
     fn cfg_with(c: &Config) -> Config {

@@ -109,7 +109,7 @@ pub enum HttpError {
     #[error("not a usable http(s) URL: {0:?}")]
     Url(String),
     /// Name resolution or every connect attempt failed.
-    #[error("cannot connect to {addr}: {source}")]
+    #[error("cannot connect to {addr}")]
     Connect {
         /// host:port.
         addr: String,
@@ -117,7 +117,7 @@ pub enum HttpError {
         source: io::Error,
     },
     /// The TLS handshake failed (certificate not trusted, wrong name, ...).
-    #[error("TLS with {addr}: {source}")]
+    #[error("TLS with {addr}")]
     Tls {
         /// host:port.
         addr: String,

@@ -484,7 +484,7 @@ impl Exporter {
                 return;
             }
             Ok(a) => format!("HTTP {} {}", a.status, a.reason),
-            Err(e) => e.to_string(),
+            Err(e) => keycore_keys::error_chain(&e),
         };
         self.stats.failed_batches.fetch_add(1, Relaxed);
         self.stats
