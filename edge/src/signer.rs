@@ -149,7 +149,7 @@ pub struct SignRecord {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SignError {
     /// No key server gave one.
-    #[error("{0}")]
+    #[error(transparent)]
     Keyless(#[from] KeylessError),
     /// A key server gave one that does not verify with the certificate's key.
     #[error("key server {0} returned a signature that does not verify with the certificate's public key")]

@@ -123,7 +123,7 @@ pub enum SignalError {
     #[error("pid_file is not set in the configuration, so there is no process to signal; set pid_file (or --pid-file) for keycore serve and keycore reload")]
     NoPidFile,
     /// The file is missing or unreadable.
-    #[error("pid_file {path}: cannot read it ({source}); is keycore serve running with this configuration?")]
+    #[error("pid_file {path}: cannot read it (is keycore serve running with this configuration?)")]
     Unreadable {
         /// The pid file.
         path: PathBuf,
@@ -155,7 +155,7 @@ pub enum SignalError {
         comm: String,
     },
     /// kill(2) failed (permissions).
-    #[error("cannot signal process {pid} from pid_file {path}: {source}")]
+    #[error("cannot signal process {pid} from pid_file {path}")]
     Kill {
         /// The pid file.
         path: PathBuf,
@@ -330,8 +330,12 @@ mod tests {
         let p = d.path().join("k.pid");
         let e = signal_pid_file(None, 0).unwrap_err();
         assert!(matches!(e, SignalError::NoPidFile), "{e}");
-        let e = signal_pid_file(Some(&p), 0).unwrap_err().to_string();
+        let e = signal_pid_file(Some(&p), 0).unwrap_err();
+        assert!(matches!(e, SignalError::Unreadable { .. }), "{e}");
+        // The cause comes once, as the chain's next link.
+        let e = keycore_keys::error_chain(&e);
         assert!(e.contains("k.pid") && e.contains("cannot read"), "{e}");
+        assert_eq!(e.matches("No such file").count(), 1, "{e}");
         std::fs::write(&p, "banana\n").unwrap();
         let e = signal_pid_file(Some(&p), 0).unwrap_err();
         assert!(matches!(e, SignalError::NotAPid { .. }), "{e}");

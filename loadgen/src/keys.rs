@@ -47,7 +47,7 @@ pub struct PublicKeyInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyLoadError {
     /// The file or directory can't be read.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// The path.
         path: PathBuf,
