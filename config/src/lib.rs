@@ -666,7 +666,7 @@ pub enum ConfigError {
         path: PathBuf,
     },
     /// The config file could not be read (permissions, not UTF-8, too big).
-    #[error("config file {}: {source}", path.display())]
+    #[error("config file {}", path.display())]
     Read {
         /// As named.
         path: PathBuf,

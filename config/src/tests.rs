@@ -538,6 +538,28 @@ fn missing_explicit_config_file_is_refused() {
     );
 }
 
+/// A file that cannot be read names the file; the cause is the source,
+/// not repeated in the message (the binary prints the chain).
+#[test]
+fn an_unreadable_config_file_names_the_file_and_keeps_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ServeArgs {
+        // A directory opens but does not read.
+        config_file: Some(dir.path().to_path_buf()),
+        ..ServeArgs::default()
+    };
+    let err = load(&args).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!("config file {}", dir.path().display())
+    );
+    let cause = std::error::Error::source(&err)
+        .expect("the I/O error")
+        .to_string();
+    assert!(!err.to_string().contains(&cause), "{err}");
+}
+
 #[test]
 fn load_reads_the_named_file() {
     let args = ServeArgs {
