@@ -40,11 +40,21 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 /// How long executors get to connect before the run is abandoned.
 const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 
-/// Arrivals due within this much are sent now rather than slept for (a
-/// timer wake-up costs more than it saves; lateness is recorded as lag).
-/// Not when the executor spins (`spin_us`): then its timers cost no
-/// wake-up and nothing is sent before its time.
+/// Arrivals due within this much are not slept for (a timer wake-up comes
+/// later than that): the scheduler spins until the arrival's time instead
+/// ([`wait_exactly`]), so that no request leaves before its schedule (one
+/// that did would have its latency shortened by the difference). Not
+/// when the executor spins (`spin_us`): then its timers cost no wake-up.
 const SLEEP_GRANULARITY: Duration = Duration::from_micros(50);
+
+/// Spin until `at` (at most [`SLEEP_GRANULARITY`] when called as the open
+/// loop does): blocks the executor for that long, which costs less than a
+/// timer wake-up and keeps every send at or after its scheduled time.
+fn wait_exactly(at: Instant) {
+    while Instant::now() < at {
+        std::hint::spin_loop();
+    }
+}
 
 /// The scheduler yields to request tasks after this many spawns in a row.
 const SPAWNS_PER_YIELD: u32 = 32;
@@ -575,6 +585,7 @@ async fn open_loop(st: &Rc<Shard>, start: Instant, id: usize, n: usize) {
             not_sent(st, at);
             continue;
         }
+        wait_exactly(at);
         glommio::spawn_local(request(st.clone(), at, None)).detach();
     }
 }
@@ -619,6 +630,7 @@ async fn replay_loop(
             continue;
         }
         let fixed = (a.op, a.key, conn % local_conns.max(1));
+        wait_exactly(at);
         glommio::spawn_local(request(st.clone(), at, Some(fixed))).detach();
     }
 }
@@ -894,6 +906,34 @@ mod tests {
         // Latency = scheduled → written + written → read, per request.
         assert!(ping.hist.min() >= ph.round_trip.min());
         assert!(ping.hist.max() >= ph.round_trip.max());
+    }
+
+    /// Arrivals closer together than a timer wake-up are waited for, not
+    /// sent early: every request is written after its scheduled time (an
+    /// early one would show as a 0 µs scheduled → written, clamped to 1).
+    #[test]
+    fn no_request_leaves_before_its_scheduled_time() {
+        let srv = TestServer::start();
+        let tls = ClientTls::from_paths(&srv.tls, &TlsOptions::default()).unwrap();
+        let profile = Profile {
+            rate: 25_000.0,
+            arrivals: Arrivals::Constant,
+            duration_s: 0.1,
+            warmup_s: 0.0,
+            connections: 1,
+            mix: Profile::parse_mix("ping=1").unwrap(),
+            ..Profile::default()
+        };
+        let r = run_plan(srv.addr, &tls, plan(&srv, profile), &mut |_| {}).unwrap();
+        let ping = &r.totals.ops[OpKind::Ping.index()];
+        assert_eq!(ping.ok, 2500, "{:?}", ping.errors);
+        let w = &r.totals.phases.to_wire;
+        assert_eq!(w.len(), 2500);
+        assert!(
+            w.min() > 1,
+            "a request was written before its time: {}",
+            w.min()
+        );
     }
 
     #[test]
