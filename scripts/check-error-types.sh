@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Issue 11: libraries return enum errors. Fails when a library crate's code
-# uses `anyhow`, when a crate without a binary target depends on it, or when
-# a library returns `Result<_, String>`. Binaries (the root `src/`,
+# uses `anyhow`, when a crate without a binary target depends on it, when
+# a library returns `Result<_, String>`, or when an error message prints a
+# field named `source` (the chain would print it twice). Binaries (the root `src/`,
 # `*/src/bin/`, `*/src/main.rs`) may use anyhow. Cheap: grep only, no build.
 # Usage: scripts/check-error-types.sh   (exits 1 on a violation)
 set -euo pipefail
@@ -33,6 +34,14 @@ for c in $libs; do
     fi
     ;;
   esac
+  # A field named `source` is the error's source: printing it in the
+  # variant's own message makes every chain rendering ({:#}, error_chain)
+  # show the cause twice. Name it in the message only if it is not a source
+  # (call the field something else and say why in its doc).
+  if hits=$(grep -nHE '#\[error\(.*\{source[}:]' $files); then
+    echo "VIOLATION: an error message repeats its source in $c (the chain prints it):"
+    echo "$hits" | sed 's/^/  /'; fail=1
+  fi
   case "$pending_string" in *" $c "*) ;; *)
     if hits=$(grep -nHE 'Result<.*, ?String>' $files); then
       echo "VIOLATION: Result<_, String> in library code of $c (return an error enum):"

@@ -59,23 +59,26 @@ pub const MAX_SIGMA: f64 = 3.0;
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// Why a config could not be used. `origin` is the file path (or `$KEYCORE_HSMSIM_PROFILE`).
+/// Messages are whole (the cause is in the text, not a `#[source]`): the
+/// simulator's `C_Initialize` prints this error's Display on stderr and
+/// has nothing else to show.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{origin}: cannot read config: {source}")]
+    #[error("{origin}: cannot read config: {error}")]
     Read {
         /// The file.
         origin: String,
         /// The I/O error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The file is not JSON, or a key has the wrong type or is unknown.
-    #[error("{origin}: invalid config: {source}")]
+    #[error("{origin}: invalid config: {error}")]
     Parse {
         /// The file.
         origin: String,
         /// serde's message (it names the key and line).
-        source: serde_json::Error,
+        error: serde_json::Error,
     },
     /// A value is out of range or names something unknown.
     #[error("{origin}: {key}: {msg}")]
@@ -341,9 +344,9 @@ impl Config {
 
     /// Parses JSON text. `origin` names the source in error messages.
     pub fn from_json(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let value: Value = serde_json::from_str(text).map_err(|source| ConfigError::Parse {
+        let value: Value = serde_json::from_str(text).map_err(|error| ConfigError::Parse {
             origin: origin.to_owned(),
-            source,
+            error,
         })?;
         Config::from_value(value, origin)
     }
@@ -351,9 +354,9 @@ impl Config {
     /// Reads and parses a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let origin = path.display().to_string();
-        let read_err = |source| ConfigError::Read {
+        let read_err = |error| ConfigError::Read {
             origin: origin.clone(),
-            source,
+            error,
         };
         let len = std::fs::metadata(path).map_err(read_err)?.len();
         if len > MAX_CONFIG_BYTES {
@@ -407,11 +410,10 @@ impl Config {
             merge(&mut base, value);
             value = base;
         }
-        let raw: RawConfig =
-            serde_json::from_value(value).map_err(|source| ConfigError::Parse {
-                origin: origin.to_owned(),
-                source,
-            })?;
+        let raw: RawConfig = serde_json::from_value(value).map_err(|error| ConfigError::Parse {
+            origin: origin.to_owned(),
+            error,
+        })?;
         raw.validate(origin)
     }
 }
