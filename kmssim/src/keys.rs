@@ -61,15 +61,18 @@ impl SimKey {
             KeyType::EcP521 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512),
             KeyType::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
         }
-        .map_err(|e| SimError(format!("key generation: {e}")))?;
+        .map_err(|source| SimError::Cert {
+            what: "key generation",
+            source,
+        })?;
         SimKey::from_pkcs8(&kp.serialize_der())
     }
 
     /// Load a PKCS#8 key.
     pub fn from_pkcs8(pkcs8: &[u8]) -> Result<SimKey, SimError> {
-        let e = software::from_der_or_pem(pkcs8, "kmssim").map_err(|e| SimError(e.to_string()))?;
+        let e = software::from_der_or_pem(pkcs8, "kmssim").map_err(SimError::Key)?;
         let Backend::Inline(ops) = e.backend else {
-            return Err(SimError("software key without an inline backend".into()));
+            return Err(SimError::NotInline);
         };
         Ok(SimKey {
             kind: e.kind,

@@ -62,10 +62,61 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Largest request body read (the services' own limits are far lower).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
-/// A stand-in failure (start-up, bad key material).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("kmssim: {0}")]
-pub struct SimError(pub String);
+/// A stand-in failure (start-up, bad key material): what failed, with the
+/// cause as its source.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// Making a key, CA or certificate (rcgen).
+    #[error("kmssim: {what}")]
+    Cert {
+        /// Which one ("CA key", "server cert", "key generation", ...).
+        what: &'static str,
+        /// rcgen's error.
+        #[source]
+        source: rcgen::Error,
+    },
+    /// The TLS server configuration.
+    #[error("kmssim: TLS")]
+    Tls(#[source] rustls::Error),
+    /// A socket or thread of the stand-in.
+    #[error("kmssim: {what}")]
+    Io {
+        /// What ("bind", "listener", "thread", "proxy bind", ...).
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing a file (the CA).
+    #[error("kmssim: {}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Key material the software key loader refuses.
+    #[error("kmssim: key")]
+    Key(#[source] keycore_keys::software::KeyLoadError),
+    /// A software key that is not performed in-process.
+    #[error("kmssim: software key without an inline backend")]
+    NotInline,
+    /// A certificate that does not parse.
+    #[error("kmssim: certificate")]
+    Certificate(#[source] x509_parser::nom::Err<x509_parser::error::X509Error>),
+    /// A service account's public key.
+    #[error("kmssim: service account key")]
+    ServiceAccount(#[source] ApiError),
+    /// A CONNECT proxy name mapped to an address that is not loopback.
+    #[error("kmssim: proxy name {name} -> {addr}: only loopback addresses")]
+    ProxyName {
+        /// The name.
+        name: String,
+        /// The address.
+        addr: SocketAddr,
+    },
+}
 
 /// Behaviour switches, changed by tests while the stand-ins run.
 #[derive(Debug, Clone)]
@@ -578,34 +629,33 @@ impl Drop for Sim {
 }
 
 fn tls_material() -> Result<(String, rustls::ServerConfig), SimError> {
-    let e = |what: &str, x: &dyn std::fmt::Display| SimError(format!("{what}: {x}"));
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|x| e("CA key", &x))?;
-    let mut ca_p =
-        rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|x| e("CA params", &x))?;
+    let e = |what| move |source| SimError::Cert { what, source };
+    let ca_key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e("CA key"))?;
+    let mut ca_p = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(e("CA params"))?;
     ca_p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_p.distinguished_name
         .push(rcgen::DnType::CommonName, "keycore-kmssim CA");
-    let ca_cert = ca_p.self_signed(&ca_key).map_err(|x| e("CA cert", &x))?;
+    let ca_cert = ca_p.self_signed(&ca_key).map_err(e("CA cert"))?;
     let ca = rcgen::Issuer::new(ca_p, ca_key);
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|x| e("server key", &x))?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(e("server key"))?;
     let mut names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
     names.extend(STAND_IN_HOST_NAMES.iter().map(|n| n.to_string()));
-    let mut p = rcgen::CertificateParams::new(names).map_err(|x| e("server params", &x))?;
+    let mut p = rcgen::CertificateParams::new(names).map_err(e("server params"))?;
     p.distinguished_name
         .push(rcgen::DnType::CommonName, "keycore-kmssim");
-    let cert = p.signed_by(&key, &ca).map_err(|x| e("server cert", &x))?;
+    let cert = p.signed_by(&key, &ca).map_err(e("server cert"))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|x| e("TLS", &x))?
+        .map_err(SimError::Tls)?
         .with_no_client_auth()
         .with_single_cert(
             vec![cert.der().clone(), ca_cert.der().clone()],
             rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
         )
-        .map_err(|x| e("TLS", &x))?;
+        .map_err(SimError::Tls)?;
     Ok((ca_cert.pem(), cfg))
 }
 
@@ -619,19 +669,16 @@ impl Sim {
     pub fn start_on(https_port: u16, http_port: u16) -> Result<Sim, SimError> {
         let (ca_pem, tls) = tls_material()?;
         let state = Arc::new(State::default());
-        let std_https = std::net::TcpListener::bind(("127.0.0.1", https_port))
-            .map_err(|e| SimError(format!("bind: {e}")))?;
-        let std_http = std::net::TcpListener::bind(("127.0.0.1", http_port))
-            .map_err(|e| SimError(format!("bind: {e}")))?;
+        let io = |what| move |source| SimError::Io { what, source };
+        let std_https =
+            std::net::TcpListener::bind(("127.0.0.1", https_port)).map_err(io("bind"))?;
+        let std_http = std::net::TcpListener::bind(("127.0.0.1", http_port)).map_err(io("bind"))?;
         let (a1, a2): (SocketAddr, SocketAddr) = (
-            std_https
-                .local_addr()
-                .map_err(|e| SimError(e.to_string()))?,
-            std_http.local_addr().map_err(|e| SimError(e.to_string()))?,
+            std_https.local_addr().map_err(io("listener"))?,
+            std_http.local_addr().map_err(io("listener"))?,
         );
         for l in [&std_https, &std_http] {
-            l.set_nonblocking(true)
-                .map_err(|e| SimError(e.to_string()))?;
+            l.set_nonblocking(true).map_err(io("listener"))?;
         }
         let https_url = format!("https://{a1}");
         *lock(&state.https_url) = https_url.clone();
@@ -695,7 +742,7 @@ impl Sim {
                     }
                 });
             })
-            .map_err(|e| SimError(format!("thread: {e}")))?;
+            .map_err(io("thread"))?;
         Ok(Sim {
             https_url,
             http_url: format!("http://{a2}"),
@@ -709,7 +756,10 @@ impl Sim {
     /// Write the CA to `dir/kmssim-ca.pem` and return the path.
     pub fn write_ca(&self, dir: &Path) -> Result<PathBuf, SimError> {
         let p = dir.join("kmssim-ca.pem");
-        std::fs::write(&p, &self.ca_pem).map_err(|e| SimError(format!("{}: {e}", p.display())))?;
+        std::fs::write(&p, &self.ca_pem).map_err(|source| SimError::Write {
+            path: p.clone(),
+            source,
+        })?;
         Ok(p)
     }
 
@@ -749,7 +799,7 @@ impl Sim {
     ) -> Result<(), SimError> {
         use x509_parser::prelude::FromDer;
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der)
-            .map_err(|e| SimError(format!("certificate: {e}")))?;
+            .map_err(SimError::Certificate)?;
         let public = cert.public_key().subject_public_key.data.to_vec();
         let thumb = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert_der);
         lock(&self.state.azure_apps).insert(
@@ -798,9 +848,12 @@ impl Sim {
     pub fn gcp_service_account(&self, email: &str) -> Result<String, SimError> {
         let kp =
             rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-                .map_err(|e| SimError(format!("service account key: {e}")))?;
+                .map_err(|source| SimError::Cert {
+                    what: "service account key",
+                    source,
+                })?;
         let public = rsa_public_of_spki(&SimKey::from_pkcs8(&kp.serialize_der())?.spki)
-            .map_err(|e| SimError(e.to_string()))?;
+            .map_err(SimError::ServiceAccount)?;
         let key_id = random_hex(20);
         lock(&self.state.gcp_accounts).insert(
             email.into(),

@@ -72,18 +72,18 @@ impl ConnectProxy {
         let mut map = HashMap::new();
         for (n, a) in names {
             if !a.ip().is_loopback() {
-                return Err(SimError(format!(
-                    "proxy name {n} -> {a}: only loopback addresses"
-                )));
+                return Err(SimError::ProxyName {
+                    name: n.to_string(),
+                    addr: *a,
+                });
             }
             map.insert(n.to_ascii_lowercase(), *a);
         }
         let map = Arc::new(map);
-        let l = std::net::TcpListener::bind("127.0.0.1:0")
-            .map_err(|e| SimError(format!("proxy bind: {e}")))?;
-        l.set_nonblocking(true)
-            .map_err(|e| SimError(e.to_string()))?;
-        let addr = l.local_addr().map_err(|e| SimError(e.to_string()))?;
+        let io = |what| move |source| SimError::Io { what, source };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("proxy bind"))?;
+        l.set_nonblocking(true).map_err(io("proxy listener"))?;
+        let addr = l.local_addr().map_err(io("proxy listener"))?;
         let want = basic.map(|b| {
             use base64::Engine as _;
             format!(
@@ -121,7 +121,7 @@ impl ConnectProxy {
                     }
                 });
             })
-            .map_err(|e| SimError(format!("proxy thread: {e}")))?;
+            .map_err(io("proxy thread"))?;
         let url = match basic {
             Some(b) => format!("http://{b}@{addr}"),
             None => format!("http://{addr}"),
@@ -231,4 +231,25 @@ async fn relay(
     }
     st.tunnels.fetch_add(1, Ordering::Relaxed);
     let _ = tokio::io::copy_bidirectional(&mut sock, &mut up).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name mapped off loopback is refused with the name and address,
+    /// before anything binds.
+    #[test]
+    fn a_name_off_loopback_is_refused_by_name() {
+        let addr: SocketAddr = "192.0.2.7:443".parse().unwrap();
+        let e = ConnectProxy::start_with_names(None, &[("kms.example", addr)]).unwrap_err();
+        assert!(
+            matches!(&e, SimError::ProxyName { name, addr: a } if name == "kms.example" && *a == addr),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "kmssim: proxy name kms.example -> 192.0.2.7:443: only loopback addresses"
+        );
+    }
 }
