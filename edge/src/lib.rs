@@ -31,7 +31,7 @@ pub mod metrics;
 pub mod server;
 pub mod signer;
 
-use keycore_loadgen::{ClientError, ClientTls, ClientTlsPaths, TlsOptions};
+use keycore_loadgen::{ClientTls, ClientTlsPaths, TlsConfigError, TlsOptions};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -162,7 +162,7 @@ pub enum EdgeError {
     Unresolved(String),
     /// The key-server client TLS material.
     #[error(transparent)]
-    KeyserverTls(#[from] ClientError),
+    KeyserverTls(#[from] TlsConfigError),
     /// rustls refused the protocol versions.
     #[error("TLS versions")]
     TlsVersions(#[source] rustls::Error),

@@ -58,9 +58,14 @@ const NOT_CONNECTED_POLL: Duration = Duration::from_millis(1);
 /// they happen on the hot path under overload and must not format strings.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// Bad settings (files, names); the message names the file or value.
-    #[error("{0}")]
-    Config(String),
+    /// A pool without connections or without room for a request.
+    #[error("a pool needs at least one connection and one request in flight")]
+    PoolSettings {
+        /// Connections asked for.
+        connections: usize,
+        /// Requests in flight per connection asked for.
+        max_in_flight_per_conn: usize,
+    },
     /// Could not connect or complete the TLS handshake.
     #[error("connect to {addr}: {reason}")]
     Connect {
@@ -293,9 +298,10 @@ impl Pool {
     /// once; use [`Pool::wait_connected`] to wait for the first handshakes.
     pub fn start(cfg: PoolConfig, tls: ClientTls) -> Result<Pool, ClientError> {
         if cfg.connections == 0 || cfg.max_in_flight_per_conn == 0 {
-            return Err(ClientError::Config(
-                "a pool needs at least one connection and one request in flight".into(),
-            ));
+            return Err(ClientError::PoolSettings {
+                connections: cfg.connections,
+                max_in_flight_per_conn: cfg.max_in_flight_per_conn,
+            });
         }
         let conns = (0..cfg.connections)
             .map(|_| {

@@ -6,13 +6,13 @@
 //! handshakes) and adds what the entry points themselves refuse. Must not:
 //! pre-format a part's error into text (the binary prints the whole chain).
 
-use crate::client::ClientError;
 use crate::handshake::HandshakeError;
 use crate::keys::KeyLoadError;
 use crate::profile::ProfileError;
 use crate::replay::ReplayError;
 use crate::report::HdrLogError;
 use crate::runner::RunError;
+use crate::tls::TlsConfigError;
 use crate::MAX_COMPARE_SERVERS;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 pub enum LoadgenError {
     /// The client TLS files.
     #[error(transparent)]
-    Tls(#[from] ClientError),
+    Tls(#[from] TlsConfigError),
     /// The public keys (`--keys`).
     #[error(transparent)]
     Keys(#[from] KeyLoadError),

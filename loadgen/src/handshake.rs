@@ -183,7 +183,7 @@ pub enum HandshakeError {
     NoAddress(String),
     /// The CA file could not be read.
     #[error(transparent)]
-    Ca(#[from] crate::ClientError),
+    Ca(#[from] crate::TlsConfigError),
     /// A CA certificate rustls refuses as a trust anchor.
     #[error("CA certificate")]
     CaCert(#[source] rustls::Error),

@@ -41,7 +41,7 @@ pub use client::{BlockingClient, ClientError, OwnedResponse, Pool, PoolConfig, P
 pub use error::LoadgenError;
 pub use profile::{Arrivals, LoopMode, Profile};
 pub use report::Report;
-pub use tls::{ClientTls, ClientTlsPaths, TlsOptions};
+pub use tls::{ClientTls, ClientTlsPaths, TlsConfigError, TlsOptions};
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};

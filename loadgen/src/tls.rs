@@ -7,7 +7,6 @@
 //! DER. It does no I/O on sockets. The config is shared read-only by every
 //! connection of every core (an `Arc`), as DESIGN.md asks of shared state.
 
-use crate::client::ClientError;
 use rustls::crypto::aws_lc_rs as provider;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -47,21 +46,64 @@ pub struct ClientTls {
     server_name: Option<ServerName<'static>>,
 }
 
-fn tls_err(what: String) -> ClientError {
-    ClientError::Config(what)
+/// Why client TLS material cannot be used; each variant names the file or
+/// value, the cause is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    /// A certificate file that cannot be read as PEM.
+    #[error("{}", path.display())]
+    ReadCerts {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A certificate file without a certificate.
+    #[error("{}: no CERTIFICATE in file", .0.display())]
+    NoCertificate(PathBuf),
+    /// The client key file.
+    #[error("client key {} (want a PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)", path.display())]
+    Key {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    /// A CA certificate rustls refuses as a trust anchor.
+    #[error("CA certificate rejected")]
+    Ca(#[source] rustls::Error),
+    /// rustls refuses the protocol versions with its provider.
+    #[error("TLS versions")]
+    Versions(#[source] rustls::Error),
+    /// The client certificate chain and key do not go together (or are unusable).
+    #[error("client certificate/key rejected")]
+    ClientCert(#[source] rustls::Error),
+    /// `server_name` is not a DNS name or IP address.
+    #[error("server name {name:?}")]
+    ServerName {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: rustls_pki_types::InvalidDnsNameError,
+    },
 }
 
 impl ClientTls {
     /// Load the CA, client certificate chain and key from PEM files.
-    pub fn from_paths(paths: &ClientTlsPaths, opts: &TlsOptions) -> Result<ClientTls, ClientError> {
+    pub fn from_paths(
+        paths: &ClientTlsPaths,
+        opts: &TlsOptions,
+    ) -> Result<ClientTls, TlsConfigError> {
         let ca = read_certs(&paths.ca)?;
         let chain = read_certs(&paths.cert)?;
-        let key = PrivateKeyDer::from_pem_file(&paths.key).map_err(|e| {
-            tls_err(format!(
-                "client key {}: {e} (want a PEM PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY)",
-                paths.key.display()
-            ))
-        })?;
+        let key =
+            PrivateKeyDer::from_pem_file(&paths.key).map_err(|source| TlsConfigError::Key {
+                path: paths.key.clone(),
+                source,
+            })?;
         ClientTls::from_der(ca, chain, key, opts)
     }
 
@@ -71,12 +113,10 @@ impl ClientTls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
         opts: &TlsOptions,
-    ) -> Result<ClientTls, ClientError> {
+    ) -> Result<ClientTls, TlsConfigError> {
         let mut roots = rustls::RootCertStore::empty();
         for c in ca {
-            roots
-                .add(c)
-                .map_err(|e| tls_err(format!("CA certificate rejected: {e}")))?;
+            roots.add(c).map_err(TlsConfigError::Ca)?;
         }
         let mut prov = provider::default_provider();
         let builder = if opts.tls12_only {
@@ -90,17 +130,19 @@ impl ClientTls {
             rustls::ClientConfig::builder_with_provider(Arc::new(prov))
                 .with_safe_default_protocol_versions()
         }
-        .map_err(|e| tls_err(format!("TLS versions: {e}")))?;
+        .map_err(TlsConfigError::Versions)?;
         let config = builder
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, key)
-            .map_err(|e| tls_err(format!("client certificate/key rejected: {e}")))?;
+            .map_err(TlsConfigError::ClientCert)?;
         let server_name = match &opts.server_name {
             None => None,
-            Some(n) => Some(
-                ServerName::try_from(n.clone())
-                    .map_err(|e| tls_err(format!("server name {n:?}: {e}")))?,
-            ),
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|source| {
+                TlsConfigError::ServerName {
+                    name: n.clone(),
+                    source,
+                }
+            })?),
         };
         Ok(ClientTls {
             config: Arc::new(config),
@@ -118,17 +160,57 @@ impl ClientTls {
 }
 
 /// Every certificate in a PEM file; an error naming the file if none.
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
-    let iter = CertificateDer::pem_file_iter(path)
-        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
-    let certs = iter
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsConfigError> {
+    let read = |source| TlsConfigError::ReadCerts {
+        path: path.to_path_buf(),
+        source,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(read)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(format!("{}: {e}", path.display())))?;
+        .map_err(read)?;
     if certs.is_empty() {
-        return Err(tls_err(format!(
-            "{}: no CERTIFICATE in file",
-            path.display()
-        )));
+        return Err(TlsConfigError::NoCertificate(path.to_path_buf()));
     }
     Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unusable TLS files are refused by name, the cause as the source.
+    #[test]
+    fn unusable_tls_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "nothing here\n").unwrap();
+        assert!(matches!(
+            read_certs(&empty),
+            Err(TlsConfigError::NoCertificate(p)) if p == empty
+        ));
+        let missing = dir.path().join("missing.pem");
+        let e = read_certs(&missing).unwrap_err();
+        assert!(
+            matches!(&e, TlsConfigError::ReadCerts { path, .. } if *path == missing),
+            "{e:?}"
+        );
+        let chain = keycore_keys::error_chain(&e);
+        assert_eq!(chain.matches("missing.pem").count(), 1, "{chain}");
+        assert!(
+            chain.len() > missing.display().to_string().len() + 2,
+            "{chain}"
+        );
+        let e = ClientTls::from_der(
+            Vec::new(),
+            Vec::new(),
+            PrivateKeyDer::Pkcs8(vec![0u8; 8].into()),
+            &TlsOptions {
+                tls12_only: false,
+                server_name: Some("not a name!".into()),
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, TlsConfigError::ClientCert(_)), "{e:?}");
+    }
 }

@@ -8,7 +8,7 @@
 //! prints the whole chain; a point's failure in a report is rendered with
 //! `keycore_keys::error_chain`).
 
-use keycore_loadgen::{ClientError, LoadgenError};
+use keycore_loadgen::{ClientError, LoadgenError, TlsConfigError};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -21,7 +21,7 @@ pub enum TuneError {
     Load(#[from] LoadgenError),
     /// The client TLS files, read to probe a launched server.
     #[error(transparent)]
-    Tls(#[from] ClientError),
+    Tls(#[from] TlsConfigError),
     /// A client sweep without connection counts or concurrencies.
     #[error("a sweep needs at least one connection count and one concurrency")]
     SweepEmpty,
