@@ -20,6 +20,13 @@
 //! [`compare`] for the two multi-run modes; [`replay`] turns a recording
 //! of `keycore serve` (`record_file`) into the arrivals of an open-loop run
 //! (`--replay`).
+//!
+//! Errors: enums, the cause as `#[source]` (render with
+//! `keycore_keys::error_chain` or anyhow's `{:#}`): [`LoadgenError`] from the
+//! entry points, wrapping the parts' own ([`TlsConfigError`],
+//! `keys::KeyLoadError`, `profile::ProfileError`, `runner::RunError`,
+//! `report::HdrLogError`, `replay::ReplayError`, `handshake::HandshakeError`);
+//! [`ClientError`] per request (cheap, `Clone`); `merge::MergeError`.
 
 pub mod check;
 pub mod client;

@@ -17,7 +17,8 @@
 //! Public surface: [`sweep`] with [`SweepSpec`], [`SweepPoint`],
 //! [`SweepReport`] and [`recommend`]; `keycore tune` through [`TuneArgs`]
 //! and [`run_cli`]; modules [`server`], [`plan`] and [`compare`];
-//! [`MAX_POINTS`].
+//! [`MAX_POINTS`]. Errors: [`TuneError`] (sweeps, comparison report; the load
+//! generator's error passes through) and `plan::PlanError` (`keycore plan`).
 
 pub mod compare;
 mod error;
