@@ -663,7 +663,8 @@ struct Driver {
     rbuf: Vec<u8>,
     rlen: usize,
     wbuf: Vec<u8>,
-    /// IDs of the requests in `wbuf`, stamped once it is all written.
+    /// IDs of the requests handed to TLS and not yet stamped as written
+    /// (`wbuf`'s, and an earlier batch's still waiting for its flush).
     wbuf_ids: Vec<u32>,
     wpos: usize,
     need_flush: bool,
@@ -773,10 +774,12 @@ impl Future for Driver {
                 let mut c = this.conn.borrow_mut();
                 if this.wpos == this.wbuf.len() && !c.out.is_empty() {
                     this.wbuf.clear();
-                    this.wbuf_ids.clear();
                     this.wpos = 0;
                     std::mem::swap(&mut this.wbuf, &mut c.out);
-                    std::mem::swap(&mut this.wbuf_ids, &mut c.out_ids);
+                    // Appended, not replaced: the previous batch may be
+                    // handed to TLS but not yet flushed (then it is stamped
+                    // with this one, when both are in the kernel).
+                    this.wbuf_ids.append(&mut c.out_ids);
                 }
                 match &c.driver_waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
