@@ -29,7 +29,7 @@
 //! and `AccessDeniedException` fail at once with the reason spelled out.
 
 use super::auth::{unix_now, AwsCredCache, AwsCreds};
-use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
+use super::http::{quoted, with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::AwsKey;
 use super::util::{amz_date, b64, fit_ecdsa_digest, unb64, PlanError};
 use super::OpError;
@@ -228,7 +228,7 @@ pub(crate) fn error_type(r: &Reply) -> String {
         .ok()
         .and_then(|v| v["__type"].as_str().map(str::to_owned));
     let t = from_body.or(from_header).unwrap_or_default();
-    t.rsplit('#').next().unwrap_or_default().to_owned()
+    quoted(t.rsplit('#').next().unwrap_or_default())
 }
 
 impl Aws {

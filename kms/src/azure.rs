@@ -29,7 +29,7 @@
 //! - Ed25519: Key Vault has no Ed25519 keys; refused.
 
 use super::auth::{judge_bearer, TokenCache};
-use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
+use super::http::{quoted, with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::{AzureKey, AzureKind};
 use super::util::{b64url, fit_ecdsa_digest, pkcs1_type2_block, unb64url, PlanError};
 use super::OpError;
@@ -412,12 +412,14 @@ impl Azure {
 /// by retrying.
 pub fn forbidden(key: &AzureKey, r: &Reply) -> String {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-    let inner = v["error"]["innererror"]["code"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let msg = v["error"]["message"].as_str().unwrap_or_default();
-    let hint = if inner == "KeyDisabled" || msg.to_ascii_lowercase().contains("disabled") {
+    let inner = quoted(
+        v["error"]["innererror"]["code"]
+            .as_str()
+            .unwrap_or_default(),
+    );
+    let raw_msg = v["error"]["message"].as_str().unwrap_or_default();
+    let msg = quoted(raw_msg);
+    let hint = if inner == "KeyDisabled" || raw_msg.to_ascii_lowercase().contains("disabled") {
         "the key (version) is disabled: enable it or configure an enabled version".to_string()
     } else if key.kind == AzureKind::ManagedHsm {
         "the identity has no Managed HSM local RBAC role on the key: assign \"Managed HSM Crypto User\" (keys/read, keys/sign, keys/decrypt) at /keys or /keys/<name>".to_string()
@@ -426,7 +428,7 @@ pub fn forbidden(key: &AzureKey, r: &Reply) -> String {
     };
     format!(
         "HTTP 403 {}{}: {msg} ({hint})",
-        v["error"]["code"].as_str().unwrap_or("Forbidden"),
+        quoted(v["error"]["code"].as_str().unwrap_or("Forbidden")),
         if inner.is_empty() {
             String::new()
         } else {

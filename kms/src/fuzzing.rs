@@ -128,4 +128,32 @@ mod tests {
         );
         answer(6, 3, b"120\n{\"__type\":\"ThrottlingException\"}");
     }
+
+    /// Crash the fuzzer found (CI, December 2026): a 403 whose Google error
+    /// message is 5 KB made a 5 KB explanation. Kept as a seed too.
+    #[test]
+    fn long_service_messages_are_cut() {
+        let seed = include_bytes!("../../fuzz/corpus-seed/kms_answer/regress-gcp-long-message");
+        answer(seed[0], seed[1], &seed[2..]);
+        let long = "x".repeat(20_000);
+        for (status, body) in [
+            (
+                3,
+                format!(r#"{{"error":{{"code":403,"message":"{long}","status":"{long}"}}}}"#),
+            ),
+            (
+                1,
+                format!(r#"{{"error":{{"status":"FAILED_PRECONDITION","message":"{long}"}}}}"#),
+            ),
+            (
+                3,
+                format!(
+                    r#"{{"error":{{"code":"{long}","message":"{long}","innererror":{{"code":"{long}"}}}}}}"#
+                ),
+            ),
+            (1, format!(r#"{{"__type":"{long}"}}"#)),
+        ] {
+            answer(status, 2, body.as_bytes());
+        }
+    }
 }

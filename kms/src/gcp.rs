@@ -23,7 +23,7 @@
 //! treated as corruption in transit and retried (bounded), then `CRYPTO`.
 
 use super::auth::{judge_bearer, TokenCache};
-use super::http::{with_retries, Attempt, CallError, Http, Reply, Service};
+use super::http::{quoted, with_retries, Attempt, CallError, Http, Reply, Service};
 use super::uri::GcpKey;
 use super::util::{b64, fit_ecdsa_digest, unb64, PlanError};
 use super::OpError;
@@ -219,7 +219,7 @@ impl Gcp {
         if v["name"].as_str() != Some(key.name.as_str()) {
             return Err(CallError::Service(format!(
                 "answer names another key version: {}",
-                v["name"]
+                quoted(&v["name"].to_string())
             )));
         }
         let alg_s = v["algorithm"].as_str().unwrap_or_default();
@@ -306,6 +306,7 @@ pub fn explained(r: &Reply) -> Option<String> {
     let e = &v["error"];
     let msg = e["message"].as_str().unwrap_or_default();
     let code = e["status"].as_str().unwrap_or_default();
+    let (qmsg, qcode) = (quoted(msg), quoted(code));
     let body = String::from_utf8_lossy(&r.body);
     let hint = if status == 403
         && (body.contains("ACCESS_TOKEN_SCOPE_INSUFFICIENT")
@@ -319,7 +320,7 @@ pub fn explained(r: &Reply) -> Option<String> {
     } else {
         return None;
     };
-    Some(format!("HTTP {status} {code}: {msg} ({hint})"))
+    Some(format!("HTTP {status} {qcode}: {qmsg} ({hint})"))
 }
 
 /// Judge an asymmetricSign answer: the integrity fields as documented.
@@ -341,7 +342,7 @@ pub fn check_sign_answer(r: &Reply, name: &str, verified: &str) -> Attempt<Vec<u
     if v["name"].as_str() != Some(name) {
         return Attempt::Fail(CallError::Service(format!(
             "answer names another key version: {}",
-            v["name"]
+            quoted(&v["name"].to_string())
         )));
     }
     let Some(sig) = v["signature"].as_str().and_then(unb64) else {

@@ -108,6 +108,25 @@ impl Reply {
     }
 }
 
+/// Longest piece of a service's own text (an error message, a status code,
+/// a key name) quoted in our messages: a hostile or broken service must not
+/// turn one answer into a log line of megabytes (fuzz target `kms_answer`).
+pub const MAX_QUOTED: usize = 200;
+
+/// `s` cut to [`MAX_QUOTED`] bytes on a character boundary, newlines made
+/// spaces, with "…" marking a cut.
+pub fn quoted(s: &str) -> String {
+    let mut end = s.len().min(MAX_QUOTED);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut q = s[..end].replace(['\n', '\r'], " ");
+    if end < s.len() {
+        q.push('…');
+    }
+    q
+}
+
 /// The shared client (pool + TLS). Built on the runtime thread.
 #[derive(Debug, Clone)]
 pub struct Http {
@@ -628,6 +647,16 @@ where
 mod tests {
     use super::*;
     use std::cell::Cell;
+
+    #[test]
+    fn quoted_cuts_on_a_char_boundary_and_marks_the_cut() {
+        assert_eq!(quoted("short\nline"), "short line");
+        let long = "é".repeat(MAX_QUOTED); // 2 bytes each
+        let q = quoted(&long);
+        assert!(q.ends_with('…'));
+        assert_eq!(q.len(), MAX_QUOTED + '…'.len_utf8());
+        assert_eq!(quoted(&"a".repeat(MAX_QUOTED)), "a".repeat(MAX_QUOTED));
+    }
 
     fn limits(attempts: u32) -> Limits {
         Limits {
