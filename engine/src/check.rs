@@ -13,6 +13,7 @@
 
 use crate::config::Config;
 use crate::launch;
+use crate::load;
 use crate::server::{self, tls};
 use std::fmt::Write as _;
 use std::path::Path;
@@ -187,7 +188,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
         ("auth_cert", &cfg.auth_cert),
         ("cloudflare_ca_cert", &cfg.cloudflare_ca_cert),
     ] {
-        if let Some(expiry) = launch::cert_expiry(p) {
+        if let Some(expiry) = load::cert_expiry(p) {
             let days = (expiry - now) / 86400.0;
             let (st, d) = if days < 0.0 {
                 (
@@ -217,7 +218,7 @@ pub fn run(cfg: &Config, source: Option<&Path>, warnings: &[String]) -> Report {
     }
 
     // Keys: the same loader as serve (PKCS#11 login, cloud public-key fetch).
-    match launch::load_keys(cfg) {
+    match load::load_keys(cfg) {
         Ok((index, stores, _)) => {
             for e in index.entries() {
                 r.push(

@@ -6,55 +6,37 @@
 //! write the pid file. Errors name the file, key or URI involved.
 //!
 //! What start-up loads (keys, stores, TLS, certificate gauges) is built by
-//! [`crate::reload::build`], the same function a reload runs, so start-up
-//! and reload cannot load differently.
-//!
-//! Key-load policy: `key_load_errors: fail` (default, as the reference)
-//! stops start-up at the first key that can't be read or parsed;
-//! `skip` logs it with its path and reason and goes on. A duplicate key (same
-//! SKI from two sources) is always logged and the first one kept.
+//! [`crate::load::build`], the same function a reload runs, so start-up
+//! and reload cannot load differently (the key-load policy is described
+//! there).
 
 use crate::audit::{self, AuditWriter};
-use crate::config::{Config, KeyLoadErrors, KeyStore};
+use crate::config::Config;
 use crate::endpoint::MetricsServer;
 use crate::health::{Health, ReadyCheck, Unready, HEARTBEAT_DEADLINE};
-use crate::metrics::{Registry, StaticGauge};
+use crate::load;
+use crate::metrics::Registry;
 use crate::ops::{self, PidFile};
 use crate::record::{RecordSettings, Recorder};
-use crate::registry::{self, StoreRecord};
 use crate::reload::{self, Reloader};
 use crate::security::{AuditMsg, Identities};
-use crate::server::{self, SecurityParts, Served, ServerHandle, ServerSettings, Stores};
-use crate::server::{tls::TlsError, ServerError};
+use crate::server::ServerError;
+use crate::server::{self, SecurityParts, Served, ServerHandle, ServerSettings};
 use crate::swap::Swap;
 use crate::trace::TraceConfigError;
 use crate::trace::{TraceSettings, Tracer};
-use keycore_keys::{software, KeyEntry, KeyIndex};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+
 use std::sync::Arc;
-use std::time::{Instant, UNIX_EPOCH};
 
 /// Why the server could not start (or a load failed). Every variant names
 /// the setting and its file or address; the underlying error is the source
 /// (the binary prints the chain).
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    /// A `dir:` key store that is not a readable directory.
-    #[error("private_key_stores: dir {}: not a readable directory", .0.display())]
-    KeyDir(PathBuf),
-    /// A key file failed under `key_load_errors: fail`.
-    #[error("loading private keys (set key_load_errors: skip to start without it)")]
-    KeyLoad(#[source] software::KeyLoadError),
-    /// A backend store (PKCS#11, KMS) could not be opened.
+    /// The key stores, TLS material or client rules failed to load.
     #[error(transparent)]
-    Open(#[from] registry::OpenError),
-    /// The TLS material could not be loaded.
-    #[error(transparent)]
-    Tls(#[from] TlsError),
-    /// The client identities have no slot left.
-    #[error(transparent)]
-    Clients(#[from] crate::security::NoIdentitySlot),
+    Load(#[from] load::LoadError),
     /// `tracing_address` cannot be used.
     #[error(transparent)]
     Trace(#[from] TraceConfigError),
@@ -192,154 +174,6 @@ pub fn check_nofile_limit(cfg: &Config) -> Option<ops::NofileLimit> {
     }
 }
 
-/// Load every key store. Returns the index, the opened backend stores (in
-/// `StoreId` order) and the seconds each store took (for
-/// `keyless_key_load_duration`). `uri:` entries go to the backend registry,
-/// which routes each to the backend that claims it.
-pub fn load_keys(cfg: &Config) -> Result<(KeyIndex, Stores, Vec<f64>), LaunchError> {
-    let k = load_keys_reusing(cfg, &[])?;
-    Ok((k.index, k.stores, k.seconds))
-}
-
-/// What [`load_keys_reusing`] loaded.
-#[derive(Debug)]
-pub struct LoadedKeys {
-    /// Every key.
-    pub index: KeyIndex,
-    /// The opened backend stores, in `StoreId` order.
-    pub stores: Stores,
-    /// Each store's record for the next reload, in `StoreId` order.
-    pub records: Vec<StoreRecord>,
-    /// Seconds each store took (`keyless_key_load_duration`).
-    pub seconds: Vec<f64>,
-    /// Key files that failed and were skipped (`key_load_errors: skip`;
-    /// each is logged with its path and reason).
-    pub skipped: u64,
-}
-
-/// [`load_keys`] for start-up and reload: every software key is read; a
-/// backend store whose URIs and settings are unchanged since `previous` is
-/// kept open (see `registry::open_all_reusing`).
-pub fn load_keys_reusing(
-    cfg: &Config,
-    previous: &[StoreRecord],
-) -> Result<LoadedKeys, LaunchError> {
-    let mut skipped = 0u64;
-    let mut index = KeyIndex::default();
-    let mut seconds = Vec::new();
-    let mut uris = Vec::new();
-    for store in &cfg.private_key_stores {
-        let t0 = Instant::now();
-        let results: Vec<Result<KeyEntry, software::KeyLoadError>> = match store {
-            KeyStore::Dir(d) => {
-                if !d.is_dir() {
-                    return Err(LaunchError::KeyDir(d.clone()));
-                }
-                software::load_dir(d)
-            }
-            KeyStore::File(f) => vec![software::load_file(f)],
-            KeyStore::Uri(u) => {
-                uris.push(u.clone());
-                continue;
-            }
-        };
-        for r in results {
-            match r {
-                Ok(e) => add(&mut index, e),
-                Err(e) if cfg.key_load_errors == KeyLoadErrors::Skip => {
-                    skipped += 1;
-                    tracing::error!(error = %e, "skipping key that failed to load (key_load_errors: skip)");
-                }
-                Err(e) => return Err(LaunchError::KeyLoad(e)),
-            }
-        }
-        seconds.push(t0.elapsed().as_secs_f64());
-    }
-    let mut stores = Stores::new();
-    let mut records = Vec::new();
-    for opened in registry::open_all_reusing(&uris, cfg, previous)? {
-        for e in opened.keys {
-            add(&mut index, e);
-        }
-        seconds.push(opened.seconds);
-        stores.push(opened.store);
-        records.push(opened.record);
-    }
-    Ok(LoadedKeys {
-        index,
-        stores,
-        records,
-        seconds,
-        skipped,
-    })
-}
-
-fn add(index: &mut KeyIndex, e: KeyEntry) {
-    let source = e.source.clone();
-    if let Err(dup) = index.insert(e) {
-        tracing::warn!(
-            source = %dup.source,
-            kept = %index.entries().iter().find(|k| k.ski == dup.ski).map(|k| k.source.as_str()).unwrap_or("?"),
-            "duplicate key (same SKI); keeping the first"
-        );
-    } else {
-        tracing::debug!(%source, "key loaded");
-    }
-}
-
-/// Expiry of the first certificate in a PEM file, as a Unix timestamp.
-pub fn cert_expiry(path: &Path) -> Option<f64> {
-    cert_expiry_gauge("", path).map(|g| g.value)
-}
-
-/// The control-plane gauges of one load (start-up or reload): key files
-/// skipped, and the certificate expiry of `auth_cert` and
-/// `cloudflare_ca_cert` (warning about a certificate that expired or
-/// expires within 30 days).
-pub(crate) fn gauges(cfg: &Config, skipped: u64) -> Vec<StaticGauge> {
-    let mut gauges = vec![StaticGauge {
-        name: "keycore_keys_skipped".into(),
-        help: "Key files that failed to load at start-up (or the last reload) and were skipped (key_load_errors: skip); each is logged with its path and reason.".into(),
-        labels: Vec::new(),
-        value: skipped as f64,
-    }];
-    for (which, p) in [
-        ("auth_cert", &cfg.auth_cert),
-        ("cloudflare_ca_cert", &cfg.cloudflare_ca_cert),
-    ] {
-        if let Some(g) = cert_expiry_gauge(which, p) {
-            let left = g.value - UNIX_EPOCH.elapsed().map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            if left < 0.0 {
-                tracing::error!(file = %p.display(), "{which} has expired");
-            } else if left < 30.0 * 86400.0 {
-                tracing::warn!(file = %p.display(), days = (left / 86400.0) as u64, "{which} expires soon");
-            }
-            gauges.push(g);
-        }
-    }
-    gauges
-}
-
-/// Expiry gauge for a certificate file (`certificate_expiration_timestamp_seconds`).
-fn cert_expiry_gauge(which: &str, path: &Path) -> Option<StaticGauge> {
-    use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::CertificateDer::from_pem_file(path).ok()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-    // Label values are escaped by the metrics writer (a quote in a subject
-    // or a path no longer needs replacing here).
-    Some(StaticGauge {
-        name: "certificate_expiration_timestamp_seconds".into(),
-        help: "Expiry of the server's certificates, as a Unix timestamp.".into(),
-        labels: vec![
-            ("source", which.to_owned()),
-            ("path", path.display().to_string()),
-            ("subject", cert.subject().to_string()),
-            ("serial_number", cert.raw_serial_as_string()),
-        ],
-        value: cert.validity().not_after.timestamp() as f64,
-    })
-}
-
 /// Start everything the config describes.
 pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
     // Keys the reference has that keycore parses but does not act on yet:
@@ -386,7 +220,7 @@ pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
         let tx = audit.tx();
         keycore_keys::set_event_sink(Some(Arc::new(move |kind, fields| tx.event(kind, fields))));
     }
-    let built = reload::build(cfg, &[], &identities);
+    let built = load::build(cfg, &[], &identities);
     if built.is_err() {
         keycore_keys::set_event_sink(None);
     }
@@ -451,11 +285,12 @@ pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
     };
     let mut registry = Registry {
         loaded: Swap::new(Arc::new(built.loaded)),
-        tracer: tracer.clone(),
-        recorder: recorder.clone(),
         ..Default::default()
     };
     registry.renderers.push(audit.shared());
+    if let Some(t) = &tracer {
+        registry.renderers.push(t.clone());
+    }
     if let Some(r) = &recorder {
         registry.renderers.push(r.clone());
     }
@@ -472,6 +307,8 @@ pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
             listen: cfg.listen_addr(),
             cpus,
             limits: cfg.limits.clone(),
+            tracer: tracer.clone(),
+            recorder: recorder.clone(),
         },
         served.clone(),
         registry,

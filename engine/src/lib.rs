@@ -11,6 +11,10 @@
 //! What it is not: it does not parse the wire format (`keycore-protocol`,
 //! no I/O) and it does not generate load (`keycore-loadgen`).
 //!
+//! Module layering (no circle; `scripts/check-layering.sh`, in CI): `launch`
+//! → `reload` → `load` → `server`, `registry`, `security`, `metrics`; `trace`
+//! and `record` render their own counters through `metrics::Render`.
+//!
 //! Data path (see `DESIGN.md`): accept on this core's SO_REUSEPORT listener →
 //! rustls → read buffer → `keycore_protocol::frame::check` → `Message::decode`
 //! → `KeyIndex` lookup (built at start-up or by a reload, read-only; see
@@ -20,8 +24,10 @@
 //!
 //! Public surface (modules; each module header says what it owns):
 //! - [`launch`]: start everything a `Config` describes (`launch`, `Running`,
-//!   `load_keys`, `LoadedKeys`, `cert_expiry`, `check_nofile_limit`,
-//!   `LaunchError`);
+//!   `check_nofile_limit`, `LaunchError`);
+//! - [`load`]: one load of what the cores serve, for start-up and reload
+//!   alike (`build`, `Built`, `load_keys`, `load_keys_reusing`,
+//!   `LoadedKeys`, `cert_expiry`, `LoadError`);
 //! - [`server`]: reactors and their handle (`start`, `start_served`,
 //!   `ServerSettings`, `ServerHandle`, `ServerControl`, `ServerError`,
 //!   `conn_limits`, `available_cpus`), `server::tls` (`TlsError`),
@@ -30,8 +36,8 @@
 //! - [`registry`]: the backends (`BACKENDS`, `claim`, `open_all`,
 //!   `open_all_reusing`, `Opened`, `OpenedStore`, `OpenError`,
 //!   `Registration`, `StoreRecord`);
-//! - [`reload`]: SIGHUP / `keycore reload` (`Reloader`, `build`, `Built`,
-//!   `ReloadReport`, `ReloadError`, `record_success`); [`swap`]: the `Swap` cell it uses;
+//! - [`reload`]: SIGHUP / `keycore reload` (`Reloader`, `ReloadReport`,
+//!   `ReloadError`, `record_success`); [`swap`]: the `Swap` cell it uses;
 //! - [`metrics`]: per-core counters and the scrape (`Registry`, `CoreStats`,
 //!   `Counter`, `Histograms`, `Heartbeat`, `Loaded`, `StaticGauge`,
 //!   `ReloadStats`, bucket helpers); [`endpoint`]: the HTTP listener
@@ -41,7 +47,7 @@
 //!   `RLIMIT_NOFILE`, sd_notify; [`pki`]: the demo PKI;
 //! - [`config`]: `keycore-config`, re-exported.
 //!
-//! Errors: every fallible public call returns an enum (`LaunchError`,
+//! Errors: every fallible public call returns an enum (`LaunchError`, `LoadError`,
 //! `ServerError`, `TlsError`, `PortError`, `ReloadError`, `PkiError`,
 //! `health::Unready`, `trace::TraceConfigError`), naming the setting and its
 //! file or address, with the cause as `#[source]`; where one is kept as text
@@ -58,6 +64,7 @@ pub mod enroll;
 pub mod health;
 pub mod http1;
 pub mod launch;
+pub mod load;
 pub mod metrics;
 pub mod ops;
 pub mod pki;

@@ -352,7 +352,9 @@ pub trait Render: Send + Sync {
 /// Everything a scrape reads.
 #[derive(Default)]
 pub struct Registry {
-    /// Other renderers (audit totals, client identities).
+    /// Other renderers (audit totals, client identities, the span
+    /// exporter's and the traffic recorder's counters). They render
+    /// themselves: this module knows none of them (no module circle).
     pub renderers: Vec<Arc<dyn Render>>,
     /// One per core.
     pub cores: Vec<Arc<CoreStats>>,
@@ -360,12 +362,6 @@ pub struct Registry {
     pub loaded: Swap<Loaded>,
     /// Reload outcomes.
     pub reload: ReloadStats,
-    /// The request tracer when `tracing_enabled`: cores take their span
-    /// sender from it at start, and a scrape renders its exporter counters.
-    pub tracer: Option<Arc<crate::trace::Tracer>>,
-    /// The traffic recorder when `record_file` is set: cores take their
-    /// buffer from it at start (its metrics are one of `renderers`).
-    pub recorder: Option<Arc<crate::record::Recorder>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -529,33 +525,6 @@ impl Registry {
             );
         }
         self.render_reload(w);
-        self.render_tracing(w);
-    }
-
-    /// The span exporter's counters, when tracing is on.
-    fn render_tracing(&self, w: &mut PromWriter<'_>) {
-        let Some(t) = &self.tracer else { return };
-        let st = &t.stats;
-        for (name, help, v) in [
-            (
-                "keycore_trace_spans_exported_total",
-                "Spans the OTLP receiver accepted.",
-                &st.exported,
-            ),
-            (
-                "keycore_trace_export_failures_total",
-                "Span export requests that failed (their spans are dropped, not retried).",
-                &st.failed_batches,
-            ),
-            (
-                "keycore_trace_spans_export_failed_total",
-                "Spans lost with failed export requests.",
-                &st.failed_spans,
-            ),
-        ] {
-            w.family(name, MetricKind::Counter, help);
-            w.sample(name, &[], v.load(Relaxed));
-        }
     }
 
     fn render_reload(&self, w: &mut PromWriter<'_>) {

@@ -46,11 +46,11 @@
 //! cloud service), or publish a partly built state.
 
 use crate::config::Config;
-use crate::launch;
-use crate::metrics::{Loaded, Registry};
+use crate::load::{self, Built};
+use crate::metrics::Registry;
 use crate::registry::StoreRecord;
-use crate::security::{AuditMsg, AuditTx, ClientRules, Identities, Policy};
-use crate::server::{tls, Served};
+use crate::security::{AuditMsg, AuditTx, Identities};
+use crate::server::Served;
 use crate::swap::Swap;
 use keycore_keys::{error_chain, Ski};
 use std::collections::HashSet;
@@ -69,7 +69,7 @@ pub enum ReloadError {
     Read(Box<dyn std::error::Error + Send + Sync>),
     /// A key store or the TLS material failed to load.
     #[error(transparent)]
-    Build(#[from] launch::LaunchError),
+    Build(#[from] load::LoadError),
     /// An earlier reload's build is still hung in a key store call.
     #[error("a previous reload is still waiting on a key store call (it overran reload_timeout); restart keycore if it never returns")]
     Stuck,
@@ -91,78 +91,6 @@ pub enum ReloadError {
     /// The PKCS#11 login check child failed (its FAIL lines, or its status).
     #[error("PKCS#11 login check of the changed URIs (in a fresh process, as this one's tokens are logged in already) failed: {0}")]
     LoginCheckFailed(String),
-}
-
-/// Everything loaded from one configuration.
-#[derive(Debug)]
-pub struct Built {
-    /// What the cores serve.
-    pub served: Served,
-    /// What the scrape shows of it.
-    pub loaded: Loaded,
-    /// Each backend store's record, for the next reload's reuse.
-    pub records: Vec<StoreRecord>,
-    /// Backends kept open from `previous`.
-    pub kept: Vec<&'static str>,
-    /// Backends opened afresh.
-    pub opened: Vec<&'static str>,
-}
-
-/// Load keys, stores and TLS material for `cfg`, keeping each store of
-/// `previous` whose URIs and settings are unchanged. Publishes nothing.
-pub fn build(
-    cfg: &Config,
-    previous: &[StoreRecord],
-    identities: &Arc<Identities>,
-) -> Result<Built, launch::LaunchError> {
-    let launch::LoadedKeys {
-        index: keys,
-        stores,
-        records,
-        seconds: key_load_seconds,
-        skipped,
-    } = launch::load_keys_reusing(cfg, previous)?;
-    // The client allow-list and limits (issue 18), compiled against the
-    // process's identity table (ids by name, kept across reloads); the
-    // verifier of this generation's TLS configuration admits by them.
-    let clients = Arc::new(ClientRules::build(&cfg.security, identities)?);
-    let tls = tls::server_config_with(
-        &tls::TlsSettings {
-            cert: &cfg.auth_cert,
-            key: &cfg.auth_key,
-            client_ca: &cfg.cloudflare_ca_cert,
-            tls12_only: cfg.tls12_only,
-            current_time: cfg.current_time,
-        },
-        Some(clients.clone()),
-    )?;
-    let policy = Arc::new(Policy::build(&cfg.security, &keys, &clients));
-    let mut kept = Vec::new();
-    let mut opened = Vec::new();
-    for s in &stores {
-        if previous.iter().any(|r| r.is(s)) {
-            kept.push(s.name());
-        } else {
-            opened.push(s.name());
-        }
-    }
-    Ok(Built {
-        loaded: Loaded {
-            gauges: launch::gauges(cfg, skipped),
-            key_load_seconds,
-            stores: stores.clone(),
-        },
-        served: Served {
-            keys: Arc::new(keys),
-            stores,
-            tls,
-            policy,
-            clients,
-        },
-        records,
-        kept,
-        opened,
-    })
 }
 
 /// Count a successful load (start-up or reload) in the registry.
@@ -299,7 +227,7 @@ impl Reloader {
         std::thread::Builder::new()
             .name("keycore-reload-build".into())
             .spawn(move || {
-                let r = build(&cfg2, &previous2, &identities);
+                let r = load::build(&cfg2, &previous2, &identities);
                 // A receiver that gave up drops the result (and with it any
                 // store it opened).
                 let _ = tx.send(r);

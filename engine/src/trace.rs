@@ -344,6 +344,34 @@ impl Tracer {
     }
 }
 
+impl crate::metrics::Render for Tracer {
+    /// The span exporter's counters.
+    fn render(&self, s: &mut String) {
+        let mut w = keycore_keys::PromWriter::new(s);
+        let st = &self.stats;
+        for (name, help, v) in [
+            (
+                "keycore_trace_spans_exported_total",
+                "Spans the OTLP receiver accepted.",
+                &st.exported,
+            ),
+            (
+                "keycore_trace_export_failures_total",
+                "Span export requests that failed (their spans are dropped, not retried).",
+                &st.failed_batches,
+            ),
+            (
+                "keycore_trace_spans_export_failed_total",
+                "Spans lost with failed export requests.",
+                &st.failed_spans,
+            ),
+        ] {
+            w.family(name, keycore_keys::MetricKind::Counter, help);
+            w.sample(name, &[], v.load(Relaxed));
+        }
+    }
+}
+
 impl CoreTracer {
     #[inline]
     fn next(&self) -> u64 {

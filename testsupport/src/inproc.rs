@@ -71,6 +71,8 @@ pub fn start(
             listen: "127.0.0.1:0".parse().expect("loopback address"),
             cpus: vec![usize::MAX; opts.cores],
             limits: opts.limits.clone(),
+            tracer: None,
+            recorder: None,
         },
         tls,
         Arc::new(keys),

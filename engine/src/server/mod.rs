@@ -103,6 +103,12 @@ pub struct ServerSettings {
     pub cpus: Vec<usize>,
     /// Limits.
     pub limits: Limits,
+    /// The request tracer when `tracing_enabled`: each core takes its span
+    /// sender from it at start.
+    pub tracer: Option<Arc<crate::trace::Tracer>>,
+    /// The traffic recorder when `record_file` is set: each core takes its
+    /// buffer from it at start.
+    pub recorder: Option<Arc<crate::record::Recorder>>,
 }
 
 /// The issue-18 parts the cores share for the process's life: the client
@@ -641,8 +647,8 @@ pub fn start_served(
     for (index, &cpu) in settings.cpus.iter().enumerate() {
         let cell = served.clone();
         let stats = stats[index].clone();
-        let tracer = registry.tracer.as_ref().map(|t| t.core(index));
-        let recorder = registry.recorder.clone();
+        let tracer = settings.tracer.as_ref().map(|t| t.core(index));
+        let recorder = settings.recorder.clone();
         let limits = settings.limits.clone();
         let control = control.clone();
         let ready = ready_tx.clone();
@@ -931,6 +937,8 @@ mod tests {
                     listen: "127.0.0.1:0".parse().unwrap(),
                     cpus: vec![usize::MAX; 2],
                     limits: Limits::default(),
+                    tracer: None,
+                    recorder: None,
                 },
                 tls,
                 Arc::new(KeyIndex::default()),

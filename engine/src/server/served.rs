@@ -19,7 +19,7 @@
 //! with a backend holds the generation it started on until it completes.
 //!
 //! Adding reloadable state: add a field to [`Served`], build it in
-//! `crate::reload::build`, and read it on the data path through the
+//! `crate::load::build`, and read it on the data path through the
 //! connection's `CoreServed::served` (as the key policies are).
 //!
 //! Must not: read files or the configuration (building is `reload`'s job),
