@@ -302,6 +302,20 @@ pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
         audit_ok: audit.shared().fail_closed_flag(),
         audit_interval: cfg.security.audit_interval,
     };
+    // The pid file is written before the listener serves (issue 12 item 10):
+    // whoever reads it (`keycore reload`, an init script) never finds a
+    // serving process without it, and a pid file that cannot be written
+    // stops start-up before any edge is answered. A later start-up failure
+    // drops it, which removes it. A second instance never gets here: the
+    // exclusive port check above refused it, so it cannot clobber the
+    // owner's file.
+    let pid_file = match &cfg.pid_file {
+        Some(p) => Some(
+            PidFile::create(p)
+                .map_err(io_err(format!("pid_file {}: cannot write", p.display())))?,
+        ),
+        None => None,
+    };
     let server = server::start_served(
         ServerSettings {
             listen: cfg.listen_addr(),
@@ -334,13 +348,6 @@ pub fn launch(cfg: &Config) -> Result<Running, LaunchError> {
         Some(a) => Some(
             MetricsServer::start_with_health(a, server.registry.clone(), health.clone())
                 .map_err(io_err(format!("metrics_port: cannot listen on {a}")))?,
-        ),
-        None => None,
-    };
-    let pid_file = match &cfg.pid_file {
-        Some(p) => Some(
-            PidFile::create(p)
-                .map_err(io_err(format!("pid_file {}: cannot write", p.display())))?,
         ),
         None => None,
     };

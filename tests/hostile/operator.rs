@@ -1,6 +1,6 @@
-//! Operator mistakes at start-up (issue 12 items 4, 9, 13): a second
-//! instance on the same address, a FIFO named like a key, a fixed
-//! `current_time`.
+//! Operator mistakes at start-up (issue 12 items 4, 9, 10, 13): a second
+//! instance on the same address, a FIFO named like a key, a pid file that
+//! cannot be written, a fixed `current_time`.
 
 use crate::support::{serve, start, Client};
 use std::time::{Duration, SystemTime};
@@ -90,4 +90,35 @@ fn a_fixed_current_time_is_warned_about_at_start_up() {
     let log = srv.log();
     assert!(log.contains("current_time is set"), "{log}");
     assert!(log.contains("real-time expiry checks are off"), "{log}");
+}
+
+#[test]
+fn a_pid_file_that_cannot_be_written_stops_start_up_before_any_reactor_listens() {
+    // Before: the pid file was written after the reactors were listening,
+    // so edges were answered by a process that then exited for its pid
+    // file (and a reader of the file could see a serving process without
+    // it). Now it is written first.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-dir").join("keycore.pid");
+    let mut srv = serve()
+        .env("KEYCORE_LOG", "info")
+        .yaml(&format!("pid_file: {}\n", missing.display()))
+        .spawn();
+    let status = srv
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("the server is still running:\n{}", srv.log()));
+    assert!(!status.success(), "{status:?}");
+    let log = srv.log();
+    assert!(
+        log.contains("pid_file") && log.contains("cannot write"),
+        "{log}"
+    );
+    // At info the log would show each reactor's "reactor listening" line;
+    // "private keys loaded" (logged before either) shows the level took.
+    assert!(log.contains("private keys loaded"), "{log}");
+    assert!(
+        !log.contains("reactor listening"),
+        "a reactor listened before the pid file was written:\n{log}"
+    );
+    assert!(!missing.exists());
 }
