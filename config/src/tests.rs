@@ -40,10 +40,21 @@ fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Op
     }
 }
 
+/// The error and its whole source chain on one line, as the binary prints
+/// it (a variant's own message no longer repeats its source's).
 fn err_text(r: Result<Loaded, ConfigError>) -> String {
     match r {
         Ok(l) => panic!("expected an error, got {:?}", l.config),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(": ");
+                text.push_str(&c.to_string());
+                cause = c.source();
+            }
+            text
+        }
     }
 }
 
