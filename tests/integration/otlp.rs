@@ -106,6 +106,31 @@ fn start(extra: &str) -> Server {
 
 #[test]
 fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
+    // A failed export is dropped and counted by design (never retried), so
+    // one POST that misses its 2 s deadline on a CPU-starved CI machine
+    // loses the run's spans: that happened once in CI (2026-12-04, cause
+    // not seen: the failure printed only the scrape). So: a second attempt
+    // on a fresh receiver and server, and every failure says why (the
+    // server's own export warning). A real export bug fails both.
+    let mut why = Vec::new();
+    for attempt in 1..=2 {
+        match export_attempt() {
+            Ok(()) => {
+                if !why.is_empty() {
+                    eprintln!("attempt {attempt} passed after: {why:?}");
+                }
+                return;
+            }
+            Err(e) => why.push(e),
+        }
+    }
+    panic!("spans not exported in two attempts: {why:#?}");
+}
+
+/// One server and receiver: three requests traced and exported, then every
+/// span's attributes checked. `Err`: the export did not happen (with the
+/// scrape and the server's warnings); a wrong span panics at once.
+fn export_attempt() -> Result<(), String> {
     let rx = Receiver::start();
     let mut srv = start(&format!(
         "tracing_enabled: true\ntracing_address: {}\ntracing_sample_rate: 1.0\n",
@@ -150,10 +175,25 @@ fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
             assert!(m.contains("keycore_trace_export_failures_total 0"), "{m}");
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "spans not exported within 20 s: {m}"
-        );
+        if m.contains("keycore_trace_spans_export_failed_total 3")
+            || t0.elapsed() > Duration::from_secs(20)
+        {
+            let warnings: Vec<String> = srv
+                .log()
+                .lines()
+                .filter(|l| l.contains("span export") || l.contains("tracing"))
+                .map(str::to_owned)
+                .collect();
+            let counters: Vec<&str> = m
+                .lines()
+                .filter(|l| l.starts_with("keycore_trace_"))
+                .collect();
+            srv.stop(Duration::from_secs(30));
+            return Err(format!(
+                "spans not exported after {:?}: counters {counters:?}; server log {warnings:?}",
+                t0.elapsed()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     srv.stop(Duration::from_secs(30));
@@ -192,6 +232,7 @@ fn sampled_requests_reach_an_otlp_receiver_with_their_attributes() {
     assert_eq!(child["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(child["parentSpanId"], "00f067aa0ba902b7");
     assert_ne!(ok["traceId"], err["traceId"]);
+    Ok(())
 }
 
 #[test]
