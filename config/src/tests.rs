@@ -45,16 +45,7 @@ fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Op
 fn err_text(r: Result<Loaded, ConfigError>) -> String {
     match r {
         Ok(l) => panic!("expected an error, got {:?}", l.config),
-        Err(e) => {
-            let mut text = e.to_string();
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text.push_str(": ");
-                text.push_str(&c.to_string());
-                cause = c.source();
-            }
-            text
-        }
+        Err(e) => keycore_keys::error_chain(&e),
     }
 }
 

@@ -26,7 +26,6 @@ use crate::swap::Swap;
 use crate::trace::TraceConfigError;
 use crate::trace::{TraceSettings, Tracer};
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 
 /// Why the server could not start (or a load failed). Every variant names
