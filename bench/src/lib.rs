@@ -7,6 +7,9 @@
 //!
 //! The fixtures here are the messages the edge sends most: an ECDSA P-256
 //! SHA-256 sign request, padded to 1024 bytes, and its response.
+//!
+//! Public surface: [`DIGEST_SHA256`], [`SKI`], [`SNI`],
+//! [`ecdsa_p256_signature_der`], [`ecdsa_p256_request`].
 
 use keycore_protocol::{Message, Op};
 use std::net::{IpAddr, Ipv4Addr};

@@ -24,6 +24,10 @@
 //! This crate is data and arithmetic only, so the planner (`keycore-tuning`, linked into the
 //! `keycore` binary) reads the figures without linking the simulator. Must not: depend on
 //! PKCS#11 or on the simulator.
+//!
+//! Public surface: [`NAMES`], [`get`] (a profile as hsmsim config JSON),
+//! [`figures`] and [`Figure`] (each figure with its source), the size-cost
+//! rules [`rsa_size_cost`], [`ec_size_cost`], [`DEFAULT_KEY_SIZE_EXPONENT`].
 
 use serde_json::{json, Map, Value};
 

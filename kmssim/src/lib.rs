@@ -31,6 +31,14 @@
 //! What it is not: a complete emulator. Only the calls keycore makes exist
 //! (get-key / sign / decrypt, getPublicKey / asymmetricSign, GetPublicKey /
 //! Sign, the token and metadata endpoints), and it binds 127.0.0.1 only.
+//!
+//! Public surface: [`Sim`] (start the stand-ins, its [`Knobs`], [`State`] and
+//! [`Stats`]), [`SimKey`] / [`KeyType`] / [`KeyState`], the errors
+//! [`SimError`] and [`ApiError`], the per-service modules (`aws`, `azure`,
+//! `gcp`, `cfapi`, `keys`, `proxy` for the CONNECT proxy), and for tests
+//! `get` (read a counter), `b64` / `unb64`, [`STAND_IN_HOST_NAMES`],
+//! [`CLOUD_PLATFORM_SCOPE`], [`MAX_REQUEST_BYTES`]. Other helpers are
+//! `pub(crate)`.
 #![forbid(unsafe_code)]
 
 pub mod aws;
@@ -332,14 +340,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A random token / ID (hex).
-pub fn random_hex(n: usize) -> String {
+pub(crate) fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
     let _ = aws_lc_rs::rand::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Unix seconds now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -352,7 +360,7 @@ pub fn b64(b: &[u8]) -> String {
 }
 
 /// base64url, no padding.
-pub fn b64url(b: &[u8]) -> String {
+pub(crate) fn b64url(b: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(b)
 }
 
@@ -362,7 +370,7 @@ pub fn unb64(s: &str) -> Option<Vec<u8>> {
 }
 
 /// Strict base64url without padding (JOSE, as Key Vault documents `value`).
-pub fn unb64url(s: &str) -> Option<Vec<u8>> {
+pub(crate) fn unb64url(s: &str) -> Option<Vec<u8>> {
     URL_SAFE_NO_PAD.decode(s).ok()
 }
 
@@ -516,7 +524,7 @@ impl State {
 }
 
 /// Parse `a=b&c=d` (form bodies and query strings), percent-decoded.
-pub fn parse_form(s: &str) -> HashMap<String, String> {
+pub(crate) fn parse_form(s: &str) -> HashMap<String, String> {
     fn dec(s: &str) -> String {
         let b = s.as_bytes();
         let mut out = Vec::with_capacity(b.len());
